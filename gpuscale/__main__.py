@@ -1,0 +1,5 @@
+import sys
+
+from gpuscale.cli import main
+
+sys.exit(main())

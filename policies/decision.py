@@ -1,0 +1,91 @@
+"""Inputs and outputs of :func:`policies.decide.decide`: a metric snapshot in, a Decision out.
+
+State that must survive between ticks (recommendation history, scale events, forecast state,
+since when metrics are missing) is plain data passed in and returned, so the controller keeps it
+in memory and the simulator can drive the same code with simulated time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the world looked like at one tick.
+
+    ``values`` maps metric name to its value, or ``None`` when it is missing, empty or not
+    finite. A metric absent from the mapping counts as missing.
+    """
+
+    values: Mapping[str, float | None]
+    current_replicas: int
+    ready_replicas: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    time: float
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleEvent:
+    """``change`` replicas added (scale up) or removed (scale down) at ``time``."""
+
+    time: float
+    change: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoltState:
+    level: float
+    trend: float
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Carried from one decision to the next; ``State()`` is the start."""
+
+    recommendations: tuple[Recommendation, ...] = ()
+    scale_up_events: tuple[ScaleEvent, ...] = ()
+    scale_down_events: tuple[ScaleEvent, ...] = ()
+    holt: Mapping[str, HoltState] = field(default_factory=dict)
+    missing_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """One metric's opinion. ``replicas is None`` when the metric was missing."""
+
+    metric: str
+    type: str
+    value: float | None
+    replicas: int | None
+    reason: str
+    saturated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The replica count to run and why.
+
+    ``steps`` is the human story, one line per rule applied, in order; ``limited_by`` names the
+    bound or behavior rule that changed the winner's proposal (``None`` when none did).
+    """
+
+    desired_replicas: int
+    current_replicas: int
+    proposals: tuple[Proposal, ...]
+    winner: str | None
+    recommended: int
+    limited_by: str | None
+    steps: tuple[str, ...]
+    metrics_missing: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        """One line for Events and the status annotation."""
+        return self.steps[-1] if self.steps else ""

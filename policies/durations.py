@@ -1,0 +1,43 @@
+"""Go-style durations (``15s``, ``2m``, ``1h30m``, ``500ms``), the unit every policy field uses.
+
+Kubernetes and Prometheus users write durations this way; we parse them to float seconds once,
+at the edge, so the decision core only ever sees numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+
+
+class DurationError(ValueError):
+    """A string that is not a duration."""
+
+
+def parse_duration(text: str) -> float:
+    """Return the duration in seconds; ``"0"`` is accepted as zero, as Go does."""
+    if text == "0":
+        return 0.0
+    if not _WHOLE.fullmatch(text):
+        raise DurationError(f'expected a duration like "2s", got {text!r}')
+    return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest Go-style spelling of ``seconds`` that parses back to the same value."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise DurationError(f"cannot format {seconds!r} as a duration")
+    if seconds == 0:
+        return "0s"
+    millis = round(seconds * 1000)
+    if abs(millis - seconds * 1000) > 1e-6 or millis % 1000:
+        return f"{millis}ms" if abs(millis - seconds * 1000) <= 1e-6 else f"{seconds!r}s"
+    whole = millis // 1000
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts)
