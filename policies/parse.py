@@ -1,0 +1,677 @@
+"""Read, validate and write ScalingPolicy ConfigMaps (DESIGN §2).
+
+Validation collects every error of a policy, each naming the ConfigMap, the field path and what
+was expected, so an SRE fixes a file in one pass. Unknown fields are errors: a typo such as
+``targetPerReplcia`` must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import yaml
+
+from policies.durations import DurationError, format_duration, parse_duration
+from policies.schema import (
+    API_VERSION,
+    KIND,
+    POLICY_DATA_KEY,
+    POLICY_LABEL,
+    ArrivalRateMetric,
+    Behavior,
+    Forecast,
+    ForecastMethod,
+    LatencyMetric,
+    LatencyTarget,
+    Metric,
+    OnMetricsUnavailable,
+    QueueDepthMetric,
+    ReplicaBounds,
+    RuleType,
+    ScalingPolicy,
+    ScalingRule,
+    ScalingRules,
+    Select,
+    TargetRef,
+    default_scale_down,
+    default_scale_up,
+)
+
+T = TypeVar("T")
+
+MAX_STABILIZATION_WINDOW = 3600.0
+"""The HPA rejects stabilization windows above one hour; so do we."""
+MAX_RULE_PERIOD = 1800.0
+"""The HPA rejects rate-policy periods above 30 minutes; so do we."""
+_METRIC_NAME = re.compile(r"[a-z]([-a-z0-9_]*[a-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    path: str
+    message: str
+
+
+class PolicyError(ValueError):
+    """A ConfigMap that claims to be a policy but is not a valid one."""
+
+    def __init__(self, key: str, errors: tuple[FieldError, ...]) -> None:
+        self.key = key
+        self.errors = errors
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self.key}: {e.path}: {e.message}" for e in self.errors)
+
+
+class NotAPolicy(ValueError):
+    """A document that is not a ScalingPolicy ConfigMap; the message says why."""
+
+
+class PolicyFileError(ValueError):
+    """A policy file that cannot be read or parsed; ``messages`` are ``file: ...`` lines."""
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = messages
+        super().__init__("\n".join(messages))
+
+
+def is_policy_configmap(obj: Mapping[str, Any]) -> bool:
+    """True for a ConfigMap labelled ``gpuscale.io/scaling-policy: "true"``."""
+    if obj.get("kind") != "ConfigMap":
+        return False
+    meta = obj.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, Mapping) else None
+    return isinstance(labels, Mapping) and labels.get(POLICY_LABEL) == "true"
+
+
+def configmap_key(obj: Mapping[str, Any]) -> str:
+    """``namespace/name`` of a ConfigMap, with ``default`` where the namespace is left out."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    namespace = meta.get("namespace") or "default"
+    return f"{namespace}/{meta.get('name') or '<unnamed>'}"
+
+
+def parse_configmap(obj: Mapping[str, Any]) -> ScalingPolicy:
+    """Build a policy from a ConfigMap object (as the API or a YAML file gives it)."""
+    if not isinstance(obj, Mapping):
+        raise NotAPolicy(f"expected a ConfigMap object, got {_kind_of(obj)}")
+    kind = obj.get("kind")
+    if kind != "ConfigMap":
+        raise NotAPolicy(f"not a ScalingPolicy: kind is {kind!r}, expected 'ConfigMap'")
+    key = configmap_key(obj)
+    if not is_policy_configmap(obj):
+        raise NotAPolicy(f'{key}: not a ScalingPolicy: missing label {POLICY_LABEL}: "true"')
+    meta = obj["metadata"]
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise PolicyError(key, (FieldError("metadata.name", "expected a non-empty string"),))
+    namespace = meta.get("namespace") or "default"
+    data = obj.get("data")
+    text = data.get(POLICY_DATA_KEY) if isinstance(data, Mapping) else None
+    if not isinstance(text, str):
+        raise PolicyError(
+            key, (FieldError(f"data.{POLICY_DATA_KEY}", "expected the policy as a YAML string"),)
+        )
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise PolicyError(
+            key, (FieldError(f"data.{POLICY_DATA_KEY}", f"{problem}{where}"),)
+        ) from None
+    return parse_policy_document(document, namespace=namespace, name=name)
+
+
+def parse_policy_document(document: Any, *, namespace: str, name: str) -> ScalingPolicy:
+    """Validate the ``policy.yaml`` document of ConfigMap ``namespace/name``."""
+    reader = _Reader()
+    policy = reader.policy(document, namespace, name)
+    if reader.errors or policy is None:
+        errors = reader.errors or [FieldError("(root)", "invalid policy")]
+        raise PolicyError(f"{namespace}/{name}", tuple(errors))
+    return policy
+
+
+def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
+    """The ``policy.yaml`` document for ``policy``, every field spelled out."""
+    metrics: list[dict[str, Any]] = []
+    for m in policy.metrics:
+        item: dict[str, Any] = {"name": m.name, "type": m.type, "query": m.query}
+        if isinstance(m, QueueDepthMetric):
+            item["targetPerReplica"] = m.target_per_replica
+        elif isinstance(m, LatencyMetric):
+            item["slo"] = format_duration(m.slo)
+        else:
+            item["serviceRatePerReplica"] = m.service_rate_per_replica
+            item["latencyTarget"] = {
+                "quantile": m.latency_target.quantile,
+                "slo": format_duration(m.latency_target.slo),
+            }
+        metrics.append(item)
+    forecast: dict[str, Any] = {"method": policy.forecast.method}
+    if policy.forecast.method == "holt":
+        forecast |= {"alpha": policy.forecast.alpha, "beta": policy.forecast.beta}
+    unavailable: Any = (
+        "hold"
+        if policy.on_metrics_unavailable.hold
+        else {"fallbackReplicas": policy.on_metrics_unavailable.fallback_replicas}
+    )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "target": {
+            "apiVersion": policy.target.api_version,
+            "kind": policy.target.kind,
+            "name": policy.target.name,
+        },
+        "replicas": {"min": policy.replicas.min, "max": policy.replicas.max},
+        "interval": format_duration(policy.interval),
+        "metrics": metrics,
+        "behavior": {
+            "scaleUp": _rules_to_document(policy.behavior.scale_up),
+            "scaleDown": _rules_to_document(policy.behavior.scale_down),
+        },
+        "coldStart": format_duration(policy.cold_start),
+        "forecast": forecast,
+        "onMetricsUnavailable": unavailable,
+    }
+
+
+def policy_to_configmap(policy: ScalingPolicy) -> dict[str, Any]:
+    """A ConfigMap object holding ``policy``, ready for ``kubectl apply`` or the API."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": policy.name,
+            "namespace": policy.namespace,
+            "labels": {POLICY_LABEL: "true"},
+        },
+        "data": {POLICY_DATA_KEY: yaml.safe_dump(policy_to_document(policy), sort_keys=False)},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One YAML document of a file: a policy, or why it is not a valid one."""
+
+    index: int
+    key: str | None
+    policy: ScalingPolicy | None = None
+    error: PolicyError | None = None
+    not_a_policy: str | None = None
+
+
+def read_policy_file(path: str | Path) -> list[FileEntry]:
+    """Every document of a YAML file, parsed; file-level problems raise PolicyFileError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PolicyFileError([f"{path}: cannot read: {reason}"]) from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise PolicyFileError([f"{path}{where}: YAML syntax error: {problem}"]) from None
+    if not documents:
+        raise PolicyFileError([f"{path}: no YAML documents in the file"])
+    entries: list[FileEntry] = []
+    for index, doc in enumerate(_expand_lists(documents)):
+        key = configmap_key(doc) if isinstance(doc, Mapping) else None
+        try:
+            entries.append(FileEntry(index, key, policy=parse_configmap(doc)))
+        except PolicyError as exc:
+            entries.append(FileEntry(index, exc.key, error=exc))
+        except NotAPolicy as exc:
+            entries.append(FileEntry(index, key, not_a_policy=str(exc)))
+    return entries
+
+
+def load_policy_file(path: str | Path) -> list[ScalingPolicy]:
+    """All policies of a file; any invalid or non-policy document raises PolicyFileError."""
+    entries = read_policy_file(path)
+    messages = list(entry_messages(path, entries))
+    if messages:
+        raise PolicyFileError(messages)
+    return [e.policy for e in entries if e.policy is not None]
+
+
+def entry_messages(path: str | Path, entries: list[FileEntry]) -> Iterator[str]:
+    """``file: namespace/name: field: message`` for every problem in ``entries``."""
+    for entry in entries:
+        if entry.error is not None:
+            for err in entry.error.errors:
+                yield f"{path}: {entry.error.key}: {err.path}: {err.message}"
+        elif entry.not_a_policy is not None:
+            text = entry.not_a_policy
+            if entry.key is None or not text.startswith(entry.key):
+                text = f"document {entry.index + 1}: {text}"
+            yield f"{path}: {text}"
+
+
+def _expand_lists(documents: list[Any]) -> Iterator[Any]:
+    """Unfold ``kind: List`` documents, as kubectl does."""
+    for doc in documents:
+        if isinstance(doc, Mapping) and doc.get("kind") == "List":
+            items = doc.get("items")
+            yield from items if isinstance(items, list) else [doc]
+        else:
+            yield doc
+
+
+def _rules_to_document(rules: ScalingRules) -> dict[str, Any]:
+    return {
+        "stabilizationWindow": format_duration(rules.stabilization_window),
+        "select": rules.select,
+        "policies": [
+            {"type": r.type, "value": r.value, "period": format_duration(r.period)}
+            for r in rules.policies
+        ],
+    }
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__
+
+
+class _Reader:
+    """Typed field access that records every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(FieldError(path, message))
+
+    def mapping(
+        self,
+        value: Any,
+        path: str,
+        *,
+        required: tuple[str, ...] = (),
+        optional: tuple[str, ...] = (),
+    ) -> Mapping[str, Any] | None:
+        if not isinstance(value, Mapping):
+            self.error(path, f"expected a mapping, got {_kind_of(value)}")
+            return None
+        allowed = set(required) | set(optional)
+        prefix = f"{path}." if path != "(root)" else ""
+        for field in value:
+            if field not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.error(f"{prefix}{field}", f"unknown field (allowed here: {hint})")
+        for field in required:
+            if field not in value:
+                self.error(f"{prefix}{field}", "required field is missing")
+        return value
+
+    def get(
+        self,
+        obj: Mapping[str, Any],
+        path: str,
+        field: str,
+        read: Callable[[Any, str], T | None],
+        default: T | None = None,
+    ) -> T | None:
+        full = f"{path}.{field}" if path != "(root)" else field
+        if field not in obj:
+            return default
+        return read(obj[field], full)
+
+    def string(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.error(path, f"expected a non-empty string, got {_kind_of(value)}")
+            return None
+        return value
+
+    def integer(self, value: Any, path: str, minimum: int = 0) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(path, f"expected an integer, got {_kind_of(value)}")
+            return None
+        if value < minimum:
+            self.error(path, f"must be at least {minimum}, got {value}")
+            return None
+        return value
+
+    def positive(self, value: Any, path: str) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(path, f"expected a positive number, got {_kind_of(value)}")
+            return None
+        if not math.isfinite(value) or value <= 0:
+            self.error(path, f"expected a positive number, got {value!r}")
+            return None
+        return float(value)
+
+    def fraction(self, value: Any, path: str, *, closed_top: bool) -> float | None:
+        """A number in (0, 1), or (0, 1] when ``closed_top``."""
+        number = self.positive(value, path)
+        if number is None:
+            return None
+        if number > 1 or (number == 1 and not closed_top):
+            bound = "(0, 1]" if closed_top else "(0, 1)"
+            self.error(path, f"expected a number in {bound}, got {value!r}")
+            return None
+        return number
+
+    def duration(self, value: Any, path: str, *, positive: bool = False) -> float | None:
+        if not isinstance(value, str):
+            self.error(path, f'expected a duration like "2s", got {_kind_of(value)}')
+            return None
+        try:
+            seconds = parse_duration(value)
+        except DurationError:
+            self.error(path, f'expected a duration like "2s", got "{value}"')
+            return None
+        if positive and seconds <= 0:
+            self.error(path, f'expected a positive duration, got "{value}"')
+            return None
+        return seconds
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str | None:
+        if value not in choices:
+            self.error(path, f"expected one of {', '.join(choices)}, got {_kind_of(value)}")
+            return None
+        assert isinstance(value, str)
+        return value
+
+    # -- the policy, section by section ---------------------------------------------------
+
+    def policy(self, document: Any, namespace: str, name: str) -> ScalingPolicy | None:
+        doc = self.mapping(
+            document,
+            "(root)",
+            required=("apiVersion", "kind", "target", "replicas", "metrics"),
+            optional=(
+                "interval",
+                "behavior",
+                "coldStart",
+                "forecast",
+                "onMetricsUnavailable",
+            ),
+        )
+        if doc is None:
+            return None
+        if "apiVersion" in doc and doc["apiVersion"] != API_VERSION:
+            self.error("apiVersion", f"expected {API_VERSION}, got {_kind_of(doc['apiVersion'])}")
+        if "kind" in doc and doc["kind"] != KIND:
+            self.error("kind", f"expected {KIND}, got {_kind_of(doc['kind'])}")
+        target = self.get(doc, "(root)", "target", self.target)
+        replicas = self.get(doc, "(root)", "replicas", self.replicas)
+        interval = self.get(
+            doc, "(root)", "interval", lambda v, p: self.duration(v, p, positive=True), 15.0
+        )
+        metrics = self.get(doc, "(root)", "metrics", self.metrics)
+        behavior = self.get(doc, "(root)", "behavior", self.behavior, Behavior())
+        cold_start = self.get(doc, "(root)", "coldStart", self.duration, 120.0)
+        forecast = self.get(doc, "(root)", "forecast", self.forecast, Forecast())
+        unavailable = self.get(
+            doc, "(root)", "onMetricsUnavailable", self.on_unavailable, OnMetricsUnavailable()
+        )
+        if replicas is not None and unavailable is not None and not unavailable.hold:
+            fallback = unavailable.fallback_replicas
+            assert fallback is not None
+            if not replicas.min <= fallback <= replicas.max:
+                self.error(
+                    "onMetricsUnavailable.fallbackReplicas",
+                    f"must lie within replicas.min..max ({replicas.min}..{replicas.max}), "
+                    f"got {fallback}",
+                )
+        if (
+            self.errors
+            or target is None
+            or replicas is None
+            or interval is None
+            or metrics is None
+            or behavior is None
+            or cold_start is None
+            or forecast is None
+            or unavailable is None
+        ):
+            return None
+        return ScalingPolicy(
+            namespace=namespace,
+            name=name,
+            target=target,
+            replicas=replicas,
+            metrics=metrics,
+            interval=interval,
+            behavior=behavior,
+            cold_start=cold_start,
+            forecast=forecast,
+            on_metrics_unavailable=unavailable,
+        )
+
+    def target(self, value: Any, path: str) -> TargetRef | None:
+        obj = self.mapping(value, path, required=("apiVersion", "kind", "name"))
+        if obj is None:
+            return None
+        api_version = self.get(obj, path, "apiVersion", self.string)
+        kind = self.get(obj, path, "kind", self.string)
+        name = self.get(obj, path, "name", self.string)
+        if api_version is None or kind is None or name is None:
+            return None
+        return TargetRef(api_version, kind, name)
+
+    def replicas(self, value: Any, path: str) -> ReplicaBounds | None:
+        obj = self.mapping(value, path, required=("min", "max"))
+        if obj is None:
+            return None
+        low = self.get(obj, path, "min", lambda v, p: self.integer(v, p, minimum=1))
+        high = self.get(obj, path, "max", lambda v, p: self.integer(v, p, minimum=1))
+        if low is None or high is None:
+            return None
+        if low > high:
+            self.error(f"{path}.min", f"must not exceed replicas.max ({high}), got {low}")
+            return None
+        return ReplicaBounds(low, high)
+
+    def metrics(self, value: Any, path: str) -> tuple[Metric, ...] | None:
+        if not isinstance(value, list):
+            self.error(path, f"expected a list of metrics, got {_kind_of(value)}")
+            return None
+        if not value:
+            self.error(path, "expected at least one metric")
+            return None
+        parsed: list[Metric] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(value):
+            metric = self.metric(item, f"{path}[{i}]")
+            if metric is None:
+                continue
+            if metric.name in seen:
+                self.error(
+                    f"{path}[{i}].name",
+                    f"duplicate metric name {metric.name!r} (also metrics[{seen[metric.name]}])",
+                )
+                continue
+            seen[metric.name] = i
+            parsed.append(metric)
+        return tuple(parsed) if len(parsed) == len(value) else None
+
+    def metric(self, value: Any, path: str) -> Metric | None:
+        specific = {
+            "queueDepth": ("targetPerReplica",),
+            "latency": ("slo",),
+            "arrivalRate": ("serviceRatePerReplica", "latencyTarget"),
+        }
+        kind = value.get("type") if isinstance(value, Mapping) else None
+        if isinstance(value, Mapping) and kind not in specific:
+            self.error(
+                f"{path}.type",
+                f"expected one of {', '.join(specific)}, got {_kind_of(kind)}"
+                if "type" in value
+                else "required field is missing",
+            )
+            return None
+        assert kind is None or isinstance(kind, str)
+        extra = specific.get(kind, ()) if kind is not None else ()
+        obj = self.mapping(value, path, required=("name", "type", "query", *extra))
+        if obj is None:
+            return None
+        name = self.get(obj, path, "name", self.metric_name)
+        query = self.get(obj, path, "query", self.string)
+        if kind == "queueDepth":
+            target = self.get(obj, path, "targetPerReplica", self.positive)
+            if name and query and target:
+                return QueueDepthMetric(name, query, target)
+        elif kind == "latency":
+            slo = self.get(obj, path, "slo", lambda v, p: self.duration(v, p, positive=True))
+            if name and query and slo:
+                return LatencyMetric(name, query, slo)
+        else:
+            rate = self.get(obj, path, "serviceRatePerReplica", self.positive)
+            target_latency = self.get(obj, path, "latencyTarget", self.latency_target)
+            if name and query and rate and target_latency:
+                return ArrivalRateMetric(name, query, rate, target_latency)
+        return None
+
+    def metric_name(self, value: Any, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is not None and not _METRIC_NAME.fullmatch(text):
+            self.error(
+                path,
+                f"expected lower-case letters, digits, '-' or '_', starting with a letter, "
+                f"got {text!r}",
+            )
+            return None
+        return text
+
+    def latency_target(self, value: Any, path: str) -> LatencyTarget | None:
+        obj = self.mapping(value, path, required=("quantile", "slo"))
+        if obj is None:
+            return None
+        quantile = self.get(
+            obj, path, "quantile", lambda v, p: self.fraction(v, p, closed_top=False)
+        )
+        slo = self.get(obj, path, "slo", lambda v, p: self.duration(v, p, positive=True))
+        if quantile is None or slo is None:
+            return None
+        return LatencyTarget(quantile, slo)
+
+    def behavior(self, value: Any, path: str) -> Behavior | None:
+        obj = self.mapping(value, path, optional=("scaleUp", "scaleDown"))
+        if obj is None:
+            return None
+        up = self.get(
+            obj,
+            path,
+            "scaleUp",
+            lambda v, p: self.rules(v, p, default_scale_up()),
+            default_scale_up(),
+        )
+        down = self.get(
+            obj,
+            path,
+            "scaleDown",
+            lambda v, p: self.rules(v, p, default_scale_down()),
+            default_scale_down(),
+        )
+        if up is None or down is None:
+            return None
+        return Behavior(up, down)
+
+    def rules(self, value: Any, path: str, default: ScalingRules) -> ScalingRules | None:
+        obj = self.mapping(value, path, optional=("stabilizationWindow", "select", "policies"))
+        if obj is None:
+            return None
+        window = self.get(
+            obj, path, "stabilizationWindow", self.window, default.stabilization_window
+        )
+        select = self.get(
+            obj,
+            path,
+            "select",
+            lambda v, p: self.choice(v, p, ("Max", "Min", "Disabled")),
+            default.select,
+        )
+        policies = self.get(obj, path, "policies", self.rule_list, default.policies)
+        if window is None or select is None or policies is None:
+            return None
+        return ScalingRules(window, cast(Select, select), policies)
+
+    def window(self, value: Any, path: str) -> float | None:
+        seconds = self.duration(value, path)
+        if seconds is not None and seconds > MAX_STABILIZATION_WINDOW:
+            self.error(path, f'must be at most 1h (as for the HPA), got "{value}"')
+            return None
+        return seconds
+
+    def rule_list(self, value: Any, path: str) -> tuple[ScalingRule, ...] | None:
+        if not isinstance(value, list) or not value:
+            self.error(path, f"expected a non-empty list of rules, got {_kind_of(value)}")
+            return None
+        rules = [self.rule(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        if any(r is None for r in rules):
+            return None
+        return tuple(r for r in rules if r is not None)
+
+    def rule(self, value: Any, path: str) -> ScalingRule | None:
+        obj = self.mapping(value, path, required=("type", "value", "period"))
+        if obj is None:
+            return None
+        kind = self.get(obj, path, "type", lambda v, p: self.choice(v, p, ("Pods", "Percent")))
+        amount = self.get(obj, path, "value", lambda v, p: self.integer(v, p, minimum=1))
+        period = self.get(obj, path, "period", lambda v, p: self.duration(v, p, positive=True))
+        if period is not None and period > MAX_RULE_PERIOD:
+            self.error(
+                f"{path}.period", f'must be at most 30m (as for the HPA), got "{obj["period"]}"'
+            )
+            return None
+        if kind is None or amount is None or period is None:
+            return None
+        return ScalingRule(cast(RuleType, kind), amount, period)
+
+    def forecast(self, value: Any, path: str) -> Forecast | None:
+        obj = self.mapping(value, path, required=("method",), optional=("alpha", "beta"))
+        if obj is None:
+            return None
+        method = self.get(obj, path, "method", lambda v, p: self.choice(v, p, ("none", "holt")))
+        alpha = self.get(obj, path, "alpha", lambda v, p: self.fraction(v, p, closed_top=True), 0.5)
+        beta = self.get(obj, path, "beta", lambda v, p: self.fraction(v, p, closed_top=True), 0.3)
+        if method == "none" and ("alpha" in obj or "beta" in obj):
+            self.error(path, "alpha and beta apply only to method: holt")
+            return None
+        if method is None or alpha is None or beta is None:
+            return None
+        return Forecast(cast(ForecastMethod, method), alpha, beta)
+
+    def on_unavailable(self, value: Any, path: str) -> OnMetricsUnavailable | None:
+        if value == "hold":
+            return OnMetricsUnavailable()
+        if isinstance(value, Mapping):
+            obj = self.mapping(value, path, required=("fallbackReplicas",))
+            if obj is None:
+                return None
+            replicas = self.get(
+                obj, path, "fallbackReplicas", lambda v, p: self.integer(v, p, minimum=1)
+            )
+            return None if replicas is None else OnMetricsUnavailable(replicas)
+        self.error(path, f'expected "hold" or {{fallbackReplicas: N}}, got {_kind_of(value)}')
+        return None

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from policies.durations import DurationError, format_duration, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("15s", 15.0), ("2m", 120.0), ("1h30m", 5400.0), ("500ms", 0.5), ("0", 0.0), ("1.5s", 1.5)],
+)
+def test_parses_go_style_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "15", "s", "1d", "-5s", " 5s", "5 s", "1h 30m"])
+def test_rejects_what_go_rejects(text: str) -> None:
+    with pytest.raises(DurationError, match="expected a duration"):
+        parse_duration(text)
+
+
+@given(st.integers(min_value=0, max_value=10**7))
+def test_format_round_trips_whole_milliseconds(millis: int) -> None:
+    seconds = millis / 1000
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, abs=1e-9)
+
+
+def test_format_is_short() -> None:
+    assert format_duration(5400) == "1h30m"
+    assert format_duration(0.25) == "250ms"
+    assert format_duration(0) == "0s"
