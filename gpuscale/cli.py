@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        return exc.exit_code
+        return 1
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 1

@@ -1,0 +1,177 @@
+"""``gpuscale policy check`` and ``gpuscale policy explain``: ScalingPolicies for people."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from policies.decision import Decision
+    from policies.schema import ScalingPolicy
+
+
+@click.group()
+def policy() -> None:
+    """Check ScalingPolicy ConfigMaps and explain the decisions they make."""
+
+
+@policy.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def check(files: tuple[Path, ...]) -> None:
+    """Validate ScalingPolicy ConfigMaps in FILES.
+
+    Prints one line per valid policy; otherwise every problem as
+    `file: namespace/name: field: message` and exits 1.
+    """
+    from policies.parse import PolicyFileError, entry_messages, read_policy_file
+
+    failed = False
+    for path in files:
+        try:
+            entries = read_policy_file(path)
+        except PolicyFileError as exc:
+            failed = True
+            for message in exc.messages:
+                click.echo(message, err=True)
+            continue
+        for message in entry_messages(path, entries):
+            failed = True
+            click.echo(message, err=True)
+        for entry in entries:
+            if entry.policy is not None:
+                click.echo(f"{path}: {entry.policy.key}: ok ({_summary(entry.policy)})")
+    if failed:
+        raise SystemExit(1)
+
+
+def _summary(p: ScalingPolicy) -> str:
+    metrics = ", ".join(f"{m.name} ({m.type})" for m in p.metrics)
+    forecast = f", forecast {p.forecast.method}" if p.forecast.method != "none" else ""
+    return (
+        f"{p.target.kind}/{p.target.name}, replicas {p.replicas.min}..{p.replicas.max}, "
+        f"every {_seconds(p.interval)}: {metrics}{forecast}"
+    )
+
+
+def _parse_metric(text: str) -> tuple[str, float | None]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"expected NAME=VALUE, got {text!r}", param_hint="--metric")
+    if raw.strip().lower() in ("", "missing", "none", "nan"):
+        return name, None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise click.BadParameter(
+            f"{name}: expected a number (or 'missing'), got {raw!r}", param_hint="--metric"
+        ) from None
+    return name, value if math.isfinite(value) else None
+
+
+@policy.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--metric",
+    "-m",
+    "metrics",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A metric's current value (repeatable); VALUE 'missing' marks it unavailable.",
+)
+@click.option("--current", type=click.IntRange(min=0), required=True, help="Replicas running now.")
+@click.option("--ready", type=click.IntRange(min=0), help="Replicas Ready now (default: current).")
+@click.option("--name", help="Which policy of FILE to explain (namespace/name or name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def explain(
+    file: Path,
+    metrics: tuple[str, ...],
+    current: int,
+    ready: int | None,
+    name: str | None,
+    as_json: bool,
+) -> None:
+    """Show, step by step, the replica count a policy in FILE picks for given metric values.
+
+    Metrics left out count as unavailable. This is a first decision, with no history: the
+    scale-down stabilization window has nothing to remember yet, and rate limits start fresh.
+
+    \b
+    Example:
+      gpuscale policy explain policies/examples/llm-chat-vllm.yaml \\
+        -m queue=37 -m latency=2.6 -m load=12 --current 4
+    """
+    from policies.decide import decide
+    from policies.decision import Snapshot, State
+    from policies.parse import PolicyFileError, load_policy_file
+
+    try:
+        candidates = load_policy_file(file)
+    except PolicyFileError as exc:
+        for message in exc.messages:
+            click.echo(message, err=True)
+        raise SystemExit(1) from None
+    chosen = [p for p in candidates if name in (None, p.name, p.key)]
+    if len(chosen) != 1:
+        keys = ", ".join(p.key for p in candidates)
+        what = "no policy named " + repr(name) if not chosen else "several policies"
+        click.echo(f"{file}: {what} in the file ({keys}); pick one with --name", err=True)
+        raise SystemExit(1)
+    (p,) = chosen
+    values = dict(_parse_metric(m) for m in metrics)
+    unknown = sorted(set(values) - {m.name for m in p.metrics})
+    if unknown:
+        known = ", ".join(m.name for m in p.metrics)
+        click.echo(
+            f"{file}: {p.key}: unknown metric {', '.join(unknown)} (policy has: {known})", err=True
+        )
+        raise SystemExit(1)
+    snapshot = Snapshot(
+        values={m.name: values.get(m.name) for m in p.metrics},
+        current_replicas=current,
+        ready_replicas=current if ready is None else ready,
+    )
+    decision, _ = decide(p, snapshot, State(), 0.0)
+    if as_json:
+        click.echo(json.dumps(_decision_json(p, decision), indent=2))
+    else:
+        click.echo(_decision_text(p, decision))
+
+
+def _decision_json(p: ScalingPolicy, decision: Decision) -> dict[str, Any]:
+    body = asdict(decision)
+    body["reason"] = decision.reason
+    return {"policy": p.key, "target": f"{p.target.kind}/{p.target.name}", "decision": body}
+
+
+def _decision_text(p: ScalingPolicy, d: Decision) -> str:
+    lines = [
+        f"Policy {p.key} scales {p.target.kind}/{p.target.name} "
+        f"between {p.replicas.min} and {p.replicas.max} replicas.",
+        f"Now: {d.current_replicas} replicas.",
+        "",
+        "Proposals:",
+    ]
+    width = max(len(pr.metric) for pr in d.proposals) if d.proposals else 0
+    for pr in d.proposals:
+        value = "missing" if pr.value is None else f"{pr.value:g}"
+        proposes = "—" if pr.replicas is None else str(pr.replicas)
+        mark = "  ← winner" if pr.metric == d.winner else ""
+        lines.append(
+            f"  {pr.metric:<{width}}  {pr.type:<11}  value {value:<10}  proposes {proposes:>3}"
+            f"  {pr.reason}{mark}"
+        )
+    lines += ["", "Steps:"]
+    lines += [f"  {i}. {step}" for i, step in enumerate(d.steps, 1)]
+    lines += ["", f"Desired replicas: {d.desired_replicas}"]
+    return "\n".join(lines)
+
+
+def _seconds(seconds: float) -> str:
+    from policies.durations import format_duration
+
+    return format_duration(seconds)

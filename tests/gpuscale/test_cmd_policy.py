@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpuscale.cli import main
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "policies" / "examples").glob("*.yaml"))
+LLM = Path(__file__).parents[2] / "policies" / "examples" / "llm-chat-vllm.yaml"
+
+
+def test_check_passes_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "check", *map(str, EXAMPLES)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(EXAMPLES)
+    assert any("inference/llama-chat: ok (Deployment/llama-chat, replicas 1..32" in o for o in out)
+
+
+def test_check_reports_every_error_with_file_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cm = yaml.safe_load(LLM.read_text())
+    doc = yaml.safe_load(cm["data"]["policy.yaml"])
+    doc["metrics"][1]["slo"] = "fast"
+    doc["replicas"]["min"] = 40
+    cm["data"]["policy.yaml"] = yaml.safe_dump(doc)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cm))
+    assert main(["policy", "check", str(bad), str(LLM)]) == 1
+    captured = capsys.readouterr()
+    assert sorted(captured.err.splitlines()) == [
+        f'{bad}: inference/llama-chat: metrics[1].slo: expected a duration like "2s", got "fast"',
+        f"{bad}: inference/llama-chat: replicas.min: must not exceed replicas.max (32), got 40",
+    ]
+    assert "llama-chat: ok" in captured.out
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("a: [b\n", "YAML syntax error"),
+        ("", "no YAML documents"),
+        ("kind: Deployment\nmetadata: {name: x}\n", "not a ScalingPolicy: kind is 'Deployment'"),
+        (
+            "kind: ConfigMap\nmetadata: {name: x, namespace: y}\ndata: {}\n",
+            'y/x: not a ScalingPolicy: missing label gpuscale.io/scaling-policy: "true"',
+        ),
+        ("- 1\n- 2\n", "expected a ConfigMap object, got a list"),
+        (b"\xff\xfe bad".decode("latin-1"), "bad"),
+    ],
+)
+def test_check_never_tracebacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
+    path = tmp_path / "input.yaml"
+    path.write_text(content)
+    assert main(["policy", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(str(path))
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_check_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "check", str(tmp_path / "nope.yaml"), str(tmp_path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
+    assert err[1] == f"{tmp_path}: cannot read: Is a directory"
+
+
+def test_console_script_runs_as_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpuscale", "policy", "check", str(LLM)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("controller", "extender", "node-agent", "policy", "simulate"):
+        assert name in out
+
+
+def test_explain_prints_steps_and_winner(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "policy",
+            "explain",
+            str(LLM),
+            "-m",
+            "queue=37",
+            "-m",
+            "latency=1.0",
+            "-m",
+            "load=3",
+            "--current",
+            "4",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "queue" in out and "← winner" in out
+    assert "Desired replicas: 8" in out  # ceil(37 / 4) = 10, capped by +4 pods per 15 s
+
+
+def test_explain_json_for_machines(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "policy",
+            "explain",
+            str(LLM),
+            "-m",
+            "queue=2",
+            "-m",
+            "latency=missing",
+            "--current",
+            "3",
+            "--json",
+        ]
+    )
+    assert code == 0
+    body = json.loads(capsys.readouterr().out)
+    decision = body["decision"]
+    assert body["policy"] == "inference/llama-chat"
+    assert decision["desired_replicas"] == 3  # metrics missing: hold, never scale down
+    assert set(decision["metrics_missing"]) == {"latency", "load"}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-m", "queue"], "expected NAME=VALUE"),
+        (["-m", "queue=lots"], "queue: expected a number"),
+        (["-m", "cpu=3"], "unknown metric cpu"),
+    ],
+)
+def test_explain_bad_metrics_exit_1(
+    capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    assert main(["policy", "explain", str(LLM), *args, "--current", "2"]) == 1
+    assert expected in capsys.readouterr().err
