@@ -66,6 +66,8 @@ class Proposal:
     replicas: int | None
     reason: str
     saturated: bool = False
+    forecast: float | None = None
+    """For ``arrivalRate`` with ``forecast: holt``: the rate the proposal was sized for."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,210 @@
+"""The decision core: ``decide(policy, snapshot, state, now) -> (Decision, State)``.
+
+One tick, pure and synchronous, in the order the HPA itself works (``reconcileAutoscaler``):
+
+1. Each metric proposes a replica count (:mod:`policies.proposals`); ``arrivalRate`` metrics
+   with ``forecast: holt`` are sized for the rate expected ``coldStart`` seconds ahead
+   (:mod:`policies.forecast`), never for less than the rate observed now.
+2. The target's current count is checked first, as upstream does: ``current == 0`` with
+   ``replicas.min >= 1`` means someone scaled the target to zero on purpose; we leave it at 0
+   and say so (the HPA's "scaling is disabled"), until it has replicas again. With
+   ``replicas.min == 0`` a target at 0 is scaled normally (from zero when there is load).
+   ``current > max`` goes straight to ``max``, ``current < min`` straight to ``min``.
+3. Otherwise the largest proposal wins and :mod:`policies.behavior` applies the stabilization
+   windows, the rate policies and ``replicas.min/max``.
+
+Missing metrics (absent, ``None`` or not finite):
+
+- ``onMetricsUnavailable: hold``: as the HPA, a tick with any metric missing may only scale up:
+  if the largest valid proposal is below ``current``, or no metric is valid, the count is held
+  (and, as upstream, nothing is recorded in the stabilization history).
+- ``fallbackReplicas: N``: the same until some metric has been missing for 3 intervals
+  (``State.missing_since``); from then on the recommendation is ``max(N, valid proposals)`` (a
+  missing metric votes ``N``, as KEDA's per-trigger fallback does), and the behavior rules still
+  apply to it, so the move to ``N`` is as smooth as any other.
+
+Scale events are recorded when the decision differs from ``snapshot.current_replicas``
+(upstream records after it writes the scale). The controller should therefore pass the target's
+``spec.replicas`` as ``current_replicas``, and decide no faster than the HPA applies the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from policies import forecast as holt
+from policies.behavior import limit_rate, record_scale_event, stabilize
+from policies.decision import Decision, HoltState, Proposal, Snapshot, State
+from policies.proposals import arrival_rate, latency, queue_depth
+from policies.schema import ArrivalRateMetric, LatencyMetric, QueueDepthMetric, ScalingPolicy
+
+FALLBACK_AFTER_INTERVALS = 3
+"""With ``fallbackReplicas``, a metric missing this many intervals triggers the fallback."""
+
+_isfinite = math.isfinite
+
+
+def decide(
+    policy: ScalingPolicy, snapshot: Snapshot, state: State, now: float
+) -> tuple[Decision, State]:
+    """The replica count to run at ``now``, why, and the state for the next tick."""
+    current = snapshot.current_replicas
+    bounds = policy.replicas
+    lo, hi = bounds.min, bounds.max
+    values = snapshot.values
+
+    proposals: list[Proposal] = []
+    missing: list[str] = []
+    steps: list[str] = []
+    holt_state: Mapping[str, HoltState] = state.holt
+    use_holt = policy.forecast.method == "holt"
+    new_holt: dict[str, HoltState] | None = None
+    winner: str | None = None
+    best = -1
+
+    for m in policy.metrics:
+        v = values.get(m.name)
+        if v is None or not _isfinite(v):
+            missing.append(m.name)
+            p = Proposal(m.name, m.type, None, None, "metric missing")
+        elif isinstance(m, QueueDepthMetric):
+            p = queue_depth(m, v)
+        elif isinstance(m, LatencyMetric):
+            p = latency(m, v, current)
+        elif isinstance(m, ArrivalRateMetric):
+            sized_for = None
+            if use_holt:
+                if new_holt is None:
+                    new_holt = dict(holt_state)
+                fc = policy.forecast
+                hs = holt.update(holt_state.get(m.name), v, now, fc.alpha, fc.beta)
+                new_holt[m.name] = hs
+                sized_for = holt.ahead(hs, v, policy.cold_start)
+            p = arrival_rate(m, v, hi, sized_for)
+        else:  # pragma: no cover - the schema admits no other type
+            raise TypeError(f"unknown metric type {type(m).__name__}")
+        proposals.append(p)
+        steps.append(f"{p.metric} ({p.type}): {p.reason}")
+        n = p.replicas
+        if n is not None and n > best:
+            best, winner = n, p.metric
+
+    missing_since: float | None = None
+    if missing:
+        missing_since = state.missing_since if state.missing_since is not None else now
+
+    recommendations = state.recommendations
+    recommended = best if winner is not None else current
+    limited_by: str | None = None
+
+    if current == 0 and lo != 0:
+        desired = 0
+        limited_by = "replicas: target scaled to zero"
+        steps.append("the target has 0 replicas and replicas.min >= 1: scaling is disabled")
+        summary = "keep 0 replicas: scaling is disabled while the target is scaled to zero"
+    elif current > hi:
+        desired = hi
+        limited_by = "replicas.max"
+        steps.append(f"current {current} is above replicas.max {hi}")
+        summary = f"scale down {current} → {hi}: current count above replicas.max"
+    elif current < lo:
+        desired = lo
+        limited_by = "replicas.min"
+        steps.append(f"current {current} is below replicas.min {lo}")
+        summary = f"scale up {current} → {lo}: current count below replicas.min"
+    else:
+        fallback = policy.on_metrics_unavailable.fallback_replicas
+        missing_for = now - missing_since if missing_since is not None else 0.0
+        fallback_on = (
+            fallback is not None
+            and missing_since is not None
+            and missing_for >= FALLBACK_AFTER_INTERVALS * policy.interval
+        )
+        if winner is not None:
+            steps.append(f"largest proposal: {winner} → {recommended}")
+        if fallback_on and fallback is not None:
+            if winner is None or fallback >= recommended:
+                recommended = fallback
+                winner = None
+            steps.append(
+                f"metrics missing for {missing_for:g}s ({', '.join(missing)}):"
+                f" fallbackReplicas {fallback} → {recommended}"
+            )
+        if not fallback_on and missing and (winner is None or recommended < current):
+            desired = current
+            limited_by = "onMetricsUnavailable: hold"
+            if winner is None:
+                steps.append(f"all metrics missing ({', '.join(missing)}): hold {current}")
+            else:
+                steps.append(
+                    f"metrics missing ({', '.join(missing)}): no scale-down on partial data,"
+                    f" hold {current}"
+                )
+            summary = f"keep {current} replicas: metrics missing ({', '.join(missing)})"
+        else:
+            stabilized, recommendations, window = stabilize(
+                recommendations, recommended, current, policy.behavior, now
+            )
+            if window is not None:
+                limited_by = window
+                steps.append(f"{window}: {recommended} → {stabilized}")
+            desired, rate_rule = limit_rate(
+                stabilized,
+                current,
+                lo,
+                hi,
+                state.scale_up_events,
+                state.scale_down_events,
+                policy.behavior,
+                now,
+            )
+            if rate_rule is not None:
+                limited_by = rate_rule
+                steps.append(f"{rate_rule}: {stabilized} → {desired}")
+            summary = _summary(current, desired, winner, recommended, limited_by, fallback_on)
+
+    steps.append(summary)
+    ups, downs = record_scale_event(
+        state.scale_up_events, state.scale_down_events, current, desired, policy.behavior, now
+    )
+    decision = Decision(
+        desired,
+        current,
+        tuple(proposals),
+        winner,
+        recommended,
+        limited_by,
+        tuple(steps),
+        tuple(missing),
+    )
+    new_state = State(
+        recommendations,
+        ups,
+        downs,
+        new_holt if new_holt is not None else holt_state,
+        missing_since,
+    )
+    return decision, new_state
+
+
+def _summary(
+    current: int,
+    desired: int,
+    winner: str | None,
+    recommended: int,
+    limited_by: str | None,
+    fallback: bool,
+) -> str:
+    if desired > current:
+        head = f"scale up {current} → {desired}"
+    elif desired < current:
+        head = f"scale down {current} → {desired}"
+    else:
+        head = f"keep {current} replicas"
+    why = "fallbackReplicas" if fallback and winner is None else f"{winner} proposes {recommended}"
+    if winner is None and not fallback:
+        why = f"recommended {recommended}"
+    if limited_by is not None:
+        why += f", limited by {limited_by}"
+    return f"{head}: {why}"

@@ -1,0 +1,100 @@
+"""What each metric type proposes: one replica count per metric, the largest wins in ``decide``.
+
+- ``queueDepth``: ``ceil(waiting / targetPerReplica)``; nothing waiting proposes 0 (the
+  ``replicas.min`` clamp decides the floor).
+- ``latency``: proportional control, ``ceil(current * observed / slo)``. Dead band: while the
+  observed quantile lies within ±10% of the SLO (``0.9 <= observed/slo <= 1.1``) the proposal is
+  ``current``, so measurement noise around the target does not make the count flap. It only ever
+  competes in the max, so it cannot pull the count below what the other metrics need. With
+  ``current == 0`` there is nothing to scale proportionally: it proposes 1 when the observed
+  latency is above the SLO (someone is being served badly, a replica is needed), else 0.
+- ``arrivalRate``: the smallest ``c`` whose M/M/c response-time quantile meets the target
+  (:func:`policies.queueing.replicas_for_latency`); 0 req/s proposes 0; when even ``max``
+  replicas cannot meet it, ``max`` with ``saturated=True``.
+
+Ceilings subtract 1e-9 first, so that float noise (``12.000000000000002``) does not add a replica.
+Negative values (a ``rate()`` glitch) count as 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+from policies.decision import Proposal
+from policies.queueing import replicas_for_latency
+from policies.schema import ArrivalRateMetric, LatencyMetric, QueueDepthMetric
+
+LATENCY_DEAD_BAND = 0.1
+"""Relative distance from the SLO within which the latency rule proposes no change."""
+
+_EPS = 1e-9
+_ceil = math.ceil
+
+
+def ceil_div(x: float, y: float) -> int:
+    """``ceil(x / y)`` forgiving float noise just above an integer."""
+    return int(_ceil(x / y - _EPS))
+
+
+def queue_depth(metric: QueueDepthMetric, waiting: float) -> Proposal:
+    if waiting < 0:
+        waiting = 0.0
+    n = int(_ceil(waiting / metric.target_per_replica - _EPS))
+    if n < 0:
+        n = 0
+    return Proposal(
+        metric.name,
+        "queueDepth",
+        waiting,
+        n,
+        f"{waiting:g} waiting / {metric.target_per_replica:g} per replica → {n}",
+    )
+
+
+def latency(metric: LatencyMetric, observed: float, current: int) -> Proposal:
+    if observed < 0:
+        observed = 0.0
+    slo = metric.slo
+    ratio = observed / slo
+    head = f"{observed:.3g}s vs SLO {slo:g}s (×{ratio:.2f})"
+    if current <= 0:
+        n = 1 if observed > slo else 0
+        why = f"{head}, no replicas running → {n}"
+    elif 1.0 - LATENCY_DEAD_BAND <= ratio <= 1.0 + LATENCY_DEAD_BAND:
+        n = current
+        why = f"{head}, within ±{LATENCY_DEAD_BAND:.0%} of the SLO → keep {n}"
+    else:
+        n = int(_ceil(current * ratio - _EPS))
+        if n < 0:
+            n = 0
+        why = f"{head} → ceil({current} × {ratio:.2f}) = {n}"
+    return Proposal(metric.name, "latency", observed, n, why)
+
+
+def arrival_rate(
+    metric: ArrivalRateMetric, observed: float, max_replicas: int, sized_for: float | None = None
+) -> Proposal:
+    """Size for ``sized_for`` (a forecast, already >= ``observed``) or else for ``observed``."""
+    if observed < 0:
+        observed = 0.0
+    lam = observed if sized_for is None else max(sized_for, observed)
+    target = metric.latency_target
+    mu = metric.service_rate_per_replica
+    goal = f"p{target.quantile * 100:g} ≤ {target.slo:g}s at {mu:g}/s per replica"
+    rate = (
+        f"{observed:g} req/s" if sized_for is None else f"{observed:g} req/s (sized for {lam:.4g})"
+    )
+    if lam <= 0:
+        return Proposal(
+            metric.name, "arrivalRate", observed, 0, f"{rate}: no load → 0", False, sized_for
+        )
+    s = replicas_for_latency(lam, mu, target.quantile, target.slo, max_replicas)
+    if s.saturated:
+        why = f"{rate}, {goal}: saturated, {s.why} → max {s.replicas}"
+    else:
+        why = f"{rate}, {goal} → M/M/c needs {s.replicas}"
+    return Proposal(metric.name, "arrivalRate", observed, s.replicas, why, s.saturated, sized_for)
+
+
+def missing(metric_name: str, metric_type: str) -> Proposal:
+    return Proposal(metric_name, metric_type, None, None, "metric missing")
