@@ -1,0 +1,258 @@
+"""Per-replica serving: a FIFO queue in front of ``max_batch`` concurrent slots, and routing.
+
+A request is an index into the run's :class:`RequestLog` (struct of arrays), so the hot path
+allocates nothing per request beyond the engine's heap entry. Service times are drawn up front
+for every request from the scenario's :class:`ServiceModel`; a slot serves one request at a time
+for that long, independently of how full the batch is (the issue's model: ``prefill / rate +
+generated / rate`` with a cap on concurrent requests).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from simulations.engine import Engine
+
+FloatArray = npt.NDArray[np.float64]
+
+DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+"""vLLM's ``e2e_request_latency_seconds`` buckets (seconds); ``+Inf`` is implied."""
+
+
+# --------------------------------------------------------------------------- service models
+
+
+@dataclass(frozen=True, slots=True)
+class FixedService:
+    """Every request takes ``seconds``."""
+
+    seconds: float
+
+    def sample(self, rng: np.random.Generator, prompt: FloatArray, gen: FloatArray) -> FloatArray:
+        return np.full(len(prompt), self.seconds, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class ExponentialService:
+    """Memoryless service with mean ``mean`` seconds (the M in M/M/c)."""
+
+    mean: float
+
+    def sample(self, rng: np.random.Generator, prompt: FloatArray, gen: FloatArray) -> FloatArray:
+        return rng.exponential(self.mean, len(prompt))
+
+
+@dataclass(frozen=True, slots=True)
+class LognormalService:
+    """Lognormal with the given ``mean`` seconds and shape ``sigma`` of the underlying normal."""
+
+    mean: float
+    sigma: float
+
+    def sample(self, rng: np.random.Generator, prompt: FloatArray, gen: FloatArray) -> FloatArray:
+        mu = math.log(self.mean) - self.sigma**2 / 2
+        return rng.lognormal(mu, self.sigma, len(prompt))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenService:
+    """``overhead + prompt / prefill_rate + generated / decode_rate`` seconds per request.
+
+    Rates are tokens/s seen by one request in a batch (vLLM's per-sequence decode speed).
+    """
+
+    prefill_rate: float
+    decode_rate: float
+    overhead: float = 0.0
+
+    def sample(self, rng: np.random.Generator, prompt: FloatArray, gen: FloatArray) -> FloatArray:
+        return self.overhead + prompt / self.prefill_rate + gen / self.decode_rate
+
+
+ServiceModel = FixedService | ExponentialService | LognormalService | TokenService
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class RequestLog:
+    """What happened to every request of a run, by request index."""
+
+    __slots__ = ("arrival", "finish", "n", "replica", "service", "start")
+
+    def __init__(self, arrival: FloatArray, service: FloatArray) -> None:
+        self.n = len(arrival)
+        self.arrival: list[float] = arrival.tolist()
+        self.service: list[float] = service.tolist()
+        nan = math.nan
+        self.start: list[float] = [nan] * self.n
+        self.finish: list[float] = [nan] * self.n
+        self.replica: list[int] = [-1] * self.n
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+class Replica:
+    """One serving pod's engine: a FIFO queue and ``max_batch`` slots; exposes its counters.
+
+    ``waiting`` and ``running`` are the gauges (vLLM's ``num_requests_waiting/running``);
+    ``completed``, ``bucket_counts`` (per bucket, not cumulative) and ``latency_sum`` feed the
+    scraped latency histogram; ``inflight_area`` integrates in-flight requests over time for
+    Knative's concurrency average.
+    """
+
+    __slots__ = (
+        "_bounds",
+        "_engine",
+        "_finish_cb",
+        "_log",
+        "arrived",
+        "bucket_counts",
+        "completed",
+        "id",
+        "latency_sum",
+        "max_batch",
+        "on_idle",
+        "queue",
+        "running",
+    )
+
+    def __init__(
+        self,
+        replica_id: int,
+        engine: Engine,
+        log: RequestLog,
+        max_batch: int,
+        buckets: Sequence[float],
+        on_complete: Callable[[int], None] | None = None,
+    ) -> None:
+        self.id = replica_id
+        self._engine = engine
+        self._log = log
+        self.max_batch = max_batch
+        self.queue: deque[int] = deque()
+        self.running = 0
+        self.arrived = 0
+        self.completed = 0
+        self.latency_sum = 0.0
+        self._bounds = list(buckets)
+        self.bucket_counts = [0] * (len(self._bounds) + 1)
+        self.on_idle: Callable[[Replica], None] | None = None
+        self._finish_cb = (
+            self._finish if on_complete is None else self._finish_and_notify(on_complete)
+        )
+
+    @property
+    def outstanding(self) -> int:
+        return self.running + len(self.queue)
+
+    def admit(self, i: int) -> None:
+        """Take request ``i``: start it if a slot is free, else queue it."""
+        self.arrived += 1
+        self._log.replica[i] = self.id
+        if self.running < self.max_batch:
+            self.running += 1
+            self._log.start[i] = self._engine.now
+            self._engine.schedule(self._log.service[i], self._finish_cb, i)
+        else:
+            self.queue.append(i)
+
+    def _finish(self, i: int) -> None:
+        engine = self._engine
+        log = self._log
+        now = engine.now
+        log.finish[i] = now
+        latency = now - log.arrival[i]
+        self.completed += 1
+        self.latency_sum += latency
+        self.bucket_counts[bisect_left(self._bounds, latency)] += 1
+        if self.queue:
+            j = self.queue.popleft()
+            log.start[j] = now
+            engine.schedule(log.service[j], self._finish_cb, j)
+        else:
+            self.running -= 1
+            if self.running == 0 and self.on_idle is not None:
+                self.on_idle(self)
+
+    def _finish_and_notify(self, on_complete: Callable[[int], None]) -> Callable[[int], None]:
+        finish = self._finish
+
+        def finish_and_notify(i: int) -> None:
+            finish(i)
+            on_complete(i)
+
+        return finish_and_notify
+
+    def take_queue(self) -> list[int]:
+        """Remove and return the requests still waiting (for a replica that goes away)."""
+        items = list(self.queue)
+        self.queue.clear()
+        return items
+
+
+RoutingMode = Literal["least-outstanding", "round-robin"]
+
+
+class Router:
+    """Spreads requests over Ready replicas; holds them while none is Ready (like a gateway).
+
+    ``least-outstanding`` picks the replica with the fewest running+queued requests (lowest id
+    on ties, so runs are deterministic); ``round-robin`` cycles in id order.
+    """
+
+    __slots__ = ("_rr", "held", "mode", "ready")
+
+    def __init__(self, mode: RoutingMode = "least-outstanding") -> None:
+        self.mode = mode
+        self.ready: list[Replica] = []
+        self.held: deque[int] = deque()
+        self._rr = 0
+
+    def route(self, i: int) -> None:
+        ready = self.ready
+        if not ready:
+            self.held.append(i)
+            return
+        if len(ready) == 1:
+            ready[0].admit(i)
+            return
+        if self.mode == "round-robin":
+            self._rr = (self._rr + 1) % len(ready)
+            ready[self._rr].admit(i)
+            return
+        best = ready[0]
+        best_load = best.running + len(best.queue)
+        for replica in ready:
+            load = replica.running + len(replica.queue)
+            if load < best_load:
+                best, best_load = replica, load
+        best.admit(i)
+
+    def add(self, replica: Replica) -> None:
+        """A replica became Ready: route to it, and hand it what the gateway was holding."""
+        self.ready.append(replica)
+        self.ready.sort(key=lambda r: r.id)
+        held = self.held
+        while held:
+            self.route(held.popleft())
+
+    def remove(self, replica: Replica) -> None:
+        if replica in self.ready:
+            self.ready.remove(replica)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.held) + sum(r.running + len(r.queue) for r in self.ready)
