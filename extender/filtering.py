@@ -1,0 +1,217 @@
+"""The extender's decisions: which nodes a pod may use, how good each is, which devices it takes.
+
+Pure functions of a pod, node names, a :class:`ClusterView` and ``now``; the HTTP server and the
+simulator both call them. Filter checks run in kube-scheduler's plugin order (TaintToleration,
+NodeAffinity, NodeResourcesFit, then GPU memory) and a node reports the first failure only.
+Failures preemption cannot fix (taints, affinity, missing or stale GPU inventory) go to
+``unresolvable``; shortages of CPU, memory or GPU memory go to ``failed``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from extender import taints as taint_rules
+from extender.affinity import AFFINITY_REASON, compile_preferred, compile_required
+from extender.fit import NodeGpus, gpu_fit_reason, resource_fit_reasons
+from extender.inventory import InventoryConfig, node_gpus
+from extender.model import GpuReport, NodeInfo, PodRequest
+from extender.reservations import EMPTY, Book, Reservation
+from extender.scoring import ScoreWeights, Strategy, combine, get_strategy
+
+NOT_FOUND_REASON: Final = "node not found in the extender's cache"
+
+
+class ClusterView(Protocol):
+    """What the decisions read about the cluster."""
+
+    def node(self, name: str) -> NodeInfo | None:
+        """The node called ``name``, or ``None`` when unknown."""
+        ...
+
+    def gpus(self, name: str, now: float) -> NodeGpus | str:
+        """Effective GPU state of a known node, or why it has none usable."""
+        ...
+
+    def requested(self, name: str) -> tuple[int, int]:
+        """Millicores and bytes of memory already requested by pods bound to the node."""
+        ...
+
+
+class ClusterSnapshot:
+    """A :class:`ClusterView` over plain data (nodes, bound pods, reservations, DCGM reports).
+
+    It computes each node's GPU state on demand; the server keeps a cached equivalent.
+    """
+
+    def __init__(
+        self,
+        nodes: Iterable[NodeInfo],
+        pods: Iterable[PodRequest] = (),
+        *,
+        reservations: Book = EMPTY,
+        dcgm: Mapping[str, GpuReport] | None = None,
+        config: InventoryConfig | None = None,
+    ) -> None:
+        self.nodes = {n.name: n for n in nodes}
+        self.pods_by_node: dict[str, list[PodRequest]] = defaultdict(list)
+        for p in pods:
+            if p.node_name and not p.terminated:
+                self.pods_by_node[p.node_name].append(p)
+        self.reservations_by_node: dict[str, list[Reservation]] = defaultdict(list)
+        for r in reservations.values():
+            self.reservations_by_node[r.node].append(r)
+        self.dcgm = dict(dcgm or {})
+        self.config = config or InventoryConfig()
+
+    def node(self, name: str) -> NodeInfo | None:
+        return self.nodes.get(name)
+
+    def gpus(self, name: str, now: float) -> NodeGpus | str:
+        return node_gpus(
+            self.nodes[name],
+            config=self.config,
+            now=now,
+            dcgm=self.dcgm.get(name),
+            pods=self.pods_by_node.get(name, ()),
+            reservations=self.reservations_by_node.get(name, ()),
+        )
+
+    def requested(self, name: str) -> tuple[int, int]:
+        pods = self.pods_by_node.get(name, ())
+        return sum(p.milli_cpu for p in pods), sum(p.memory for p in pods)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterResult:
+    passed: tuple[str, ...]
+    failed: dict[str, str] = field(default_factory=dict)
+    """Nodes that could fit after preemption (``FailedNodes``)."""
+    unresolvable: dict[str, str] = field(default_factory=dict)
+    """Nodes preemption cannot help (``FailedAndUnresolvableNodes``)."""
+
+
+def filter_nodes(
+    pod: PodRequest, names: Sequence[str], view: ClusterView, now: float
+) -> FilterResult:
+    """Split ``names`` into passing, failed and unresolvable nodes (order of ``names`` kept)."""
+    required = compile_required(pod.node_selector, pod.required)
+    always_matches = required.terms is None and not required.node_selector
+    tolerations = pod.tolerations
+    need = pod.gpu
+    passed: list[str] = []
+    failed: dict[str, str] = {}
+    unresolvable: dict[str, str] = {}
+    for name in names:
+        node = view.node(name)
+        if node is None:
+            unresolvable[name] = NOT_FOUND_REASON
+            continue
+        if node.taints:
+            reason = taint_rules.filter_reason(node.taints, tolerations)
+            if reason is not None:
+                unresolvable[name] = reason
+                continue
+        if not always_matches and not required.matches(node.labels, name):
+            unresolvable[name] = AFFINITY_REASON
+            continue
+        if pod.milli_cpu or pod.memory:
+            cpu, mem = view.requested(name)
+            short = resource_fit_reasons(
+                pod.milli_cpu,
+                pod.memory,
+                allocatable_milli_cpu=node.allocatable_milli_cpu,
+                allocatable_memory=node.allocatable_memory,
+                requested_milli_cpu=cpu,
+                requested_memory=mem,
+            )
+            if short:
+                failed[name] = ", ".join(short)
+                continue
+        if need is not None:
+            gpus = view.gpus(name, now)
+            if isinstance(gpus, str):
+                unresolvable[name] = gpus
+                continue
+            reason = gpu_fit_reason(gpus, need)
+            if reason is not None:
+                failed[name] = reason
+                continue
+        passed.append(name)
+    return FilterResult(tuple(passed), failed, unresolvable)
+
+
+def strategy_for(pod: PodRequest, default: str) -> Strategy:
+    """The pod's own strategy (annotation ``gpuscale.io/scoring``) if known, else ``default``."""
+    if pod.scoring:
+        try:
+            return get_strategy(pod.scoring)
+        except ValueError:
+            pass
+    return get_strategy(default)
+
+
+def prioritize(
+    pod: PodRequest,
+    names: Sequence[str],
+    view: ClusterView,
+    now: float,
+    *,
+    strategy: str = "binpack",
+    weights: ScoreWeights | None = None,
+) -> list[tuple[str, int]]:
+    """Scores 0..10 for ``names`` (same order). Unknown nodes and nodes the pod does not fit on
+    get GPU score 0; the other components still count, as in kube-scheduler."""
+    strat = strategy_for(pod, strategy)
+    preferred = compile_preferred(pod.preferred)
+    pns_tolerations = taint_rules.prefer_no_schedule_tolerations(pod.tolerations)
+    need = pod.gpu
+    gpu_scores: list[float] = []
+    affinity: list[int] = []
+    intolerable: list[int] = []
+    for name in names:
+        node = view.node(name)
+        if node is None:
+            gpu_scores.append(0.0)
+            affinity.append(0)
+            intolerable.append(0)
+            continue
+        g = 0.0
+        if need is not None:
+            gpus = view.gpus(name, now)
+            if not isinstance(gpus, str):
+                chosen = strat.choose(gpus, need)
+                if chosen is not None:
+                    g = strat.score(gpus, need, chosen)
+        gpu_scores.append(g)
+        affinity.append(preferred.score(node.labels, name) if preferred.terms else 0)
+        intolerable.append(
+            taint_rules.count_intolerable_prefer_no_schedule(node.taints, pns_tolerations)
+            if node.taints
+            else 0
+        )
+    return list(zip(names, combine(gpu_scores, affinity, intolerable, weights), strict=True))
+
+
+def choose_devices(
+    pod: PodRequest, name: str, view: ClusterView, now: float, *, strategy: str = "binpack"
+) -> tuple[int, ...] | str:
+    """Devices ``pod`` should take on node ``name`` (for bind), or why it cannot go there now."""
+    if pod.gpu is None:
+        return ()
+    node = view.node(name)
+    if node is None:
+        return NOT_FOUND_REASON
+    gpus = view.gpus(name, now)
+    if isinstance(gpus, str):
+        return gpus
+    reason = gpu_fit_reason(gpus, pod.gpu)
+    if reason is not None:
+        return reason
+    chosen = strategy_for(pod, strategy).choose(gpus, pod.gpu)
+    if chosen is None:
+        return f"strategy found no devices for {pod.gpu.describe()}"
+    return chosen
