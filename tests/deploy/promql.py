@@ -1,0 +1,48 @@
+"""Just enough PromQL lexing to list the metric names an expression reads."""
+
+from __future__ import annotations
+
+import re
+
+_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGE = re.compile(r"\[[^\[\]]*\]")
+_LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+_VARIABLE = re.compile(r"\$\{?\w+\}?")
+_IDENT = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)(\s*\()?")
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "atan2",
+    "start",
+    "end",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Names of the series ``expr`` selects (``{__name__=...}`` selectors are not supported)."""
+    text = _STRING.sub('""', expr)
+    if "__name__" in text:
+        raise ValueError(f"selector by __name__ is not supported: {expr}")
+    text = _VARIABLE.sub("x", text)
+    text = _MATCHERS.sub("", text)
+    text = _RANGE.sub("", text)
+    text = _LABEL_LIST.sub("", text)
+    names = set()
+    for match in _IDENT.finditer(text):
+        name, call = match.group(1), match.group(2)
+        if call or name.lower() in _KEYWORDS:
+            continue
+        names.add(name)
+    return names
