@@ -1,0 +1,486 @@
+"""The per-policy work: read metrics and the target's scale, ``decide()``, publish, report.
+
+Every replica runs ticks and publishes the same counts (the external metrics API may be served
+by any of them). Only the leader writes to the API server: HPAs, Events, status annotations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from autoscaler.feedback import STATUS_ANNOTATION, ConfigMapRef, Feedback, PolicyStatus
+from autoscaler.hpa import HpaReconciler, NotOurs
+from autoscaler.kube import KubeError, call, metadata
+from autoscaler.loop import Scheduler
+from autoscaler.ops import ControllerMetrics
+from autoscaler.policy_source import PolicyEntry, PolicySource
+from autoscaler.prometheus import Missing, QueryResult
+from autoscaler.store import DecisionStore, Published
+from policies.decide import decide
+from policies.decision import Decision, Snapshot, State
+from policies.schema import (
+    ArrivalRateMetric,
+    LatencyMetric,
+    Metric,
+    QueueDepthMetric,
+    ScalingPolicy,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Querier(Protocol):
+    async def query(self, promql: str) -> QueryResult: ...
+
+
+class Leadership(Protocol):
+    @property
+    def is_leader(self) -> bool: ...
+
+
+_SCALE_READERS = {
+    "Deployment": "read_namespaced_deployment_scale",
+    "StatefulSet": "read_namespaced_stateful_set_scale",
+    "ReplicaSet": "read_namespaced_replica_set_scale",
+}
+
+
+class TargetError(Exception):
+    """The target's scale cannot be read; the tick decides nothing."""
+
+
+def replicas_of(scale: Mapping[str, Any]) -> int:
+    """``spec.replicas`` of a ``Scale``: the count currently asked for (what the HPA sets)."""
+    spec = scale.get("spec") or {}
+    value = spec.get("replicas", 0)
+    return int(value) if isinstance(value, int) else 0
+
+
+def metric_target(metric: Metric) -> float:
+    """The per-metric figure dashboards draw next to the value."""
+    if isinstance(metric, QueueDepthMetric):
+        return metric.target_per_replica
+    if isinstance(metric, LatencyMetric):
+        return metric.slo
+    if isinstance(metric, ArrivalRateMetric):
+        return metric.service_rate_per_replica
+    raise TypeError(type(metric).__name__)
+
+
+def status_for(
+    entry: PolicyEntry, decision: Decision | None, missing: Mapping[str, str]
+) -> PolicyStatus:
+    """The annotation content for the latest tick (or for an invalid policy with none)."""
+    errors = tuple(f"{e.path}: {e.message}" for e in entry.error.errors) if entry.error else ()
+    if decision is None:
+        return PolicyStatus(
+            state="Invalid",
+            reason="policy is invalid and no earlier version was valid; nothing runs",
+            errors=errors,
+        )
+    common = {
+        "desired_replicas": decision.desired_replicas,
+        "current_replicas": decision.current_replicas,
+        "winner": decision.winner,
+        "metrics_missing": decision.metrics_missing,
+    }
+    if entry.error is not None:
+        return PolicyStatus(
+            state="Invalid",
+            reason=(
+                f"latest version is invalid; version {entry.good_resource_version} keeps running:"
+                f" {decision.reason}"
+            ),
+            errors=errors,
+            running_resource_version=entry.good_resource_version,
+            **common,  # type: ignore[arg-type]
+        )
+    if decision.metrics_missing and decision.winner is None:
+        why = "; ".join(f"{name}: {reason}" for name, reason in missing.items())
+        return PolicyStatus(
+            state="MetricsUnavailable",
+            reason=f"{decision.reason} ({why})" if why else decision.reason,
+            **common,  # type: ignore[arg-type]
+        )
+    return PolicyStatus(state="Active", reason=decision.reason, **common)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class PolicyRuntime:
+    """What one policy carries between ticks, in memory."""
+
+    state: State = field(default_factory=State)
+    last_desired: int | None = None
+    metrics: tuple[tuple[str, str], ...] = ()
+    """``(name, type)`` of the policy's metrics, to drop their series when it goes away."""
+
+
+class Controller:
+    """The context object: every collaborator, injected, and the per-policy runtime."""
+
+    def __init__(
+        self,
+        *,
+        core_api: Any,
+        apps_api: Any,
+        querier: Querier,
+        source: PolicySource,
+        store: DecisionStore,
+        metrics: ControllerMetrics,
+        leadership: Leadership,
+        feedback: Feedback,
+        hpas: HpaReconciler | None,
+        monotonic: Callable[[], float],
+        wall: Callable[[], float],
+        hpa_resync: float = 300.0,
+    ) -> None:
+        self.core_api = core_api
+        self.apps_api = apps_api
+        self.querier = querier
+        self.source = source
+        self.store = store
+        self.metrics = metrics
+        self.leadership = leadership
+        self.feedback = feedback
+        self.hpas = hpas
+        self.monotonic = monotonic
+        self.wall = wall
+        self.hpa_resync = hpa_resync
+        self.runtime: dict[str, PolicyRuntime] = {}
+        self.scheduler = Scheduler(self.tick)
+        self._hpa_queue: asyncio.Queue[str] = asyncio.Queue()
+        self._hpa_pending: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- policy changes -------------------------------------------------------------------
+
+    def on_policy_change(self, key: str, entry: PolicyEntry | None) -> None:
+        """Called by the policy source on add/update/delete; takes effect within one interval."""
+        if entry is None:
+            self.scheduler.cancel(key)
+            runtime = self.runtime.pop(key, None)
+            namespace, name = key.split("/", 1)
+            self.store.remove(namespace, name)
+            self.metrics.forget(namespace, name, runtime.metrics if runtime else ())
+            self.feedback.forget(key)
+            self._enqueue_hpa(key)
+            self._count_policies()
+            return
+        if entry.policy is not None:
+            runtime = self.runtime.setdefault(key, PolicyRuntime())
+            runtime.metrics = tuple((m.name, m.type) for m in entry.policy.metrics)
+            for m in entry.policy.metrics:
+                self.metrics.metric_target.labels(entry.namespace, entry.name, m.name, m.type).set(
+                    metric_target(m)
+                )
+            self.scheduler.schedule(key, entry.policy.interval)
+            self._enqueue_hpa(key)
+        if entry.error is not None:
+            self.metrics.errors.labels("policy_invalid").inc()
+            if entry.policy is None:
+                self._spawn(self._report_invalid(entry))
+        self._count_policies()
+
+    def on_leadership_change(self, leading: bool) -> None:
+        self.metrics.is_leader.set(1 if leading else 0)
+        if leading:
+            for key in list(self.source.entries):
+                self._enqueue_hpa(key)
+                entry = self.source.entries[key]
+                if entry.policy is None:
+                    self._spawn(self._report_invalid(entry))
+
+    def _count_policies(self) -> None:
+        counts = dict.fromkeys(("active", "invalid", "metrics_unavailable", "pending"), 0)
+        for entry in self.source.entries.values():
+            if entry.error is not None:
+                counts["invalid"] += 1
+            elif self.runtime.get(entry.key, PolicyRuntime()).last_desired is None:
+                counts["pending"] += 1
+            elif self._unavailable(entry.key):
+                counts["metrics_unavailable"] += 1
+            else:
+                counts["active"] += 1
+        for state, n in counts.items():
+            self.metrics.policies.labels(state).set(n)
+
+    def _unavailable(self, key: str) -> bool:
+        namespace, name = key.split("/", 1)
+        published = self.store.get(namespace, name)
+        return published is not None and bool(published.note)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- ticks ----------------------------------------------------------------------------
+
+    async def tick(self, key: str) -> None:
+        entry = self.source.entries.get(key)
+        if entry is None or entry.policy is None:
+            return
+        policy = entry.policy
+        start = self.monotonic()
+        results, current = await asyncio.gather(
+            asyncio.gather(*(self.querier.query(m.query) for m in policy.metrics)),
+            self._current_replicas(policy),
+            return_exceptions=True,
+        )
+        ref = ConfigMapRef(entry.namespace, entry.name, entry.uid)
+        if isinstance(current, BaseException):
+            await self._target_unavailable(entry, ref, current)
+            return
+        assert isinstance(results, list)
+        values: dict[str, float | None] = {}
+        missing: dict[str, str] = {}
+        for metric, result in zip(policy.metrics, results, strict=True):
+            if isinstance(result, Missing):
+                values[metric.name] = None
+                missing[metric.name] = result.reason
+                _remove_label(self.metrics.metric_value, entry.namespace, entry.name, metric.name)
+            else:
+                values[metric.name] = result
+                self.metrics.metric_value.labels(entry.namespace, entry.name, metric.name).set(
+                    result
+                )
+        runtime = self.runtime.setdefault(key, PolicyRuntime())
+        decision, runtime.state = decide(
+            policy, Snapshot(values, current), runtime.state, self.monotonic()
+        )
+        self._publish(entry, policy, decision, missing)
+        self.metrics.cycle_duration.observe(self.monotonic() - start)
+        previous, runtime.last_desired = runtime.last_desired, decision.desired_replicas
+        if previous is None:
+            self._count_policies()
+        if self.leadership.is_leader:
+            await self._report(entry, ref, decision, missing)
+
+    async def _current_replicas(self, policy: ScalingPolicy) -> int:
+        reader = _SCALE_READERS.get(policy.target.kind)
+        if reader is None or not policy.target.api_version.startswith("apps/"):
+            raise TargetError(
+                f"target kind {policy.target.api_version} {policy.target.kind} is not supported"
+                " (Deployment, StatefulSet or ReplicaSet in apps/v1)"
+            )
+        try:
+            scale = await call(getattr(self.apps_api, reader), policy.target.name, policy.namespace)
+        except KubeError as exc:
+            if exc.not_found:
+                raise TargetError(
+                    f"{policy.target.kind} {policy.namespace}/{policy.target.name} not found"
+                ) from exc
+            raise TargetError(f"reading the target's scale failed: {exc}") from exc
+        return replicas_of(scale)
+
+    def _publish(
+        self,
+        entry: PolicyEntry,
+        policy: ScalingPolicy,
+        decision: Decision,
+        missing: Mapping[str, str],
+    ) -> None:
+        now = self.wall()
+        blind = bool(decision.metrics_missing) and decision.winner is None
+        fallback = not policy.on_metrics_unavailable.hold
+        old = self.store.get(entry.namespace, entry.name)
+        fresh_at = old.fresh_at if (blind and not fallback and old is not None) else now
+        note = "; ".join(f"{k}: {v}" for k, v in missing.items()) if blind else ""
+        self.store.put(
+            Published(entry.namespace, entry.name, decision.desired_replicas, now, fresh_at, note)
+        )
+        labels = (entry.namespace, entry.name)
+        m = self.metrics
+        m.decisions.labels(*labels).inc()
+        m.desired.labels(*labels).set(decision.desired_replicas)
+        m.recommended.labels(*labels).set(decision.recommended)
+        m.current.labels(*labels).set(decision.current_replicas)
+        m.decision_time.labels(*labels).set(now)
+        for metric in policy.metrics:
+            m.winning.labels(*labels, metric.name).set(1 if metric.name == decision.winner else 0)
+        log.debug(
+            "decision",
+            extra={
+                "policy": entry.key,
+                "desired": decision.desired_replicas,
+                "current": decision.current_replicas,
+                "winner": decision.winner,
+                "reason": decision.reason,
+            },
+        )
+
+    async def _report(
+        self,
+        entry: PolicyEntry,
+        ref: ConfigMapRef,
+        decision: Decision,
+        missing: Mapping[str, str],
+    ) -> None:
+        status = status_for(entry, decision, missing)
+        try:
+            await self._write_status(entry, ref, status)
+            if decision.desired_replicas != decision.current_replicas:
+                await self.feedback.event(
+                    ref,
+                    kind="scale",
+                    type_="Normal",
+                    reason="DesiredReplicas",
+                    message=(
+                        f"desired replicas {decision.current_replicas} → "
+                        f"{decision.desired_replicas}: {decision.reason}"
+                    ),
+                    dedup=str(decision.desired_replicas),
+                )
+            if status.state == "MetricsUnavailable":
+                await self.feedback.event(
+                    ref,
+                    kind="metrics",
+                    type_="Warning",
+                    reason="MetricsUnavailable",
+                    message=status.reason,
+                    dedup="missing:" + ",".join(sorted(missing)),
+                )
+            elif self.feedback.last(ref, "metrics") not in (None, "ok"):
+                await self.feedback.event(
+                    ref,
+                    kind="metrics",
+                    type_="Normal",
+                    reason="MetricsAvailable",
+                    message=f"metrics are back: {decision.reason}",
+                    dedup="ok",
+                )
+            if entry.error is not None:
+                await self._invalid_event(entry, ref)
+        except KubeError as exc:
+            self.metrics.errors.labels("kube_api").inc()
+            log.warning("status not written", extra={"policy": entry.key, "error": str(exc)})
+
+    async def _write_status(
+        self, entry: PolicyEntry, ref: ConfigMapRef, status: PolicyStatus
+    ) -> None:
+        annotations = metadata(entry.configmap).get("annotations") or {}
+        if await self.feedback.status(ref, status, annotations.get(STATUS_ANNOTATION)):
+            log.info(
+                "status written",
+                extra={"policy": entry.key, "state": status.state, "reason": status.reason},
+            )
+
+    async def _invalid_event(self, entry: PolicyEntry, ref: ConfigMapRef) -> None:
+        assert entry.error is not None
+        keeps = (
+            f"; version {entry.good_resource_version} keeps running"
+            if entry.policy is not None
+            else "; no valid version to run"
+        )
+        await self.feedback.event(
+            ref,
+            kind="invalid",
+            type_="Warning",
+            reason="InvalidPolicy",
+            message=str(entry.error) + keeps,
+            dedup=str(entry.error),
+        )
+
+    async def _report_invalid(self, entry: PolicyEntry) -> None:
+        """An invalid policy with no good version has no ticks; report it once, now."""
+        if not self.leadership.is_leader or entry.error is None:
+            return
+        ref = ConfigMapRef(entry.namespace, entry.name, entry.uid)
+        try:
+            await self._write_status(entry, ref, status_for(entry, None, {}))
+            await self._invalid_event(entry, ref)
+        except KubeError as exc:
+            self.metrics.errors.labels("kube_api").inc()
+            log.warning("status not written", extra={"policy": entry.key, "error": str(exc)})
+
+    async def _target_unavailable(
+        self, entry: PolicyEntry, ref: ConfigMapRef, error: BaseException
+    ) -> None:
+        self.metrics.errors.labels("target").inc()
+        log.warning("target unavailable", extra={"policy": entry.key, "error": str(error)})
+        if not self.leadership.is_leader:
+            return
+        status = PolicyStatus(state="TargetUnavailable", reason=str(error))
+        try:
+            await self._write_status(entry, ref, status)
+            await self.feedback.event(
+                ref, kind="target", type_="Warning", reason="TargetUnavailable", message=str(error)
+            )
+        except KubeError as exc:
+            self.metrics.errors.labels("kube_api").inc()
+            log.warning("status not written", extra={"policy": entry.key, "error": str(exc)})
+
+    # --- HPAs -----------------------------------------------------------------------------
+
+    def _enqueue_hpa(self, key: str) -> None:
+        if self.hpas is None or key in self._hpa_pending:
+            return
+        self._hpa_pending.add(key)
+        self._hpa_queue.put_nowait(key)
+
+    async def run_hpa_worker(self) -> None:
+        """Reconcile HPAs one policy at a time, while leading; resync all periodically."""
+        if self.hpas is None:
+            await asyncio.Event().wait()
+            return
+        resync_at = self.monotonic() + self.hpa_resync
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, resync_at - self.monotonic())):
+                    key = await self._hpa_queue.get()
+            except TimeoutError:
+                resync_at = self.monotonic() + self.hpa_resync
+                for k in list(self.source.entries):
+                    self._enqueue_hpa(k)
+                continue
+            self._hpa_pending.discard(key)
+            if not self.leadership.is_leader:
+                continue
+            await self._reconcile_hpa(key)
+
+    async def _reconcile_hpa(self, key: str) -> None:
+        assert self.hpas is not None
+        entry = self.source.entries.get(key)
+        namespace, name = key.split("/", 1)
+        try:
+            if entry is None:
+                outcome = await self.hpas.delete(namespace, name, None)
+            elif entry.policy is None:
+                return
+            else:
+                outcome = await self.hpas.ensure(entry.policy, entry.uid)
+            if outcome.action not in ("unchanged", "absent"):
+                log.info("hpa " + outcome.action, extra={"policy": key})
+        except NotOurs as exc:
+            self.metrics.errors.labels("hpa").inc()
+            log.warning("hpa not ours", extra={"policy": key, "error": str(exc)})
+            if entry is not None:
+                ref = ConfigMapRef(entry.namespace, entry.name, entry.uid)
+                await self.feedback.event(
+                    ref, kind="hpa", type_="Warning", reason="HPANotOwned", message=str(exc)
+                )
+        except (KubeError, OSError, TimeoutError) as exc:
+            self.metrics.errors.labels("hpa").inc()
+            log.warning(
+                "hpa reconcile failed; will retry", extra={"policy": key, "error": str(exc)}
+            )
+            self._spawn(self._retry_hpa(key))
+
+    async def _retry_hpa(self, key: str) -> None:
+        await asyncio.sleep(2.0)
+        self._enqueue_hpa(key)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _remove_label(gauge: Any, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)

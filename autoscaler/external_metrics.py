@@ -1,0 +1,201 @@
+"""The ``external.metrics.k8s.io/v1beta1`` API the HPA reads our replica counts from.
+
+kube-aggregator proxies ``/apis/external.metrics.k8s.io/v1beta1/...`` to this server over
+HTTPS, authenticating itself with the front-proxy client certificate. Answers mirror the shapes
+``k8s.io/metrics`` and kube-apiserver use, errors included, so the HPA's events read as usual.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from autoscaler.selectors import SelectorError, parse_selector
+from autoscaler.store import DecisionStore, Published
+
+GROUP = "external.metrics.k8s.io"
+VERSION = "v1beta1"
+GROUP_VERSION = f"{GROUP}/{VERSION}"
+METRIC = "gpuscale_desired_replicas"
+POLICY_LABEL = "gpuscale.io/policy"
+BASE = f"/apis/{GROUP_VERSION}"
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalMetricsSettings:
+    stale_after: float = 120.0
+    """Seconds a value may rest on no fresh data before requests for it fail."""
+
+
+def format_quantity(value: float) -> str:
+    """A Kubernetes quantity string: ``"7"`` for whole numbers, else milli-units (``"1500m"``).
+
+    Fractions below a milli-unit round up, as the metrics APIs do, so a positive value never
+    reads as zero.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"cannot express {value!r} as a quantity")
+    if value == int(value) and abs(value) < 2**63:
+        return str(int(value))
+    return f"{math.ceil(value * 1000)}m"
+
+
+def rfc3339(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def status_body(
+    code: int, reason: str, message: str, details: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A ``meta/v1 Status`` failure, field for field as kube-apiserver writes it."""
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+    }
+    if details is not None:
+        body["details"] = dict(details)
+    body["code"] = code
+    return body
+
+
+def discovery_document() -> dict[str, Any]:
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": GROUP_VERSION,
+        "resources": [
+            {
+                "name": METRIC,
+                "singularName": "",
+                "namespaced": True,
+                "kind": "ExternalMetricValueList",
+                "verbs": ["get"],
+            }
+        ],
+    }
+
+
+def group_document() -> dict[str, Any]:
+    version = {"groupVersion": GROUP_VERSION, "version": VERSION}
+    return {
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": GROUP,
+        "versions": [version],
+        "preferredVersion": version,
+    }
+
+
+def value_list(items: list[Published]) -> dict[str, Any]:
+    return {
+        "kind": "ExternalMetricValueList",
+        "apiVersion": GROUP_VERSION,
+        "metadata": {},
+        "items": [
+            {
+                "metricName": METRIC,
+                "metricLabels": {POLICY_LABEL: p.policy},
+                "timestamp": rfc3339(p.decided_at),
+                "value": format_quantity(p.replicas),
+            }
+            for p in items
+        ],
+    }
+
+
+def _json(body: Mapping[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _not_found(message: str) -> web.Response:
+    return _json(status_body(404, "NotFound", message), 404)
+
+
+def build_app(
+    store: DecisionStore,
+    settings: ExternalMetricsSettings,
+    *,
+    wall: Callable[[], float] = time.time,
+) -> web.Application:
+    """The aiohttp application; ``wall`` is the clock staleness is measured with."""
+
+    async def group(_: web.Request) -> web.Response:
+        return _json(group_document())
+
+    async def resources(_: web.Request) -> web.Response:
+        return _json(discovery_document())
+
+    async def metric(request: web.Request) -> web.Response:
+        namespace = request.match_info["namespace"]
+        name = request.match_info["metric"]
+        if name != METRIC:
+            return _not_found(
+                f"the server could not find the metric {name} for namespace {namespace}"
+            )
+        text = request.query.get("labelSelector", "")
+        try:
+            selector = parse_selector(text)
+        except SelectorError as exc:
+            return _json(status_body(400, "BadRequest", str(exc)), 400)
+        pinned = selector.equals(POLICY_LABEL)
+        if pinned is not None:
+            one = store.get(namespace, pinned)
+            candidates = [one] if one is not None else []
+        else:
+            candidates = list(store.in_namespace(namespace))
+        found = [p for p in candidates if selector.matches({POLICY_LABEL: p.policy})]
+        if not found:
+            return _not_found(
+                f"the server could not find the metric {METRIC} for namespace {namespace}"
+                f" and selector {text!r}"
+            )
+        now = wall()
+        stale = [p for p in found if now - p.fresh_at > settings.stale_after]
+        if stale:
+            p = stale[0]
+            return _json(
+                status_body(
+                    503,
+                    "ServiceUnavailable",
+                    f"{METRIC} for policy {p.namespace}/{p.policy} is stale: no decision based"
+                    f" on data for {now - p.fresh_at:.0f}s (limit {settings.stale_after:g}s)"
+                    + (f": {p.note}" if p.note else ""),
+                ),
+                503,
+            )
+        return _json(value_list(found))
+
+    async def unknown(request: web.Request) -> web.Response:
+        return _json(
+            status_body(404, "NotFound", "the server could not find the requested resource", {}),
+            404,
+        )
+
+    app = web.Application()
+    app.router.add_get(f"/apis/{GROUP}", group)
+    app.router.add_get(BASE, resources)
+    app.router.add_get(BASE + "/namespaces/{namespace}/{metric}", metric)
+    app.router.add_route("*", "/{tail:.*}", unknown)
+    return app
+
+
+def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str | None) -> ssl.SSLContext:
+    """TLS for the API; with ``client_ca_file`` only clients it signed (the aggregator) get in."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.load_verify_locations(cafile=client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

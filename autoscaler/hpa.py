@@ -1,0 +1,269 @@
+"""One ``autoscaling/v2`` HPA per policy, which follows our external metric exactly.
+
+The HPA target is ``AverageValue: "1"`` on ``gpuscale_desired_replicas``, so the HPA's own
+computation ``ceil(value / 1)`` reproduces our count. Our behavior rules already ran in
+:mod:`policies`, so the HPA's behavior is made permissive (no stabilization, large rate limits)
+lest the same window apply twice.
+
+Tolerance: the HPA ignores ratios within 10 % by default, which at 10+ replicas swallows a ±1
+change. ``behavior.*.tolerance: 0`` turns that off on servers with HPAConfigurableTolerance
+(beta and on by default from Kubernetes 1.35). We detect support from the server's version
+(``/version`` ≥ 1.35); on older servers we leave the field out (it would be dropped anyway),
+and a change of under 10 % of the current count then waits until the error grows.
+
+Ownership: we create HPAs with the label ``app.kubernetes.io/managed-by: gpuscale`` and an
+owner reference (``controller: true``) to the policy ConfigMap. An existing HPA of the same name
+without both is left alone and reported. When a policy goes away, Kubernetes' garbage collector
+deletes its HPA through the owner reference; the controller also deletes it at once, guarded by
+a UID precondition, so a rename does not leave a stale HPA running for minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from autoscaler.external_metrics import METRIC, POLICY_LABEL
+from autoscaler.kube import KubeError, call, metadata
+from policies.schema import ScalingPolicy
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "gpuscale"
+NAME_PREFIX = "gpuscale-"
+PERMISSIVE_PERIOD = 15
+PERMISSIVE_PERCENT = 1000
+PERMISSIVE_PODS = 1000
+TOLERANCE_MIN_VERSION = (1, 35)
+
+log = logging.getLogger(__name__)
+
+
+def hpa_name(policy_name: str) -> str:
+    return f"{NAME_PREFIX}{policy_name}"
+
+
+def _permissive_rules(tolerance: bool) -> dict[str, Any]:
+    rules: dict[str, Any] = {
+        "stabilizationWindowSeconds": 0,
+        "selectPolicy": "Max",
+        "policies": [
+            {"type": "Percent", "value": PERMISSIVE_PERCENT, "periodSeconds": PERMISSIVE_PERIOD},
+            {"type": "Pods", "value": PERMISSIVE_PODS, "periodSeconds": PERMISSIVE_PERIOD},
+        ],
+    }
+    if tolerance:
+        rules["tolerance"] = "0"
+    return rules
+
+
+def build_hpa(policy: ScalingPolicy, configmap_uid: str, *, tolerance: bool) -> dict[str, Any]:
+    """The HPA object we want for ``policy``, owned by the ConfigMap with ``configmap_uid``."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": hpa_name(policy.name),
+            "namespace": policy.namespace,
+            "labels": {MANAGED_BY: MANAGER, POLICY_LABEL: policy.name},
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": policy.name,
+                    "uid": configmap_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": policy.target.api_version,
+                "kind": policy.target.kind,
+                "name": policy.target.name,
+            },
+            "minReplicas": policy.replicas.min,
+            "maxReplicas": policy.replicas.max,
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {
+                            "name": METRIC,
+                            "selector": {"matchLabels": {POLICY_LABEL: policy.name}},
+                        },
+                        "target": {"type": "AverageValue", "averageValue": "1"},
+                    },
+                }
+            ],
+            "behavior": {
+                "scaleUp": _permissive_rules(tolerance),
+                "scaleDown": _permissive_rules(tolerance),
+            },
+        },
+    }
+
+
+def owned_by(obj: Mapping[str, Any], configmap_uid: str | None = None) -> bool:
+    """True when ``obj`` carries our label and a controller reference to a ConfigMap (``uid``)."""
+    meta = metadata(obj)
+    labels = meta.get("labels") or {}
+    if labels.get(MANAGED_BY) != MANAGER:
+        return False
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("kind") == "ConfigMap" and ref.get("controller"):
+            return configmap_uid is None or ref.get("uid") == configmap_uid
+    return False
+
+
+def covers(actual: Any, wanted: Any) -> bool:
+    """True when every field we set in ``wanted`` has the same value in ``actual``.
+
+    The server adds defaults and status; those do not count as a difference.
+    """
+    if isinstance(wanted, Mapping):
+        return isinstance(actual, Mapping) and all(
+            k in actual and covers(actual[k], v) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(covers(a, w) for a, w in zip(actual, wanted, strict=True))
+        )
+    if isinstance(wanted, str) or isinstance(actual, str):
+        return str(actual) == str(wanted)
+    return bool(actual == wanted)
+
+
+def without_tolerance(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` minus the tolerance fields, to compare with a server that dropped them."""
+    copy = dict(body)
+    spec = dict(copy["spec"])
+    behavior = {
+        k: {f: v for f, v in r.items() if f != "tolerance"} for k, r in spec["behavior"].items()
+    }
+    spec["behavior"] = behavior
+    copy["spec"] = spec
+    return copy
+
+
+_VERSION = re.compile(r"v?(\d+)\.(\d+)")
+
+
+def supports_tolerance(version: Mapping[str, Any]) -> bool:
+    """From a ``/version`` answer: ``major``/``minor`` (``"35+"`` on some distributions)."""
+    try:
+        major = int(str(version.get("major", "")).rstrip("+"))
+        minor = int(str(version.get("minor", "")).rstrip("+"))
+    except ValueError:
+        match = _VERSION.match(str(version.get("gitVersion", "")))
+        if match is None:
+            return False
+        major, minor = int(match[1]), int(match[2])
+    return (major, minor) >= TOLERANCE_MIN_VERSION
+
+
+class NotOurs(Exception):
+    """An HPA with our name exists and someone else owns it; we leave it alone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: str
+    """``created``, ``replaced``, ``unchanged`` or ``deleted``/``absent``."""
+    resource_version: str
+
+
+class HpaReconciler:
+    """Create, replace and delete our HPAs through ``AutoscalingV2Api`` (``kubernetes.aio``)."""
+
+    def __init__(self, api: Any, *, tolerance: bool, attempts: int = 5) -> None:
+        self._api = api
+        self.tolerance = tolerance
+        self._attempts = attempts
+
+    async def ensure(self, policy: ScalingPolicy, configmap_uid: str) -> Outcome:
+        """Make the HPA match the policy; re-read and retry when an update hits 409 Conflict."""
+        wanted = build_hpa(policy, configmap_uid, tolerance=self.tolerance)
+        name, namespace = wanted["metadata"]["name"], policy.namespace
+        for _ in range(self._attempts):
+            try:
+                current = await call(
+                    self._api.read_namespaced_horizontal_pod_autoscaler, name, namespace
+                )
+            except KubeError as exc:
+                if not exc.not_found:
+                    raise
+                try:
+                    created = await call(
+                        self._api.create_namespaced_horizontal_pod_autoscaler, namespace, wanted
+                    )
+                except KubeError as exc2:
+                    if exc2.conflict:
+                        continue
+                    raise
+                return Outcome("created", str(metadata(created).get("resourceVersion", "")))
+            if not owned_by(current):
+                raise NotOurs(
+                    f"HorizontalPodAutoscaler {namespace}/{name} exists and is not managed by"
+                    f" gpuscale (no {MANAGED_BY}={MANAGER} label and ConfigMap owner); left alone"
+                )
+            rv = str(metadata(current).get("resourceVersion", ""))
+            if self._matches(current, wanted):
+                return Outcome("unchanged", rv)
+            body = dict(wanted)
+            body["metadata"] = dict(wanted["metadata"], resourceVersion=rv)
+            try:
+                replaced = await call(
+                    self._api.replace_namespaced_horizontal_pod_autoscaler, name, namespace, body
+                )
+            except KubeError as exc:
+                if exc.conflict:
+                    log.info(
+                        "hpa update conflict; re-reading",
+                        extra={"policy": policy.key, "hpa": name},
+                    )
+                    continue
+                raise
+            return Outcome("replaced", str(metadata(replaced).get("resourceVersion", "")))
+        raise KubeError(
+            409, "Conflict", {"message": f"gave up on {namespace}/{name} after conflicts"}
+        )
+
+    def _matches(self, current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+        if covers(current, wanted):
+            return True
+        if self.tolerance and covers(current, without_tolerance(wanted)):
+            self.tolerance = False
+            log.warning("server dropped behavior tolerance; HPA keeps its default 10% tolerance")
+            return True
+        return False
+
+    async def delete(self, namespace: str, policy_name: str, configmap_uid: str | None) -> Outcome:
+        """Delete our HPA for a policy that went away; never one we do not own."""
+        name = hpa_name(policy_name)
+        try:
+            current = await call(
+                self._api.read_namespaced_horizontal_pod_autoscaler, name, namespace
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return Outcome("absent", "")
+            raise
+        if not owned_by(current, configmap_uid):
+            return Outcome("absent", "")
+        uid = metadata(current).get("uid")
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            await call(
+                self._api.delete_namespaced_horizontal_pod_autoscaler, name, namespace, body=body
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return Outcome("absent", "")
+            raise
+        return Outcome("deleted", "")

@@ -1,0 +1,79 @@
+"""Kubernetes calls as plain JSON dicts, through the official ``kubernetes.aio`` client.
+
+The generated client turns every response into model objects, which costs CPU at 1,000
+policies and hides the raw fields (``resourceVersion``, unknown fields) we compare. Each call
+here uses the generated method's ``*_without_preload_content`` twin, checks the status itself
+and decodes the body once with orjson.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+class KubeError(Exception):
+    """A non-2xx answer from the API server, with its ``Status`` body when it sent one."""
+
+    def __init__(self, status: int, reason: str, body: Mapping[str, Any] | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.body: Mapping[str, Any] = body or {}
+        super().__init__(f"{status} {reason}: {self.message}")
+
+    @property
+    def message(self) -> str:
+        return str(self.body.get("message", ""))
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+def raw(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The ``*_without_preload_content`` twin of a bound generated API method."""
+    owner = method.__self__  # type: ignore[attr-defined]
+    name = method.__name__
+    twin = getattr(owner, f"{name}_without_preload_content", None)
+    if twin is None:
+        raise TypeError(f"{name} has no _without_preload_content variant")
+    return twin  # type: ignore[no-any-return]
+
+
+async def call(method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one API call and return the decoded JSON body; raise :class:`KubeError` on non-2xx."""
+    resp: aiohttp.ClientResponse = await raw(method)(*args, **kwargs)
+    try:
+        data = await resp.read()
+        if resp.status >= 400:
+            raise KubeError(resp.status, resp.reason or "", _decode_status(data))
+        if not data:
+            return {}
+        decoded = orjson.loads(data)
+        return decoded if isinstance(decoded, dict) else {"value": decoded}
+    finally:
+        resp.release()
+
+
+def _decode_status(data: bytes) -> dict[str, Any] | None:
+    try:
+        decoded = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {"message": data[:200].decode("utf-8", "replace")}
+    return decoded if isinstance(decoded, dict) else None
+
+
+def metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}

@@ -1,0 +1,148 @@
+"""The controller's own health and metrics: ``/livez``, ``/readyz``, ``/metrics`` (plain HTTP).
+
+Metric names are a contract with ``deploy/`` (alerts, dashboard) and are listed in
+``autoscaler/README.md``. With ``--actuation=prometheus`` the gauge ``gpuscale_desired_replicas``
+is the output another adapter serves to the HPA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+POLICY_STATES = ("active", "invalid", "metrics_unavailable", "pending")
+
+
+class ControllerMetrics:
+    """All metrics in one registry of their own (tests and benchmarks run several controllers)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ns_policy = ("namespace", "policy")
+        self.decisions = Counter(
+            "gpuscale_decisions", "Decisions made, per policy.", ns_policy, registry=r
+        )
+        self.desired = Gauge(
+            "gpuscale_desired_replicas",
+            "Replicas the policy wants now (after behavior rules and bounds).",
+            ns_policy,
+            registry=r,
+        )
+        self.recommended = Gauge(
+            "gpuscale_recommended_replicas",
+            "Replicas the winning metric proposed, before behavior rules.",
+            ns_policy,
+            registry=r,
+        )
+        self.current = Gauge(
+            "gpuscale_current_replicas",
+            "Replicas the target had at the decision.",
+            ns_policy,
+            registry=r,
+        )
+        self.decision_time = Gauge(
+            "gpuscale_decision_timestamp_seconds",
+            "Unix time of the latest decision.",
+            ns_policy,
+            registry=r,
+        )
+        self.metric_value = Gauge(
+            "gpuscale_metric_value",
+            "Latest value of each policy metric (absent while missing).",
+            (*ns_policy, "metric"),
+            registry=r,
+        )
+        self.metric_target = Gauge(
+            "gpuscale_metric_target",
+            "Each metric's target: queueDepth per replica, latency SLO (s), arrivalRate"
+            " service rate per replica (requests/s).",
+            (*ns_policy, "metric", "type"),
+            registry=r,
+        )
+        self.winning = Gauge(
+            "gpuscale_winning_metric_info",
+            "1 for the metric whose proposal won the latest decision.",
+            (*ns_policy, "metric"),
+            registry=r,
+        )
+        self.query_duration = Histogram(
+            "gpuscale_prometheus_query_duration_seconds",
+            "Time per Prometheus instant query, retries included.",
+            ("outcome",),
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.errors = Counter("gpuscale_errors", "Errors by kind.", ("kind",), registry=r)
+        self.policies = Gauge("gpuscale_policies", "Policies by state.", ("state",), registry=r)
+        self.is_leader = Gauge(
+            "gpuscale_is_leader", "1 while this replica holds the leader lease.", registry=r
+        )
+        self.cycle_duration = Histogram(
+            "gpuscale_decision_duration_seconds",
+            "Time for one policy's tick: queries, scale read, decide.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        for state in POLICY_STATES:
+            self.policies.labels(state)
+        self.is_leader.set(0)
+
+    def observe_query(self, seconds: float, outcome: str) -> None:
+        self.query_duration.labels(outcome).observe(seconds)
+        if outcome == "error":
+            self.errors.labels("prometheus").inc()
+        elif outcome == "missing":
+            self.errors.labels("metric_missing").inc()
+
+    def forget(self, namespace: str, policy: str, metrics: tuple[tuple[str, str], ...]) -> None:
+        """Drop a deleted policy's series so dashboards do not show ghosts."""
+        for gauge in (self.desired, self.recommended, self.current, self.decision_time):
+            _remove(gauge, namespace, policy)
+        _remove(self.decisions, namespace, policy)
+        for metric, type_ in metrics:
+            _remove(self.metric_value, namespace, policy, metric)
+            _remove(self.winning, namespace, policy, metric)
+            _remove(self.metric_target, namespace, policy, metric, type_)
+
+
+def _remove(metric: Counter | Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
+
+
+def build_app(
+    metrics: ControllerMetrics, *, ready: Callable[[], tuple[bool, str]]
+) -> web.Application:
+    """``ready()`` returns ``(ready, why not)``; ``/readyz`` answers 503 with the reason."""
+
+    async def livez(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok, why = ready()
+        if ok:
+            return web.Response(text="ok\n")
+        return web.Response(text=f"not ready: {why}\n", status=503)
+
+    async def scrape(_: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(metrics.registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/healthz", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", scrape)
+    return app

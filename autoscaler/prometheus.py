@@ -1,0 +1,153 @@
+"""An async Prometheus instant-query client that never turns a bad answer into zero.
+
+A queue-depth query that silently returns 0 when Prometheus is down would scale a busy service
+to its minimum. Every answer is either a finite float or :class:`Missing` with a reason that the
+controller puts into the decision and the policy's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """No usable value; ``reason`` says why, for people."""
+
+    reason: str
+
+
+QueryResult = float | Missing
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusSettings:
+    url: str
+    """Base URL, e.g. ``http://prometheus:9090``; ``/api/v1/query`` is appended."""
+    timeout: float = 5.0
+    """Seconds one query may take, retries included."""
+    concurrency: int = 32
+    """Queries in flight at once across all policies."""
+    attempts: int = 3
+    """Tries per query on connection errors and 5xx answers."""
+    backoff: float = 0.1
+    """First retry delay in seconds; doubles each try, with full jitter."""
+
+
+def interpret(body: Any) -> QueryResult:
+    """Turn a ``/api/v1/query`` JSON body into one finite value or :class:`Missing`."""
+    if not isinstance(body, Mapping):
+        return Missing("Prometheus answered with something other than a JSON object")
+    if body.get("status") != "success":
+        error = body.get("error") or "unknown error"
+        return Missing(f"Prometheus query failed: {body.get('errorType', 'error')}: {error}")
+    data = body.get("data")
+    if not isinstance(data, Mapping):
+        return Missing("Prometheus answer has no data")
+    kind = data.get("resultType")
+    result = data.get("result")
+    if kind == "scalar":
+        return _sample(result)
+    if kind == "vector":
+        if not isinstance(result, list):
+            return Missing("Prometheus vector result is not a list")
+        if not result:
+            return Missing("query returned no series")
+        if len(result) > 1:
+            return Missing(f"query returned {len(result)} series, expected one (aggregate it)")
+        series = result[0]
+        if not isinstance(series, Mapping):
+            return Missing("Prometheus series is not an object")
+        return _sample(series.get("value"))
+    return Missing(f"query returned a {kind!r} result, expected an instant vector or scalar")
+
+
+def _sample(pair: Any) -> QueryResult:
+    if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], str):
+        return Missing("Prometheus sample is not a [time, value] pair")
+    try:
+        value = float(pair[1])
+    except ValueError:
+        return Missing(f"Prometheus sample {pair[1]!r} is not a number")
+    if not math.isfinite(value):
+        return Missing(f"query returned {pair[1]}")
+    return value
+
+
+class _Retryable(Exception):
+    pass
+
+
+class PrometheusClient:
+    """Instant queries with a per-query deadline, bounded concurrency and jittered retries.
+
+    ``observe(seconds, outcome)`` is called once per query (outcome ``ok``, ``missing`` or
+    ``error``), so the caller can feed its latency histogram and error counters.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: PrometheusSettings,
+        *,
+        observe: Callable[[float, str], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._session = session
+        self._settings = settings
+        self._url = settings.url.rstrip("/") + "/api/v1/query"
+        self._limit = asyncio.Semaphore(settings.concurrency)
+        self._observe = observe
+        self._rng = rng or random.Random()
+
+    async def query(self, promql: str) -> QueryResult:
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            async with self._limit, asyncio.timeout(self._settings.timeout):
+                result = await self._with_retries(promql)
+            outcome = "ok" if isinstance(result, float) else "missing"
+            return result
+        except TimeoutError:
+            return Missing(f"Prometheus did not answer within {self._settings.timeout:g}s")
+        except _Retryable as exc:
+            return Missing(str(exc))
+        finally:
+            if self._observe is not None:
+                self._observe(time.perf_counter() - start, outcome)
+
+    async def _with_retries(self, promql: str) -> QueryResult:
+        delay = self._settings.backoff
+        for attempt in range(1, self._settings.attempts + 1):
+            try:
+                return await self._once(promql)
+            except _Retryable:
+                if attempt == self._settings.attempts:
+                    raise
+            await asyncio.sleep(self._rng.uniform(0, delay))
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _once(self, promql: str) -> QueryResult:
+        try:
+            async with self._session.post(self._url, data={"query": promql}) as resp:
+                payload = await resp.read()
+                status = resp.status
+        except aiohttp.ClientError as exc:
+            raise _Retryable(f"Prometheus unreachable: {exc.__class__.__name__}: {exc}") from exc
+        if status >= 500 or status == 429:
+            raise _Retryable(f"Prometheus answered HTTP {status}")
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return Missing(f"Prometheus answered HTTP {status} with a body that is not JSON")
+        return interpret(body)

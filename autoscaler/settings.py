@@ -1,0 +1,50 @@
+"""Everything ``gpuscale controller`` can be told, as one frozen object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from autoscaler.leader import LeaderSettings
+
+Actuation = Literal["hpa", "prometheus"]
+
+
+class AddressError(ValueError):
+    """A ``HOST:PORT`` flag that is not one."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:443`` for IPv6) into a host and a port."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise AddressError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    prometheus_url: str
+    kubeconfig: str | None = None
+    """Path to a kubeconfig; None means in-cluster configuration."""
+    namespace: str | None = None
+    """Watch policies in this namespace only; None watches all."""
+    actuation: Actuation = "hpa"
+    """``hpa``: serve external metrics and own one HPA per policy; ``prometheus``: gauge only."""
+    secure_address: str = "0.0.0.0:6443"
+    tls_cert_file: str | None = None
+    tls_private_key_file: str | None = None
+    requestheader_client_ca_file: str | None = None
+    ops_address: str = "0.0.0.0:8080"
+    leader_elect: bool = True
+    leader: LeaderSettings = field(default_factory=LeaderSettings)
+    stale_after: float = 120.0
+    """Seconds a published count may go without fresh data before the API answers an error."""
+    prometheus_timeout: float = 5.0
+    prometheus_concurrency: int = 32
+    hpa_resync: float = 300.0
+    """Seconds between full HPA reconciliations (drift repair) while leading."""
+    drain_timeout: float = 7.0
+    """Seconds in-flight ticks get after SIGTERM (the process exits within 10 s)."""
+    identity: str = "gpuscale"

@@ -1,0 +1,272 @@
+"""Helpers for the controller tests: policies, certificates, a running controller, an HPA stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import trustme
+from aiohttp import web
+
+from autoscaler import app
+from autoscaler.leader import LeaderSettings
+from autoscaler.settings import ControllerSettings
+from policies.parse import policy_to_configmap
+from policies.schema import (
+    Behavior,
+    LatencyMetric,
+    Metric,
+    QueueDepthMetric,
+    ReplicaBounds,
+    ScalingPolicy,
+    ScalingRule,
+    ScalingRules,
+    TargetRef,
+)
+
+FAST_UP = ScalingRules(0.0, "Max", (ScalingRule("Percent", 1000, 1.0),))
+
+
+def fast_behavior(scale_down_window: float = 0.0) -> Behavior:
+    return Behavior(
+        scale_up=FAST_UP,
+        scale_down=ScalingRules(scale_down_window, "Max", (ScalingRule("Percent", 100, 1.0),)),
+    )
+
+
+def make_policy(
+    name: str = "llama",
+    namespace: str = "inference",
+    *,
+    metrics: tuple[Metric, ...] | None = None,
+    interval: float = 1.0,
+    min_replicas: int = 1,
+    max_replicas: int = 20,
+    scale_down_window: float = 0.0,
+    target: str | None = None,
+) -> ScalingPolicy:
+    return ScalingPolicy(
+        namespace=namespace,
+        name=name,
+        target=TargetRef("apps/v1", "Deployment", target or name),
+        replicas=ReplicaBounds(min_replicas, max_replicas),
+        metrics=metrics or (QueueDepthMetric("queue", f'queue{{policy="{name}"}}', 4.0),),
+        interval=interval,
+        behavior=fast_behavior(scale_down_window),
+    )
+
+
+def latency_metric(query: str, slo: float = 1.0) -> LatencyMetric:
+    return LatencyMetric("latency", query, slo)
+
+
+def policy_configmap(policy: ScalingPolicy) -> dict[str, Any]:
+    return policy_to_configmap(policy)
+
+
+def deployment(name: str, namespace: str, replicas: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "server", "image": "vllm"}]},
+            },
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Certs:
+    """Serving certificate (signed by ``ca``) and a front-proxy client CA with one client cert."""
+
+    ca: trustme.CA
+    cert_file: str
+    key_file: str
+    client_ca: trustme.CA
+    client_ca_file: str
+    client_cert: trustme.LeafCert
+
+    def client_context(self, *, with_cert: bool = True) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        if with_cert:
+            self.client_cert.configure_cert(context)
+        return context
+
+
+def make_certs(directory: Path) -> Certs:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file = directory / "tls.crt"
+    key_file = directory / "tls.key"
+    server.cert_chain_pems[0].write_to_path(str(cert_file))
+    for pem in server.cert_chain_pems[1:]:
+        pem.write_to_path(str(cert_file), append=True)
+    server.private_key_pem.write_to_path(str(key_file))
+    client_ca = trustme.CA()
+    client_ca_file = directory / "front-proxy-ca.crt"
+    client_ca.cert_pem.write_to_path(str(client_ca_file))
+    client = client_ca.issue_cert("front-proxy-client")
+    return Certs(ca, str(cert_file), str(key_file), client_ca, str(client_ca_file), client)
+
+
+def controller_settings(
+    prometheus_url: str, kubeconfig: Path, certs: Certs | None, **overrides: Any
+) -> ControllerSettings:
+    base = ControllerSettings(
+        prometheus_url=prometheus_url,
+        kubeconfig=str(kubeconfig),
+        secure_address="127.0.0.1:0",
+        ops_address="127.0.0.1:0",
+        tls_cert_file=certs.cert_file if certs else None,
+        tls_private_key_file=certs.key_file if certs else None,
+        requestheader_client_ca_file=certs.client_ca_file if certs else None,
+        leader_elect=False,
+        prometheus_timeout=2.0,
+        stale_after=120.0,
+        hpa_resync=300.0,
+        drain_timeout=2.0,
+    )
+    return replace(base, **overrides)
+
+
+def leader_settings(identity: str, **overrides: Any) -> LeaderSettings:
+    return replace(LeaderSettings(namespace="gpuscale-system", identity=identity), **overrides)
+
+
+@dataclass(slots=True)
+class RunningController:
+    running: app.Running
+    stop: asyncio.Event
+    task: asyncio.Task[int]
+
+    @property
+    def controller(self) -> Any:
+        return self.running.controller
+
+
+@contextlib.asynccontextmanager
+async def run_controller(settings: ControllerSettings) -> AsyncIterator[RunningController]:
+    """Start ``app.run`` in a task, wait until it is ready, stop it on exit (asserting exit 0)."""
+    stop = asyncio.Event()
+    started: asyncio.Future[app.Running] = asyncio.get_running_loop().create_future()
+
+    def on_running(running: app.Running) -> None:
+        started.set_result(running)
+
+    task = asyncio.create_task(app.run(settings, stop, on_running=on_running))
+    done, _ = await asyncio.wait({task, started}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+        raise AssertionError("controller exited before it started")
+    running = started.result()
+    async with asyncio.timeout(15):
+        await running.ready.wait()
+    handle = RunningController(running, stop, task)
+    try:
+        yield handle
+    finally:
+        stop.set()
+        if not task.done():
+            async with asyncio.timeout(15):
+                code = await task
+            assert code == 0
+
+
+async def wait_until(predicate: Any, within: float = 10.0, every: float = 0.05) -> Any:
+    """Poll ``predicate`` (sync or async) until truthy; fail with a clear message at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(every)
+
+
+async def external_metric(
+    session: aiohttp.ClientSession, port: int, namespace: str, policy: str, certs: Certs
+) -> tuple[int, dict[str, Any]]:
+    """GET the value as the HPA does through the aggregated path, over HTTPS with a client cert."""
+    url = (
+        f"https://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/"
+        f"{namespace}/gpuscale_desired_replicas"
+    )
+    async with session.get(
+        url,
+        params={"labelSelector": f"gpuscale.io/policy={policy}"},
+        ssl=certs.client_context(),
+    ) as resp:
+        body = await resp.json()
+        return resp.status, body
+
+
+def metric_count(body: Mapping[str, Any]) -> int:
+    items = body.get("items") or []
+    assert len(items) == 1, body
+    value = str(items[0]["value"])
+    return int(value) if not value.endswith("m") else math.ceil(int(value[:-1]) / 1000)
+
+
+class FakePrometheus:
+    """``/api/v1/query`` answering from a dict: query → value (float), ``None`` (no series) or an
+    HTTP status (int ≥ 400). For unit tests of the client only; integration tests use the real one.
+    """
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Any] = {}
+        self.status: int | None = None
+        self.calls: list[str] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _query(self, request: web.Request) -> web.Response:
+        form = await request.post() if request.method == "POST" else request.query
+        query = str(form.get("query", ""))
+        self.calls.append(query)
+        if self.status is not None:
+            return web.Response(status=self.status, text="injected")
+        answer = self.answers.get(query)
+        if isinstance(answer, int) and not isinstance(answer, bool) and answer >= 400:
+            return web.Response(status=answer, text="injected")
+        if isinstance(answer, dict):
+            return web.json_response(answer)
+        result = [] if answer is None else [{"metric": {}, "value": [1.0, str(answer)]}]
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "vector", "result": result}}
+        )
+
+    async def start(self) -> None:
+        application = web.Application()
+        application.router.add_route("*", "/api/v1/query", self._query)
+        self._runner = web.AppRunner(application, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
