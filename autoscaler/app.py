@@ -291,6 +291,10 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+class StartupError(Exception):
+    """The controller could not start (bad kubeconfig, certificate, busy port); says why."""
+
+
 def main(settings: ControllerSettings) -> int:
     """Run until SIGTERM/SIGINT; the CLI's entry point."""
 
@@ -299,4 +303,11 @@ def main(settings: ControllerSettings) -> int:
         install_signal_handlers(stop)
         return await run(settings, stop)
 
-    return asyncio.run(_main())
+    try:
+        return asyncio.run(_main())
+    except kconfig.ConfigException as exc:
+        raise StartupError(f"cannot load Kubernetes configuration: {exc}") from exc
+    except ssl.SSLError as exc:
+        raise StartupError(f"cannot load TLS certificate or key: {exc}") from exc
+    except OSError as exc:
+        raise StartupError(f"cannot start: {exc}") from exc

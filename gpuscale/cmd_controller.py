@@ -1,0 +1,138 @@
+"""``gpuscale controller``: run the autoscaler (flags as deploy/ uses them)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import click
+
+
+def _identity_default() -> str:
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+@click.command()
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig; else in-cluster.")
+@click.option(
+    "--namespace", default=None, help="Watch policies in this namespace only (default all)."
+)
+@click.option("--prometheus-url", required=True, help="Prometheus base URL, e.g. http://prom:9090.")
+@click.option(
+    "--actuation",
+    type=click.Choice(["hpa", "prometheus"]),
+    default="hpa",
+    show_default=True,
+    help="hpa: serve external metrics and own one HPA per policy; prometheus: export a gauge.",
+)
+@click.option(
+    "--secure-address",
+    default="0.0.0.0:6443",
+    show_default=True,
+    help="External metrics API (HTTPS).",
+)
+@click.option("--tls-cert-file", type=click.Path(dir_okay=False), help="Serving certificate (PEM).")
+@click.option("--tls-private-key-file", type=click.Path(dir_okay=False), help="Serving key (PEM).")
+@click.option(
+    "--requestheader-client-ca-file",
+    type=click.Path(dir_okay=False),
+    help="Front-proxy client CA; when given, clients must present a certificate it signed.",
+)
+@click.option(
+    "--ops-address",
+    default="0.0.0.0:8080",
+    show_default=True,
+    help="/livez /readyz /metrics (HTTP).",
+)
+@click.option("--leader-elect/--no-leader-elect", default=True, show_default=True)
+@click.option("--leader-elect-namespace", default="gpuscale-system", show_default=True)
+@click.option("--leader-elect-lease-name", default="gpuscale-controller", show_default=True)
+@click.option("--identity", default=None, help="Leader identity (default: $POD_NAME or hostname).")
+@click.option(
+    "--stale-after",
+    default="2m",
+    show_default=True,
+    help="Serve an error once a count is this old.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+def controller(
+    kubeconfig: str | None,
+    namespace: str | None,
+    prometheus_url: str,
+    actuation: str,
+    secure_address: str,
+    tls_cert_file: str | None,
+    tls_private_key_file: str | None,
+    requestheader_client_ca_file: str | None,
+    ops_address: str,
+    leader_elect: bool,
+    leader_elect_namespace: str,
+    leader_elect_lease_name: str,
+    identity: str | None,
+    stale_after: str,
+    log_level: str,
+) -> None:
+    """Run the autoscaler controller: Prometheus in, external metrics and HPAs out."""
+    from autoscaler import app, logs
+    from autoscaler.leader import LeaderSettings
+    from autoscaler.settings import AddressError, ControllerSettings, parse_address
+    from policies.durations import DurationError, parse_duration
+
+    problems: list[str] = []
+    try:
+        stale = parse_duration(stale_after)
+    except DurationError as exc:
+        problems.append(f"--stale-after: {exc}")
+        stale = 0.0
+    for flag, value in (("--secure-address", secure_address), ("--ops-address", ops_address)):
+        try:
+            parse_address(value)
+        except AddressError as exc:
+            problems.append(f"{flag}: {exc}")
+    if bool(tls_cert_file) != bool(tls_private_key_file):
+        problems.append("--tls-cert-file and --tls-private-key-file go together")
+    for flag, path in (
+        ("--kubeconfig", kubeconfig),
+        ("--tls-cert-file", tls_cert_file),
+        ("--tls-private-key-file", tls_private_key_file),
+        ("--requestheader-client-ca-file", requestheader_client_ca_file),
+    ):
+        if path and not os.path.isfile(path):
+            problems.append(f"{flag}: no such file: {path}")
+    if not prometheus_url.startswith(("http://", "https://")):
+        problems.append(f"--prometheus-url: expected an http(s) URL, got {prometheus_url!r}")
+    if problems:
+        for line in problems:
+            click.echo(f"gpuscale controller: {line}", err=True)
+        raise SystemExit(1)
+
+    who = identity or _identity_default()
+    settings = ControllerSettings(
+        prometheus_url=prometheus_url,
+        kubeconfig=kubeconfig,
+        namespace=namespace or None,
+        actuation="prometheus" if actuation == "prometheus" else "hpa",
+        secure_address=secure_address,
+        tls_cert_file=tls_cert_file,
+        tls_private_key_file=tls_private_key_file,
+        requestheader_client_ca_file=requestheader_client_ca_file,
+        ops_address=ops_address,
+        leader_elect=leader_elect,
+        leader=LeaderSettings(
+            namespace=leader_elect_namespace, name=leader_elect_lease_name, identity=who
+        ),
+        stale_after=stale,
+        identity=who,
+    )
+    logs.configure(log_level)
+    try:
+        code = app.main(settings)
+    except app.StartupError as exc:
+        click.echo(f"gpuscale controller: {exc}", err=True)
+        raise SystemExit(1) from None
+    raise SystemExit(code)
