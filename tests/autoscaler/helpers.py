@@ -1,4 +1,4 @@
-"""Helpers for the controller tests: policies, certificates, a running controller, an HPA stand-in."""
+"""Helpers for the controller tests: policies, certificates, a running controller."""
 
 from __future__ import annotations
 
@@ -167,7 +167,8 @@ async def run_controller(settings: ControllerSettings) -> AsyncIterator[RunningC
         started.set_result(running)
 
     task = asyncio.create_task(app.run(settings, stop, on_running=on_running))
-    done, _ = await asyncio.wait({task, started}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    waiters: set[asyncio.Future[Any]] = {task, started}
+    done, _ = await asyncio.wait(waiters, timeout=15, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()
         raise AssertionError("controller exited before it started")
@@ -186,7 +187,7 @@ async def run_controller(settings: ControllerSettings) -> AsyncIterator[RunningC
 
 
 async def wait_until(predicate: Any, within: float = 10.0, every: float = 0.05) -> Any:
-    """Poll ``predicate`` (sync or async) until truthy; fail with a clear message at the deadline."""
+    """Poll ``predicate`` (sync or async) until truthy; fail clearly at the deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
