@@ -151,7 +151,7 @@ async def test_policy_to_hpa_to_scaled_count_and_back(
                 desired = registry.get_sample_value("gpuscale_desired_replicas", labels)
                 now = asyncio.get_running_loop().time()
                 metrics_seen.append((now, rec, desired))
-                return desired == 1
+                return bool(desired == 1)
 
             await wait_until(sample, within=WINDOW + 12, every=0.1)
             assert await count() == 1
