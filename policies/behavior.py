@@ -26,6 +26,7 @@ drop every record and event that can no longer count (older than the longest win
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from policies.decision import Recommendation, ScaleEvent
 from policies.durations import format_duration
@@ -45,12 +46,14 @@ def changed_within(period: float, events: tuple[ScaleEvent, ...], now: float) ->
     return total
 
 
+@lru_cache(maxsize=1024)
 def rule_label(direction: str, index: int, rule: ScalingRule) -> str:
     """``behavior.scaleUp.policies[1] (Pods 4 per 15s)``: how people find the rule in the YAML."""
     per = format_duration(rule.period)
     return f"behavior.{direction}.policies[{index}] ({rule.type} {rule.value} per {per})"
 
 
+@lru_cache(maxsize=1024)
 def window_label(direction: str, rules: ScalingRules) -> str:
     return (
         f"behavior.{direction}.stabilizationWindow ({format_duration(rules.stabilization_window)})"

@@ -88,6 +88,11 @@ class Decision:
     metrics_missing: tuple[str, ...] = ()
 
     @property
+    def saturated(self) -> bool:
+        """Some ``arrivalRate`` metric cannot meet its target even at ``replicas.max``."""
+        return any(p.saturated for p in self.proposals)
+
+    @property
     def reason(self) -> str:
         """One line for Events and the status annotation."""
         return self.steps[-1] if self.steps else ""

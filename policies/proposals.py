@@ -81,9 +81,12 @@ def arrival_rate(
     target = metric.latency_target
     mu = metric.service_rate_per_replica
     goal = f"p{target.quantile * 100:g} ≤ {target.slo:g}s at {mu:g}/s per replica"
-    rate = (
-        f"{observed:g} req/s" if sized_for is None else f"{observed:g} req/s (sized for {lam:.4g})"
-    )
+    if sized_for is None:
+        rate = f"{observed:g} req/s"
+    elif lam > observed:
+        rate = f"{observed:g} req/s, {lam:.4g} forecast by coldStart"
+    else:
+        rate = f"{observed:g} req/s (forecast no higher)"
     if lam <= 0:
         return Proposal(
             metric.name, "arrivalRate", observed, 0, f"{rate}: no load → 0", False, sized_for

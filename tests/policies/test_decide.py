@@ -231,7 +231,10 @@ def test_saturation_is_reported() -> None:
     load = d.proposals[2]
     assert load.saturated and load.replicas == 8
     assert "saturated" in load.reason
+    assert d.saturated
     assert d.desired_replicas == 8
+    calm, _ = tick(p, {"queue": 0.0, "latency": 2.0, "load": 1.0}, 8, State(), 0.0)
+    assert not calm.saturated
 
 
 def test_holt_scales_ahead_of_a_ramp_but_not_below_the_observed_rate() -> None:
@@ -248,6 +251,7 @@ def test_holt_scales_ahead_of_a_ramp_but_not_below_the_observed_rate() -> None:
     assert load.forecast is not None and load.value is not None
     assert load.forecast > load.value
     assert "load" in s.holt and s.holt["load"].trend > 0
+    assert "forecast by coldStart" in load.reason
     plain, _ = tick(policy(behavior=FREE, metrics=(LOAD,)), {"load": load.value}, cur, State(), 0)
     assert d.desired_replicas > plain.desired_replicas
     # Load now falls: the proposal is sized for the observed rate, never below it.
