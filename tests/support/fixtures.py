@@ -3,18 +3,24 @@
 - `kube`: a running `KubeStandIn` (Kubernetes API stand-in) with a kubeconfig written for it.
 - `kube_client`: a `kubernetes.aio.client.ApiClient` pointed at `kube`, closed afterwards.
 - `inference_server`: a synthetic vLLM-style metrics server (`.target` is host:port).
-- `prometheus` / `prometheus_factory`: Debian's Prometheus scraping targets the test names.
+- `prometheus`: Debian's Prometheus scraping `inference_server` every second.
+- `prometheus_factory`: `make(targets, **options) -> PrometheusServer` for other set-ups.
+Prometheus fixtures skip with a reason where the binary is missing (`make test` installs it).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.inference_server import InferenceServer
 from tests.support.kube_standin import KubeStandIn, make_api_client
+from tests.support.prometheus import PrometheusServer, find_prometheus
+
+PrometheusFactory = Callable[..., PrometheusServer]
 
 
 @pytest.fixture
@@ -38,3 +44,41 @@ async def kube_client(kube: KubeStandIn) -> AsyncIterator[Any]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def inference_server() -> AsyncIterator[InferenceServer]:
+    server = InferenceServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[PrometheusFactory]:
+    """Start Prometheus servers (each in its own directory); all are stopped afterwards."""
+    if find_prometheus() is None:
+        pytest.skip("prometheus binary not found; `make test` installs Debian's prometheus")
+    started: list[PrometheusServer] = []
+
+    def make(targets: Sequence[str] = (), **options: Any) -> PrometheusServer:
+        server = PrometheusServer(tmp_path / f"prometheus-{len(started)}", targets, **options)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def prometheus(
+    prometheus_factory: PrometheusFactory, inference_server: InferenceServer
+) -> PrometheusServer:
+    """A real Prometheus scraping `inference_server` every second."""
+    return prometheus_factory([inference_server.target])
