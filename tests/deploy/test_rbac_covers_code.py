@@ -1,0 +1,93 @@
+"""Each Kubernetes API call in the code is allowed by the role of the pod that runs it.
+
+The calls are found in the source (``read_namespaced_lease``, ``patch_node``…), so a new call
+without a matching RBAC rule fails here rather than with a 403 in a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+import pytest
+
+from tests.deploy.manifests import REPO, Obj, render
+
+_VERBS = {
+    "read": "get",
+    "list": "list",
+    "create": "create",
+    "patch": "patch",
+    "replace": "update",
+    "delete": "delete",
+}
+# python client resource spelling -> (API group, resource)
+_RESOURCES = {
+    "config_map": ("", "configmaps"),
+    "event": ("", "events"),
+    "lease": ("coordination.k8s.io", "leases"),
+    "horizontal_pod_autoscaler": ("autoscaling", "horizontalpodautoscalers"),
+    "deployment_scale": ("apps", "deployments/scale"),
+    "replica_set_scale": ("apps", "replicasets/scale"),
+    "stateful_set_scale": ("apps", "statefulsets/scale"),
+    "node": ("", "nodes"),
+    "pod": ("", "pods"),
+    "binding": ("", "pods/binding"),
+    "pod_binding": ("", "pods/binding"),
+}
+_CALL = re.compile(
+    r"\b(read|list|create|patch|replace|delete)_(?:namespaced_)?([a-z_]+?)"
+    r"(?:_for_all_namespaces)?(?:_with_http_info|_without_preload_content)?\b"
+)
+
+# Which sources run under which ServiceAccount.
+_CODE = {
+    "gpuscale-controller": ["autoscaler"],
+    "gpuscale-scheduler": ["extender"],
+}
+
+
+def _calls(package: str) -> set[tuple[str, str, str]]:
+    """(verb, group, resource) of every generated-client method named in the package."""
+    found = set()
+    for path in sorted((REPO / package).rglob("*.py")):
+        for verb, resource in _CALL.findall(Path(path).read_text()):
+            if resource not in _RESOURCES:
+                continue  # not a Kubernetes API method name
+            group, name = _RESOURCES[resource]
+            found.add((_VERBS[verb], group, name))
+            if verb == "list":
+                found.add(("watch", group, name))  # list-then-watch
+    return found
+
+
+def _allowed(objs: list[Obj], account: str) -> set[tuple[str, str, str]]:
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objs if "rules" in o}
+    allowed = set()
+    for binding in objs:
+        if binding["kind"] not in {"RoleBinding", "ClusterRoleBinding"}:
+            continue
+        if not any(s.get("name") == account for s in binding["subjects"]):
+            continue
+        role = by_name.get((binding["roleRef"]["kind"], binding["roleRef"]["name"]))
+        if role is None:
+            continue  # a built-in role
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        allowed.add((verb, group, resource))
+    return allowed
+
+
+@pytest.mark.parametrize("account", sorted(_CODE))
+def test_roles_cover_the_calls_in_the_code(account: str) -> None:
+    objs = render()
+    needed = set().union(*(_calls(p) for p in _CODE[account]))
+    missing = needed - _allowed(objs, account)
+    assert not missing, f"{account} lacks RBAC for {sorted(missing)}"
+
+
+def test_call_finder_sees_the_controllers_calls() -> None:
+    calls = _calls("autoscaler")
+    assert ("get", "coordination.k8s.io", "leases") in calls
+    assert ("patch", "", "configmaps") in calls
