@@ -4,7 +4,10 @@ One tick, pure and synchronous, in the order the HPA itself works (``reconcileAu
 
 1. Each metric proposes a replica count (:mod:`policies.proposals`); ``arrivalRate`` metrics
    with ``forecast: holt`` are sized for the rate expected ``coldStart`` seconds ahead
-   (:mod:`policies.forecast`), never for less than the rate observed now.
+   (:mod:`policies.forecast`), never for less than the rate observed now. The Holt state holds
+   only the policy's arrivalRate metrics (a renamed metric's state is dropped), survives a
+   missing sample, and restarts after a gap of more than 10 intervals, where extrapolating the
+   old trend over the gap would be a guess.
 2. The target's current count is checked first, as upstream does: ``current == 0`` with
    ``replicas.min >= 1`` means someone scaled the target to zero on purpose; we leave it at 0
    and say so (the HPA's "scaling is disabled"), until it has replicas again. With
@@ -42,6 +45,9 @@ from policies.schema import ArrivalRateMetric, LatencyMetric, QueueDepthMetric, 
 FALLBACK_AFTER_INTERVALS = 3
 """With ``fallbackReplicas``, a metric missing this many intervals triggers the fallback."""
 
+HOLT_RESTART_AFTER_INTERVALS = 10
+"""A forecast whose last sample is older than this many intervals starts afresh."""
+
 _isfinite = math.isfinite
 
 
@@ -59,7 +65,8 @@ def decide(
     steps: list[str] = []
     holt_state: Mapping[str, HoltState] = state.holt
     use_holt = policy.forecast.method == "holt"
-    new_holt: dict[str, HoltState] | None = None
+    new_holt: dict[str, HoltState] | None = {} if use_holt else None
+    max_gap = HOLT_RESTART_AFTER_INTERVALS * policy.interval
     winner: str | None = None
     best = -1
 
@@ -68,17 +75,17 @@ def decide(
         if v is None or not _isfinite(v):
             missing.append(m.name)
             p = Proposal(m.name, m.type, None, None, "metric missing")
+            if new_holt is not None and m.name in holt_state:
+                new_holt[m.name] = holt_state[m.name]
         elif isinstance(m, QueueDepthMetric):
             p = queue_depth(m, v)
         elif isinstance(m, LatencyMetric):
             p = latency(m, v, current)
         elif isinstance(m, ArrivalRateMetric):
             sized_for = None
-            if use_holt:
-                if new_holt is None:
-                    new_holt = dict(holt_state)
+            if new_holt is not None:
                 fc = policy.forecast
-                hs = holt.update(holt_state.get(m.name), v, now, fc.alpha, fc.beta)
+                hs = holt.update(holt_state.get(m.name), v, now, fc.alpha, fc.beta, max_gap)
                 new_holt[m.name] = hs
                 sized_for = holt.ahead(hs, v, policy.cold_start)
             p = arrival_rate(m, v, hi, sized_for)

@@ -15,16 +15,28 @@ the rate observed now: a falling trend must not scale down before the load has a
 
 from __future__ import annotations
 
+import math
+
 from policies.decision import HoltState
 
 
 def update(
-    prev: HoltState | None, value: float, now: float, alpha: float, beta: float
+    prev: HoltState | None,
+    value: float,
+    now: float,
+    alpha: float,
+    beta: float,
+    max_gap: float = math.inf,
 ) -> HoltState:
-    """Blend the sample ``value`` taken at ``now`` into ``prev`` (``None`` starts afresh)."""
+    """Blend the sample ``value`` taken at ``now`` into ``prev``.
+
+    ``None``, or a ``prev`` older than ``max_gap`` seconds, starts afresh at ``value``.
+    """
     if prev is None:
         return HoltState(value, 0.0, now)
     dt = now - prev.time
+    if dt > max_gap:
+        return HoltState(value, 0.0, now)
     if dt <= 0:
         # Same tick again (or a clock step back): refresh the level, keep the trend.
         return HoltState(alpha * value + (1.0 - alpha) * prev.level, prev.trend, prev.time)

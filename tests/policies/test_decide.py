@@ -270,6 +270,16 @@ def test_holt_state_untouched_when_forecast_is_off_or_metric_missing() -> None:
     assert s.holt == held
 
 
+def test_holt_state_keeps_only_the_policys_arrival_metrics_and_restarts_after_a_gap() -> None:
+    p = policy(metrics=(QUEUE, LOAD), forecast=Forecast("holt"), interval=15.0)
+    old = {"renamed": HoltState(1.0, 0.0, 0.0), "load": HoltState(50.0, 1.0, 0.0)}
+    _, s = tick(p, {"queue": 1.0, "load": 9.0}, 3, State(holt=old), 15.0)
+    assert set(s.holt) == {"load"}
+    assert s.holt["load"].level > 9.0  # blended with the old level and trend
+    _, s = tick(p, {"queue": 1.0, "load": 9.0}, 3, State(holt=old), 151.0)
+    assert s.holt["load"] == HoltState(9.0, 0.0, 151.0)  # 151 s > 10 intervals: start afresh
+
+
 def test_state_is_not_mutated() -> None:
     state = State(recommendations=(Recommendation(0.0, 3),), holt={})
     before = (state.recommendations, dict(state.holt))

@@ -70,3 +70,11 @@ def test_ahead_never_below_the_observed_rate() -> None:
 def test_ahead_is_at_least_observed(xs: list[float], observed: float, horizon: float) -> None:
     s = run([(15.0 * i, x) for i, x in enumerate(xs)])
     assert ahead(s, observed, horizon) >= observed
+
+
+def test_a_long_gap_starts_afresh() -> None:
+    s = run([(float(t), 10.0 + 0.5 * t) for t in range(0, 150, 15)])
+    assert update(s, 3.0, s.time + 151.0, 0.5, 0.3, max_gap=150.0) == HoltState(
+        3.0, 0.0, s.time + 151.0
+    )
+    assert update(s, 3.0, s.time + 150.0, 0.5, 0.3, max_gap=150.0).trend != 0.0
