@@ -20,7 +20,15 @@ import time
 from collections.abc import Callable
 
 from policies.decide import decide
-from policies.decision import HoltState, Recommendation, ScaleEvent, Snapshot, State
+from policies.decision import (
+    Decision,
+    HoltState,
+    Proposal,
+    Recommendation,
+    ScaleEvent,
+    Snapshot,
+    State,
+)
 from policies.schema import (
     ArrivalRateMetric,
     Forecast,
@@ -77,9 +85,9 @@ def snapshot(p: ScalingPolicy, current: int, rng: random.Random) -> Snapshot:
     )
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[list[Snapshot]], None], snaps: list[Snapshot]) -> float:
     t0 = time.perf_counter()
-    fn()
+    fn(snaps)
     return time.perf_counter() - t0
 
 
@@ -105,30 +113,44 @@ def main(argv: list[str] | None = None) -> int:
         for (p, s), snap in zip(work, snaps, strict=True):
             decide(p, snap, s, NOW)
 
-    def run_baseline(snaps: list[Snapshot]) -> None:
+    def run_ceil(snaps: list[Snapshot]) -> None:
         for (p, _), snap in zip(work, snaps, strict=True):
+            queue = p.metrics[0]
             q = snap.values["queue"]
-            assert q is not None
-            ceil(q / p.metrics[0].target_per_replica)  # type: ignore[union-attr]
+            assert isinstance(queue, QueueDepthMetric) and q is not None
+            ceil(q / queue.target_per_replica)
 
-    run_decide(rounds[0])  # warm-up: imports, first allocations
-    decide_s = [timed(lambda r=r: run_decide(r)) for r in rounds[1:]]  # type: ignore[misc]
-    base_s = [timed(lambda r=r: run_baseline(r)) for r in rounds[1:]]  # type: ignore[misc]
+    def run_objects(snaps: list[Snapshot]) -> None:
+        """Only build what one decision returns: three Proposals, a Decision and a State."""
+        for (p, s), snap in zip(work, snaps, strict=True):
+            props = tuple(
+                Proposal(m.name, m.type, snap.values[m.name], 1, "reason") for m in p.metrics
+            )
+            Decision(1, snap.current_replicas, props, "queue", 1, None, ("step",), ())
+            State(s.recommendations, s.scale_up_events, s.scale_down_events, s.holt, None)
+
+    run_decide(rounds[0])  # warm-up: first allocations, caches of rule labels
+    times: dict[str, list[float]] = {"decide": [], "ceil": [], "objects": []}
+    for snaps in rounds[1:]:  # interleaved, so that load from elsewhere hits all three alike
+        times["decide"].append(timed(run_decide, snaps))
+        times["ceil"].append(timed(run_ceil, snaps))
+        times["objects"].append(timed(run_objects, snaps))
 
     n = args.policies
-    best, median = min(decide_s), sorted(decide_s)[len(decide_s) // 2]
-    b_best = min(base_s)
+
+    def per_1000(xs: list[float]) -> str:
+        best, median = min(xs), sorted(xs)[len(xs) // 2]
+        return (
+            f"best {best / n * 1e6:.3f} ms per 1,000 (median {median / n * 1e6:.3f}), "
+            f"{n / best:,.0f}/s"
+        )
+
     print(f"bench_decide: {n} policies x {args.rounds} rounds, os.cpu_count()={os.cpu_count()}")
-    print(f"  python {sys.version.split()[0]}, one thread")
-    print(
-        f"  decide():  best {best * 1e3 / n * 1000:.2f} ms per 1,000 decisions "
-        f"(median {median * 1e3 / n * 1000:.2f}), {n / best:,.0f} decisions/s"
-    )
-    print(
-        f"  baseline (ceil(queue/target) only): best {b_best * 1e3 / n * 1000:.3f} ms per 1,000, "
-        f"{n / b_best:,.0f} ops/s"
-    )
-    verdict = "met" if best * 1000 / n < 0.020 else "MISSED"
+    print(f"  python {sys.version.split()[0]}, one thread; three metrics, default behavior")
+    print(f"  decide():                              {per_1000(times['decide'])}")
+    print(f"  baseline, ceil(queue/target) only:     {per_1000(times['ceil'])}")
+    print(f"  baseline, building the output objects: {per_1000(times['objects'])}")
+    verdict = "met" if min(times["decide"]) / n * 1e6 < 20.0 else "MISSED"
     print(f"  target: 1,000 decisions in under 20 ms: {verdict}")
     return 0
 

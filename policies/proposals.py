@@ -30,6 +30,29 @@ LATENCY_DEAD_BAND = 0.1
 _EPS = 1e-9
 _ceil = math.ceil
 
+_TEXT: dict[int, tuple[object, str]] = {}
+
+
+def _fixed_text(metric: QueueDepthMetric | LatencyMetric | ArrivalRateMetric) -> str:
+    """The part of a metric's reason that only depends on the policy, formatted once.
+
+    Keyed by identity (the entry holds the metric, so the id cannot be reused while cached).
+    """
+    hit = _TEXT.get(id(metric))
+    if hit is not None and hit[0] is metric:
+        return hit[1]
+    if isinstance(metric, QueueDepthMetric):
+        text = f" waiting / {metric.target_per_replica:g} per replica → "
+    elif isinstance(metric, LatencyMetric):
+        text = f"s vs SLO {metric.slo:g}s (×"
+    else:
+        t, mu = metric.latency_target, metric.service_rate_per_replica
+        text = f"p{t.quantile * 100:g} ≤ {t.slo:g}s at {mu:g}/s per replica"
+    if len(_TEXT) >= 4096:
+        _TEXT.clear()
+    _TEXT[id(metric)] = (metric, text)
+    return text
+
 
 def ceil_div(x: float, y: float) -> int:
     """``ceil(x / y)`` forgiving float noise just above an integer."""
@@ -42,13 +65,7 @@ def queue_depth(metric: QueueDepthMetric, waiting: float) -> Proposal:
     n = int(_ceil(waiting / metric.target_per_replica - _EPS))
     if n < 0:
         n = 0
-    return Proposal(
-        metric.name,
-        "queueDepth",
-        waiting,
-        n,
-        f"{waiting:g} waiting / {metric.target_per_replica:g} per replica → {n}",
-    )
+    return Proposal(metric.name, "queueDepth", waiting, n, f"{waiting:g}{_fixed_text(metric)}{n}")
 
 
 def latency(metric: LatencyMetric, observed: float, current: int) -> Proposal:
@@ -56,18 +73,19 @@ def latency(metric: LatencyMetric, observed: float, current: int) -> Proposal:
         observed = 0.0
     slo = metric.slo
     ratio = observed / slo
-    head = f"{observed:.3g}s vs SLO {slo:g}s (×{ratio:.2f})"
+    r = f"{ratio:.2f}"
+    head = f"{observed:.3g}{_fixed_text(metric)}{r})"
     if current <= 0:
         n = 1 if observed > slo else 0
         why = f"{head}, no replicas running → {n}"
     elif 1.0 - LATENCY_DEAD_BAND <= ratio <= 1.0 + LATENCY_DEAD_BAND:
         n = current
-        why = f"{head}, within ±{LATENCY_DEAD_BAND:.0%} of the SLO → keep {n}"
+        why = f"{head}, within ±10% of the SLO → keep {n}"
     else:
         n = int(_ceil(current * ratio - _EPS))
         if n < 0:
             n = 0
-        why = f"{head} → ceil({current} × {ratio:.2f}) = {n}"
+        why = f"{head} → ceil({current} × {r}) = {n}"
     return Proposal(metric.name, "latency", observed, n, why)
 
 
@@ -80,7 +98,7 @@ def arrival_rate(
     lam = observed if sized_for is None else max(sized_for, observed)
     target = metric.latency_target
     mu = metric.service_rate_per_replica
-    goal = f"p{target.quantile * 100:g} ≤ {target.slo:g}s at {mu:g}/s per replica"
+    goal = _fixed_text(metric)
     if sized_for is None:
         rate = f"{observed:g} req/s"
     elif lam > observed:
@@ -97,7 +115,3 @@ def arrival_rate(
     else:
         why = f"{rate}, {goal} → M/M/c needs {s.replicas}"
     return Proposal(metric.name, "arrivalRate", observed, s.replicas, why, s.saturated, sized_for)
-
-
-def missing(metric_name: str, metric_type: str) -> Proposal:
-    return Proposal(metric_name, metric_type, None, None, "metric missing")
