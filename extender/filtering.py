@@ -23,6 +23,14 @@ from extender.reservations import EMPTY, Book, Reservation
 from extender.scoring import ScoreWeights, Strategy, combine, get_strategy
 
 NOT_FOUND_REASON: Final = "node not found in the extender's cache"
+FAILURE_KINDS: Final = (
+    "node_not_found",
+    "untolerated_taint",
+    "node_affinity",
+    "insufficient_resources",
+    "gpu_inventory",
+    "insufficient_gpu",
+)
 
 
 class ClusterView(Protocol):
@@ -92,6 +100,8 @@ class FilterResult:
     """Nodes that could fit after preemption (``FailedNodes``)."""
     unresolvable: dict[str, str] = field(default_factory=dict)
     """Nodes preemption cannot help (``FailedAndUnresolvableNodes``)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Failures per check (one of :data:`FAILURE_KINDS`), for metrics."""
 
 
 def filter_nodes(
@@ -105,18 +115,22 @@ def filter_nodes(
     passed: list[str] = []
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
+    not_found = tainted = unmatched = short_resources = no_inventory = short_gpu = 0
     for name in names:
         node = view.node(name)
         if node is None:
             unresolvable[name] = NOT_FOUND_REASON
+            not_found += 1
             continue
         if node.taints:
             reason = taint_rules.filter_reason(node.taints, tolerations)
             if reason is not None:
                 unresolvable[name] = reason
+                tainted += 1
                 continue
         if not always_matches and not required.matches(node.labels, name):
             unresolvable[name] = AFFINITY_REASON
+            unmatched += 1
             continue
         if pod.milli_cpu or pod.memory:
             cpu, mem = view.requested(name)
@@ -130,18 +144,28 @@ def filter_nodes(
             )
             if short:
                 failed[name] = ", ".join(short)
+                short_resources += 1
                 continue
         if need is not None:
             gpus = view.gpus(name, now)
             if isinstance(gpus, str):
                 unresolvable[name] = gpus
+                no_inventory += 1
                 continue
             reason = gpu_fit_reason(gpus, need)
             if reason is not None:
                 failed[name] = reason
+                short_gpu += 1
                 continue
         passed.append(name)
-    return FilterResult(tuple(passed), failed, unresolvable)
+    counts = dict(
+        zip(
+            FAILURE_KINDS,
+            (not_found, tainted, unmatched, short_resources, no_inventory, short_gpu),
+            strict=True,
+        )
+    )
+    return FilterResult(tuple(passed), failed, unresolvable, counts)
 
 
 def strategy_for(pod: PodRequest, default: str) -> Strategy:

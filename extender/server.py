@@ -1,0 +1,441 @@
+"""The scheduler extender over HTTP: ``/filter``, ``/prioritize``, ``/bind`` for kube-scheduler,
+``/livez``, ``/readyz``, ``/metrics`` for operators.
+
+kube-scheduler sends ``k8s.io/kube-scheduler/extender/v1`` structs, which carry no JSON tags, so
+keys arrive in PascalCase (``Pod``, ``Nodes``, ``NodeNames``); keys are read case-insensitively and
+replies use PascalCase. Bad input gets HTTP 400 with ``{"Error": ...}``; a filter reply only ever
+names nodes from its request.
+
+:class:`Extender` holds the request logic without HTTP (decoded JSON in, reply out), so tests and
+the benchmark can call it directly; :func:`make_app` wraps it in aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from extender.decode import BadRequest, node_from_json, pod_from_json
+from extender.filtering import (
+    FAILURE_KINDS,
+    ClusterView,
+    choose_devices,
+    filter_nodes,
+    prioritize,
+)
+from extender.fit import NodeGpus
+from extender.model import NodeInfo, PodRequest
+from extender.scoring import ScoreWeights, get_strategy
+from extender.state import ClusterState
+
+log = logging.getLogger("gpuscale.extender")
+
+MAX_BODY_BYTES: Final = 64 * 2**20
+CONTENT_TYPE: Final = "application/json"
+
+
+class BindError(Exception):
+    """The Kubernetes API refused or failed the binding; the message says why."""
+
+
+class Binder(Protocol):
+    """Writes to Kubernetes for ``/bind`` (implemented in :mod:`extender.cluster_cache`)."""
+
+    async def bind(
+        self, *, namespace: str, name: str, uid: str, node: str, gpu_indices: tuple[int, ...]
+    ) -> None:
+        """Annotate the pod with its GPU indices (when it has any) and bind it to ``node``."""
+        ...
+
+    async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The pod object, for a bind of a pod the extender has not seen; ``None`` if absent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExtenderSettings:
+    scoring: str = "binpack"
+    """Default scoring strategy (pods may pick another with ``gpuscale.io/scoring``)."""
+    reservation_ttl: float = 300.0
+    """Seconds a reservation holds memory for a pod not yet visible in measurements/pod list."""
+    weights: ScoreWeights = field(default_factory=ScoreWeights)
+    max_body_bytes: int = MAX_BODY_BYTES
+    """Larger request bodies are refused with 400."""
+    recent_pods: int = 4096
+    """Pods seen in filter/prioritize requests remembered for a later bind."""
+
+    def __post_init__(self) -> None:
+        get_strategy(self.scoring)
+        if not self.reservation_ttl > 0:
+            raise ValueError(f"reservation TTL must be positive, got {self.reservation_ttl}")
+
+
+class Metrics:
+    """The extender's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self, state: ClusterState, clock: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gpuscale_extender_requests",
+            "Requests by verb and HTTP status code.",
+            ["verb", "code"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "gpuscale_extender_request_duration_seconds",
+            "Time to answer a request, by verb (decode to encode).",
+            ["verb"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.filter_failures = Counter(
+            "gpuscale_extender_filter_failures",
+            "Nodes filtered out, by the check that failed.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for kind in FAILURE_KINDS:
+            self.filter_failures.labels(kind)
+        self.binds = Counter(
+            "gpuscale_extender_binds",
+            "Bind attempts by result (bound, no_fit, api_error, unknown_pod).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(state, clock))
+
+
+class _StateCollector(Collector):
+    """Gauges computed from the cluster state at scrape time."""
+
+    def __init__(self, state: ClusterState, clock: Callable[[], float]) -> None:
+        self.state = state
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        free = GaugeMetricFamily(
+            "gpuscale_extender_gpu_free_mib",
+            "GPU memory free for new pods (after use, running pods and reservations), MiB.",
+            labels=["node", "gpu"],
+        )
+        for name in sorted(self.state.nodes):
+            g = self.state.gpus(name, now)
+            if isinstance(g, NodeGpus):
+                for d in g.devices:
+                    free.add_metric([name, str(d.index)], d.free_mib)
+        yield free
+        yield GaugeMetricFamily(
+            "gpuscale_extender_reservations",
+            "Reservations holding GPU memory for pods not yet visible.",
+            value=len(self.state.reservations),
+        )
+        yield GaugeMetricFamily(
+            "gpuscale_extender_pending_gpu_pods",
+            "Pods asking for GPUs that are not bound to a node yet (nodeCacheCapable mode).",
+            value=self.state.pending_gpu_pods(),
+        )
+
+
+def _lower_keys(args: object) -> dict[str, Any]:
+    if not isinstance(args, dict):
+        raise BadRequest(f"expected a JSON object, got {type(args).__name__}")
+    return {k.lower(): v for k, v in args.items()}
+
+
+class _RequestView:
+    """Full mode: nodes from the request, pods and reservations from the state."""
+
+    def __init__(self, state: ClusterState, nodes: Mapping[str, NodeInfo]) -> None:
+        self.state = state
+        self.nodes = nodes
+
+    def node(self, name: str) -> NodeInfo | None:
+        return self.nodes.get(name)
+
+    def gpus(self, name: str, now: float) -> NodeGpus | str:
+        return self.state.gpus_for(self.nodes[name], now)
+
+    def requested(self, name: str) -> tuple[int, int]:
+        return self.state.requested(name)
+
+
+class _NodeDecoder:
+    """Decodes request nodes, reusing the previous result while ``resourceVersion`` is unchanged
+    (kube-scheduler sends every node in every full-mode request)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[str, NodeInfo]] = {}
+
+    def __call__(self, raw: object, path: str) -> NodeInfo:
+        if isinstance(raw, dict):
+            meta = raw.get("metadata")
+            if isinstance(meta, dict):
+                name, rv = meta.get("name"), meta.get("resourceVersion")
+                if isinstance(name, str) and isinstance(rv, str) and rv:
+                    hit = self._cache.get(name)
+                    if hit is not None and hit[0] == rv:
+                        return hit[1]
+                    info = node_from_json(raw, path)
+                    self._cache[name] = (rv, info)
+                    return info
+        return node_from_json(raw, path)
+
+
+class Extender:
+    """Request handling: decoded JSON in, reply out. ``now`` always comes from the caller."""
+
+    def __init__(
+        self,
+        state: ClusterState,
+        settings: ExtenderSettings | None = None,
+        *,
+        binder: Binder | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.state = state
+        self.settings = settings or ExtenderSettings()
+        self.binder = binder
+        self.metrics = metrics
+        self.lock = asyncio.Lock()
+        self._recent: OrderedDict[str, PodRequest] = OrderedDict()
+        self._decode_node = _NodeDecoder()
+
+    def _remember(self, pod: PodRequest) -> None:
+        self._recent[pod.key] = pod
+        self._recent.move_to_end(pod.key)
+        while len(self._recent) > self.settings.recent_pods:
+            self._recent.popitem(last=False)
+
+    def _nodes_and_view(
+        self, a: Mapping[str, Any]
+    ) -> tuple[list[str], ClusterView, list[Any] | None]:
+        names_raw = a.get("nodenames")
+        if names_raw is not None:
+            if not isinstance(names_raw, list) or not all(isinstance(n, str) for n in names_raw):
+                raise BadRequest("NodeNames: expected a list of strings")
+            return names_raw, self.state, None
+        nodes_raw = a.get("nodes")
+        if nodes_raw is None:
+            raise BadRequest("request has neither NodeNames nor Nodes")
+        if not isinstance(nodes_raw, dict):
+            raise BadRequest(f"Nodes: expected a NodeList object, got {type(nodes_raw).__name__}")
+        items = nodes_raw.get("items")
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise BadRequest("Nodes.items: expected a list")
+        infos = [self._decode_node(raw, f"Nodes.items[{i}]") for i, raw in enumerate(items)]
+        view = _RequestView(self.state, {n.name: n for n in infos})
+        return [n.name for n in infos], view, items
+
+    def _pod(self, a: Mapping[str, Any]) -> PodRequest:
+        raw = a.get("pod")
+        if raw is None:
+            raise BadRequest("request has no Pod")
+        pod = pod_from_json(raw, "Pod")
+        self._remember(pod)
+        return pod
+
+    def filter(self, args: object, now: float) -> dict[str, Any]:
+        """``ExtenderArgs`` → ``ExtenderFilterResult``."""
+        a = _lower_keys(args)
+        pod = self._pod(a)
+        names, view, items = self._nodes_and_view(a)
+        self.state.expire(now)
+        result = filter_nodes(pod, names, view, now)
+        if self.metrics is not None:
+            for kind, n in result.counts.items():
+                if n:
+                    self.metrics.filter_failures.labels(kind).inc(n)
+        log.debug(
+            "filter",
+            extra={
+                "pod": pod.key,
+                "nodes": len(names),
+                "passed": len(result.passed),
+                "failed": len(result.failed),
+                "unresolvable": len(result.unresolvable),
+            },
+        )
+        reply: dict[str, Any] = {
+            "FailedNodes": result.failed,
+            "FailedAndUnresolvableNodes": result.unresolvable,
+            "Error": "",
+        }
+        if items is None:
+            reply["NodeNames"] = list(result.passed)
+            reply["Nodes"] = None
+        else:
+            keep = set(result.passed)
+            reply["Nodes"] = {
+                "metadata": {},
+                "items": [raw for raw, name in zip(items, names, strict=True) if name in keep],
+            }
+            reply["NodeNames"] = None
+        return reply
+
+    def prioritize(self, args: object, now: float) -> list[dict[str, Any]]:
+        """``ExtenderArgs`` → ``HostPriorityList``."""
+        a = _lower_keys(args)
+        pod = self._pod(a)
+        names, view, _ = self._nodes_and_view(a)
+        scores = prioritize(
+            pod, names, view, now, strategy=self.settings.scoring, weights=self.settings.weights
+        )
+        return [{"Host": host, "Score": score} for host, score in scores]
+
+    async def bind(self, args: object, now: float) -> dict[str, Any]:
+        """``ExtenderBindingArgs`` → ``ExtenderBindingResult``: reserve devices, then bind."""
+        a = _lower_keys(args)
+        fields = {}
+        for key in ("podname", "podnamespace", "poduid", "node"):
+            v = a.get(key)
+            if not isinstance(v, str) or (key != "poduid" and not v):
+                raise BadRequest(f"binding args: {key} must be a non-empty string")
+            fields[key] = v
+        ns, name, uid, node = (
+            fields["podnamespace"],
+            fields["podname"],
+            fields["poduid"],
+            fields["node"],
+        )
+        key = f"{ns}/{name}"
+        if self.binder is None:
+            return self._bind_result("api_error", key, node, "bind is not configured: no client")
+        pod = self.state.pods.get(key) or self._recent.get(key)
+        if pod is None:
+            raw = await self.binder.get_pod(ns, name)
+            if raw is None:
+                return self._bind_result("unknown_pod", key, node, f"pod {key} not found")
+            try:
+                pod = pod_from_json(raw, "Pod")
+            except BadRequest as exc:
+                return self._bind_result("unknown_pod", key, node, f"pod {key}: {exc}")
+        if uid and pod.uid and pod.uid != uid:
+            return self._bind_result(
+                "unknown_pod", key, node, f"pod {key} has uid {pod.uid}, binding asks for {uid}"
+            )
+        indices: tuple[int, ...] = ()
+        async with self.lock:
+            self.state.release(key)
+            self.state.expire(now)
+            if pod.gpu is not None:
+                chosen = choose_devices(pod, node, self.state, now, strategy=self.settings.scoring)
+                if isinstance(chosen, str):
+                    return self._bind_result(
+                        "no_fit", key, node, f"cannot bind to {node}: {chosen}"
+                    )
+                indices = chosen
+                self.state.reserve(pod, node, indices, now, self.settings.reservation_ttl)
+        try:
+            await self.binder.bind(namespace=ns, name=name, uid=uid, node=node, gpu_indices=indices)
+        except BindError as exc:
+            self.state.release(key)
+            return self._bind_result("api_error", key, node, f"binding {key} to {node}: {exc}")
+        log.info("bound", extra={"pod": key, "node": node, "gpus": list(indices)})
+        if self.metrics is not None:
+            self.metrics.binds.labels("bound").inc()
+        return {"Error": ""}
+
+    def _bind_result(self, result: str, pod: str, node: str, error: str) -> dict[str, Any]:
+        log.warning("bind failed", extra={"pod": pod, "node": node, "error": error})
+        if self.metrics is not None:
+            self.metrics.binds.labels(result).inc()
+        return {"Error": error}
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(f"request body of {request.content_length} bytes exceeds {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type=CONTENT_TYPE)
+
+
+def make_app(
+    extender: Extender,
+    *,
+    metrics: Metrics,
+    clock: Callable[[], float] = time.time,
+    ready: Callable[[], bool] = lambda: True,
+) -> web.Application:
+    """The aiohttp application. ``ready`` gates ``/readyz`` (caches synced, not draining)."""
+    limit = extender.settings.max_body_bytes
+
+    async def handle(request: web.Request, verb: str) -> web.Response:
+        start = time.perf_counter()
+        status = 200
+        try:
+            args = orjson.loads(await _read_body(request, limit))
+            reply: object
+            if verb == "filter":
+                reply = extender.filter(args, clock())
+            elif verb == "prioritize":
+                reply = extender.prioritize(args, clock())
+            else:
+                reply = await extender.bind(args, clock())
+            response = _json(reply)
+        except (BadRequest, orjson.JSONDecodeError) as exc:
+            status = 400
+            log.warning("bad request", extra={"verb": verb, "error": str(exc)})
+            response = _json({"Error": f"bad request: {exc}"}, status)
+        except Exception as exc:  # a bug, not bad input: answer and keep serving
+            status = 500
+            log.exception("request failed", extra={"verb": verb})
+            response = _json({"Error": f"internal error: {exc}"}, status)
+        metrics.requests.labels(verb, str(status)).inc()
+        metrics.duration.labels(verb).observe(time.perf_counter() - start)
+        return response
+
+    async def filter_(request: web.Request) -> web.Response:
+        return await handle(request, "filter")
+
+    async def prioritize_(request: web.Request) -> web.Response:
+        return await handle(request, "prioritize")
+
+    async def bind_(request: web.Request) -> web.Response:
+        return await handle(request, "bind")
+
+    async def livez(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if ready():
+            return web.Response(text="ok")
+        return web.Response(text="not ready", status=503)
+
+    async def metrics_(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    app = web.Application(client_max_size=limit + 1)
+    app.router.add_post("/filter", filter_)
+    app.router.add_post("/prioritize", prioritize_)
+    app.router.add_post("/bind", bind_)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_)
+    return app

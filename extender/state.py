@@ -1,0 +1,196 @@
+"""The extender's in-memory picture of the cluster: a :class:`~extender.filtering.ClusterView`
+kept up to date by watch events, DCGM polls and reservations.
+
+No I/O and no clock: callers pass ``now``. Per-node GPU state is cached and recomputed only when
+something on that node changes (node object, its pods, its reservations, its DCGM report) or when
+its measurement turns stale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from extender.fit import NodeGpus
+from extender.inventory import InventoryConfig, baseline_used, node_gpus
+from extender.model import GpuReport, NodeInfo, PodRequest
+from extender.reservations import EMPTY, Book, Reservation, expire, measured
+
+
+@dataclass(slots=True)
+class _Cached:
+    gpus: NodeGpus | str
+    valid_until: float
+
+
+class ClusterState:
+    """Nodes, bound pods, DCGM reports and reservations, with per-node GPU state cached."""
+
+    def __init__(self, config: InventoryConfig | None = None) -> None:
+        self.config = config or InventoryConfig()
+        self.nodes: dict[str, NodeInfo] = {}
+        self.pods: dict[str, PodRequest] = {}
+        self.pods_by_node: dict[str, dict[str, PodRequest]] = {}
+        self.dcgm: dict[str, GpuReport] = {}
+        self.reservations: Book = EMPTY
+        self._requested: dict[str, tuple[int, int]] = {}
+        self._gpus: dict[str, _Cached] = {}
+
+    # ---- ClusterView -------------------------------------------------------------------
+    def node(self, name: str) -> NodeInfo | None:
+        return self.nodes.get(name)
+
+    def gpus(self, name: str, now: float) -> NodeGpus | str:
+        cached = self._gpus.get(name)
+        if cached is not None and now <= cached.valid_until:
+            return cached.gpus
+        return self._compute(name, self.nodes[name], now)
+
+    def requested(self, name: str) -> tuple[int, int]:
+        return self._requested.get(name, (0, 0))
+
+    # ---- computing -----------------------------------------------------------------------
+    def _compute(self, name: str, node: NodeInfo, now: float) -> NodeGpus | str:
+        result = node_gpus(
+            node,
+            config=self.config,
+            now=now,
+            dcgm=self.dcgm.get(name),
+            pods=self.pods_by_node.get(name, {}).values(),
+            reservations=[r for r in self.reservations.values() if r.node == name],
+        )
+        self._gpus[name] = _Cached(result, self._valid_until(node, name))
+        return result
+
+    def _valid_until(self, node: NodeInfo, name: str) -> float:
+        """When a cached result may change by time alone: a measurement turning stale."""
+        times = [r.time for r in (node.gpu_report, self.dcgm.get(name)) if r is not None]
+        if not times:
+            return math.inf
+        return max(times) + self.config.stale_after
+
+    def gpus_for(self, node: NodeInfo, now: float) -> NodeGpus | str:
+        """GPU state of a node object that came in a request (full mode); cached while the node's
+        measurement object and everything else about it stays the same."""
+        known = self.nodes.get(node.name)
+        if known is not node:
+            if known is None or known.gpu_report is not node.gpu_report or known.gfd != node.gfd:
+                self._gpus.pop(node.name, None)
+            self.nodes[node.name] = node
+        return self.gpus(node.name, now)
+
+    def _touch(self, name: str) -> None:
+        self._gpus.pop(name, None)
+
+    # ---- updates -------------------------------------------------------------------------
+    def upsert_node(self, node: NodeInfo) -> None:
+        self.nodes[node.name] = node
+        self._touch(node.name)
+        if node.gpu_report is not None:
+            self._settle_measured(node.name, node.gpu_report)
+
+    def delete_node(self, name: str) -> None:
+        self.nodes.pop(name, None)
+        self._gpus.pop(name, None)
+
+    def replace_nodes(self, nodes: Iterable[NodeInfo]) -> None:
+        """After a relist: exactly these nodes."""
+        fresh = {n.name: n for n in nodes}
+        for name in list(self.nodes):
+            if name not in fresh:
+                self.delete_node(name)
+        for n in fresh.values():
+            if self.nodes.get(n.name) != n:
+                self.upsert_node(n)
+
+    def upsert_pod(self, pod: PodRequest) -> None:
+        old = self.pods.get(pod.key)
+        if old is not None and old.node_name:
+            self._unindex(old)
+        if pod.terminated:
+            self.pods.pop(pod.key, None)
+        else:
+            self.pods[pod.key] = pod
+            if pod.node_name:
+                self.pods_by_node.setdefault(pod.node_name, {})[pod.key] = pod
+                cpu, mem = self._requested.get(pod.node_name, (0, 0))
+                self._requested[pod.node_name] = (cpu + pod.milli_cpu, mem + pod.memory)
+                self._touch(pod.node_name)
+        if pod.node_name and pod.key in self.reservations:
+            self.release(pod.key)
+
+    def _unindex(self, pod: PodRequest) -> None:
+        on_node = self.pods_by_node.get(pod.node_name, {})
+        if on_node.pop(pod.key, None) is not None:
+            cpu, mem = self._requested.get(pod.node_name, (0, 0))
+            self._requested[pod.node_name] = (cpu - pod.milli_cpu, mem - pod.memory)
+        self._touch(pod.node_name)
+
+    def delete_pod(self, key: str) -> None:
+        old = self.pods.pop(key, None)
+        if old is not None and old.node_name:
+            self._unindex(old)
+        self.release(key)
+
+    def replace_pods(self, pods: Iterable[PodRequest]) -> None:
+        """After a relist: exactly these pods."""
+        fresh = {p.key: p for p in pods}
+        for key in list(self.pods):
+            if key not in fresh:
+                self.delete_pod(key)
+        for p in fresh.values():
+            if self.pods.get(p.key) != p:
+                self.upsert_pod(p)
+
+    def set_dcgm(self, reports: Mapping[str, GpuReport]) -> None:
+        for name in self.dcgm.keys() | reports.keys():
+            self._touch(name)
+        self.dcgm = dict(reports)
+        for name, report in reports.items():
+            self._settle_measured(name, report)
+
+    # ---- reservations --------------------------------------------------------------------
+    def reserve(
+        self, pod: PodRequest, node: str, indices: tuple[int, ...], now: float, ttl: float
+    ) -> Reservation:
+        assert pod.gpu is not None
+        info = self.nodes.get(node)
+        baseline = (
+            baseline_used(info, self.dcgm.get(node), indices, self.config, now)
+            if info is not None
+            else None
+        )
+        r = Reservation(
+            pod.key, pod.uid, node, indices, pod.gpu.mib_per_gpu, now, now + ttl, baseline
+        )
+        old = self.reservations.get(pod.key)
+        if old is not None:
+            self._touch(old.node)
+        self.reservations = {**self.reservations, pod.key: r}
+        self._touch(node)
+        return r
+
+    def release(self, key: str) -> None:
+        old = self.reservations.get(key)
+        if old is None:
+            return
+        self.reservations = {k: v for k, v in self.reservations.items() if k != key}
+        self._touch(old.node)
+
+    def expire(self, now: float) -> int:
+        """Drop reservations past their TTL; returns how many were dropped."""
+        kept = expire(self.reservations, now)
+        dropped = [r for k, r in self.reservations.items() if k not in kept]
+        for r in dropped:
+            self._touch(r.node)
+        self.reservations = kept
+        return len(dropped)
+
+    def _settle_measured(self, node: str, report: GpuReport) -> None:
+        for key, r in list(self.reservations.items()):
+            if r.node == node and measured(r, report):
+                self.release(key)
+
+    def pending_gpu_pods(self) -> int:
+        return sum(1 for p in self.pods.values() if p.gpu is not None and not p.node_name)

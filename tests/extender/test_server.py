@@ -1,0 +1,328 @@
+"""The HTTP extender: wire format, bad input, binding without double booking, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from extender.decode import BadRequest, node_from_json, pod_from_json
+from extender.server import BindError, Extender, ExtenderSettings, Metrics, make_app
+from extender.state import ClusterState
+from tests.extender.test_filtering import node_json, pod_json
+
+READY = web.AppKey("ready", dict[str, bool])
+NOW = datetime(2027, 1, 15, 8, 0, 10, tzinfo=UTC).timestamp()
+
+
+class FakeBinder:
+    """Records binds; each bind waits for ``gate`` so that binds overlap."""
+
+    def __init__(self) -> None:
+        self.bound: list[tuple[str, str, tuple[int, ...]]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: set[str] = set()
+        self.pods: dict[str, Mapping[str, Any]] = {}
+        self.entered = 0
+        self.wait_for = 1
+        self.entered_enough = asyncio.Event()
+
+    async def bind(
+        self, *, namespace: str, name: str, uid: str, node: str, gpu_indices: tuple[int, ...]
+    ) -> None:
+        self.entered += 1
+        if self.entered >= self.wait_for:
+            self.entered_enough.set()
+        await self.gate.wait()
+        if name in self.fail:
+            raise BindError("conflict")
+        self.bound.append((f"{namespace}/{name}", node, gpu_indices))
+
+    async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.pods.get(f"{namespace}/{name}")
+
+
+def make_state() -> ClusterState:
+    state = ClusterState()
+    for raw in (
+        node_json("tight", [60000, 81000]),
+        node_json("roomy", [0, 0]),
+        node_json("full", [80000, 80000]),
+        node_json("tainted", [0, 0], taints=[{"key": "gpu", "value": "x", "effect": "NoExecute"}]),
+    ):
+        state.upsert_node(node_from_json(raw))
+    return state
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[TestClient[Any, Any], Extender, FakeBinder]]:
+    state = make_state()
+    metrics = Metrics(state, lambda: NOW)
+    binder = FakeBinder()
+    ext = Extender(state, ExtenderSettings(max_body_bytes=1 << 20), binder=binder, metrics=metrics)
+    ready = {"ok": False}
+    app = make_app(ext, metrics=metrics, clock=lambda: NOW, ready=lambda: ready["ok"])
+    app[READY] = ready
+    async with TestClient(TestServer(app)) as client:
+        yield client, ext, binder
+
+
+def named(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    out = orjson.loads(orjson.dumps(pod))
+    out["metadata"]["name"] = name
+    out["metadata"]["uid"] = f"uid-{name}"
+    return dict(out)
+
+
+async def test_filter_cache_mode_pascal_case(env: Any) -> None:
+    client, _, _ = env
+    names = ["tight", "roomy", "full", "tainted", "ghost"]
+    resp = await client.post(
+        "/filter", data=orjson.dumps({"Pod": pod_json(20000), "Nodes": None, "NodeNames": names})
+    )
+    assert resp.status == 200
+    body = orjson.loads(await resp.read())
+    assert body["Nodes"] is None
+    assert body["NodeNames"] == ["tight", "roomy"]
+    assert set(body["NodeNames"]) <= set(names)
+    assert body["FailedNodes"] == {
+        "full": "insufficient GPU memory: need 1×20000 MiB, best device has 1920 MiB free"
+    }
+    assert set(body["FailedAndUnresolvableNodes"]) == {"tainted", "ghost"}
+    assert body["Error"] == ""
+
+
+async def test_lowercase_keys_and_full_mode(env: Any) -> None:
+    client, _, _ = env
+    items = [node_json("roomy", [0, 0]), node_json("full", [80000, 80000])]
+    for item in items:
+        item["metadata"]["resourceVersion"] = "1"
+    resp = await client.post(
+        "/filter", data=orjson.dumps({"pod": pod_json(20000), "nodes": {"items": items}})
+    )
+    body = orjson.loads(await resp.read())
+    assert resp.status == 200
+    assert [n["metadata"]["name"] for n in body["Nodes"]["items"]] == ["roomy"]
+    assert body["Nodes"]["items"][0] == items[0]
+    assert body["NodeNames"] is None
+    # second request: decoded nodes reused by resourceVersion, same answer
+    resp2 = await client.post(
+        "/filter", data=orjson.dumps({"pod": pod_json(20000), "nodes": {"items": items}})
+    )
+    assert orjson.loads(await resp2.read()) == body
+
+
+async def test_prioritize(env: Any) -> None:
+    client, _, _ = env
+    resp = await client.post(
+        "/prioritize", data=orjson.dumps({"Pod": pod_json(20000), "NodeNames": ["tight", "roomy"]})
+    )
+    assert resp.status == 200
+    scores = {h["Host"]: h["Score"] for h in orjson.loads(await resp.read())}
+    assert scores["tight"] > scores["roomy"]
+    assert all(isinstance(s, int) and 0 <= s <= 10 for s in scores.values())
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"{", "bad request"),
+        (b"[]", "expected a JSON object"),
+        (b'{"NodeNames": ["a"]}', "no Pod"),
+        (b'{"Pod": 5, "NodeNames": ["a"]}', "Pod: expected an object"),
+        (b'{"Pod": {}, "NodeNames": [1]}', "NodeNames"),
+        (b'{"Pod": {}}', "neither NodeNames nor Nodes"),
+        (b'{"Pod": {}, "Nodes": {"items": 3}}', "Nodes.items"),
+        (
+            b'{"Pod": {"spec": {"containers": [{"resources": {"limits": {"cpu": "x"}}}]}},'
+            b' "NodeNames": []}',
+            "cpu",
+        ),
+    ],
+)
+async def test_bad_requests_get_400(env: Any, body: bytes, match: str) -> None:
+    client, _, _ = env
+    for verb in ("/filter", "/prioritize"):
+        resp = await client.post(verb, data=body)
+        assert resp.status == 400
+        assert match in orjson.loads(await resp.read())["Error"]
+
+
+async def test_oversized_body_is_refused(env: Any) -> None:
+    client, _, _ = env
+    big = b'{"Pod": {}, "NodeNames": ["' + b"x" * (1 << 20) + b'"]}'
+    resp = await client.post("/filter", data=big)
+    assert resp.status == 400
+    assert "exceeds" in orjson.loads(await resp.read())["Error"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while reading
+        for _ in range(3):
+            yield b" " * (1 << 19)
+
+    resp = await client.post("/filter", data=chunks())
+    assert resp.status == 400
+
+
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["Pod", "pod", "Nodes", "NodeNames", "items", "metadata", "spec", "name", "x"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(junk)
+def test_junk_never_raises_anything_but_bad_request(value: object) -> None:
+    ext = Extender(make_state())
+    for call in (ext.filter, ext.prioritize):
+        with contextlib.suppress(BadRequest):
+            call(value, NOW)
+    with contextlib.suppress(BadRequest):
+        asyncio.run(ext.bind(value, NOW))
+
+
+async def test_junk_over_http_is_400_never_500(env: Any) -> None:
+    client, _, _ = env
+    for body in (
+        b"\xff\xfe",
+        b"null",
+        b'"s"',
+        b"1e999",
+        b'{"Pod": {"metadata": []}, "NodeNames": null}',
+        b"",
+    ):
+        for verb in ("/filter", "/prioritize", "/bind"):
+            resp = await client.post(verb, data=body)
+            assert resp.status == 400, (verb, body)
+
+
+async def test_bind_reserves_and_concurrent_binds_never_double_book(env: Any) -> None:
+    """Eight pods of 30000 MiB race for 'roomy' (2×81920): at most 2 per device fit."""
+    client, ext, binder = env
+    binder.gate.clear()
+    pod = pod_json(30000)
+    for i in range(8):
+        resp = await client.post(
+            "/filter", data=orjson.dumps({"Pod": named(pod, f"p{i}"), "NodeNames": ["roomy"]})
+        )
+        assert orjson.loads(await resp.read())["NodeNames"] == ["roomy"]
+
+    async def bind(i: int) -> str:
+        args = {"PodName": f"p{i}", "PodNamespace": "ns", "PodUID": f"uid-p{i}", "Node": "roomy"}
+        resp = await client.post("/bind", data=orjson.dumps(args))
+        assert resp.status == 200
+        return str(orjson.loads(await resp.read())["Error"])
+
+    binder.wait_for = 4
+    tasks = [asyncio.create_task(bind(i)) for i in range(8)]
+    # four binds are inside the (held) API call at once, each with its own reservation
+    await asyncio.wait_for(binder.entered_enough.wait(), timeout=5)
+    assert len(ext.state.reservations) == 4
+    binder.gate.set()
+    errors = await asyncio.gather(*tasks)
+    ok = [e for e in errors if e == ""]
+    assert len(ok) == 4
+    assert all("insufficient GPU memory" in e for e in errors if e)
+    per_device: dict[int, int] = {}
+    for _, node, indices in binder.bound:
+        assert node == "roomy"
+        for i in indices:
+            per_device[i] = per_device.get(i, 0) + 30000
+    assert all(v <= 81920 for v in per_device.values())
+    # the filter now sees the reservations
+    resp = await client.post(
+        "/filter", data=orjson.dumps({"Pod": named(pod, "late"), "NodeNames": ["roomy"]})
+    )
+    assert orjson.loads(await resp.read())["NodeNames"] == []
+
+
+async def test_reservation_released_when_pod_shows_up_or_bind_fails(env: Any) -> None:
+    client, ext, binder = env
+    binder.fail.add("bad")
+    pod = named(pod_json(30000), "bad")
+    await client.post("/filter", data=orjson.dumps({"Pod": pod, "NodeNames": ["roomy"]}))
+    resp = await client.post(
+        "/bind",
+        data=orjson.dumps(
+            {"PodName": "bad", "PodNamespace": "ns", "PodUID": "uid-bad", "Node": "roomy"}
+        ),
+    )
+    assert "conflict" in orjson.loads(await resp.read())["Error"]
+    assert ext.state.reservations == {}
+
+    good = named(pod_json(30000), "good")
+    binder.pods["ns/good"] = good  # never seen in a filter: fetched through the binder
+    resp = await client.post(
+        "/bind",
+        data=orjson.dumps(
+            {"PodName": "good", "PodNamespace": "ns", "PodUID": "uid-good", "Node": "roomy"}
+        ),
+    )
+    assert orjson.loads(await resp.read())["Error"] == ""
+    assert set(ext.state.reservations) == {"ns/good"}
+    indices = ext.state.reservations["ns/good"].indices
+    bound = named(pod_json(30000), "good")
+    bound["spec"]["nodeName"] = "roomy"
+    bound["metadata"]["annotations"]["gpuscale.io/gpu-indices"] = ",".join(map(str, indices))
+    ext.state.upsert_pod(pod_from_json(bound))
+    assert ext.state.reservations == {}
+    g = ext.state.gpus("roomy", NOW)
+    assert not isinstance(g, str)
+    assert sorted(d.free_mib for d in g.devices) == [81920 - 30000, 81920]
+
+
+async def test_bind_errors(env: Any) -> None:
+    client, _, _ = env
+    resp = await client.post("/bind", data=b'{"PodName": "x"}')
+    assert resp.status == 400
+    resp = await client.post(
+        "/bind",
+        data=orjson.dumps(
+            {"PodName": "nobody", "PodNamespace": "ns", "PodUID": "", "Node": "roomy"}
+        ),
+    )
+    assert resp.status == 200
+    assert "not found" in orjson.loads(await resp.read())["Error"]
+
+
+async def test_ops_endpoints(env: Any) -> None:
+    client, _, _ = env
+    assert (await client.get("/livez")).status == 200
+    assert (await client.get("/readyz")).status == 503
+    client.server.app[READY]["ok"] = True
+    assert (await client.get("/readyz")).status == 200
+    await client.post(
+        "/filter", data=orjson.dumps({"Pod": pod_json(20000), "NodeNames": ["full", "tainted"]})
+    )
+    await client.post("/filter", data=b"{")
+    text = await (await client.get("/metrics")).text()
+    for line in (
+        'gpuscale_extender_requests_total{code="200",verb="filter"} 1.0',
+        'gpuscale_extender_requests_total{code="400",verb="filter"} 1.0',
+        'gpuscale_extender_filter_failures_total{reason="insufficient_gpu"} 1.0',
+        'gpuscale_extender_filter_failures_total{reason="untolerated_taint"} 1.0',
+        'gpuscale_extender_gpu_free_mib{gpu="1",node="tight"} 920.0',
+        "gpuscale_extender_reservations 0.0",
+        "gpuscale_extender_pending_gpu_pods 0.0",
+        'gpuscale_extender_request_duration_seconds_count{verb="filter"} 2.0',
+    ):
+        assert line in text, line
