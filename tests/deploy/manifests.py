@@ -18,7 +18,7 @@ NAMESPACE = "gpuscale-system"
 
 # kustomize trees that render from the repository as it is (ca-bundle needs the user's PEM files,
 # so its test renders a copy with generated ones).
-TREES = ("", "base", "overlays/with-monitoring")
+TREES = ("", "base", "overlays/with-monitoring", "overlays/prometheus-actuation")
 
 # Kinds served by CRDs, absent from the core OpenAPI schemas; checked structurally instead.
 CRD_KINDS = {

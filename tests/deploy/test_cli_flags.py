@@ -8,7 +8,7 @@ import click
 import pytest
 
 from gpuscale.cli import cli, main
-from tests.deploy.manifests import Obj, gpuscale_containers, render
+from tests.deploy.manifests import TREES, Obj, gpuscale_containers, render
 
 # Values the kubelet substitutes for $(VAR) in args, as it would in the pod.
 _FIELD_VALUES = {
@@ -38,24 +38,31 @@ def _expand(arg: str, env: dict[str, str]) -> str:
 
 def _invocations() -> list[tuple[str, str, list[str], dict[str, str]]]:
     found = []
-    for where, _spec, c in gpuscale_containers(render()):
-        assert "command" not in c, f"{where}: the image's ENTRYPOINT is gpuscale; set args only"
-        env = _env(c)
-        args = [_expand(a, env) for a in c["args"]]
-        found.append((where, args[0], args[1:], env))
+    seen: set[tuple[str, ...]] = set()
+    for tree in TREES:
+        for where, _spec, c in gpuscale_containers(render(tree)):
+            if tuple(c["args"]) in seen:
+                continue
+            seen.add(tuple(c["args"]))
+            where = f"{tree or 'deploy'}:{where}"
+            assert "command" not in c, f"{where}: the image's ENTRYPOINT is gpuscale; set args only"
+            env = _env(c)
+            args = [_expand(a, env) for a in c["args"]]
+            found.append((where, args[0], args[1:], env))
     return found
 
 
 INVOCATIONS = _invocations()
-CASES = [pytest.param(*inv, id=inv[0].rsplit("/", 1)[-1]) for inv in INVOCATIONS]
+CASES = [
+    pytest.param(*inv, id=inv[0].split(":", 1)[0] + ":" + inv[0].rsplit("/", 1)[-1])
+    for inv in INVOCATIONS
+]
 
 
 def test_all_three_commands_are_deployed() -> None:
-    assert sorted(sub for _w, sub, _a, _e in INVOCATIONS) == [
-        "controller",
-        "extender",
-        "node-agent",
-    ]
+    assert {sub for _w, sub, _a, _e in INVOCATIONS} == {"controller", "extender", "node-agent"}
+    actuations = {a for _w, _s, args, _e in INVOCATIONS for a in args if "--actuation" in a}
+    assert actuations == {"--actuation=hpa", "--actuation=prometheus"}
 
 
 @pytest.mark.parametrize(("where", "sub", "args", "env"), CASES)
@@ -111,7 +118,7 @@ def test_value_checks_are_real() -> None:
 
 def test_controller_leader_election_flags_match_its_role() -> None:
     objs = render()
-    (controller,) = (a for w, s, a, _e in INVOCATIONS if s == "controller")
+    (controller,) = (a for w, s, a, _e in INVOCATIONS if s == "controller" and "hpa" in str(a))
     flags = {a.partition("=")[0]: a.partition("=")[2] for a in controller}
     assert "--leader-elect" in flags
     assert flags["--leader-elect-namespace"] == "gpuscale-system"

@@ -154,6 +154,8 @@ def test_crd_objects_are_well_formed() -> None:
 
 def test_default_install_never_skips_tls_verification() -> None:
     for tree in TREES:
+        if tree == "overlays/prometheus-actuation":
+            continue  # registers no APIService: see the next test
         apiservice = find(render(tree), "APIService", "v1beta1.external.metrics.k8s.io")
         assert not apiservice["spec"].get("insecureSkipTLSVerify", False)
         assert apiservice["spec"]["service"] == {
@@ -187,3 +189,55 @@ def test_ca_bundle_overlay_trusts_exactly_the_given_ca(tmp_path: Path) -> None:
     for version in VERSIONS:
         for obj in objs:
             _validate(obj, version)
+
+
+def test_prometheus_actuation_leaves_the_external_metrics_api_alone() -> None:
+    """Where KEDA or prometheus-adapter owns the APIService, we neither replace nor serve it."""
+    objs = render("overlays/prometheus-actuation")
+    assert not [o for o in objs if o["kind"] == "APIService"]
+    names = {o["metadata"]["name"] for o in objs}
+    assert "gpuscale-external-metrics-reader" not in names
+    assert "gpuscale-controller:system:auth-delegator" not in names
+    role = find(objs, "ClusterRole", "gpuscale-controller")
+    assert not [r for r in role["rules"] if "horizontalpodautoscalers" in r["resources"]]
+    pod = find(objs, "Deployment", "gpuscale-controller")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--actuation=prometheus" in container["args"]
+    assert not [a for a in container["args"] if a.startswith("--tls")]
+    assert [p["name"] for p in container["ports"]] == ["ops"]
+    assert "tls" not in {v["name"] for v in pod["volumes"]}
+    assert "tls" not in {m["name"] for m in container["volumeMounts"]}
+    service = find(objs, "Service", "gpuscale-controller")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["ops"]
+    # Prometheus must scrape the gauge with its own namespace label.
+    monitor = find(objs, "ServiceMonitor", "gpuscale-controller")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+def test_front_proxy_component_makes_the_controller_require_client_certificates(
+    tmp_path: Path,
+) -> None:
+    tree = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, tree)
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tree / "components/front-proxy-ca/front-proxy-ca.crt"))
+    overlay = tree / "overlays" / "hardened"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "resources: [../../base]\n"
+        "components: [../../components/cert-manager, ../../components/front-proxy-ca]\n"
+    )
+    objs = render_dir(overlay)
+    pod = find(objs, "Deployment", "gpuscale-controller")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    flag = "--requestheader-client-ca-file="
+    (arg,) = [a for a in container["args"] if a.startswith(flag)]
+    path = Path(arg.removeprefix(flag))
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    cm = find(objs, "ConfigMap", volume["configMap"]["name"])
+    assert cm["data"][path.name] == ca.cert_pem.bytes().decode()
+    for version in VERSIONS:
+        for obj in objs:
+            if (obj["apiVersion"], obj["kind"]) not in CRD_KINDS:
+                _validate(obj, version)
