@@ -209,8 +209,11 @@ def _summary(
         head = f"scale down {current} → {desired}"
     else:
         head = f"keep {current} replicas"
-    why = "fallbackReplicas" if fallback and winner is None else f"{winner} proposes {recommended}"
-    if winner is None and not fallback:
+    if winner is not None:
+        why = f"{winner} proposes {recommended}"
+    elif fallback:
+        why = f"fallbackReplicas {recommended}"
+    else:
         why = f"recommended {recommended}"
     if limited_by is not None:
         why += f", limited by {limited_by}"

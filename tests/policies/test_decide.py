@@ -184,7 +184,7 @@ def test_fallback_after_three_intervals() -> None:
     assert any("fallbackReplicas 4" in step for step in d.steps)
     d, s = tick(p, {}, 6, s, 60.0)
     assert (d.desired_replicas, d.winner, d.recommended) == (4, None, 4)
-    assert d.reason == "scale down 6 → 4: fallbackReplicas"
+    assert d.reason == "scale down 6 → 4: fallbackReplicas 4"
 
 
 def test_fallback_still_goes_through_behavior() -> None:
