@@ -629,6 +629,12 @@ def _validate(rt: ResourceType, obj: Obj) -> None:
                 )
     if rt.kind == "HorizontalPodAutoscaler":
         causes.extend(_validate_hpa(obj.get("spec") or {}))
+    if rt.kind == "Deployment":
+        causes.extend(_validate_deployment(obj.get("spec") or {}))
+    if rt.kind == "Pod":
+        containers = (obj.get("spec") or {}).get("containers") or []
+        if not containers or not all(c.get("name") and c.get("image") for c in containers):
+            causes.append(("spec.containers", "Required value: containers with name and image"))
     if rt.key == "events.events.k8s.io":
         for f in ("eventTime", "reportingController", "reportingInstance", "action", "reason"):
             if not obj.get(f):
@@ -689,7 +695,24 @@ def _validate_hpa(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     return causes
 
 
+def _validate_deployment(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    match = (spec.get("selector") or {}).get("matchLabels") or {}
+    template = spec.get("template")
+    if not match:
+        return [("spec.selector", "Required value")]
+    if not isinstance(template, dict):
+        return [("spec.template", "Required value")]
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    if any(labels.get(k) != v for k, v in match.items()):
+        return [("spec.template.metadata.labels", "Invalid value: `selector` does not match")]
+    containers = (template.get("spec") or {}).get("containers") or []
+    if not containers:
+        return [("spec.template.spec.containers", "Required value")]
+    return []
+
+
 def _quantity_non_negative(q: Any) -> bool:
+
     text = str(q).strip()
     return bool(re.match(r"^\+?[0-9.]+([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$", text))
 
@@ -1562,3 +1585,10 @@ async def make_api_client(kubeconfig_path: str | Path) -> Any:
 def objects_named(objs: Iterable[Mapping[str, Any]]) -> list[str]:
     """`ns/name` of each object, a short form for assertions."""
     return ["/".join(p for p in _key(o) if p) for o in objs]
+
+
+def new_watch() -> Any:
+    """A `kubernetes.aio.watch.Watch` (the class is untyped; this keeps mypy --strict quiet)."""
+    from kubernetes.aio import watch
+
+    return watch.Watch()  # type: ignore[no-untyped-call]
