@@ -1,0 +1,247 @@
+"""Run every contender of a scenario for one or more seeds and summarise each run.
+
+Each seed fixes four independent random streams (workload, service times, background pods,
+start-up delays and scheduling ties); every contender of a seed replays the same workload on the
+same cluster, so differences between contenders come from the contenders. Seeds run in parallel
+processes; results are assembled in a fixed order, so the output does not depend on timing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simulations import arrivals
+from simulations.autoscalers import GpuscaleController, KpaBaseline, controller_for
+from simulations.scenario import Contender, GpuscaleContender, Scenario
+from simulations.sim import Run, build_cluster, make_workload, service_model
+
+BURST_BIN = 60.0
+BURST_FACTOR = 1.5
+HEALTHY_FOR = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    label: str
+    kind: str
+    seed: int
+    summary: dict[str, Any]
+    timeline: dict[str, list[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    scenario: Scenario
+    seeds: tuple[int, ...]
+    results: tuple[RunResult, ...]
+    requests: int
+    duration: float
+    bursts: tuple[float, ...]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def contender_kind(c: Contender) -> str:
+    if isinstance(c, GpuscaleContender):
+        return "gpuscale"
+    return type(c).__name__.removesuffix("Contender").lower()
+
+
+def _streams(seed: int) -> list[np.random.Generator]:
+    return [np.random.default_rng([seed, k]) for k in range(4)]
+
+
+def prepare(scenario: Scenario, seed: int) -> tuple[arrivals.Workload, np.ndarray, float]:
+    """The workload, service times and duration for one seed (the same for every contender)."""
+    w_rng, s_rng, _, _ = _streams(seed)
+    workload = make_workload(scenario.workload, scenario.duration, w_rng)
+    times = service_model(scenario.service).sample(s_rng, workload.prompt, workload.generated)
+    duration = scenario.duration
+    if duration is None:
+        duration = math.ceil(workload.duration) + 60.0
+    return workload, times, duration
+
+
+def detect_bursts(times: np.ndarray, duration: float, scenario: Scenario) -> tuple[float, ...]:
+    """Burst starts: the configured ones for ``bursts`` workloads; otherwise the minutes whose
+    arrival rate crosses 1.5× the run's mean rate from below."""
+    w = scenario.workload
+    if w.type == "bursts":
+        return tuple(arrivals.burst_starts(w.on, w.off, duration, w.start))
+    if len(times) == 0:
+        return ()
+    edges = np.arange(0.0, duration + BURST_BIN, BURST_BIN)
+    counts, _ = np.histogram(times, bins=edges)
+    threshold = BURST_FACTOR * len(times) / duration * BURST_BIN
+    out = []
+    for k in range(1, len(counts)):
+        if counts[k] > threshold >= counts[k - 1]:
+            out.append(float(edges[k]))
+    return tuple(out)
+
+
+def _quantiles(x: np.ndarray) -> tuple[float, float, float]:
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    q = np.quantile(x, [0.5, 0.95, 0.99])
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float]) -> RunResult:
+    """The report's per-run figures and timeline."""
+    log = run.log
+    end = run.duration
+    slo = run.service.slo
+    arrival = np.asarray(log.arrival)
+    finish = np.asarray(log.finish)
+    start = np.asarray(log.start)
+    dropped = np.zeros(log.n, dtype=bool)
+    dropped[run.dropped] = True
+    finish[dropped] = np.nan
+    done = ~np.isnan(finish)
+    latency = finish - arrival
+    # Requests still in flight at the end miss the SLO only if they have already waited past it.
+    open_ = ~done & ~dropped
+    late_open = open_ & (end - arrival > slo)
+    counted = done | dropped | late_open
+    within = done & (latency <= slo)
+    n_counted = int(counted.sum())
+    attainment = float(within.sum() / n_counted) if n_counted else math.nan
+    p50, p95, p99 = _quantiles(latency[done])
+    waits = (start - arrival)[~np.isnan(start)]
+
+    interval = run.scenario.timeline_interval
+    tl = run.timeline
+    t = np.asarray(tl.time)
+    k = np.floor(arrival / interval).astype(np.int64)
+    nbins = len(t)
+    k = np.clip(k, 0, max(nbins - 1, 0))
+    arrivals_per = np.bincount(k, minlength=nbins)[:nbins] / interval if nbins else np.array([])
+    p95_bin = np.full(nbins, np.nan)
+    attain_bin = np.full(nbins, np.nan)
+    order = np.argsort(k, kind="stable")
+    ks = k[order]
+    lat_sorted = np.where(counted, np.where(done, latency, np.inf), np.nan)[order]
+    bounds = np.searchsorted(ks, np.arange(nbins + 1))
+    for b in range(nbins):
+        seg = lat_sorted[bounds[b] : bounds[b + 1]]
+        seg = seg[~np.isnan(seg)]
+        if len(seg):
+            p95_bin[b] = float(np.quantile(seg, 0.95))
+            attain_bin[b] = float((seg <= slo).mean())
+
+    recoveries: list[dict[str, float | None]] = []
+    healthy = ~(p95_bin > slo)  # NaN (no arrivals) counts as healthy
+    need = max(1, math.ceil(HEALTHY_FOR / interval))
+    for s in bursts:
+        b0 = int(s // interval)
+        rec: float | None = None
+        for b in range(b0, nbins - need + 1):
+            if healthy[b : b + need].all():
+                rec = max(0.0, float(t[b]) - s) if b > b0 else 0.0
+                break
+        recoveries.append({"start": s, "recovery_s": rec})
+    recovered = [r["recovery_s"] for r in recoveries if r["recovery_s"] is not None]
+
+    summary: dict[str, Any] = {
+        "requests": int(log.n),
+        "completed": int(done.sum()),
+        "dropped": int(dropped.sum()),
+        "unfinished": int(open_.sum()),
+        "slo_seconds": slo,
+        "slo_attainment": attainment,
+        "latency_p50": p50,
+        "latency_p95": p95,
+        "latency_p99": p99,
+        "latency_mean": float(latency[done].mean()) if done.any() else math.nan,
+        "wait_mean": float(waits.mean()) if len(waits) else math.nan,
+        "gpu_hours": run.gpu_seconds / 3600.0,
+        "replicas_mean": run.replica_seconds / end,
+        "replicas_max": run.max_replicas_seen,
+        "ready_mean": run.ready_seconds / end,
+        "scale_events": run.scale_ups + run.scale_downs,
+        "scale_ups": run.scale_ups,
+        "scale_downs": run.scale_downs,
+        "pending_pod_seconds": run.pending_seconds,
+        "pending_max": run.max_pending,
+        "unschedulable": dict(sorted(run.unschedulable_reasons.items())),
+        "bursts": recoveries,
+        "recovery_mean_s": float(np.mean(recovered)) if recovered else math.nan,
+        "bursts_unrecovered": len(recoveries) - len(recovered),
+    }
+    timeline = {
+        "time": t.tolist(),
+        "arrivals_per_s": arrivals_per.tolist(),
+        "desired": [float(x) for x in tl.desired],
+        "replicas": [float(x) for x in tl.replicas],
+        "ready": [float(x) for x in tl.ready],
+        "pending": [float(x) for x in tl.pending],
+        "gpus": [float(x) for x in tl.gpus],
+        "in_system": [float(x) for x in tl.in_system],
+        "latency_p95": p95_bin.tolist(),
+        "slo_attainment": attain_bin.tolist(),
+    }
+    return RunResult(label, kind, seed, summary, timeline)
+
+
+def run_one(scenario: Scenario, index: int, seed: int) -> RunResult:
+    """Simulate contender ``index`` of ``scenario`` with ``seed``."""
+    contender = scenario.contenders[index]
+    workload, service_times, duration = prepare(scenario, seed)
+    _, _, c_rng, r_rng = _streams(seed)
+    cluster, _ = build_cluster(scenario, c_rng)
+    run = Run(scenario, workload, service_times, cluster, r_rng, duration)
+    svc = scenario.service
+    controller = controller_for(contender, scenario.hpa, svc.min_replicas, svc.max_replicas)
+    run.start(controller)
+    run.run()
+    kind = contender_kind(contender)
+    bursts = detect_bursts(workload.times, duration, scenario)
+    result = summarise(run, contender.label, kind, seed, bursts)
+    if isinstance(controller, GpuscaleController):
+        result.summary["decisions"] = controller.decisions
+        result.summary["limited_by"] = dict(sorted(controller.limited.items()))
+    if isinstance(controller, KpaBaseline):
+        result.summary["panic_seconds"] = controller.panic_seconds
+    return result
+
+
+def _task(args: tuple[Scenario, int, int]) -> RunResult:
+    return run_one(*args)
+
+
+def compare(
+    scenario: Scenario,
+    seeds: Sequence[int],
+    *,
+    workers: int | None = None,
+    on_done: Callable[[RunResult], None] | None = None,
+) -> Comparison:
+    """Every contender × seed; in ``workers`` processes (default: up to the CPU count)."""
+    tasks = [(scenario, i, s) for s in seeds for i in range(len(scenario.contenders))]
+    if workers is None:
+        workers = min(len(tasks), os.cpu_count() or 1)
+    results: list[RunResult] = []
+    if workers <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            r = _task(t)
+            results.append(r)
+            if on_done:
+                on_done(r)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_task, t) for t in tasks]
+            for f in futures:
+                r = f.result()
+                results.append(r)
+                if on_done:
+                    on_done(r)
+    workload, _, duration = prepare(scenario, seeds[0])
+    bursts = detect_bursts(workload.times, duration, scenario)
+    return Comparison(scenario, tuple(seeds), tuple(results), len(workload), duration, bursts)

@@ -1,0 +1,262 @@
+"""The comparison as files and as a table: ``report.json``, ``timeline.csv``, PNG plots.
+
+``report.json`` (schema ``gpuscale.io/simulation-report/v1``, documented in
+``simulations/README.md``) holds no wall-clock times or paths that vary between runs, and its
+floats are rounded to 6 significant digits, so the same scenario and seeds give the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulations.compare import Comparison, RunResult
+
+SCHEMA = "gpuscale.io/simulation-report/v1"
+AGGREGATED = (
+    "slo_attainment",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "latency_mean",
+    "gpu_hours",
+    "replicas_mean",
+    "replicas_max",
+    "ready_mean",
+    "scale_events",
+    "pending_pod_seconds",
+    "pending_max",
+    "recovery_mean_s",
+    "dropped",
+)
+TIMELINE_COLUMNS = (
+    "time",
+    "arrivals_per_s",
+    "desired",
+    "replicas",
+    "ready",
+    "pending",
+    "gpus",
+    "in_system",
+    "latency_p95",
+    "slo_attainment",
+)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe and stable: NaN/inf become null, floats keep 6 significant digits."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _by_label(comparison: Comparison) -> dict[str, list[RunResult]]:
+    out: dict[str, list[RunResult]] = {}
+    for r in comparison.results:
+        out.setdefault(r.label, []).append(r)
+    return out
+
+
+def aggregate(runs: Sequence[RunResult]) -> dict[str, dict[str, float]]:
+    """Mean, standard deviation (the spread across seeds), min and max of each figure."""
+    out: dict[str, dict[str, float]] = {"mean": {}, "spread": {}, "min": {}, "max": {}}
+    for key in AGGREGATED:
+        vals = np.array([float(r.summary[key]) for r in runs], dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        if len(vals) == 0:
+            for part in out.values():
+                part[key] = math.nan
+            continue
+        out["mean"][key] = float(vals.mean())
+        out["spread"][key] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out["min"][key] = float(vals.min())
+        out["max"][key] = float(vals.max())
+    return out
+
+
+def report_dict(comparison: Comparison) -> dict[str, Any]:
+    sc = comparison.scenario
+    policies = []
+    contenders = {c.label: c for c in sc.contenders}
+    for label, runs in _by_label(comparison).items():
+        c = contenders[label]
+        entry: dict[str, Any] = {"name": label, "kind": runs[0].kind}
+        file = getattr(c, "file", None)
+        if file:
+            entry["file"] = Path(file).name
+        entry.update(aggregate(runs))
+        entry["per_seed"] = [{"seed": r.seed, **r.summary} for r in runs]
+        policies.append(entry)
+    doc = {
+        "schema": SCHEMA,
+        "scenario": {
+            "name": sc.name,
+            "seeds": list(comparison.seeds),
+            "duration_s": comparison.duration,
+            "requests": comparison.requests,
+            "slo_seconds": sc.service.slo,
+            "workload": sc.workload.type,
+            "bursts": list(comparison.bursts),
+        },
+        "policies": policies,
+    }
+    return dict(_clean(doc))
+
+
+def write_json(comparison: Comparison, path: Path) -> None:
+    path.write_text(json.dumps(report_dict(comparison), indent=2, sort_keys=False) + "\n")
+
+
+def write_timeline(comparison: Comparison, path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["policy", "seed", *TIMELINE_COLUMNS])
+        for r in comparison.results:
+            cols = [r.timeline[c] for c in TIMELINE_COLUMNS]
+            for row in zip(*cols, strict=True):
+                w.writerow(
+                    [r.label, r.seed] + ["" if not math.isfinite(v) else f"{v:.6g}" for v in row]
+                )
+
+
+def write_plots(comparison: Comparison, out: Path) -> list[Path]:
+    """``timeline.png`` (load, replicas, p95 latency per policy; first seed) and
+    ``tradeoff.png`` (SLO attainment vs GPU-hours, one point per policy, bars = spread)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = comparison.seeds[0]
+    runs = [r for r in comparison.results if r.seed == first]
+    slo = comparison.scenario.service.slo
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True)
+    minutes = np.asarray(runs[0].timeline["time"]) / 60.0
+    axes[0].plot(minutes, runs[0].timeline["arrivals_per_s"], color="0.3", lw=0.8)
+    axes[0].set_ylabel("arrivals / s")
+    axes[0].set_title(f"{comparison.scenario.name} (seed {first})")
+    for r in runs:
+        t = np.asarray(r.timeline["time"]) / 60.0
+        axes[1].step(t, r.timeline["ready"], where="post", lw=1.0, label=r.label)
+        lat = np.asarray(r.timeline["latency_p95"], dtype=float)
+        axes[2].plot(t, lat, lw=0.8, label=r.label)
+    axes[1].set_ylabel("ready replicas")
+    axes[1].legend(loc="upper left", fontsize=8, ncol=3)
+    axes[2].axhline(slo, color="red", ls="--", lw=0.8, label="SLO")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("p95 latency (s)")
+    axes[2].set_xlabel("minutes")
+    fig.tight_layout()
+    timeline_png = out / "timeline.png"
+    fig.savefig(timeline_png, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for label, group in _by_label(comparison).items():
+        agg = aggregate(group)
+        x, y = agg["mean"]["gpu_hours"], agg["mean"]["slo_attainment"]
+        ax.errorbar(
+            x,
+            y,
+            xerr=agg["spread"]["gpu_hours"],
+            yerr=agg["spread"]["slo_attainment"],
+            fmt="o",
+            capsize=3,
+        )
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    ax.set_xlabel("GPU-hours")
+    ax.set_ylabel(f"SLO attainment (latency ≤ {slo:g} s)")
+    ax.set_title("SLO attainment vs. cost")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tradeoff_png = out / "tradeoff.png"
+    fig.savefig(tradeoff_png, dpi=110)
+    plt.close(fig)
+    return [timeline_png, tradeoff_png]
+
+
+def _fmt(mean: float, spread: float, n: int, spec: str, scale: float = 1.0) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    text = format(mean * scale, spec)
+    if n > 1:
+        text += f" ±{format(spread * scale, spec)}"
+    return text
+
+
+def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "policy",
+        "SLO att.",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "GPU-h",
+        "replicas",
+        "max",
+        "scale ev.",
+        "pending pod-s",
+        "recovery s",
+    ]
+    n = len(comparison.seeds)
+    rows = []
+    for label, group in _by_label(comparison).items():
+        a = aggregate(group)
+        m, s = a["mean"], a["spread"]
+        rows.append(
+            [
+                label,
+                _fmt(m["slo_attainment"], s["slo_attainment"], n, ".1f", 100.0) + "%",
+                _fmt(m["latency_p50"], s["latency_p50"], n, ".2f"),
+                _fmt(m["latency_p95"], s["latency_p95"], n, ".2f"),
+                _fmt(m["latency_p99"], s["latency_p99"], n, ".1f"),
+                _fmt(m["gpu_hours"], s["gpu_hours"], n, ".1f"),
+                _fmt(m["replicas_mean"], s["replicas_mean"], n, ".1f"),
+                _fmt(m["replicas_max"], s["replicas_max"], n, ".0f"),
+                _fmt(m["scale_events"], s["scale_events"], n, ".0f"),
+                _fmt(m["pending_pod_seconds"], s["pending_pod_seconds"], n, ".0f"),
+                _fmt(m["recovery_mean_s"], s["recovery_mean_s"], n, ".0f"),
+            ]
+        )
+    return header, rows
+
+
+def plain_table(comparison: Comparison) -> str:
+    header, rows = table_rows(comparison)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    for r in rows:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def write_all(comparison: Comparison, out: Path, *, plots: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.json", out / "timeline.csv"]
+    write_json(comparison, written[0])
+    write_timeline(comparison, written[1])
+    if plots:
+        written += write_plots(comparison, out)
+    return written
