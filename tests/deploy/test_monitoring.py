@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -20,11 +19,6 @@ from tests.deploy.promql import metric_names
 DASHBOARD = DEPLOY / "monitoring" / "dashboard.json"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
-# Where the code keeps its metrics: a class that registers them all in the registry it is given.
-METRIC_OWNERS = (
-    ("autoscaler.ops", "ControllerMetrics"),
-    ("extender.server", "ExtenderMetrics"),
-)
 
 _SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -39,11 +33,16 @@ _SUFFIXES = {
 
 def exported_series_names() -> set[str]:
     """Sample names the code's registries would expose, read from the registries themselves."""
+    from autoscaler.ops import ControllerMetrics
+    from extender.server import Metrics
+    from extender.state import ClusterState
+
+    registries: list[CollectorRegistry] = [
+        ControllerMetrics().registry,
+        Metrics(ClusterState(), clock=lambda: 0.0).registry,
+    ]
     names: set[str] = set()
-    for module, attr in METRIC_OWNERS:
-        owner = getattr(importlib.import_module(module), attr)
-        registry = CollectorRegistry()
-        owner(registry=registry)
+    for registry in registries:
         for family in registry.collect():
             names |= {family.name + suffix for suffix in _SUFFIXES[family.type]}
     return names
@@ -186,9 +185,22 @@ def test_every_metric_used_is_exported_by_the_code() -> None:
 
 
 def test_label_values_used_exist_in_the_code() -> None:
-    """Label values the rules filter on are ones the code emits."""
+    """Label values the rules match exactly are ones the code emits."""
     from autoscaler import ops
+    from extender.filtering import FAILURE_KINDS
 
-    assert "invalid" in ops.POLICY_STATES
-    source = Path(ops.__file__).read_text()
-    assert '"error"' in source  # outcome="error" of gpuscale_prometheus_query_duration_seconds
+    known = {
+        "state": set(ops.POLICY_STATES),
+        "reason": set(FAILURE_KINDS),
+        # outcomes ControllerMetrics.observe_query is called with
+        "outcome": set(re.findall(r'outcome == "(\w+)"', Path(ops.__file__).read_text())),
+    }
+    assert "error" in known["outcome"]
+    exprs = [r["expr"] for g in _rules() for r in g["rules"]]
+    exprs += [e for _t, e in _dashboard_exprs()]
+    checked = 0
+    for expr in exprs:
+        for label, value in re.findall(r'\b(state|reason|outcome)="([^"]*)"', expr):
+            assert value in known[label], f"{label}={value!r} is never emitted: {expr}"
+            checked += 1
+    assert checked >= 3
