@@ -1,0 +1,369 @@
+"""Fragmentation-aware placement: put a pod where it strands the least GPU capacity.
+
+The idea is that of fragmentation gradient descent (Weng et al., "Beware of Fragmentation",
+USENIX ATC 2023), written from the paper's description:
+
+* The *workload* is the distribution of GPU shapes the cluster sees (GPU count and per-GPU need),
+  each with the probability that the next GPU pod has that shape.
+* Free GPU capacity on a node is *unusable* for a shape when the shape cannot run there at all
+  (too few devices with room: then all the node's free GPU capacity is unusable to it), or, when
+  it can, the free capacity of each device too small to hold one of its GPUs.
+* A node's *expected fragmentation* is the workload-weighted unusable capacity, in GPU
+  equivalents (free MiB / device MiB), so a stranded half of a 16 GiB and of an 80 GiB card count
+  the same, as in the paper's GPU-share accounting.
+* Among a node's feasible device choices, take the one that raises expected fragmentation least
+  (ties: the tighter fit, then the lower index); the node's score falls as that increase grows, so
+  the extender prefers the node where the pod strands the least.
+
+Per node this is a few hundred additions; results are memoised on the node's device state, since
+many nodes of a cluster look alike (idle, full, or filled by the same pods).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Final
+
+from extender.fit import DeviceState, NodeGpus
+from extender.model import GpuNeed, PodRequest
+from extender.scoring import MAX_NODE_SCORE, register
+
+MILLI: Final = 1000
+MAX_SHAPES: Final = 128
+"""Shapes kept in a workload (most frequent first); rarer ones are dropped, weights rescaled."""
+COVERAGE: Final = 0.99
+"""A workload keeps the most frequent shapes until they cover this share of GPU pods."""
+TIE_BREAK: Final = 1e-3
+"""Added fragmentation charged per GPU equivalent left free on the chosen devices, so that among
+placements that strand the same, the tighter one wins."""
+STEEPNESS: Final = 4.0
+"""Slope of the score: a placement stranding half a GPU more scores about 12 out of 100 lower
+near the middle of the scale."""
+CACHE_SIZE: Final = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One pod shape of the workload.
+
+    Per-GPU need is ``share_milli`` thousandths of each device (trace style: the same share of any
+    card), else ``mib_per_gpu`` MiB; with neither, the pod needs whole idle GPUs. ``milli_cpu``
+    and ``memory`` (bytes, or whatever unit the node's free memory is given in) are what the pod
+    needs of the host besides its GPUs.
+    """
+
+    weight: float
+    count: int
+    share_milli: int | None = None
+    mib_per_gpu: int | None = None
+    milli_cpu: int = 0
+    memory: int = 0
+
+    @property
+    def gpu_part(self) -> GpuPart:
+        return (self.count, self.share_milli, self.mib_per_gpu)
+
+
+GpuPart = tuple[int, int | None, int | None]
+"""``(gpu count, share_milli, mib_per_gpu)`` of a shape."""
+ShapeKey = tuple[int, int | None, int | None, int, int]
+"""``(gpu count, share_milli, mib_per_gpu, milli_cpu, memory)``."""
+
+
+def per_gpu_need(total_mib: int, *, share_milli: int | None, mib_per_gpu: int | None) -> int | None:
+    """MiB one GPU of a pod takes on a device of ``total_mib``; ``None`` means the whole, idle
+    device. A share is rounded down, so that shares summing to 1000 fill a device exactly, and a
+    share of 1000 is a whole device."""
+    if share_milli is not None:
+        return None if share_milli >= MILLI else share_milli * total_mib // MILLI
+    return mib_per_gpu
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """The pod shapes expected to arrive, most frequent first; weights sum to 1 (or no shapes).
+
+    ``parts`` lists the distinct GPU parts of the shapes; the fragmentation maths works per part
+    and folds the shapes' CPU and memory in through :func:`_host_weights`.
+    """
+
+    shapes: tuple[Shape, ...] = ()
+    parts: tuple[GpuPart, ...] = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple(dict.fromkeys(s.gpu_part for s in self.shapes)))
+        object.__setattr__(self, "_hash", hash(self.shapes))
+
+    def __hash__(self) -> int:
+        """Cached: workloads key the memo tables, so they are hashed on every lookup."""
+        return self._hash
+
+    @classmethod
+    def estimate(
+        cls,
+        observed: Iterable[ShapeKey],
+        *,
+        max_shapes: int = MAX_SHAPES,
+        coverage: float = COVERAGE,
+    ) -> Workload:
+        """Estimate the workload from observed pods.
+
+        Pods with no GPU are left out: no GPU placement changes what they can use. The most
+        frequent shapes are kept until they cover ``coverage`` of the GPU pods (at most
+        ``max_shapes``); their weights are rescaled to sum to 1.
+        """
+        counts = Counter(s for s in observed if s[0] > 0)
+        total = sum(counts.values())
+        kept: list[tuple[ShapeKey, int]] = []
+        covered = 0
+        for key, n in sorted(counts.items(), key=lambda item: (-item[1], repr(item[0]))):
+            if len(kept) >= max_shapes or covered >= coverage * total:
+                break
+            kept.append((key, n))
+            covered += n
+        return cls(
+            shapes=tuple(
+                Shape(
+                    weight=n / covered,
+                    count=c,
+                    share_milli=s,
+                    mib_per_gpu=m,
+                    milli_cpu=cpu,
+                    memory=mem,
+                )
+                for (c, s, m, cpu, mem), n in kept
+            )
+        )
+
+    @classmethod
+    def from_pods(
+        cls, pods: Iterable[PodRequest], *, max_shapes: int = MAX_SHAPES, coverage: float = COVERAGE
+    ) -> Workload:
+        """The workload of pods seen by the extender (GPU count, MiB per GPU, CPU, memory)."""
+        return cls.estimate(
+            (
+                (p.gpu.count, None, p.gpu.mib_per_gpu, p.milli_cpu, p.memory)
+                for p in pods
+                if p.gpu is not None
+            ),
+            max_shapes=max_shapes,
+            coverage=coverage,
+        )
+
+
+DEFAULT_WORKLOAD: Final = Workload(shapes=(Shape(weight=1.0, count=1),))
+"""Before any pod is seen: whole single GPUs, so a partly used GPU's free memory is the waste."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostGpus(NodeGpus):
+    """A node's GPUs plus what its host has left for new pods (``None``: not known)."""
+
+    milli_cpu_free: int | None = None
+    memory_free: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostNeed(GpuNeed):
+    """A pod's GPU need plus what it asks of the host."""
+
+    milli_cpu: int = 0
+    memory: int = 0
+
+
+def with_host(
+    gpus: NodeGpus,
+    need: GpuNeed,
+    *,
+    milli_cpu_free: int | None,
+    memory_free: int | None,
+    milli_cpu: int,
+    memory: int,
+) -> tuple[HostGpus, HostNeed]:
+    """Attach host resources so that the fragmentation strategy can see CPU and memory."""
+    return (
+        HostGpus(
+            devices=gpus.devices,
+            source=gpus.source,
+            milli_cpu_free=milli_cpu_free,
+            memory_free=memory_free,
+        ),
+        HostNeed(
+            count=need.count, mib_per_gpu=need.mib_per_gpu, milli_cpu=milli_cpu, memory=memory
+        ),
+    )
+
+
+_Dev = tuple[int, int, bool]
+"""``(total_mib, free_mib, idle)`` of one device."""
+_Host = tuple[int, int] | None
+"""``(milli_cpu_free, memory_free)`` of a node, or ``None`` when not known."""
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _part_gains(devs: tuple[_Dev, ...], workload: Workload) -> tuple[float, tuple[float, ...]]:
+    """Free GPU equivalents of a node, and per GPU part what a pod of that part could use there
+    (free capacity minus the devices too small for it; 0 when the part does not fit at all)."""
+    free = 0.0
+    for t, f, _ in devs:
+        if t > 0:
+            free += f / t
+    gains: list[float] = []
+    for count, share, mib in workload.parts:
+        fitting = 0
+        small = 0.0
+        for t, f, idle in devs:
+            need = per_gpu_need(t, share_milli=share, mib_per_gpu=mib)
+            if idle if need is None else f >= need:
+                fitting += 1
+            elif t > 0:
+                small += f / t
+        gains.append(free - small if fitting >= count else 0.0)
+    return free, tuple(gains)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _host_weights(host: _Host, workload: Workload) -> tuple[float, ...]:
+    """Per GPU part, the weight of the shapes with that part whose CPU and memory fit ``host``."""
+    index = {part: i for i, part in enumerate(workload.parts)}
+    weights = [0.0] * len(workload.parts)
+    for s in workload.shapes:
+        if host is None or (s.milli_cpu <= host[0] and s.memory <= host[1]):
+            weights[index[s.gpu_part]] += s.weight
+    return tuple(weights)
+
+
+def unusable(devs: tuple[_Dev, ...], host: _Host, workload: Workload) -> float:
+    """Expected free GPU capacity of a node that the next pod could not use, GPU equivalents.
+
+    For a shape that fits, the unusable part is the devices too small for one of its GPUs; for
+    one that does not (too few devices, CPU or memory), it is all of the node's free capacity.
+    """
+    free, gains = _part_gains(devs, workload)
+    weights = _host_weights(host, workload)
+    return free - sum(g * w for g, w in zip(gains, weights, strict=True))
+
+
+def _take(dev: _Dev, need: GpuNeed) -> _Dev:
+    total, free, _ = dev
+    used = free if need.mib_per_gpu is None else need.mib_per_gpu
+    return (total, free - used, False)
+
+
+def _fits(dev: _Dev, need: GpuNeed) -> bool:
+    return dev[2] if need.mib_per_gpu is None else dev[1] >= need.mib_per_gpu
+
+
+def _host_after(host: _Host, need: GpuNeed) -> _Host:
+    if host is None or not isinstance(need, HostNeed):
+        return host
+    return (host[0] - need.milli_cpu, host[1] - need.memory)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def place(
+    devs: tuple[_Dev, ...], host: _Host, need: GpuNeed, workload: Workload
+) -> tuple[tuple[int, ...], float] | None:
+    """Device positions (into ``devs``) that add the least expected fragmentation, and that
+    increase (plus the tie-break); ``None`` when the need does not fit. A need of no GPUs takes
+    only host CPU and memory, which can still strand the node's free GPUs.
+
+    Devices are taken one at a time, each step choosing among devices that differ (equal devices
+    are interchangeable, so only the first of each is tried)."""
+    state = list(devs)
+    before = unusable(devs, host, workload)
+    after_host = _host_after(host, need)
+    chosen: list[int] = []
+    best: tuple[float, float, int] | None = None
+    for _ in range(need.count):
+        best = None
+        tried: set[_Dev] = set()
+        for pos, dev in enumerate(state):
+            if pos in chosen or dev in tried or not _fits(dev, need):
+                continue
+            tried.add(dev)
+            taken = _take(dev, need)
+            state[pos] = taken
+            frag = unusable(tuple(state), after_host, workload)
+            state[pos] = dev
+            left = taken[1] / taken[0] if taken[0] > 0 else 0.0
+            key = (frag + TIE_BREAK * left, left, pos)
+            if best is None or key < best:
+                best = key
+        if best is None:
+            return None
+        state[best[2]] = _take(state[best[2]], need)
+        chosen.append(best[2])
+    if need.count <= 0:
+        return (), unusable(devs, after_host, workload) - before
+    if best is None:
+        return None
+    left_total = sum(state[p][1] / state[p][0] for p in chosen if state[p][0] > 0)
+    frag_after = best[0] - TIE_BREAK * best[1]
+    return tuple(sorted(chosen)), frag_after - before + TIE_BREAK * left_total
+
+
+def score_of(increase: float) -> float:
+    """0..100 from the added fragmentation (GPU equivalents): 50 when nothing is stranded or
+    freed, higher when the pod fills fragments, lower as it strands more."""
+    x = max(-50.0, min(50.0, STEEPNESS * increase))
+    return MAX_NODE_SCORE / (1.0 + math.exp(x))
+
+
+@dataclass(frozen=True, slots=True)
+class Fragmentation:
+    """Fragmentation-aware strategy (``--scoring fragmentation``).
+
+    ``workload`` is what the extender expects to arrive; replace the registered instance
+    (``register(Fragmentation(workload=Workload.from_pods(...)))``) as the observed mix changes.
+    """
+
+    workload: Workload = field(default=DEFAULT_WORKLOAD)
+    name: str = "fragmentation"
+
+    def _devs(self, gpus: NodeGpus) -> tuple[_Dev, ...]:
+        return tuple((d.total_mib, d.free_mib, d.idle) for d in gpus.devices)
+
+    def _host(self, gpus: NodeGpus) -> _Host:
+        if not isinstance(gpus, HostGpus):
+            return None
+        big = 1 << 62
+        cpu = big if gpus.milli_cpu_free is None else gpus.milli_cpu_free
+        mem = big if gpus.memory_free is None else gpus.memory_free
+        return None if cpu == mem == big else (cpu, mem)
+
+    def placement(self, gpus: NodeGpus, need: GpuNeed) -> tuple[tuple[int, ...], float] | None:
+        """Chosen device indices and the fragmentation they add; ``None`` if it does not fit.
+
+        CPU and memory count when ``gpus`` is a :class:`HostGpus` and ``need`` a
+        :class:`HostNeed`; otherwise only the GPUs do."""
+        found = place(self._devs(gpus), self._host(gpus), need, self.workload)
+        if found is None:
+            return None
+        positions, increase = found
+        devices: Sequence[DeviceState] = gpus.devices
+        return tuple(sorted(devices[p].index for p in positions)), increase
+
+    def choose(self, gpus: NodeGpus, need: GpuNeed) -> tuple[int, ...] | None:
+        found = self.placement(gpus, need)
+        return None if found is None else found[0]
+
+    def score(self, gpus: NodeGpus, need: GpuNeed, chosen: tuple[int, ...]) -> float:
+        found = self.placement(gpus, need)
+        if found is not None and found[0] == tuple(sorted(chosen)):
+            return score_of(found[1])
+        by_index = {d.index: p for p, d in enumerate(gpus.devices)}
+        devs = list(self._devs(gpus))
+        host = self._host(gpus)
+        before = unusable(tuple(devs), host, self.workload)
+        for i in chosen:
+            devs[by_index[i]] = _take(devs[by_index[i]], need)
+        return score_of(unusable(tuple(devs), _host_after(host, need), self.workload) - before)
+
+
+register(Fragmentation())

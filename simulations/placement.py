@@ -1,0 +1,539 @@
+"""Replay the openb GPU cluster trace through the extender's placement code.
+
+Protocol of the published evaluation (Weng et al., USENIX ATC 2023): pods arrive one by one with
+no departures until the GPUs they request reach ``target_load`` (130%) of the cluster's GPU
+capacity; a pod that fits on no node is skipped. For each repeat the pod list is first brought to
+the target load by sampling trace pods with replacement (or dropping random ones when the trace is
+larger), then shuffled, all from one seed. The figure of merit is the share of the cluster's GPU
+capacity allocated, recorded as arrivals grow.
+
+Units. ``gpu_milli`` is a share of one GPU. The extender works in MiB, so a pod's per-GPU need on
+a node is ``gpu_milli × (that node's GPU memory) // 1000`` MiB (whole GPUs for ``gpu_milli`` 1000
+and for multi-GPU pods), with per-model memory from ``gpu_memory_mib``. Allocation is counted in
+the paper's unit: placed GPU thousandths over 1000 × GPUs, so it is comparable to the published
+figures; the share of GPU memory allocated is reported beside it.
+
+Every placement decision goes through the extender's pure code: :func:`extender.fit.fits` for the
+GPU fit, the scoring strategy's ``choose``/``score`` for device choice and node score, and (with
+``selection="scheduler"``) :func:`extender.scoring.combine` for the 0..10 scores kube-scheduler
+sees. CPU and memory are checked with the predicate of :func:`extender.fit.resource_fit_reasons`,
+evaluated for all nodes at once. Results are memoised on a node's GPU state, which many nodes
+share, so a replay of ~9,000 pods over 1,213 nodes takes seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from extender.fit import DeviceState, NodeGpus, fits, resource_fit_reasons
+from extender.fragmentation import Fragmentation, Workload, per_gpu_need, with_host
+from extender.model import GpuNeed
+from extender.scoring import MAX_EXTENDER_PRIORITY, Strategy, combine, get_strategy
+from simulations.openb import MILLI, OpenbNode, OpenbPod
+
+DEFAULT_GPU_MEMORY_MIB: Final[Mapping[str, int]] = {
+    "V100M16": 16 * 1024,
+    "V100M32": 32 * 1024,
+    "T4": 16 * 1024,
+    "P100": 16 * 1024,
+    "A10": 24 * 1024,
+    "G2": 16 * 1024,
+    "G3": 32 * 1024,
+}
+"""GPU memory per model. G2 and G3 are undisclosed; because needs are shares of each card, the
+allocation share does not depend on these values (up to MiB rounding)."""
+
+TARGET_LOAD: Final = 1.3
+CURVE_STEP: Final = 0.01
+Selection = Literal["exact", "scheduler"]
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+class PlacementError(ValueError):
+    """Inputs the replay cannot use (an unknown GPU model, an empty node list...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayConfig:
+    """How to replay: load target, repeats and seeds, GPU memory per model, node selection."""
+
+    target_load: float = TARGET_LOAD
+    """Stop when requested GPUs reach this multiple of cluster GPU capacity."""
+    repeats: int = 10
+    """Independent runs, seeds ``seed .. seed + repeats - 1``."""
+    seed: int = 42
+    sample: bool = True
+    """Sample pods to the target load and shuffle (the paper); else trace order, no resampling."""
+    gpu_memory_mib: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_GPU_MEMORY_MIB))
+    selection: Selection = "exact"
+    """``exact``: the node with the highest strategy score (ties broken at random);
+    ``scheduler``: kube-scheduler's view, the extender's 0..10 scores, ties at random."""
+    curve_step: float = CURVE_STEP
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """One replay of one trace with one strategy and one seed."""
+
+    trace: str
+    scoring: str
+    seed: int
+    arrived: tuple[float, ...]
+    """Grid of arrived load (requested GPUs / capacity)."""
+    allocated: tuple[float, ...]
+    """Allocated share of GPU capacity at each grid point."""
+    pods_arrived: int
+    pods_placed: int
+    pods_skipped: int
+    gpu_pods_skipped: int
+    capacity_gpus: int
+    allocated_gpus: float
+    """GPU equivalents allocated at the end (placed thousandths / 1000)."""
+    idle_gpus: int
+    """GPUs with nothing on them at the end."""
+    memory_share: float
+    """Allocated GPU memory over total GPU memory at the end."""
+    seconds: float
+
+    @property
+    def unallocated_gpus(self) -> float:
+        return self.capacity_gpus - self.allocated_gpus
+
+    def at(self, load: float) -> float:
+        """Allocated share when ``load`` had arrived (the last grid point at or below it)."""
+        best = 0.0
+        for x, y in zip(self.arrived, self.allocated, strict=True):
+            if x <= load + 1e-9:
+                best = y
+        return best
+
+
+def workload_of(pods: Sequence[OpenbPod]) -> Workload:
+    """The GPU shapes of a trace, for the fragmentation strategy."""
+    return Workload.estimate(_shape_key(p) for p in pods)
+
+
+def _shape_key(p: OpenbPod) -> tuple[int, int | None, int | None, int, int]:
+    share = p.gpu_milli if p.num_gpu == 1 and p.gpu_milli < MILLI else None
+    return (p.num_gpu, share, None, p.cpu_milli, p.memory_mib)
+
+
+def make_strategy(name: str, pods: Sequence[OpenbPod]) -> Strategy:
+    """The extender's strategy ``name``; ``fragmentation`` learns the trace's workload."""
+    if name == "fragmentation":
+        return Fragmentation(workload=workload_of(pods))
+    return get_strategy(name)
+
+
+def sample_pods(
+    pods: Sequence[OpenbPod], capacity_gpus: int, target_load: float, rng: random.Random
+) -> list[OpenbPod]:
+    """Bring the pod list to ``target_load`` × capacity and shuffle it (the paper's tuning).
+
+    Too few: append pods drawn with replacement from the trace while the total stays within the
+    target. Too many: drop random pods until it does.
+    """
+    target = target_load * capacity_gpus * MILLI
+    out = list(pods)
+    total = sum(p.gpu_total_milli for p in out)
+    gpu_pods = [p for p in pods if p.num_gpu > 0]
+    if total < target and gpu_pods:
+        while True:
+            p = pods[rng.randrange(len(pods))]
+            if total + p.gpu_total_milli > target:
+                break
+            out.append(p)
+            total += p.gpu_total_milli
+    while total > target and out:
+        p = out.pop(rng.randrange(len(out)))
+        total -= p.gpu_total_milli
+    rng.shuffle(out)
+    return out
+
+
+def trace_order(pods: Sequence[OpenbPod], capacity_gpus: int, target_load: float) -> list[OpenbPod]:
+    """Trace order, cut where requested GPUs would pass the target load."""
+    target = target_load * capacity_gpus * MILLI
+    out: list[OpenbPod] = []
+    total = 0
+    for p in pods:
+        if total + p.gpu_total_milli > target:
+            break
+        out.append(p)
+        total += p.gpu_total_milli
+    return out
+
+
+class _GpuStates:
+    """Interned GPU states: every distinct device state of a node gets a small integer id."""
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[tuple[int, int, bool], ...], int] = {}
+        self.gpus: list[NodeGpus] = []
+
+    def intern(self, devs: tuple[tuple[int, int, bool], ...]) -> int:
+        found = self.ids.get(devs)
+        if found is not None:
+            return found
+        sid = len(self.gpus)
+        self.ids[devs] = sid
+        self.gpus.append(
+            NodeGpus(
+                devices=tuple(
+                    DeviceState(index=i, total_mib=t, free_mib=f, idle=idle)
+                    for i, (t, f, idle) in enumerate(devs)
+                ),
+                source="accounting",
+            )
+        )
+        return sid
+
+
+Verdict = tuple[float, tuple[int, ...]] | None
+"""Score and devices of a pod on a node, or ``None`` when it does not fit."""
+
+
+class _Judge:
+    """The extender's verdict for a pod shape on a node state, computed once per distinct
+    (GPU state, free CPU, free memory, pod shape)."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = strategy
+        self.states = _GpuStates()
+        self.memo: dict[tuple[int, int, int, tuple[int, int, int, int]], Verdict] = {}
+
+    def verdict(self, sid: int, cpu_free: int, mem_free: int, pod: OpenbPod) -> Verdict:
+        key = (sid, cpu_free, mem_free, pod.shape)
+        if key in self.memo:
+            return self.memo[key]
+        result: Verdict = None
+        gpus = self.states.gpus[sid]
+        if gpus.devices and not resource_fit_reasons(
+            pod.cpu_milli,
+            pod.memory_mib,
+            allocatable_milli_cpu=cpu_free,
+            allocatable_memory=mem_free,
+        ):
+            need = need_on(gpus.devices[0].total_mib, pod)
+            if fits(gpus, need):
+                host_gpus, host_need = with_host(
+                    gpus,
+                    need,
+                    milli_cpu_free=cpu_free,
+                    memory_free=mem_free,
+                    milli_cpu=pod.cpu_milli,
+                    memory=pod.memory_mib,
+                )
+                chosen = self.strategy.choose(host_gpus, host_need)
+                if chosen is not None:
+                    result = (self.strategy.score(host_gpus, host_need, chosen), chosen)
+        self.memo[key] = result
+        return result
+
+
+def need_on(total_mib: int, pod: OpenbPod) -> GpuNeed:
+    """The extender's GPU need for ``pod`` on a card of ``total_mib`` (trace shares scaled)."""
+    share = pod.gpu_milli if pod.num_gpu == 1 else MILLI
+    mib = per_gpu_need(total_mib, share_milli=share, mib_per_gpu=None)
+    return GpuNeed(count=pod.num_gpu, mib_per_gpu=mib)
+
+
+class _ShapeScores:
+    """Per node, the verdict for one pod shape, recomputed only for nodes changed since."""
+
+    __slots__ = ("chosen", "score", "seen")
+
+    def __init__(self, n: int) -> None:
+        self.score: FloatArray = np.full(n, -np.inf)
+        self.seen: IntArray = np.full(n, -1, dtype=np.int64)
+        self.chosen: list[tuple[int, ...]] = [()] * n
+
+
+@dataclass(slots=True)
+class _Cluster:
+    nodes: Sequence[OpenbNode]
+    judge: _Judge
+    devs: list[list[tuple[int, int, bool]]]
+    sid: IntArray
+    cpu_free: IntArray
+    mem_free: IntArray
+    cpu_alloc: IntArray
+    mem_alloc: IntArray
+    version: IntArray
+    shapes: dict[tuple[int, int, int, int], _ShapeScores] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls, nodes: Sequence[OpenbNode], judge: _Judge, gpu_memory: Mapping[str, int]
+    ) -> _Cluster:
+        devs: list[list[tuple[int, int, bool]]] = []
+        for n in nodes:
+            if n.gpus > 0 and n.model not in gpu_memory:
+                known = ", ".join(sorted(gpu_memory))
+                raise PlacementError(
+                    f"node {n.name}: GPU model {n.model!r} has no memory size (known: {known}); "
+                    f"pass --gpu-memory {n.model}=MiB"
+                )
+            total = gpu_memory.get(n.model, 0)
+            devs.append([(total, total, True)] * n.gpus)
+        cpu = np.array([n.cpu_milli for n in nodes], dtype=np.int64)
+        mem = np.array([n.memory_mib for n in nodes], dtype=np.int64)
+        return cls(
+            nodes=nodes,
+            judge=judge,
+            devs=devs,
+            sid=np.array([judge.states.intern(tuple(d)) for d in devs], dtype=np.int64),
+            cpu_free=cpu.copy(),
+            mem_free=mem.copy(),
+            cpu_alloc=cpu,
+            mem_alloc=mem,
+            version=np.zeros(len(nodes), dtype=np.int64),
+        )
+
+    def gpu_scores(self, pod: OpenbPod) -> _ShapeScores:
+        """Verdicts of ``pod``'s shape on every node, brought up to date."""
+        cache = self.shapes.get(pod.shape)
+        if cache is None:
+            cache = self.shapes[pod.shape] = _ShapeScores(len(self.nodes))
+        stale = np.flatnonzero(cache.seen != self.version)
+        verdict = self.judge.verdict
+        for i in stale.tolist():
+            v = verdict(int(self.sid[i]), int(self.cpu_free[i]), int(self.mem_free[i]), pod)
+            if v is None:
+                cache.score[i] = -np.inf
+            else:
+                cache.score[i] = v[0]
+                cache.chosen[i] = v[1]
+        cache.seen[stale] = self.version[stale]
+        return cache
+
+    def least_allocated(self, pod: OpenbPod) -> npt.NDArray[np.float64]:
+        """kube-scheduler's LeastAllocated score (CPU and memory, equal weights) where the pod's
+        CPU and memory fit; ``-inf`` elsewhere."""
+        cpu_left = self.cpu_free - pod.cpu_milli
+        mem_left = self.mem_free - pod.memory_mib
+        ok = ((pod.cpu_milli == 0) | (cpu_left >= 0)) & ((pod.memory_mib == 0) | (mem_left >= 0))
+        score = (
+            np.maximum(cpu_left, 0) / np.maximum(self.cpu_alloc, 1)
+            + np.maximum(mem_left, 0) / np.maximum(self.mem_alloc, 1)
+        ) / 2
+        out: FloatArray = np.where(ok, score, -np.inf)
+        return out
+
+    def place(self, i: int, pod: OpenbPod, chosen: tuple[int, ...]) -> int:
+        """Bind ``pod`` to node ``i`` on ``chosen`` devices; returns the GPU MiB it takes."""
+        self.cpu_free[i] -= pod.cpu_milli
+        self.mem_free[i] -= pod.memory_mib
+        self.version[i] += 1
+        if not chosen:
+            return 0
+        devs = self.devs[i]
+        taken = 0
+        for j in chosen:
+            total, free, _ = devs[j]
+            need = need_on(total, pod)
+            use = free if need.mib_per_gpu is None else need.mib_per_gpu
+            devs[j] = (total, free - use, False)
+            taken += use
+        self.sid[i] = self.judge.states.intern(tuple(devs))
+        return taken
+
+
+Progress = Callable[[str], None]
+
+
+def _select(
+    rng: random.Random, candidates: IntArray, scores: FloatArray, selection: Selection
+) -> int:
+    if selection == "scheduler":
+        final = np.array(
+            combine(list(scores), [0] * len(scores), [0] * len(scores)), dtype=np.float64
+        )
+    else:
+        final = scores
+    return _pick(rng, candidates[final >= final.max()])
+
+
+def _pick(rng: random.Random, best: IntArray) -> int:
+    """One of ``best`` at random (kube-scheduler breaks score ties at random)."""
+    return int(best[rng.randrange(len(best))]) if len(best) > 1 else int(best[0])
+
+
+def replay(
+    nodes: Sequence[OpenbNode],
+    arrivals: Sequence[OpenbPod],
+    strategy: Strategy,
+    *,
+    rng: random.Random,
+    config: ReplayConfig = ReplayConfig(),
+    trace: str = "",
+    judge: _Judge | None = None,
+) -> RunResult:
+    """Place ``arrivals`` in order with ``strategy``; never removes a pod.
+
+    GPU pods go to the best-scored node that fits (CPU, memory and GPU). The extender scores
+    only GPU placement (a pod without GPUs gets the same GPU score everywhere), so pods without
+    GPUs go where kube-scheduler's default LeastAllocated score is highest.
+    """
+    start = time.perf_counter()
+    if judge is None or judge.strategy is not strategy:
+        judge = _Judge(strategy)
+    cluster = _Cluster.build(nodes, judge, config.gpu_memory_mib)
+    capacity = sum(n.gpus for n in nodes)
+    if capacity == 0:
+        raise PlacementError("the node list has no GPUs")
+    total_mib = sum(sum(t for t, _, _ in d) for d in cluster.devs)
+    step = config.curve_step
+    grid = [round(k * step, 6) for k in range(math.floor(config.target_load / step + 1e-9) + 1)]
+    curve = [0.0] * len(grid)
+    arrived_milli = 0
+    placed_milli = 0
+    placed_mib = 0
+    placed = skipped = gpu_skipped = 0
+    g = 0
+    denom = capacity * MILLI
+    for pod in arrivals:
+        arrived_milli += pod.gpu_total_milli
+        load = arrived_milli / denom
+        while g < len(grid) and grid[g] < load - 1e-12:
+            curve[g] = placed_milli / denom
+            g += 1
+        target: int | None = None
+        chosen: tuple[int, ...] = ()
+        if pod.num_gpu == 0:
+            la = cluster.least_allocated(pod)
+            top = la.max()
+            if np.isfinite(top):
+                target = _pick(rng, np.flatnonzero(la == top))
+        else:
+            cache = cluster.gpu_scores(pod)
+            cand = np.flatnonzero(np.isfinite(cache.score))
+            if len(cand):
+                target = _select(rng, cand, cache.score[cand], config.selection)
+                chosen = cache.chosen[target]
+        if target is None:
+            skipped += 1
+            gpu_skipped += pod.num_gpu > 0
+        else:
+            placed += 1
+            placed_mib += cluster.place(target, pod, chosen)
+            placed_milli += pod.gpu_total_milli
+    for k in range(g, len(grid)):
+        curve[k] = placed_milli / denom
+    idle = sum(1 for d in cluster.devs for (_, _, i) in d if i)
+    return RunResult(
+        trace=trace,
+        scoring=strategy.name,
+        seed=0,
+        arrived=tuple(grid),
+        allocated=tuple(curve),
+        pods_arrived=len(arrivals),
+        pods_placed=placed,
+        pods_skipped=skipped,
+        gpu_pods_skipped=gpu_skipped,
+        capacity_gpus=capacity,
+        allocated_gpus=placed_milli / MILLI,
+        idle_gpus=idle,
+        memory_share=placed_mib / total_mib if total_mib else 0.0,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Mean and standard deviation over repeats of one trace × strategy."""
+
+    trace: str
+    scoring: str
+    runs: tuple[RunResult, ...]
+
+    def _stat(self, values: Sequence[float]) -> tuple[float, float]:
+        arr = np.array(values, dtype=np.float64)
+        return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+    def at(self, load: float) -> tuple[float, float]:
+        return self._stat([r.at(load) for r in self.runs])
+
+    def unallocated(self) -> tuple[float, float]:
+        return self._stat([r.unallocated_gpus for r in self.runs])
+
+    def curve(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+        """Grid, mean allocated share and its standard deviation."""
+        arr = np.array([r.allocated for r in self.runs], dtype=np.float64)
+        std = arr.std(axis=0, ddof=1) if len(self.runs) > 1 else np.zeros(arr.shape[1])
+        return (
+            self.runs[0].arrived,
+            tuple(float(x) for x in arr.mean(axis=0)),
+            tuple(float(x) for x in std),
+        )
+
+
+def run_trace(
+    nodes: Sequence[OpenbNode],
+    pods: Sequence[OpenbPod],
+    scorings: Sequence[str],
+    *,
+    config: ReplayConfig = ReplayConfig(),
+    trace: str = "",
+    progress: Progress | None = None,
+) -> list[Summary]:
+    """Every strategy on the same sampled arrivals (seed ``config.seed + r`` for repeat ``r``)."""
+    if config.repeats < 1:
+        raise PlacementError("repeats must be at least 1")
+    if not config.target_load > 0:
+        raise PlacementError("target load must be positive")
+    capacity = sum(n.gpus for n in nodes)
+    if capacity == 0:
+        raise PlacementError("the node list has no GPUs")
+    strategies = [make_strategy(name, pods) for name in scorings]
+    memo = {s.name: _Judge(s) for s in strategies}
+    runs: dict[str, list[RunResult]] = {s.name: [] for s in strategies}
+    for r in range(config.repeats):
+        seed = config.seed + r
+        rng = random.Random(seed)
+        if config.sample:
+            arrivals = sample_pods(pods, capacity, config.target_load, rng)
+        else:
+            arrivals = trace_order(pods, capacity, config.target_load)
+        for s in strategies:
+            result = replay(
+                nodes,
+                arrivals,
+                s,
+                rng=random.Random(seed * 7919 + 1),
+                config=config,
+                trace=trace,
+                judge=memo[s.name],
+            )
+            result = _with_seed(result, seed)
+            runs[s.name].append(result)
+            if progress is not None:
+                progress(
+                    f"{trace or 'trace'} {s.name:<13} repeat {r + 1}/{config.repeats} "
+                    f"seed {seed}: {result.pods_placed}/{result.pods_arrived} placed, "
+                    f"{100 * result.at(1.0):.1f}% at 100%, "
+                    f"{100 * result.at(config.target_load):.1f}% at "
+                    f"{100 * config.target_load:.0f}% ({result.seconds:.1f} s)"
+                )
+    return [Summary(trace=trace, scoring=s.name, runs=tuple(runs[s.name])) for s in strategies]
+
+
+def _with_seed(result: RunResult, seed: int) -> RunResult:
+    return replace(result, seed=seed)
+
+
+def scheduler_scores(scores: Sequence[float]) -> list[int]:
+    """The 0..10 scores kube-scheduler sees for these GPU scores (no affinity, no taints)."""
+    out = combine(list(scores), [0] * len(scores), [0] * len(scores))
+    assert all(0 <= s <= MAX_EXTENDER_PRIORITY for s in out)
+    return out
