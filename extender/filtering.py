@@ -17,6 +17,7 @@ from typing import Final, Protocol
 from extender import taints as taint_rules
 from extender.affinity import AFFINITY_REASON, compile_preferred, compile_required
 from extender.fit import NodeGpus, gpu_fit_reason, resource_fit_reasons
+from extender.fragmentation import NO_GPU, host_context
 from extender.inventory import InventoryConfig, node_gpus
 from extender.model import GpuReport, NodeInfo, PodRequest
 from extender.reservations import EMPTY, Book, Reservation
@@ -190,6 +191,7 @@ def prioritize(
     """Scores 0..10 for ``names`` (same order). Unknown nodes and nodes the pod does not fit on
     get GPU score 0; the other components still count, as in kube-scheduler."""
     strat = strategy_for(pod, strategy)
+    host_aware = getattr(strat, "host_aware", False)
     preferred = compile_preferred(pod.preferred)
     pns_tolerations = taint_rules.prefer_no_schedule_tolerations(pod.tolerations)
     need = pod.gpu
@@ -204,12 +206,15 @@ def prioritize(
             intolerable.append(0)
             continue
         g = 0.0
-        if need is not None:
+        if need is not None or host_aware:
             gpus = view.gpus(name, now)
             if not isinstance(gpus, str):
-                chosen = strat.choose(gpus, need)
+                g_need = need if need is not None else NO_GPU
+                if host_aware:
+                    gpus, g_need = host_context(gpus, need, node, view.requested(name), pod)
+                chosen = strat.choose(gpus, g_need)
                 if chosen is not None:
-                    g = strat.score(gpus, need, chosen)
+                    g = strat.score(gpus, g_need, chosen)
         gpu_scores.append(g)
         affinity.append(preferred.score(node.labels, name) if preferred.terms else 0)
         intolerable.append(
@@ -235,7 +240,11 @@ def choose_devices(
     reason = gpu_fit_reason(gpus, pod.gpu)
     if reason is not None:
         return reason
-    chosen = strategy_for(pod, strategy).choose(gpus, pod.gpu)
+    strat = strategy_for(pod, strategy)
+    g_need = pod.gpu
+    if getattr(strat, "host_aware", False):
+        gpus, g_need = host_context(gpus, pod.gpu, node, view.requested(name), pod)
+    chosen = strat.choose(gpus, g_need)
     if chosen is None:
         return f"strategy found no devices for {pod.gpu.describe()}"
     return chosen

@@ -29,7 +29,7 @@ from functools import lru_cache
 from typing import Final
 
 from extender.fit import DeviceState, NodeGpus
-from extender.model import GpuNeed, PodRequest
+from extender.model import GpuNeed, NodeInfo, PodRequest
 from extender.scoring import MAX_NODE_SCORE, register
 
 MILLI: Final = 1000
@@ -199,6 +199,32 @@ def with_host(
     )
 
 
+NO_GPU: Final = GpuNeed(count=0)
+"""The need of a pod without GPUs: host-aware strategies still score where its CPU goes."""
+
+
+def host_context(
+    gpus: NodeGpus,
+    need: GpuNeed | None,
+    node: NodeInfo,
+    requested: tuple[int, int],
+    pod: PodRequest,
+) -> tuple[HostGpus, HostNeed]:
+    """``gpus`` and ``need`` with the node's free CPU and memory (allocatable minus
+    ``requested``, unknown when the node reports no allocatable) and the pod's requests."""
+    cpu, mem = requested
+    return with_host(
+        gpus,
+        NO_GPU if need is None else need,
+        milli_cpu_free=None
+        if node.allocatable_milli_cpu is None
+        else node.allocatable_milli_cpu - cpu,
+        memory_free=None if node.allocatable_memory is None else node.allocatable_memory - mem,
+        milli_cpu=pod.milli_cpu,
+        memory=pod.memory,
+    )
+
+
 _Dev = tuple[int, int, bool]
 """``(total_mib, free_mib, idle)`` of one device."""
 _Host = tuple[int, int] | None
@@ -325,6 +351,9 @@ class Fragmentation:
 
     workload: Workload = field(default=DEFAULT_WORKLOAD)
     name: str = "fragmentation"
+    host_aware: bool = True
+    """Wants :class:`HostGpus`/:class:`HostNeed` (see :func:`host_context`), and scores pods
+    without GPUs too: their CPU and memory can strand a node's free GPUs."""
 
     def _devs(self, gpus: NodeGpus) -> tuple[_Dev, ...]:
         return tuple((d.total_mib, d.free_mib, d.idle) for d in gpus.devices)
