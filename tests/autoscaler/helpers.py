@@ -233,6 +233,9 @@ class FakePrometheus:
     def __init__(self) -> None:
         self.answers: dict[str, Any] = {}
         self.status: int | None = None
+        self.delay = 0.0
+        self.fail_first = 0
+        """Answer this many requests with ``status`` first, then normally."""
         self.calls: list[str] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -245,7 +248,9 @@ class FakePrometheus:
         form = await request.post() if request.method == "POST" else request.query
         query = str(form.get("query", ""))
         self.calls.append(query)
-        if self.status is not None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.status is not None and (self.fail_first <= 0 or len(self.calls) <= self.fail_first):
             return web.Response(status=self.status, text="injected")
         answer = self.answers.get(query)
         if isinstance(answer, int) and not isinstance(answer, bool) and answer >= 400:

@@ -1,0 +1,169 @@
+"""The Prometheus client: bad answers become Missing (never zero); retries, timeouts, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from autoscaler.prometheus import Missing, PrometheusClient, PrometheusSettings, interpret
+from tests.autoscaler.helpers import FakePrometheus
+from tests.support.inference_server import InferenceServer
+from tests.support.prometheus import PrometheusServer
+
+
+def _vector(*values: str) -> dict[str, Any]:
+    result = [{"metric": {"i": str(i)}, "value": [1.0, v]} for i, v in enumerate(values)]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_one_finite_sample_is_its_value(value: float) -> None:
+    assert interpret(_vector(repr(value))) == value
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (_vector(), "no series"),
+        (_vector("NaN"), "NaN"),
+        (_vector("+Inf"), "+Inf"),
+        (_vector("-Inf"), "-Inf"),
+        (_vector("1", "2"), "2 series"),
+        (_vector("abc"), "not a number"),
+        ({"status": "error", "errorType": "bad_data", "error": "parse error"}, "parse error"),
+        ({"status": "success", "data": {"resultType": "matrix", "result": []}}, "matrix"),
+        ({"status": "success"}, "no data"),
+        ([], "JSON object"),
+    ],
+)
+def test_bad_answers_are_missing_with_a_reason(body: Any, reason: str) -> None:
+    result = interpret(body)
+    assert isinstance(result, Missing)
+    assert reason in result.reason
+
+
+def test_scalar_results_are_accepted() -> None:
+    body = {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "2.5"]}}
+    assert interpret(body) == 2.5
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.text() | st.floats(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+    )
+)
+def test_arbitrary_json_never_yields_a_made_up_number(body: Any) -> None:
+    result = interpret(body)
+    assert isinstance(result, Missing) or math.isfinite(result)
+
+
+async def _client(
+    url: str, **options: Any
+) -> tuple[aiohttp.ClientSession, PrometheusClient, list[str]]:
+    outcomes: list[str] = []
+    session = aiohttp.ClientSession()
+    settings = PrometheusSettings(url, **{"backoff": 0.01, **options})
+    client = PrometheusClient(
+        session, settings, observe=lambda _s, o: outcomes.append(o), rng=random.Random(1)
+    )
+    return session, client, outcomes
+
+
+async def test_retries_5xx_then_succeeds(fake_prometheus: FakePrometheus) -> None:
+    fake_prometheus.answers["q"] = 3.0
+    fake_prometheus.status = 503
+    fake_prometheus.fail_first = 2
+    session, client, outcomes = await _client(fake_prometheus.url, attempts=3)
+    async with session:
+        assert await client.query("q") == 3.0
+    assert len(fake_prometheus.calls) == 3
+    assert outcomes == ["ok"]
+
+
+async def test_gives_up_after_the_attempts_with_a_reason(fake_prometheus: FakePrometheus) -> None:
+    fake_prometheus.status = 500
+    session, client, outcomes = await _client(fake_prometheus.url, attempts=3)
+    async with session:
+        result = await client.query("q")
+    assert isinstance(result, Missing) and "HTTP 500" in result.reason
+    assert len(fake_prometheus.calls) == 3
+    assert outcomes == ["error"]
+
+
+async def test_bad_query_is_not_retried(fake_prometheus: FakePrometheus) -> None:
+    fake_prometheus.answers["q"] = {"status": "error", "errorType": "bad_data", "error": "nope"}
+    session, client, outcomes = await _client(fake_prometheus.url)
+    async with session:
+        result = await client.query("q")
+    assert isinstance(result, Missing) and "nope" in result.reason
+    assert len(fake_prometheus.calls) == 1
+    assert outcomes == ["missing"]
+
+
+async def test_unreachable_prometheus_is_missing_not_zero() -> None:
+    session, client, outcomes = await _client("http://127.0.0.1:9", attempts=2)
+    async with session:
+        result = await client.query("q")
+    assert isinstance(result, Missing) and "unreachable" in result.reason
+    assert outcomes == ["error"]
+
+
+async def test_slow_prometheus_hits_the_per_query_timeout(fake_prometheus: FakePrometheus) -> None:
+    fake_prometheus.answers["q"] = 1.0
+    fake_prometheus.delay = 1.0
+    session, client, outcomes = await _client(fake_prometheus.url, timeout=0.2, attempts=3)
+    async with session:
+        result = await client.query("q")
+    assert isinstance(result, Missing) and "within 0.2s" in result.reason
+    assert outcomes == ["error"]
+
+
+async def test_concurrency_is_bounded(fake_prometheus: FakePrometheus) -> None:
+    fake_prometheus.answers.update({f"q{i}": float(i) for i in range(20)})
+    session, client, _ = await _client(fake_prometheus.url, concurrency=3)
+    in_flight = 0
+    peak = 0
+    original = client._once
+
+    async def counting(promql: str) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            return await original(promql)
+        finally:
+            in_flight -= 1
+
+    client._once = counting  # type: ignore[method-assign]
+    async with session:
+        results = await asyncio.gather(*(client.query(f"q{i}") for i in range(20)))
+    assert results == [float(i) for i in range(20)]
+    assert peak == 3
+
+
+async def test_real_prometheus_answers_for_vllm_series(
+    inference_server: InferenceServer, prometheus: PrometheusServer
+) -> None:
+    inference_server.set_waiting(12)
+    query = 'sum(vllm:num_requests_waiting{model_name="llama"})'
+    await prometheus.wait_for_value(query, lambda v: v == 12)
+    session, client, _ = await _client(prometheus.url)
+    async with session:
+        assert await client.query(query) == 12.0
+        empty = await client.query('vllm:num_requests_waiting{model_name="nobody"}')
+        assert isinstance(empty, Missing) and "no series" in empty.reason
+        nan = await client.query("0/0")
+        assert isinstance(nan, Missing) and "NaN" in nan.reason
+        several = await client.query('{__name__=~"vllm:num_requests_(waiting|running)"}')
+        assert isinstance(several, Missing) and "series" in several.reason
+        bad = await client.query("sum(")
+        assert isinstance(bad, Missing) and "bad_data" in bad.reason

@@ -1,0 +1,82 @@
+"""Label selectors in the string form the HPA sends (``k8s.io/apimachinery/pkg/labels``)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from autoscaler.selectors import Requirement, SelectorError, parse_selector
+
+NAMES = st.from_regex(r"[a-z0-9]([a-z0-9._-]{0,10}[a-z0-9])?", fullmatch=True)
+KEYS = st.one_of(NAMES, st.builds(lambda p, n: f"{p}.io/{n}", NAMES, NAMES))
+VALUES = st.one_of(st.just(""), NAMES)
+
+
+def _render(r: Requirement) -> str:
+    values = sorted(r.values)
+    if r.operator == "exists":
+        return r.key
+    if r.operator == "!":
+        return f"!{r.key}"
+    if r.operator in ("=", "!="):
+        return f"{r.key}{r.operator}{values[0]}"
+    return f"{r.key} {r.operator} ({', '.join(values)})"
+
+
+REQUIREMENTS = st.one_of(
+    st.builds(lambda k: Requirement(k, "exists"), KEYS),
+    st.builds(lambda k: Requirement(k, "!"), KEYS),
+    st.builds(lambda k, v: Requirement(k, "=", frozenset([v])), KEYS, VALUES),
+    st.builds(lambda k, v: Requirement(k, "!=", frozenset([v])), KEYS, VALUES),
+    st.builds(
+        lambda k, vs, op: Requirement(k, op, frozenset(vs)),
+        KEYS,
+        st.lists(NAMES, min_size=1, max_size=3),
+        st.sampled_from(["in", "notin"]),
+    ),
+)
+
+
+@given(st.lists(REQUIREMENTS, max_size=4), st.sampled_from([",", ", ", " , "]))
+def test_rendered_selectors_parse_back(requirements: list[Requirement], sep: str) -> None:
+    text = sep.join(_render(r) for r in requirements)
+    assert parse_selector(text).requirements == tuple(requirements)
+
+
+@given(st.text(max_size=30))
+def test_any_text_parses_or_fails_with_a_selector_error(text: str) -> None:
+    try:
+        parse_selector(text)
+    except SelectorError as exc:
+        assert "selector" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("text", "labels", "expected"),
+    [
+        ("gpuscale.io/policy=llama", {"gpuscale.io/policy": "llama"}, True),
+        ("gpuscale.io/policy==llama", {"gpuscale.io/policy": "mistral"}, False),
+        ("gpuscale.io/policy!=llama", {}, True),
+        ("gpuscale.io/policy in (a,b)", {"gpuscale.io/policy": "b"}, True),
+        ("gpuscale.io/policy notin (a,b)", {"gpuscale.io/policy": "b"}, False),
+        ("gpuscale.io/policy", {"gpuscale.io/policy": ""}, True),
+        ("!gpuscale.io/policy", {"gpuscale.io/policy": ""}, False),
+        ("", {}, True),
+        ("a=b,c=d", {"a": "b"}, False),
+    ],
+)
+def test_matching_follows_kubernetes(text: str, labels: dict[str, str], expected: bool) -> None:
+    assert parse_selector(text).matches(labels) is expected
+
+
+@pytest.mark.parametrize("bad", ["a b", "a=b,,c", "=x", "a in b", "a=(b)", "-a=b", "a=b c"])
+def test_malformed_selectors_are_refused(bad: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_selector(bad)
+
+
+def test_pinned_value_is_found_for_a_fast_lookup() -> None:
+    assert parse_selector("x=1, gpuscale.io/policy=llama").equals("gpuscale.io/policy") == "llama"
+    assert parse_selector("gpuscale.io/policy in (a,b)").equals("gpuscale.io/policy") is None
+    assert parse_selector("gpuscale.io/policy!=a").equals("gpuscale.io/policy") is None
