@@ -109,7 +109,7 @@ class Metrics:
             self.filter_failures.labels(kind)
         self.binds = Counter(
             "gpuscale_extender_binds",
-            "Bind attempts by result (bound, no_fit, api_error, unknown_pod).",
+            "Bind attempts by result (bound, no_fit, api_error, unknown_pod, already_bound).",
             ["result"],
             registry=self.registry,
         )
@@ -323,6 +323,10 @@ class Extender:
                 pod = pod_from_json(raw, "Pod")
             except BadRequest as exc:
                 return self._bind_result("unknown_pod", key, node, f"pod {key}: {exc}")
+        if pod.node_name:
+            return self._bind_result(
+                "already_bound", key, node, f"pod {key} is already bound to {pod.node_name}"
+            )
         if uid and pod.uid and pod.uid != uid:
             return self._bind_result(
                 "unknown_pod", key, node, f"pod {key} has uid {pod.uid}, binding asks for {uid}"
