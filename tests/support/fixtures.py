@@ -33,6 +33,7 @@ async def kube(tmp_path: Path) -> AsyncIterator[KubeStandIn]:
         yield standin
     finally:
         await standin.stop()
+    assert not standin.internal_errors, f"the API stand-in failed: {standin.internal_errors}"
 
 
 @pytest.fixture
