@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import pytest
 
@@ -36,15 +37,26 @@ _RESOURCES = {
     "pod_binding": ("", "pods/binding"),
 }
 _CALL = re.compile(
-    r"(read|list|create|patch|replace|delete)_(?:namespaced_)?([a-z_]+?)"
-    r"(?:_for_all_namespaces)?(?:_with_http_info|_without_preload_content)?"
+    r"(read|list|create|patch|replace|delete)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?"
 )
+_SUFFIX = re.compile(r"_(?:with_http_info|without_preload_content)$")
 
-# Which sources run under which ServiceAccount.
-_CODE = {
-    "gpuscale-controller": ["autoscaler"],
-    "gpuscale-scheduler": ["extender"],
-}
+# Which sources run under which ServiceAccount: the node agent's modules (NVML reading, node
+# patching) run in the DaemonSet, the rest of extender/ beside kube-scheduler.
+_NODE_AGENT = ("*node_agent*.py", "*nvml*.py")
+
+
+def _sources(account: str) -> list[Path]:
+    agent = {p for pattern in _NODE_AGENT for p in (REPO / "extender").rglob(pattern)}
+    if account == "gpuscale-controller":
+        return sorted((REPO / "autoscaler").rglob("*.py"))
+    if account == "gpuscale-node-agent":
+        return sorted(agent)
+    assert account == "gpuscale-scheduler"
+    return sorted(set((REPO / "extender").rglob("*.py")) - agent)
+
+
+ACCOUNTS = ("gpuscale-controller", "gpuscale-scheduler", "gpuscale-node-agent")
 
 
 def _api_methods() -> set[str]:
@@ -61,16 +73,16 @@ def _api_methods() -> set[str]:
     return {name for cls in classes for name in dir(cls) if _CALL.fullmatch(name)}
 
 
-def _calls(package: str) -> set[tuple[str, str, str]]:
-    """(verb, group, resource) of every generated-client method the package refers to.
+def _calls(paths: list[Path]) -> set[tuple[str, str, str]]:
+    """(verb, group, resource) of every generated-client method the sources refer to.
 
     Attribute names and string constants (methods picked by name) are read from the syntax
-    tree; names the package defines itself (a cache's ``delete_pod``) are not API calls.
+    tree; names the sources define themselves (a cache's ``delete_pod``) are not API calls.
     """
     api = _api_methods()
     used: set[str] = set()
     defined: set[str] = set()
-    for path in sorted((REPO / package).rglob("*.py")):
+    for path in paths:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):
@@ -79,12 +91,13 @@ def _calls(package: str) -> set[tuple[str, str, str]]:
                 used.add(node.value)  # methods looked up by name (getattr)
             elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 defined.add(node.name)
+    used = {_SUFFIX.sub("", name) for name in used}
     found = set()
     for name in (used & api) - defined:
         match = _CALL.fullmatch(name)
         assert match is not None
         verb, resource = match.groups()
-        assert resource in _RESOURCES, f"{package} calls {name}: add its resource to this test"
+        assert resource in _RESOURCES, f"the code calls {name}: add its resource to this test"
         group, plural = _RESOURCES[resource]
         found.add((_VERBS[verb], group, plural))
         if verb == "list":
@@ -111,16 +124,17 @@ def _allowed(objs: list[Obj], account: str) -> set[tuple[str, str, str]]:
     return allowed
 
 
-@pytest.mark.parametrize("account", sorted(_CODE))
+@pytest.mark.parametrize("account", ACCOUNTS)
 def test_roles_cover_the_calls_in_the_code(account: str) -> None:
     objs = render()
-    needed = set().union(*(_calls(p) for p in _CODE[account]))
-    missing = needed - _allowed(objs, account)
+    missing = _calls(_sources(account)) - _allowed(objs, account)
     assert not missing, f"{account} lacks RBAC for {sorted(missing)}"
 
 
 def test_call_finder_sees_the_controllers_calls() -> None:
-    calls = _calls("autoscaler")
+    calls = _calls(_sources("gpuscale-controller"))
     assert ("get", "coordination.k8s.io", "leases") in calls
     assert ("patch", "", "configmaps") in calls
     assert ("get", "apps", "statefulsets/scale") in calls
+    # a *_without_preload_content twin
+    assert ("watch", "", "pods") in _calls(_sources("gpuscale-scheduler"))
