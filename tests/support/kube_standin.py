@@ -577,7 +577,16 @@ class KubeStandIn:
         send_initial = q.get("sendInitialEvents") == "true"
         timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
         rv = q.get("resourceVersion")
+        if send_initial and q.get("resourceVersionMatch") != "NotOlderThan":
+            raise ApiError(
+                422,
+                "Invalid",
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting "
+                "resourceVersionMatch to NotOlderThan",
+                details={},
+            )
         backlog: list[tuple[str, Obj]] = []
+
         gone: str | None = None
         if send_initial or rv in (None, "", "0"):
             backlog = [

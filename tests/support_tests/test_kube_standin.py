@@ -448,3 +448,50 @@ async def test_stop_and_start_on_the_same_port_keeps_objects(
     await kube.start()
     assert kube.url == url
     assert (await v1.read_namespaced_config_map("a", "ns")).data == {"k": "v"}
+
+
+async def test_openapi_v3_shows_tolerance_only_where_supported(kube: KubeStandIn) -> None:
+    import aiohttp
+
+    schema = "io.k8s.api.autoscaling.v2.HPAScalingRules"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{kube.url}/openapi/v3") as resp:
+            index = await resp.json()
+        assert "apis/autoscaling/v2" in index["paths"]
+        url = kube.url + index["paths"]["apis/autoscaling/v2"]["serverRelativeURL"]
+        async with session.get(url) as resp:
+            doc = await resp.json()
+        assert "tolerance" in doc["components"]["schemas"][schema]["properties"]
+        kube.git_version = "v1.33.4"
+        async with session.get(url) as resp:
+            doc = await resp.json()
+        assert "tolerance" not in doc["components"]["schemas"][schema]["properties"]
+
+
+async def test_dry_run_and_delete_collection(kube: KubeStandIn, kube_client: Any) -> None:
+    v1: Any = client.CoreV1Api(kube_client)
+    rv = kube.store.rv
+    dry = await v1.create_namespaced_config_map("ns", _cm("dry"), dry_run="All")
+    assert dry.metadata.name == "dry"
+    assert kube.store.get("configmaps", "ns", "dry") is None and kube.store.rv == rv
+    await v1.create_namespaced_config_map("ns", _cm("a", team="x"))
+    await v1.create_namespaced_config_map("ns", _cm("b", team="y"))
+    await v1.delete_collection_namespaced_config_map("ns", label_selector="team=x")
+    assert [c["metadata"]["name"] for c in kube.store.list("configmaps", "ns")] == ["b"]
+
+
+async def test_malformed_bodies_are_400_not_500(kube: KubeStandIn) -> None:
+    import aiohttp
+
+    url = f"{kube.url}/api/v1/namespaces/ns/configmaps"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=b"{not json") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["reason"] == "BadRequest"
+        async with session.post(url, json=["a list"]) as resp:
+            assert resp.status == 400
+        async with session.get(url, params={"limit": "many"}) as resp:
+            assert resp.status == 400
+        async with session.get(f"{kube.url}/apis/nope/v1/things") as resp:
+            assert resp.status == 404
+    assert kube.internal_errors == []

@@ -198,3 +198,29 @@ async def test_injected_watch_failure_is_an_api_exception(
     await w.close()
     assert err.value.status == 500
     assert (await v1.list_namespaced_config_map("ns")).items == []
+
+
+async def test_send_initial_events_ends_with_a_marked_bookmark(
+    kube: KubeStandIn, kube_client: Any
+) -> None:
+    v1: Any = client.CoreV1Api(kube_client)
+    await v1.create_namespaced_config_map("ns", _cm("a"))
+    await v1.create_namespaced_config_map("ns", _cm("b"))
+    w = new_watch()
+    stream = w.stream(
+        v1.list_namespaced_config_map,
+        "ns",
+        send_initial_events=True,
+        resource_version_match="NotOlderThan",
+        allow_watch_bookmarks=True,
+    )
+    events = await _collect(stream, 3)
+    await w.close()
+    assert [e["type"] for e in events] == ["ADDED", "ADDED", "BOOKMARK"]
+    marker = events[2]["raw_object"]["metadata"]["annotations"]
+    assert marker == {"k8s.io/initial-events-end": "true"}
+    w = new_watch()
+    with pytest.raises(ApiException) as err:
+        await _collect(w.stream(v1.list_namespaced_config_map, "ns", send_initial_events=True), 1)
+    await w.close()
+    assert err.value.status == 422
