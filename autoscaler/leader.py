@@ -102,8 +102,10 @@ class LeaderElector:
         *,
         clock: Clock | None = None,
         on_change: Callable[[bool], None] | None = None,
+        release_on_exit: bool = True,
     ) -> None:
         self._api = api
+        self.release_on_exit = release_on_exit
         self.settings = settings
         self._clock = clock or LoopClock()
         self._on_change = on_change
@@ -120,28 +122,32 @@ class LeaderElector:
         """Acquire and renew until cancelled; release the lease on the way out if held."""
         try:
             while True:
-                attempt_start = self._clock.monotonic()
-                try:
-                    held, expires_in = await self._try_acquire_or_renew()
-                except (KubeError, OSError, TimeoutError) as exc:
-                    log.warning("lease update failed", extra={"error": str(exc)})
-                    held, expires_in = False, None
-                wait = self.settings.retry_period
-                if held:
-                    self._valid_until = attempt_start + self.settings.renew_deadline
-                    self._set_leading(True)
-                else:
-                    if expires_in is not None:
-                        # Someone else holds it: stop writing now, wake when it expires.
-                        self._valid_until = float("-inf")
-                        wait = min(wait, expires_in + 0.01)
-                    if self._leading and not self.is_leader:
-                        self._set_leading(False)
-                await asyncio.sleep(wait)
+                await asyncio.sleep(await self.step())
         finally:
-            if self.is_leader:
+            if self.is_leader and self.release_on_exit:
                 await asyncio.shield(self._release())
             self._set_leading(False)
+
+    async def step(self) -> float:
+        """One acquire-or-renew attempt; returns the seconds to wait before the next."""
+        attempt_start = self._clock.monotonic()
+        try:
+            held, expires_in = await self._try_acquire_or_renew()
+        except (KubeError, OSError, TimeoutError) as exc:
+            log.warning("lease update failed", extra={"error": str(exc)})
+            held, expires_in = False, None
+        wait = self.settings.retry_period
+        if held:
+            self._valid_until = attempt_start + self.settings.renew_deadline
+            self._set_leading(True)
+        else:
+            if expires_in is not None:
+                # Someone else holds it: stop writing now, wake when it expires.
+                self._valid_until = float("-inf")
+                wait = min(wait, expires_in + 0.01)
+            if self._leading and not self.is_leader:
+                self._set_leading(False)
+        return wait
 
     def _set_leading(self, leading: bool) -> None:
         if leading != self._leading:
