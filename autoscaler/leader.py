@@ -122,7 +122,8 @@ class LeaderElector:
         """Acquire and renew until cancelled; release the lease on the way out if held."""
         try:
             while True:
-                await asyncio.sleep(await self.step())
+                wait = await self.step()
+                await asyncio.sleep(wait)
         finally:
             if self.is_leader and self.release_on_exit:
                 await asyncio.shield(self._release())

@@ -122,7 +122,7 @@ async def test_killed_leader_is_replaced_and_there_are_never_two_writers(
     kube: KubeStandIn, kube_client: Any
 ) -> None:
     """Real time, shortened settings (3 s lease): the survivor takes over within the lease."""
-    fast = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.5}
+    fast: dict[str, Any] = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.5}
     a = LeaderElector(
         kclient.CoordinationV1Api(kube_client),
         replace(DEFAULTS, identity="a", **fast),
