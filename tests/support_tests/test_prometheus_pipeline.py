@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from tests.support.inference_server import CLASSIC_TEXT, InferenceServer
-from tests.support.prometheus import PrometheusServer
+from tests.support.prometheus import PrometheusError, PrometheusServer
 
 P95 = (
     "histogram_quantile(0.95, sum by (le) "
@@ -29,14 +29,21 @@ async def test_metrics_keep_vllm_names_even_when_openmetrics_is_asked_for(
     assert "vllm_num_requests_waiting" not in text
 
 
-async def test_prometheus_sees_the_queue_gauge_and_follows_changes(
+async def test_prometheus_follows_the_queue_gauge_per_model(
     inference_server: InferenceServer, prometheus: PrometheusServer
 ) -> None:
     query = 'sum(vllm:num_requests_waiting{model_name="llama"})'
     inference_server.set_waiting(12)
     assert await prometheus.wait_for_value(query, lambda v: v == 12) == 12
     inference_server.set_waiting(3)
+    inference_server.set_waiting(2, model="other")
     assert await prometheus.wait_for_value(query, lambda v: v == 3) == 3
+    await prometheus.wait_for_value('vllm:num_requests_waiting{model_name="other"}')
+    with pytest.raises(PrometheusError, match="2 series"):
+        await prometheus.query_value("vllm:num_requests_waiting")
+    assert await prometheus.query_value('vllm:num_requests_waiting{model_name="none"}') is None
+    triton = await prometheus.query_value('nv_inference_pending_request_count{model="llama"}')
+    assert triton == 3
 
 
 async def test_latency_quantile_over_rate_has_the_right_magnitude(
@@ -75,14 +82,3 @@ async def test_prometheus_stopped_and_restarted_keeps_port_and_data(
     assert "vllm:num_requests_waiting" in {
         s["metric"]["__name__"] for s in await prometheus.query("{__name__=~'vllm:.*waiting'}")
     }
-
-
-async def test_several_series_where_one_is_expected_is_an_error(
-    inference_server: InferenceServer, prometheus: PrometheusServer
-) -> None:
-    inference_server.set_waiting(1, model="a")
-    inference_server.set_waiting(2, model="b")
-    await prometheus.wait_for_value('vllm:num_requests_waiting{model_name="b"}', lambda v: v == 2)
-    with pytest.raises(Exception, match="series"):
-        await prometheus.query_value("vllm:num_requests_waiting")
-    assert await prometheus.query_value('vllm:num_requests_waiting{model_name="none"}') is None
