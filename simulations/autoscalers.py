@@ -249,6 +249,8 @@ class KedaBaseline:
 class KpaBaseline:
     """Knative KPA: per-second concurrency buckets, a decision every 2 s, written directly."""
 
+    needs_concurrency = True
+
     def __init__(self, contender: KpaContender, lo: int, hi: int) -> None:
         self.spec = KpaSpec(
             target=contender.target,

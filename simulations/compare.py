@@ -53,13 +53,13 @@ def contender_kind(c: Contender) -> str:
     return type(c).__name__.removesuffix("Contender").lower()
 
 
-def _streams(seed: int) -> list[np.random.Generator]:
+def random_streams(seed: int) -> list[np.random.Generator]:
     return [np.random.default_rng([seed, k]) for k in range(4)]
 
 
 def prepare(scenario: Scenario, seed: int) -> tuple[arrivals.Workload, np.ndarray, float]:
     """The workload, service times and duration for one seed (the same for every contender)."""
-    w_rng, s_rng, _, _ = _streams(seed)
+    w_rng, s_rng, _, _ = random_streams(seed)
     workload = make_workload(scenario.workload, scenario.duration, w_rng)
     times = service_model(scenario.service).sample(s_rng, workload.prompt, workload.generated)
     duration = scenario.duration
@@ -136,6 +136,11 @@ def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float
             p95_bin[b] = float(np.quantile(seg, 0.95))
             attain_bin[b] = float((seg <= slo).mean())
 
+    ended = np.sort(np.concatenate([finish[done], np.asarray(run.dropped_at, dtype=np.float64)]))
+    in_system = (
+        np.searchsorted(np.sort(arrival), t, side="right") - np.searchsorted(ended, t, side="right")
+    ).astype(np.float64)
+
     recoveries: list[dict[str, float | None]] = []
     healthy = ~(p95_bin > slo)  # NaN (no arrivals) counts as healthy
     need = max(1, math.ceil(HEALTHY_FOR / interval))
@@ -183,7 +188,7 @@ def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float
         "ready": [float(x) for x in tl.ready],
         "pending": [float(x) for x in tl.pending],
         "gpus": [float(x) for x in tl.gpus],
-        "in_system": [float(x) for x in tl.in_system],
+        "in_system": in_system.tolist(),
         "latency_p95": p95_bin.tolist(),
         "slo_attainment": attain_bin.tolist(),
     }
@@ -194,7 +199,7 @@ def run_one(scenario: Scenario, index: int, seed: int) -> RunResult:
     """Simulate contender ``index`` of ``scenario`` with ``seed``."""
     contender = scenario.contenders[index]
     workload, service_times, duration = prepare(scenario, seed)
-    _, _, c_rng, r_rng = _streams(seed)
+    _, _, c_rng, r_rng = random_streams(seed)
     cluster, _ = build_cluster(scenario, c_rng)
     run = Run(scenario, workload, service_times, cluster, r_rng, duration)
     svc = scenario.service

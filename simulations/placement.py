@@ -218,13 +218,13 @@ class _Judge:
             return self.memo[key]
         result: Verdict = None
         gpus = self.states.gpus[sid]
-        if gpus.devices and not resource_fit_reasons(
+        if (gpus.devices or pod.num_gpu == 0) and not resource_fit_reasons(
             pod.cpu_milli,
             pod.memory_mib,
             allocatable_milli_cpu=cpu_free,
             allocatable_memory=mem_free,
         ):
-            need = need_on(gpus.devices[0].total_mib, pod)
+            need = need_on(gpus.devices[0].total_mib if gpus.devices else 0, pod)
             if fits(gpus, need):
                 host_gpus, host_need = with_host(
                     gpus,
@@ -381,14 +381,16 @@ def replay(
 ) -> RunResult:
     """Place ``arrivals`` in order with ``strategy``; never removes a pod.
 
-    GPU pods go to the best-scored node that fits (CPU, memory and GPU). The extender scores
-    only GPU placement (a pod without GPUs gets the same GPU score everywhere), so pods without
-    GPUs go where kube-scheduler's default LeastAllocated score is highest.
+    A pod goes to the best-scored node that fits (CPU, memory and GPU). Pods without GPUs are
+    scored by host-aware strategies (``fragmentation``) like the extender's ``prioritize`` does;
+    the others give every node the same score for them, so they go where kube-scheduler's
+    default LeastAllocated score is highest.
     """
     start = time.perf_counter()
     if judge is None or judge.strategy is not strategy:
         judge = _Judge(strategy)
     cluster = _Cluster.build(nodes, judge, config.gpu_memory_mib)
+    host_aware = bool(getattr(strategy, "host_aware", False))
     capacity = sum(n.gpus for n in nodes)
     if capacity == 0:
         raise PlacementError("the node list has no GPUs")
@@ -410,7 +412,7 @@ def replay(
             g += 1
         target: int | None = None
         chosen: tuple[int, ...] = ()
-        if pod.num_gpu == 0:
+        if pod.num_gpu == 0 and not host_aware:
             la = cluster.least_allocated(pod)
             top = la.max()
             if np.isfinite(top):

@@ -198,7 +198,6 @@ class Timeline:
     ready: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)
     gpus: list[int] = field(default_factory=list)
-    in_system: list[int] = field(default_factory=list)
 
 
 class Run:
@@ -222,6 +221,7 @@ class Run:
         self.cluster = cluster
         self.log = RequestLog(workload.times, service_times)
         self.dropped: list[int] = []
+        self.dropped_at: list[float] = []
         self.bounds = svc.latency_buckets or DEFAULT_LATENCY_BUCKETS
         self.metrics = MetricStore(self.bounds)
         self.router = Router(svc.routing)
@@ -238,6 +238,8 @@ class Run:
         """The Deployment's ``spec.replicas``: what autoscalers read as current and write."""
         self.scale_ups = 0
         self.scale_downs = 0
+        self.track_concurrency = False
+        """Keep ``in_system``/``inflight_area`` up to date (Knative's concurrency); costs time."""
         self.in_system = 0
         self.inflight_area = 0.0
         self._area_t = 0.0
@@ -287,12 +289,18 @@ class Run:
     # ------------------------------------------------------------------ requests
 
     def _arrive(self, i: int) -> None:
+        self.router.route(i)
+        j = i + 1
+        if j < self.log.n:
+            self.engine.schedule_at(self.log.arrival[j], self._arrive, j)
+
+    def _arrive_tracked(self, i: int) -> None:
         self._area()
         self.in_system += 1
         self.router.route(i)
         j = i + 1
         if j < self.log.n:
-            self.engine.schedule_at(self.log.arrival[j], self._arrive, j)
+            self.engine.schedule_at(self.log.arrival[j], self._arrive_tracked, j)
 
     def _complete(self, i: int) -> None:
         self._area()
@@ -399,7 +407,12 @@ class Run:
         pod.ready_at = self.engine.now
         self.n_ready += 1
         replica = Replica(
-            pod.id, self.engine, self.log, self.service.max_batch, self.bounds, self._complete
+            pod.id,
+            self.engine,
+            self.log,
+            self.service.max_batch,
+            self.bounds,
+            self._complete if self.track_concurrency else None,
         )
         pod.replica = replica
         self.router.add(replica)
@@ -434,7 +447,9 @@ class Run:
         assert pod.replica is not None
         for i in pod.replica.take_queue():
             self.dropped.append(i)
-            self._complete(i)
+            self.dropped_at.append(self.engine.now)
+            if self.track_concurrency:
+                self._complete(i)
         self._finish_drain(pod)
 
     def _finish_drain(self, pod: Pod) -> None:
@@ -480,19 +495,20 @@ class Run:
         tl.ready.append(self.n_ready)
         tl.pending.append(self.n_unscheduled)
         tl.gpus.append(self.n_gpu_pods * self.service.gpus)
-        tl.in_system.append(self.in_system)
         self.engine.schedule(self.scenario.timeline_interval, self._sample, None, LATE)
 
     # ------------------------------------------------------------------ running
 
     def start(self, controller: Controller) -> None:
+        self.track_concurrency = bool(getattr(controller, "needs_concurrency", False))
         initial = self.service.initial_replicas
         self.spec_replicas = initial
         for _ in range(initial):
             self._create_pod(warm=True)
         self.max_replicas_seen = self.n_active
         if self.log.n:
-            self.engine.schedule_at(self.log.arrival[0], self._arrive, 0)
+            first = self._arrive_tracked if self.track_concurrency else self._arrive
+            self.engine.schedule_at(self.log.arrival[0], first, 0)
         self.engine.schedule(0.0, self._scrape, None, LATE)
         self.engine.schedule(0.0, self._sample, None, LATE)
         controller.start(self)
