@@ -126,7 +126,11 @@ class PolicySource:
         self.relists = 0
 
     async def run(self) -> None:
-        """List, then watch, until cancelled; relist on 410 and back off on errors."""
+        """List, then watch, until cancelled.
+
+        A failed watch is retried from the same resourceVersion (with backoff), as client-go's
+        reflector does; only 410 Gone, or repeated failures, cost a relist.
+        """
         failures = 0
         need_list = True
         while True:
@@ -138,11 +142,12 @@ class PolicySource:
                 failures = 0
             except (KubeError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 failures += 1
-                need_list = True
-                delay = min(self._settings.backoff_max, 0.2 * 2**failures)
+                if failures >= 5:
+                    need_list = True
+                delay = min(self._settings.backoff_max, 0.1 * 2**failures)
                 log.warning(
                     "policy list/watch failed; retrying",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
+                    extra={"error": str(exc), "retry_in_s": round(delay, 2), "relist": need_list},
                 )
                 await asyncio.sleep(self._rng.uniform(delay / 2, delay))
 
