@@ -1,0 +1,217 @@
+"""Running the extender and the node agent as processes: wiring, signals, clean shutdown.
+
+SIGTERM/SIGINT set a stop event: ``/readyz`` starts failing at once, the HTTP server then stops
+accepting requests and finishes the ones in flight, and the watches and pollers are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from extender.inventory import InventoryConfig
+from extender.scoring import ScoreWeights
+
+log = logging.getLogger("gpuscale.extender")
+
+
+class StartupError(Exception):
+    """The process cannot start (bad address, no Kubernetes access, no NVML…)."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8888`` for IPv6); port 0 picks a free port."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise StartupError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+async def kube_client(kubeconfig: str | None) -> Any:
+    """A ``kubernetes.aio`` ApiClient from a kubeconfig file, else from the in-cluster service
+    account."""
+    from kubernetes.aio import client, config
+
+    try:
+        if kubeconfig:
+            return await config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, persist_config=False
+            )
+        cfg = client.Configuration()
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        return client.ApiClient(cfg)
+    except Exception as exc:
+        where = kubeconfig or "in-cluster service account"
+        raise StartupError(f"cannot configure Kubernetes access from {where}: {exc}") from None
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+@dataclass(frozen=True, slots=True)
+class ExtenderProcess:
+    address: str = "0.0.0.0:8888"
+    kubeconfig: str | None = None
+    scoring: str = "binpack"
+    inventory: InventoryConfig = field(default_factory=InventoryConfig)
+    prometheus_url: str | None = None
+    dcgm_node_label: str = "Hostname"
+    dcgm_interval: float = 15.0
+    reservation_ttl: float = 300.0
+    weights: ScoreWeights = field(default_factory=ScoreWeights)
+
+
+async def serve_extender(
+    settings: ExtenderProcess,
+    *,
+    stop: asyncio.Event | None = None,
+    api_client: Any = None,
+    on_listening: Callable[[int], None] | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run until ``stop`` is set (or SIGTERM). ``api_client`` overrides ``settings.kubeconfig``;
+    ``on_listening`` gets the bound port, ``ready`` is set once nodes and pods are listed."""
+    from extender.cluster_cache import KubeCluster
+    from extender.dcgm import run_poller
+    from extender.server import Extender, ExtenderSettings, Metrics, make_app
+    from extender.state import ClusterState
+
+    host, port = parse_address(settings.address)
+    if "dcgm" in settings.inventory.sources and not settings.prometheus_url:
+        raise StartupError("--inventory dcgm needs --prometheus-url")
+    try:
+        ext_settings = ExtenderSettings(
+            scoring=settings.scoring,
+            reservation_ttl=settings.reservation_ttl,
+            weights=settings.weights,
+        )
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    own_client = api_client is None
+    if api_client is None:
+        api_client = await kube_client(settings.kubeconfig)
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
+    state = ClusterState(settings.inventory)
+    cluster = KubeCluster(api_client, state)
+    metrics = Metrics(state, time.time)
+    extender = Extender(state, ext_settings, binder=cluster, metrics=metrics)
+    draining = False
+    app = make_app(extender, metrics=metrics, ready=lambda: cluster.ready and not draining)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+    tasks: list[asyncio.Task[None]] = []
+    session: aiohttp.ClientSession | None = None
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {settings.address}: {exc}") from None
+        bound = [a for a in runner.addresses if isinstance(a, tuple)]
+        actual = int(bound[0][1]) if bound else port
+        log.info(
+            "extender listening",
+            extra={
+                "address": f"{host}:{actual}",
+                "scoring": settings.scoring,
+                "inventory": ",".join(settings.inventory.sources),
+            },
+        )
+        if on_listening is not None:
+            on_listening(actual)
+        tasks.append(asyncio.create_task(cluster.run(), name="kube-watch"))
+        if ready is not None:
+            tasks.append(asyncio.create_task(_set_when_synced(cluster.synced.values(), ready)))
+        if "dcgm" in settings.inventory.sources and settings.prometheus_url:
+            session = aiohttp.ClientSession()
+            tasks.append(
+                asyncio.create_task(
+                    run_poller(
+                        session,
+                        settings.prometheus_url,
+                        state,
+                        node_label=settings.dcgm_node_label,
+                        interval=settings.dcgm_interval,
+                    ),
+                    name="dcgm",
+                )
+            )
+        await stop.wait()
+        log.info("stopping: readiness off, draining requests")
+    finally:
+        draining = True
+        await runner.cleanup()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if session is not None:
+            await session.close()
+        if own_client:
+            await api_client.close()
+
+
+async def _set_when_synced(events: Iterable[asyncio.Event], ready: asyncio.Event) -> None:
+    for e in events:
+        await e.wait()
+    ready.set()
+
+
+def run_extender(settings: ExtenderProcess) -> int:
+    asyncio.run(serve_extender(settings))
+    return 0
+
+
+async def serve_node_agent(
+    node: str,
+    *,
+    interval: float,
+    kubeconfig: str | None,
+    nvml: Any = None,
+    api_client: Any = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Publish this node's GPU memory until ``stop`` (or SIGTERM). NVML is loaded first, so a
+    machine without a driver fails before anything else happens."""
+    from extender.node_agent import kube_patcher, load_nvml, run
+
+    nvml = nvml if nvml is not None else load_nvml()
+    own_client = api_client is None
+    if api_client is None:
+        api_client = await kube_client(kubeconfig)
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
+    agent = asyncio.create_task(
+        run(nvml, node, kube_patcher(api_client), interval=interval, clock=time.time)
+    )
+    stopper = asyncio.create_task(stop.wait())
+    log.info("node agent started", extra={"node": node, "interval_s": interval})
+    try:
+        done, _ = await asyncio.wait({agent, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if agent in done:
+            agent.result()
+    finally:
+        for t in (agent, stopper):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if own_client:
+            await api_client.close()
+        with contextlib.suppress(Exception):
+            nvml.nvmlShutdown()

@@ -1,0 +1,169 @@
+"""``gpuscale extender`` and ``gpuscale node-agent`` (flags as deploy/ uses them)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+_LOG_LEVEL = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def _fail(command: str, problems: list[str]) -> None:
+    for line in problems:
+        click.echo(f"gpuscale {command}: {line}", err=True)
+    raise SystemExit(1)
+
+
+@click.command()
+@click.option(
+    "--address",
+    default="0.0.0.0:8888",
+    show_default=True,
+    help="HOST:PORT for /filter /prioritize /bind /livez /readyz /metrics.",
+)
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig; else in-cluster.")
+@click.option(
+    "--scoring",
+    type=click.Choice(["binpack", "spread", "fragmentation"]),
+    default="binpack",
+    show_default=True,
+    help="Default GPU scoring; a pod may choose with annotation gpuscale.io/scoring.",
+)
+@click.option(
+    "--inventory",
+    default="annotation,gfd",
+    show_default=True,
+    help="GPU memory sources in order of preference: comma list of dcgm, annotation, gfd.",
+)
+@click.option("--prometheus-url", default=None, help="Prometheus base URL (for --inventory dcgm).")
+@click.option(
+    "--dcgm-node-label",
+    default="Hostname",
+    show_default=True,
+    help="DCGM series label that names the node.",
+)
+@click.option(
+    "--stale-after",
+    default="1m",
+    show_default=True,
+    help="Distrust GPU measurements older than this.",
+)
+@click.option(
+    "--stale",
+    type=click.Choice(["fail", "accounting"]),
+    default="fail",
+    show_default=True,
+    help="Nodes with stale measurements: fail the filter, or fall back to request accounting.",
+)
+@click.option(
+    "--reservation-ttl",
+    default="5m",
+    show_default=True,
+    help="How long a bound pod's memory stays reserved until measurements or the pod list show it.",
+)
+@click.option("--log-level", type=_LOG_LEVEL, default="info", show_default=True)
+def extender(
+    address: str,
+    kubeconfig: str | None,
+    scoring: str,
+    inventory: str,
+    prometheus_url: str | None,
+    dcgm_node_label: str,
+    stale_after: str,
+    stale: str,
+    reservation_ttl: str,
+    log_level: str,
+) -> None:
+    """Run the kube-scheduler extender: place GPU pods by free GPU memory."""
+    from extender import logs
+    from extender.app import ExtenderProcess, StartupError, parse_address, run_extender
+    from extender.inventory import InventoryConfig
+    from policies.durations import DurationError, parse_duration
+
+    problems: list[str] = []
+    durations: dict[str, float] = {}
+    for flag, text in (("--stale-after", stale_after), ("--reservation-ttl", reservation_ttl)):
+        try:
+            durations[flag] = parse_duration(text)
+        except DurationError as exc:
+            problems.append(f"{flag}: {exc}")
+    try:
+        parse_address(address)
+    except StartupError as exc:
+        problems.append(f"--address: {exc}")
+    sources = tuple(s.strip() for s in inventory.split(",") if s.strip())
+    config: InventoryConfig | None = None
+    try:
+        config = InventoryConfig(
+            sources=sources,
+            stale_after=durations.get("--stale-after", 60.0),
+            stale_mode="accounting" if stale == "accounting" else "fail",
+        )
+    except ValueError as exc:
+        problems.append(f"--inventory/--stale-after: {exc}")
+    if "dcgm" in sources and not prometheus_url:
+        problems.append("--inventory dcgm needs --prometheus-url")
+    if prometheus_url and not prometheus_url.startswith(("http://", "https://")):
+        problems.append(f"--prometheus-url: expected an http(s) URL, got {prometheus_url!r}")
+    if kubeconfig and not os.path.isfile(kubeconfig):
+        problems.append(f"--kubeconfig: no such file: {kubeconfig}")
+    if problems or config is None:
+        _fail("extender", problems)
+        return
+    logs.configure(log_level)
+    settings = ExtenderProcess(
+        address=address,
+        kubeconfig=kubeconfig,
+        scoring=scoring,
+        inventory=config,
+        prometheus_url=prometheus_url,
+        dcgm_node_label=dcgm_node_label,
+        reservation_ttl=durations["--reservation-ttl"],
+    )
+    try:
+        code = run_extender(settings)
+    except StartupError as exc:
+        _fail("extender", [str(exc)])
+        return
+    raise SystemExit(code)
+
+
+@click.command(name="node-agent")
+@click.option(
+    "--node-name",
+    envvar=["GPUSCALE_NODE_AGENT_NODE_NAME", "NODE_NAME"],
+    required=True,
+    help="This node's name (env NODE_NAME works too, e.g. from the downward API).",
+)
+@click.option(
+    "--interval", default="10s", show_default=True, help="How often to read NVML and publish."
+)
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig; else in-cluster.")
+@click.option("--log-level", type=_LOG_LEVEL, default="info", show_default=True)
+def node_agent(node_name: str, interval: str, kubeconfig: str | None, log_level: str) -> None:
+    """Publish this node's per-GPU memory (NVML) in the annotation gpuscale.io/gpus."""
+    import asyncio
+
+    from extender import logs
+    from extender.app import StartupError, serve_node_agent
+    from extender.node_agent import NoNvml
+    from policies.durations import DurationError, parse_duration
+
+    problems: list[str] = []
+    seconds = 0.0
+    try:
+        seconds = parse_duration(interval)
+        if seconds <= 0:
+            problems.append(f"--interval: must be positive, got {interval!r}")
+    except DurationError as exc:
+        problems.append(f"--interval: {exc}")
+    if kubeconfig and not os.path.isfile(kubeconfig):
+        problems.append(f"--kubeconfig: no such file: {kubeconfig}")
+    if problems:
+        _fail("node-agent", problems)
+    logs.configure(log_level)
+    try:
+        asyncio.run(serve_node_agent(node_name, interval=seconds, kubeconfig=kubeconfig))
+    except (NoNvml, StartupError) as exc:
+        _fail("node-agent", [str(exc)])
