@@ -1,8 +1,15 @@
-"""Just enough PromQL lexing to list the metric names an expression reads."""
+"""PromQL helpers for the deploy tests: the metric names an expression reads, and promtool."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
 
 _STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
@@ -46,3 +53,21 @@ def metric_names(expr: str) -> set[str]:
             continue
         names.add(name)
     return names
+
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not installed (Debian package prometheus; `make prometheus`)"
+)
+
+
+def promtool_check_rules(
+    tmp_path: Path, groups: list[dict[str, Any]]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``promtool check rules`` on ``groups`` written to a file in ``tmp_path``."""
+    assert PROMTOOL is not None
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    return subprocess.run(
+        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )

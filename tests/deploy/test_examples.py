@@ -12,7 +12,7 @@ import yaml
 from gpuscale.cli import main
 from policies.parse import load_policy_file
 from tests.deploy.manifests import DEPLOY
-from tests.deploy.promql import metric_names
+from tests.deploy.promql import metric_names, needs_promtool, promtool_check_rules
 from tests.deploy.test_monitoring import exported_series_names
 from tests.deploy.test_render_validate import VERSIONS
 
@@ -103,3 +103,20 @@ def test_adapter_hpa_targets_one_replica_per_unit(version: str) -> None:
     (metric,) = hpa["spec"]["metrics"]
     assert metric["external"]["metric"]["name"] == "gpuscale_desired_replicas"
     assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "1"}
+
+
+@needs_promtool
+def test_adapter_queries_are_valid_promql(tmp_path: Path) -> None:
+    rules = yaml.safe_load((ADAPTERS / "prometheus-adapter-rules.yaml").read_text())
+    (rule,) = rules["externalRules"]
+    adapter = rule["metricsQuery"].replace("<<.Series>>", rule["name"]["as"])
+    adapter = adapter.replace("<<.LabelMatchers>>", 'namespace="inference",policy="llama-chat"')
+    (scaled,) = _docs(ADAPTERS / "keda-scaledobject.yaml")
+    keda = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    exprs = [adapter, keda, rule["seriesQuery"]]
+    group = {
+        "name": "adapters",
+        "rules": [{"record": f"adapter:query:{i}", "expr": e} for i, e in enumerate(exprs)],
+    }
+    out = promtool_check_rules(tmp_path, [group])
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 
 from tests.deploy.manifests import DEPLOY, find, render
-from tests.deploy.promql import metric_names
+from tests.deploy.promql import metric_names, needs_promtool, promtool_check_rules
 
 DASHBOARD = DEPLOY / "monitoring" / "dashboard.json"
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (Debian package prometheus; `make prometheus`)"
-)
-
 
 _SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -70,21 +62,10 @@ def _dashboard_exprs() -> list[tuple[str, str]]:
     ]
 
 
-def _promtool_check(
-    tmp_path: Path, groups: list[dict[str, Any]]
-) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
-    path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
-    return subprocess.run(
-        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, check=False
-    )
-
-
 @needs_promtool
 def test_promtool_accepts_the_alert_rules(tmp_path: Path) -> None:
     groups = _rules()
-    out = _promtool_check(tmp_path, groups)
+    out = promtool_check_rules(tmp_path, groups)
     assert out.returncode == 0, out.stdout + out.stderr
     count = sum(len(g["rules"]) for g in groups)
     assert f"SUCCESS: {count} rules found" in out.stdout
@@ -93,7 +74,7 @@ def test_promtool_accepts_the_alert_rules(tmp_path: Path) -> None:
 @needs_promtool
 def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     """Guard the guard: promtool must fail on bad PromQL."""
-    out = _promtool_check(
+    out = promtool_check_rules(
         tmp_path, [{"name": "x", "rules": [{"alert": "X", "expr": "sum(rate(foo[5m])"}]}]
     )
     assert out.returncode != 0
@@ -117,7 +98,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         {"record": f"dashboard:query:{i}", "expr": re.sub(r"\$\{?\w+\}?", ".*", expr)}
         for i, (_title, expr) in enumerate(_dashboard_exprs())
     ]
-    out = _promtool_check(tmp_path, [{"name": "dashboard", "rules": rules}])
+    out = promtool_check_rules(tmp_path, [{"name": "dashboard", "rules": rules}])
     assert out.returncode == 0, out.stdout + out.stderr
 
 
