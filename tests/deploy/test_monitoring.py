@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from tests.deploy.manifests import DEPLOY, find, render
@@ -192,3 +194,45 @@ def test_label_values_used_exist_in_the_code() -> None:
             assert value in known[label], f"{label}={value!r} is never emitted: {expr}"
             checked += 1
     assert checked >= 3
+
+
+_NAME = st.from_regex(r"[a-z_][a-z0-9_:]{0,20}", fullmatch=True).filter(
+    lambda n: (
+        n.lower()
+        not in {
+            "and",
+            "or",
+            "unless",
+            "bool",
+            "offset",
+            "by",
+            "without",
+            "on",
+            "ignoring",
+            "group_left",
+            "group_right",
+            "inf",
+            "nan",
+            "atan2",
+            "start",
+            "end",
+        }
+    )
+)
+_VALUE = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters='"\\'), max_size=12
+)
+
+
+@given(
+    names=st.lists(_NAME, min_size=1, max_size=3, unique=True),
+    label=st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True),
+    value=_VALUE,
+    agg=st.sampled_from(["sum", "max", "avg"]),
+)
+def test_metric_name_lexer_finds_exactly_the_selected_series(
+    names: list[str], label: str, value: str, agg: str
+) -> None:
+    """Label values may hold any text (braces, names, keywords); only selectors count."""
+    parts = [f'{agg} by ({label}) (rate({name}{{{label}="{value}"}}[5m]))' for name in names]
+    assert metric_names(" + on (x) group_left (y) ".join(parts)) == set(names)
