@@ -108,6 +108,8 @@ def bucket_quantile(q: float, bounds: Sequence[float], cumulative: Sequence[floa
         start = uppers[b - 1]
         count -= counts[b - 1]
         rank -= counts[b - 1]
+    if count == 0:  # only with rank 0 in an empty first bucket; Go's 0/0 is NaN
+        return math.nan
     return start + (end - start) * (rank / count)
 
 
