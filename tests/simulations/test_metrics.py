@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ STEP = 15.0
 BOUNDS = (0.5, 1.0, 2.0)
 
 # Series on a 15 s grid from t=0, written as promtool expands them ("_" = no sample).
-SERIES: dict[str, list[float | None]] = {
+SERIES: dict[str, Sequence[int | None]] = {
     'c{pod="a"}': [3 + 15 * k for k in range(12)] + [4 + 9 * k for k in range(10)],  # reset
     'c{pod="b"}': [7 * k for k in range(22)],
     'c{pod="c"}': [100 + 2 * k * k for k in range(22)],  # accelerating

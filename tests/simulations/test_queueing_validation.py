@@ -62,7 +62,8 @@ def mmc_waits(c: int, seed: int) -> np.ndarray:
     arrival = np.asarray(run.log.arrival)
     started = ~np.isnan(start)
     assert started.mean() > 0.999
-    return start[started] - arrival[started]
+    waits: np.ndarray = start[started] - arrival[started]
+    return waits
 
 
 @pytest.mark.slow
