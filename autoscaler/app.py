@@ -118,6 +118,7 @@ async def run(
     """Run the controller until ``stop`` is set; return the exit code."""
     own_client = api_client is None
     api = api_client if api_client is not None else await kube_client(settings.kubeconfig)
+    api.user_agent = f"gpuscale-controller/{settings.leader.identity}"
     core = kclient.CoreV1Api(api)
     apps = kclient.AppsV1Api(api)
     metrics = ops.ControllerMetrics()

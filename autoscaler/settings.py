@@ -39,6 +39,7 @@ class ControllerSettings:
     ops_address: str = "0.0.0.0:8080"
     leader_elect: bool = True
     leader: LeaderSettings = field(default_factory=LeaderSettings)
+    """Lease settings; ``leader.identity`` also names this replica in Events and User-Agent."""
     stale_after: float = 120.0
     """Seconds a published count may go without fresh data before the API answers an error."""
     prometheus_timeout: float = 5.0
@@ -47,4 +48,3 @@ class ControllerSettings:
     """Seconds between full HPA reconciliations (drift repair) while leading."""
     drain_timeout: float = 7.0
     """Seconds in-flight ticks get after SIGTERM (the process exits within 10 s)."""
-    identity: str = "gpuscale"

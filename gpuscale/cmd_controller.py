@@ -127,7 +127,6 @@ def controller(
             namespace=leader_elect_namespace, name=leader_elect_lease_name, identity=who
         ),
         stale_after=stale,
-        identity=who,
     )
     logs.configure(log_level)
     try:
