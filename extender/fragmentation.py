@@ -87,8 +87,8 @@ def per_gpu_need(total_mib: int, *, share_milli: int | None, mib_per_gpu: int | 
 class Workload:
     """The pod shapes expected to arrive, most frequent first; weights sum to 1 (or no shapes).
 
-    ``parts`` lists the distinct GPU parts of the shapes; the fragmentation maths works per part
-    and folds the shapes' CPU and memory in through :func:`_host_weights`.
+    ``parts`` lists the distinct GPU parts of the shapes; the fragmentation maths counts GPU
+    room per part and host room per shape.
     """
 
     shapes: tuple[Shape, ...] = ()
@@ -231,48 +231,80 @@ _Host = tuple[int, int] | None
 """``(milli_cpu_free, memory_free)`` of a node, or ``None`` when not known."""
 
 
+_UNBOUNDED: Final = 1 << 62
+
+
+def _copies(slots: Sequence[int], count: int) -> int:
+    """Most pods of ``count`` GPUs on distinct devices, device ``i`` holding ``slots[i]`` GPUs."""
+    if count <= 1:
+        return sum(slots)
+    c = sum(slots) // count
+    while c > 0 and sum(min(s, c) for s in slots) < count * c:
+        c -= 1
+    return c
+
+
 @lru_cache(maxsize=CACHE_SIZE)
-def _part_gains(devs: tuple[_Dev, ...], workload: Workload) -> tuple[float, tuple[float, ...]]:
-    """Free GPU equivalents of a node, and per GPU part what a pod of that part could use there
-    (free capacity minus the devices too small for it; 0 when the part does not fit at all)."""
+def _part_copies(
+    devs: tuple[_Dev, ...], workload: Workload
+) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """Free GPU equivalents of a node, and per GPU part how many such pods its free GPUs could
+    still take and how many GPU equivalents each would use."""
     free = 0.0
     for t, f, _ in devs:
         if t > 0:
             free += f / t
-    gains: list[float] = []
+    out: list[tuple[int, float]] = []
     for count, share, mib in workload.parts:
-        fitting = 0
-        small = 0.0
+        slots: list[int] = []
+        size = 0.0
         for t, f, idle in devs:
             need = per_gpu_need(t, share_milli=share, mib_per_gpu=mib)
-            if idle if need is None else f >= need:
-                fitting += 1
-            elif t > 0:
-                small += f / t
-        gains.append(free - small if fitting >= count else 0.0)
-    return free, tuple(gains)
+            if need is None:
+                slots.append(1 if idle else 0)
+                size = max(size, 1.0)
+            elif need <= 0:
+                slots.append(_UNBOUNDED)
+            else:
+                slots.append(f // need)
+                size = max(size, need / t)
+        out.append((_copies(slots, count), size * count))
+    return free, tuple(out)
 
 
 @lru_cache(maxsize=CACHE_SIZE)
-def _host_weights(host: _Host, workload: Workload) -> tuple[float, ...]:
-    """Per GPU part, the weight of the shapes with that part whose CPU and memory fit ``host``."""
+def _host_copies(host: _Host, workload: Workload) -> tuple[tuple[int, int, float], ...]:
+    """Per shape: its GPU part's position, how many such pods the host's free CPU and memory
+    could still take, and the shape's weight."""
     index = {part: i for i, part in enumerate(workload.parts)}
-    weights = [0.0] * len(workload.parts)
+    out: list[tuple[int, int, float]] = []
     for s in workload.shapes:
-        if host is None or (s.milli_cpu <= host[0] and s.memory <= host[1]):
-            weights[index[s.gpu_part]] += s.weight
-    return tuple(weights)
+        n = _UNBOUNDED
+        if host is not None:
+            if s.milli_cpu > 0:
+                n = min(n, max(host[0], 0) // s.milli_cpu)
+            if s.memory > 0:
+                n = min(n, max(host[1], 0) // s.memory)
+        out.append((index[s.gpu_part], n, s.weight))
+    return tuple(out)
 
 
+@lru_cache(maxsize=CACHE_SIZE)
 def unusable(devs: tuple[_Dev, ...], host: _Host, workload: Workload) -> float:
-    """Expected free GPU capacity of a node that the next pod could not use, GPU equivalents.
+    """Expected free GPU capacity of a node that would stay unused, in GPU equivalents.
 
-    For a shape that fits, the unusable part is the devices too small for one of its GPUs; for
-    one that does not (too few devices, CPU or memory), it is all of the node's free capacity.
+    For each shape of the workload: if only pods of that shape arrived from now on, how much of
+    the node's free GPU capacity would they leave, because its free devices hold too little for
+    one more such GPU, too few devices are idle, or the host's CPU or memory runs out first?
+    Averaged over the shapes by their weights. (The paper's measure asks whether one more pod
+    fits; asking how many fit also sees CPU and memory running out before the GPUs do.)
     """
-    free, gains = _part_gains(devs, workload)
-    weights = _host_weights(host, workload)
-    return free - sum(g * w for g, w in zip(gains, weights, strict=True))
+    free, parts = _part_copies(devs, workload)
+    out = free
+    for part, host_n, weight in _host_copies(host, workload):
+        gpu_n, size = parts[part]
+        out -= weight * min(gpu_n, host_n) * size
+    return max(out, 0.0)
 
 
 def _take(dev: _Dev, need: GpuNeed) -> _Dev:

@@ -378,13 +378,15 @@ def replay(
     config: ReplayConfig = ReplayConfig(),
     trace: str = "",
     judge: _Judge | None = None,
+    record: list[tuple[str, str, tuple[int, ...]]] | None = None,
 ) -> RunResult:
     """Place ``arrivals`` in order with ``strategy``; never removes a pod.
 
     A pod goes to the best-scored node that fits (CPU, memory and GPU). Pods without GPUs are
     scored by host-aware strategies (``fragmentation``) like the extender's ``prioritize`` does;
     the others give every node the same score for them, so they go where kube-scheduler's
-    default LeastAllocated score is highest.
+    default LeastAllocated score is highest. ``record``, when given, receives
+    ``(pod, node, devices)`` for every placement.
     """
     start = time.perf_counter()
     if judge is None or judge.strategy is not strategy:
@@ -429,6 +431,8 @@ def replay(
         else:
             placed += 1
             placed_mib += cluster.place(target, pod, chosen)
+            if record is not None:
+                record.append((pod.name, nodes[target].name, chosen))
             placed_milli += pod.gpu_total_milli
     for k in range(g, len(grid)):
         curve[k] = placed_milli / denom
@@ -459,15 +463,15 @@ class Summary:
     scoring: str
     runs: tuple[RunResult, ...]
 
-    def _stat(self, values: Sequence[float]) -> tuple[float, float]:
+    def stat(self, values: Sequence[float]) -> tuple[float, float]:
         arr = np.array(values, dtype=np.float64)
         return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
     def at(self, load: float) -> tuple[float, float]:
-        return self._stat([r.at(load) for r in self.runs])
+        return self.stat([r.at(load) for r in self.runs])
 
     def unallocated(self) -> tuple[float, float]:
-        return self._stat([r.unallocated_gpus for r in self.runs])
+        return self.stat([r.unallocated_gpus for r in self.runs])
 
     def curve(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
         """Grid, mean allocated share and its standard deviation."""
@@ -539,3 +543,159 @@ def scheduler_scores(scores: Sequence[float]) -> list[int]:
     out = combine(list(scores), [0] * len(scores), [0] * len(scores))
     assert all(0 <= s <= MAX_EXTENDER_PRIORITY for s in out)
     return out
+
+
+PUBLISHED_FGD_DEFAULT: Final = 0.954
+"""Published FGD allocation at 130% arrived load on the default trace (Weng et al., 2023)."""
+
+
+def _mean_std(pair: tuple[float, float]) -> dict[str, float]:
+    return {"mean": round(pair[0], 6), "std": round(pair[1], 6)}
+
+
+def summaries_to_json(summaries: Sequence[Summary], config: ReplayConfig) -> dict[str, object]:
+    """Everything ``placement.json`` holds: the configuration, and per trace × scoring the
+    allocated share at 100% and at the target load, unallocated GPUs and the mean curve."""
+    results: list[dict[str, object]] = []
+    for s in summaries:
+        grid, mean, std = s.curve()
+        results.append(
+            {
+                "trace": s.trace,
+                "scoring": s.scoring,
+                "repeats": len(s.runs),
+                "allocated_at_100": _mean_std(s.at(1.0)),
+                f"allocated_at_{round(100 * config.target_load)}": _mean_std(
+                    s.at(config.target_load)
+                ),
+                "unallocated_gpus": _mean_std(s.unallocated()),
+                "idle_gpus": _mean_std(s.stat([r.idle_gpus for r in s.runs])),
+                "memory_share": _mean_std(s.stat([r.memory_share for r in s.runs])),
+                "gpu_pods_skipped": _mean_std(s.stat([r.gpu_pods_skipped for r in s.runs])),
+                "capacity_gpus": s.runs[0].capacity_gpus,
+                "curve": {
+                    "arrived": list(grid),
+                    "allocated_mean": [round(x, 6) for x in mean],
+                    "allocated_std": [round(x, 6) for x in std],
+                },
+                "runs": [
+                    {
+                        "seed": r.seed,
+                        "allocated_at_100": round(r.at(1.0), 6),
+                        "allocated_at_target": round(r.at(config.target_load), 6),
+                        "unallocated_gpus": round(r.unallocated_gpus, 3),
+                        "idle_gpus": r.idle_gpus,
+                        "pods_arrived": r.pods_arrived,
+                        "pods_placed": r.pods_placed,
+                        "gpu_pods_skipped": r.gpu_pods_skipped,
+                        "seconds": round(r.seconds, 3),
+                    }
+                    for r in s.runs
+                ],
+            }
+        )
+    return {
+        "protocol": (
+            "pods sampled to the target load (with replacement) and shuffled per seed, no "
+            "departures, a pod that fits nowhere is skipped; allocation = placed GPU thousandths "
+            "/ (1000 x cluster GPUs)"
+            if config.sample
+            else "trace order up to the target load, no departures, unfit pods skipped"
+        ),
+        "target_load": config.target_load,
+        "repeats": config.repeats,
+        "seed": config.seed,
+        "selection": config.selection,
+        "gpu_memory_mib": dict(config.gpu_memory_mib),
+        "results": results,
+    }
+
+
+def runs_csv(summaries: Sequence[Summary], config: ReplayConfig) -> str:
+    """One row per run (trace, scoring, seed) with the figures of merit."""
+    lines = [
+        "trace,scoring,seed,allocated_at_100,allocated_at_target,unallocated_gpus,idle_gpus,"
+        "memory_share,pods_arrived,pods_placed,gpu_pods_skipped,seconds"
+    ]
+    for s in summaries:
+        for r in s.runs:
+            lines.append(
+                f"{s.trace},{s.scoring},{r.seed},{r.at(1.0):.6f},"
+                f"{r.at(config.target_load):.6f},{r.unallocated_gpus:.3f},{r.idle_gpus},"
+                f"{r.memory_share:.6f},{r.pods_arrived},{r.pods_placed},{r.gpu_pods_skipped},"
+                f"{r.seconds:.3f}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def curve_csv(summaries: Sequence[Summary]) -> str:
+    """Long format: trace, scoring, arrived load, mean and std of the allocated share."""
+    lines = ["trace,scoring,arrived,allocated_mean,allocated_std"]
+    for s in summaries:
+        grid, mean, std = s.curve()
+        for x, m, d in zip(grid, mean, std, strict=True):
+            lines.append(f"{s.trace},{s.scoring},{x:.2f},{m:.6f},{d:.6f}")
+    return "\n".join(lines) + "\n"
+
+
+def table(summaries: Sequence[Summary], config: ReplayConfig) -> str:
+    """The terminal (and README) table: mean ± std over repeats."""
+    target = f"{100 * config.target_load:.0f}%"
+    head = (
+        f"| trace | scoring | allocated at 100% | allocated at {target} | "
+        "unallocated GPUs | GPU pods skipped | repeats |"
+    )
+    rows = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in summaries:
+        m100, s100 = s.at(1.0)
+        mt, st = s.at(config.target_load)
+        un, us = s.unallocated()
+        sk, ss = s.stat([r.gpu_pods_skipped for r in s.runs])
+        rows.append(
+            f"| {s.trace} | {s.scoring} | {100 * m100:.2f} ± {100 * s100:.2f}% | "
+            f"{100 * mt:.2f} ± {100 * st:.2f}% | {un:.1f} ± {us:.1f} | {sk:.0f} ± {ss:.0f} | "
+            f"{len(s.runs)} |"
+        )
+    return "\n".join(rows)
+
+
+def plot(summaries: Sequence[Summary], path: str, config: ReplayConfig) -> None:
+    """Allocated share vs arrived load, one panel per trace, one line per scoring."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traces = list(dict.fromkeys(s.trace for s in summaries))
+    fig, axes = plt.subplots(
+        1, len(traces), figsize=(4.6 * len(traces), 3.6), squeeze=False, sharey=True
+    )
+    for ax, trace in zip(axes[0], traces, strict=True):
+        for s in summaries:
+            if s.trace != trace:
+                continue
+            grid, mean, std = s.curve()
+            x = 100 * np.array(grid)
+            y = 100 * np.array(mean)
+            d = 100 * np.array(std)
+            ax.plot(x, y, label=s.scoring, linewidth=1.4)
+            ax.fill_between(x, y - d, y + d, alpha=0.2)
+        ax.plot([0, 100], [0, 100], color="grey", linewidth=0.6, linestyle=":")
+        if trace == "default":
+            ax.axhline(
+                100 * PUBLISHED_FGD_DEFAULT,
+                color="black",
+                linewidth=0.8,
+                linestyle="--",
+                label="published FGD",
+            )
+        ax.set_title(f"openb {trace}")
+        ax.set_xlabel("arrived GPU requests, % of capacity")
+        ax.set_xlim(0, 100 * config.target_load)
+        ax.set_ylim(60, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("GPU capacity allocated, %")
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

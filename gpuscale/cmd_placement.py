@@ -1,0 +1,189 @@
+"""``gpuscale simulate placement``: replay the openb GPU trace through the extender's scoring."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+_DATA = Path(__file__).resolve().parent.parent / "simulations" / "data"
+
+
+def _gpu_memory(text: str | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        model, sep, value = item.strip().partition("=")
+        try:
+            mib = int(value)
+        except ValueError:
+            mib = 0
+        if not sep or not model or mib <= 0:
+            click.echo(
+                f"--gpu-memory: expected MODEL=MiB with a positive integer, got {item.strip()!r}",
+                err=True,
+            )
+            raise SystemExit(1)
+        out[model] = mib
+    return out
+
+
+@click.command()
+@click.option(
+    "--nodes",
+    "nodes_path",
+    type=click.Path(path_type=Path),
+    default=_DATA / "openb_node_list_gpu_node.csv",
+    show_default="simulations/data/openb_node_list_gpu_node.csv",
+    help="openb node list (sn,cpu_milli,memory_mib,gpu,model).",
+)
+@click.option(
+    "--pods",
+    "pod_paths",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="openb pod list (repeatable; default: the default and multigpu50 lists).",
+)
+@click.option(
+    "--scoring",
+    default="binpack,spread,fragmentation",
+    show_default=True,
+    help="Comma list of the extender's scoring strategies to compare.",
+)
+@click.option("--repeats", default=10, show_default=True, type=int, help="Seeded runs each.")
+@click.option("--seed", default=42, show_default=True, type=int, help="Seed of the first run.")
+@click.option(
+    "--target-load",
+    default=1.3,
+    show_default=True,
+    type=float,
+    help="Stop when requested GPUs reach this multiple of cluster GPU capacity.",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["sampled", "trace"]),
+    default="sampled",
+    show_default=True,
+    help="sampled: pods drawn to the target load and shuffled per seed (the paper); "
+    "trace: trace order, cut at the target load.",
+)
+@click.option(
+    "--selection",
+    type=click.Choice(["exact", "scheduler"]),
+    default="exact",
+    show_default=True,
+    help="exact: the node with the best strategy score; scheduler: the best of the 0..10 "
+    "scores kube-scheduler receives (ties at random).",
+)
+@click.option(
+    "--gpu-memory",
+    "gpu_memory_text",
+    help="GPU memory per model, MODEL=MiB comma list, added to the defaults "
+    "(V100M16/T4/P100 16 GiB, V100M32 32 GiB, A10 24 GiB, G2 16 GiB, G3 32 GiB).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("placement-report"),
+    show_default=True,
+    help="Directory for placement.json, placement.csv, placement_curve.csv, placement.png.",
+)
+def placement(
+    nodes_path: Path,
+    pod_paths: tuple[Path, ...],
+    scoring: str,
+    repeats: int,
+    seed: int,
+    target_load: float,
+    order: str,
+    selection: str,
+    gpu_memory_text: str | None,
+    out_dir: Path,
+) -> None:
+    """Replay openb pods onto openb GPU nodes through the extender's filter and scoring.
+
+    Pods arrive without departures until requested GPUs reach --target-load of capacity; a pod
+    that fits nowhere is skipped. Reports the share of GPU capacity allocated as arrivals grow,
+    mean ± std over --repeats seeds, per pod list and scoring strategy.
+    """
+    from extender.scoring import strategy_names
+    from simulations.openb import OpenbFormatError, read_nodes, read_pods
+    from simulations.placement import (
+        DEFAULT_GPU_MEMORY_MIB,
+        PlacementError,
+        ReplayConfig,
+        curve_csv,
+        plot,
+        run_trace,
+        runs_csv,
+        summaries_to_json,
+        table,
+    )
+
+    names = [n.strip() for n in scoring.split(",") if n.strip()]
+    known = strategy_names()
+    bad = [n for n in names if n not in known]
+    if not names or bad:
+        click.echo(
+            f"--scoring: unknown strategy {', '.join(bad) or '(none given)'} "
+            f"(known: {', '.join(known)})",
+            err=True,
+        )
+        raise SystemExit(1)
+    if repeats < 1:
+        click.echo(f"--repeats: must be at least 1, got {repeats}", err=True)
+        raise SystemExit(1)
+    if not 0 < target_load <= 10:
+        click.echo(f"--target-load: must be in (0, 10], got {target_load}", err=True)
+        raise SystemExit(1)
+    memory = {**DEFAULT_GPU_MEMORY_MIB, **_gpu_memory(gpu_memory_text)}
+    config = ReplayConfig(
+        target_load=target_load,
+        repeats=repeats,
+        seed=seed,
+        sample=order == "sampled",
+        gpu_memory_mib=memory,
+        selection="scheduler" if selection == "scheduler" else "exact",
+    )
+    paths = pod_paths or (
+        _DATA / "openb_pod_list_default.csv",
+        _DATA / "openb_pod_list_multigpu50.csv",
+    )
+
+    def progress(message: str) -> None:
+        click.echo(message, err=True)
+
+    started = time.perf_counter()
+    summaries = []
+    try:
+        nodes = read_nodes(nodes_path)
+        for path in paths:
+            pods = read_pods(path)
+            trace = path.stem.removeprefix("openb_pod_list_")
+            summaries.extend(
+                run_trace(nodes, pods, names, config=config, trace=trace, progress=progress)
+            )
+    except (OpenbFormatError, PlacementError) as exc:
+        click.echo(f"gpuscale simulate placement: {exc}", err=True)
+        raise SystemExit(1) from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "placement.json").write_text(
+            json.dumps(summaries_to_json(summaries, config), indent=1) + "\n"
+        )
+        (out_dir / "placement.csv").write_text(runs_csv(summaries, config))
+        (out_dir / "placement_curve.csv").write_text(curve_csv(summaries))
+        plot(summaries, str(out_dir / "placement.png"), config)
+    except OSError as exc:
+        click.echo(f"gpuscale simulate placement: cannot write {out_dir}: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(table(summaries, config))
+    click.echo(
+        f"\n{len(summaries)} trace × scoring combinations, {repeats} repeat(s) each, "
+        f"in {time.perf_counter() - started:.0f} s; wrote {out_dir}/placement.json, "
+        "placement.csv, placement_curve.csv, placement.png"
+    )

@@ -1,0 +1,227 @@
+"""The fragmentation-aware strategy: workload estimate, stranded capacity, choices."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extender.filtering import ClusterSnapshot, choose_devices, prioritize
+from extender.fit import DeviceState, NodeGpus, fits
+from extender.fragmentation import (
+    NO_GPU,
+    Fragmentation,
+    HostGpus,
+    HostNeed,
+    Shape,
+    Workload,
+    per_gpu_need,
+    score_of,
+    unusable,
+    with_host,
+)
+from extender.model import GfdInfo, GpuNeed, NodeInfo, PodRequest
+from extender.scoring import MAX_EXTENDER_PRIORITY, MAX_NODE_SCORE, combine, get_strategy
+
+GIB = 1024
+
+
+def gpus(*free: int, total: int = 16 * GIB) -> NodeGpus:
+    return NodeGpus(
+        devices=tuple(DeviceState(i, total, f, f == total) for i, f in enumerate(free)),
+        source="accounting",
+    )
+
+
+def only(share: int, count: int = 1) -> Workload:
+    return Workload(shapes=(Shape(weight=1.0, count=count, share_milli=share),))
+
+
+def test_registered_by_name_and_lists_in_the_registry() -> None:
+    assert isinstance(get_strategy("fragmentation"), Fragmentation)
+
+
+def test_workload_estimate_keeps_frequent_gpu_shapes_and_normalises() -> None:
+    observed = [(1, 500, None, 1000, 0)] * 6 + [(2, None, None, 0, 0)] * 3 + [(0, None, None, 9, 9)]
+    observed += [(1, 250, None, 0, 0)]
+    wl = Workload.estimate(observed, coverage=0.9)
+    assert [(s.count, s.share_milli) for s in wl.shapes] == [(1, 500), (2, None)]
+    assert abs(sum(s.weight for s in wl.shapes) - 1) < 1e-12
+    assert wl.parts == ((1, 500, None), (2, None, None))
+
+
+def test_workload_from_pods_uses_mib_and_host_requests() -> None:
+    pods = [
+        PodRequest("ns", "a", milli_cpu=500, memory=7, gpu=GpuNeed(1, 8000)),
+        PodRequest("ns", "b", milli_cpu=500, memory=7, gpu=GpuNeed(1, 8000)),
+        PodRequest("ns", "c"),
+    ]
+    wl = Workload.from_pods(pods)
+    assert wl.shapes == (Shape(1.0, 1, None, 8000, 500, 7),)
+
+
+def test_share_needs_round_down_and_whole_gpus_are_none() -> None:
+    assert per_gpu_need(16384, share_milli=470, mib_per_gpu=None) == 7700
+    assert per_gpu_need(16384, share_milli=530, mib_per_gpu=None) == 8683
+    assert per_gpu_need(16384, share_milli=1000, mib_per_gpu=None) is None
+    assert per_gpu_need(16384, share_milli=None, mib_per_gpu=123) == 123
+
+
+def test_a_half_gpu_hole_is_waste_for_whole_gpu_pods_but_not_for_half_gpu_pods() -> None:
+    devs = ((16 * GIB, 8 * GIB, False), (16 * GIB, 16 * GIB, True))
+    whole = Workload(shapes=(Shape(1.0, 1),))
+    assert unusable(devs, None, whole) == 0.5
+    assert unusable(devs, None, only(500)) == 0.0
+
+
+def test_cpu_running_out_strands_the_free_gpus() -> None:
+    devs = ((16 * GIB, 16 * GIB, True),) * 4
+    wl = Workload(shapes=(Shape(1.0, 1, milli_cpu=8000),))
+    assert unusable(devs, (32000, 1 << 40), wl) == 0.0
+    assert unusable(devs, (16000, 1 << 40), wl) == 2.0
+    assert unusable(devs, (4000, 1 << 40), wl) == 4.0
+
+
+def test_prefers_the_exact_hole_over_a_fresh_gpu() -> None:
+    strategy = Fragmentation(workload=only(250))
+    node = gpus(16 * GIB, 4 * GIB, 16 * GIB)
+    assert strategy.choose(node, GpuNeed(1, 4 * GIB)) == (1,)
+
+
+def test_prefers_the_node_where_a_pod_fills_a_hole() -> None:
+    strategy = Fragmentation(workload=only(500))
+    need = GpuNeed(1, 8 * GIB)
+    holed, fresh = gpus(8 * GIB, 0), gpus(16 * GIB, 0)
+    holed_score = strategy.score(holed, need, strategy.choose(holed, need) or ())
+    fresh_score = strategy.score(fresh, need, strategy.choose(fresh, need) or ())
+    assert holed_score >= fresh_score
+
+
+def test_whole_gpu_pods_take_idle_devices_only() -> None:
+    strategy = Fragmentation(workload=only(1000, count=2))
+    node = gpus(16 * GIB, 8 * GIB, 16 * GIB, 16 * GIB)
+    chosen = strategy.choose(node, GpuNeed(2))
+    assert chosen is not None
+    assert len(chosen) == 2
+    assert 1 not in chosen
+    assert strategy.choose(gpus(16 * GIB, 8 * GIB), GpuNeed(2)) is None
+
+
+def test_a_pod_without_gpus_is_steered_away_from_free_gpus_it_would_strand() -> None:
+    wl = Workload(shapes=(Shape(1.0, 1, milli_cpu=8000),))
+    strategy = Fragmentation(workload=wl)
+    busy, need = with_host(
+        gpus(0, 0), NO_GPU, milli_cpu_free=16000, memory_free=None, milli_cpu=8000, memory=0
+    )
+    idle, _ = with_host(
+        gpus(16 * GIB, 16 * GIB),
+        NO_GPU,
+        milli_cpu_free=16000,
+        memory_free=None,
+        milli_cpu=8000,
+        memory=0,
+    )
+    assert strategy.choose(busy, need) == ()
+    assert strategy.score(busy, need, ()) > strategy.score(idle, need, ())
+
+
+def test_host_context_through_filtering_matches_the_strategy() -> None:
+    """prioritize/choose_devices hand host-aware strategies the node's free CPU and memory."""
+    node = NodeInfo(
+        "n1",
+        allocatable_milli_cpu=16000,
+        allocatable_memory=1 << 36,
+        gfd=GfdInfo(count=2, memory_mib=16 * GIB),
+    )
+    other = NodeInfo(
+        "n2",
+        allocatable_milli_cpu=16000,
+        allocatable_memory=1 << 36,
+        gfd=GfdInfo(count=2, memory_mib=16 * GIB),
+    )
+    running = PodRequest(
+        "ns", "r", milli_cpu=12000, gpu=GpuNeed(1, 8 * GIB), node_name="n1", gpu_indices=(0,)
+    )
+    view = ClusterSnapshot([node, other], [running])
+    pod = PodRequest("ns", "p", milli_cpu=4000, gpu=GpuNeed(1, 8 * GIB), scoring="fragmentation")
+    assert choose_devices(pod, "n1", view, 0.0, strategy="binpack") == (0,)
+    scores = dict(prioritize(pod, ["n1", "n2"], view, 0.0))
+    assert scores["n1"] == MAX_EXTENDER_PRIORITY > scores["n2"]
+    cpu_only = PodRequest("ns", "c", milli_cpu=4000, scoring="fragmentation")
+    assert choose_devices(cpu_only, "n1", view, 0.0) == ()
+    assert len(prioritize(cpu_only, ["n1", "n2"], view, 0.0)) == 2
+
+
+frees = st.lists(st.integers(min_value=0, max_value=16 * GIB), min_size=1, max_size=8)
+shares = st.sampled_from([50, 125, 250, 320, 470, 500, 650, 810, 1000])
+
+
+@settings(max_examples=150, deadline=None)
+@given(free=frees, share=shares, cpu=st.integers(0, 64000), pod_cpu=st.integers(0, 16000))
+def test_scores_are_within_the_protocol_range(
+    free: list[int], share: int, cpu: int, pod_cpu: int
+) -> None:
+    strategy = Fragmentation(workload=only(share))
+    base = gpus(*free)
+    need = GpuNeed(1, None if share == 1000 else share * 16 * GIB // 1000)
+    host, host_need = with_host(
+        base, need, milli_cpu_free=cpu, memory_free=None, milli_cpu=pod_cpu, memory=0
+    )
+    for g, n in ((base, need), (host, host_need)):
+        chosen = strategy.choose(g, n)
+        assert (chosen is not None) == fits(g, n)
+        if chosen is not None:
+            score = strategy.score(g, n, chosen)
+            assert 0 <= score <= MAX_NODE_SCORE
+            assert len(chosen) == n.count
+            assert all(g.devices[i].free_mib >= (n.mib_per_gpu or 0) for i in chosen)
+            final = combine([score, 0.0], [0, 0], [0, 0])
+            assert all(0 <= s <= MAX_EXTENDER_PRIORITY for s in final)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    share=shares.filter(lambda s: s < 1000),
+    used=st.lists(st.integers(0, 20), min_size=1, max_size=7),
+)
+def test_an_exact_fit_hole_never_scores_worse_than_splitting_a_fresh_gpu(
+    share: int, used: list[int]
+) -> None:
+    """With a workload of one share only, filling a hole of exactly that share never loses to
+    opening a fresh GPU, whatever the other devices hold."""
+    total = 16 * GIB
+    need_mib = share * total // 1000
+    strategy = Fragmentation(workload=only(share))
+    others = [max(0, total - u * need_mib) for u in used]
+    node = gpus(need_mib, total, *others, total=total)
+    need = GpuNeed(1, need_mib)
+    chosen = strategy.choose(node, need)
+    assert chosen is not None
+    assert strategy.score(node, need, (0,)) >= strategy.score(node, need, (1,))
+    assert node.devices[chosen[0]].free_mib == need_mib or strategy.score(
+        node, need, chosen
+    ) == strategy.score(node, need, (0,))
+
+
+@settings(max_examples=100, deadline=None)
+@given(free=frees, share=shares, cpu=st.none() | st.integers(0, 10**5))
+def test_unusable_is_between_zero_and_the_free_capacity(
+    free: list[int], share: int, cpu: int | None
+) -> None:
+    total = 16 * GIB
+    devs = tuple((total, f, f == total) for f in free)
+    wl = Workload(shapes=(Shape(0.5, 1, share_milli=share, milli_cpu=3000), Shape(0.5, 2)))
+    host = None if cpu is None else (cpu, 1 << 40)
+    value = unusable(devs, host, wl)
+    assert -1e-9 <= value <= sum(f / total for f in free) + 1e-9
+
+
+def test_score_falls_as_more_is_stranded() -> None:
+    assert score_of(-0.5) > score_of(0.0) > score_of(0.5) > score_of(3.0) >= 0
+    assert score_of(0.0) == MAX_NODE_SCORE / 2
+
+
+def test_host_types_are_still_node_gpus_and_gpu_needs() -> None:
+    g, n = with_host(gpus(1), GpuNeed(1, 1), milli_cpu_free=1, memory_free=2, milli_cpu=3, memory=4)
+    assert isinstance(g, HostGpus) and isinstance(g, NodeGpus)
+    assert isinstance(n, HostNeed) and isinstance(n, GpuNeed)
+    assert (g.milli_cpu_free, g.memory_free, n.milli_cpu, n.memory) == (1, 2, 3, 4)
