@@ -25,6 +25,7 @@ from simulations.sim import Run, build_cluster, make_workload, service_model
 BURST_BIN = 60.0
 BURST_FACTOR = 1.5
 HEALTHY_FOR = 60.0
+_NEVER = 1e18
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,9 @@ def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float
         seg = lat_sorted[bounds[b] : bounds[b + 1]]
         seg = seg[~np.isnan(seg)]
         if len(seg):
-            p95_bin[b] = float(np.quantile(seg, 0.95))
+            # requests that never finished count as slower than any that did
+            q = float(np.quantile(np.minimum(seg, _NEVER), 0.95))
+            p95_bin[b] = math.inf if q >= _NEVER / 2 else q
             attain_bin[b] = float((seg <= slo).mean())
 
     ended = np.sort(np.concatenate([finish[done], np.asarray(run.dropped_at, dtype=np.float64)]))

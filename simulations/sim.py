@@ -530,7 +530,7 @@ def _summarise(failed: dict[str, str]) -> str:
     """``0/7 nodes are available: 4 insufficient GPU memory, 3 untolerated taint``-style."""
     kinds: dict[str, int] = {}
     for reason in failed.values():
-        key = reason.split(":")[0]
+        key = reason if "{" in reason else reason.split(": ")[0]
         kinds[key] = kinds.get(key, 0) + 1
     parts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
     return f"0/{len(failed)} nodes are available: {parts}"

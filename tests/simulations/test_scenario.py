@@ -1,0 +1,124 @@
+"""Scenario files: the built-in default, and file:field errors for everything else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulations.scenario import (
+    GpuscaleContender,
+    HpaContender,
+    KedaContender,
+    KpaContender,
+    ScenarioError,
+    load_scenario,
+    parse_scenario,
+)
+
+MINIMAL: dict[str, Any] = {
+    "cluster": {"pools": [{"name": "a", "count": 1, "gpus": 2, "gpuMemory": "80Gi"}]},
+    "service": {},
+    "workload": {"type": "poisson", "rate": 3},
+    "policies": [{"baseline": "hpa"}],
+}
+
+
+def errors_of(doc: Any) -> list[str]:
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(doc, "s.yaml", Path("."))
+    return info.value.messages
+
+
+def test_default_scenario_compares_examples_with_all_baselines() -> None:
+    sc = load_scenario()
+    kinds = [type(c) for c in sc.contenders]
+    assert kinds.count(GpuscaleContender) == 2
+    assert {HpaContender, KedaContender, KpaContender} <= set(kinds)
+    assert sc.workload.type == "trace" and sc.workload.path.is_file()
+    assert sc.service.max_replicas >= 20 and sc.background.pods > 0
+
+
+def test_minimal_scenario_takes_defaults() -> None:
+    sc = parse_scenario(MINIMAL, "s.yaml", Path("."))
+    assert sc.cluster.pools[0].gpu_memory_mib == 80 * 1024
+    assert sc.service.slo == 2.0 and sc.metrics.scrape_interval == 15.0
+    assert sc.contenders == (HpaContender("hpa"),)
+
+
+def test_every_error_names_file_and_field() -> None:
+    doc = {
+        **MINIMAL,
+        "sevice": {},
+        "duration": "ten minutes",
+        "service": {"gpuMemory": "lots", "slo": -1, "startup": {"modelLoad": {"dist": "gamma"}}},
+        "workload": {"type": "poisson"},
+        "policies": [{"baseline": "kpa", "maxScaleUpRate": 0.5}, {"baseline": "nope"}],
+    }
+    msgs = errors_of(doc)
+    expected = [
+        "s.yaml: sevice: unknown field",
+        "s.yaml: duration: expected a duration like \"2s\", got 'ten minutes'",
+        "s.yaml: service.gpuMemory: expected a memory quantity",
+        "s.yaml: service.slo: must be greater than 0",
+        "s.yaml: service.startup.modelLoad.dist: expected one of fixed, uniform",
+        "s.yaml: workload.rate: required for type: poisson",
+        "s.yaml: policies[0].maxScaleUpRate: maxScaleUpRate = 0.5, must be greater than 1.0",
+        "s.yaml: policies[1].baseline: expected one of hpa, keda, kpa, fixed",
+    ]
+    for e in expected:
+        assert any(m.startswith(e) for m in msgs), (e, msgs)
+
+
+def test_policy_file_errors_are_reported_with_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: ns, labels: "
+        '{gpuscale.io/scaling-policy: "true"}}\ndata:\n  policy.yaml: "replicas: 3"\n'
+    )
+    msgs = errors_of({**MINIMAL, "policies": [{"file": str(bad)}, {"file": "missing.yaml"}]})
+    assert any(m.startswith("s.yaml: policies[0].file: ") and "ns/x" in m for m in msgs), msgs
+    assert any(m.startswith("s.yaml: policies[1].file: no such file") for m in msgs), msgs
+
+
+def test_duplicate_names_and_missing_sections() -> None:
+    msgs = errors_of({"policies": [{"baseline": "hpa"}, {"baseline": "hpa"}]})
+    assert "s.yaml: cluster: required" in msgs
+    assert "s.yaml: workload: required" in msgs
+    assert any("duplicate policy name 'hpa'" in m for m in msgs)
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("cluster: {pools: [\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(p)
+    assert info.value.messages[0].startswith(f"{p}: line ")
+
+
+scalars = st.none() | st.booleans() | st.integers(-5, 50) | st.floats() | st.text(max_size=8)
+yaml_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(
+        st.sampled_from(
+            ["cluster", "pools", "service", "workload", "type", "rate", "count", "gpus",
+             "gpuMemory", "policies", "baseline", "slo", "startup", "x"]
+        ),
+        inner,
+        max_size=4,
+    ),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(yaml_values)
+def test_garbage_gives_scenario_errors_only(doc: Any) -> None:
+    try:
+        parse_scenario(doc, "s.yaml", Path("."))
+    except ScenarioError as exc:
+        assert all(m.startswith("s.yaml: ") for m in exc.messages)
