@@ -92,7 +92,7 @@ def test_invalid_policy_is_reported_and_the_hpa_stays(installed: str) -> None:
 
     def reported() -> bool:
         cm = _get("configmap", POLICY)
-        text = (cm["metadata"].get("annotations") or {}).get("gpuscale.io/status")
+        text = str((cm["metadata"].get("annotations") or {}).get("gpuscale.io/status", ""))
         return bool(text) and json.loads(text)["state"] == "Invalid"
 
     _eventually(reported)
