@@ -100,7 +100,7 @@ def test_prometheus_range_query_replay(prometheus_factory: PrometheusFactory) ->
     w = make_workload(sc.workload, None, rng())
     # 21 points of 4 requests/s held for 15 s each: 1,260 expected.
     assert len(w) == pytest.approx(21 * 15 * 4, rel=0.1)
-    assert 0 <= w.times[0] and w.times[-1] <= 21 * 15
+    assert w.times[0] >= 0 and w.times[-1] <= 21 * 15
     query = arrivals.prometheus_range_query(server.url)
     two = 'label_replace(vector(1), "a", "x", "", "") or label_replace(vector(2), "a", "y", "", "")'
     with pytest.raises(ValueError, match="wrap it in sum"):
