@@ -691,7 +691,7 @@ def plot(summaries: Sequence[Summary], path: str, config: ReplayConfig) -> None:
             )
         ax.set_title(f"openb {trace}")
         ax.set_xlabel("arrived GPU requests, % of capacity")
-        ax.set_xlim(0, 100 * config.target_load)
+        ax.set_xlim(50, 100 * config.target_load)
         ax.set_ylim(60, 100)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("GPU capacity allocated, %")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.filtering import ClusterSnapshot, choose_devices, prioritize
 from extender.fit import DeviceState, NodeGpus, fits
 from extender.fragmentation import (
+    NEXT_POD_WEIGHT,
     NO_GPU,
     Fragmentation,
     HostGpus,
@@ -77,7 +79,8 @@ def test_cpu_running_out_strands_the_free_gpus() -> None:
     devs = ((16 * GIB, 16 * GIB, True),) * 4
     wl = Workload(shapes=(Shape(1.0, 1, milli_cpu=8000),))
     assert unusable(devs, (32000, 1 << 40), wl) == 0.0
-    assert unusable(devs, (16000, 1 << 40), wl) == 2.0
+    # Two more pods fit: the next one does, the two after it would leave two GPUs idle.
+    assert unusable(devs, (16000, 1 << 40), wl) == pytest.approx((1 - NEXT_POD_WEIGHT) * 2)
     assert unusable(devs, (4000, 1 << 40), wl) == 4.0
 
 
