@@ -89,7 +89,7 @@ ServiceModel = FixedService | ExponentialService | LognormalService | TokenServi
 class RequestLog:
     """What happened to every request of a run, by request index."""
 
-    __slots__ = ("arrival", "finish", "n", "replica", "service", "start")
+    __slots__ = ("arrival", "finish", "n", "service", "start")
 
     def __init__(self, arrival: FloatArray, service: FloatArray) -> None:
         self.n = len(arrival)
@@ -98,7 +98,6 @@ class RequestLog:
         nan = math.nan
         self.start: list[float] = [nan] * self.n
         self.finish: list[float] = [nan] * self.n
-        self.replica: list[int] = [-1] * self.n
 
 
 # --------------------------------------------------------------------------- replicas
@@ -118,6 +117,7 @@ class Replica:
         "_engine",
         "_finish_cb",
         "_log",
+        "_push",
         "arrived",
         "bucket_counts",
         "completed",
@@ -140,6 +140,7 @@ class Replica:
     ) -> None:
         self.id = replica_id
         self._engine = engine
+        self._push = engine.push
         self._log = log
         self.max_batch = max_batch
         self.queue: deque[int] = deque()
@@ -161,11 +162,11 @@ class Replica:
     def admit(self, i: int) -> None:
         """Take request ``i``: start it if a slot is free, else queue it."""
         self.arrived += 1
-        self._log.replica[i] = self.id
         if self.running < self.max_batch:
             self.running += 1
-            self._log.start[i] = self._engine.now
-            self._engine.schedule(self._log.service[i], self._finish_cb, i)
+            now = self._engine.now
+            self._log.start[i] = now
+            self._push(now + self._log.service[i], self._finish_cb, i)
         else:
             self.queue.append(i)
 
@@ -181,7 +182,7 @@ class Replica:
         if self.queue:
             j = self.queue.popleft()
             log.start[j] = now
-            engine.schedule(log.service[j], self._finish_cb, j)
+            self._push(now + log.service[j], self._finish_cb, j)
         else:
             self.running -= 1
             if self.running == 0 and self.on_idle is not None:

@@ -288,19 +288,10 @@ class Run:
 
     # ------------------------------------------------------------------ requests
 
-    def _arrive(self, i: int) -> None:
-        self.router.route(i)
-        j = i + 1
-        if j < self.log.n:
-            self.engine.schedule_at(self.log.arrival[j], self._arrive, j)
-
     def _arrive_tracked(self, i: int) -> None:
         self._area()
         self.in_system += 1
         self.router.route(i)
-        j = i + 1
-        if j < self.log.n:
-            self.engine.schedule_at(self.log.arrival[j], self._arrive_tracked, j)
 
     def _complete(self, i: int) -> None:
         self._area()
@@ -506,9 +497,9 @@ class Run:
         for _ in range(initial):
             self._create_pod(warm=True)
         self.max_replicas_seen = self.n_active
-        if self.log.n:
-            first = self._arrive_tracked if self.track_concurrency else self._arrive
-            self.engine.schedule_at(self.log.arrival[0], first, 0)
+        self.engine.feed(
+            self.log.arrival, self._arrive_tracked if self.track_concurrency else self.router.route
+        )
         self.engine.schedule(0.0, self._scrape, None, LATE)
         self.engine.schedule(0.0, self._sample, None, LATE)
         controller.start(self)
