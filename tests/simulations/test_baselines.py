@@ -9,6 +9,7 @@ the default behavior through :mod:`policies.behavior`. KPA: the cases of knative
 from __future__ import annotations
 
 import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
