@@ -76,3 +76,42 @@ def test_any_schedule_runs_sorted_and_stable(items: list[tuple[float, int]]) -> 
     engine.run()
     expected = sorted(range(len(items)), key=lambda k: (items[k][0], items[k][1], k))
     assert seen == expected
+
+
+def test_feed_merges_with_the_heap() -> None:
+    engine = Engine()
+    seen: list[str] = []
+    engine.schedule_at(1.0, seen.append, "heap-normal")
+    engine.schedule_at(1.0, seen.append, "heap-urgent", URGENT)
+    engine.schedule_at(0.5, seen.append, "heap-early")
+    engine.feed([1.0, 2.0, 3.0], lambda k: seen.append(f"feed{k}"))
+    assert engine.peek() == 0.5 and len(engine) == 6
+    engine.run(until=2.5)
+    assert seen == ["heap-early", "heap-urgent", "feed0", "heap-normal", "feed1"]
+    engine.step()
+    assert seen[-1] == "feed2" and engine.now == 3.0
+    with pytest.raises(EmptySchedule):
+        engine.step()
+
+
+def test_feed_cannot_start_in_the_past_or_overlap() -> None:
+    engine = Engine(start=5.0)
+    with pytest.raises(ValueError, match="before the current time"):
+        engine.feed([1.0], print)
+    engine.feed([6.0], print)
+    with pytest.raises(ValueError, match="already has a feed"):
+        engine.feed([7.0], print)
+
+
+@given(
+    st.lists(st.floats(0, 50, allow_nan=False), max_size=30),
+    st.lists(st.floats(0, 50, allow_nan=False), max_size=30),
+)
+def test_feed_and_heap_interleave_in_time_order(heap_times: list[float], feed: list[float]) -> None:
+    engine = Engine()
+    seen: list[float] = []
+    for t in heap_times:
+        engine.schedule_at(t, lambda _: seen.append(engine.now), None)
+    engine.feed(sorted(feed), lambda _: seen.append(engine.now))
+    engine.run()
+    assert seen == sorted(heap_times + feed)
