@@ -90,7 +90,11 @@ def _baselines(text: str | None) -> tuple[str, ...] | None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Directory for report.json, timeline.csv and the plots.",
 )
-@click.option("--workers", type=click.IntRange(1, 256), help="Processes (default: CPU count).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Processes (default: one per seed, up to CPU count).",
+)
 @click.option("--plots/--no-plots", default=True, show_default=True)
 def simulate(
     scenario: Path | None,
