@@ -22,6 +22,7 @@ many nodes of a cluster look alike (idle, full, or filled by the same pods).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -189,17 +190,17 @@ def with_host(
     milli_cpu: int,
     memory: int,
 ) -> tuple[HostGpus, HostNeed]:
-    """Attach host resources so that the fragmentation strategy can see CPU and memory."""
-    return (
-        HostGpus(
-            devices=gpus.devices,
-            source=gpus.source,
-            milli_cpu_free=milli_cpu_free,
-            memory_free=memory_free,
-        ),
-        HostNeed(
-            count=need.count, mib_per_gpu=need.mib_per_gpu, milli_cpu=milli_cpu, memory=memory
-        ),
+    """Attach host resources so that the fragmentation strategy can see CPU and memory.
+
+    The node's derived fields are copied rather than recomputed: this runs once per node and
+    request."""
+    host = object.__new__(HostGpus)
+    for name in ("devices", "source", "free_desc", "idle_count"):
+        object.__setattr__(host, name, getattr(gpus, name))
+    object.__setattr__(host, "milli_cpu_free", milli_cpu_free)
+    object.__setattr__(host, "memory_free", memory_free)
+    return host, HostNeed(
+        count=need.count, mib_per_gpu=need.mib_per_gpu, milli_cpu=milli_cpu, memory=memory
     )
 
 
@@ -248,45 +249,87 @@ def _copies(slots: Sequence[int], count: int) -> int:
     return c
 
 
+_Part = tuple[tuple[int, ...], int, float, float]
+"""Per GPU part on a node: slots per device (how many such GPUs each could still hold), pods of
+the part that still fit, GPU equivalents each uses, and free capacity on devices with a slot."""
+
+
 @lru_cache(maxsize=CACHE_SIZE)
-def _part_room(
-    devs: tuple[_Dev, ...], workload: Workload
-) -> tuple[float, tuple[tuple[int, float, float], ...]]:
-    """Free GPU equivalents of a node and, per GPU part of the workload: how many such pods its
-    free GPUs could still take, the GPU equivalents each would use, and the free capacity on
-    devices with room for at least one such GPU."""
-    free = 0.0
-    for t, f, _ in devs:
-        if t > 0:
-            free += f / t
-    out: list[tuple[int, float, float]] = []
-    for count, share, mib in workload.parts:
-        slots: list[int] = []
+def _needs(total_mib: int, workload: Workload) -> tuple[int | None, ...]:
+    """Per GPU part, the MiB one of its GPUs needs on a device of ``total_mib``."""
+    return tuple(
+        per_gpu_need(total_mib, share_milli=share, mib_per_gpu=mib)
+        for _, share, mib in workload.parts
+    )
+
+
+def _slot(dev: _Dev, need: int | None) -> int:
+    total, free, idle = dev
+    if need is None:
+        return 1 if idle else 0
+    if need <= 0:
+        return _UNBOUNDED if total > 0 else 0
+    return free // need
+
+
+def _frac(dev: _Dev) -> float:
+    return dev[1] / dev[0] if dev[0] > 0 else 0.0
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _part_room(devs: tuple[_Dev, ...], workload: Workload) -> tuple[float, tuple[_Part, ...]]:
+    """Free GPU equivalents of a node and its room for each GPU part of the workload."""
+    needs = [_needs(t, workload) for t, _, _ in devs]
+    free = sum(_frac(d) for d in devs)
+    parts: list[_Part] = []
+    for g, (count, _, _) in enumerate(workload.parts):
+        slots = tuple(_slot(d, n[g]) for d, n in zip(devs, needs, strict=True))
         size = 0.0
-        roomy = 0.0
-        for t, f, idle in devs:
-            need = per_gpu_need(t, share_milli=share, mib_per_gpu=mib)
-            if need is None:
-                n = 1 if idle else 0
-                size = max(size, 1.0)
-            elif need <= 0:
-                n = _UNBOUNDED
-            else:
-                n = f // need
-                size = max(size, need / t)
-            slots.append(n)
-            if n > 0 and t > 0:
-                roomy += f / t
-        out.append((_copies(slots, count), size * count, roomy))
-    return free, tuple(out)
+        for d, n in zip(devs, needs, strict=True):
+            need = n[g]
+            if d[0] > 0:
+                size = max(size, 1.0 if need is None else need / d[0])
+        roomy = sum(_frac(d) for d, k in zip(devs, slots, strict=True) if k > 0)
+        parts.append((slots, _copies(slots, count), size * count, roomy))
+    return free, tuple(parts)
+
+
+def _swap(
+    room: tuple[float, tuple[_Part, ...]],
+    pos: int,
+    old: _Dev,
+    new: _Dev,
+    workload: Workload,
+) -> tuple[float, tuple[_Part, ...]]:
+    """``room`` after device ``pos`` changes from ``old`` to ``new`` (only that device is
+    re-examined)."""
+    free, parts = room
+    needs = _needs(new[0], workload)
+    old_frac, new_frac = _frac(old), _frac(new)
+    out: list[_Part] = []
+    for g, (count, _, _) in enumerate(workload.parts):
+        slots, copies, size, roomy = parts[g]
+        s_old, s_new = slots[pos], _slot(new, needs[g])
+        if s_old == s_new and old_frac == new_frac:
+            out.append(parts[g])
+            continue
+        new_slots = (*slots[:pos], s_new, *slots[pos + 1 :])
+        copies = copies - s_old + s_new if count <= 1 else _copies(new_slots, count)
+        roomy += (new_frac if s_new > 0 else 0.0) - (old_frac if s_old > 0 else 0.0)
+        out.append((new_slots, copies, size, roomy))
+    return free - old_frac + new_frac, tuple(out)
+
+
+_Table = tuple[tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], float, float], ...]
 
 
 @lru_cache(maxsize=CACHE_SIZE)
-def _host_room(host: _Host, workload: Workload) -> tuple[tuple[int, int, float], ...]:
-    """Per shape: its GPU part's position, how many such pods the host's free CPU and memory
-    could still take, and the shape's weight."""
+def _host_table(host: _Host, workload: Workload) -> _Table:
+    """Per GPU part, for a host with ``host`` free: how many pods of each of the part's shapes
+    its CPU and memory still allow (sorted), with prefix sums of weight and of weight × that
+    count, the part's total weight, and the weight of shapes the host has room for at all."""
+    rows: list[list[tuple[int, float]]] = [[] for _ in workload.parts]
     index = {part: i for i, part in enumerate(workload.parts)}
-    out: list[tuple[int, int, float]] = []
     for s in workload.shapes:
         n = _UNBOUNDED
         if host is not None:
@@ -294,8 +337,35 @@ def _host_room(host: _Host, workload: Workload) -> tuple[tuple[int, int, float],
                 n = min(n, max(host[0], 0) // s.milli_cpu)
             if s.memory > 0:
                 n = min(n, max(host[1], 0) // s.memory)
-        out.append((index[s.gpu_part], n, s.weight))
-    return tuple(out)
+        rows[index[s.gpu_part]].append((n, s.weight))
+    table = []
+    for row in rows:
+        row.sort()
+        limits = tuple(n for n, _ in row)
+        pw, pwn = [0.0], [0.0]
+        for n, w in row:
+            pw.append(pw[-1] + w)
+            pwn.append(pwn[-1] + w * n)
+        total = pw[-1]
+        able = total - pw[bisect_left(limits, 1)]
+        table.append((limits, tuple(pw), tuple(pwn), total, able))
+    return tuple(table)
+
+
+def _value(room: tuple[float, tuple[_Part, ...]], host: _Host, workload: Workload) -> float:
+    """Expected stranded capacity (see :func:`unusable`) from a node's room and host."""
+    free, parts = room
+    alpha = NEXT_POD_WEIGHT
+    used = 0.0
+    for (_, copies, size, roomy), (limits, pw, pwn, total, able) in zip(
+        parts, _host_table(host, workload), strict=True
+    ):
+        if copies <= 0 or total == 0.0:
+            continue
+        i = bisect_left(limits, copies)
+        fits = pwn[i] + copies * (total - pw[i])
+        used += alpha * roomy * able + (1.0 - alpha) * size * fits
+    return max(free - used, 0.0)
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -313,15 +383,7 @@ def unusable(devs: tuple[_Dev, ...], host: _Host, workload: Workload) -> float:
 
     Shapes are weighted by how often they arrive.
     """
-    free, parts = _part_room(devs, workload)
-    alpha = NEXT_POD_WEIGHT
-    used = 0.0
-    for part, host_n, weight in _host_room(host, workload):
-        gpu_n, size, roomy = parts[part]
-        n = gpu_n if gpu_n < host_n else host_n
-        if n > 0:
-            used += weight * (alpha * roomy + (1.0 - alpha) * n * size)
-    return max(free - used, 0.0)
+    return _value(_part_room(devs, workload), host, workload)
 
 
 def _take(dev: _Dev, need: GpuNeed) -> _Dev:
@@ -350,9 +412,12 @@ def place(
 
     Devices are taken one at a time, each step choosing among devices that differ (equal devices
     are interchangeable, so only the first of each is tried)."""
-    state = list(devs)
-    before = unusable(devs, host, workload)
+    room = _part_room(devs, workload)
+    before = _value(room, host, workload)
     after_host = _host_after(host, need)
+    if need.count <= 0:
+        return (), _value(room, after_host, workload) - before
+    state = list(devs)
     chosen: list[int] = []
     best: tuple[float, float, int] | None = None
     for _ in range(need.count):
@@ -363,30 +428,50 @@ def place(
                 continue
             tried.add(dev)
             taken = _take(dev, need)
-            state[pos] = taken
-            frag = unusable(tuple(state), after_host, workload)
-            state[pos] = dev
-            left = taken[1] / taken[0] if taken[0] > 0 else 0.0
+            frag = _value(_swap(room, pos, dev, taken, workload), after_host, workload)
+            left = _frac(taken)
             key = (frag + TIE_BREAK * left, left, pos)
             if best is None or key < best:
                 best = key
         if best is None:
             return None
-        state[best[2]] = _take(state[best[2]], need)
-        chosen.append(best[2])
-    if need.count <= 0:
-        return (), unusable(devs, after_host, workload) - before
-    if best is None:
-        return None
-    left_total = sum(state[p][1] / state[p][0] for p in chosen if state[p][0] > 0)
+        pos = best[2]
+        taken = _take(state[pos], need)
+        room = _swap(room, pos, state[pos], taken, workload)
+        state[pos] = taken
+        chosen.append(pos)
+    assert best is not None
+    left_total = sum(_frac(state[p]) for p in chosen)
     frag_after = best[0] - TIE_BREAK * best[1]
     return tuple(sorted(chosen)), frag_after - before + TIE_BREAK * left_total
 
 
+_DEVS: dict[int, tuple[tuple[DeviceState, ...], tuple[_Dev, ...]]] = {}
+"""Device tuples already converted, by identity: a node's state object is reused from request
+to request until the node changes, so the conversion is paid once per change."""
+_LAST: list[tuple[NodeGpus, GpuNeed, Workload, tuple[tuple[int, ...], float] | None] | None] = [
+    None
+]
+"""The last placement computed: ``score`` follows ``choose`` for the same node and need."""
+
+
+def _devs_of(devices: tuple[DeviceState, ...]) -> tuple[_Dev, ...]:
+    hit = _DEVS.get(id(devices))
+    if hit is not None and hit[0] is devices:
+        return hit[1]
+    devs = tuple((d.total_mib, d.free_mib, d.idle) for d in devices)
+    if len(_DEVS) >= CACHE_SIZE:
+        _DEVS.clear()
+    _DEVS[id(devices)] = (devices, devs)
+    return devs
+
+
 def clear_caches() -> None:
     """Forget memoised node states (benchmarks measure the cold cost with this)."""
-    for cached in (_part_room, _host_room, unusable, place):
+    for cached in (_needs, _part_room, _host_table, unusable, place):
         cached.cache_clear()
+    _DEVS.clear()
+    _LAST[0] = None
 
 
 def score_of(increase: float) -> float:
@@ -411,7 +496,7 @@ class Fragmentation:
     without GPUs too: their CPU and memory can strand a node's free GPUs."""
 
     def _devs(self, gpus: NodeGpus) -> tuple[_Dev, ...]:
-        return tuple((d.total_mib, d.free_mib, d.idle) for d in gpus.devices)
+        return _devs_of(gpus.devices)
 
     def _host(self, gpus: NodeGpus) -> _Host:
         if not isinstance(gpus, HostGpus):
@@ -426,6 +511,14 @@ class Fragmentation:
 
         CPU and memory count when ``gpus`` is a :class:`HostGpus` and ``need`` a
         :class:`HostNeed`; otherwise only the GPUs do."""
+        last = _LAST[0]
+        if last is not None and last[0] is gpus and last[1] is need and last[2] is self.workload:
+            return last[3]
+        result = self._placement(gpus, need)
+        _LAST[0] = (gpus, need, self.workload, result)
+        return result
+
+    def _placement(self, gpus: NodeGpus, need: GpuNeed) -> tuple[tuple[int, ...], float] | None:
         found = place(self._devs(gpus), self._host(gpus), need, self.workload)
         if found is None:
             return None
