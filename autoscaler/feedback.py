@@ -38,6 +38,22 @@ class PolicyStatus:
     running_resource_version: str | None = None
     """With ``Invalid``: the ConfigMap version whose policy still runs (the last good one)."""
 
+    def signature(self) -> tuple[object, ...]:
+        """What must change for a rewrite: everything but ``reason``.
+
+        Reasons carry live numbers (``latency 1.73s``); rewriting the annotation for each would
+        cost one API write per policy per tick. The reason kept is the one of the last change.
+        """
+        return (
+            self.state,
+            self.desired_replicas,
+            self.current_replicas,
+            self.winner,
+            self.metrics_missing,
+            self.errors,
+            self.running_resource_version,
+        )
+
     def to_json(self, since: float) -> str:
         body: dict[str, Any] = {"state": self.state, "reason": self.reason}
         if self.desired_replicas is not None:
@@ -114,13 +130,12 @@ class Feedback:
     async def status(
         self, ref: ConfigMapRef, status: PolicyStatus, current_annotation: str | None
     ) -> bool:
-        """Write the annotation when it differs from what is there; True when written."""
+        """Write the annotation when its signature differs from what is there; True when written."""
         key = f"{ref.namespace}/{ref.name}"
         known = self._status.get(key)
         if known is None:
             known = status_from_annotation(current_annotation)
-        if known == status:
-            self._status[key] = status
+        if known is not None and known.signature() == status.signature():
             return False
         patch = {"metadata": {"annotations": {STATUS_ANNOTATION: status.to_json(self._wall())}}}
         await call(

@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from autoscaler.kube import KubeError, call, metadata, raw
-from policies.parse import NotAPolicy, PolicyError, parse_configmap
+from policies.parse import NotAPolicy, PolicyError, is_policy_configmap, parse_configmap
 from policies.schema import POLICY_LABEL, ScalingPolicy
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ def interpret(obj: Mapping[str, Any], previous: PolicyEntry | None) -> PolicyEnt
     rv = str(meta.get("resourceVersion", ""))
     if previous is not None and previous.uid != uid:
         previous = None  # deleted and recreated: the old policy is not this one's last good
+    same_data = previous is not None and previous.configmap.get("data") == cm.get("data")
+    if previous is not None and same_data and is_policy_configmap(cm):
+        # Only metadata changed (our own status annotation, most often): no need to re-parse.
+        return replace(previous, configmap=cm, resource_version=rv)
     try:
         policy = parse_configmap(cm)
     except NotAPolicy:
