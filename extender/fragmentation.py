@@ -1,22 +1,23 @@
 """Fragmentation-aware placement: put a pod where it strands the least GPU capacity.
 
 The idea is that of fragmentation gradient descent (Weng et al., "Beware of Fragmentation",
-USENIX ATC 2023), written from the paper's description:
+USENIX ATC 2023), written from the paper's description and extended:
 
-* The *workload* is the distribution of GPU shapes the cluster sees (GPU count and per-GPU need),
-  each with the probability that the next GPU pod has that shape.
-* Free GPU capacity on a node is *unusable* for a shape when the shape cannot run there at all
-  (too few devices with room: then all the node's free GPU capacity is unusable to it), or, when
-  it can, the free capacity of each device too small to hold one of its GPUs.
-* A node's *expected fragmentation* is the workload-weighted unusable capacity, in GPU
-  equivalents (free MiB / device MiB), so a stranded half of a 16 GiB and of an 80 GiB card count
-  the same, as in the paper's GPU-share accounting.
-* Among a node's feasible device choices, take the one that raises expected fragmentation least
-  (ties: the tighter fit, then the lower index); the node's score falls as that increase grows, so
-  the extender prefers the node where the pod strands the least.
+* The *workload* is the distribution of pod shapes the cluster sees (GPU count, per-GPU need,
+  CPU, memory), each weighted by how often it arrives (:meth:`Workload.estimate`).
+* A node's *expected stranded capacity* (:func:`unusable`) is its free GPU capacity that the
+  workload could not use, in GPU equivalents (free MiB / device MiB, so half of a 16 GiB card and
+  half of an 80 GiB card count the same, as in the paper's GPU-share accounting). Two views are
+  averaged: the paper's "does the next pod of this shape fit, and which devices are too small for
+  it", and "how many more pods of this shape fit before devices, idle GPUs, CPU or memory run
+  out", which sees a host's CPU running out before its GPUs do.
+* A pod goes where its placement (node and devices) raises that the least. Devices are chosen
+  greedily, one GPU at a time; ties go to the tighter fit. Pods without GPUs are scored too:
+  their CPU and memory can strand a node's free GPUs.
 
-Per node this is a few hundred additions; results are memoised on the node's device state, since
-many nodes of a cluster look alike (idle, full, or filled by the same pods).
+The extender hands host-aware strategies the node's free CPU and memory and the pod's requests
+(:func:`host_context`); without them only the GPUs count. Results are memoised on node state,
+which many nodes share and which changes only when a pod lands or leaves.
 """
 
 from __future__ import annotations
@@ -541,6 +542,14 @@ class Fragmentation:
         for i in chosen:
             devs[by_index[i]] = _take(devs[by_index[i]], need)
         return score_of(unusable(tuple(devs), _host_after(host, need), self.workload) - before)
+
+
+def learn(pods: Iterable[PodRequest]) -> Fragmentation:
+    """Register a ``fragmentation`` strategy for the workload of ``pods`` (the pods the extender
+    sees, bound or pending) and return it; call again as the mix changes."""
+    strategy = Fragmentation(workload=Workload.from_pods(pods))
+    register(strategy)
+    return strategy
 
 
 register(Fragmentation())

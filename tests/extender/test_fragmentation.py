@@ -16,13 +16,20 @@ from extender.fragmentation import (
     HostNeed,
     Shape,
     Workload,
+    learn,
     per_gpu_need,
     score_of,
     unusable,
     with_host,
 )
 from extender.model import GfdInfo, GpuNeed, NodeInfo, PodRequest
-from extender.scoring import MAX_EXTENDER_PRIORITY, MAX_NODE_SCORE, combine, get_strategy
+from extender.scoring import (
+    MAX_EXTENDER_PRIORITY,
+    MAX_NODE_SCORE,
+    combine,
+    get_strategy,
+    register,
+)
 
 GIB = 1024
 
@@ -38,8 +45,14 @@ def only(share: int, count: int = 1) -> Workload:
     return Workload(shapes=(Shape(weight=1.0, count=count, share_milli=share),))
 
 
-def test_registered_by_name_and_lists_in_the_registry() -> None:
+def test_registered_by_name_and_relearned_from_pods() -> None:
     assert isinstance(get_strategy("fragmentation"), Fragmentation)
+    try:
+        learned = learn([PodRequest("ns", "a", milli_cpu=100, gpu=GpuNeed(2, 4096))])
+        assert get_strategy("fragmentation") is learned
+        assert learned.workload.shapes == (Shape(1.0, 2, None, 4096, 100, 0),)
+    finally:
+        register(Fragmentation())
 
 
 def test_workload_estimate_keeps_frequent_gpu_shapes_and_normalises() -> None:
