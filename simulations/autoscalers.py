@@ -69,8 +69,8 @@ def metric_value(store: MetricStore, metric: Metric, now: float) -> float | None
     """What the metric's PromQL would return in the simulated cluster.
 
     The metric type says what is measured; the quantile and the rate window come from the query
-    text (``histogram_quantile(0.95, …)``, ``[1m]``). ``arrivalRate`` reads the success counter
-    when the query names one (``…success…``), else the arrivals counter.
+    text (``histogram_quantile(0.95, …)``, ``[1m]``). ``arrivalRate`` reads the pods' success
+    counter when the query names one (``…success…``), else the gateway's request counter.
     """
     if isinstance(metric, QueueDepthMetric):
         return store.gauge_sum(now, "waiting")
@@ -78,8 +78,9 @@ def metric_value(store: MetricStore, metric: Metric, now: float) -> float | None
     if isinstance(metric, LatencyMetric):
         return store.quantile(now, query_quantile(metric.query), window)
     assert isinstance(metric, ArrivalRateMetric)
-    counter = "completed" if "success" in metric.query else "arrived"
-    return store.rate_sum(now, counter, window)
+    if "success" in metric.query:
+        return store.rate_sum(now, "completed", window)
+    return store.gateway_rate(now, window)
 
 
 def _sum_value(
@@ -93,7 +94,7 @@ def _sum_value(
         return None if waiting is None or running is None else waiting + running
     if kind == "latency":
         return store.quantile(now, quantile, window)
-    return store.rate_sum(now, "arrived", window)
+    return store.gateway_rate(now, window)
 
 
 def _pod_values(

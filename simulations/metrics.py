@@ -139,7 +139,24 @@ class MetricStore:
         self.bounds = tuple(bounds)
         self.retention = retention
         self.series: dict[int, PodSeries] = {}
+        self.gateway = PodSeries(-1)
+        """Requests that reached the service's gateway (ingress), with or without Ready pods."""
         self.last_scrape = -math.inf
+
+    def scrape_gateway(self, now: float, arrived: int) -> None:
+        g = self.gateway
+        g.times.append(now)
+        g.arrived.append(float(arrived))
+        horizon = now - self.retention
+        if g.times[0] < horizon:
+            k = bisect_right(g.times, horizon)
+            del g.times[:k], g.arrived[:k]
+
+    def gateway_rate(self, now: float, window: float) -> float | None:
+        """``rate(gateway_requests_total[window])``: the arrival rate at the ingress."""
+        g = self.gateway
+        lo, hi = g.window(now - window, now)
+        return extrapolated_rate(g.times[lo:hi], g.arrived[lo:hi], now - window, now)
 
     def scrape(self, now: float, replicas: Iterable[Replica]) -> None:
         """Record one sample of every scraped replica (those whose server is up)."""

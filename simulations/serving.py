@@ -119,6 +119,7 @@ class Replica:
         "_log",
         "_push",
         "arrived",
+        "backlog",
         "bucket_counts",
         "completed",
         "id",
@@ -144,6 +145,8 @@ class Replica:
         self._log = log
         self.max_batch = max_batch
         self.queue: deque[int] = deque()
+        self.backlog: deque[int] | None = None
+        """The gateway's queue while this replica is in rotation: a free slot pulls from it."""
         self.running = 0
         self.arrived = 0
         self.completed = 0
@@ -183,6 +186,11 @@ class Replica:
             j = self.queue.popleft()
             log.start[j] = now
             self._push(now + log.service[j], self._finish_cb, j)
+        elif self.backlog:
+            j = self.backlog.popleft()
+            self.arrived += 1
+            log.start[j] = now
+            self._push(now + log.service[j], self._finish_cb, j)
         else:
             self.running -= 1
             if self.running == 0 and self.on_idle is not None:
@@ -208,10 +216,14 @@ RoutingMode = Literal["least-outstanding", "round-robin"]
 
 
 class Router:
-    """Spreads requests over Ready replicas; holds them while none is Ready (like a gateway).
+    """Spreads requests over Ready replicas, like a gateway in front of the Service.
 
     ``least-outstanding`` picks the replica with the fewest running+queued requests (lowest id
-    on ties, so runs are deterministic); ``round-robin`` cycles in id order.
+    on ties, so runs are deterministic); ``round-robin`` cycles in id order. While no replica is
+    Ready, requests wait in the gateway's own queue (``held``, as Knative's activator buffers
+    them); replicas that come up take from it as their slots free up, and new requests join the
+    end of it until it is empty, so a backlog is shared by every replica instead of landing on
+    the first one to start.
     """
 
     __slots__ = ("_rr", "held", "mode", "ready")
@@ -224,7 +236,7 @@ class Router:
 
     def route(self, i: int) -> None:
         ready = self.ready
-        if not ready:
+        if not ready or self.held:
             self.held.append(i)
             return
         if len(ready) == 1:
@@ -243,14 +255,16 @@ class Router:
         best.admit(i)
 
     def add(self, replica: Replica) -> None:
-        """A replica became Ready: route to it, and hand it what the gateway was holding."""
+        """A replica became Ready: route to it; it fills its free slots from the backlog."""
         self.ready.append(replica)
         self.ready.sort(key=lambda r: r.id)
+        replica.backlog = self.held
         held = self.held
-        while held:
-            self.route(held.popleft())
+        while held and replica.running < replica.max_batch:
+            replica.admit(held.popleft())
 
     def remove(self, replica: Replica) -> None:
+        replica.backlog = None
         if replica in self.ready:
             self.ready.remove(replica)
 

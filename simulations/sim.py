@@ -17,6 +17,7 @@ within ``terminationGracePeriod`` (requests still queued then are dropped) and f
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -475,7 +476,9 @@ class Run:
         return [p.replica for p in self.pods if p.state in (READY, DRAINING) and p.replica]
 
     def _scrape(self, _: None) -> None:
-        self.metrics.scrape(self.engine.now, self.scraped_replicas())
+        now = self.engine.now
+        self.metrics.scrape(now, self.scraped_replicas())
+        self.metrics.scrape_gateway(now, bisect_right(self.log.arrival, now))
         self.engine.schedule(self.scenario.metrics.scrape_interval, self._scrape, None, LATE)
 
     def _sample(self, _: None) -> None:
