@@ -56,6 +56,7 @@ class KubeCluster:
         *,
         watch_timeout: int = 300,
         max_backoff: float = 30.0,
+        page_size: int = 500,
     ) -> None:
         from kubernetes.aio import client
 
@@ -63,6 +64,7 @@ class KubeCluster:
         self.state = state
         self.watch_timeout = watch_timeout
         self.max_backoff = max_backoff
+        self.page_size = page_size
         self.synced = {"nodes": asyncio.Event(), "pods": asyncio.Event()}
         self.relists = {"nodes": 0, "pods": 0}
         self.changed = asyncio.Event()
@@ -109,25 +111,39 @@ class KubeCluster:
                 backoff = min(backoff * 2, self.max_backoff)
 
     async def _relist(self, kind: str) -> str:
-        resp = await self._list_call(kind)()
-        try:
-            body = await resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"list {kind}: HTTP {resp.status}: {body[:200]!r}")
-        finally:
-            resp.release()
-        data = orjson.loads(body)
-        items = data.get("items") or []
+        """List in pages (as client-go's reflector does), so that decoding 100,000 pods never
+        holds more than one page of raw JSON; then replace the state's objects."""
+        decoded: list[Any] = []
+        token: str | None = None
+        rv = ""
+        while True:
+            resp = await self._list_call(kind)(limit=self.page_size, _continue=token)
+            try:
+                body = await resp.read()
+                if resp.status == 410:
+                    raise _Expired
+                if resp.status != 200:
+                    raise RuntimeError(f"list {kind}: HTTP {resp.status}: {body[:200]!r}")
+            finally:
+                resp.release()
+            data = orjson.loads(body)
+            del body
+            decode = self._node if kind == "nodes" else self._pod
+            decoded.extend(x for x in map(decode, data.get("items") or []) if x is not None)
+            meta = data.get("metadata") or {}
+            rv = str(meta.get("resourceVersion") or rv)
+            token = meta.get("continue") or None
+            if not token:
+                break
         if kind == "nodes":
-            self.state.replace_nodes(n for n in map(self._node, items) if n is not None)
+            self.state.replace_nodes(decoded)
         else:
-            self.state.replace_pods(p for p in map(self._pod, items) if p is not None)
+            self.state.replace_pods(decoded)
         self.relists[kind] += 1
         self.synced[kind].set()
         self.changed.set()
-        rv = (data.get("metadata") or {}).get("resourceVersion") or ""
-        log.info("listed", extra={"resource": kind, "items": len(items), "resourceVersion": rv})
-        return str(rv)
+        log.info("listed", extra={"resource": kind, "items": len(decoded), "resourceVersion": rv})
+        return rv
 
     def _node(self, raw: Any) -> Any:
         try:

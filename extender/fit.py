@@ -50,18 +50,27 @@ def gpu_fit_reason(gpus: NodeGpus, need: GpuNeed) -> str | None:
     """``None`` when the need fits, else a reason for ``FailedNodes``."""
     if fits(gpus, need):
         return None
-    n = len(gpus.devices)
-    if need.count > n:
-        return f"insufficient GPUs: need {need.count}, node has {n}"
     if need.mib_per_gpu is None:
-        return f"insufficient GPUs: need {need.describe()}, node has {gpus.idle_count} idle"
+        return shortage_reason(need, len(gpus.devices), gpus.idle_count, 0, 0)
     enough = sum(1 for f in gpus.free_desc if f >= need.mib_per_gpu)
-    nxt = gpus.free_desc[enough]
+    nxt = gpus.free_desc[enough] if enough < len(gpus.free_desc) else 0
+    return shortage_reason(need, len(gpus.devices), gpus.idle_count, enough, nxt)
+
+
+def shortage_reason(need: GpuNeed, devices: int, idle: int, enough: int, next_free: int) -> str:
+    """The ``FailedNodes`` reason for a need that does not fit: ``enough`` devices have room for
+    one of its GPUs, the next freest has ``next_free`` MiB (both unused for whole-GPU needs)."""
+    if need.count > devices:
+        return f"insufficient GPUs: need {need.count}, node has {devices}"
+    if need.mib_per_gpu is None:
+        return f"insufficient GPUs: need {need.describe()}, node has {idle} idle"
     if enough == 0:
-        return f"insufficient GPU memory: need {need.describe()}, best device has {nxt} MiB free"
+        return (
+            f"insufficient GPU memory: need {need.describe()}, best device has {next_free} MiB free"
+        )
     return (
         f"insufficient GPU memory: need {need.describe()}, {enough} device(s) have enough, "
-        f"next best has {nxt} MiB free"
+        f"next best has {next_free} MiB free"
     )
 
 

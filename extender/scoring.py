@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from extender.fit import NodeGpus, choose_best_fit, choose_worst_fit
 from extender.model import GpuNeed
 
@@ -64,6 +67,53 @@ def packed_fraction(gpus: NodeGpus, need: GpuNeed, chosen: Sequence[int]) -> flo
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceRows:
+    """Many nodes' devices as arrays, for scoring a need on all of them at once.
+
+    Row ``r`` holds one node's free MiB sorted descending (``free_desc``, padded with -1) and the
+    totals of the same devices (``total_desc``, padded with 0); ``count`` devices and ``idle``
+    idle ones. Only nodes whose devices all have the same total are given here, so ties in free
+    memory cannot change which totals a choice covers.
+    """
+
+    free_desc: npt.NDArray[np.int64]
+    total_desc: npt.NDArray[np.int64]
+    count: npt.NDArray[np.int64]
+    idle: npt.NDArray[np.int64]
+
+
+def _window_sum(
+    a: npt.NDArray[np.int64], start: npt.NDArray[np.int64], k: int
+) -> npt.NDArray[np.int64]:
+    """Per row, the sum of columns ``start .. start+k``."""
+    cs = np.concatenate([np.zeros((a.shape[0], 1), dtype=np.int64), np.cumsum(a, axis=1)], axis=1)
+    rows = np.arange(a.shape[0])
+    out: npt.NDArray[np.int64] = cs[rows, start + k] - cs[rows, start]
+    return out
+
+
+def packed_fraction_rows(
+    rows: DeviceRows, need: GpuNeed, *, best_fit: bool
+) -> npt.NDArray[np.float64]:
+    """:func:`packed_fraction` for every row, for the devices best fit (binpack) or worst fit
+    (spread) would choose. Rows must fit the need."""
+    if need.mib_per_gpu is None:
+        n = rows.count.astype(np.float64)
+        busy = (rows.count - rows.idle + need.count).astype(np.float64)
+        return np.divide(busy, n, out=np.zeros_like(n), where=n > 0)
+    if best_fit:
+        enough = (rows.free_desc >= need.mib_per_gpu).sum(axis=1)
+        start = enough - need.count
+    else:
+        start = np.zeros(rows.free_desc.shape[0], dtype=np.int64)
+    free = np.maximum(rows.free_desc, 0)
+    left = (_window_sum(free, start, need.count) - need.count * need.mib_per_gpu).astype(np.float64)
+    total = _window_sum(rows.total_desc, start, need.count).astype(np.float64)
+    frac = np.ones_like(total) - np.divide(left, total, out=np.ones_like(total), where=total > 0)
+    return np.where(total > 0, np.clip(frac, 0.0, 1.0), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
 class Binpack:
     """Least memory left over on the chosen devices: keeps big holes for big pods."""
 
@@ -74,6 +124,10 @@ class Binpack:
 
     def score(self, gpus: NodeGpus, need: GpuNeed, chosen: tuple[int, ...]) -> float:
         return MAX_NODE_SCORE * packed_fraction(gpus, need, chosen)
+
+    def score_rows(self, rows: DeviceRows, need: GpuNeed) -> npt.NDArray[np.float64]:
+        """:meth:`score` of the best-fit choice on every row (all rows fit the need)."""
+        return MAX_NODE_SCORE * packed_fraction_rows(rows, need, best_fit=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +141,10 @@ class Spread:
 
     def score(self, gpus: NodeGpus, need: GpuNeed, chosen: tuple[int, ...]) -> float:
         return MAX_NODE_SCORE * (1.0 - packed_fraction(gpus, need, chosen))
+
+    def score_rows(self, rows: DeviceRows, need: GpuNeed) -> npt.NDArray[np.float64]:
+        """:meth:`score` of the worst-fit choice on every row (all rows fit the need)."""
+        return MAX_NODE_SCORE * (1.0 - packed_fraction_rows(rows, need, best_fit=False))
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -122,22 +180,27 @@ register(Binpack())
 register(Spread())
 
 
-def normalize_scores(
-    scores: Sequence[float], max_priority: int, *, reverse: bool = False
-) -> list[int]:
+def normalize_array(
+    scores: npt.ArrayLike, max_priority: int, *, reverse: bool = False
+) -> npt.NDArray[np.int64]:
     """``DefaultNormalizeScore``: scale so the largest becomes ``max_priority``.
 
     Scores are truncated to integers first, as the Go code works on int64. With all scores zero,
     everything is 0 (or ``max_priority`` when ``reverse``); negative scores count as 0.
     """
-    ints = [max(0, int(s)) for s in scores]
-    top = max(ints, default=0)
+    ints = np.maximum(np.asarray(scores, dtype=np.float64).astype(np.int64), 0)
+    top = int(ints.max()) if ints.size else 0
     if top == 0:
-        return [max_priority if reverse else 0 for _ in ints]
-    out = [max_priority * s // top for s in ints]
-    if reverse:
-        return [max_priority - s for s in out]
-    return out
+        return np.full(ints.shape, max_priority if reverse else 0, dtype=np.int64)
+    out = max_priority * ints // top
+    return max_priority - out if reverse else out
+
+
+def normalize_scores(
+    scores: Sequence[float], max_priority: int, *, reverse: bool = False
+) -> list[int]:
+    """:func:`normalize_array` on a list."""
+    return [int(v) for v in normalize_array(scores, max_priority, reverse=reverse)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,31 +215,38 @@ class ScoreWeights:
     """Untolerated PreferNoSchedule taints, reverse-normalised like TaintToleration."""
 
 
+def combine_arrays(
+    gpu: npt.ArrayLike,
+    affinity_weights: npt.ArrayLike,
+    intolerable_taints: npt.ArrayLike,
+    weights: ScoreWeights | None = None,
+) -> npt.NDArray[np.int64]:
+    """Final 0..10 scores from per-node components (aligned by node).
+
+    A component that is the same on every node cannot change the ranking, so it is left out
+    rather than added as a constant that would squeeze the others in the final normalisation.
+    """
+    weights = weights or ScoreWeights()
+    g = np.asarray(gpu, dtype=np.float64)
+    aff = np.asarray(affinity_weights, dtype=np.int64)
+    taint = np.asarray(intolerable_taints, dtype=np.int64)
+    total = weights.gpu * g
+    if aff.size and aff.min() != aff.max():
+        total = total + weights.node_affinity * normalize_array(aff, MAX_NODE_SCORE)
+    if taint.size and taint.min() != taint.max():
+        total = total + weights.taint_toleration * normalize_array(
+            taint, MAX_NODE_SCORE, reverse=True
+        )
+    return normalize_array(total, MAX_EXTENDER_PRIORITY)
+
+
 def combine(
     gpu: Sequence[float],
     affinity_weights: Sequence[int],
     intolerable_taints: Sequence[int],
     weights: ScoreWeights | None = None,
 ) -> list[int]:
-    """Final 0..10 scores from per-node components (all three sequences aligned by node).
-
-    A component that is the same on every node cannot change the ranking, so it is left out
-    rather than added as a constant that would squeeze the others in the final normalisation.
-    """
-    weights = weights or ScoreWeights()
-    n = len(gpu)
-    aff = (
-        normalize_scores(affinity_weights, MAX_NODE_SCORE)
-        if len(set(affinity_weights)) > 1
-        else [0] * n
-    )
-    taint = (
-        normalize_scores(intolerable_taints, MAX_NODE_SCORE, reverse=True)
-        if len(set(intolerable_taints)) > 1
-        else [0] * n
-    )
-    total = [
-        weights.gpu * g + weights.node_affinity * a + weights.taint_toleration * t
-        for g, a, t in zip(gpu, aff, taint, strict=True)
-    ]
-    return normalize_scores(total, MAX_EXTENDER_PRIORITY)
+    """:func:`combine_arrays` on lists."""
+    if not (len(gpu) == len(affinity_weights) == len(intolerable_taints)):
+        raise ValueError("score components must be aligned by node")
+    return [int(v) for v in combine_arrays(gpu, affinity_weights, intolerable_taints, weights)]

@@ -27,13 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extender.decode import BadRequest, node_from_json, pod_from_json
-from extender.filtering import (
-    FAILURE_KINDS,
-    ClusterView,
-    choose_devices,
-    filter_nodes,
-    prioritize,
-)
+from extender.filtering import FAILURE_KINDS, choose_devices, prioritize, strategy_for
 from extender.fit import NodeGpus
 from extender.model import NodeInfo, PodRequest
 from extender.scoring import ScoreWeights, get_strategy
@@ -154,29 +148,12 @@ def _lower_keys(args: object) -> dict[str, Any]:
     return {k.lower(): v for k, v in args.items()}
 
 
-class _RequestView:
-    """Full mode: nodes from the request, pods and reservations from the state."""
-
-    def __init__(self, state: ClusterState, nodes: Mapping[str, NodeInfo]) -> None:
-        self.state = state
-        self.nodes = nodes
-
-    def node(self, name: str) -> NodeInfo | None:
-        return self.nodes.get(name)
-
-    def gpus(self, name: str, now: float) -> NodeGpus | str:
-        return self.state.gpus_for(self.nodes[name], now)
-
-    def requested(self, name: str) -> tuple[int, int]:
-        return self.state.requested(name)
-
-
 class _NodeDecoder:
     """Decodes request nodes, reusing the previous result while ``resourceVersion`` is unchanged
     (kube-scheduler sends every node in every full-mode request)."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[str, NodeInfo]] = {}
+        self.cache: dict[str, tuple[str, NodeInfo]] = {}
 
     def __call__(self, raw: object, path: str) -> NodeInfo:
         if isinstance(raw, dict):
@@ -184,11 +161,11 @@ class _NodeDecoder:
             if isinstance(meta, dict):
                 name, rv = meta.get("name"), meta.get("resourceVersion")
                 if isinstance(name, str) and isinstance(rv, str) and rv:
-                    hit = self._cache.get(name)
+                    hit = self.cache.get(name)
                     if hit is not None and hit[0] == rv:
                         return hit[1]
                     info = node_from_json(raw, path)
-                    self._cache[name] = (rv, info)
+                    self.cache[name] = (rv, info)
                     return info
         return node_from_json(raw, path)
 
@@ -218,14 +195,14 @@ class Extender:
         while len(self._recent) > self.settings.recent_pods:
             self._recent.popitem(last=False)
 
-    def _nodes_and_view(
-        self, a: Mapping[str, Any]
-    ) -> tuple[list[str], ClusterView, list[Any] | None]:
+    def _names(self, a: Mapping[str, Any]) -> tuple[list[str], list[Any] | None]:
+        """Node names of the request; in full mode the node objects (``items``) too, after
+        putting them into the state (unchanged ones are recognised and cost nothing)."""
         names_raw = a.get("nodenames")
         if names_raw is not None:
-            if not isinstance(names_raw, list) or not all(isinstance(n, str) for n in names_raw):
+            if not isinstance(names_raw, list) or not set(map(type, names_raw)) <= {str}:
                 raise BadRequest("NodeNames: expected a list of strings")
-            return names_raw, self.state, None
+            return names_raw, None
         nodes_raw = a.get("nodes")
         if nodes_raw is None:
             raise BadRequest("request has neither NodeNames nor Nodes")
@@ -236,9 +213,25 @@ class Extender:
             items = []
         if not isinstance(items, list):
             raise BadRequest("Nodes.items: expected a list")
-        infos = [self._decode_node(raw, f"Nodes.items[{i}]") for i, raw in enumerate(items)]
-        view = _RequestView(self.state, {n.name: n for n in infos})
-        return [n.name for n in infos], view, items
+        names: list[str] = []
+        cached = self._decode_node.cache
+        in_state = self.state.nodes
+        for i, raw in enumerate(items):
+            try:  # the common case: a node unchanged since the last request
+                meta = raw["metadata"]
+                name = meta["name"]
+                hit = cached[name]
+                if hit[0] == meta["resourceVersion"] and in_state.get(name) is hit[1]:
+                    names.append(name)
+                    continue
+            except (KeyError, TypeError):
+                pass
+            info = self._decode_node(raw, f"Nodes.items[{i}]")
+            known = in_state.get(info.name)
+            if known is not info and known != info:
+                self.state.upsert_node(info)
+            names.append(info.name)
+        return names, items
 
     def _pod(self, a: Mapping[str, Any]) -> PodRequest:
         raw = a.get("pod")
@@ -252,9 +245,9 @@ class Extender:
         """``ExtenderArgs`` → ``ExtenderFilterResult``."""
         a = _lower_keys(args)
         pod = self._pod(a)
-        names, view, items = self._nodes_and_view(a)
+        names, items = self._names(a)
         self.state.expire(now)
-        result = filter_nodes(pod, names, view, now)
+        result = self.state.index(now).filter(pod, names, now)
         if self.metrics is not None:
             for kind, n in result.counts.items():
                 if n:
@@ -290,10 +283,19 @@ class Extender:
         """``ExtenderArgs`` → ``HostPriorityList``."""
         a = _lower_keys(args)
         pod = self._pod(a)
-        names, view, _ = self._nodes_and_view(a)
-        scores = prioritize(
-            pod, names, view, now, strategy=self.settings.scoring, weights=self.settings.weights
+        names, _ = self._names(a)
+        scores = self.state.index(now).prioritize(
+            pod, names, now, strategy_for(pod, self.settings.scoring), self.settings.weights
         )
+        if scores is None:
+            scores = prioritize(
+                pod,
+                names,
+                self.state,
+                now,
+                strategy=self.settings.scoring,
+                weights=self.settings.weights,
+            )
         return [{"Host": host, "Score": score} for host, score in scores]
 
     async def bind(self, args: object, now: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from extender.fit import NodeGpus
+from extender.index import NodeIndex
 from extender.inventory import InventoryConfig, baseline_used, node_gpus
 from extender.model import GpuReport, NodeInfo, PodRequest
 from extender.reservations import EMPTY, Book, Reservation, expire, measured
@@ -36,6 +37,10 @@ class ClusterState:
         self.reservations: Book = EMPTY
         self._requested: dict[str, tuple[int, int]] = {}
         self._gpus: dict[str, _Cached] = {}
+        self._index: NodeIndex | None = None
+        self._rebuild = True
+        self._reclassify = False
+        self._dirty: set[str] = set()
 
     # ---- ClusterView -------------------------------------------------------------------
     def node(self, name: str) -> NodeInfo | None:
@@ -70,28 +75,59 @@ class ClusterState:
             return math.inf
         return max(times) + self.config.stale_after
 
-    def gpus_for(self, node: NodeInfo, now: float) -> NodeGpus | str:
-        """GPU state of a node object that came in a request (full mode); cached while the node's
-        measurement object and everything else about it stays the same."""
-        known = self.nodes.get(node.name)
-        if known is not node:
-            if known is None or known.gpu_report is not node.gpu_report or known.gfd != node.gfd:
-                self._gpus.pop(node.name, None)
-            self.nodes[node.name] = node
-        return self.gpus(node.name, now)
-
     def _touch(self, name: str) -> None:
         self._gpus.pop(name, None)
+        self._dirty.add(name)
+
+    def index(self, now: float) -> NodeIndex:
+        """The columnar index over the current nodes (see :mod:`extender.index`), brought up to
+        date: rebuilt when nodes came or went, reclassified when labels or taints changed, and
+        refreshed row by row for nodes whose GPUs, pods or reservations changed."""
+        if self._index is None or self._rebuild:
+            self._index = NodeIndex(
+                [self.nodes[n] for n in sorted(self.nodes)],
+                gpus_of=self.gpus,
+                requested=self.requested,
+                valid_until=self._valid_until_of,
+                now=now,
+            )
+            self._rebuild = self._reclassify = False
+            self._dirty.clear()
+            return self._index
+        index = self._index
+        if self._dirty:
+            for name in self._dirty:
+                i = index.pos.get(name)
+                if i is not None:
+                    index.update_node(i, self.nodes[name])
+                    index.refresh_row(i, now)
+            self._dirty.clear()
+        if self._reclassify:
+            index.classify()
+            self._reclassify = False
+        return index
+
+    def _valid_until_of(self, name: str) -> float:
+        cached = self._gpus.get(name)
+        return cached.valid_until if cached is not None else -math.inf
 
     # ---- updates -------------------------------------------------------------------------
     def upsert_node(self, node: NodeInfo) -> None:
+        old = self.nodes.get(node.name)
+        if old is node:
+            return
+        if old is None:
+            self._rebuild = True
+        elif old.labels != node.labels or old.taints != node.taints:
+            self._reclassify = True
         self.nodes[node.name] = node
         self._touch(node.name)
         if node.gpu_report is not None:
             self._settle_measured(node.name, node.gpu_report)
 
     def delete_node(self, name: str) -> None:
-        self.nodes.pop(name, None)
+        if self.nodes.pop(name, None) is not None:
+            self._rebuild = True
         self._gpus.pop(name, None)
 
     def replace_nodes(self, nodes: Iterable[NodeInfo]) -> None:

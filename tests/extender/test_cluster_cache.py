@@ -143,3 +143,19 @@ async def test_binder_errors(cluster: KubeCluster) -> None:
     assert await cluster.get_pod("default", "ghost") is None
     got = await cluster.get_pod("default", "pending")
     assert got is not None and orjson.dumps(got)
+
+
+async def test_paged_list(kube: KubeStandIn, kube_client: Any) -> None:
+    for i in range(5):
+        kube.store.create(pod_obj(f"p{i}", 1000))
+    c = KubeCluster(kube_client, ClusterState(), page_size=2)
+    task = asyncio.create_task(c.run())
+    try:
+        await wait_until(c, lambda: c.ready)
+        assert len(c.state.pods) == 5
+        lists = [r for r in kube.requests if r.path == "/api/v1/pods" and not r.watch]
+        assert len(lists) == 3
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

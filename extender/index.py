@@ -1,0 +1,453 @@
+"""Columnar index of the cluster state: filter and prioritize for thousands of nodes in
+milliseconds.
+
+kube-scheduler asks about every node for every pod, so per-node Python is too slow at 5,000 nodes.
+This module answers the same questions as :func:`extender.filtering.filter_nodes` and
+:func:`~extender.filtering.prioritize` (and property tests hold it to exactly the same answers),
+with two shortcuts:
+
+- **Node classes.** Taints, ``nodeSelector`` and node affinity depend only on a node's labels and
+  taints, and nodes of a pool share them (apart from per-node labels such as the hostname, which
+  a class keeps only when some pod refers to them). Predicates are evaluated once per class and
+  per pod signature, and cached until labels or taints change.
+- **Arrays.** Per node: free GPU memory sorted descending, device totals, idle count, free CPU and
+  memory, and the inventory problem if any. A pod's fit is a few vectorised comparisons; binpack
+  and spread scores are computed for all rows at once (:meth:`Binpack.score_rows`).
+
+Rows are refreshed from :class:`extender.state.ClusterState` only for nodes that changed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from extender import taints as taint_rules
+from extender.affinity import (
+    AFFINITY_REASON,
+    PreferredAffinity,
+    compile_preferred,
+    compile_required,
+)
+from extender.filtering import (
+    FAILURE_KINDS,
+    NOT_FOUND_REASON,
+    FilterResult,
+)
+from extender.fit import NodeGpus, shortage_reason
+from extender.model import GpuNeed, NodeInfo, PodRequest, Taint, Toleration
+from extender.scoring import DeviceRows, ScoreWeights, Strategy, combine_arrays
+
+UNKNOWN: Final = 2**62
+"""Free CPU/memory of a node whose allocatable is unknown: never short."""
+_SIGNATURES: Final = 512
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class _Class:
+    labels: Mapping[str, str]
+    taints: tuple[Taint, ...]
+
+
+@dataclass(slots=True)
+class _Static:
+    """Per-class outcome of a pod's static predicates."""
+
+    version: int
+    kind: npt.NDArray[np.int8]  # 0 pass, 1 taint, 2 affinity
+    reason: list[str | None]
+
+
+class NodeIndex:
+    """Arrays over the nodes of a state; built and refreshed by :class:`ClusterState`.
+
+    ``gpus_of(name, now)`` returns the node's :class:`NodeGpus` (or why it has none),
+    ``requested(name)`` the CPU/memory requested on it, ``valid_until(name)`` when its GPU state
+    may change by time alone (a measurement turning stale).
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeInfo],
+        *,
+        gpus_of: Callable[[str, float], NodeGpus | str],
+        requested: Callable[[str], tuple[int, int]],
+        valid_until: Callable[[str], float],
+        now: float,
+    ) -> None:
+        self.names = [n.name for n in nodes]
+        self.nodes = list(nodes)
+        self.pos = {name: i for i, name in enumerate(self.names)}
+        self._gpus_of = gpus_of
+        self._requested = requested
+        self._valid_until_of = valid_until
+        n = len(self.names)
+        self.width = 1
+        self.free_desc: I64 = np.full((n, 1), -1, dtype=np.int64)
+        self.total_desc: I64 = np.zeros((n, 1), dtype=np.int64)
+        self.count: I64 = np.zeros(n, dtype=np.int64)
+        self.idle: I64 = np.zeros(n, dtype=np.int64)
+        self.uniform = np.ones(n, dtype=bool)
+        self.gpu_problem = np.zeros(n, dtype=bool)
+        self.gpu_reason: list[str | None] = [None] * n
+        self.valid_until = np.zeros(n, dtype=np.float64)
+        self.cpu_free: I64 = np.full(n, UNKNOWN, dtype=np.int64)
+        self.mem_free: I64 = np.full(n, UNKNOWN, dtype=np.int64)
+        self.static_version = 0
+        self._classes: list[_Class] = []
+        self._class_of: I64 = np.zeros(n, dtype=np.int64)
+        self._class_keys: tuple[str, ...] | None = None
+        self._static: OrderedDict[object, _Static] = OrderedDict()
+        self._recent_positions: list[tuple[list[str], I64]] = []
+        self._taint_counts: dict[tuple[Toleration, ...], tuple[int, I64]] = {}
+        self.classify()
+        for i in range(n):
+            self.refresh_row(i, now)
+
+    # ---- classes -------------------------------------------------------------------------
+    def classify(self) -> None:
+        """Group nodes by taints and labels, leaving out labels whose values are all distinct
+        (hostname and the like: pods that refer to them are evaluated per node)."""
+        keys: set[str] = set()
+        for node in self.nodes:
+            keys.update(node.labels)
+        unique: set[str] = set()
+        for key in keys:
+            values = [node.labels.get(key) for node in self.nodes]
+            present = [v for v in values if v is not None]
+            if len(present) > 1 and len(set(present)) == len(present):
+                unique.add(key)
+        self._class_keys = tuple(sorted(unique))
+        ids: dict[tuple[object, ...], int] = {}
+        self._classes = []
+        class_of = np.zeros(len(self.nodes), dtype=np.int64)
+        for i, node in enumerate(self.nodes):
+            labels = tuple(sorted((k, v) for k, v in node.labels.items() if k not in unique))
+            class_key = (labels, node.taints)
+            c = ids.get(class_key)
+            if c is None:
+                c = ids[class_key] = len(self._classes)
+                self._classes.append(_Class(dict(labels), node.taints))
+            class_of[i] = c
+        self._class_of = class_of
+        self._static.clear()
+        self.static_version += 1
+
+    @property
+    def ignored_keys(self) -> tuple[str, ...]:
+        return self._class_keys or ()
+
+    # ---- rows ----------------------------------------------------------------------------
+    def update_node(self, i: int, node: NodeInfo) -> None:
+        """A node's labels and taints are unchanged; keep its new object for its other fields."""
+        self.nodes[i] = node
+
+    def refresh_row(self, i: int, now: float) -> None:
+        name = self.names[i]
+        g = self._gpus_of(name, now)
+        cpu, mem = self._requested(name)
+        node = self.nodes[i]
+        self.cpu_free[i] = (
+            UNKNOWN if node.allocatable_milli_cpu is None else node.allocatable_milli_cpu - cpu
+        )
+        self.mem_free[i] = (
+            UNKNOWN if node.allocatable_memory is None else node.allocatable_memory - mem
+        )
+        self.valid_until[i] = self._valid_until_of(name)
+        if isinstance(g, str):
+            self.gpu_problem[i] = True
+            self.gpu_reason[i] = g
+            self.count[i] = 0
+            self.idle[i] = 0
+            self.free_desc[i, :] = -1
+            self.total_desc[i, :] = 0
+            return
+        self.gpu_problem[i] = False
+        self.gpu_reason[i] = None
+        devices = sorted(g.devices, key=lambda d: (-d.free_mib, d.index))
+        if len(devices) > self.width:
+            self._widen(len(devices))
+        self.count[i] = len(devices)
+        self.idle[i] = g.idle_count
+        self.free_desc[i, :] = -1
+        self.total_desc[i, :] = 0
+        self.free_desc[i, : len(devices)] = [d.free_mib for d in devices]
+        self.total_desc[i, : len(devices)] = [d.total_mib for d in devices]
+        self.uniform[i] = len({d.total_mib for d in devices}) <= 1
+
+    def _widen(self, width: int) -> None:
+        n = len(self.names)
+        free = np.full((n, width), -1, dtype=np.int64)
+        total = np.zeros((n, width), dtype=np.int64)
+        free[:, : self.width] = self.free_desc
+        total[:, : self.width] = self.total_desc
+        self.free_desc, self.total_desc, self.width = free, total, width
+
+    def refresh_stale(self, now: float) -> None:
+        for i in np.flatnonzero(self.valid_until < now).tolist():
+            self.refresh_row(i, now)
+            if self.valid_until[i] < now:  # still stale: no need to look again until it changes
+                self.valid_until[i] = np.inf
+
+    def positions(self, names: Sequence[str]) -> I64:
+        """Row of each name, -1 for unknown names. Recent answers are reused: kube-scheduler
+        sends the same node list for every pod, and prioritize gets the nodes filter passed."""
+        for cached_names, cached_idx in self._recent_positions:
+            if len(names) == len(cached_names) and list(names) == cached_names:
+                return cached_idx
+        idx = np.fromiter(map(self.pos.get, names, repeat(-1)), dtype=np.int64, count=len(names))
+        self._remember_positions(list(names), idx)
+        return idx
+
+    def _remember_positions(self, names: list[str], idx: I64) -> None:
+        self._recent_positions.insert(0, (names, idx))
+        del self._recent_positions[4:]
+
+    # ---- static predicates ---------------------------------------------------------------
+    def _static_for(self, pod: PodRequest) -> _Static | None:
+        """Per-class predicate outcome, or ``None`` when the pod needs per-node evaluation
+        (it matches on fields, or refers to per-node labels)."""
+        required = compile_required(pod.node_selector, pod.required)
+        if required.uses_fields:
+            return None
+        referenced = set(pod.node_selector)
+        for term in pod.required.terms if pod.required else ():
+            referenced.update(r.key for r in term.match_expressions)
+        if referenced & set(self.ignored_keys):
+            return None
+        sig = (pod.tolerations, tuple(sorted(pod.node_selector.items())), pod.required)
+        hit = self._static.get(sig)
+        if hit is not None and hit.version == self.static_version:
+            self._static.move_to_end(sig)
+            return hit
+        always = required.terms is None and not required.node_selector
+        kind = np.zeros(len(self._classes), dtype=np.int8)
+        reason: list[str | None] = [None] * len(self._classes)
+        for c, cls in enumerate(self._classes):
+            r = taint_rules.filter_reason(cls.taints, pod.tolerations) if cls.taints else None
+            if r is not None:
+                kind[c], reason[c] = 1, r
+            elif not always and not required.matches(cls.labels, "\0class"):
+                kind[c], reason[c] = 2, AFFINITY_REASON
+        out = _Static(self.static_version, kind, reason)
+        self._static[sig] = out
+        while len(self._static) > _SIGNATURES:
+            self._static.popitem(last=False)
+        return out
+
+    def _static_per_node(
+        self, pod: PodRequest, rows: I64
+    ) -> tuple[npt.NDArray[np.int8], list[str | None]]:
+        required = compile_required(pod.node_selector, pod.required)
+        always = required.terms is None and not required.node_selector
+        kind = np.zeros(len(rows), dtype=np.int8)
+        reason: list[str | None] = [None] * len(rows)
+        for j, i in enumerate(rows.tolist()):
+            if i < 0:
+                continue
+            node = self.nodes[i]
+            r = taint_rules.filter_reason(node.taints, pod.tolerations) if node.taints else None
+            if r is not None:
+                kind[j], reason[j] = 1, r
+            elif not always and not required.matches(node.labels, node.name):
+                kind[j], reason[j] = 2, AFFINITY_REASON
+        return kind, reason
+
+    # ---- filter --------------------------------------------------------------------------
+    def filter(self, pod: PodRequest, names: Sequence[str], now: float) -> FilterResult:
+        """Same result as :func:`extender.filtering.filter_nodes` over the state."""
+        if not self.names:
+            missing = dict.fromkeys(names, NOT_FOUND_REASON)
+            counts = dict.fromkeys(FAILURE_KINDS, 0)
+            counts["node_not_found"] = len(names)
+            return FilterResult((), {}, missing, counts)
+        self.refresh_stale(now)
+        idx = self.positions(names)
+        known = idx >= 0
+        rows = np.where(known, idx, 0)
+        static = self._static_for(pod)
+        if static is None:
+            kind, per_node_reason = self._static_per_node(pod, idx)
+            class_reason = None
+        else:
+            cls = self._class_of[rows]
+            kind = static.kind[cls]
+            per_node_reason = None
+            class_reason = static.reason
+        kind = np.where(known, kind, 0)
+        ok = known & (kind == 0)
+        short_cpu = ok & (pod.milli_cpu > 0) & (pod.milli_cpu > self.cpu_free[rows])
+        short_mem = ok & (pod.memory > 0) & (pod.memory > self.mem_free[rows])
+        short_res = short_cpu | short_mem
+        ok &= ~short_res
+        need = pod.gpu
+        no_inv = np.zeros(len(idx), dtype=bool)
+        short_gpu = np.zeros(len(idx), dtype=bool)
+        if need is not None:
+            no_inv = ok & self.gpu_problem[rows]
+            ok &= ~no_inv
+            fits = self._fits(rows, need)
+            short_gpu = ok & ~fits
+            ok &= fits
+        ok_at = np.flatnonzero(ok)
+        passed = [names[j] for j in ok_at.tolist()]
+        self._remember_positions(passed, idx[ok_at])
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        for j in np.flatnonzero(~known).tolist():
+            unresolvable[names[j]] = NOT_FOUND_REASON
+        bad_static = np.flatnonzero(kind > 0).tolist()
+        if class_reason is not None:
+            cls_list = self._class_of[rows].tolist()
+            for j in bad_static:
+                unresolvable[names[j]] = class_reason[cls_list[j]] or ""
+        else:
+            assert per_node_reason is not None
+            for j in bad_static:
+                unresolvable[names[j]] = per_node_reason[j] or ""
+        res_text = {
+            (True, False): "Insufficient cpu",
+            (False, True): "Insufficient memory",
+            (True, True): "Insufficient cpu, Insufficient memory",
+        }
+        for j in np.flatnonzero(short_res).tolist():
+            failed[names[j]] = res_text[(bool(short_cpu[j]), bool(short_mem[j]))]
+        for j in np.flatnonzero(no_inv).tolist():
+            unresolvable[names[j]] = self.gpu_reason[int(rows[j])] or ""
+        if need is not None and short_gpu.any():
+            self._gpu_reasons(need, names, rows, np.flatnonzero(short_gpu), failed)
+        counts = dict(
+            zip(
+                FAILURE_KINDS,
+                (
+                    int((~known).sum()),
+                    int((kind == 1).sum()),
+                    int((kind == 2).sum()),
+                    int(short_res.sum()),
+                    int(no_inv.sum()),
+                    int(short_gpu.sum()),
+                ),
+                strict=True,
+            )
+        )
+        return FilterResult(tuple(passed), failed, unresolvable, counts)
+
+    def _fits(self, rows: I64, need: GpuNeed) -> npt.NDArray[np.bool_]:
+        if need.mib_per_gpu is None:
+            out: npt.NDArray[np.bool_] = self.idle[rows] >= need.count
+            return out
+        if need.count > self.width:
+            return np.zeros(len(rows), dtype=bool)
+        kth: I64 = self.free_desc[rows, need.count - 1]
+        return (self.count[rows] >= need.count) & (kth >= need.mib_per_gpu)
+
+    def _gpu_reasons(
+        self, need: GpuNeed, names: Sequence[str], rows: I64, where: I64, out: dict[str, str]
+    ) -> None:
+        r = rows[where]
+        count, idle = self.count[r].tolist(), self.idle[r].tolist()
+        if need.mib_per_gpu is None:
+            enough = [0] * len(r)
+            nxt = [0] * len(r)
+        else:
+            free = self.free_desc[r]
+            e = (free >= need.mib_per_gpu).sum(axis=1)
+            nxt_arr = np.where(e < count, free[np.arange(len(r)), np.minimum(e, self.width - 1)], 0)
+            enough, nxt = e.tolist(), nxt_arr.tolist()
+        memo: dict[tuple[int, int, int, int], str] = {}
+        for j, c, i, e_, x in zip(where.tolist(), count, idle, enough, nxt, strict=True):
+            key = (c, i, e_, x)
+            text = memo.get(key)
+            if text is None:
+                text = memo[key] = shortage_reason(need, c, i, e_, x)
+            out[names[j]] = text
+
+    # ---- prioritize ----------------------------------------------------------------------
+    def prioritize(
+        self,
+        pod: PodRequest,
+        names: Sequence[str],
+        now: float,
+        strategy: Strategy,
+        weights: ScoreWeights | None = None,
+    ) -> list[tuple[str, int]] | None:
+        """Same result as :func:`extender.filtering.prioritize`, or ``None`` when the strategy
+        has no array form (the caller then uses the per-node path)."""
+        score_rows = getattr(strategy, "score_rows", None)
+        if score_rows is None or getattr(strategy, "host_aware", False):
+            return None
+        if not self.names:
+            return [(n, 0) for n in names]
+        self.refresh_stale(now)
+        idx = self.positions(names)
+        known = idx >= 0
+        rows = np.where(known, idx, 0)
+        gpu = np.zeros(len(idx), dtype=np.float64)
+        need = pod.gpu
+        if need is not None:
+            fits = known & ~self.gpu_problem[rows] & self._fits(rows, need)
+            fast = fits & self.uniform[rows]
+            sel = np.flatnonzero(fast)
+            if sel.size:
+                r = rows[sel]
+                dev = DeviceRows(self.free_desc[r], self.total_desc[r], self.count[r], self.idle[r])
+                gpu[sel] = score_rows(dev, need)
+            for j in np.flatnonzero(fits & ~fast).tolist():
+                g = self._gpus_of(names[j], now)
+                if not isinstance(g, str):
+                    chosen = strategy.choose(g, need)
+                    if chosen is not None:
+                        gpu[j] = strategy.score(g, need, chosen)
+        affinity = self._preferred(rows, known, compile_preferred(pod.preferred))
+        counts = self._intolerable_by_class(pod.tolerations)
+        intolerable = np.where(known, counts[self._class_of[rows]], 0)
+        scores = combine_arrays(gpu, affinity, intolerable, weights).tolist()
+        return list(zip(names, scores, strict=True))
+
+    def _intolerable_by_class(self, tolerations: tuple[Toleration, ...]) -> I64:
+        """Untolerated PreferNoSchedule taints per class, cached per toleration list."""
+        hit = self._taint_counts.get(tolerations)
+        if hit is not None and hit[0] == self.static_version:
+            return hit[1]
+        relevant = taint_rules.prefer_no_schedule_tolerations(tolerations)
+        counts = np.array(
+            [
+                taint_rules.count_intolerable_prefer_no_schedule(c.taints, relevant)
+                if c.taints
+                else 0
+                for c in self._classes
+            ]
+            or [0],
+            dtype=np.int64,
+        )
+        if len(self._taint_counts) >= _SIGNATURES:
+            self._taint_counts.clear()
+        self._taint_counts[tolerations] = (self.static_version, counts)
+        return counts
+
+    def _preferred(
+        self, rows: I64, known: npt.NDArray[np.bool_], preferred: PreferredAffinity
+    ) -> I64:
+        """Preferred-affinity weight per node, per class where the terms allow it."""
+        if not preferred.terms:
+            return np.zeros(len(rows), dtype=np.int64)
+        referenced = {r.key for _, t in preferred.terms for r in (t.labels or ())}
+        if not preferred.uses_fields and not (referenced & set(self.ignored_keys)):
+            by_class = np.array(
+                [preferred.score(c.labels, "\0class") for c in self._classes], dtype=np.int64
+            )
+            return np.where(known, by_class[self._class_of[rows]], 0)
+        out = np.zeros(len(rows), dtype=np.int64)
+        for j, i in enumerate(rows.tolist()):
+            if known[j]:
+                node = self.nodes[i]
+                out[j] = preferred.score(node.labels, node.name)
+        return out
