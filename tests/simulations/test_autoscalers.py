@@ -67,3 +67,19 @@ def test_gpuscale_policy_scales_up_for_a_burst_and_back_down() -> None:
     before = [d for x, d in zip(t, desired, strict=True) if x < 590]
     assert max(before) <= 2  # nothing to do before the first burst
     assert desired[-1] < s["replicas_max"]  # came back down after the last burst
+
+
+def test_hpa_on_per_pod_latency_and_kpa_on_concurrency_scale_for_bursts() -> None:
+    sc = bursty(
+        [
+            {"baseline": "hpa", "metric": "latency", "target": 1.0, "quantile": 0.9},
+            {"baseline": "kpa", "target": 2},
+        ],
+        replicas={"min": 1, "max": 16},
+    )
+    hpa = run_one(sc, 0, 1).summary
+    kpa = run_one(sc, 1, 1).summary
+    assert hpa["replicas_max"] > 2 and hpa["scale_ups"] >= 1
+    assert kpa["replicas_max"] > 2 and kpa["panic_seconds"] > 0
+    # both came back down to the minimum between bursts at some point
+    assert hpa["scale_downs"] >= 1 and kpa["scale_downs"] >= 1

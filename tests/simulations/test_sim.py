@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from simulations.autoscalers import FixedReplicas
 from simulations.compare import prepare, random_streams, run_one
 from simulations.scenario import Scenario, parse_scenario
@@ -31,7 +33,10 @@ def scenario(**overrides: Any) -> Scenario:
         "policies": [{"baseline": "fixed", "replicas": 3}],
     }
     for key, value in overrides.items():
-        doc[key] = {**doc[key], **value} if isinstance(value, dict) else value
+        base = doc.get(key)
+        doc[key] = (
+            {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
+        )
     return parse_scenario(doc, "t.yaml", Path("."))
 
 
@@ -100,3 +105,16 @@ def test_start_up_uses_the_image_cache_and_scale_down_takes_newest_after_drainin
     run.engine.run(until=260.0)
     assert busy.state == GONE and run.pods[0].state == READY
     assert run.n_gpu_pods == 1
+
+
+def test_openb_nodes_and_background_pods_take_gpu_memory() -> None:
+    sc = scenario(
+        cluster={"pools": [], "openb": {"count": 30, "gpuMemory": {"default": "16Gi"}}},
+        background={"pods": 40},
+    )
+    cluster, unplaced = build_cluster(sc, np.random.default_rng(3))
+    assert len(cluster.nodes) == 30 and cluster.gpu_count > 30
+    models = {n.model for n in cluster.nodes}
+    assert models and all(n.labels["gpuscale.io/pool"] == "openb" for n in cluster.nodes)
+    assert 0.05 < cluster.memory_used_fraction() < 1.0
+    assert unplaced < 40
