@@ -176,3 +176,17 @@ def test_index_follows_changes(
         check(state, pod, names)
         state.delete_node(ns[-1].name)
         check(state, pod, names)
+
+
+def test_rows_turn_stale_with_time_alone() -> None:
+    report = GpuReport((GpuDevice(0, "", "", 16000, 0),), NOW, "annotation")
+    state = ClusterState(InventoryConfig(stale_after=60))
+    state.upsert_node(NodeInfo("n0", {"pool": "a"}, gpu_report=report))
+    pod = PodRequest("ns", "p", gpu=GpuNeed(1, 1000))
+    assert state.index(NOW).filter(pod, ["n0"], NOW + 59).passed == ("n0",)
+    later = state.index(NOW + 61).filter(pod, ["n0"], NOW + 61)
+    assert later.unresolvable == {"n0": "GPU inventory stale"}
+    assert later == filter_nodes(pod, ["n0"], state, NOW + 61)
+    fresh = GpuReport(report.devices, NOW + 100, "annotation")
+    state.upsert_node(NodeInfo("n0", {"pool": "a"}, gpu_report=fresh))
+    assert state.index(NOW + 101).filter(pod, ["n0"], NOW + 101).passed == ("n0",)
