@@ -95,8 +95,10 @@ if sys.argv[1] == "fixed":
 start = time.perf_counter()
 result = compare(sc, [sc.seed], workers=int(sys.argv[2]))
 wall = time.perf_counter() - start
-peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-           resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+# VmHWM is this process's own peak (ru_maxrss survives exec and would show the parent's);
+# pool workers report through RUSAGE_CHILDREN.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+peak = max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(len(sc.contenders), result.requests, wall, peak / 1024)
 """
 
