@@ -32,6 +32,7 @@ from autoscaler.policy_source import PolicySource, SourceSettings
 from autoscaler.prometheus import PrometheusClient, PrometheusSettings
 from autoscaler.settings import ControllerSettings, parse_address
 from autoscaler.store import DecisionStore
+from autoscaler.targets import TargetReplicas
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ async def run(
             leadership = AlwaysLeader()
         controller = Controller(
             core_api=core,
-            apps_api=apps,
+            targets=TargetReplicas(apps, namespace=settings.namespace),
             querier=querier,
             source=source,
             store=store,
@@ -247,6 +248,7 @@ async def run(
         if controller is not None:
             await controller.scheduler.close()
             await controller.close()
+            await controller.targets.close()
         await session.close()
         if own_client:
             await api.close()

@@ -15,12 +15,13 @@ from typing import Any, Protocol
 
 from autoscaler.feedback import STATUS_ANNOTATION, ConfigMapRef, Feedback, PolicyStatus
 from autoscaler.hpa import HpaReconciler, NotOurs
-from autoscaler.kube import KubeError, call, metadata
+from autoscaler.kube import KubeError, metadata
 from autoscaler.loop import Scheduler
 from autoscaler.ops import ControllerMetrics
 from autoscaler.policy_source import PolicyEntry, PolicySource
 from autoscaler.prometheus import Missing, QueryResult
 from autoscaler.store import DecisionStore, Published
+from autoscaler.targets import TargetReplicas
 from policies.decide import decide
 from policies.decision import Decision, Snapshot, State
 from policies.schema import (
@@ -41,24 +42,6 @@ class Querier(Protocol):
 class Leadership(Protocol):
     @property
     def is_leader(self) -> bool: ...
-
-
-_SCALE_READERS = {
-    "Deployment": "read_namespaced_deployment_scale",
-    "StatefulSet": "read_namespaced_stateful_set_scale",
-    "ReplicaSet": "read_namespaced_replica_set_scale",
-}
-
-
-class TargetError(Exception):
-    """The target's scale cannot be read; the tick decides nothing."""
-
-
-def replicas_of(scale: Mapping[str, Any]) -> int:
-    """``spec.replicas`` of a ``Scale``: the count currently asked for (what the HPA sets)."""
-    spec = scale.get("spec") or {}
-    value = spec.get("replicas", 0)
-    return int(value) if isinstance(value, int) else 0
 
 
 def metric_target(metric: Metric) -> float:
@@ -127,7 +110,7 @@ class Controller:
         self,
         *,
         core_api: Any,
-        apps_api: Any,
+        targets: TargetReplicas,
         querier: Querier,
         source: PolicySource,
         store: DecisionStore,
@@ -140,7 +123,7 @@ class Controller:
         hpa_resync: float = 300.0,
     ) -> None:
         self.core_api = core_api
-        self.apps_api = apps_api
+        self.targets = targets
         self.querier = querier
         self.source = source
         self.store = store
@@ -262,21 +245,8 @@ class Controller:
             await self._report(entry, ref, decision, missing)
 
     async def _current_replicas(self, policy: ScalingPolicy) -> int:
-        reader = _SCALE_READERS.get(policy.target.kind)
-        if reader is None or not policy.target.api_version.startswith("apps/"):
-            raise TargetError(
-                f"target kind {policy.target.api_version} {policy.target.kind} is not supported"
-                " (Deployment, StatefulSet or ReplicaSet in apps/v1)"
-            )
-        try:
-            scale = await call(getattr(self.apps_api, reader), policy.target.name, policy.namespace)
-        except KubeError as exc:
-            if exc.not_found:
-                raise TargetError(
-                    f"{policy.target.kind} {policy.namespace}/{policy.target.name} not found"
-                ) from exc
-            raise TargetError(f"reading the target's scale failed: {exc}") from exc
-        return replicas_of(scale)
+        t = policy.target
+        return await self.targets.replicas(t.api_version, t.kind, policy.namespace, t.name)
 
     def _publish(
         self,

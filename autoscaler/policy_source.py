@@ -1,24 +1,20 @@
 """Policies from ConfigMaps labelled ``gpuscale.io/scaling-policy=true``, by list + watch.
 
-The watch resumes from the last ``resourceVersion`` it saw (events and bookmarks); when the
-server says that version is too old (410 Gone, as an HTTP status or an ERROR event) we relist
-and diff the list against what we hold, so no policy is lost or duplicated. A policy that turns
-invalid keeps its last good version running; the error is reported beside it.
+Each (re)list is diffed against what we hold, so no policy is lost or duplicated across a
+410 Gone. A policy that turns invalid keeps its last good version running; the error is
+reported beside it. Metadata-only updates (our own status annotation) are not re-parsed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import aiohttp
-import orjson
-
-from autoscaler.kube import KubeError, call, metadata, raw
+from autoscaler.kube import metadata
+from autoscaler.reflector import Reflector, ReflectorSettings
 from policies.parse import NotAPolicy, PolicyError, is_policy_configmap, parse_configmap
 from policies.schema import POLICY_LABEL, ScalingPolicy
 
@@ -120,52 +116,45 @@ class PolicySource:
         on_change: ChangeHandler | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self._api = core_api
-        self._settings = settings
         self._on_change = on_change
-        self._rng = rng or random.Random()
         self.entries: dict[str, PolicyEntry] = {}
-        self.listed = asyncio.Event()
-        self.resource_version = ""
-        self.relists = 0
+        args: tuple[str, ...] = ()
+        if settings.namespace:
+            method, args = core_api.list_namespaced_config_map, (settings.namespace,)
+        else:
+            method = core_api.list_config_map_for_all_namespaces
+        self._reflector = Reflector(
+            method,
+            args,
+            ReflectorSettings(
+                "policies",
+                label_selector=SELECTOR,
+                watch_timeout=settings.watch_timeout,
+                backoff_max=settings.backoff_max,
+            ),
+            on_relist=self._relisted,
+            on_event=self._event,
+            rng=rng,
+        )
+        self.listed = self._reflector.listed
+
+    @property
+    def relists(self) -> int:
+        return self._reflector.relists
+
+    @property
+    def resource_version(self) -> str:
+        return self._reflector.resource_version
+
+    @resource_version.setter
+    def resource_version(self, value: str) -> None:
+        self._reflector.resource_version = value
 
     async def run(self) -> None:
-        """List, then watch, until cancelled.
+        """List, then watch, until cancelled (see :class:`~autoscaler.reflector.Reflector`)."""
+        await self._reflector.run()
 
-        A failed watch is retried from the same resourceVersion (with backoff), as client-go's
-        reflector does; only 410 Gone, or repeated failures, cost a relist.
-        """
-        failures = 0
-        need_list = True
-        while True:
-            try:
-                if need_list:
-                    await self._relist()
-                    need_list = False
-                need_list = await self._watch_once()
-                failures = 0
-            except (KubeError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                failures += 1
-                if failures >= 5:
-                    need_list = True
-                delay = min(self._settings.backoff_max, 0.1 * 2**failures)
-                log.warning(
-                    "policy list/watch failed; retrying",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2), "relist": need_list},
-                )
-                await asyncio.sleep(self._rng.uniform(delay / 2, delay))
-
-    def _list_method(self) -> Any:
-        if self._settings.namespace:
-            return self._api.list_namespaced_config_map
-        return self._api.list_config_map_for_all_namespaces
-
-    def _args(self) -> tuple[Any, ...]:
-        return (self._settings.namespace,) if self._settings.namespace else ()
-
-    async def _relist(self) -> None:
-        body = await call(self._list_method(), *self._args(), label_selector=SELECTOR)
-        items = body.get("items") or []
+    def _relisted(self, items: Sequence[Mapping[str, Any]]) -> None:
         seen: set[str] = set()
         for item in items:
             entry = self._upsert(item)
@@ -173,59 +162,13 @@ class PolicySource:
                 seen.add(entry.key)
         for key in [k for k in self.entries if k not in seen]:
             self._delete(key)
-        self.resource_version = str(metadata(body).get("resourceVersion", ""))
-        self.relists += 1
-        self.listed.set()
-        log.info(
-            "policies listed",
-            extra={"policies": len(self.entries), "resource_version": self.resource_version},
-        )
 
-    async def _watch_once(self) -> bool:
-        """Follow one watch request; True when a relist is needed (410 Gone)."""
-        timeout = self._settings.watch_timeout
-        resp: aiohttp.ClientResponse = await raw(self._list_method())(
-            *self._args(),
-            label_selector=SELECTOR,
-            watch=True,
-            allow_watch_bookmarks=True,
-            resource_version=self.resource_version,
-            timeout_seconds=timeout,
-            _request_timeout=float(timeout + 30),
-        )
-        try:
-            if resp.status == 410:
-                return True
-            if resp.status >= 400:
-                data = await resp.read()
-                raise KubeError(resp.status, resp.reason or "", _status_of(data))
-            async for line in resp.content:
-                if not line.strip():
-                    continue
-                if self._handle(orjson.loads(line)):
-                    return True
-            return False
-        finally:
-            resp.release()
-
-    def _handle(self, event: Mapping[str, Any]) -> bool:
-        kind = event.get("type")
-        obj = event.get("object") or {}
-        if kind == "ERROR":
-            code = obj.get("code")
-            if code == 410:
-                log.info("watch expired (410 Gone); relisting")
-                return True
-            raise KubeError(int(code or 500), str(obj.get("reason", "")), obj)
-        rv = str(metadata(obj).get("resourceVersion", ""))
-        if kind in ("ADDED", "MODIFIED"):
+    def _event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        if kind == "DELETED":
+            meta = metadata(obj)
+            self._delete(f"{meta.get('namespace') or 'default'}/{meta.get('name')}")
+        else:
             self._upsert(obj)
-        elif kind == "DELETED":
-            key = f"{metadata(obj).get('namespace') or 'default'}/{metadata(obj).get('name')}"
-            self._delete(key)
-        if rv:
-            self.resource_version = rv
-        return False
 
     def _upsert(self, obj: Mapping[str, Any]) -> PolicyEntry | None:
         meta = metadata(obj)
@@ -250,20 +193,3 @@ class PolicySource:
             log.warning("invalid policy", extra={"policy": key, "error": str(entry.error)})
         if self._on_change is not None:
             self._on_change(key, entry)
-
-    def refresh(self, key: str, configmap: Mapping[str, Any]) -> None:
-        """Remember our own write to a ConfigMap (its new annotations and version)."""
-        entry = self.entries.get(key)
-        if entry is not None:
-            rv = str(metadata(configmap).get("resourceVersion", entry.resource_version))
-            self.entries[key] = replace(
-                entry, configmap=_as_configmap(configmap), resource_version=rv
-            )
-
-
-def _status_of(data: bytes) -> dict[str, Any] | None:
-    try:
-        decoded = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return decoded if isinstance(decoded, dict) else None
