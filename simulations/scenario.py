@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+import policies
 from extender.model import Taint, Toleration
 from extender.quantity import QuantityError, gpu_memory_mib
 from policies.durations import DurationError, parse_duration
@@ -27,7 +28,7 @@ T = TypeVar("T")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DATA_DIR = PACKAGE_DIR / "data"
-EXAMPLES_DIR = PACKAGE_DIR.parent / "policies" / "examples"
+EXAMPLES_DIR = Path(policies.__file__).resolve().parent / "examples"
 DEFAULT_SCENARIO = PACKAGE_DIR / "scenarios" / "default.yaml"
 
 
