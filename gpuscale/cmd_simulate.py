@@ -195,9 +195,10 @@ def simulate(
     total = len(seed_list) * len(contenders)
     try:
         if sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import Progress
 
-            with Progress(transient=True) as progress:
+            with Progress(console=Console(stderr=True), transient=True) as progress:
                 task = progress.add_task("simulating", total=total)
                 result = compare(
                     sc, seed_list, workers=workers, on_done=lambda _r: progress.advance(task)
