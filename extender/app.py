@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -135,8 +136,7 @@ async def serve_extender(
         if on_listening is not None:
             on_listening(actual)
         tasks.append(asyncio.create_task(cluster.run(), name="kube-watch"))
-        if ready is not None:
-            tasks.append(asyncio.create_task(_set_when_synced(cluster.synced.values(), ready)))
+        tasks.append(asyncio.create_task(_when_synced(cluster.synced.values(), ready)))
         if "dcgm" in settings.inventory.sources and settings.prometheus_url:
             session = aiohttp.ClientSession()
             tasks.append(
@@ -155,6 +155,7 @@ async def serve_extender(
         log.info("stopping: readiness off, draining requests")
     finally:
         draining = True
+        gc.unfreeze()
         await runner.cleanup()
         for t in tasks:
             t.cancel()
@@ -167,10 +168,17 @@ async def serve_extender(
             await api_client.close()
 
 
-async def _set_when_synced(events: Iterable[asyncio.Event], ready: asyncio.Event) -> None:
+async def _when_synced(events: Iterable[asyncio.Event], ready: asyncio.Event | None) -> None:
+    """After the first full listing: move the cached cluster out of the garbage collector's
+    way (``gc.freeze``), so collections triggered by request garbage do not walk 100,000 pods,
+    then report readiness to ``ready``."""
     for e in events:
         await e.wait()
-    ready.set()
+    gc.collect()
+    gc.freeze()
+    log.info("cluster cached", extra={"frozen_objects": gc.get_freeze_count()})
+    if ready is not None:
+        ready.set()
 
 
 def run_extender(settings: ExtenderProcess) -> int:
