@@ -23,7 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Final
+from operator import itemgetter
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +50,7 @@ UNKNOWN: Final = 2**62
 _SIGNATURES: Final = 512
 
 I64 = npt.NDArray[np.int64]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,16 @@ class _Static:
 
     version: int
     kind: npt.NDArray[np.int8]  # 0 pass, 1 taint, 2 affinity
-    reason: list[str | None]
+    reason: list[str]  # "" where the class passes
+
+
+def _take(seq: Sequence[_T], positions: list[int]) -> list[_T]:
+    """``[seq[i] for i in positions]``, at C speed."""
+    if not positions:
+        return []
+    if len(positions) == 1:
+        return [seq[positions[0]]]
+    return list(itemgetter(*positions)(seq))
 
 
 class NodeIndex:
@@ -230,7 +241,7 @@ class NodeIndex:
             return hit
         always = required.terms is None and not required.node_selector
         kind = np.zeros(len(self._classes), dtype=np.int8)
-        reason: list[str | None] = [None] * len(self._classes)
+        reason: list[str] = [""] * len(self._classes)
         for c, cls in enumerate(self._classes):
             r = taint_rules.filter_reason(cls.taints, pod.tolerations) if cls.taints else None
             if r is not None:
@@ -245,11 +256,11 @@ class NodeIndex:
 
     def _static_per_node(
         self, pod: PodRequest, rows: I64
-    ) -> tuple[npt.NDArray[np.int8], list[str | None]]:
+    ) -> tuple[npt.NDArray[np.int8], list[str]]:
         required = compile_required(pod.node_selector, pod.required)
         always = required.terms is None and not required.node_selector
         kind = np.zeros(len(rows), dtype=np.int8)
-        reason: list[str | None] = [None] * len(rows)
+        reason: list[str] = [""] * len(rows)
         for j, i in enumerate(rows.tolist()):
             if i < 0:
                 continue
@@ -298,21 +309,19 @@ class NodeIndex:
             short_gpu = ok & ~fits
             ok &= fits
         ok_at = np.flatnonzero(ok)
-        passed = [names[j] for j in ok_at.tolist()]
+        passed = _take(names, ok_at.tolist())
         self._remember_positions(passed, idx[ok_at])
         failed: dict[str, str] = {}
-        unresolvable: dict[str, str] = {}
-        for j in np.flatnonzero(~known).tolist():
-            unresolvable[names[j]] = NOT_FOUND_REASON
-        bad_static = np.flatnonzero(kind > 0).tolist()
+        unresolvable: dict[str, str] = dict.fromkeys(
+            _take(names, np.flatnonzero(~known).tolist()), NOT_FOUND_REASON
+        )
+        bad = np.flatnonzero(kind > 0)
         if class_reason is not None:
-            cls_list = self._class_of[rows].tolist()
-            for j in bad_static:
-                unresolvable[names[j]] = class_reason[cls_list[j]] or ""
+            reasons = _take(class_reason, self._class_of[rows[bad]].tolist())
         else:
             assert per_node_reason is not None
-            for j in bad_static:
-                unresolvable[names[j]] = per_node_reason[j] or ""
+            reasons = _take(per_node_reason, bad.tolist())
+        unresolvable.update(zip(_take(names, bad.tolist()), reasons, strict=True))
         res_text = {
             (True, False): "Insufficient cpu",
             (False, True): "Insufficient memory",
