@@ -280,3 +280,27 @@ async def test_extender_process_end_to_end(kube: KubeStandIn, kube_client: Any) 
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(agent, *([server] if server else [])), 10)
+
+
+async def test_dcgm_poller_feeds_the_state() -> None:
+    from extender.dcgm import run_poller
+    from extender.state import ClusterState
+
+    series = [{"metric": {"Hostname": "n1", "gpu": "0"}, "value": [1_800_000_000, "100"]}]
+    results = {"DCGM_FI_DEV_FB_FREE": series, "DCGM_FI_DEV_FB_USED": series}
+    state = ClusterState(InventoryConfig(sources=("dcgm",)))
+    polled: list[bool] = []
+    done = asyncio.Event()
+
+    def on_poll(ok: bool) -> None:
+        polled.append(ok)
+        done.set()
+
+    async with fake_prometheus(results) as url, aiohttp.ClientSession() as session:
+        task = asyncio.create_task(run_poller(session, url, state, interval=60, on_poll=on_poll))
+        await asyncio.wait_for(done.wait(), 5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert polled == [True]
+    assert [(d.total_mib, d.used_mib) for d in state.dcgm["n1"].devices] == [(200, 100)]
