@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -181,6 +182,7 @@ async def run(
             hpa_resync=settings.hpa_resync,
         )
         holder.append(controller)
+        metrics.policy_states = controller.policy_states
         if not settings.leader_elect:
             controller.on_leadership_change(True)
 
@@ -225,6 +227,9 @@ async def run(
             await asyncio.wait({listed, stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
             if listed.done():
                 readiness.listed = True
+                # Imports, the generated client's models and the policies are long-lived: move
+                # them out of the collector's sight so full collections stay cheap.
+                gc.freeze()
                 ready.set()
                 await asyncio.wait({stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
             for t in (listed, stopping, failed):

@@ -8,7 +8,7 @@ is the output another adapter serves to the HPA.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from aiohttp import web
 from prometheus_client import (
@@ -19,6 +19,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 POLICY_STATES = ("active", "invalid", "metrics_unavailable", "pending")
 
@@ -84,7 +86,11 @@ class ControllerMetrics:
             registry=r,
         )
         self.errors = Counter("gpuscale_errors", "Errors by kind.", ("kind",), registry=r)
-        self.policies = Gauge("gpuscale_policies", "Policies by state.", ("state",), registry=r)
+        self.policy_states: Callable[[], Mapping[str, int]] = lambda: dict.fromkeys(
+            POLICY_STATES, 0
+        )
+        """Counted when scraped (the controller sets it), not on every change."""
+        r.register(_PolicyStates(self))
         self.is_leader = Gauge(
             "gpuscale_is_leader", "1 while this replica holds the leader lease.", registry=r
         )
@@ -94,8 +100,6 @@ class ControllerMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
-        for state in POLICY_STATES:
-            self.policies.labels(state)
         self.is_leader.set(0)
 
     def observe_query(self, seconds: float, outcome: str) -> None:
@@ -110,10 +114,32 @@ class ControllerMetrics:
         for gauge in (self.desired, self.recommended, self.current, self.decision_time):
             _remove(gauge, namespace, policy)
         _remove(self.decisions, namespace, policy)
+        self.forget_metrics(namespace, policy, metrics)
+
+    def forget_metrics(
+        self, namespace: str, policy: str, metrics: tuple[tuple[str, str], ...]
+    ) -> None:
+        """Drop the series of metrics a policy no longer has."""
         for metric, type_ in metrics:
             _remove(self.metric_value, namespace, policy, metric)
             _remove(self.winning, namespace, policy, metric)
             _remove(self.metric_target, namespace, policy, metric, type_)
+
+
+class _PolicyStates(Collector):
+    """``gpuscale_policies{state}``, computed at scrape time from the controller's view."""
+
+    def __init__(self, metrics: ControllerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("gpuscale_policies", "Policies by state.", labels=["state"])
+        for state, count in self._metrics.policy_states().items():
+            family.add_metric([state], count)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("gpuscale_policies", "Policies by state.", labels=["state"])
 
 
 def _remove(metric: Counter | Gauge, *labels: str) -> None:

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from autoscaler.selectors import Requirement, SelectorError, parse_selector
 
 NAMES = st.from_regex(r"[a-z0-9]([a-z0-9._-]{0,10}[a-z0-9])?", fullmatch=True)
-KEYS = st.one_of(NAMES, st.builds(lambda p, n: f"{p}.io/{n}", NAMES, NAMES))
+PREFIXES = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+KEYS = st.one_of(NAMES, st.builds(lambda p, n: f"{p}.io/{n}", PREFIXES, NAMES))
 VALUES = st.one_of(st.just(""), NAMES)
 
 
