@@ -21,6 +21,7 @@ from aiohttp import web
 
 from extender.inventory import InventoryConfig
 from extender.scoring import ScoreWeights
+from extender.state import ClusterState
 
 log = logging.getLogger("gpuscale.extender")
 
@@ -74,6 +75,8 @@ class ExtenderProcess:
     dcgm_interval: float = 15.0
     reservation_ttl: float = 300.0
     weights: ScoreWeights = field(default_factory=ScoreWeights)
+    relearn_interval: float = 60.0
+    """How often the fragmentation strategy re-estimates the pod shapes it expects."""
 
 
 async def serve_extender(
@@ -89,7 +92,6 @@ async def serve_extender(
     from extender.cluster_cache import KubeCluster
     from extender.dcgm import run_poller
     from extender.server import Extender, ExtenderSettings, Metrics, make_app
-    from extender.state import ClusterState
 
     host, port = parse_address(settings.address)
     if "dcgm" in settings.inventory.sources and not settings.prometheus_url:
@@ -136,7 +138,16 @@ async def serve_extender(
         if on_listening is not None:
             on_listening(actual)
         tasks.append(asyncio.create_task(cluster.run(), name="kube-watch"))
-        tasks.append(asyncio.create_task(_when_synced(cluster.synced.values(), ready)))
+        learned = asyncio.Event()
+        tasks.append(
+            asyncio.create_task(_when_synced(cluster.synced.values(), learned, ready, state))
+        )
+        tasks.append(
+            asyncio.create_task(
+                _learn_workload(learned, state, settings.relearn_interval),
+                name="learn-workload",
+            )
+        )
         if "dcgm" in settings.inventory.sources and settings.prometheus_url:
             session = aiohttp.ClientSession()
             tasks.append(
@@ -168,17 +179,38 @@ async def serve_extender(
             await api_client.close()
 
 
-async def _when_synced(events: Iterable[asyncio.Event], ready: asyncio.Event | None) -> None:
+async def _when_synced(
+    events: Iterable[asyncio.Event],
+    learned: asyncio.Event,
+    ready: asyncio.Event | None,
+    state: ClusterState,
+) -> None:
     """After the first full listing: move the cached cluster out of the garbage collector's
     way (``gc.freeze``), so collections triggered by request garbage do not walk 100,000 pods,
-    then report readiness to ``ready``."""
+    learn the workload for the fragmentation strategy, then report readiness to ``ready``."""
+    from extender.fragmentation import learn
+
     for e in events:
         await e.wait()
     gc.collect()
     gc.freeze()
     log.info("cluster cached", extra={"frozen_objects": gc.get_freeze_count()})
+    learn(state.pods.values())
+    learned.set()
     if ready is not None:
         ready.set()
+
+
+async def _learn_workload(synced: asyncio.Event, state: ClusterState, interval: float) -> None:
+    """Keep the ``fragmentation`` strategy's picture of the arriving pod shapes current: learn
+    it from the cached pods once they are listed (before readiness), then every ``interval``."""
+    from extender.fragmentation import learn
+
+    await synced.wait()
+    while True:
+        await asyncio.sleep(interval)
+        strategy = learn(state.pods.values())
+        log.info("workload learned", extra={"shapes": len(strategy.workload.shapes)})
 
 
 def run_extender(settings: ExtenderProcess) -> int:

@@ -32,13 +32,16 @@ from typing import Final
 
 from extender.fit import DeviceState, NodeGpus
 from extender.model import GpuNeed, NodeInfo, PodRequest
-from extender.scoring import MAX_NODE_SCORE, register
+from extender.scoring import MAX_NODE_SCORE, get_strategy, register
 
 MILLI: Final = 1000
 MAX_SHAPES: Final = 128
 """Shapes kept in a workload (most frequent first); rarer ones are dropped, weights rescaled."""
 COVERAGE: Final = 0.99
 """A workload keeps the most frequent shapes until they cover this share of GPU pods."""
+RELEARN_TOLERANCE: Final = 0.05
+"""A re-estimated workload replaces the registered one only when some shape's weight moved by
+more than this (or the shapes changed)."""
 TIE_BREAK: Final = 1e-3
 """Added fragmentation charged per GPU equivalent left free on the chosen devices, so that among
 placements that strand the same, the tighter one wins."""
@@ -109,6 +112,15 @@ class Workload:
         """Cached: workloads key the memo tables, so they are hashed on every lookup."""
         return self._hash
 
+    def similar(self, other: Workload, tolerance: float = RELEARN_TOLERANCE) -> bool:
+        """Same shapes with weights within ``tolerance``: switching to ``other`` would only
+        empty the memo tables (a cold prioritize costs ~8x a warm one) for no better choice."""
+        mine = {_key(s): s.weight for s in self.shapes}
+        theirs = {_key(s): s.weight for s in other.shapes}
+        return mine.keys() == theirs.keys() and all(
+            abs(w - theirs[k]) <= tolerance for k, w in mine.items()
+        )
+
     @classmethod
     def estimate(
         cls,
@@ -160,6 +172,10 @@ class Workload:
             max_shapes=max_shapes,
             coverage=coverage,
         )
+
+
+def _key(shape: Shape) -> ShapeKey:
+    return (shape.count, shape.share_milli, shape.mib_per_gpu, shape.milli_cpu, shape.memory)
 
 
 DEFAULT_WORKLOAD: Final = Workload(shapes=(Shape(weight=1.0, count=1),))
@@ -546,8 +562,13 @@ class Fragmentation:
 
 def learn(pods: Iterable[PodRequest]) -> Fragmentation:
     """Register a ``fragmentation`` strategy for the workload of ``pods`` (the pods the extender
-    sees, bound or pending) and return it; call again as the mix changes."""
-    strategy = Fragmentation(workload=Workload.from_pods(pods))
+    sees, bound or pending) and return it; call again as the mix changes. The registered one is
+    kept while the new estimate is :meth:`Workload.similar` to it, so its caches stay warm."""
+    current = get_strategy("fragmentation")
+    workload = Workload.from_pods(pods)
+    if isinstance(current, Fragmentation) and current.workload.similar(workload):
+        return current
+    strategy = Fragmentation(workload=workload)
     register(strategy)
     return strategy
 

@@ -21,8 +21,10 @@ from extender.app import (
     serve_node_agent,
 )
 from extender.dcgm import DcgmError, poll_once
+from extender.fragmentation import Fragmentation
 from extender.inventory import InventoryConfig, parse_gpus_annotation
 from extender.node_agent import NoNvml, publish_once, read_devices, run
+from extender.scoring import get_strategy, register
 from gpuscale.cli import main
 from tests.extender.test_cluster_cache import pod_obj
 from tests.support.kube_standin import KubeStandIn
@@ -277,9 +279,13 @@ async def test_extender_process_end_to_end(kube: KubeStandIn, kube_client: Any) 
             assert bound["metadata"]["annotations"]["gpuscale.io/gpu-indices"] == "1"
             async with http.get(f"{base}/metrics") as r:
                 assert 'gpuscale_extender_binds_total{result="bound"} 1.0' in await r.text()
+        learned = get_strategy("fragmentation")  # learned from the listed pods before ready
+        assert isinstance(learned, Fragmentation)
+        assert [s.mib_per_gpu for s in learned.workload.shapes] == [40000]
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(agent, *([server] if server else [])), 10)
+        register(Fragmentation())
 
 
 async def test_dcgm_poller_feeds_the_state() -> None:

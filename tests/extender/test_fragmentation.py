@@ -55,6 +55,19 @@ def test_registered_by_name_and_relearned_from_pods() -> None:
         register(Fragmentation())
 
 
+def test_relearning_a_similar_mix_keeps_the_warm_strategy() -> None:
+    pod = PodRequest("ns", "a", milli_cpu=100, gpu=GpuNeed(1, 8192))
+    other = PodRequest("ns", "b", milli_cpu=100, gpu=GpuNeed(1, 4096))
+    try:
+        first = learn([pod] * 50 + [other] * 50)
+        assert learn([pod] * 52 + [other] * 48) is first  # weights moved by 0.02
+        moved = learn([pod] * 60 + [other] * 40)
+        assert moved is not first and get_strategy("fragmentation") is moved
+        assert learn([pod] * 60) is not moved  # a shape disappeared
+    finally:
+        register(Fragmentation())
+
+
 def test_workload_estimate_keeps_frequent_gpu_shapes_and_normalises() -> None:
     observed = [(1, 500, None, 1000, 0)] * 6 + [(2, None, None, 0, 0)] * 3 + [(0, None, None, 9, 9)]
     observed += [(1, 250, None, 0, 0)]
