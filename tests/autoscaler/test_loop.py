@@ -157,3 +157,28 @@ async def test_a_failing_tick_does_not_stop_the_timer() -> None:
     await asyncio.sleep(5.0)
     await scheduler.close()
     assert calls >= 4
+
+
+@pytest.mark.looptime
+async def test_ticks_due_together_start_in_one_slot() -> None:
+    loop = asyncio.get_running_loop()
+    starts: dict[str, list[float]] = {}
+
+    async def tick(key: str) -> None:
+        starts.setdefault(key, []).append(loop.time())
+
+    scheduler = Scheduler(tick, granularity=0.05)
+    for i in range(200):
+        scheduler.schedule(f"ns/p{i}", 1.0)
+    await asyncio.sleep(10.0)
+    await scheduler.close()
+
+    assert len(starts) == 200
+    assert all(len(times) in (9, 10, 11) for times in starts.values())
+    first_second = {round(t, 6) for times in starts.values() for t in times if t < 1.0}
+    assert len(first_second) <= 21  # slots of 50 ms, not one wake-up per policy
+    for key, times in starts.items():
+        target = phase(key, 1.0)
+        for t in times:
+            off = (t - target) % 1.0
+            assert min(off, 1.0 - off) <= 0.05 + 1e-6, key  # each keeps its phase
