@@ -210,3 +210,25 @@ async def test_sigterm_drains_and_exits_0_within_10_seconds(
     assert names.index("stopping: draining ticks") < names.index("controller stopped")
     written = [e for e in events if e["event"] == "status written"]
     assert written and written[0]["policy"] == f"{NS}/llama" and written[0]["level"] == "info"
+
+
+async def test_steady_state_writes_nothing_after_the_first_status(
+    kube: KubeStandIn, fake_prometheus: FakePrometheus, certs: Certs
+) -> None:
+    policy = make_policy("llama", NS)
+    kube.store.create(deployment("llama", NS, 3))
+    kube.store.create(policy_configmap(policy))
+    fake_prometheus.answers[policy.metrics[0].query] = 10.0  # wants 3 = what runs
+    assert kube.kubeconfig_path is not None
+    settings = controller_settings(fake_prometheus.url, kube.kubeconfig_path, certs)
+    async with run_controller(settings) as rc:
+        await wait_until(lambda: len(fake_prometheus.calls) >= 5, within=10)
+        decisions = rc.controller.metrics.registry.get_sample_value(
+            "gpuscale_decisions_total", {"namespace": NS, "policy": "llama"}
+        )
+        assert decisions is not None and decisions >= 4
+    patches = kube.requests_matching("PATCH", f"/api/v1/namespaces/{NS}/configmaps/llama")
+    assert len(patches) == 1
+    assert not kube.requests_matching("POST", f"/api/v1/namespaces/{NS}/events")
+    # Counts come from the watch; at most the first tick, before it listed, reads the scale.
+    assert len(kube.requests_matching("GET", "*/scale")) <= 1
