@@ -234,8 +234,9 @@ async def run(
                 await asyncio.wait({stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
             for t in (listed, stopping, failed):
                 t.cancel()
-            if failed.done() and not failed.cancelled() and failed.exception() is not None:
-                raise failed.exception()  # type: ignore[misc]
+            error = failed.exception() if failed.done() and not failed.cancelled() else None
+            if error is not None:
+                raise error
             readiness.stopping = True
             log.info("stopping: draining ticks")
             await controller.scheduler.drain(settings.drain_timeout)
@@ -263,8 +264,9 @@ async def _first_failure(tasks: list[asyncio.Task[Any]]) -> None:
     """Return when a long-running task ends by itself (a bug): re-raise its error."""
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in done:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
     raise RuntimeError(f"task {next(iter(done)).get_name()} ended unexpectedly")
 
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from autoscaler.feedback import STATUS_ANNOTATION, ConfigMapRef, Feedback, PolicyStatus
@@ -66,14 +66,17 @@ def status_for(
             reason="policy is invalid and no earlier version was valid; nothing runs",
             errors=errors,
         )
-    common = {
-        "desired_replicas": decision.desired_replicas,
-        "current_replicas": decision.current_replicas,
-        "winner": decision.winner,
-        "metrics_missing": decision.metrics_missing,
-    }
+    base = PolicyStatus(
+        state="Active",
+        reason=decision.reason,
+        desired_replicas=decision.desired_replicas,
+        current_replicas=decision.current_replicas,
+        winner=decision.winner,
+        metrics_missing=decision.metrics_missing,
+    )
     if entry.error is not None:
-        return PolicyStatus(
+        return replace(
+            base,
             state="Invalid",
             reason=(
                 f"latest version is invalid; version {entry.good_resource_version} keeps running:"
@@ -81,16 +84,12 @@ def status_for(
             ),
             errors=errors,
             running_resource_version=entry.good_resource_version,
-            **common,  # type: ignore[arg-type]
         )
     if decision.metrics_missing and decision.winner is None:
         why = "; ".join(f"{name}: {reason}" for name, reason in missing.items())
-        return PolicyStatus(
-            state="MetricsUnavailable",
-            reason=f"{decision.reason} ({why})" if why else decision.reason,
-            **common,  # type: ignore[arg-type]
-        )
-    return PolicyStatus(state="Active", reason=decision.reason, **common)  # type: ignore[arg-type]
+        reason = f"{decision.reason} ({why})" if why else decision.reason
+        return replace(base, state="MetricsUnavailable", reason=reason)
+    return base
 
 
 @dataclass(slots=True)
