@@ -78,9 +78,10 @@ def controller(
     log_level: str,
 ) -> None:
     """Run the autoscaler controller: Prometheus in, external metrics and HPAs out."""
-    from autoscaler import app, logs
+    from autoscaler import app
     from autoscaler.leader import LeaderSettings
     from autoscaler.settings import AddressError, ControllerSettings, parse_address
+    from gpuscale import logs
     from policies.durations import DurationError, parse_duration
 
     problems: list[str] = []

@@ -76,9 +76,9 @@ def extender(
     log_level: str,
 ) -> None:
     """Run the kube-scheduler extender: place GPU pods by free GPU memory."""
-    from extender import logs
     from extender.app import ExtenderProcess, StartupError, parse_address, run_extender
     from extender.inventory import InventoryConfig
+    from gpuscale import logs
     from policies.durations import DurationError, parse_duration
 
     problems: list[str] = []
@@ -145,9 +145,9 @@ def node_agent(node_name: str, interval: str, kubeconfig: str | None, log_level:
     """Publish this node's per-GPU memory (NVML) in the annotation gpuscale.io/gpus."""
     import asyncio
 
-    from extender import logs
     from extender.app import StartupError, serve_node_agent
     from extender.node_agent import NoNvml
+    from gpuscale import logs
     from policies.durations import DurationError, parse_duration
 
     problems: list[str] = []

@@ -1,5 +1,6 @@
-"""JSON-lines logging for the extender and node agent: one event per line, ``extra`` fields as
-keys (pod, node, verb…)."""
+"""JSON-lines logging for the servers (controller, extender, node agent): one event per line,
+with the ``extra`` fields (policy, pod, node, error…) as keys. Configured by the CLI wiring;
+the parts only use ``logging.getLogger``."""
 
 from __future__ import annotations
 
