@@ -40,7 +40,8 @@ class _SimulateCommand(click.Command):
                 click.echo(f"gpuscale simulate {args[0]}: not available in this build", err=True)
                 raise SystemExit(1) from None
             assert isinstance(command, click.Command)
-            return command.make_context(args[0], args[1:], parent=parent, **extra)
+            name = f"{info_name} {args[0]}" if info_name else args[0]
+            return command.make_context(name, args[1:], parent=parent, **extra)
         return super().make_context(info_name, args, parent=parent, **extra)
 
 

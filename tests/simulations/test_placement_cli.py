@@ -108,3 +108,8 @@ def test_unknown_gpu_model_exits_1(
     code = main(["simulate", "placement", "--nodes", str(nodes), "--pods", str(pods)])
     assert code == 1
     assert "GPU model 'H100' has no memory size" in capsys.readouterr().err
+
+
+def test_help_names_the_full_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "placement", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("Usage: gpuscale simulate placement [OPTIONS]")
