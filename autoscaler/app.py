@@ -23,7 +23,7 @@ from aiohttp import web
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 
-from autoscaler import external_metrics, ops
+from autoscaler import authn, external_metrics, ops
 from autoscaler.controller import Controller
 from autoscaler.feedback import Feedback
 from autoscaler.hpa import HpaReconciler, supports_tolerance
@@ -34,6 +34,7 @@ from autoscaler.prometheus import PrometheusClient, PrometheusSettings
 from autoscaler.settings import ControllerSettings, parse_address
 from autoscaler.store import DecisionStore
 from autoscaler.targets import TargetReplicas
+from autoscaler.tls import ServingTLS
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +73,6 @@ async def serving(
         yield int(sockets[0].getsockname()[1]) if sockets else port
     finally:
         await runner.cleanup()
-
-
-def self_signed_context(hosts: list[str]) -> ssl.SSLContext:
-    """A throwaway serving certificate when none is given (local runs; deploy/ mounts one)."""
-    try:
-        import trustme
-    except ImportError as exc:  # pragma: no cover - depends on the image
-        raise SystemExit(
-            "no --tls-cert-file/--tls-private-key-file given and trustme is not installed to"
-            " make a self-signed certificate"
-        ) from exc
-    ca = trustme.CA()
-    cert = ca.issue_cert(*hosts)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(context)
-    return context
 
 
 @dataclass(slots=True)
@@ -186,22 +171,28 @@ async def run(
         if not settings.leader_elect:
             controller.on_leadership_change(True)
 
+        guard: _FrontProxyGuard | None = None
+        if settings.actuation == "hpa":
+            guard = await _FrontProxyGuard.start(settings, core)
+
         async with contextlib.AsyncExitStack() as stack:
             ops_port = await stack.enter_async_context(
                 serving(ops.build_app(metrics, ready=readiness), settings.ops_address)
             )
             secure_port: int | None = None
-            if settings.actuation == "hpa":
+            if guard is not None:
                 secure_port = await stack.enter_async_context(
                     serving(
                         external_metrics.build_app(
                             store,
                             external_metrics.ExternalMetricsSettings(settings.stale_after),
+                            trust=guard.current if guard.trust is not None else None,
                         ),
                         settings.secure_address,
-                        _server_context(settings),
+                        guard.tls.listening,
                     )
                 )
+                tasks.append(asyncio.create_task(guard.run(), name="tls refresh"))
             readiness.tls_up = True
             tasks.append(asyncio.create_task(source.run(), name="policy source"))
             tasks.append(asyncio.create_task(leadership.run(), name="leader election"))
@@ -270,19 +261,140 @@ async def _first_failure(tasks: list[asyncio.Task[Any]]) -> None:
     raise RuntimeError(f"task {next(iter(done)).get_name()} ended unexpectedly")
 
 
-def _server_context(settings: ControllerSettings) -> ssl.SSLContext:
-    if settings.tls_cert_file and settings.tls_private_key_file:
-        return external_metrics.server_ssl_context(
+class _FrontProxyGuard:
+    """The serving TLS and the front-proxy trust, kept fresh while the controller runs.
+
+    The trust comes from ``--requestheader-client-ca-file`` (re-read when the file changes) or
+    from ``kube-system/extension-apiserver-authentication`` (re-read every ``authn_refresh`` s).
+    A failed re-read keeps the last good trust.
+    """
+
+    def __init__(
+        self, settings: ControllerSettings, core: Any, trust: authn.FrontProxy | None
+    ) -> None:
+        self.settings = settings
+        self.core = core
+        self.trust = trust
+        self._ca_stamp = _file_mtime(settings.requestheader_client_ca_file)
+        hosts = ["localhost", "127.0.0.1", os.uname().nodename]
+        if not (settings.tls_cert_file and settings.tls_private_key_file):
+            log.warning("no serving certificate given; using a self-signed one")
+        self.tls = ServingTLS(
             settings.tls_cert_file,
             settings.tls_private_key_file,
-            settings.requestheader_client_ca_file,
+            client_ca_pem=trust.ca_pem if trust is not None else None,
+            hosts=hosts,
         )
-    log.warning("no serving certificate given; using a self-signed one")
-    context = self_signed_context(["localhost", "127.0.0.1", os.uname().nodename])
-    if settings.requestheader_client_ca_file:
-        context.load_verify_locations(cafile=settings.requestheader_client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+
+    def current(self) -> authn.FrontProxy | None:
+        return self.trust
+
+    @classmethod
+    async def start(cls, settings: ControllerSettings, core: Any) -> _FrontProxyGuard:
+        if settings.requestheader_client_ca_file:
+            trust: authn.FrontProxy | None = _trust_from_file(settings)
+        else:
+            try:
+                trust = await _trust_from_cluster(core)
+            except (KubeError, authn.AuthnConfigError, aiohttp.ClientError, OSError) as exc:
+                if not settings.insecure_allow_any_client:
+                    raise StartupError(
+                        f"cannot read {authn.CONFIGMAP_NAMESPACE}/{authn.CONFIGMAP_NAME} for the"
+                        f" front-proxy CA: {exc}; give --requestheader-client-ca-file, or"
+                        " --insecure-allow-any-client (tests and development only)"
+                    ) from exc
+                trust = None
+            if trust is None and not settings.insecure_allow_any_client:
+                raise StartupError(
+                    "no front-proxy CA: --requestheader-client-ca-file is not given and"
+                    f" {authn.CONFIGMAP_NAMESPACE}/{authn.CONFIGMAP_NAME} has no"
+                    " requestheader-client-ca-file; refusing to serve the metrics API to anyone"
+                    " (--insecure-allow-any-client allows that, for tests and development only)"
+                )
+        if trust is None:
+            log.warning("external metrics API open to any TLS client (--insecure-allow-any-client)")
+        else:
+            log.info(
+                "front-proxy authentication",
+                extra={"source": trust.source, "allowed_names": list(trust.allowed_names)},
+            )
+        return cls(settings, core, trust)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_lookup = loop.time() + self.settings.authn_refresh
+        step = min(self.settings.tls_reload_interval, self.settings.authn_refresh)
+        while True:
+            await asyncio.sleep(step)
+            self.tls.reload_if_changed()
+            if self.trust is None:
+                continue
+            if self.settings.requestheader_client_ca_file:
+                stamp = _file_mtime(self.settings.requestheader_client_ca_file)
+                if stamp != self._ca_stamp:
+                    self._ca_stamp = stamp
+                    self._adopt(self._safely_from_file())
+            elif loop.time() >= next_lookup:
+                next_lookup = loop.time() + self.settings.authn_refresh
+                try:
+                    self._adopt(await _trust_from_cluster(self.core))
+                except (KubeError, authn.AuthnConfigError, aiohttp.ClientError, OSError) as exc:
+                    log.warning(
+                        "cannot re-read the front-proxy configuration; keeping the last one",
+                        extra={"error": str(exc)},
+                    )
+
+    def _safely_from_file(self) -> authn.FrontProxy | None:
+        try:
+            return _trust_from_file(self.settings)
+        except StartupError as exc:
+            log.warning(
+                "front-proxy CA file unusable; keeping the last one", extra={"error": str(exc)}
+            )
+            return None
+
+    def _adopt(self, trust: authn.FrontProxy | None) -> None:
+        if trust is None:
+            return
+        self.tls.set_client_ca(trust.ca_pem)
+        if trust != self.trust:
+            log.info(
+                "front-proxy authentication changed",
+                extra={"source": trust.source, "allowed_names": list(trust.allowed_names)},
+            )
+        self.trust = trust
+
+
+def _file_mtime(path: str | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns / 1e9 if path else None
+    except OSError:
+        return None
+
+
+def _trust_from_file(settings: ControllerSettings) -> authn.FrontProxy:
+    path = settings.requestheader_client_ca_file
+    assert path is not None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            pem = handle.read()
+        return authn.from_file(path, pem, settings.requestheader_allowed_names)
+    except (OSError, UnicodeDecodeError, authn.AuthnConfigError) as exc:
+        raise StartupError(f"--requestheader-client-ca-file: {exc}") from exc
+
+
+async def _trust_from_cluster(core: Any) -> authn.FrontProxy | None:
+    """The front-proxy trust kube-apiserver publishes; None when it publishes no CA."""
+    try:
+        obj = await call(
+            core.read_namespaced_config_map, authn.CONFIGMAP_NAME, authn.CONFIGMAP_NAMESPACE
+        )
+    except KubeError as exc:
+        if exc.not_found:
+            return None
+        raise
+    data = obj.get("data")
+    return authn.from_configmap(data if isinstance(data, dict) else None)
 
 
 async def _tolerance_supported(api: Any) -> bool:

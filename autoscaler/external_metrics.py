@@ -7,16 +7,18 @@ HTTPS, authenticating itself with the front-proxy client certificate. Answers mi
 
 from __future__ import annotations
 
+import logging
 import math
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from autoscaler.authn import FrontProxy, authenticate
 from autoscaler.selectors import SelectorError, parse_selector
 from autoscaler.store import DecisionStore, Published
 
@@ -26,6 +28,8 @@ GROUP_VERSION = f"{GROUP}/{VERSION}"
 METRIC = "gpuscale_desired_replicas"
 POLICY_LABEL = "gpuscale.io/policy"
 BASE = f"/apis/{GROUP_VERSION}"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +131,13 @@ def build_app(
     settings: ExternalMetricsSettings,
     *,
     wall: Callable[[], float] = time.time,
+    trust: Callable[[], FrontProxy | None] | None = None,
 ) -> web.Application:
-    """The aiohttp application; ``wall`` is the clock staleness is measured with."""
+    """The aiohttp application; ``wall`` is the clock staleness is measured with.
+
+    ``trust`` gives the current front-proxy trust; every request must then come from the
+    front proxy (see ``authn``). None serves anyone (unit tests, ``--insecure-allow-any-client``).
+    """
 
     async def group(_: web.Request) -> web.Response:
         return _json(group_document())
@@ -182,7 +191,34 @@ def build_app(
             404,
         )
 
-    app = web.Application()
+    @web.middleware
+    async def authenticated(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        transport = request.transport
+        peercert = transport.get_extra_info("peercert") if transport is not None else None
+        verdict = authenticate(trust() if trust is not None else None, peercert, request.headers)
+        if not verdict.allowed:
+            reason = "Unauthorized" if verdict.status == 401 else "Forbidden"
+            log.warning(
+                "external metrics request refused",
+                extra={"status": verdict.status, "path": request.path, "error": verdict.message},
+            )
+            return _json(status_body(verdict.status, reason, verdict.message), verdict.status)
+        response = await handler(request)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "external metrics request",
+                extra={
+                    "user": verdict.user,
+                    "groups": list(verdict.groups),
+                    "path": request.path_qs,
+                    "status": response.status,
+                },
+            )
+        return response
+
+    app = web.Application(middlewares=[authenticated])
     app.router.add_get(f"/apis/{GROUP}", group)
     app.router.add_get(BASE, resources)
     app.router.add_get(BASE + "/namespaces/{namespace}/{metric}", metric)

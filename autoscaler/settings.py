@@ -36,6 +36,15 @@ class ControllerSettings:
     tls_cert_file: str | None = None
     tls_private_key_file: str | None = None
     requestheader_client_ca_file: str | None = None
+    """Front-proxy CA file; None: read it from kube-system/extension-apiserver-authentication."""
+    requestheader_allowed_names: tuple[str, ...] = ()
+    """CNs the front-proxy certificate may have (with the file; empty: any)."""
+    insecure_allow_any_client: bool = False
+    """Serve the metrics API to any TLS client when no front-proxy CA is found (tests/dev only)."""
+    authn_refresh: float = 300.0
+    """Seconds between reads of the extension-apiserver-authentication ConfigMap."""
+    tls_reload_interval: float = 30.0
+    """Seconds between checks of the certificate files (renewals take effect without restart)."""
     ops_address: str = "0.0.0.0:8080"
     leader_elect: bool = True
     leader: LeaderSettings = field(default_factory=LeaderSettings)

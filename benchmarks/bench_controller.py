@@ -164,7 +164,9 @@ async def _load_child(url: str, rate: float, seconds: float, certs: Sequence[str
     ca, cert, key = certs
     context = ssl.create_default_context(cafile=ca)
     context.load_cert_chain(cert, key)
-    async with aiohttp.ClientSession() as session:
+    # As the aggregator sends it: the front-proxy certificate names the caller in a header.
+    caller = {"X-Remote-User": "system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
+    async with aiohttp.ClientSession(headers=caller) as session:
         latencies, errors = await _load(session, url, context, rate, seconds)
     print(json.dumps({"latencies": latencies, "errors": errors}))
 

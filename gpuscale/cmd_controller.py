@@ -36,7 +36,21 @@ def _identity_default() -> str:
 @click.option(
     "--requestheader-client-ca-file",
     type=click.Path(dir_okay=False),
-    help="Front-proxy client CA; when given, clients must present a certificate it signed.",
+    help="Front-proxy client CA (default: from kube-system/extension-apiserver-authentication);"
+    " clients must present a certificate it signed.",
+)
+@click.option(
+    "--requestheader-allowed-names",
+    default="",
+    help="With --requestheader-client-ca-file: comma list of CNs the front-proxy certificate may"
+    " have (default any).",
+)
+@click.option(
+    "--insecure-allow-any-client",
+    is_flag=True,
+    default=False,
+    help="Tests and development only: when no front-proxy CA is found, serve the metrics API to"
+    " any TLS client instead of refusing to start.",
 )
 @click.option(
     "--ops-address",
@@ -69,6 +83,8 @@ def controller(
     tls_cert_file: str | None,
     tls_private_key_file: str | None,
     requestheader_client_ca_file: str | None,
+    requestheader_allowed_names: str,
+    insecure_allow_any_client: bool,
     ops_address: str,
     leader_elect: bool,
     leader_elect_namespace: str,
@@ -95,6 +111,11 @@ def controller(
             parse_address(value)
         except AddressError as exc:
             problems.append(f"{flag}: {exc}")
+    if requestheader_allowed_names.strip() and not requestheader_client_ca_file:
+        problems.append(
+            "--requestheader-allowed-names needs --requestheader-client-ca-file (without it the"
+            " allowed names come from kube-system/extension-apiserver-authentication)"
+        )
     if bool(tls_cert_file) != bool(tls_private_key_file):
         problems.append("--tls-cert-file and --tls-private-key-file go together")
     for flag, path in (
@@ -122,6 +143,10 @@ def controller(
         tls_cert_file=tls_cert_file,
         tls_private_key_file=tls_private_key_file,
         requestheader_client_ca_file=requestheader_client_ca_file,
+        requestheader_allowed_names=tuple(
+            n.strip() for n in requestheader_allowed_names.split(",") if n.strip()
+        ),
+        insecure_allow_any_client=insecure_allow_any_client,
         ops_address=ops_address,
         leader_elect=leader_elect,
         leader=LeaderSettings(

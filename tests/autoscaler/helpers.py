@@ -30,6 +30,7 @@ from policies.schema import (
     ScalingRules,
     TargetRef,
 )
+from tests.support.kube_aggregator import FRONT_PROXY_CN, HPA_USER, front_proxy_pki
 
 FAST_UP = ScalingRules(0.0, "Max", (ScalingRule("Percent", 1000, 1.0),))
 
@@ -106,20 +107,25 @@ class Certs:
         return context
 
 
+SERVICE_HOST = "gpuscale-controller.gpuscale-system.svc"
+
+
 def make_certs(directory: Path) -> Certs:
+    """A serving certificate (loopback and the Service's name) and the session's front-proxy
+    CA with its client certificate (CN ``front-proxy-client``), which the stand-in publishes."""
     ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
+    server = ca.issue_cert("127.0.0.1", "localhost", SERVICE_HOST)
     cert_file = directory / "tls.crt"
     key_file = directory / "tls.key"
     server.cert_chain_pems[0].write_to_path(str(cert_file))
     for pem in server.cert_chain_pems[1:]:
         pem.write_to_path(str(cert_file), append=True)
     server.private_key_pem.write_to_path(str(key_file))
-    client_ca = trustme.CA()
+    pki = front_proxy_pki()
     client_ca_file = directory / "front-proxy-ca.crt"
-    client_ca.cert_pem.write_to_path(str(client_ca_file))
-    client = client_ca.issue_cert("front-proxy-client")
-    return Certs(ca, str(cert_file), str(key_file), client_ca, str(client_ca_file), client)
+    pki.ca.cert_pem.write_to_path(str(client_ca_file))
+    assert pki.client_cert is not None and FRONT_PROXY_CN
+    return Certs(ca, str(cert_file), str(key_file), pki.ca, str(client_ca_file), pki.client_cert)
 
 
 def controller_settings(
@@ -204,7 +210,8 @@ async def wait_until(predicate: Any, within: float = 10.0, every: float = 0.05) 
 async def external_metric(
     session: aiohttp.ClientSession, port: int, namespace: str, policy: str, certs: Certs
 ) -> tuple[int, dict[str, Any]]:
-    """GET the value as the HPA does through the aggregated path, over HTTPS with a client cert."""
+    """GET the value straight from the controller over HTTPS, as the aggregator would send it
+    (front-proxy client certificate, ``X-Remote-User``); the aggregated path is ``via_api``."""
     url = (
         f"https://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/"
         f"{namespace}/gpuscale_desired_replicas"
@@ -212,6 +219,7 @@ async def external_metric(
     async with session.get(
         url,
         params={"labelSelector": f"gpuscale.io/policy={policy}"},
+        headers={"X-Remote-User": HPA_USER},
         ssl=certs.client_context(),
     ) as resp:
         body = await resp.json()

@@ -1,6 +1,9 @@
 """pytest fixtures for the real parts the tests talk to.
 
-- `kube`: a running `KubeStandIn` (Kubernetes API stand-in) with a kubeconfig written for it.
+- `kube`: a running `KubeStandIn` (Kubernetes API stand-in) with a kubeconfig written for it,
+  an aggregation layer (`kube.aggregator`, proxying external.metrics.k8s.io to its APIService)
+  and `kube-system/extension-apiserver-authentication` naming the front-proxy CA.
+- `front_proxy`: that aggregation layer (`Aggregator`: `.pki`, `.endpoints`, `.forwarded`).
 - `kube_client`: a `kubernetes.aio.client.ApiClient` pointed at `kube`, closed afterwards.
 - `inference_server`: a synthetic vLLM-style metrics server (`.target` is host:port).
 - `prometheus`: Debian's Prometheus scraping `inference_server` every second.
@@ -17,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support.inference_server import InferenceServer
+from tests.support.kube_aggregator import Aggregator, front_proxy_pki
 from tests.support.kube_standin import KubeStandIn, make_api_client
 from tests.support.prometheus import PrometheusServer, find_prometheus
 
@@ -27,13 +31,24 @@ PrometheusFactory = Callable[..., PrometheusServer]
 async def kube(tmp_path: Path) -> AsyncIterator[KubeStandIn]:
     """A fresh API stand-in per test; `kube.kubeconfig_path` points a client at it."""
     standin = KubeStandIn()
+    aggregator = Aggregator(front_proxy_pki())
+    aggregator.install(standin)
+    standin.aggregator = aggregator
     await standin.start()
     standin.write_kubeconfig(tmp_path / "kubeconfig")
     try:
         yield standin
     finally:
         await standin.stop()
+        await aggregator.close()
     assert not standin.internal_errors, f"the API stand-in failed: {standin.internal_errors}"
+
+
+@pytest.fixture
+def front_proxy(kube: KubeStandIn) -> Aggregator:
+    """The aggregation layer of `kube` (APIServices proxied with the front-proxy certificate)."""
+    aggregator: Aggregator = kube.aggregator
+    return aggregator
 
 
 @pytest.fixture

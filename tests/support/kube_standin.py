@@ -14,6 +14,8 @@ Paths (every resource supports GET, LIST, WATCH, POST, PUT, PATCH, DELETE, DELET
     /apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers[/{name}[/status]]
     /apis/coordination.k8s.io/v1/namespaces/{ns}/leases[/{name}]
     /apis/apps/v1/namespaces/{ns}/deployments[/{name}[/status|/scale]]
+    /apis/apiregistration.k8s.io/v1/apiservices[/{name}]   (cluster-scoped; proxying: see
+                                                       tests/support/kube_aggregator.py)
     /api, /api/v1, /apis, /apis/{group}, /apis/{group}/{version}   discovery documents
     /version (settable `git_version`), /openapi/v3 and /openapi/v3/apis/autoscaling/v2
     /healthz, /livez, /readyz; more via `add_route`.
@@ -227,6 +229,8 @@ class KubeStandIn:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._changed = asyncio.Event()
         self._open_watches: dict[Watcher, web.Request] = {}
+        self.aggregator: Any = None
+        """The aggregation layer (tests/support/kube_aggregator.py) when one is installed."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property

@@ -65,6 +65,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
     ResourceType("apps", "v1", "deployments", "Deployment", True, frozenset({"status", "scale"})),
+    ResourceType("apiregistration.k8s.io", "v1", "apiservices", "APIService", False),
 )
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
