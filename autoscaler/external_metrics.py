@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -224,14 +223,3 @@ def build_app(
     app.router.add_get(BASE + "/namespaces/{namespace}/{metric}", metric)
     app.router.add_route("*", "/{tail:.*}", unknown)
     return app
-
-
-def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str | None) -> ssl.SSLContext:
-    """TLS for the API; with ``client_ca_file`` only clients it signed (the aggregator) get in."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    if client_ca_file:
-        context.load_verify_locations(cafile=client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context

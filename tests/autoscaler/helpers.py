@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -30,7 +31,8 @@ from policies.schema import (
     ScalingRules,
     TargetRef,
 )
-from tests.support.kube_aggregator import FRONT_PROXY_CN, HPA_USER, front_proxy_pki
+from tests.support.kube_aggregator import FRONT_PROXY_CN, HPA_USER, api_service, front_proxy_pki
+from tests.support.kube_standin import KubeStandIn
 
 FAST_UP = ScalingRules(0.0, "Max", (ScalingRule("Percent", 1000, 1.0),))
 
@@ -224,6 +226,46 @@ async def external_metric(
     ) as resp:
         body = await resp.json()
         return resp.status, body
+
+
+CONTROLLER_SERVICE = ("gpuscale-system", "gpuscale-controller", 443)
+
+
+def register_api_service(kube: KubeStandIn, port: int, certs: Certs) -> None:
+    """The APIService deploy/ installs, with the stand-in's aggregator sending it to ``port``."""
+    namespace, name, _ = CONTROLLER_SERVICE
+    kube.store.create(
+        api_service(
+            "external.metrics.k8s.io",
+            "v1beta1",
+            CONTROLLER_SERVICE,
+            certs.ca.cert_pem.bytes().decode(),
+        )
+    )
+    kube.aggregator.endpoints[(namespace, name)] = ("127.0.0.1", port)
+
+
+async def metric_via_api(
+    api_client: Any, namespace: str, policy: str
+) -> tuple[int, dict[str, Any]]:
+    """GET the value exactly as the HPA controller does: through the API server's aggregated
+    path, with the official client (``GET /apis/external.metrics.k8s.io/v1beta1/namespaces/
+    {ns}/gpuscale_desired_replicas?labelSelector=gpuscale.io/policy=<name>``)."""
+    from kubernetes.aio import client as kclient
+
+    api = kclient.CustomObjectsApi(api_client)
+    try:
+        body = await api.list_namespaced_custom_object(
+            "external.metrics.k8s.io",
+            "v1beta1",
+            namespace,
+            "gpuscale_desired_replicas",
+            label_selector=f"gpuscale.io/policy={policy}",
+        )
+    except kclient.ApiException as exc:
+        return int(exc.status or 0), json.loads(exc.body or "{}")
+    assert isinstance(body, dict), body
+    return 200, body
 
 
 def metric_count(body: Mapping[str, Any]) -> int:

@@ -1,6 +1,7 @@
 """The whole path with real parts: policy ConfigMap → HPA → load → real Prometheus → external
-metrics over HTTPS (aggregated path, front-proxy client certificate) → count up → load falls →
-count down only after the scale-down stabilization window.
+metrics read as the HPA reads them (official client → API stand-in's aggregated path → HTTPS
+with the front-proxy client certificate, trust taken from extension-apiserver-authentication)
+→ count up → load falls → count down only after the scale-down stabilization window.
 
 The HPA controller itself does not run here; ``emulate_hpa`` plays it with tolerance 0, as our
 HPA asks for: it reads our metric the way the HPA does and sets the Deployment's scale.
@@ -11,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
-import aiohttp
 import pytest
 
 from policies.schema import LatencyMetric, QueueDepthMetric
@@ -20,10 +21,11 @@ from tests.autoscaler.helpers import (
     Certs,
     controller_settings,
     deployment,
-    external_metric,
     make_policy,
     metric_count,
+    metric_via_api,
     policy_configmap,
+    register_api_service,
     run_controller,
     wait_until,
 )
@@ -36,16 +38,14 @@ WINDOW = 4.0
 
 
 @contextlib.asynccontextmanager
-async def emulate_hpa(
-    kube: KubeStandIn, session: aiohttp.ClientSession, port: int, certs: Certs
-) -> AsyncIterator[None]:
+async def emulate_hpa(kube: KubeStandIn, api_client: Any) -> AsyncIterator[None]:
     """Play the HPA controller: desired = ceil(value / 1) within min/max, written to the scale."""
 
     async def loop() -> None:
         while True:
             hpa = kube.store.get("horizontalpodautoscalers", NS, "gpuscale-llama")
             if hpa is not None:
-                status, body = await external_metric(session, port, NS, "llama", certs)
+                status, body = await metric_via_api(api_client, NS, "llama")
                 if status == 200:
                     spec = hpa["spec"]
                     wanted = max(spec["minReplicas"], min(spec["maxReplicas"], metric_count(body)))
@@ -88,6 +88,7 @@ async def test_policy_to_hpa_to_scaled_count_and_back(
     inference_server: InferenceServer,
     prometheus: PrometheusServer,
     certs: Certs,
+    kube_client: Any,
 ) -> None:
     queue = 'sum(vllm:num_requests_waiting{model_name="llama"})'
     latency = (
@@ -102,16 +103,19 @@ async def test_policy_to_hpa_to_scaled_count_and_back(
     )
     kube.store.create(deployment("llama", NS, 1))
     assert kube.kubeconfig_path is not None
-    settings = controller_settings(prometheus.url, kube.kubeconfig_path, certs)
+    # No CA flag: the controller trusts the front-proxy CA the cluster publishes.
+    settings = controller_settings(
+        prometheus.url, kube.kubeconfig_path, certs, requestheader_client_ca_file=None
+    )
     metrics_seen: list[tuple[float, float | None, float | None]] = []
 
     async with (
         steady_latency(inference_server, 0.4),
         run_controller(settings) as rc,
-        aiohttp.ClientSession() as session,
     ):
         port = rc.running.secure_port
         assert port is not None
+        register_api_service(kube, port, certs)
         registry = rc.controller.metrics.registry
         labels = {"namespace": NS, "policy": "llama"}
 
@@ -126,13 +130,13 @@ async def test_policy_to_hpa_to_scaled_count_and_back(
         }
 
         async def count() -> int | None:
-            status, body = await external_metric(session, port, NS, "llama", certs)
+            status, body = await metric_via_api(kube_client, NS, "llama")
             return metric_count(body) if status == 200 else None
 
         async def count_is(n: int) -> bool:
             return bool(await count() == n)
 
-        async with emulate_hpa(kube, session, port, certs):
+        async with emulate_hpa(kube, kube_client):
             await wait_until(lambda: count_is(1), within=15)
 
             # Load rises: 40 waiting requests at 4 per replica → 10 replicas.
@@ -161,5 +165,11 @@ async def test_policy_to_hpa_to_scaled_count_and_back(
     # Ticks are 1 s apart and sampling is 0.1 s: the window shows up to within one tick.
     assert desired_low - rec_low >= WINDOW - 1.2, metrics_seen
     assert all(d == 10 for t, _, d in metrics_seen if t < desired_low)
+    # Every read went through the aggregator, as the HPA's user, with the front-proxy cert.
+    forwarded = kube.aggregator.forwarded
+    assert forwarded and all(
+        h["X-Remote-User"] == "system:serviceaccount:kube-system:horizontal-pod-autoscaler"
+        for h in forwarded
+    )
     events = [e["reason"] for e in kube.store.list("events", NS)]
     assert "DesiredReplicas" in events

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import math
-import ssl
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoscaler.app import serving
 from autoscaler.external_metrics import (
     ExternalMetricsSettings,
     build_app,
     format_quantity,
     rfc3339,
-    server_ssl_context,
     status_body,
 )
 from autoscaler.store import DecisionStore, Published
-from tests.autoscaler.helpers import Certs
 
 BASE = "/apis/external.metrics.k8s.io/v1beta1"
 NOW = 1_800_000_000.0
@@ -199,36 +194,3 @@ async def test_stale_value_turns_into_an_error_that_says_why(
     assert status == 503
     assert body["reason"] == "ServiceUnavailable"
     assert "stale" in body["message"] and "connection refused" in body["message"]
-
-
-async def test_client_certificate_from_the_front_proxy_ca_is_required(certs: Certs) -> None:
-    context = server_ssl_context(certs.cert_file, certs.key_file, certs.client_ca_file)
-    app = build_app(_store(), ExternalMetricsSettings(), wall=lambda: NOW)
-    async with serving(app, "127.0.0.1:0", context) as port, aiohttp.ClientSession() as session:
-        url = f"https://127.0.0.1:{port}{BASE}"
-        async with session.get(url, ssl=certs.client_context()) as resp:
-            assert resp.status == 200
-        with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
-            async with session.get(url, ssl=certs.client_context(with_cert=False)) as resp:
-                await resp.read()
-        # A certificate from another CA is refused as well.
-        other = Certs(
-            certs.ca,
-            certs.cert_file,
-            certs.key_file,
-            certs.client_ca,
-            certs.client_ca_file,
-            certs.ca.issue_cert("intruder"),
-        )
-        with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
-            async with session.get(url, ssl=other.client_context()) as resp:
-                await resp.read()
-
-
-async def test_without_client_ca_any_tls_client_is_served(certs: Certs) -> None:
-    context = server_ssl_context(certs.cert_file, certs.key_file, None)
-    app = build_app(_store(), ExternalMetricsSettings(), wall=lambda: NOW)
-    async with serving(app, "127.0.0.1:0", context) as port, aiohttp.ClientSession() as session:
-        url = f"https://127.0.0.1:{port}{BASE}"
-        async with session.get(url, ssl=certs.client_context(with_cert=False)) as resp:
-            assert resp.status == 200
