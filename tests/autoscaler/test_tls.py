@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import shutil
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,14 @@ from cryptography.hazmat.primitives import serialization
 
 from autoscaler.app import serving
 from autoscaler.tls import ServingTLS, self_signed_pem
-from tests.autoscaler.helpers import wait_until
+from tests.autoscaler.helpers import (
+    Certs,
+    FakePrometheus,
+    controller_settings,
+    run_controller,
+    wait_until,
+)
+from tests.support.kube_standin import KubeStandIn
 
 
 def test_self_signed_certificate_names_the_hosts_and_matches_its_key() -> None:
@@ -107,3 +115,33 @@ async def test_renewed_certificate_files_are_served_to_new_connections(tmp_path:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+async def test_the_controller_serves_a_renewed_certificate_without_a_restart(
+    kube: KubeStandIn, fake_prometheus: FakePrometheus, certs: Certs, tmp_path: Path
+) -> None:
+    renewed = certs.ca.issue_cert("127.0.0.1", "localhost")
+    shutil.copy(certs.cert_file, tmp_path / "tls.crt")
+    shutil.copy(certs.key_file, tmp_path / "tls.key")
+    assert kube.kubeconfig_path is not None
+    settings = controller_settings(
+        fake_prometheus.url,
+        kube.kubeconfig_path,
+        certs,
+        tls_cert_file=str(tmp_path / "tls.crt"),
+        tls_private_key_file=str(tmp_path / "tls.key"),
+        tls_reload_interval=0.1,
+    )
+    trust = ssl.create_default_context()
+    certs.ca.configure_trust(trust)
+    async with run_controller(settings) as rc:
+        port = rc.running.secure_port
+        assert port is not None
+        first = await _served_serial(port, trust)
+        assert first != _serial(renewed)
+        _write(renewed, tmp_path)
+
+        async def picked_up() -> bool:
+            return await _served_serial(port, trust) == _serial(renewed)
+
+        await wait_until(picked_up, within=10)
