@@ -237,6 +237,7 @@ def test_front_proxy_component_makes_the_controller_require_client_certificates(
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     cm = find(objs, "ConfigMap", volume["configMap"]["name"])
     assert cm["data"][path.name] == ca.cert_pem.bytes().decode()
+    assert "--requestheader-allowed-names=front-proxy-client" in container["args"]
     for version in VERSIONS:
         for obj in objs:
             if (obj["apiVersion"], obj["kind"]) not in CRD_KINDS:
