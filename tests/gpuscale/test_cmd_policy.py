@@ -149,3 +149,11 @@ def test_explain_bad_metrics_exit_1(
 ) -> None:
     assert main(["policy", "explain", str(LLM), *args, "--current", "2"]) == 1
     assert expected in capsys.readouterr().err
+
+
+def test_every_flag_has_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GPUSCALE_POLICY_EXPLAIN_CURRENT", "3")
+    assert main(["policy", "explain", str(LLM), "-m", "queue=1"]) == 0
+    assert "Now: 3 replicas." in capsys.readouterr().out
