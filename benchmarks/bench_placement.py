@@ -3,20 +3,29 @@
 A synthetic cluster (default 5,000 nodes x 8 GPUs of 80 GiB, 100,000 pods bound with
 device-level accounting) behind an in-memory :class:`~extender.filtering.ClusterView` that holds
 each node's GPU state ready, as the server's cache does. Each request is one pending GPU pod
-scored over every node name (nodeCacheCapable mode, no HTTP). Reported per strategy: p50/p99 per
-request and the cost per node. Baseline, measured in the same run: ``prioritize`` with a strategy
-that scores nothing (the loop, affinity/taint components and normalisation alone).
+scored over every node name (nodeCacheCapable mode, no HTTP), two ways:
 
-``fragmentation`` memoises on (node GPU state, host state, pod need): "cold" is every request
-with empty memo tables (every node state new to it), "warm" the same requests once each need has
-been seen and no node has changed (the steady state between placements). Both are reported.
+* per node: :func:`extender.filtering.prioritize`, the reference the simulator uses;
+* index: :meth:`extender.index.NodeIndex.prioritize`, what the server answers with (binpack
+  through its arrays, fragmentation through its per-state memo).
 
-Run: ``python benchmarks/bench_placement.py [--nodes 5000] [--pods 100000] [--requests 60]``.
+Reported per strategy: p50/p99 per request and the cost per node. Baseline, measured in the same
+run for each way: a strategy that scores nothing (the loop or arrays, affinity/taint components
+and normalisation alone).
+
+``fragmentation`` memoises on (node state, pod need): "cold" is every request with empty memo
+tables (every node state new to it; through the index also a freshly built index), "warm" the
+same requests once each need has been seen and no node has changed, "1 node changed" warm but
+with one node's devices changed before each request (the steady state: a pod was placed).
+
+Run: ``python benchmarks/bench_placement.py [--nodes 5000] [--pods 100000] [--requests 60]
+[--cold 20]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -25,13 +34,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from extender.filtering import prioritize
 from extender.fit import DeviceState, NodeGpus
 from extender.fragmentation import Fragmentation, Workload, clear_caches
+from extender.index import NodeIndex
 from extender.model import GpuNeed, NodeInfo, PodRequest
-from extender.scoring import register
+from extender.scoring import DeviceRows, get_strategy, register
 
 GIB = 1024
 SIZES = (10 * GIB, 20 * GIB, 40 * GIB, 80 * GIB)
@@ -50,6 +63,9 @@ class Nothing:
     def score(self, gpus: NodeGpus, need: GpuNeed, chosen: tuple[int, ...]) -> float:
         return 0.0
 
+    def score_rows(self, rows: DeviceRows, need: GpuNeed) -> npt.NDArray[np.float64]:
+        return np.zeros(len(rows.count))
+
 
 class View:
     """ClusterView over ready-made node objects and GPU states."""
@@ -67,6 +83,26 @@ class View:
 
     def requested(self, name: str) -> tuple[int, int]:
         return self._requested[name]
+
+    def index(self) -> NodeIndex:
+        return NodeIndex(
+            list(self.nodes.values()),
+            gpus_of=self.gpus,
+            requested=self.requested,
+            valid_until=lambda name: math.inf,
+            now=0.0,
+        )
+
+    def place_one(self, index: NodeIndex, rng: random.Random) -> None:
+        """Take 1 GiB more on one device of a random node, as a placement would."""
+        name = rng.choice(list(self.nodes))
+        g = self._gpus[name]
+        d = rng.randrange(len(g.devices))
+        devices = list(g.devices)
+        old = devices[d]
+        devices[d] = DeviceState(old.index, old.total_mib, max(0, old.free_mib - GIB), False)
+        self._gpus[name] = NodeGpus(tuple(devices), g.source)
+        index.refresh_row(index.pos[name], 0.0)
 
 
 def build(n_nodes: int, n_pods: int, seed: int) -> tuple[View, list[PodRequest]]:
@@ -121,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pods", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--cold", type=int, default=20, help="cold requests through the index")
     args = ap.parse_args(argv)
 
     view, placed = build(args.nodes, args.pods, args.seed)
@@ -138,33 +175,72 @@ def main(argv: list[str] | None = None) -> int:
         f"cpus={os.cpu_count()} nodes={args.nodes} gpus={8 * args.nodes} "
         f"bound pods={len(placed)} requests={args.requests} (one GPU pod over all node names)"
     )
-    print(f"{'strategy':<22}{'p50 ms':>10}{'p99 ms':>10}{'us/node':>10}")
+    print(f"{'strategy':<36}{'p50 ms':>10}{'p99 ms':>10}{'us/node':>10}")
     results: dict[str, list[float]] = {}
+
+    def report(label: str, times: list[float]) -> None:
+        results[label] = times
+        p50 = statistics.median(times)
+        print(
+            f"{label:<36}{1e3 * p50:>10.2f}{1e3 * pct(times, 0.99):>10.2f}"
+            f"{1e6 * p50 / len(names):>10.2f}"
+        )
+
     for label, strategy in (
-        ("baseline (no scoring)", "nothing"),
-        ("binpack", "binpack"),
-        ("fragmentation cold", "fragmentation"),
-        ("fragmentation warm", "fragmentation"),
+        ("per node: baseline (no scoring)", "nothing"),
+        ("per node: binpack", "binpack"),
+        ("per node: fragmentation cold", "fragmentation"),
+        ("per node: fragmentation warm", "fragmentation"),
     ):
-        if label == "fragmentation cold":
+        if label.endswith("cold"):
             clear_caches()
-        if label == "fragmentation warm":
+        if label.endswith("warm"):
             for pod in pending:
                 prioritize(pod, names, view, 0.0, strategy=strategy)
         times: list[float] = []
         for pod in pending:
             times += timed(lambda p=pod, s=strategy: prioritize(p, names, view, 0.0, strategy=s), 1)
-            if label == "fragmentation cold":
+            if label.endswith("cold"):
                 clear_caches()
-        results[label] = times
-        p50 = statistics.median(times)
-        print(
-            f"{label:<22}{1e3 * p50:>10.2f}{1e3 * pct(times, 0.99):>10.2f}"
-            f"{1e6 * p50 / len(names):>10.2f}"
+        report(label, times)
+
+    def through_index(index: NodeIndex, pod: PodRequest, strategy: str) -> None:
+        assert index.prioritize(pod, names, 0.0, get_strategy(strategy)) is not None
+
+    index = view.index()
+    for label, strategy in (
+        ("index: baseline (no scoring)", "nothing"),
+        ("index: binpack", "binpack"),
+        ("index: fragmentation warm", "fragmentation"),
+    ):
+        for pod in pending:
+            through_index(index, pod, strategy)
+        report(
+            label,
+            [
+                t
+                for pod in pending
+                for t in timed(lambda p=pod, s=strategy: through_index(index, p, s), 1)
+            ],
         )
-    base = statistics.median(results["baseline (no scoring)"])
-    for label in ("binpack", "fragmentation cold", "fragmentation warm"):
-        print(f"{label}: {statistics.median(results[label]) / base:.1f}x the baseline")
+    times = []
+    place_rng = random.Random(args.seed + 2)
+    for pod in pending:
+        view.place_one(index, place_rng)
+        times += timed(lambda p=pod: through_index(index, p, "fragmentation"), 1)
+    report("index: fragmentation, 1 node changed", times)
+    times = []
+    for pod in pending[: args.cold]:
+        fresh = view.index()
+        clear_caches()
+        times += timed(lambda p=pod, f=fresh: through_index(f, p, "fragmentation"), 1)
+    report("index: fragmentation cold", times)
+
+    for way in ("per node", "index"):
+        base = statistics.median(results[f"{way}: baseline (no scoring)"])
+        for label in results:
+            if label.startswith(f"{way}:") and "baseline" not in label:
+                print(f"{label}: {statistics.median(results[label]) / base:.1f}x the baseline")
     return 0
 
 

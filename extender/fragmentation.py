@@ -32,7 +32,7 @@ from typing import Final
 
 from extender.fit import DeviceState, NodeGpus
 from extender.model import GpuNeed, NodeInfo, PodRequest
-from extender.scoring import MAX_NODE_SCORE, get_strategy, register
+from extender.scoring import MAX_NODE_SCORE, NodeState, get_strategy, register
 
 MILLI: Final = 1000
 MAX_SHAPES: Final = 128
@@ -542,6 +542,24 @@ class Fragmentation:
         positions, increase = found
         devices: Sequence[DeviceState] = gpus.devices
         return tuple(sorted(devices[p].index for p in positions)), increase
+
+    def state_need(self, need: GpuNeed | None, pod: PodRequest) -> GpuNeed | None:
+        """The need :func:`extender.filtering.prioritize` hands this strategy for ``pod``."""
+        if not self.host_aware:
+            return need
+        g = NO_GPU if need is None else need
+        return HostNeed(
+            count=g.count, mib_per_gpu=g.mib_per_gpu, milli_cpu=pod.milli_cpu, memory=pod.memory
+        )
+
+    def score_states(self, states: Sequence[NodeState], need: GpuNeed) -> list[float]:
+        """:meth:`score` of :meth:`choose`'s devices (0 where none fit) for nodes in ``states``:
+        the columnar index's fast path, memoised there per distinct state."""
+        out: list[float] = []
+        for devs, host in states:
+            found = place(devs, host if self.host_aware else None, need, self.workload)
+            out.append(0.0 if found is None else score_of(found[1]))
+        return out
 
     def choose(self, gpus: NodeGpus, need: GpuNeed) -> tuple[int, ...] | None:
         found = self.placement(gpus, need)

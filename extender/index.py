@@ -13,6 +13,10 @@ with two shortcuts:
 - **Arrays.** Per node: free GPU memory sorted descending, device totals, idle count, free CPU and
   memory, and the inventory problem if any. A pod's fit is a few vectorised comparisons; binpack
   and spread scores are computed for all rows at once (:meth:`Binpack.score_rows`).
+- **Node states.** Strategies with a :class:`~extender.scoring.StateScorer` fast path
+  (``fragmentation``) score each distinct :data:`~extender.scoring.NodeState` once per need; a
+  node's state id is recomputed only when its row changes, and scores are remembered per need, so
+  a request costs array lookups plus the states not seen before.
 
 Rows are refreshed from :class:`extender.state.ClusterState` only for nodes that changed.
 """
@@ -24,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -43,11 +47,20 @@ from extender.filtering import (
 )
 from extender.fit import NodeGpus, shortage_reason
 from extender.model import GpuNeed, NodeInfo, PodRequest, Taint, Toleration
-from extender.scoring import DeviceRows, ScoreWeights, Strategy, combine_arrays
+from extender.scoring import (
+    DeviceRows,
+    NodeState,
+    ScoreWeights,
+    StateScorer,
+    Strategy,
+    combine_arrays,
+)
 
 UNKNOWN: Final = 2**62
 """Free CPU/memory of a node whose allocatable is unknown: never short."""
 _SIGNATURES: Final = 512
+_STATE_NEEDS: Final = 64
+"""Needs (pod shapes) whose per-state scores are remembered, least recently used dropped."""
 
 I64 = npt.NDArray[np.int64]
 _T = TypeVar("_T")
@@ -119,6 +132,13 @@ class NodeIndex:
         self._static: OrderedDict[object, _Static] = OrderedDict()
         self._recent_positions: list[tuple[list[str], I64]] = []
         self._taint_counts: dict[tuple[Toleration, ...], tuple[int, I64]] = {}
+        self._gpu_rows: list[NodeGpus | None] = [None] * n
+        self._state_id: I64 = np.full(n, -1, dtype=np.int64)
+        self._states: list[NodeState] = []
+        self._state_ids: dict[NodeState, int] = {}
+        self._max_states = 2 * n + 1024
+        self._state_scores: OrderedDict[tuple[int, object], tuple[object, npt.NDArray[np.float64]]]
+        self._state_scores = OrderedDict()
         self.classify()
         for i in range(n):
             self.refresh_row(i, now)
@@ -173,6 +193,8 @@ class NodeIndex:
             UNKNOWN if node.allocatable_memory is None else node.allocatable_memory - mem
         )
         self.valid_until[i] = self._valid_until_of(name)
+        self._state_id[i] = -1
+        self._gpu_rows[i] = None if isinstance(g, str) else g
         if isinstance(g, str):
             self.gpu_problem[i] = True
             self.gpu_reason[i] = g
@@ -390,18 +412,64 @@ class NodeIndex:
     ) -> list[tuple[str, int]] | None:
         """Same result as :func:`extender.filtering.prioritize`, or ``None`` when the strategy
         has no array form (the caller then uses the per-node path)."""
-        score_rows = getattr(strategy, "score_rows", None)
-        if score_rows is None or getattr(strategy, "host_aware", False):
-            return None
         if not self.names:
-            return [(n, 0) for n in names]
+            return None if self._array_form(strategy) is None else [(n, 0) for n in names]
         self.refresh_stale(now)
         idx = self.positions(names)
         known = idx >= 0
         rows = np.where(known, idx, 0)
-        gpu = np.zeros(len(idx), dtype=np.float64)
+        gpu = self._gpu_scores(pod, names, rows, known, now, strategy)
+        if gpu is None:
+            return None
+        affinity = self._preferred(rows, known, compile_preferred(pod.preferred))
+        counts = self._intolerable_by_class(pod.tolerations)
+        intolerable = np.where(known, counts[self._class_of[rows]], 0)
+        scores = combine_arrays(gpu, affinity, intolerable, weights).tolist()
+        return list(zip(names, scores, strict=True))
+
+    def gpu_scores(
+        self, pod: PodRequest, names: Sequence[str], now: float, strategy: Strategy
+    ) -> npt.NDArray[np.float64] | None:
+        """The strategy's own 0..100 score per name before combining (0 where unknown or not
+        fitting), as :func:`extender.filtering.prioritize` computes it; ``None`` without an
+        array form."""
+        if not self.names:
+            return None if self._array_form(strategy) is None else np.zeros(len(names))
+        self.refresh_stale(now)
+        idx = self.positions(names)
+        return self._gpu_scores(pod, names, np.where(idx >= 0, idx, 0), idx >= 0, now, strategy)
+
+    @staticmethod
+    def _array_form(strategy: Strategy) -> str | None:
+        if hasattr(strategy, "state_need") and hasattr(strategy, "score_states"):
+            return "states"
+        if hasattr(strategy, "score_rows") and not getattr(strategy, "host_aware", False):
+            return "rows"
+        return None
+
+    def _gpu_scores(
+        self,
+        pod: PodRequest,
+        names: Sequence[str],
+        rows: I64,
+        known: npt.NDArray[np.bool_],
+        now: float,
+        strategy: Strategy,
+    ) -> npt.NDArray[np.float64] | None:
+        form = self._array_form(strategy)
+        if form is None:
+            return None
+        gpu = np.zeros(len(rows), dtype=np.float64)
         need = pod.gpu
-        if need is not None:
+        if form == "states":
+            scorer = cast(StateScorer, strategy)
+            state_need = scorer.state_need(need, pod)
+            if state_need is not None:
+                sel = np.flatnonzero(known & ~self.gpu_problem[rows])
+                if sel.size:
+                    gpu[sel] = self._score_by_state(scorer, state_need, rows[sel])
+        elif need is not None:
+            score_rows = strategy.score_rows  # type: ignore[attr-defined]
             fits = known & ~self.gpu_problem[rows] & self._fits(rows, need)
             fast = fits & self.uniform[rows]
             sel = np.flatnonzero(fast)
@@ -415,11 +483,64 @@ class NodeIndex:
                     chosen = strategy.choose(g, need)
                     if chosen is not None:
                         gpu[j] = strategy.score(g, need, chosen)
-        affinity = self._preferred(rows, known, compile_preferred(pod.preferred))
-        counts = self._intolerable_by_class(pod.tolerations)
-        intolerable = np.where(known, counts[self._class_of[rows]], 0)
-        scores = combine_arrays(gpu, affinity, intolerable, weights).tolist()
-        return list(zip(names, scores, strict=True))
+        return gpu
+
+    # ---- per-state scores -----------------------------------------------------------------
+    def _node_state(self, i: int) -> NodeState:
+        g = self._gpu_rows[i]
+        assert g is not None
+        devs = tuple((d.total_mib, d.free_mib, d.idle) for d in g.devices)
+        cpu, mem = int(self.cpu_free[i]), int(self.mem_free[i])
+        return devs, None if cpu == mem == UNKNOWN else (cpu, mem)
+
+    def _state_ids_of(self, rows: I64) -> I64:
+        """State id of each row, interning the states of rows that changed since last asked."""
+        ids: I64 = self._state_id[rows]
+        missing = rows[ids < 0]
+        if not missing.size:
+            return ids
+        missing = np.unique(missing)
+        if len(self._states) + missing.size > self._max_states:
+            self._state_id[:] = -1
+            self._states.clear()
+            self._state_ids.clear()
+            self._state_scores.clear()
+            missing = np.unique(rows)
+        for i in missing.tolist():
+            state = self._node_state(i)
+            sid = self._state_ids.get(state)
+            if sid is None:
+                sid = self._state_ids[state] = len(self._states)
+                self._states.append(state)
+            self._state_id[i] = sid
+        out: I64 = self._state_id[rows]
+        return out
+
+    def _score_by_state(
+        self, scorer: StateScorer, need: GpuNeed, rows: I64
+    ) -> npt.NDArray[np.float64]:
+        """``scorer``'s score per row: remembered per (strategy, need, state), the states not
+        seen before computed once each."""
+        ids = self._state_ids_of(rows)
+        key = (id(scorer), need)
+        hit = self._state_scores.get(key)
+        if hit is None or hit[0] is not scorer:
+            memo = np.full(len(self._states), np.nan)
+            if len(self._state_scores) >= _STATE_NEEDS:
+                self._state_scores.popitem(last=False)
+        else:
+            memo = hit[1]
+            self._state_scores.move_to_end(key)
+            if len(memo) < len(self._states):
+                memo = np.concatenate([memo, np.full(len(self._states) - len(memo), np.nan)])
+        self._state_scores[key] = (scorer, memo)
+        out = memo[ids]
+        todo = np.isnan(out)
+        if todo.any():
+            new = np.unique(ids[todo])
+            memo[new] = scorer.score_states([self._states[k] for k in new.tolist()], need)
+            out = memo[ids]
+        return out
 
     def _intolerable_by_class(self, tolerations: tuple[Toleration, ...]) -> I64:
         """Untolerated PreferNoSchedule taints per class, cached per toleration list."""

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from extender.fit import NodeGpus, choose_best_fit, choose_worst_fit
-from extender.model import GpuNeed
+from extender.model import GpuNeed, PodRequest
 
 MAX_NODE_SCORE: Final = 100
 """kube-scheduler's ``MaxNodeScore``: the scale of each component before weighting."""
@@ -43,6 +43,25 @@ class Strategy(Protocol):
 
     def score(self, gpus: NodeGpus, need: GpuNeed, chosen: tuple[int, ...]) -> float:
         """Goodness of placing ``need`` on ``chosen`` devices, in 0..100 (higher is better)."""
+        ...
+
+
+NodeState = tuple[tuple[tuple[int, int, bool], ...], tuple[int, int] | None]
+"""What a node-local score may depend on: ``(total_mib, free_mib, idle)`` of each device in the
+node's device order, and the host's ``(milli_cpu_free, memory_free)`` (``None`` when neither is
+known; an unknown one alone is ``2**62``). Nodes in the same state get the same score."""
+
+
+class StateScorer(Protocol):
+    """Optional fast path of a strategy whose score is a function of :data:`NodeState`: the
+    columnar index scores each distinct state once per need and remembers it."""
+
+    def state_need(self, need: GpuNeed | None, pod: PodRequest) -> GpuNeed | None:
+        """What the score depends on of the pod (hashable); ``None``: 0 on every node."""
+        ...
+
+    def score_states(self, states: Sequence[NodeState], need: GpuNeed) -> Sequence[float]:
+        """The score (0..100, 0 where the need does not fit) of a node in each state."""
         ...
 
 

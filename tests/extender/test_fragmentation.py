@@ -16,6 +16,7 @@ from extender.fragmentation import (
     HostNeed,
     Shape,
     Workload,
+    host_context,
     learn,
     per_gpu_need,
     score_of,
@@ -254,3 +255,54 @@ def test_host_types_are_still_node_gpus_and_gpu_needs() -> None:
     assert isinstance(g, HostGpus) and isinstance(g, NodeGpus)
     assert isinstance(n, HostNeed) and isinstance(n, GpuNeed)
     assert (g.milli_cpu_free, g.memory_free, n.milli_cpu, n.memory) == (1, 2, 3, 4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    devices=st.lists(
+        st.tuples(st.sampled_from((8 * GIB, 16 * GIB)), st.integers(0, 4)), min_size=0, max_size=6
+    ),
+    count=st.integers(0, 3),
+    whole=st.booleans(),
+    share=shares,
+    cpu=st.none() | st.integers(0, 32000),
+    pod_cpu=st.sampled_from((0, 2000, 9000)),
+)
+def test_score_states_equals_score_of_the_chosen_devices(
+    devices: list[tuple[int, int]],
+    count: int,
+    whole: bool,
+    share: int,
+    cpu: int | None,
+    pod_cpu: int,
+) -> None:
+    """The index's fast path: one score per node state, exactly what ``choose`` then ``score``
+    give through :func:`host_context` (equal free fractions on different totals included)."""
+    node = NodeGpus(
+        devices=tuple(
+            DeviceState(i, total, total * quarters // 4, quarters == 4)
+            for i, (total, quarters) in enumerate(devices)
+        ),
+        source="annotation",
+    )
+    wl = Workload(shapes=(Shape(0.6, 1, share_milli=share, milli_cpu=3000), Shape(0.4, 2)))
+    need = GpuNeed(count, None if whole else 2 * GIB) if count else None
+    pod = PodRequest("ns", "p", milli_cpu=pod_cpu, gpu=need)
+    info = NodeInfo("n", allocatable_milli_cpu=cpu)
+    devs = tuple((d.total_mib, d.free_mib, d.idle) for d in node.devices)
+    host = None if cpu is None else (cpu, 1 << 62)
+    for host_aware in (True, False):
+        strategy = Fragmentation(workload=wl, host_aware=host_aware)
+        state_need = strategy.state_need(need, pod)
+        if not host_aware:
+            assert state_need == need
+        if state_need is None:
+            continue
+        g: NodeGpus = node
+        n: GpuNeed = state_need
+        if host_aware:
+            g, n = host_context(node, need, info, (0, 0), pod)
+            assert n == state_need
+        chosen = strategy.choose(g, n)
+        expected = 0.0 if chosen is None else strategy.score(g, n, chosen)
+        assert strategy.score_states([(devs, host)], state_need) == [expected]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.filtering import filter_nodes, prioritize, strategy_for
+from extender.fragmentation import Fragmentation, Shape, Workload, clear_caches, host_context
 from extender.inventory import InventoryConfig
 from extender.model import (
     GpuDevice,
@@ -20,6 +23,7 @@ from extender.model import (
     Taint,
     Toleration,
 )
+from extender.scoring import register
 from extender.state import ClusterState
 
 NOW = 1_000_000.0
@@ -190,3 +194,149 @@ def test_rows_turn_stale_with_time_alone() -> None:
     fresh = GpuReport(report.devices, NOW + 100, "annotation")
     state.upsert_node(NodeInfo("n0", {"pool": "a"}, gpu_report=fresh))
     assert state.index(NOW + 101).filter(pod, ["n0"], NOW + 101).passed == ("n0",)
+
+
+@st.composite
+def workloads(draw: st.DrawFn) -> Workload:
+    """A random pod mix: shares, MiB or whole GPUs, with and without host requests."""
+    shapes = [
+        Shape(
+            weight=draw(st.integers(1, 5)),
+            count=draw(st.integers(1, 3)),
+            share_milli=share,
+            mib_per_gpu=None if share is not None else draw(st.sampled_from((None, 4000, 9000))),
+            milli_cpu=draw(st.sampled_from((0, 1000, 6000))),
+            memory=draw(st.sampled_from((0, 1 << 30))),
+        )
+        for share in draw(st.lists(st.sampled_from((None, 250, 500, 1000)), min_size=1, max_size=4))
+    ]
+    total = sum(s.weight for s in shapes)
+    return Workload(tuple(replace(s, weight=s.weight / total) for s in shapes))
+
+
+def reference_gpu_scores(state: ClusterState, pod: PodRequest, names: list[str]) -> list[float]:
+    """The strategy's score per name the way :func:`prioritize` computes it node by node."""
+    strat = strategy_for(pod, "binpack")
+    assert isinstance(strat, Fragmentation)
+    out: list[float] = []
+    for name in names:
+        node = state.node(name)
+        gpus = None if node is None else state.gpus(name, NOW)
+        if node is None or isinstance(gpus, str) or gpus is None:
+            out.append(0.0)
+            continue
+        if not strat.host_aware:
+            if pod.gpu is None:
+                out.append(0.0)
+                continue
+            chosen = strat.choose(gpus, pod.gpu)
+            out.append(0.0 if chosen is None else strat.score(gpus, pod.gpu, chosen))
+            continue
+        hg, hn = host_context(gpus, pod.gpu, node, state.requested(name), pod)
+        chosen = strat.choose(hg, hn)
+        out.append(0.0 if chosen is None else strat.score(hg, hn, chosen))
+    return out
+
+
+def check_fragmentation(state: ClusterState, pod: PodRequest, names: list[str]) -> None:
+    check(state, pod, names)
+    got = state.index(NOW).gpu_scores(pod, names, NOW, strategy_for(pod, "binpack"))
+    assert got is not None
+    assert got.tolist() == reference_gpu_scores(state, pod, names)
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters(), st.lists(pods(), min_size=1, max_size=3), workloads(), st.booleans(), st.data())
+def test_fragmentation_by_state_matches_reference(
+    cluster: tuple[list[NodeInfo], list[PodRequest], list[str]],
+    ps: list[PodRequest],
+    workload: Workload,
+    host_aware: bool,
+    data: st.DataObject,
+) -> None:
+    ns, bound, names = cluster
+    ns = [
+        replace(n, allocatable_memory=data.draw(st.sampled_from((None, 1 << 30, 8 << 30))))
+        for n in ns
+    ]
+    frag = Fragmentation(workload=workload, host_aware=host_aware)
+    register(frag)
+    try:
+        state = ClusterState(InventoryConfig(stale_after=100))
+        state.replace_nodes(ns)
+        for pod in ps:
+            pod = replace(
+                pod, scoring="fragmentation", memory=data.draw(st.sampled_from((0, 1 << 29)))
+            )
+            check_fragmentation(state, pod, names)
+            clear_caches()  # the index's remembered scores must agree with a fresh computation
+            check_fragmentation(state, pod, names)
+        probe = replace(ps[0], scoring="fragmentation")
+        for p in bound:  # rows change: their state ids must be recomputed
+            state.upsert_pod(p)
+            check_fragmentation(state, probe, names)
+    finally:
+        register(Fragmentation())
+
+
+def test_fragmentation_states_are_shared_and_remembered() -> None:
+    devices = tuple(GpuDevice(d, "", "", 16000, 4000 * d) for d in range(4))
+    report = GpuReport(devices, NOW, "annotation")
+    ns = [NodeInfo(f"n{i}", {"pool": "a"}, gpu_report=report) for i in range(50)]
+    state = ClusterState(InventoryConfig(stale_after=100))
+    state.replace_nodes(ns)
+    names = [n.name for n in ns]
+    pod = PodRequest("ns", "p", gpu=GpuNeed(1, 3000), scoring="fragmentation")
+    frag = strategy_for(pod, "binpack")
+    calls: list[int] = []
+    original = Fragmentation.score_states
+
+    def counting(self: Fragmentation, states: object, need: GpuNeed) -> list[float]:
+        calls.append(len(states))  # type: ignore[arg-type]
+        return original(self, states, need)  # type: ignore[arg-type]
+
+    Fragmentation.score_states = counting  # type: ignore[method-assign]
+    try:
+        index = state.index(NOW)
+        first = index.prioritize(pod, names, NOW, frag)
+        assert calls == [1]  # 50 identical nodes: one state scored
+        assert index.prioritize(pod, names, NOW, frag) == first
+        assert calls == [1]  # remembered
+        busier = GpuReport((*devices[:3], GpuDevice(3, "", "", 16000, 15000)), NOW, "annotation")
+        state.upsert_node(NodeInfo("n7", {"pool": "a"}, gpu_report=busier))
+        assert state.index(NOW).prioritize(pod, names, NOW, frag) == prioritize(
+            pod, names, state, NOW
+        )
+        assert calls == [1, 1]  # only the changed node's new state
+    finally:
+        Fragmentation.score_states = original  # type: ignore[method-assign]
+
+
+def test_fragmentation_state_table_is_bounded() -> None:
+    """Past its bound the state table starts afresh, and answers stay those of the reference."""
+    ns = [
+        NodeInfo(
+            f"n{i}",
+            {"pool": "a"},
+            gpu_report=GpuReport(
+                tuple(GpuDevice(d, "", "", 16000, 1000 * ((i + d) % 5)) for d in range(3)),
+                NOW,
+                "annotation",
+            ),
+        )
+        for i in range(6)
+    ]
+    state = ClusterState(InventoryConfig(stale_after=100))
+    state.replace_nodes(ns)
+    names = [n.name for n in ns]
+    pod = PodRequest("ns", "p", gpu=GpuNeed(1, 3000), scoring="fragmentation")
+    index = state.index(NOW)
+    index._max_states = 4
+    for k in range(3):
+        check_fragmentation(state, pod, names)
+        assert len(index._states) <= 6
+        busy = GpuDevice(0, "", "", 16000, 2000 + 3000 * k)
+        state.upsert_node(
+            NodeInfo("n1", {"pool": "a"}, gpu_report=GpuReport((busy,), NOW, "annotation"))
+        )
+        assert state.index(NOW) is index
