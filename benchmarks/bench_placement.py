@@ -16,7 +16,8 @@ and normalisation alone).
 ``fragmentation`` memoises on (node state, pod need): "cold" is every request with empty memo
 tables (every node state new to it; through the index also a freshly built index), "warm" the
 same requests once each need has been seen and no node has changed, "1 node changed" warm but
-with one node's devices changed before each request (the steady state: a pod was placed).
+with one node's devices changed before each request (the steady state: a pod was placed), "new
+pod shape" a need not seen before on node states already seen (the room per state is reused).
 
 Run: ``python benchmarks/bench_placement.py [--nodes 5000] [--pods 100000] [--requests 60]
 [--cold 20]``.
@@ -31,7 +32,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         view.place_one(index, place_rng)
         times += timed(lambda p=pod: through_index(index, p, "fragmentation"), 1)
     report("index: fragmentation, 1 node changed", times)
+    times = []
+    shape_rng = random.Random(args.seed + 3)
+    for pod in pending[: args.cold]:
+        odd = GpuNeed(1, shape_rng.randrange(GIB, 80 * GIB) | 1)  # a per-GPU MiB not seen before
+        new_shape = replace(pod, gpu=odd)
+        times += timed(lambda p=new_shape: through_index(index, p, "fragmentation"), 1)
+    report("index: fragmentation, new pod shape", times)
     times = []
     for pod in pending[: args.cold]:
         fresh = view.index()
