@@ -165,10 +165,16 @@ def _decision_text(p: ScalingPolicy, d: Decision) -> str:
             f"  {pr.metric:<{width}}  {pr.type:<11}  value {value:<10}  proposes {proposes:>3}"
             f"  {pr.reason}{mark}"
         )
-    lines += ["", "Steps:"]
-    lines += [f"  {i}. {step}" for i, step in enumerate(d.steps, 1)]
+    per_metric = {f"{pr.metric} ({pr.type}): {pr.reason}" for pr in d.proposals}
+    lines += ["", "Then:"]
+    lines += [f"  {i}. {step}" for i, step in enumerate(_without(d.steps, per_metric), 1)]
     lines += ["", f"Desired replicas: {d.desired_replicas}"]
     return "\n".join(lines)
+
+
+def _without(steps: tuple[str, ...], shown: set[str]) -> list[str]:
+    """The steps not already printed in the proposals table."""
+    return [step for step in steps if step not in shown]
 
 
 def _seconds(seconds: float) -> str:

@@ -111,6 +111,9 @@ def test_explain_prints_steps_and_winner(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "queue" in out and "← winner" in out
     assert "Desired replicas: 8" in out  # ceil(37 / 4) = 10, capped by +4 pods per 15 s
+    then = out.split("Then:")[1]
+    assert "behavior.scaleUp.policies[0] (Percent 100 per 15s): 10 → 8" in then
+    assert "waiting / 4 per replica" not in then  # proposals are not printed twice
 
 
 def test_explain_json_for_machines(capsys: pytest.CaptureFixture[str]) -> None:
