@@ -17,7 +17,7 @@ _RANGE = re.compile(r"\[[^\[\]]*\]")
 _LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
 _VARIABLE = re.compile(r"\$\{?\w+\}?")
 _IDENT = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)(\s*\()?")
-_KEYWORDS = {
+KEYWORDS = {
     "and",
     "or",
     "unless",
@@ -49,7 +49,7 @@ def metric_names(expr: str) -> set[str]:
     names = set()
     for match in _IDENT.finditer(text):
         name, call = match.group(1), match.group(2)
-        if call or name.lower() in _KEYWORDS:
+        if call or name.lower() in KEYWORDS:
             continue
         names.add(name)
     return names

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from tests.deploy.manifests import DEPLOY, find, render
-from tests.deploy.promql import metric_names, needs_promtool, promtool_check_rules
+from tests.deploy.promql import KEYWORDS, metric_names, needs_promtool, promtool_check_rules
 
 DASHBOARD = DEPLOY / "monitoring" / "dashboard.json"
 
@@ -197,27 +197,7 @@ def test_label_values_used_exist_in_the_code() -> None:
 
 
 _NAME = st.from_regex(r"[a-z_][a-z0-9_:]{0,20}", fullmatch=True).filter(
-    lambda n: (
-        n.lower()
-        not in {
-            "and",
-            "or",
-            "unless",
-            "bool",
-            "offset",
-            "by",
-            "without",
-            "on",
-            "ignoring",
-            "group_left",
-            "group_right",
-            "inf",
-            "nan",
-            "atan2",
-            "start",
-            "end",
-        }
-    )
+    lambda n: n.lower() not in KEYWORDS
 )
 _VALUE = st.text(
     alphabet=st.characters(exclude_categories=["Cs"], exclude_characters='"\\'), max_size=12
