@@ -28,14 +28,16 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest Go-style spelling of ``seconds`` that parses back to the same value."""
+    """A short Go-style spelling of ``seconds`` that parses back to it (to the nanosecond)."""
     if not math.isfinite(seconds) or seconds < 0:
         raise DurationError(f"cannot format {seconds!r} as a duration")
     if seconds == 0:
         return "0s"
     millis = round(seconds * 1000)
-    if abs(millis - seconds * 1000) > 1e-6 or millis % 1000:
-        return f"{millis}ms" if abs(millis - seconds * 1000) <= 1e-6 else f"{seconds!r}s"
+    if abs(millis - seconds * 1000) > 1e-6:
+        return _decimal(seconds) + "s"
+    if millis % 1000:
+        return f"{millis}ms"
     whole = millis // 1000
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
@@ -44,4 +46,10 @@ def format_duration(seconds: float) -> str:
         f"{minutes}m" if minutes else "",
         f"{secs}s" if secs else "",
     ]
-    return "".join(parts)
+    return "".join(parts) or "0s"
+
+
+def _decimal(seconds: float) -> str:
+    """Plain decimal seconds at Go's resolution (1 ns); ``repr`` may give ``5e-05``, which no
+    duration parser takes."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".")

@@ -31,3 +31,15 @@ def test_format_is_short() -> None:
     assert format_duration(5400) == "1h30m"
     assert format_duration(0.25) == "250ms"
     assert format_duration(0) == "0s"
+
+
+@pytest.mark.parametrize("text", ["0.00005s", "1.0000001s", "90.5s", "0.25s"])
+def test_sub_millisecond_and_odd_values_format_to_something_parseable(text: str) -> None:
+    seconds = parse_duration(text)
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
+def test_format_always_parses_back(seconds: float) -> None:
+    # Go durations are whole nanoseconds
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, rel=1e-12, abs=1e-9)
