@@ -47,20 +47,16 @@ class Tolerance:
         return 1.0 - self.scale_down <= ratio <= 1.0 + self.scale_up
 
 
-def _ceil(x: float) -> int:
-    return math.ceil(x)
-
-
 def external_value_replicas(
     current_replicas: int, ready_pods: int, usage: float, target: float, tolerance: Tolerance
 ) -> int:
     """External metric, target type ``Value``: scales the *ready* pod count by the ratio."""
     ratio = usage / target
     if current_replicas == 0:
-        return _ceil(ratio)
+        return math.ceil(ratio)
     if tolerance.within(ratio):
         return current_replicas
-    return _ceil(ratio * ready_pods)
+    return math.ceil(ratio * ready_pods)
 
 
 def external_per_pod_replicas(
@@ -71,7 +67,7 @@ def external_per_pod_replicas(
         ratio = usage / (target_per_pod * status_replicas)
         if tolerance.within(ratio):
             return status_replicas
-    return _ceil(usage / target_per_pod)
+    return math.ceil(usage / target_per_pod)
 
 
 PodPhase = Literal["Pending", "Running", "Failed"]
@@ -110,7 +106,7 @@ def pods_metric_replicas(
     if missing == 0:
         if tolerance.within(ratio):
             return current_replicas
-        return _ceil(ratio * ready)
+        return math.ceil(ratio * ready)
     fill = target if ratio < 1.0 else 0.0
     filled = sum(metrics) + fill * missing
     count = len(metrics) + missing
@@ -121,7 +117,7 @@ def pods_metric_replicas(
         or (ratio > 1.0 and new_ratio < 1.0)
     ):
         return current_replicas
-    new_replicas = _ceil(new_ratio * count)
+    new_replicas = math.ceil(new_ratio * count)
     if (new_ratio < 1.0 and new_replicas > current_replicas) or (
         new_ratio > 1.0 and new_replicas < current_replicas
     ):
