@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo lint typecheck imports pytest bench prometheus clean
+.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,7 +30,17 @@ imports: $(STAMP)
 	$(BIN)/lint-imports
 
 pytest: $(STAMP) prometheus
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not cluster"
+
+# The real control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd,
+# kwok) built from pinned Go modules into ~/.cache/gpuscale/cluster/; builds nothing when cached.
+cluster:
+	@command -v go >/dev/null || { echo "make cluster needs Go 1.25+ on PATH"; exit 1; }
+	python3 tests/cluster/build.py
+
+# End-to-end tests against that control plane (and the kind tests, which skip without Docker).
+e2e: $(STAMP) prometheus cluster
+	$(BIN)/pytest -q -m "cluster or e2e" tests/e2e
 
 test: lint typecheck imports pytest
 

@@ -1,0 +1,335 @@
+"""Scenarios 4 and 5: high availability on a real Lease, and restarts of the control plane.
+
+HA: two controllers elect a leader on ``coordination.k8s.io/v1`` Lease ``gpuscale-controller``.
+The leader is killed (SIGKILL: no clean release); the other takes over within the lease duration
+(15 s) of the last renewal, by the API server's own timestamps, and the audit log shows that
+their writes never overlap in time (every write carries the writer's identity in its user agent).
+
+Restarts: kube-apiserver restarted under a running controller and extender (every watch breaks
+and resumes); then an etcd compaction while both are frozen (SIGSTOP) forces a real ``410 Gone``
+when their watches resume. Both relist, and nothing is lost (a policy created meanwhile gets its
+HPA, a deleted one stops being served, a pod bound meanwhile by someone else holds its GPU
+memory) or duplicated (one HPA per policy, one Event per change).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from extender.model import GPU_INDICES_ANNOTATION
+from tests.autoscaler.helpers import metric_count, metric_via_api
+from tests.e2e.cluster import ControlPlane, Process, free_port
+from tests.e2e.gpu_nodes import GpuNode, node_agents
+from tests.e2e.install import (
+    NAMESPACE,
+    NODE_AGENT_SA,
+    Installed,
+    apply,
+    controller_process,
+    delete,
+    extender_process,
+    scheduler_process,
+    wait_http_ok,
+)
+from tests.e2e.kube import api, deployment, eventually, namespace, policy_configmap
+from tests.support.inference_server import InferenceServer
+from tests.support.prometheus import PrometheusServer
+
+pytestmark = [pytest.mark.cluster]
+
+NS = "resilience"
+LEASE = "gpuscale-controller"
+LEASE_DURATION = 15.0
+
+
+def _policy(target: str, query: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "gpuscale.io/v1alpha1",
+        "kind": "ScalingPolicy",
+        "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+        "replicas": {"min": 1, "max": 20},
+        "interval": "1s",
+        "metrics": [{"name": "queue", "type": "queueDepth", "query": query, "targetPerReplica": 4}],
+        "behavior": {
+            "scaleDown": {
+                "stabilizationWindow": "0s",
+                "policies": [{"type": "Percent", "value": 100, "period": "1s"}],
+            }
+        },
+    }
+
+
+QUEUE = 'sum(vllm:num_requests_waiting{model_name="llama"})'
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    vllm_server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), [vllm_server.target])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _replicas(admin_client: Any, name: str) -> int:
+    dep = await api(admin_client, "AppsV1Api").read_namespaced_deployment(name, NS)
+    return int(dep.spec.replicas)
+
+
+async def _lease(admin_client: Any) -> Any:
+    return await api(admin_client, "CoordinationV1Api").read_namespaced_lease(LEASE, NAMESPACE)
+
+
+def _writes_by(cp: ControlPlane, identities: set[str]) -> dict[str, list[float]]:
+    """Stage timestamps of successful non-Lease writes per controller identity."""
+    out: dict[str, list[float]] = {i: [] for i in identities}
+    for event in cp.audit_events():
+        agent = event.get("userAgent", "")
+        ident = (
+            agent.split("/", 1)[1].split(" ", 1)[0]
+            if agent.startswith("gpuscale-controller/")
+            else None
+        )
+        if ident not in out:
+            continue
+        if event["objectRef"].get("resource") == "leases":
+            continue
+        if event.get("responseStatus", {}).get("code", 0) >= 400:
+            continue
+        out[ident].append(
+            datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+        )
+    return out
+
+
+async def _audit_writes(cp: ControlPlane, identities: set[str]) -> dict[str, list[float]]:
+    return _writes_by(cp, identities)
+
+
+async def test_leader_killed_the_other_takes_over_and_writes_never_overlap(
+    control_plane: ControlPlane,
+    installed: Installed,
+    prometheus: PrometheusServer,
+    vllm_server: InferenceServer,
+    admin_client: Any,
+) -> None:
+    apply(control_plane, [namespace(NS), deployment("ha", NS, 1)])
+    vllm_server.set_waiting(8)
+    ids = {"ha-a", "ha-b"}
+    procs = {
+        "ha-a": controller_process(
+            installed, name="ha-a", prometheus_url=prometheus.url, host="127.0.0.2"
+        ),
+        "ha-b": controller_process(
+            installed, name="ha-b", prometheus_url=prometheus.url, host="127.0.0.3"
+        ),
+    }
+    for proc in procs.values():
+        proc.start()
+    try:
+        for proc in procs.values():
+            wait_http_ok(f"http://127.0.0.1:{proc.ports['ops']}/readyz", within=60, proc=proc)
+        lease = await eventually(
+            "a leader",
+            lambda: _lease(admin_client),
+            lambda lease: lease.spec.holder_identity in ids,
+            within=30,
+        )
+        leader = lease.spec.holder_identity
+        follower = (ids - {leader}).pop()
+        apply(control_plane, [policy_configmap("ha", NS, _policy("ha", QUEUE))], manager="sre")
+        await eventually(
+            "2 replicas", lambda: _replicas(admin_client, "ha"), lambda n: n == 2, within=60
+        )
+
+        procs[leader].signal(signal.SIGKILL)
+        killed_at = time.time()
+        last_renew = (await _lease(admin_client)).spec.renew_time.timestamp()
+        lease = await eventually(
+            "takeover",
+            lambda: _lease(admin_client),
+            lambda lease: lease.spec.holder_identity == follower,
+            within=LEASE_DURATION + 10,
+        )
+        taken = lease.spec.acquire_time.timestamp()
+        assert taken - last_renew <= LEASE_DURATION + 1.0, (last_renew, taken)
+
+        # The new leader acts: more load, a new count, written by it alone.
+        vllm_server.set_waiting(20)
+        await eventually(
+            "5 replicas", lambda: _replicas(admin_client, "ha"), lambda n: n == 5, within=60
+        )
+        writes = await eventually(
+            "audit records of both writers",
+            lambda: _audit_writes(control_plane, ids),
+            lambda w: bool(w[leader]) and bool(w[follower]),
+            within=10,
+        )
+        assert max(writes[leader]) <= killed_at + 0.5, "the killed leader wrote after its death"
+        assert min(writes[follower]) >= max(writes[leader]), (
+            f"two writers overlapped: {leader} until {max(writes[leader])}, "
+            f"{follower} from {min(writes[follower])}"
+        )
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+GPU_NODE = GpuNode("gpu-r", "NVIDIA-A100-SXM4-80GB", 81920, (0, 0), labels={"zone": "r"})
+
+
+@pytest.fixture
+async def running(
+    control_plane: ControlPlane,
+    installed: Installed,
+    prometheus: PrometheusServer,
+    admin_client: Any,
+) -> AsyncIterator[dict[str, Process]]:
+    apply(control_plane, [namespace(NS), GPU_NODE.manifest()])
+    port = free_port()
+    procs = {
+        "controller": controller_process(
+            installed, name="restart-c", prometheus_url=prometheus.url
+        ),
+        "extender": extender_process(installed, port=port),
+        "scheduler": scheduler_process(installed, extender_url=f"http://127.0.0.1:{port}"),
+    }
+    for proc in procs.values():
+        proc.start()
+    try:
+        wait_http_ok(
+            f"http://127.0.0.1:{procs['controller'].ports['ops']}/readyz",
+            within=60,
+            proc=procs["controller"],
+        )
+        wait_http_ok(f"http://127.0.0.1:{port}/readyz", within=60, proc=procs["extender"])
+        async with node_agents([GPU_NODE], installed.kubeconfig(NODE_AGENT_SA)):
+            yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+        delete(control_plane, [GPU_NODE.manifest()])
+
+
+def _gpu_pod(
+    name: str, mib: int, *, node: str | None = None, indices: list[int] | None = None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "schedulerName": "gpuscale",
+        "nodeSelector": {"zone": "r"},
+        "containers": [
+            {
+                "name": "server",
+                "image": "vllm/vllm-openai:v0.8.5",
+                "resources": {
+                    "limits": {"nvidia.com/gpu": "1", "gpuscale.io/gpu-memory": str(mib)}
+                },
+            }
+        ],
+    }
+    meta: dict[str, Any] = {"name": name, "namespace": NS, "labels": {"app": "restart"}}
+    if node is not None:
+        spec["nodeName"] = node
+        meta["annotations"] = {GPU_INDICES_ANNOTATION: json.dumps(indices or [0])}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+async def _pod(admin_client: Any, name: str) -> Any:
+    return await api(admin_client, "CoreV1Api").read_namespaced_pod(name, NS)
+
+
+async def _hpas(admin_client: Any) -> list[str]:
+    hpas = await api(admin_client, "AutoscalingV2Api").list_namespaced_horizontal_pod_autoscaler(NS)
+    return sorted(h.metadata.name for h in hpas.items)
+
+
+async def test_apiserver_restart_then_compaction_410_lose_and_duplicate_nothing(
+    control_plane: ControlPlane,
+    running: dict[str, Process],
+    vllm_server: InferenceServer,
+    prometheus: PrometheusServer,
+    admin_client: Any,
+) -> None:
+    client = admin_client
+    vllm_server.set_waiting(8)
+    apply(control_plane, [deployment("one", NS, 1), deployment("two", NS, 1)])
+    apply(control_plane, [policy_configmap("one", NS, _policy("one", QUEUE))], manager="sre")
+    await eventually("one at 2", lambda: _replicas(client, "one"), lambda n: n == 2, within=60)
+    first = _gpu_pod("first", 40960)
+    apply(control_plane, [first])
+    await eventually(
+        "first bound", lambda: _pod(client, "first"), lambda p: bool(p.spec.node_name), within=30
+    )
+
+    # 1. kube-apiserver restarts: watches break and resume from where they were.
+    control_plane.restart_apiserver()
+    vllm_server.set_waiting(12)
+    await eventually("one at 3", lambda: _replicas(client, "one"), lambda n: n == 3, within=60)
+
+    # 2. Freeze both, change the world, compact etcd past what they saw, restart the API server
+    # so that their watches must resume from a compacted version: 410 Gone.
+    first_device = json.loads(
+        (await _pod(client, "first")).metadata.annotations[GPU_INDICES_ANNOTATION]
+    )[0]
+    other_device = 1 - first_device
+    for name in ("controller", "extender"):
+        running[name].signal(signal.SIGSTOP)
+    try:
+        apply(control_plane, [policy_configmap("two", NS, _policy("two", QUEUE))], manager="sre")
+        await api(client, "CoreV1Api").delete_namespaced_config_map("one", NS)
+        # Bound by someone else to the other device: the extender must count it after its relist.
+        apply(control_plane, [_gpu_pod("outsider", 81920, node="gpu-r", indices=[other_device])])
+        control_plane.compact_etcd()
+        control_plane.restart_apiserver()
+    finally:
+        for name in ("controller", "extender"):
+            running[name].signal(signal.SIGCONT)
+
+    await eventually("two at 3", lambda: _replicas(client, "two"), lambda n: n == 3, within=90)
+    await eventually(
+        "only two's HPA", lambda: _hpas(client), lambda h: h == ["gpuscale-two"], within=30
+    )
+    status, body = await metric_via_api(client, NS, "one")
+    assert status != 200 or not body.get("items"), body
+    status, body = await metric_via_api(client, NS, "two")
+    assert status == 200 and metric_count(body) == 3
+    for name, text in (
+        ("controller", "watch expired (410 Gone)"),
+        ("extender", "watch expired; listing again"),
+    ):
+        log = running[name].log.read_text()
+        assert text in log, f"{name} never saw a 410:{running[name].tail()}"
+
+    # `first` holds 40960 of its device's 81920, the outsider all of the other: 50000 fits nowhere.
+    apply(control_plane, [_gpu_pod("late", 50000)])
+    events = await eventually(
+        "late unschedulable",
+        lambda: api(client, "CoreV1Api").list_namespaced_event(
+            NS, field_selector="involvedObject.name=late,reason=FailedScheduling"
+        ),
+        lambda ev: bool(ev.items),
+        within=60,
+    )
+    assert any("insufficient GPU memory" in e.message for e in events.items)
+    # ... while 40960 still fits beside `first`.
+    apply(control_plane, [_gpu_pod("fits", 40960)])
+    pod = await eventually(
+        "fits bound", lambda: _pod(client, "fits"), lambda p: bool(p.spec.node_name), within=60
+    )
+    assert json.loads(pod.metadata.annotations[GPU_INDICES_ANNOTATION]) == [first_device]
+    # One DesiredReplicas Event per change of `two`: none repeated by the relist.
+    ev = await api(client, "CoreV1Api").list_namespaced_event(
+        NS, field_selector="involvedObject.name=two,reason=DesiredReplicas"
+    )
+    messages = [e.message for e in ev.items]
+    assert len(messages) == len(set(messages)), messages
