@@ -229,12 +229,15 @@ def extender_process(inst: Installed, *, port: int, extra: Iterable[str] = ()) -
     return Process("gpuscale-extender", argv, inst.cp.workdir / "gpuscale-extender.log")
 
 
-def scheduler_process(inst: Installed, *, extender_url: str) -> Process:
+def scheduler_process(inst: Installed, *, extender_url: str, with_extender: bool = True) -> Process:
     """kube-scheduler with deploy/'s configuration; only the extender URL and the kubeconfig
-    (the pod's in-cluster credentials, here a TokenRequest token) differ."""
+    (the pod's in-cluster credentials, here a TokenRequest token) differ. ``with_extender=False``
+    drops the extender: the same scheduler alone, for the benchmark's baseline."""
     config = scheduler_config(inst.objects)
     for ext in config.get("extenders", []):
         ext["urlPrefix"] = extender_url
+    if not with_extender:
+        config.pop("extenders", None)
     kubeconfig = inst.kubeconfig(SCHEDULER_SA)
     config["clientConnection"] = {"kubeconfig": str(kubeconfig)}
     path = inst.cp.workdir / "kube-scheduler-config.yaml"

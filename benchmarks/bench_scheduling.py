@@ -1,0 +1,321 @@
+"""kube-scheduler with and without the gpuscale extender, on the real e2e control plane.
+
+The control plane of ``make e2e`` (etcd, kube-apiserver, kube-controller-manager, kwok) with
+``deploy/`` installed; kube-scheduler runs with ``deploy/``'s KubeSchedulerConfiguration (profile
+``gpuscale``), once with the extender (filter, prioritize and bind over HTTP, nodeCacheCapable)
+and once with the same configuration minus ``extenders`` — the same run, the same nodes, the same
+pods. kwok GPU nodes carry 8 A100 80 GB GPUs each (time-sliced, 4 shares per GPU) and the
+``gpuscale.io/gpus`` annotation in the node agent's format; each pod asks for 1 GPU and 8 GiB.
+
+Two figures per case, over ``--nodes`` (default 1,000 and 5,000 nodes):
+
+- throughput: ``--pods`` (1,000) pods created while no scheduler runs, then the scheduler is
+  started; pods bound per second from the first bind to the last (what scheduler_perf calls
+  SchedulingThroughput);
+- latency: ``--paced`` (200) more pods created one at a time at ``--rate`` pods/s with the
+  scheduler running; per pod, from the create call's answer to the bind seen on a watch (p50/p99).
+
+Binds are observed through one pod watch. Run: ``python benchmarks/bench_scheduling.py`` (needs
+``make cluster``; takes a few minutes at 5,000 nodes on two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from extender.inventory import gpus_annotation
+from extender.model import GpuDevice
+from tests.cluster.build import COMPONENTS, is_built
+from tests.e2e.cluster import ControlPlane, Process, free_port, wait_until
+from tests.e2e.gpu_nodes import GpuNode
+from tests.e2e.install import Installed, extender_process, install, scheduler_process
+
+NS = "bench"
+GPUS = 8
+MIB_PER_POD = 8192
+A100 = "NVIDIA-A100-SXM4-80GB"
+
+
+@dataclass(frozen=True)
+class Result:
+    nodes: int
+    mode: str
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+
+
+class Api:
+    """Raw JSON calls as admin over one keep-alive session (the benchmark's own load)."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self.session = aiohttp.ClientSession(
+            base_url=cp.server,
+            headers={"Authorization": f"Bearer {cp.tokens['admin']}"},
+            connector=aiohttp.TCPConnector(ssl=cp.ssl_context(), limit=32),
+        )
+
+    async def post(self, path: str, body: dict[str, Any]) -> None:
+        async with self.session.post(path, json=body) as r:
+            if r.status not in (200, 201, 409):
+                raise RuntimeError(f"POST {path}: {r.status} {await r.text()}")
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def node_manifest(i: int, stamp: str) -> dict[str, Any]:
+    node = GpuNode(f"bench-{i:05d}", A100, 81920, (0,) * GPUS, labels={"bench": "true"})
+    manifest = node.manifest()
+    devices = [GpuDevice(d, f"GPU-{i:05d}-{d}", A100, 81920, 0) for d in range(GPUS)]
+    manifest["metadata"]["annotations"]["gpuscale.io/gpus"] = gpus_annotation(devices, stamp)
+    return manifest
+
+
+def pod_manifest(name: str) -> dict[str, Any]:
+    limits = {"nvidia.com/gpu": "1", "gpuscale.io/gpu-memory": str(MIB_PER_POD)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "bench"}},
+        "spec": {
+            "schedulerName": "gpuscale",
+            "containers": [{"name": "s", "image": "vllm", "resources": {"limits": limits}}],
+        },
+    }
+
+
+async def gather_bounded(coros: Sequence[Any], limit: int = 32) -> None:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> None:
+        async with sem:
+            await c
+
+    await asyncio.gather(*(one(c) for c in coros))
+
+
+class BindWatch:
+    """One watch on the benchmark's pods; records when each is first seen bound."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.bound: dict[str, float] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        rv = ""
+        while True:
+            params = {"watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
+            if rv:
+                params["resourceVersion"] = rv
+            async with self.api.session.get(
+                f"/api/v1/namespaces/{NS}/pods", params=params, timeout=None
+            ) as r:
+                async for line in r.content:
+                    event = json.loads(line)
+                    obj = event["object"]
+                    rv = obj["metadata"].get("resourceVersion", rv)
+                    name = obj["metadata"].get("name")
+                    if obj.get("spec", {}).get("nodeName") and name not in self.bound:
+                        self.bound[name] = time.monotonic()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run())
+
+    async def wait_for(self, names: set[str], within: float) -> None:
+        deadline = time.monotonic() + within
+        while not names <= self.bound.keys():
+            if time.monotonic() > deadline:
+                missing = len(names - self.bound.keys())
+                raise RuntimeError(f"{missing} pods not bound within {within:.0f} s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await self.task
+
+
+async def delete_pods(api: Api) -> None:
+    async with api.session.delete(
+        f"/api/v1/namespaces/{NS}/pods", params={"gracePeriodSeconds": "0"}
+    ) as r:
+        assert r.status == 200, await r.text()
+
+    async def left() -> int:
+        async with api.session.get(f"/api/v1/namespaces/{NS}/pods", params={"limit": "1"}) as r:
+            body = await r.json()
+            return len(body["items"])
+
+    deadline = time.monotonic() + 300
+    while await left():
+        if time.monotonic() > deadline:
+            raise RuntimeError("pods not deleted within 300 s")
+        await asyncio.sleep(0.5)
+
+
+def start_scheduler(inst: Installed, *, with_extender: bool, port: int) -> list[Process]:
+    procs = []
+    if with_extender:
+        ext = extender_process(inst, port=port, extra=["--stale-after=24h", "--log-level=warning"])
+        ext.start()
+        procs.append(ext)
+
+        def ready() -> bool:
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+
+        wait_until("extender", ready, within=300, log=ext.log)
+    sched = scheduler_process(
+        inst, extender_url=f"http://127.0.0.1:{port}", with_extender=with_extender
+    )
+    sched.start()
+    procs.append(sched)
+    return procs
+
+
+async def run_case(
+    inst: Installed,
+    api: Api,
+    nodes: int,
+    *,
+    with_extender: bool,
+    pods: int,
+    paced: int,
+    rate: float,
+) -> Result:
+    mode = "with extender" if with_extender else "scheduler alone"
+    print(f"  {nodes} nodes, {mode}: creating {pods} pods", flush=True)
+    names = [f"t-{i:05d}" for i in range(pods)]
+    await gather_bounded(
+        [api.post(f"/api/v1/namespaces/{NS}/pods", pod_manifest(n)) for n in names]
+    )
+    watch = BindWatch(api)
+    watch.start()
+    procs = start_scheduler(inst, with_extender=with_extender, port=free_port())
+    try:
+        await watch.wait_for(set(names), within=900)
+        times = sorted(watch.bound[n] for n in names)
+        throughput = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
+        print(
+            f"    throughput {throughput:.1f} pods/s; pacing {paced} pods at {rate}/s", flush=True
+        )
+        latencies = []
+        for i in range(paced):
+            name = f"p-{i:05d}"
+            t0 = time.monotonic()
+            await api.post(f"/api/v1/namespaces/{NS}/pods", pod_manifest(name))
+            created = time.monotonic()
+            await watch.wait_for({name}, within=60)
+            latencies.append((watch.bound[name] - created) * 1000)
+            await asyncio.sleep(max(0.0, 1 / rate - (time.monotonic() - t0)))
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        await watch.stop()
+    await delete_pods(api)
+    q = statistics.quantiles(latencies, n=100)
+    return Result(nodes, mode, throughput, statistics.median(latencies), q[98])
+
+
+async def main_async(args: argparse.Namespace) -> list[Result]:
+    workdir = Path(tempfile.mkdtemp(prefix="gpuscale-bench-scheduling-"))
+    cp = ControlPlane(workdir)
+    results: list[Result] = []
+    try:
+        print(f"starting the control plane in {workdir}", flush=True)
+        cp.start()
+        inst = install(cp)
+        api = Api(cp)
+        try:
+            await api.post(
+                "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+            )
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            have = 0
+            for target in sorted(args.nodes):
+                t0 = time.monotonic()
+                await gather_bounded(
+                    [
+                        api.post("/api/v1/nodes", node_manifest(i, stamp))
+                        for i in range(have, target)
+                    ]
+                )
+                have = target
+                print(
+                    f"{target} kwok GPU nodes created in {time.monotonic() - t0:.0f} s", flush=True
+                )
+                for with_extender in (False, True):
+                    results.append(
+                        await run_case(
+                            inst,
+                            api,
+                            target,
+                            with_extender=with_extender,
+                            pods=args.pods,
+                            paced=args.paced,
+                            rate=args.rate,
+                        )
+                    )
+        finally:
+            await api.close()
+    finally:
+        cp.stop()
+    return results
+
+
+def report(results: list[Result]) -> None:
+    print()
+    print(f"{'nodes':>6} {'mode':<16} {'pods/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in results:
+        print(f"{r.nodes:>6} {r.mode:<16} {r.throughput:>8.1f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f}")
+    print()
+    for nodes in sorted({r.nodes for r in results}):
+        alone = next(r for r in results if r.nodes == nodes and r.mode == "scheduler alone")
+        ext = next(r for r in results if r.nodes == nodes and r.mode == "with extender")
+        ratio = ext.throughput / alone.throughput
+        print(
+            f"{nodes} nodes: with the extender {ratio:.2f}x the throughput of the scheduler alone "
+            f"(target >= 0.5 at 5,000 nodes); p50 latency {ext.p50_ms / alone.p50_ms:.2f}x"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--paced", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    missing = [k for k, c in COMPONENTS.items() if not is_built(c)]
+    if missing:
+        print(
+            f"cluster binaries missing ({', '.join(missing)}): run `make cluster`", file=sys.stderr
+        )
+        return 1
+    report(asyncio.run(main_async(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
