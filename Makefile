@@ -47,7 +47,7 @@ test: lint typecheck imports pytest
 demo: $(STAMP)
 	$(BIN)/gpuscale simulate --out demo-report
 
-bench: $(STAMP) prometheus
+bench: $(STAMP) prometheus cluster
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

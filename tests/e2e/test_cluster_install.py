@@ -72,7 +72,11 @@ def test_apiservice_carries_the_ca_bundle(installed: Installed) -> None:
 
 def _review(cp: ControlPlane, account: str, verb: str, group: str, resource: str) -> bool:
     plural, _, sub = resource.partition("/")
-    attrs = {"verb": verb, "group": group, "resource": plural, "namespace": "inference"}
+    # Leader-election Leases live in gpuscale's own namespace; the rest is where workloads are.
+    where = NAMESPACE if plural == "leases" else "inference"
+    attrs = {"verb": verb, "group": group, "resource": plural, "namespace": where}
+    if plural == "leases" and verb != "create":
+        attrs["name"] = account  # each Lease is granted by name: the account's own
     if sub:
         attrs["subresource"] = sub
     if plural in {"nodes", "namespaces"}:
@@ -115,7 +119,7 @@ def test_the_real_authorizer_allows_every_call_in_the_code(
         ("gpuscale-controller", "list", "", "secrets"),
         ("gpuscale-controller", "delete", "apps", "deployments"),
         ("gpuscale-controller", "update", "apps", "deployments"),
-        ("gpuscale-scheduler", "delete", "", "pods"),
+        ("gpuscale-scheduler", "update", "apps", "deployments"),
         ("gpuscale-scheduler", "get", "", "secrets"),
         ("gpuscale-node-agent", "delete", "", "nodes"),
         ("gpuscale-node-agent", "list", "", "pods"),
