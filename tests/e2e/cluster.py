@@ -55,14 +55,14 @@ HPA_SYNC = "1s"
 
 # Controllers a Deployment scaled by an HPA needs, and nothing that expects a kubelet.
 KCM_CONTROLLERS = (
-    "horizontalpodautoscaling",
-    "deployment",
-    "replicaset",
-    "garbage-collector",
-    "namespace",
-    "serviceaccount",
-    "serviceaccount-token",
-    "endpointslice",
+    "horizontal-pod-autoscaler-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
 )
 
 
@@ -492,16 +492,33 @@ class ControlPlane:
         proc.start()
         wait_until("kube-apiserver /readyz", self._apiserver_ready, within=120, log=proc.log)
 
+    def _healthy(self, name: str, url: str) -> Callable[[], bool]:
+        proc = self.processes[name]
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; we only ask /healthz
+
+        def check() -> bool:
+            if not proc.running:
+                raise ClusterError(f"{name} exited{proc.tail()}")
+            with urllib.request.urlopen(url, timeout=2, context=insecure) as r:
+                return bool(r.status == 200)
+
+        return check
+
     def start(self) -> None:
         self.start_etcd()
         self.start_apiserver()
         for proc in (self._controller_manager(), self._kwok()):
             proc.start()
-        wait_until(
-            "kube-controller-manager and kwok",
-            lambda: all(p.running for p in self.processes.values()),
-            within=5,
+        kcm = self.processes["kube-controller-manager"]
+        kcm_health = self._healthy(
+            "kube-controller-manager", f"https://127.0.0.1:{self.kcm_port}/healthz"
         )
+        wait_until("kube-controller-manager /healthz", kcm_health, within=60, log=kcm.log)
+        kwok = self.processes["kwok"]
+        kwok_health = self._healthy("kwok", f"http://127.0.0.1:{self.kwok_port}/healthz")
+        wait_until("kwok /healthz", kwok_health, within=60, log=kwok.log)
 
     def restart_apiserver(self) -> None:
         """Stop kube-apiserver (every watch and connection breaks) and start it again."""

@@ -50,6 +50,15 @@ def control_plane() -> Iterator[ControlPlane]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _components_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A component that died during a test fails that test with its log, not a later one."""
+    yield
+    if "control_plane" in request.fixturenames:
+        cp: ControlPlane = request.getfixturevalue("control_plane")
+        cp.check_alive()
+
+
 @pytest.fixture(scope="session")
 def installed(control_plane: ControlPlane) -> Installed:
     return install(control_plane)

@@ -182,7 +182,16 @@ async def test_the_hpa_scales_the_deployment_to_the_policys_count(
         assert cond is not None and cond.status == "True", (kind, cond)
         if reason:
             assert cond.reason == reason
-    assert hpa.status.current_metrics[0].external.current.average_value in {"1", "1000m"}
+    # Once 10 pods exist, the HPA reads 10 / 10 = 1 per pod: on target, nothing more to do.
+    await eventually(
+        "HPA at target",
+        lambda: _hpa(admin_client),
+        lambda h: (
+            bool(h.status.current_metrics)
+            and h.status.current_metrics[0].external.current.average_value in {"1", "1000m"}
+        ),
+        within=30,
+    )
     status = await eventually(
         "status Active 10",
         lambda: _status(admin_client),
@@ -202,6 +211,10 @@ async def test_a_jump_is_limited_by_the_scale_up_rule(
 ) -> None:
     # 400 waiting wants 100 (32 at most); from 10 the rule allows max(100%, 4 pods) = +10 per
     # 15 s: 20 first, 32 only a period later.
+    # The 8 → 10 step of the previous test still counts in the current period (upstream's rule:
+    # the period starts from current minus what was added within it); let it age out first.
+    await asyncio.sleep(SCALE_UP_PERIOD)
+    assert await _replicas(admin_client) == 10
     vllm_server.set_waiting(400)
     seen: list[tuple[float, int]] = []
 
@@ -266,7 +279,11 @@ async def test_an_invalid_edit_keeps_the_last_good_version(
         lambda s: s["state"] == "Invalid",
         within=30,
     )
-    assert status["runningResourceVersion"] == good.metadata.resource_version
+    # The version still running is the SRE's last good edit (status writes since then bumped the
+    # ConfigMap's version without changing the policy), not the broken one.
+    current = await api(admin_client, "CoreV1Api").read_namespaced_config_map(NAME, NS)
+    running = int(status["runningResourceVersion"])
+    assert running <= int(good.metadata.resource_version) < int(current.metadata.resource_version)
     assert any("targetPerReplica" in e for e in status["errors"]), status
     assert "InvalidPolicy" in await _event_reasons(admin_client)
     # The good version (4 per replica) still drives the HPA: 21 waiting → 6 replicas.
