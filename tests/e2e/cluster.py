@@ -11,7 +11,8 @@
   gpuscale's own processes get TokenRequest tokens of their ServiceAccounts instead.
   The watch cache is off, so watches are served by etcd itself: a compaction then makes a real
   ``410 Gone`` for a watch that resumes from an older version.
-- kube-controller-manager with the controllers a Deployment + HPA needs, each with its own
+- kube-controller-manager with the controllers a Deployment + HPA needs (and node lifecycle,
+  which lifts the not-ready taint of new nodes), each with its own
   ServiceAccount credentials (``--use-service-account-credentials``), HPA sync every second;
 - kwok, which makes the fake nodes it manages Ready and the pods bound to them Running (after a
   short delay, so "bound but not running" is a real state), with the stage files beside this
@@ -53,7 +54,9 @@ FRONT_PROXY_CN = "front-proxy-client"
 SERVICE_CIDR = "10.96.0.0/16"
 HPA_SYNC = "1s"
 
-# Controllers a Deployment scaled by an HPA needs, and nothing that expects a kubelet.
+# Controllers a Deployment scaled by an HPA needs, and the node lifecycle controller: the API
+# server taints every new node `node.kubernetes.io/not-ready` and only that controller lifts it
+# once the node is Ready (kwok renews the nodes' Leases, as a kubelet would).
 KCM_CONTROLLERS = (
     "horizontal-pod-autoscaler-controller",
     "deployment-controller",
@@ -63,6 +66,7 @@ KCM_CONTROLLERS = (
     "serviceaccount-controller",
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
+    "node-lifecycle-controller",
 )
 
 

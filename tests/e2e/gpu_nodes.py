@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from extender import node_agent
-from extender.model import GFD_COUNT_LABEL, GFD_MEMORY_LABEL, GFD_PRODUCT_LABEL, GPU_RESOURCE
+from extender.model import (
+    GFD_COUNT_LABEL,
+    GFD_MEMORY_LABEL,
+    GFD_PRODUCT_LABEL,
+    GPU_INDICES_ANNOTATION,
+    GPU_RESOURCE,
+)
 from tests.e2e.cluster import KWOK_NODE_ANNOTATION
 from tests.extender.test_agent_and_app import FakeNvml
 from tests.support.kube_standin import make_api_client
@@ -88,6 +94,12 @@ class GpuNode:
         return ModelNvml(
             self.product, [(self.total_mib * MIB, used * MIB) for used in self.used_mib]
         )
+
+
+def gpu_indices(pod: Any) -> list[int]:
+    """The devices the extender chose for a bound pod (``gpuscale.io/gpu-indices``: "0,3")."""
+    text = (pod.metadata.annotations or {})[GPU_INDICES_ANNOTATION]
+    return [int(i) for i in text.split(",")]
 
 
 @contextlib.asynccontextmanager

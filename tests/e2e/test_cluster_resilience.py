@@ -14,7 +14,6 @@ memory) or duplicated (one HPA per policy, one Event per change).
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +25,7 @@ import pytest
 from extender.model import GPU_INDICES_ANNOTATION
 from tests.autoscaler.helpers import metric_count, metric_via_api
 from tests.e2e.cluster import ControlPlane, Process, free_port
-from tests.e2e.gpu_nodes import GpuNode, node_agents
+from tests.e2e.gpu_nodes import GpuNode, gpu_indices, node_agents
 from tests.e2e.install import (
     NAMESPACE,
     NODE_AGENT_SA,
@@ -240,7 +239,7 @@ def _gpu_pod(
     meta: dict[str, Any] = {"name": name, "namespace": NS, "labels": {"app": "restart"}}
     if node is not None:
         spec["nodeName"] = node
-        meta["annotations"] = {GPU_INDICES_ANNOTATION: json.dumps(indices or [0])}
+        meta["annotations"] = {GPU_INDICES_ANNOTATION: ",".join(map(str, indices or [0]))}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
@@ -278,9 +277,7 @@ async def test_apiserver_restart_then_compaction_410_lose_and_duplicate_nothing(
 
     # 2. Freeze both, change the world, compact etcd past what they saw, restart the API server
     # so that their watches must resume from a compacted version: 410 Gone.
-    first_device = json.loads(
-        (await _pod(client, "first")).metadata.annotations[GPU_INDICES_ANNOTATION]
-    )[0]
+    first_device = gpu_indices(await _pod(client, "first"))[0]
     other_device = 1 - first_device
     for name in ("controller", "extender"):
         running[name].signal(signal.SIGSTOP)
@@ -326,7 +323,7 @@ async def test_apiserver_restart_then_compaction_410_lose_and_duplicate_nothing(
     pod = await eventually(
         "fits bound", lambda: _pod(client, "fits"), lambda p: bool(p.spec.node_name), within=60
     )
-    assert json.loads(pod.metadata.annotations[GPU_INDICES_ANNOTATION]) == [first_device]
+    assert gpu_indices(pod) == [first_device]
     # One DesiredReplicas Event per change of `two`: none repeated by the relist.
     ev = await api(client, "CoreV1Api").list_namespaced_event(
         NS, field_selector="involvedObject.name=two,reason=DesiredReplicas"

@@ -12,16 +12,16 @@ bind, so the extender must hold memory for pods that are bound but not yet runni
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from extender.model import GPU_INDICES_ANNOTATION, GPUS_ANNOTATION
+from extender.model import GPUS_ANNOTATION
+from extender.quantity import gpu_memory_mib
 from tests.e2e.cluster import ControlPlane, Process, free_port
-from tests.e2e.gpu_nodes import GpuNode, node_agents
+from tests.e2e.gpu_nodes import GpuNode, gpu_indices, node_agents
 from tests.e2e.install import (
     NODE_AGENT_SA,
     Installed,
@@ -111,7 +111,8 @@ async def _failed_scheduling(admin_client: Any, pod: str) -> list[str]:
 
 
 def _memory(pod: Any) -> int:
-    return int(pod.spec.containers[0].resources.limits["gpuscale.io/gpu-memory"])
+    # The API server canonicalises quantities ("20000" comes back as "20k").
+    return gpu_memory_mib(pod.spec.containers[0].resources.limits["gpuscale.io/gpu-memory"])
 
 
 def _assert_no_device_overcommitted(pods: list[Any]) -> dict[tuple[str, int], int]:
@@ -119,7 +120,7 @@ def _assert_no_device_overcommitted(pods: list[Any]) -> dict[tuple[str, int], in
     for pod in pods:
         if not pod.spec.node_name:
             continue
-        indices = json.loads((pod.metadata.annotations or {})[GPU_INDICES_ANNOTATION])
+        indices = gpu_indices(pod)
         for index in indices:
             used[(pod.spec.node_name, int(index))] += _memory(pod)
     for (node, index), mib in used.items():
@@ -223,7 +224,7 @@ async def test_tolerations_and_required_affinity_as_kubernetes_means_them(
     pods = await _settle(admin_client, "tolerant", bound=4, pending=2)
     bound = [p for p in pods if p.spec.node_name]
     assert {p.spec.node_name for p in bound} == {"gpu-b"}
-    indices = sorted(json.loads(p.metadata.annotations[GPU_INDICES_ANNOTATION])[0] for p in bound)
+    indices = sorted(gpu_indices(p)[0] for p in bound)
     assert indices == [0, 1, 2, 3]
     _assert_no_device_overcommitted(await _pods(admin_client, "llm") + pods)
 
@@ -252,6 +253,6 @@ async def test_node_selector_beats_the_score(
     )
     pods = await _settle(admin_client, "pinned", bound=1, pending=0)
     assert pods[0].spec.node_name == "gpu-a"
-    assert json.loads(pods[0].metadata.annotations[GPU_INDICES_ANNOTATION]) == [1]
+    assert gpu_indices(pods[0]) == [1]
     all_pods = [*await _pods(admin_client, "llm"), *await _pods(admin_client, "tolerant"), *pods]
     _assert_no_device_overcommitted(all_pods)
