@@ -58,6 +58,14 @@ def decide(
     current = snapshot.current_replicas
     bounds = policy.replicas
     lo, hi = bounds.min, bounds.max
+    # Scale events are the moves of the target's count seen tick to tick (upstream's HPA records
+    # the moves it makes): a decision the HPA has not carried out yet is no event, so a lagging
+    # HPA neither eats into the rate budget nor makes the decision flap. A move seen now was made
+    # after the previous tick, on that tick's decision: it is dated then.
+    seen_at, previous = state.last_seen if state.last_seen is not None else (now, current)
+    ups, downs = record_scale_event(
+        state.scale_up_events, state.scale_down_events, previous, current, policy.behavior, seen_at
+    )
     values = snapshot.values
 
     proposals: list[Proposal] = []
@@ -161,8 +169,8 @@ def decide(
                 current,
                 lo,
                 hi,
-                state.scale_up_events,
-                state.scale_down_events,
+                ups,
+                downs,
                 policy.behavior,
                 now,
             )
@@ -172,9 +180,6 @@ def decide(
             summary = _summary(current, desired, winner, recommended, limited_by, fallback_on)
 
     steps.append(summary)
-    ups, downs = record_scale_event(
-        state.scale_up_events, state.scale_down_events, current, desired, policy.behavior, now
-    )
     decision = Decision(
         desired,
         current,
@@ -191,6 +196,7 @@ def decide(
         downs,
         new_holt if new_holt is not None else holt_state,
         missing_since,
+        (now, current),
     )
     return decision, new_state
 

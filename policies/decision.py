@@ -54,6 +54,8 @@ class State:
     scale_down_events: tuple[ScaleEvent, ...] = ()
     holt: Mapping[str, HoltState] = field(default_factory=dict)
     missing_since: float | None = None
+    last_seen: tuple[float, int] | None = None
+    """(time, target's count) at the previous decision: a change since is a scale event."""
 
 
 @dataclass(frozen=True, slots=True)

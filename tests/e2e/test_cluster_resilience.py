@@ -37,7 +37,14 @@ from tests.e2e.install import (
     scheduler_process,
     wait_http_ok,
 )
-from tests.e2e.kube import api, deployment, eventually, namespace, policy_configmap
+from tests.e2e.kube import (
+    api,
+    deployment,
+    eventually,
+    namespace,
+    policy_configmap,
+    status_annotation,
+)
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
 
@@ -83,6 +90,14 @@ def prometheus(
 async def _replicas(admin_client: Any, name: str) -> int:
     dep = await api(admin_client, "AppsV1Api").read_namespaced_deployment(name, NS)
     return int(dep.spec.replicas)
+
+
+async def _desired(admin_client: Any, name: str) -> int | None:
+    """What the leader last wrote in the policy's status (the HA pair is not behind the
+    APIService, so this, not the HPA, shows who decides)."""
+    cm = await api(admin_client, "CoreV1Api").read_namespaced_config_map(name, NS)
+    desired = status_annotation(cm).get("desiredReplicas")
+    return int(desired) if desired is not None else None
 
 
 async def _lease(admin_client: Any) -> Any:
@@ -148,7 +163,7 @@ async def test_leader_killed_the_other_takes_over_and_writes_never_overlap(
         follower = (ids - {leader}).pop()
         apply(control_plane, [policy_configmap("ha", NS, _policy("ha", QUEUE))], manager="sre")
         await eventually(
-            "2 replicas", lambda: _replicas(admin_client, "ha"), lambda n: n == 2, within=60
+            "leader decides 2", lambda: _desired(admin_client, "ha"), lambda n: n == 2, within=60
         )
 
         procs[leader].signal(signal.SIGKILL)
@@ -163,10 +178,13 @@ async def test_leader_killed_the_other_takes_over_and_writes_never_overlap(
         taken = lease.spec.acquire_time.timestamp()
         assert taken - last_renew <= LEASE_DURATION + 1.0, (last_renew, taken)
 
-        # The new leader acts: more load, a new count, written by it alone.
+        # The new leader acts: more load, a new decision, written by it alone.
         vllm_server.set_waiting(20)
         await eventually(
-            "5 replicas", lambda: _replicas(admin_client, "ha"), lambda n: n == 5, within=60
+            "new leader decides 5",
+            lambda: _desired(admin_client, "ha"),
+            lambda n: n == 5,
+            within=60,
         )
         writes = await eventually(
             "audit records of both writers",

@@ -85,18 +85,23 @@ def test_scale_up_rate_limit_then_more_next_period() -> None:
     d, s = tick(p, values, 2, State(), 0.0)
     assert d.desired_replicas == 6
     assert d.limited_by == "behavior.scaleUp.policies[1] (Pods 4 per 15s)"
-    assert s.scale_up_events == (ScaleEvent(0.0, 4),)
-    d, s = tick(p, values, 6, s, 15.0)
+    # Not carried out yet: no event. Seen at the next tick, the move is dated at this one.
+    assert s.scale_up_events == ()
+    d, s = tick(p, values, 2, s, 1.0)
+    assert (d.desired_replicas, s.scale_up_events) == (6, ())
+    d, s = tick(p, values, 6, s, 5.0)
+    assert s.scale_up_events == (ScaleEvent(1.0, 4),)
+    d, s = tick(p, values, 6, s, 16.0)
     assert d.desired_replicas == 12
     assert d.limited_by == "behavior.scaleUp.policies[0] (Percent 100 per 15s)"
-    d, s = tick(p, values, 12, s, 30.0)
+    d, s = tick(p, values, 12, s, 31.0)
     assert (d.desired_replicas, d.limited_by) == (
         24,
         "behavior.scaleUp.policies[0] (Percent 100 per 15s)",
     )
-    d, s = tick(p, values, 24, s, 45.0)
+    d, s = tick(p, values, 24, s, 46.0)
     assert (d.desired_replicas, d.limited_by) == (30, None)
-    assert [e.time for e in s.scale_up_events] == [45.0]  # older ones pruned past 15 s
+    assert [e.time for e in s.scale_up_events] == [31.0]  # older ones pruned past 15 s
 
 
 def test_rate_limit_counts_events_still_in_the_period() -> None:
@@ -129,8 +134,10 @@ def test_scale_down_waits_for_the_stabilization_window() -> None:
     # The t=0 record (10) is now exactly 300 s old and out; the idle ones say ceil(10*0.25) = 3.
     assert d.desired_replicas == 3
     assert d.limited_by is None
-    assert s.scale_down_events == (ScaleEvent(300.0, 7),)
     assert all(r.time > 0.0 for r in s.recommendations)
+    # The HPA carries it out; the next tick records the move, dated at the decision.
+    _, s = tick(p, idle, 3, s, 315.0)
+    assert s.scale_down_events == (ScaleEvent(300.0, 7),)
 
 
 def test_scale_up_stabilization_goes_to_the_lowest_recent_recommendation() -> None:
@@ -219,8 +226,9 @@ def test_current_outside_bounds_goes_straight_to_the_bound() -> None:
     p = policy(2, 8)
     d, s = tick(p, {"queue": 0.0, "latency": 0.1, "load": 0.0}, 20, State(), 0.0)
     assert (d.desired_replicas, d.limited_by) == (8, "replicas.max")
-    assert s.scale_down_events == (ScaleEvent(0.0, 12),)
     assert s.recommendations == ()
+    _, s = tick(p, {"queue": 0.0, "latency": 0.1, "load": 0.0}, 8, s, 1.0)
+    assert s.scale_down_events == (ScaleEvent(0.0, 12),)
     d, _ = tick(p, {"queue": 400.0, "latency": 9.0, "load": 90.0}, 1, State(), 0.0)
     assert (d.desired_replicas, d.limited_by) == (2, "replicas.min")
 
@@ -366,3 +374,18 @@ def test_missing_metric_never_lowers_the_count_under_hold(
     d, _ = tick(p, {"queue": q, "latency": lat, "load": load}, current, state, now)
     if d.metrics_missing:
         assert d.desired_replicas >= current
+
+
+def test_a_lagging_hpa_neither_spends_the_budget_nor_flaps_the_decision() -> None:
+    # Found against the real HPA: the count did not move for a few ticks (the HPA had not synced
+    # yet) and each tick's decision alternated between the step and "keep", because undone
+    # decisions were counted as scale events. Now the decision holds until the count moves.
+    p = policy()
+    values: dict[str, float | None] = {"queue": 40.0, "latency": 1.0, "load": 1.0}
+    s = State()
+    for now in range(0, 10):
+        d, s = tick(p, values, 8, s, float(now))
+        assert d.desired_replicas == 10, now
+    assert s.scale_up_events == ()
+    d, s = tick(p, values, 10, s, 10.0)
+    assert (d.desired_replicas, s.scale_up_events) == (10, (ScaleEvent(9.0, 2),))
