@@ -383,7 +383,7 @@ def test_a_lagging_hpa_neither_spends_the_budget_nor_flaps_the_decision() -> Non
     p = policy()
     values: dict[str, float | None] = {"queue": 40.0, "latency": 1.0, "load": 1.0}
     s = State()
-    for now in range(0, 10):
+    for now in range(10):
         d, s = tick(p, values, 8, s, float(now))
         assert d.desired_replicas == 10, now
     assert s.scale_up_events == ()
