@@ -438,7 +438,9 @@ class Controller:
                 continue
             self._hpa_pending.discard(key)
             if not self.leadership.is_leader:
+                log.debug("hpa reconcile skipped: not leading", extra={"policy": key})
                 continue
+            log.debug("hpa reconcile", extra={"policy": key})
             await self._reconcile_hpa(key)
 
     async def _reconcile_hpa(self, key: str) -> None:

@@ -51,11 +51,26 @@ def raw(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     return twin  # type: ignore[no-any-return]
 
 
+CALL_TIMEOUT = 30.0
+"""Seconds one (non-watch) API call may take. The client's own default is five minutes: a call
+caught by an API server restart could hold the HPA worker that long (seen in the e2e)."""
+
+
 async def call(method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run one API call and return the decoded JSON body; raise :class:`KubeError` on non-2xx."""
-    resp: aiohttp.ClientResponse = await raw(method)(*args, **kwargs)
+    """Run one API call and return the decoded JSON body; raise :class:`KubeError` on non-2xx
+    and on a broken connection (status 0), so that callers retry it like any failed call."""
+    kwargs.setdefault("_request_timeout", CALL_TIMEOUT)
     try:
-        data = await resp.read()
+        resp: aiohttp.ClientResponse = await raw(method)(*args, **kwargs)
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        if isinstance(exc, OSError):
+            raise
+        raise KubeError(0, type(exc).__name__, {"message": str(exc)}) from exc
+    try:
+        try:
+            data = await resp.read()
+        except aiohttp.ClientPayloadError as exc:
+            raise KubeError(0, type(exc).__name__, {"message": str(exc)}) from exc
         if resp.status >= 400:
             raise KubeError(resp.status, resp.reason or "", _decode_status(data))
         if not data:

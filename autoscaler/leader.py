@@ -132,6 +132,11 @@ class LeaderElector:
     async def step(self) -> float:
         """One acquire-or-renew attempt; returns the seconds to wait before the next."""
         attempt_start = self._clock.monotonic()
+        if self._leading and not self.is_leader:
+            # The renew deadline passed without a renewal (the process was paused, or the API
+            # unreachable): that is the end of this term, even if the renewal below succeeds.
+            # Whoever waits for leadership must hear of the new term.
+            self._set_leading(False)
         try:
             held, expires_in = await self._try_acquire_or_renew()
         except (KubeError, OSError, TimeoutError) as exc:
