@@ -214,7 +214,7 @@ def simulate(
     runs = f"{len(seed_list)} seed{'s' if len(seed_list) > 1 else ''}"
     click.echo(
         f"{sc.name}: {result.requests} requests over {result.duration / 60:.0f} min, "
-        f"{runs}, SLO {sc.service.slo:g} s"
+        f"{runs}, SLO {sc.service.slo.describe()}"
     )
     click.echo(plain_table(result))
     click.echo("wrote " + ", ".join(str(p) for p in written))

@@ -15,6 +15,7 @@ from policies.decide import decide
 from policies.decision import Snapshot, State
 from policies.durations import DurationError, parse_duration
 from policies.schema import ArrivalRateMetric, LatencyMetric, Metric, QueueDepthMetric
+from simulations import promql
 from simulations.baselines.hpa import (
     HpaController,
     NoMetrics,
@@ -65,13 +66,31 @@ def query_window(query: str, default: float = 60.0) -> float:
         return default
 
 
+_PLANS: dict[str, promql.Plan | None] = {}
+
+
+def query_value(store: MetricStore, query: str, now: float) -> tuple[bool, float | None]:
+    """``(understood, value)`` of a PromQL query on the scraped series (:mod:`promql`)."""
+    if query not in _PLANS:
+        _PLANS[query] = promql.parse(query)
+    plan = _PLANS[query]
+    if plan is None:
+        return False, None
+    return True, promql.evaluate(store, plan, now)
+
+
 def metric_value(store: MetricStore, metric: Metric, now: float) -> float | None:
     """What the metric's PromQL would return in the simulated cluster.
 
-    The metric type says what is measured; the quantile and the rate window come from the query
-    text (``histogram_quantile(0.95, …)``, ``[1m]``). ``arrivalRate`` reads the pods' success
-    counter when the query names one (``…success…``), else the gateway's request counter.
+    Queries of the shapes :mod:`simulations.promql` knows are evaluated by the metric they name
+    (vLLM V1 names). Others fall back on the metric type: ``queueDepth`` is the waiting
+    requests, ``latency`` the e2e latency quantile of the query's ``histogram_quantile(q, …)``
+    over its ``[window]``, ``arrivalRate`` the pods' success counter when the query names one
+    (``…success…``), else the gateway's request counter.
     """
+    understood, value = query_value(store, metric.query, now)
+    if understood:
+        return value
     if isinstance(metric, QueueDepthMetric):
         return store.gauge_sum(now, "waiting")
     window = query_window(metric.query)

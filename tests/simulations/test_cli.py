@@ -25,7 +25,7 @@ def test_default_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert f"\n{name} " in stdout
     assert "SLO att." in stdout and "GPU-h" in stdout
     report = json.loads((out / "report.json").read_text())
-    assert report["schema"] == "gpuscale.io/simulation-report/v1"
+    assert report["schema"] == "gpuscale.io/simulation-report/v2"
     assert [p["name"] for p in report["policies"]] == names
     for p in report["policies"]:
         mean = p["mean"]

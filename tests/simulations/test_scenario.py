@@ -15,6 +15,7 @@ from simulations.scenario import (
     KedaContender,
     KpaContender,
     ScenarioError,
+    Slo,
     load_scenario,
     parse_scenario,
 )
@@ -45,7 +46,9 @@ def test_default_scenario_compares_examples_with_all_baselines() -> None:
 def test_minimal_scenario_takes_defaults() -> None:
     sc = parse_scenario(MINIMAL, "s.yaml", Path("."))
     assert sc.cluster.pools[0].gpu_memory_mib == 80 * 1024
-    assert sc.service.slo == 2.0 and sc.metrics.scrape_interval == 15.0
+    assert sc.service.slo == Slo(ttft=1.0, tpot=0.1) and sc.metrics.scrape_interval == 15.0
+    assert sc.service.engine == "vllm" and sc.service.vllm is not None
+    assert sc.service.vllm.profile.name == "llama-3.1-8b-a100-80gb-tp1"
     assert sc.contenders == (HpaContender("hpa"),)
 
 
