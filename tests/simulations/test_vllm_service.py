@@ -10,7 +10,7 @@ import pytest
 
 from simulations import promql
 from simulations.autoscalers import FixedReplicas
-from simulations.batching import BatchingReplica
+from simulations.batching import BatchingReplica, ServingLog
 from simulations.compare import prepare, random_streams, request_times, summarise
 from simulations.scenario import ScenarioError, Slo, parse_scenario
 from simulations.sim import Run, build_cluster
@@ -37,6 +37,11 @@ def doc(**service: Any) -> dict[str, Any]:
     }
 
 
+def serving_log(run: Run) -> ServingLog:
+    assert isinstance(run.log, ServingLog)
+    return run.log
+
+
 def served(**service: Any) -> Run:
     sc = parse_scenario(doc(**service), "v.yaml", Path("."))
     workload, times, duration = prepare(sc, 1)
@@ -55,11 +60,10 @@ def test_attainment_is_the_share_of_requests_within_every_bound() -> None:
     s = result.summary
     done = rt.done
     assert done.sum() > 3000
-    ttft = np.asarray(run.log.first_token) - np.asarray(run.log.arrival)
-    gen = np.asarray(run.log.generated)
-    tpot = np.where(
-        gen > 1, (np.asarray(run.log.finish) - np.asarray(run.log.first_token)) / (gen - 1), 0
-    )
+    log = serving_log(run)
+    ttft = np.asarray(log.first_token) - np.asarray(log.arrival)
+    gen = np.asarray(log.generated)
+    tpot = np.where(gen > 1, (np.asarray(log.finish) - np.asarray(log.first_token)) / (gen - 1), 0)
     meets = done & (ttft <= 0.2) & (tpot <= 0.02)
     assert s["slo_attainment"] == pytest.approx(meets.sum() / rt.counted.sum())
     assert s["ttft_p90"] == pytest.approx(float(np.quantile(ttft[done], 0.9)))
@@ -81,7 +85,7 @@ def test_an_e2e_only_slo_ignores_ttft_and_tpot() -> None:
 def test_scraped_v1_metrics_agree_with_the_requests() -> None:
     run = served()
     replicas = [r for r in run.replicas if isinstance(r, BatchingReplica)]
-    log = run.log
+    log = serving_log(run)
     done = [i for i in range(log.n) if log.finish[i] == log.finish[i]]
     assert sum(r.completed for r in replicas) == len(done)
     assert sum(r.generation_tokens for r in replicas) == sum(log.out)
