@@ -148,7 +148,7 @@ def parse_profile(document: Any, file: str) -> StepProfile:
         if key not in document:
             sizes[key] = 0.0
             continue
-        value = _bytes(document[key])
+        value = parse_bytes(document[key])
         if value is None:
             err(key, f'expected bytes as a number or a quantity like "80Gi", got {document[key]!r}')
             value = 0.0
@@ -224,7 +224,8 @@ def _seconds(value: Any) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _bytes(value: Any) -> float | None:
+def parse_bytes(value: Any) -> float | None:
+    """Bytes from a number or a quantity (``80Gi``, ``16G``); ``None`` if neither."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

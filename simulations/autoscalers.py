@@ -14,7 +14,13 @@ import re
 from policies.decide import decide
 from policies.decision import Snapshot, State
 from policies.durations import DurationError, parse_duration
-from policies.schema import ArrivalRateMetric, LatencyMetric, Metric, QueueDepthMetric
+from policies.schema import (
+    KvCacheMetric,
+    LatencyMetric,
+    Metric,
+    QueueDepthMetric,
+    metric_inputs,
+)
 from simulations import promql
 from simulations.baselines.hpa import (
     HpaController,
@@ -93,10 +99,11 @@ def metric_value(store: MetricStore, metric: Metric, now: float) -> float | None
         return value
     if isinstance(metric, QueueDepthMetric):
         return store.gauge_sum(now, "waiting")
+    if isinstance(metric, KvCacheMetric):
+        return store.gauge_agg(now, "kv_cache_usage_perc", "avg")
     window = query_window(metric.query)
     if isinstance(metric, LatencyMetric):
         return store.quantile(now, query_quantile(metric.query), window)
-    assert isinstance(metric, ArrivalRateMetric)
     if "success" in metric.query:
         return store.rate_sum(now, "completed", window)
     return store.gateway_rate(now, window)
@@ -168,7 +175,12 @@ class GpuscaleController:
     def _decide(self) -> None:
         run = self.run
         now = run.engine.now
-        values = {m.name: metric_value(run.metrics, m, now) for m in self.policy.metrics}
+        store = run.metrics
+        values: dict[str, float | None] = {}
+        for m in self.policy.metrics:
+            values[m.name] = metric_value(store, m, now)
+            for key, query in metric_inputs(m)[1:]:
+                values[key] = query_value(store, query, now)[1]
         snapshot = Snapshot(values, run.spec_replicas, run.ready_replicas)
         decision, self.state = decide(self.policy, snapshot, self.state, now)
         self.decisions += 1

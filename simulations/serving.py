@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from simulations.batching import ITL_BUCKETS, TTFT_BUCKETS
 from simulations.engine import Engine
 
 FloatArray = npt.NDArray[np.float64]
@@ -128,6 +129,7 @@ class Replica:
         "on_idle",
         "queue",
         "running",
+        "ttft_counts",
     )
 
     def __init__(
@@ -153,6 +155,8 @@ class Replica:
         self.latency_sum = 0.0
         self._bounds = list(buckets)
         self.bucket_counts = [0] * (len(self._bounds) + 1)
+        self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
+        """The whole reply comes at once, so the first token arrives with the last."""
         self.on_idle: Callable[[Replica], None] | None = None
         self._finish_cb = (
             self._finish if on_complete is None else self._finish_and_notify(on_complete)
@@ -182,6 +186,7 @@ class Replica:
         self.completed += 1
         self.latency_sum += latency
         self.bucket_counts[bisect_left(self._bounds, latency)] += 1
+        self.ttft_counts[bisect_left(TTFT_BUCKETS, latency)] += 1
         if self.queue:
             j = self.queue.popleft()
             log.start[j] = now
@@ -217,20 +222,25 @@ class Replica:
 
     def sample(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[list[float], ...]]:
         """What the pod's ``/metrics`` shows (see :class:`simulations.metrics.Scrapable`); this
-        model has no tokens, KV cache, TTFT or inter-token latency."""
+        model has no tokens, KV cache or inter-token latency, and its TTFT is its latency."""
         acc = 0.0
         cumulative = []
         for c in self.bucket_counts:
             acc += c
             cumulative.append(acc)
         cumulative.append(self.latency_sum)
+        ttft = []
+        acc = 0.0
+        for c in self.ttft_counts:
+            acc += c
+            ttft.append(acc)
+        ttft.append(self.latency_sum)
         gauges = (float(len(self.queue)), float(self.running), 0.0)
         counters = (float(self.completed), float(self.arrived), 0.0, 0.0, 0.0)
-        return gauges, counters, (cumulative, _EMPTY_TTFT, _EMPTY_ITL)
+        return gauges, counters, (cumulative, ttft, _EMPTY_ITL)
 
 
-_EMPTY_TTFT = [0.0] * 24
-_EMPTY_ITL = [0.0] * 21
+_EMPTY_ITL = [0.0] * (len(ITL_BUCKETS) + 2)
 
 
 class Routable(Protocol):
