@@ -37,8 +37,9 @@ def errors_of(doc: Any) -> list[str]:
 def test_default_scenario_compares_examples_with_all_baselines() -> None:
     sc = load_scenario()
     kinds = [type(c) for c in sc.contenders]
-    assert kinds.count(GpuscaleContender) == 2
+    assert kinds.count(GpuscaleContender) == 3
     assert {HpaContender, KedaContender, KpaContender} <= set(kinds)
+    assert sc.service.engine == "vllm" and sc.service.slo == Slo(ttft=0.5, tpot=0.05)
     assert sc.workload.type == "trace" and sc.workload.path.is_file()
     assert sc.service.max_replicas >= 20 and sc.background.pods > 0
 
