@@ -31,7 +31,7 @@ from policies.durations import DurationError, format_duration, parse_duration
 from policies.stepmodel import StepProfile
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?")
+NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?")
 _BYTES = re.compile(r"(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|k|K|M|G|T)?B?")
 _FACTORS = {
     None: 1,
@@ -73,7 +73,7 @@ def shipped_profiles() -> list[str]:
 
 def resolve(ref: str, base_dir: Path | None = None) -> Path:
     """The file a profile reference means: a shipped name, or a path (relative to ``base_dir``)."""
-    if _NAME.fullmatch(ref) and (PROFILE_DIR / f"{ref}.yaml").is_file():
+    if NAME_PATTERN.fullmatch(ref) and (PROFILE_DIR / f"{ref}.yaml").is_file():
         return PROFILE_DIR / f"{ref}.yaml"
     path = Path(ref)
     if not path.is_absolute() and base_dir is not None:
@@ -113,7 +113,7 @@ def parse_profile(document: Any, file: str) -> StepProfile:
         if key not in _FIELDS:
             err(str(key), f"unknown field (expected one of: {', '.join(_FIELDS)})")
     name = document.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         err("name", f"expected lower-case letters, digits, '-', '.' or '_', got {name!r}")
     betas = [0.0, 0.0, 0.0, 0.0]
     step = document.get("stepTime")
