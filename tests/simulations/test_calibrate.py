@@ -226,3 +226,19 @@ def test_calibration_from_a_load_test_in_prometheus(
     assert got.beta0 == pytest.approx(exact.beta0, rel=0.02)
     assert got.beta1 == pytest.approx(exact.beta1, rel=0.02)
     assert got.beta2 == pytest.approx(exact.beta2, rel=0.1, abs=1e-7)
+
+
+def test_levels_csv_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = load_test(RATES, seconds=300.0)
+    rows = ["rate,prompt_tokens,generated_tokens,ttft_seconds,itl_seconds,replicas"]
+    for rate, run in zip(RATES, runs, strict=True):
+        lv = level_of(rate, *run)
+        rows.append(f"{2 * rate},{lv.prompt_tokens},{lv.generated_tokens},{lv.ttft},{lv.itl},2")
+    levels = tmp_path / "levels.csv"
+    levels.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "lv.yaml"
+    args = ["simulate", "calibrate", "--levels", str(levels), "--kv-cache-tokens", "40000"]
+    assert main([*args, "--name", "lv", "--out", str(out), "--no-plot"]) == 0
+    assert "lv: fitted from levels.csv (load levels)" in capsys.readouterr().out
+    assert load_profile(str(out)).beta0 == pytest.approx(TRUE.beta0, rel=0.3)
+    assert not (tmp_path / "lv-fit.png").exists()
