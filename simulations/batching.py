@@ -474,7 +474,10 @@ class BatchingReplica:
         last = log.last_token
         finished = False
         ttft = self.ttft
-        itl = self.itl
+        decoding = log.decoding
+        gaps: dict[float, int] = {}
+        """Inter-token gaps of this step; most sequences share one (the step time)."""
+        tokens = 0
         for i, n in zip(self.sched, self.sched_n, strict=True):
             c = computed[i] + n
             computed[i] = c
@@ -482,20 +485,25 @@ class BatchingReplica:
                 continue  # a prompt chunk
             o = out[i] + 1
             out[i] = o
-            self.generation_tokens += 1
+            tokens += 1
             if first[i] != first[i]:
                 first[i] = now
                 ttft.observe(now - log.arrival[i])
                 self.prompt_tokens += log.prompt[i]
             else:
-                itl.observe(now - last[i])
+                gap = now - last[i]
+                gaps[gap] = gaps.get(gap, 0) + 1
             last[i] = now
             if o >= gen[i]:
                 finished = True
-                log.decoding[i] = False
+                decoding[i] = False
             else:
                 length[i] += 1
-                log.decoding[i] = True
+                decoding[i] = True
+        self.generation_tokens += tokens
+        itl = self.itl
+        for gap, count in gaps.items():
+            itl.observe(gap, count)
         self.sched = []
         self.sched_n = []
         if finished:
@@ -528,8 +536,14 @@ class BatchingReplica:
 
     def _elapsed_steps(self, now: float) -> int:
         """Steps of the current run that have ended by ``now``."""
+        t0 = self.run_t0
         m = self.run_done
-        while m < self.run_k and self.run_t0 + self._run_time(m + 1) <= now:
+        if self.profile.beta3 == 0.0:  # constant steps: start from the quotient
+            tau = self._run_time(1)
+            m = min(max(int((now - t0) / tau), m), self.run_k)
+            while m > self.run_done and t0 + self._run_time(m) > now:
+                m -= 1
+        while m < self.run_k and t0 + self._run_time(m + 1) <= now:
             m += 1
         return m
 
