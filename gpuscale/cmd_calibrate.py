@@ -45,6 +45,13 @@ import yaml
 @click.option("--gpu", default="", help="GPU type the profile is for.")
 @click.option("--tensor-parallelism", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
+    "--gpu-memory", default="", help='Memory of one GPU, for the KV capacity (e.g. "48Gi").'
+)
+@click.option("--weights", default="", help='Weight bytes on each GPU (e.g. "16.06G").')
+@click.option(
+    "--kv-bytes-per-token", default="", help="KV-cache bytes per token on each GPU (e.g. 131072)."
+)
+@click.option(
     "--kv-cache-tokens",
     default=1_000_000,
     show_default=True,
@@ -69,6 +76,9 @@ def calibrate(
     model: str,
     gpu: str,
     tensor_parallelism: int,
+    gpu_memory: str,
+    weights: str,
+    kv_bytes_per_token: str,
     kv_cache_tokens: int,
     max_num_seqs: int,
     max_num_batched_tokens: int,
@@ -87,7 +97,7 @@ def calibrate(
       gpuscale simulate calibrate --prometheus http://127.0.0.1:9090 --windows windows.csv \\
         --selector '{model_name="llama"}' --name my-profile
     """
-    from policies.profiles import NAME_PATTERN, profile_document
+    from policies.profiles import NAME_PATTERN, parse_bytes, profile_document
     from policies.stepmodel import EngineLimits
     from simulations import calibrate as cal
 
@@ -103,6 +113,20 @@ def calibrate(
             f"--name: expected lower-case letters, digits, '-', '.' or '_', got {name!r}", err=True
         )
         raise SystemExit(1)
+    sizes: dict[str, float] = {}
+    for flag, raw in (
+        ("--gpu-memory", gpu_memory),
+        ("--weights", weights),
+        ("--kv-bytes-per-token", kv_bytes_per_token),
+    ):
+        if raw:
+            value = parse_bytes(raw)
+            if value is None:
+                click.echo(
+                    f'{flag}: expected bytes or a quantity like "48Gi", got {raw!r}', err=True
+                )
+                raise SystemExit(1)
+            sizes[flag] = value
     limits = EngineLimits(kv_cache_tokens // 16, max_num_seqs, max_num_batched_tokens)
     try:
         if steps_file is not None:
@@ -124,7 +148,15 @@ def calibrate(
         click.echo(f"calibrate: {prometheus_url}: {exc}", err=True)
         raise SystemExit(1) from None
     profile = cal.with_source(fit, what)
-    profile = replace(profile, model=model, gpu=gpu, tensor_parallelism=tensor_parallelism)
+    profile = replace(
+        profile,
+        model=model,
+        gpu=gpu,
+        tensor_parallelism=tensor_parallelism,
+        gpu_memory_bytes=sizes.get("--gpu-memory", 0.0),
+        weights_bytes=sizes.get("--weights", 0.0),
+        kv_bytes_per_token=sizes.get("--kv-bytes-per-token", 0.0),
+    )
     p = profile
     click.echo(f"{name}: fitted from {what}")
     click.echo(f"  beta0 {p.beta0 * 1e3:10.4f} ms          per step")

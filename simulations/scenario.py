@@ -214,6 +214,10 @@ class ServiceSpec:
             blocks = spec.kv_cache_tokens // spec.block_size
         else:
             p = spec.profile
+            if not p.kv_bytes_per_token:
+                raise ValueError(
+                    f"profile {p.name} has no kvBytesPerToken: give service.kvCacheTokens"
+                )
             memory = (
                 self.gpu_memory_mib * 2**20
                 if self.gpu_memory_mib is not None

@@ -41,8 +41,11 @@ def test_steps_fit_recovers_the_coefficients(
     write_steps(steps)
     out = tmp_path / "mine.yaml"
     code = main(
-        ["simulate", "calibrate", "--steps", str(steps), "--name", "mine", "--out", str(out)]
-    )
+        [
+            "simulate", "calibrate", "--steps", str(steps), "--name", "mine", "--out", str(out),
+            "--gpu-memory", "80Gi", "--weights", "16060522496", "--kv-bytes-per-token", "131072",
+        ]
+    )  # fmt: skip
     text = capsys.readouterr().out
     assert code == 0
     assert "mine: fitted from steps.csv (engine steps)" in text and "mean relative error" in text
@@ -51,6 +54,7 @@ def test_steps_fit_recovers_the_coefficients(
     assert fitted.beta1 == pytest.approx(TRUE.beta1, rel=0.05)
     assert fitted.beta2 == pytest.approx(TRUE.beta2, rel=0.1)
     assert "fitted by gpuscale simulate calibrate from steps.csv" in fitted.source
+    assert (fitted.gpu_memory_bytes, fitted.kv_bytes_per_token) == (80 * 2**30, 131072)
     assert (tmp_path / "mine-fit.png").read_bytes()[:4] == b"\x89PNG"
 
 

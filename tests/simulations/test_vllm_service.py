@@ -144,3 +144,16 @@ def test_engine_fields_are_validated_with_file_and_field() -> None:
     small = doc(gpuMemory="16Gi")
     with pytest.raises(ScenarioError, match=r"service\.gpuMemory: no room for a KV cache"):
         parse_scenario(small, "v.yaml", Path("."))
+
+
+def test_a_calibrated_profile_without_memory_figures_needs_the_kv_capacity(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "fit.yaml").write_text(
+        "name: fit\nstepTime: {beta0: 5ms, beta1: 20us, beta2: 7us}\n"
+    )
+    bad = doc(profile="fit.yaml")
+    with pytest.raises(ScenarioError, match=r"has no kvBytesPerToken: give service\.kvCacheTokens"):
+        parse_scenario(bad, "v.yaml", tmp_path)
+    sc = parse_scenario(doc(profile="fit.yaml", kvCacheTokens=100_000), "v.yaml", tmp_path)
+    assert sc.service.engine_limits().kv_blocks == 100_000 // 16
