@@ -38,6 +38,7 @@ def serve(
     generated: list[int],
     limits: EngineLimits,
     profile: StepProfile = H100,
+    scrape_every: float | None = None,
 ) -> tuple[ServingLog, BatchingReplica, list[int], list[int]]:
     log = ServingLog(
         np.asarray(arrival, float), np.asarray(prompt, float), np.asarray(generated, float)
@@ -47,6 +48,15 @@ def serve(
     dropped: list[int] = []
     replica = Checked(0, engine, log, EngineConfig(profile, limits), done.append, dropped.append)
     engine.feed(log.arrival, replica.admit)
+    if scrape_every is not None:
+        horizon = (max(arrival) if arrival else 0.0) + 60.0
+
+        def scrape(_: None) -> None:
+            replica.sample()  # brings a decode run's counters up to date mid-run
+            if engine.now < horizon:
+                engine.schedule(scrape_every, scrape, None)
+
+        engine.schedule(0.0, scrape, None)
     engine.run()
     return log, replica, done, dropped
 
@@ -168,3 +178,17 @@ def test_decode_runs_give_the_same_results_as_single_steps(w: tuple[Any, ...]) -
     np.testing.assert_allclose(fast.finish, slow.finish, rtol=0, atol=1e-9)
     assert rf.itl.counts == rs.itl.counts and rf.ttft.counts == rs.ttft.counts
     assert rf.itl.sum == pytest.approx(rs.itl.sum)
+
+
+@settings(max_examples=30, deadline=None)
+@given(workloads, st.sampled_from([0.003, 0.02, 0.1]))
+def test_scrapes_during_decode_runs_change_nothing(w: tuple[Any, ...], every: float) -> None:
+    arrival, prompt, gen, kv_blocks, seqs, budget = w
+    arrival = sorted(arrival)
+    limits = EngineLimits(kv_blocks, max_num_seqs=seqs, max_num_batched_tokens=budget)
+    quiet, rq, _, _ = serve(arrival, prompt, gen, limits)
+    watched, rw, _, _ = serve(arrival, prompt, gen, limits, scrape_every=every)
+    np.testing.assert_allclose(quiet.finish, watched.finish, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(quiet.first_token, watched.first_token, rtol=0, atol=1e-9)
+    assert rq.steps == rw.steps and rq.itl.counts == rw.itl.counts
+    assert rq.generation_tokens == rw.generation_tokens
