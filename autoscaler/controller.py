@@ -26,10 +26,13 @@ from policies.decide import decide
 from policies.decision import Decision, Snapshot, State
 from policies.schema import (
     ArrivalRateMetric,
+    KvCacheMetric,
     LatencyMetric,
     Metric,
+    ModelCapacityMetric,
     QueueDepthMetric,
     ScalingPolicy,
+    metric_inputs,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,10 @@ def metric_target(metric: Metric) -> float:
         return metric.slo
     if isinstance(metric, ArrivalRateMetric):
         return metric.service_rate_per_replica
+    if isinstance(metric, KvCacheMetric):
+        return metric.target
+    if isinstance(metric, ModelCapacityMetric):
+        return metric.slo.ttft if metric.slo.ttft is not None else metric.slo.tpot or 0.0
     raise TypeError(type(metric).__name__)
 
 
@@ -240,24 +247,24 @@ class Controller:
         except TargetError as exc:
             await self._target_unavailable(entry, ref, exc)
             return
-        if len(policy.metrics) == 1:
-            results: list[QueryResult] = [await self.querier.query(policy.metrics[0].query)]
+        inputs = [kq for m in policy.metrics for kq in metric_inputs(m)]
+        if len(inputs) == 1:
+            results: list[QueryResult] = [await self.querier.query(inputs[0][1])]
         else:
-            results = list(
-                await asyncio.gather(*(self.querier.query(m.query) for m in policy.metrics))
-            )
+            results = list(await asyncio.gather(*(self.querier.query(q) for _, q in inputs)))
         values: dict[str, float | None] = {}
         missing: dict[str, str] = {}
-        for metric, result in zip(policy.metrics, results, strict=True):
+        names = {m.name for m in policy.metrics}
+        for (key, _), result in zip(inputs, results, strict=True):
             if isinstance(result, Missing):
-                values[metric.name] = None
-                missing[metric.name] = result.reason
-                _remove_label(self.metrics.metric_value, entry.namespace, entry.name, metric.name)
+                values[key] = None
+                missing[key] = result.reason
+                if key in names:
+                    _remove_label(self.metrics.metric_value, entry.namespace, entry.name, key)
             else:
-                values[metric.name] = result
-                self.metrics.metric_value.labels(entry.namespace, entry.name, metric.name).set(
-                    result
-                )
+                values[key] = result
+                if key in names:
+                    self.metrics.metric_value.labels(entry.namespace, entry.name, key).set(result)
         runtime = self.runtime.setdefault(key, PolicyRuntime())
         decision, runtime.state = decide(
             policy, Snapshot(values, current), runtime.state, self.monotonic()

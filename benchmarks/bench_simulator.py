@@ -1,12 +1,19 @@
-"""Simulator speed: our engine against SimPy on M/M/4, and the default scenario end to end.
+"""Simulator speed: the vLLM engine model on the Azure code trace, our event engine against SimPy
+on M/M/4, and the default scenario end to end, each next to a baseline measured in the same run.
 
+0. An hour of the Azure LLM code trace (``simulations/data/azure_llm_2023_code.csv``) through 16
+   vLLM engines (A100 profile) behind the least-outstanding router: simulated engine steps/s
+   and requests/s, with decode-only runs advanced in closed form (as shipped) and one step per
+   event (``MAX_RUN = 1``), and the old per-request model (``engine: per-request``, 2 slots per
+   replica) on the same requests.
 1. An M/M/4 queue at ρ = 0.8 fed the same pre-drawn arrival and service times, once through
    our engine with the simulator's own serving model (one replica with 4 slots) and once written
    idiomatically in SimPy (a ``Resource`` of capacity 4, one generator process per customer).
    Prints customers/s of both, their ratio (target ≥ 10×), and both mean waits against Erlang C.
 2. ``gpuscale simulate``'s default scenario with all its contenders, in a child process: wall
-   time and peak RSS (targets: under 60 s and 2 GiB on a 2-core machine); the baseline is the
-   same scenario with a single fixed-replica contender (the cost of the modelled world alone).
+   time and peak RSS (targets: under 60 s and 2 GiB on a 2-core machine); the baselines are the
+   same scenario with a single fixed-replica contender (the cost of the modelled world alone)
+   and with the old per-request serving model.
 
 Default: 200,000 customers, best of three runs each (well under a minute); ``--full`` uses
 1,000,000.
@@ -85,13 +92,62 @@ def simpy_model(arrivals: np.ndarray, service: np.ndarray) -> tuple[float, float
     return elapsed, float(waits.mean())
 
 
+def trace_replay(mode: str, replicas: int = 16) -> tuple[float, int, int]:
+    """(wall s, engine steps, requests) of the code trace through ``replicas`` engines."""
+    from policies.profiles import load_profile
+    from policies.stepmodel import EngineLimits, kv_cache_blocks
+    from simulations import arrivals, batching
+    from simulations.batching import BatchingReplica, EngineConfig, ServingLog
+    from simulations.engine import Engine
+    from simulations.scenario import DATA_DIR
+    from simulations.serving import Replica, RequestLog, Router, TokenService
+
+    trace = arrivals.read_trace(DATA_DIR / "azure_llm_2023_code.csv")
+    w = arrivals.replay(trace, np.random.default_rng(1))
+    engine = Engine()
+    router = Router()
+    start = time.perf_counter()
+    if mode == "per-request":
+        service = TokenService(10000.0, 100.0, 0.02).sample(
+            np.random.default_rng(2), w.prompt, w.generated
+        )
+        log = RequestLog(w.times, service)
+        for k in range(replicas):
+            router.add(Replica(k, engine, log, 2, (1.0,)))
+        engine.feed(log.arrival, router.route)
+        engine.run()
+        return time.perf_counter() - start, 0, len(w)
+    profile = load_profile("llama-3.1-8b-a100-80gb-tp1")
+    blocks = kv_cache_blocks(80 * 2**30, profile.weights_bytes, profile.kv_bytes_per_token)
+    config = EngineConfig(profile, EngineLimits(blocks))
+    slog = ServingLog(w.times, w.prompt, w.generated)
+    engines = [BatchingReplica(k, engine, slog, config) for k in range(replicas)]
+    for r in engines:
+        router.add(r)
+    saved = batching.MAX_RUN
+    if mode == "single-step":
+        batching.MAX_RUN = 1
+    try:
+        engine.feed(slog.arrival, router.route)
+        engine.run()
+    finally:
+        batching.MAX_RUN = saved
+    return time.perf_counter() - start, sum(r.steps for r in engines), len(w)
+
+
 SCENARIO_CHILD = """
 import sys, time, resource, dataclasses
-from simulations.scenario import load_scenario, FixedContender
+from simulations.scenario import load_scenario, FixedContender, ServiceTimeSpec, Slo
 from simulations.compare import compare
 sc = load_scenario()
 if sys.argv[1] == "fixed":
     sc = dataclasses.replace(sc, contenders=(FixedContender("fixed-8", 8),))
+if sys.argv[1] == "per-request":
+    old = dataclasses.replace(
+        sc.service, engine="per-request", vllm=None, max_batch=2, slo=Slo(e2e=2.0),
+        service_time=ServiceTimeSpec("tokens", prefill_rate=10000, decode_rate=100, overhead=0.02),
+    )
+    sc = dataclasses.replace(sc, service=old)
 start = time.perf_counter()
 result = compare(sc, [sc.seed], workers=int(sys.argv[2]))
 wall = time.perf_counter() - start
@@ -119,9 +175,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="1,000,000 customers")
     parser.add_argument("--customers", type=int, default=None)
     parser.add_argument("--skip-scenario", action="store_true")
+    parser.add_argument("--skip-mmc", action="store_true", help="skip the M/M/4 vs SimPy part")
     args = parser.parse_args(argv)
     n = args.customers or (1_000_000 if args.full else 200_000)
     print(f"cpu_count={os.cpu_count()}  python={sys.version.split()[0]}")
+
+    print("\nAzure code trace (57 min), 16 replicas, same requests (best of 3)")
+    results = {}
+    for mode in ("closed-form runs", "single-step", "per-request"):
+        results[mode] = min(trace_replay(mode) for _ in range(REPEATS))
+    for mode, (wall, steps, reqs) in results.items():
+        what = "vLLM engine, " + mode if mode != "per-request" else "old per-request model"
+        per_step = f"{steps / wall:10,.0f} steps/s ({steps:,} steps)" if steps else " " * 32
+        print(f"  {what:<34}: {wall:6.2f} s  {reqs / wall:9,.0f} requests/s  {per_step}")
+    gain = results["single-step"][0] / results["closed-form runs"][0]
+    print(
+        f"  closed-form decode runs: {gain:.1f}x faster than one step per event, same results"
+        " (tests/simulations/test_batching.py)"
+    )
+    if args.skip_mmc:
+        return _scenarios(args)
 
     arrivals, service = draw(n, seed=1)
     theory = erlang_c_wait(SERVERS, RHO)
@@ -146,13 +219,20 @@ def main(argv: list[str] | None = None) -> int:
         f"Erlang C {theory:.4f} ({(w_ours / theory - 1) * 100:+.2f} %)"
     )
 
+    return _scenarios(args)
+
+
+def _scenarios(args: argparse.Namespace) -> int:
     if not args.skip_scenario:
         workers = os.cpu_count() or 1
         base = run_scenario("fixed", 1)
+        old = run_scenario("per-request", 1)
         seq = run_scenario("default", 1)
         par = run_scenario("default", workers)
         print(f"\ndefault scenario ({seq[1]:,} requests), peak RSS of the child process")
         print(f"  baseline, 1 fixed contender, 1 process : {base[2]:6.1f} s  {base[3]:7.0f} MiB")
+        label = f"old per-request model, {old[0]} contenders, 1 process"
+        print(f"  {label}: {old[2]:6.1f} s  {old[3]:7.0f} MiB")
         print(f"  {seq[0]} contenders, 1 process              : {seq[2]:6.1f} s  {seq[3]:7.0f} MiB")
         print(
             f"  {par[0]} contenders, {workers} processes             : {par[2]:6.1f} s"

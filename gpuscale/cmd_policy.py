@@ -100,14 +100,21 @@ def explain(
     Metrics left out count as unavailable. This is a first decision, with no history: the
     scale-down stabilization window has nothing to remember yet, and rate limits start fresh.
 
+    A metric with several queries takes one value per query: a modelCapacity metric
+    NAME takes NAME (requests/s), NAME:promptTokens and NAME:generationTokens (tokens/s).
+
     \b
-    Example:
+    Examples:
       gpuscale policy explain policies/examples/llm-chat-vllm.yaml \\
         -m queue=37 -m latency=2.6 -m load=12 --current 4
+      gpuscale policy explain policies/examples/llm-serving-model.yaml \\
+        -m capacity=40 -m capacity:promptTokens=80000 -m capacity:generationTokens=8000 \\
+        -m kv-cache=0.5 -m itl=0.03 --current 3
     """
     from policies.decide import decide
     from policies.decision import Snapshot, State
     from policies.parse import PolicyFileError, load_policy_file
+    from policies.schema import metric_inputs
 
     try:
         candidates = load_policy_file(file)
@@ -123,15 +130,16 @@ def explain(
         raise SystemExit(1)
     (p,) = chosen
     values = dict(_parse_metric(m) for m in metrics)
-    unknown = sorted(set(values) - {m.name for m in p.metrics})
+    inputs = [key for m in p.metrics for key, _ in metric_inputs(m)]
+    unknown = sorted(set(values) - set(inputs))
     if unknown:
-        known = ", ".join(m.name for m in p.metrics)
+        known = ", ".join(inputs)
         click.echo(
             f"{file}: {p.key}: unknown metric {', '.join(unknown)} (policy has: {known})", err=True
         )
         raise SystemExit(1)
     snapshot = Snapshot(
-        values={m.name: values.get(m.name) for m in p.metrics},
+        values={key: values.get(key) for key in inputs},
         current_replicas=current,
         ready_replicas=current if ready is None else ready,
     )
@@ -161,10 +169,13 @@ def _decision_text(p: ScalingPolicy, d: Decision) -> str:
         value = "missing" if pr.value is None else f"{pr.value:g}"
         proposes = "—" if pr.replicas is None else str(pr.replicas)
         mark = "  ← winner" if pr.metric == d.winner else ""
-        lines.append(
-            f"  {pr.metric:<{width}}  {pr.type:<11}  value {value:<10}  proposes {proposes:>3}"
-            f"  {pr.reason}{mark}"
-        )
+        head = f"  {pr.metric:<{width}}  {pr.type:<13}  value {value:<10}  proposes {proposes:>3}"
+        parts = pr.reason.split("; ")
+        if len(parts) == 1:
+            lines.append(f"{head}  {pr.reason}{mark}")
+        else:  # a model's arithmetic, one step a line
+            lines.append(f"{head}{mark}")
+            lines += [f"      {part}" for part in parts]
     per_metric = {f"{pr.metric} ({pr.type}): {pr.reason}" for pr in d.proposals}
     lines += ["", "Then:"]
     lines += [f"  {i}. {step}" for i, step in enumerate(_without(d.steps, per_metric), 1)]

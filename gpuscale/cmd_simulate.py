@@ -1,7 +1,8 @@
 """``gpuscale simulate``: replay a scenario against policies and baselines, offline.
 
-``gpuscale simulate placement …`` is a sub-verb (the openb placement replay, in
-:mod:`gpuscale.cmd_placement`); every other first argument is the optional SCENARIO file.
+``gpuscale simulate placement …`` (the openb placement replay, :mod:`gpuscale.cmd_placement`)
+and ``gpuscale simulate calibrate …`` (step-time profiles, :mod:`gpuscale.cmd_calibrate`) are
+sub-verbs; every other first argument is the optional SCENARIO file.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Any
 
 import click
 
-SUBVERBS = {"placement": ("gpuscale.cmd_placement", "placement")}
+SUBVERBS = {
+    "placement": ("gpuscale.cmd_placement", "placement"),
+    "calibrate": ("gpuscale.cmd_calibrate", "calibrate"),
+}
 
 
 class _SimulateCommand(click.Command):
@@ -64,7 +68,8 @@ def _baselines(text: str | None) -> tuple[str, ...] | None:
 
 @click.command(
     cls=_SimulateCommand,
-    epilog="Sub-verb: `gpuscale simulate placement --help` replays openb pods onto GPU nodes.",
+    epilog="Sub-verbs: `gpuscale simulate placement --help` replays openb pods onto GPU nodes;"
+    " `gpuscale simulate calibrate --help` fits a step-time profile.",
 )
 @click.argument("scenario", required=False, type=click.Path(path_type=Path))
 @click.option(
@@ -214,7 +219,7 @@ def simulate(
     runs = f"{len(seed_list)} seed{'s' if len(seed_list) > 1 else ''}"
     click.echo(
         f"{sc.name}: {result.requests} requests over {result.duration / 60:.0f} min, "
-        f"{runs}, SLO {sc.service.slo:g} s"
+        f"{runs}, SLO {sc.service.slo.describe()}"
     )
     click.echo(plain_table(result))
     click.echo("wrote " + ", ".join(str(p) for p in written))

@@ -39,8 +39,19 @@ from collections.abc import Mapping
 from policies import forecast as holt
 from policies.behavior import limit_rate, record_scale_event, stabilize
 from policies.decision import Decision, HoltState, Proposal, Snapshot, State
-from policies.proposals import arrival_rate, latency, queue_depth
-from policies.schema import ArrivalRateMetric, LatencyMetric, QueueDepthMetric, ScalingPolicy
+from policies.proposals import arrival_rate, kv_cache_usage, latency, model_capacity, queue_depth
+from policies.schema import (
+    GENERATION_TOKENS,
+    PROMPT_TOKENS,
+    ArrivalRateMetric,
+    KvCacheMetric,
+    LatencyMetric,
+    ModelCapacityMetric,
+    QueueDepthMetric,
+    ScalingPolicy,
+    input_key,
+)
+from policies.stepmodel import TokenMix
 
 FALLBACK_AFTER_INTERVALS = 3
 """With ``fallbackReplicas``, a metric missing this many intervals triggers the fallback."""
@@ -80,6 +91,11 @@ def decide(
 
     for m in policy.metrics:
         v = values.get(m.name)
+        mix: TokenMix | None = None
+        if isinstance(m, ModelCapacityMetric) and v is not None and _isfinite(v):
+            mix = _token_mix(m, v, values)
+            if mix is None:
+                v = None
         if v is None or not _isfinite(v):
             missing.append(m.name)
             p = Proposal(m.name, m.type, None, None, "metric missing")
@@ -89,14 +105,20 @@ def decide(
             p = queue_depth(m, v)
         elif isinstance(m, LatencyMetric):
             p = latency(m, v, current)
-        elif isinstance(m, ArrivalRateMetric):
+        elif isinstance(m, KvCacheMetric):
+            p = kv_cache_usage(m, v, current)
+        elif isinstance(m, ArrivalRateMetric | ModelCapacityMetric):
             sized_for = None
             if new_holt is not None:
                 fc = policy.forecast
                 hs = holt.update(holt_state.get(m.name), v, now, fc.alpha, fc.beta, max_gap)
                 new_holt[m.name] = hs
                 sized_for = holt.ahead(hs, v, policy.cold_start)
-            p = arrival_rate(m, v, hi, sized_for)
+            if isinstance(m, ArrivalRateMetric):
+                p = arrival_rate(m, v, hi, sized_for)
+            else:
+                assert mix is not None
+                p = model_capacity(m, v, mix, hi, sized_for)
         else:  # pragma: no cover - the schema admits no other type
             raise TypeError(f"unknown metric type {type(m).__name__}")
         proposals.append(p)
@@ -224,3 +246,26 @@ def _summary(
     if limited_by is not None:
         why += f", limited by {limited_by}"
     return f"{head}: {why}"
+
+
+def _token_mix(
+    m: ModelCapacityMetric, rate: float, values: Mapping[str, float | None]
+) -> TokenMix | None:
+    """Mean tokens per request: token rates over the request rate, or the policy's fixed means.
+
+    ``None`` when a token-rate query is missing (the metric then counts as missing). With no
+    requests the mix does not matter (the proposal is 0), so it is the fixed means or 1 token.
+    """
+    parts = []
+    for part, query, fixed in (
+        (PROMPT_TOKENS, m.prompt_tokens_query, m.prompt_tokens),
+        (GENERATION_TOKENS, m.generation_tokens_query, m.generated_tokens),
+    ):
+        if query is None:
+            parts.append(fixed if fixed is not None else 1.0)
+            continue
+        tokens = values.get(input_key(m.name, part))
+        if tokens is None or not _isfinite(tokens):
+            return None
+        parts.append(max(tokens, 0.0) / rate if rate > 0 else 1.0)
+    return TokenMix(max(parts[0], 1.0), max(parts[1], 1.0))

@@ -1,4 +1,5 @@
-"""Go-style durations (``15s``, ``2m``, ``1h30m``, ``500ms``), the unit every policy field uses.
+"""Go-style durations (``15s``, ``2m``, ``1h30m``, ``500ms``, ``17us``), the unit of every policy
+field.
 
 Kubernetes and Prometheus users write durations this way; we parse them to float seconds once,
 at the edge, so the decision core only ever sees numbers.
@@ -9,9 +10,9 @@ from __future__ import annotations
 import math
 import re
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(us|µs|ms|s|m|h)")
+_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:us|µs|ms|s|m|h))+")
 
 
 class DurationError(ValueError):

@@ -11,6 +11,12 @@
 - ``arrivalRate``: the smallest ``c`` whose M/M/c response-time quantile meets the target
   (:func:`policies.queueing.replicas_for_latency`); 0 req/s proposes 0; when even ``max``
   replicas cannot meet it, ``max`` with ``saturated=True``.
+- ``kvCacheUsage``: proportional control on saturation, ``ceil(current * usage / target)``,
+  with the latency rule's ±10% dead band; with no replicas, 1 when the cache is in use.
+- ``modelCapacity``: the smallest count whose modelled mean TTFT and TPOT at the observed request
+  rate and token mix meet the bounds (:func:`policies.stepmodel.replicas_for_slo`, the same
+  step-time profile the simulator runs); the reason shows the arithmetic at that count and why
+  one replica fewer would not do.
 
 Ceilings subtract 1e-9 first, so that float noise (``12.000000000000002``) does not add a replica.
 Negative values (a ``rate()`` glitch) count as 0.
@@ -22,7 +28,14 @@ import math
 
 from policies.decision import Proposal
 from policies.queueing import replicas_for_latency
-from policies.schema import ArrivalRateMetric, LatencyMetric, QueueDepthMetric
+from policies.schema import (
+    ArrivalRateMetric,
+    KvCacheMetric,
+    LatencyMetric,
+    ModelCapacityMetric,
+    QueueDepthMetric,
+)
+from policies.stepmodel import TokenMix, replicas_for_slo, steady_state
 
 LATENCY_DEAD_BAND = 0.1
 """Relative distance from the SLO within which the latency rule proposes no change."""
@@ -115,3 +128,69 @@ def arrival_rate(
     else:
         why = f"{rate}, {goal} → M/M/c needs {s.replicas}"
     return Proposal(metric.name, "arrivalRate", observed, s.replicas, why, s.saturated, sized_for)
+
+
+def kv_cache_usage(metric: KvCacheMetric, usage: float, current: int) -> Proposal:
+    """Scale in proportion to KV-cache saturation (``usage`` in 0..1)."""
+    usage = min(max(usage, 0.0), 1.0)
+    ratio = usage / metric.target
+    head = f"KV cache {usage * 100:.1f}% vs target {metric.target * 100:g}% (×{ratio:.2f})"
+    if current <= 0:
+        n = 1 if usage > 0 else 0
+        why = f"{head}, no replicas running → {n}"
+    elif 1.0 - LATENCY_DEAD_BAND <= ratio <= 1.0 + LATENCY_DEAD_BAND:
+        n = current
+        why = f"{head}, within ±10% of the target → keep {n}"
+    else:
+        n = max(int(_ceil(current * ratio - _EPS)), 0)
+        why = f"{head} → ceil({current} × {ratio:.2f}) = {n}"
+    return Proposal(metric.name, "kvCacheUsage", usage, n, why)
+
+
+def model_capacity(
+    metric: ModelCapacityMetric,
+    rate: float,
+    mix: TokenMix,
+    max_replicas: int,
+    sized_for: float | None = None,
+) -> Proposal:
+    """Size for ``sized_for`` (a forecast) or ``rate`` requests/s of ``mix``."""
+    rate = max(rate, 0.0)
+    lam = rate if sized_for is None else max(sized_for, rate)
+    mixed = f"{lam:.3g} req/s × ({mix.prompt:.0f} prompt + {mix.generated:.0f} generated tokens)"
+    if sized_for is not None and lam > rate:
+        mixed = f"{rate:.3g} req/s now, {mixed} forecast by coldStart"
+    if lam <= 0:
+        return Proposal(metric.name, "modelCapacity", rate, 0, "no load → 0", False, sized_for)
+    slo = metric.slo
+    s = replicas_for_slo(metric.profile, metric.limits, lam, mix, slo.ttft, slo.tpot, max_replicas)
+    p = metric.profile
+    model = (
+        f"{p.name}: step = {p.beta0 * 1e3:.3g}ms + {p.beta1 * 1e6:.3g}µs·prefill"
+        f" + {p.beta2 * 1e6:.3g}µs·decoding"
+    )
+    why = f"{mixed}; {model}; {s.why}"
+    st = s.state
+    if st is not None and st.limit is None and s.replicas > 0:
+        d = mix.decode_steps
+        why += (
+            f"; rho = {st.rate:.3g} × ({p.beta1 * 1e6:.3g}µs × {mix.prompt:.0f}"
+            f" + {p.beta2 * 1e6:.3g}µs × {d:.0f}) = {st.utilization:.2f};"
+            f" step = {p.beta0 * 1e3:.3g}ms / (1 − {st.utilization:.2f})"
+            f" = {st.step * 1e3:.1f}ms = TPOT; TTFT ≈ step / (2(1 − {st.budget_use:.2f}))"
+            f" + chunks × step + {p.beta1 * 1e6:.3g}µs × {mix.prompt:.0f} = {st.ttft * 1e3:.0f}ms"
+        )
+    if s.saturated:
+        why += f": saturated → max {s.replicas}"
+    else:
+        if s.replicas > 1:
+            fewer = steady_state(p, metric.limits, lam / (s.replicas - 1), mix)
+            if fewer.limit is not None:
+                why += f"; with {s.replicas - 1}: over {fewer.limit}"
+            else:
+                why += (
+                    f"; with {s.replicas - 1}: TTFT {fewer.ttft * 1e3:.0f}ms,"
+                    f" TPOT {fewer.tpot * 1e3:.1f}ms"
+                )
+        why += f"; → {s.replicas}"
+    return Proposal(metric.name, "modelCapacity", rate, s.replicas, why, s.saturated, sized_for)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, NewType
 
+from policies.stepmodel import EngineLimits, StepProfile
+
 PolicyKey = NewType("PolicyKey", str)
 """``namespace/name`` of the ConfigMap that holds a policy."""
 
@@ -17,7 +19,7 @@ KIND = "ScalingPolicy"
 POLICY_LABEL = "gpuscale.io/scaling-policy"
 POLICY_DATA_KEY = "policy.yaml"
 
-MetricType = Literal["queueDepth", "latency", "arrivalRate"]
+MetricType = Literal["queueDepth", "latency", "arrivalRate", "kvCacheUsage", "modelCapacity"]
 RuleType = Literal["Pods", "Percent"]
 Select = Literal["Max", "Min", "Disabled"]
 ForecastMethod = Literal["none", "holt"]
@@ -77,7 +79,67 @@ class ArrivalRateMetric:
     type: Literal["arrivalRate"] = "arrivalRate"
 
 
-Metric = QueueDepthMetric | LatencyMetric | ArrivalRateMetric
+@dataclass(frozen=True, slots=True)
+class KvCacheMetric:
+    """KV-cache saturation: ``kv_cache_usage_perc`` (0..1, averaged over replicas) against
+    ``target``, scaled in proportion as the llm-d Workload Variant Autoscaler scales on
+    saturation."""
+
+    name: str
+    query: str
+    target: float
+    type: Literal["kvCacheUsage"] = "kvCacheUsage"
+
+
+@dataclass(frozen=True, slots=True)
+class ServingSlo:
+    """Bounds on the modelled mean time to first token and time per output token (seconds)."""
+
+    ttft: float | None = None
+    tpot: float | None = None
+
+
+PROMPT_TOKENS = "promptTokens"
+GENERATION_TOKENS = "generationTokens"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCapacityMetric:
+    """The replicas a step-time profile says keep TTFT and TPOT within ``slo`` at the observed
+    request rate (``query``) and token mix (token-rate queries, or fixed means per request)."""
+
+    name: str
+    query: str
+    profile: StepProfile
+    profile_ref: str
+    """The profile as the policy names it (a shipped name, a path, or ``inline``)."""
+    limits: EngineLimits
+    slo: ServingSlo
+    prompt_tokens_query: str | None = None
+    generation_tokens_query: str | None = None
+    prompt_tokens: float | None = None
+    """Mean prompt tokens per request, when there is no ``prompt_tokens_query``."""
+    generated_tokens: float | None = None
+    type: Literal["modelCapacity"] = "modelCapacity"
+
+
+Metric = QueueDepthMetric | LatencyMetric | ArrivalRateMetric | KvCacheMetric | ModelCapacityMetric
+
+
+def input_key(metric: str, part: str) -> str:
+    """Snapshot key of a metric's extra input (``capacity:promptTokens``)."""
+    return f"{metric}:{part}"
+
+
+def metric_inputs(metric: Metric) -> tuple[tuple[str, str], ...]:
+    """``(snapshot key, PromQL)`` of every query a metric needs; the first key is its name."""
+    out = [(metric.name, metric.query)]
+    if isinstance(metric, ModelCapacityMetric):
+        if metric.prompt_tokens_query is not None:
+            out.append((input_key(metric.name, PROMPT_TOKENS), metric.prompt_tokens_query))
+        if metric.generation_tokens_query is not None:
+            out.append((input_key(metric.name, GENERATION_TOKENS), metric.generation_tokens_query))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,14 @@ import re
 from policies.decide import decide
 from policies.decision import Snapshot, State
 from policies.durations import DurationError, parse_duration
-from policies.schema import ArrivalRateMetric, LatencyMetric, Metric, QueueDepthMetric
+from policies.schema import (
+    KvCacheMetric,
+    LatencyMetric,
+    Metric,
+    QueueDepthMetric,
+    metric_inputs,
+)
+from simulations import promql
 from simulations.baselines.hpa import (
     HpaController,
     NoMetrics,
@@ -65,19 +72,38 @@ def query_window(query: str, default: float = 60.0) -> float:
         return default
 
 
+_PLANS: dict[str, promql.Plan | None] = {}
+
+
+def query_value(store: MetricStore, query: str, now: float) -> tuple[bool, float | None]:
+    """``(understood, value)`` of a PromQL query on the scraped series (:mod:`promql`)."""
+    if query not in _PLANS:
+        _PLANS[query] = promql.parse(query)
+    plan = _PLANS[query]
+    if plan is None:
+        return False, None
+    return True, promql.evaluate(store, plan, now)
+
+
 def metric_value(store: MetricStore, metric: Metric, now: float) -> float | None:
     """What the metric's PromQL would return in the simulated cluster.
 
-    The metric type says what is measured; the quantile and the rate window come from the query
-    text (``histogram_quantile(0.95, …)``, ``[1m]``). ``arrivalRate`` reads the pods' success
-    counter when the query names one (``…success…``), else the gateway's request counter.
+    Queries of the shapes :mod:`simulations.promql` knows are evaluated by the metric they name
+    (vLLM V1 names). Others fall back on the metric type: ``queueDepth`` is the waiting
+    requests, ``latency`` the e2e latency quantile of the query's ``histogram_quantile(q, …)``
+    over its ``[window]``, ``arrivalRate`` the pods' success counter when the query names one
+    (``…success…``), else the gateway's request counter.
     """
+    understood, value = query_value(store, metric.query, now)
+    if understood:
+        return value
     if isinstance(metric, QueueDepthMetric):
         return store.gauge_sum(now, "waiting")
+    if isinstance(metric, KvCacheMetric):
+        return store.gauge_agg(now, "kv_cache_usage_perc", "avg")
     window = query_window(metric.query)
     if isinstance(metric, LatencyMetric):
         return store.quantile(now, query_quantile(metric.query), window)
-    assert isinstance(metric, ArrivalRateMetric)
     if "success" in metric.query:
         return store.rate_sum(now, "completed", window)
     return store.gateway_rate(now, window)
@@ -149,7 +175,12 @@ class GpuscaleController:
     def _decide(self) -> None:
         run = self.run
         now = run.engine.now
-        values = {m.name: metric_value(run.metrics, m, now) for m in self.policy.metrics}
+        store = run.metrics
+        values: dict[str, float | None] = {}
+        for m in self.policy.metrics:
+            values[m.name] = metric_value(store, m, now)
+            for key, query in metric_inputs(m)[1:]:
+                values[key] = query_value(store, query, now)[1]
         snapshot = Snapshot(values, run.spec_replicas, run.ready_replicas)
         decision, self.state = decide(self.policy, snapshot, self.state, now)
         self.decisions += 1

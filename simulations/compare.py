@@ -19,12 +19,15 @@ import numpy as np
 
 from simulations import arrivals
 from simulations.autoscalers import GpuscaleController, KpaBaseline, controller_for
+from simulations.batching import ServingLog
 from simulations.scenario import Contender, GpuscaleContender, Scenario
 from simulations.sim import Run, build_cluster, make_workload, service_model
 
 BURST_BIN = 60.0
 BURST_FACTOR = 1.5
 HEALTHY_FOR = 60.0
+HEALTHY_SHARE = 0.95
+"""A timeline bin is healthy when this share of the requests arriving in it meet the SLO."""
 _NEVER = 1e18
 
 
@@ -62,7 +65,10 @@ def prepare(scenario: Scenario, seed: int) -> tuple[arrivals.Workload, np.ndarra
     """The workload, service times and duration for one seed (the same for every contender)."""
     w_rng, s_rng, _, _ = random_streams(seed)
     workload = make_workload(scenario.workload, scenario.duration, w_rng)
-    times = service_model(scenario.service).sample(s_rng, workload.prompt, workload.generated)
+    if scenario.service.engine == "vllm":
+        times = np.zeros(len(workload))  # the engine times every step itself
+    else:
+        times = service_model(scenario.service).sample(s_rng, workload.prompt, workload.generated)
     duration = scenario.duration
     if duration is None:
         duration = math.ceil(workload.duration) + 60.0
@@ -87,11 +93,72 @@ def detect_bursts(times: np.ndarray, duration: float, scenario: Scenario) -> tup
     return tuple(out)
 
 
-def _quantiles(x: np.ndarray) -> tuple[float, float, float]:
+def _quantiles(x: np.ndarray, qs: Sequence[float] = (0.5, 0.95, 0.99)) -> list[float]:
     if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    q = np.quantile(x, [0.5, 0.95, 0.99])
-    return float(q[0]), float(q[1]), float(q[2])
+        return [math.nan] * len(qs)
+    return [float(v) for v in np.quantile(x, list(qs))]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTimes:
+    """Per-request figures of one run (NaN where not defined)."""
+
+    arrival: np.ndarray
+    done: np.ndarray
+    """Completed (not dropped)."""
+    dropped: np.ndarray
+    ttft: np.ndarray
+    tpot: np.ndarray
+    """``(e2e - ttft) / (generated - 1)``; 0 for one-token replies."""
+    e2e: np.ndarray
+    meets: np.ndarray
+    """Completed within every bound of the SLO."""
+    counted: np.ndarray
+    """Counted in attainment: completed, dropped, or still open but already past a bound."""
+
+
+def request_times(run: Run) -> RequestTimes:
+    """TTFT, TPOT, e2e latency and SLO verdict of every request of a finished run.
+
+    Attainment follows DistServe: the share of requests that meet every bound given. Dropped
+    requests miss; a request still in flight at the end misses if it has already exceeded its
+    TTFT bound without a first token, or its e2e bound; otherwise it is not counted.
+    """
+    log = run.log
+    slo = run.service.slo
+    end = run.duration
+    arrival = np.asarray(log.arrival)
+    finish = np.asarray(log.finish)
+    dropped = np.zeros(log.n, dtype=bool)
+    dropped[run.dropped] = True
+    finish[dropped] = np.nan
+    done = ~np.isnan(finish)
+    e2e = finish - arrival
+    if isinstance(log, ServingLog):
+        first = np.asarray(log.first_token)
+        first[dropped] = np.nan
+        gen = np.asarray(log.generated, dtype=np.float64)
+        ttft = first - arrival
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpot = np.where(gen > 1, (finish - first) / np.maximum(gen - 1, 1), 0.0)
+    else:  # the per-request model returns the whole reply at once
+        first = finish
+        ttft = e2e.copy()
+        tpot = np.where(done, 0.0, np.nan)
+    meets = done.copy()
+    late_open = np.zeros(log.n, dtype=bool)
+    open_ = ~done & ~dropped
+    waited = end - arrival
+    if slo.ttft is not None:
+        meets &= ttft <= slo.ttft
+        late_open |= open_ & np.isnan(first) & (waited > slo.ttft)
+    if slo.tpot is not None:
+        meets &= tpot <= slo.tpot
+    if slo.e2e is not None:
+        meets &= e2e <= slo.e2e
+        late_open |= open_ & (waited > slo.e2e)
+    counted = done | dropped | late_open
+    return RequestTimes(arrival, done, dropped, ttft, tpot, e2e, meets, counted)
 
 
 def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float]) -> RunResult:
@@ -99,23 +166,17 @@ def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float
     log = run.log
     end = run.duration
     slo = run.service.slo
-    arrival = np.asarray(log.arrival)
-    finish = np.asarray(log.finish)
-    start = np.asarray(log.start)
-    dropped = np.zeros(log.n, dtype=bool)
-    dropped[run.dropped] = True
-    finish[dropped] = np.nan
-    done = ~np.isnan(finish)
-    latency = finish - arrival
-    # Requests still in flight at the end miss the SLO only if they have already waited past it.
-    open_ = ~done & ~dropped
-    late_open = open_ & (end - arrival > slo)
-    counted = done | dropped | late_open
-    within = done & (latency <= slo)
-    n_counted = int(counted.sum())
-    attainment = float(within.sum() / n_counted) if n_counted else math.nan
+    rt = request_times(run)
+    arrival, done, dropped = rt.arrival, rt.done, rt.dropped
+    latency = rt.e2e
+    n_counted = int(rt.counted.sum())
+    attainment = float(rt.meets.sum() / n_counted) if n_counted else math.nan
     p50, p95, p99 = _quantiles(latency[done])
+    t50, t90, t99 = _quantiles(rt.ttft[done], (0.5, 0.9, 0.99))
+    o50, o90, o99 = _quantiles(rt.tpot[done], (0.5, 0.9, 0.99))
+    start = np.asarray(log.start)
     waits = (start - arrival)[~np.isnan(start)]
+    open_ = ~done & ~dropped
 
     interval = run.scenario.timeline_interval
     tl = run.timeline
@@ -125,27 +186,40 @@ def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float
     k = np.clip(k, 0, max(nbins - 1, 0))
     arrivals_per = np.bincount(k, minlength=nbins)[:nbins] / interval if nbins else np.array([])
     p95_bin = np.full(nbins, np.nan)
+    ttft_bin = np.full(nbins, np.nan)
+    tpot_bin = np.full(nbins, np.nan)
     attain_bin = np.full(nbins, np.nan)
     order = np.argsort(k, kind="stable")
     ks = k[order]
-    lat_sorted = np.where(counted, np.where(done, latency, np.inf), np.nan)[order]
+    counted_s = rt.counted[order]
+    meets_s = rt.meets[order]
+    done_s = done[order]
+    # requests that never finished count as slower than any that did
+    lat_s = np.where(done, latency, np.inf)[order]
+    ttft_s = np.where(done, rt.ttft, np.inf)[order]
+    tpot_s = np.where(done, rt.tpot, np.inf)[order]
     bounds = np.searchsorted(ks, np.arange(nbins + 1))
     for b in range(nbins):
-        seg = lat_sorted[bounds[b] : bounds[b + 1]]
-        seg = seg[~np.isnan(seg)]
-        if len(seg):
-            # requests that never finished count as slower than any that did
-            q = float(np.quantile(np.minimum(seg, _NEVER), 0.95))
-            p95_bin[b] = math.inf if q >= _NEVER / 2 else q
-            attain_bin[b] = float((seg <= slo).mean())
+        lo, hi = bounds[b], bounds[b + 1]
+        c = counted_s[lo:hi]
+        if not c.any():
+            continue
+        attain_bin[b] = float(meets_s[lo:hi][c].mean())
+        for src, dst in ((lat_s, p95_bin), (ttft_s, ttft_bin), (tpot_s, tpot_bin)):
+            seg = np.minimum(src[lo:hi][c], _NEVER)
+            q = float(np.quantile(seg, 0.95))
+            dst[b] = math.inf if q >= _NEVER / 2 else q
+    del done_s
 
-    ended = np.sort(np.concatenate([finish[done], np.asarray(run.dropped_at, dtype=np.float64)]))
+    ended = np.sort(
+        np.concatenate([np.asarray(log.finish)[done], np.asarray(run.dropped_at, dtype=np.float64)])
+    )
     in_system = (
         np.searchsorted(np.sort(arrival), t, side="right") - np.searchsorted(ended, t, side="right")
     ).astype(np.float64)
 
     recoveries: list[dict[str, float | None]] = []
-    healthy = ~(p95_bin > slo)  # NaN (no arrivals) counts as healthy
+    healthy = ~(attain_bin < HEALTHY_SHARE)  # NaN (no arrivals) counts as healthy
     need = max(1, math.ceil(HEALTHY_FOR / interval))
     for s in bursts:
         b0 = int(s // interval)
@@ -156,19 +230,37 @@ def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float
                 break
         recoveries.append({"start": s, "recovery_s": rec})
     recovered = [r["recovery_s"] for r in recoveries if r["recovery_s"] is not None]
+    kv = np.asarray(tl.kv_usage, dtype=np.float64)
+    kv_ok = kv[np.isfinite(kv)]
 
     summary: dict[str, Any] = {
         "requests": int(log.n),
         "completed": int(done.sum()),
         "dropped": int(dropped.sum()),
         "unfinished": int(open_.sum()),
-        "slo_seconds": slo,
+        "slo": {
+            "ttft_s": slo.ttft,
+            "tpot_s": slo.tpot,
+            "e2e_s": slo.e2e,
+            "attainment": slo.attainment,
+        },
         "slo_attainment": attainment,
+        "slo_met": bool(attainment >= slo.attainment) if n_counted else False,
+        "ttft_p50": t50,
+        "ttft_p90": t90,
+        "ttft_p99": t99,
+        "tpot_p50": o50,
+        "tpot_p90": o90,
+        "tpot_p99": o99,
         "latency_p50": p50,
         "latency_p95": p95,
         "latency_p99": p99,
         "latency_mean": float(latency[done].mean()) if done.any() else math.nan,
         "wait_mean": float(waits.mean()) if len(waits) else math.nan,
+        "preemptions": int(tl.preemptions[-1]) if tl.preemptions else 0,
+        "kv_cache_usage_mean": float(kv_ok.mean()) if len(kv_ok) else math.nan,
+        "kv_cache_usage_max": float(kv_ok.max()) if len(kv_ok) else math.nan,
+        "waiting_max": int(max(tl.waiting)) if tl.waiting else 0,
         "gpu_hours": run.gpu_seconds / 3600.0,
         "replicas_mean": run.replica_seconds / end,
         "replicas_max": run.max_replicas_seen,
@@ -192,7 +284,13 @@ def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float
         "pending": [float(x) for x in tl.pending],
         "gpus": [float(x) for x in tl.gpus],
         "in_system": in_system.tolist(),
+        "waiting": [float(x) for x in tl.waiting],
+        "running": [float(x) for x in tl.running],
+        "kv_cache_usage": kv.tolist(),
+        "preemptions": [float(x) for x in tl.preemptions],
         "latency_p95": p95_bin.tolist(),
+        "ttft_p95": ttft_bin.tolist(),
+        "tpot_p95": tpot_bin.tolist(),
         "slo_attainment": attain_bin.tolist(),
     }
     return RunResult(label, kind, seed, summary, timeline)

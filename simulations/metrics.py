@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from simulations.serving import Replica
+from simulations.batching import ITL_BUCKETS, TTFT_BUCKETS
 
 LOOKBACK = 300.0
 """Prometheus' default lookback delta for instant vector selectors (seconds)."""
@@ -113,30 +114,82 @@ def bucket_quantile(q: float, bounds: Sequence[float], cumulative: Sequence[floa
     return start + (end - start) * (rank / count)
 
 
+GAUGES = ("num_requests_waiting", "num_requests_running", "kv_cache_usage_perc")
+"""vLLM's gauges, without the ``vllm:`` prefix."""
+COUNTERS = (
+    "request_success_total",
+    "arrived",
+    "prompt_tokens_total",
+    "generation_tokens_total",
+    "num_preemptions_total",
+)
+"""vLLM's counters (``arrived``: requests received, what a gateway would count per pod)."""
+HISTOGRAMS = (
+    "e2e_request_latency_seconds",
+    "time_to_first_token_seconds",
+    "inter_token_latency_seconds",
+)
+E2E = HISTOGRAMS[0]
+_ALIASES = {
+    "waiting": "num_requests_waiting",
+    "running": "num_requests_running",
+    "completed": "request_success_total",
+}
+
+
+class Scrapable(Protocol):
+    """What a serving replica exposes on its ``/metrics``."""
+
+    id: int
+
+    def sample(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[list[float], ...]]:
+        """Gauges, counters (in :data:`GAUGES`/:data:`COUNTERS` order) and cumulative bucket
+        counts (``+Inf`` last) with sum appended, per histogram of :data:`HISTOGRAMS`."""
+        ...
+
+
 @dataclass(slots=True)
 class PodSeries:
-    """One pod's scraped samples. Bucket counts are cumulative, ``+Inf`` last."""
+    """One pod's scraped samples: one list per gauge and counter, and per histogram one row of
+    cumulative bucket counts (``+Inf`` last, then the sum) per sample."""
 
     pod: int
     times: list[float] = field(default_factory=list)
-    completed: list[float] = field(default_factory=list)
-    arrived: list[float] = field(default_factory=list)
-    latency_sum: list[float] = field(default_factory=list)
-    buckets: list[list[float]] = field(default_factory=list)
-    waiting: list[float] = field(default_factory=list)
-    running: list[float] = field(default_factory=list)
+    values: dict[str, list[float]] = field(
+        default_factory=lambda: {k: [] for k in (*GAUGES, *COUNTERS)}
+    )
+    hists: dict[str, list[list[float]]] = field(default_factory=lambda: {k: [] for k in HISTOGRAMS})
     ended: float = math.inf
 
     def window(self, start: float, end: float) -> tuple[int, int]:
         """Index range of samples inside ``(start, end]``."""
         return bisect_right(self.times, start), bisect_right(self.times, end)
 
+    @property
+    def buckets(self) -> list[list[float]]:
+        return self.hists[E2E]
+
 
 class MetricStore:
-    """Scraped series of every pod that ever served, and the queries policies run on them."""
+    """Scraped series of every pod that ever served, and the queries policies run on them.
 
-    def __init__(self, bounds: Sequence[float], retention: float = 900.0) -> None:
+    ``bounds`` are the e2e latency histogram's; the TTFT and inter-token ones are vLLM's.
+    """
+
+    def __init__(
+        self,
+        bounds: Sequence[float],
+        retention: float = 900.0,
+        histogram_bounds: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
         self.bounds = tuple(bounds)
+        self.hist_bounds: dict[str, tuple[float, ...]] = {
+            E2E: self.bounds,
+            "time_to_first_token_seconds": TTFT_BUCKETS,
+            "inter_token_latency_seconds": ITL_BUCKETS,
+        }
+        for k, v in (histogram_bounds or {}).items():
+            self.hist_bounds[k] = tuple(v)
         self.retention = retention
         self.series: dict[int, PodSeries] = {}
         self.gateway = PodSeries(-1)
@@ -146,19 +199,21 @@ class MetricStore:
     def scrape_gateway(self, now: float, arrived: int) -> None:
         g = self.gateway
         g.times.append(now)
-        g.arrived.append(float(arrived))
+        arr = g.values["arrived"]
+        arr.append(float(arrived))
         horizon = now - self.retention
         if g.times[0] < horizon:
             k = bisect_right(g.times, horizon)
-            del g.times[:k], g.arrived[:k]
+            del g.times[:k], arr[:k]
 
     def gateway_rate(self, now: float, window: float) -> float | None:
         """``rate(gateway_requests_total[window])``: the arrival rate at the ingress."""
         g = self.gateway
         lo, hi = g.window(now - window, now)
-        return extrapolated_rate(g.times[lo:hi], g.arrived[lo:hi], now - window, now)
+        arr = g.values["arrived"]
+        return extrapolated_rate(g.times[lo:hi], arr[lo:hi], now - window, now)
 
-    def scrape(self, now: float, replicas: Iterable[Replica]) -> None:
+    def scrape(self, now: float, replicas: Iterable[Scrapable]) -> None:
         """Record one sample of every scraped replica (those whose server is up)."""
         self.last_scrape = now
         for r in replicas:
@@ -166,17 +221,14 @@ class MetricStore:
             if s is None:
                 s = self.series[r.id] = PodSeries(r.id)
             s.times.append(now)
-            s.completed.append(float(r.completed))
-            s.arrived.append(float(r.arrived))
-            s.latency_sum.append(r.latency_sum)
-            acc = 0.0
-            cumulative = []
-            for c in r.bucket_counts:
-                acc += c
-                cumulative.append(acc)
-            s.buckets.append(cumulative)
-            s.waiting.append(float(len(r.queue)))
-            s.running.append(float(r.running))
+            gauges, counters, hists = r.sample()
+            values = s.values
+            for name, v in zip(GAUGES, gauges, strict=True):
+                values[name].append(v)
+            for name, v in zip(COUNTERS, counters, strict=True):
+                values[name].append(v)
+            for name, row in zip(HISTOGRAMS, hists, strict=True):
+                s.hists[name].append(row)
         horizon = now - self.retention
         for pod in [p for p, s in self.series.items() if s.ended < horizon]:
             del self.series[pod]
@@ -190,39 +242,57 @@ class MetricStore:
     # ------------------------------------------------------------------ per-pod queries
 
     def pod_gauge(self, now: float, name: str) -> dict[int, float]:
-        """Latest value of gauge ``name`` ("waiting" or "running") per live pod."""
+        """Latest value of gauge ``name`` (one of :data:`GAUGES`, or "waiting"/"running") per
+        live pod."""
+        name = _ALIASES.get(name, name)
         out: dict[int, float] = {}
         for pod, s in self.series.items():
             if s.ended <= now:
                 continue
             k = bisect_right(s.times, now)
             if k and s.times[k - 1] > now - LOOKBACK:
-                out[pod] = getattr(s, name)[k - 1]
+                out[pod] = s.values[name][k - 1]
         return out
 
     def pod_rate(self, now: float, name: str, window: float) -> dict[int, float]:
-        """``rate(name[window])`` per pod; ``name`` is "completed" or "arrived"."""
+        """``rate(name[window])`` per pod; ``name`` is one of :data:`COUNTERS` (or "completed"),
+        or ``HIST_sum``/``HIST_count`` of a histogram."""
         out: dict[int, float] = {}
+        if name.endswith(("_sum", "_count")) and name.rsplit("_", 1)[0] in self.hist_bounds:
+            hist, part = name.rsplit("_", 1)
+            col = -1 if part == "sum" else -2
+            for pod, s in self.series.items():
+                lo, hi = s.window(now - window, min(now, s.ended))
+                if hi - lo < 2:
+                    continue
+                rows = s.hists[hist][lo:hi]
+                r = extrapolated_rate(s.times[lo:hi], [row[col] for row in rows], now - window, now)
+                if r is not None:
+                    out[pod] = r
+            return out
+        name = _ALIASES.get(name, name)
         for pod, s in self.series.items():
             lo, hi = s.window(now - window, min(now, s.ended))
             if hi - lo < 2:
                 continue
-            values: list[float] = getattr(s, name)
+            values = s.values[name]
             r = extrapolated_rate(s.times[lo:hi], values[lo:hi], now - window, now)
             if r is not None:
                 out[pod] = r
         return out
 
-    def pod_bucket_rates(self, now: float, window: float) -> dict[int, list[float]]:
-        """``rate(bucket[window])`` per pod, one rate per ``le`` (``+Inf`` last)."""
+    def pod_bucket_rates(
+        self, now: float, window: float, hist: str = E2E
+    ) -> dict[int, list[float]]:
+        """``rate(HIST_bucket[window])`` per pod, one rate per ``le`` (``+Inf`` last)."""
         out: dict[int, list[float]] = {}
-        nb = len(self.bounds) + 1
+        nb = len(self.hist_bounds[hist]) + 1
         for pod, s in self.series.items():
             lo, hi = s.window(now - window, min(now, s.ended))
             if hi - lo < 2:
                 continue
             times = s.times[lo:hi]
-            rows = s.buckets[lo:hi]
+            rows = s.hists[hist][lo:hi]
             rates = []
             for b in range(nb):
                 r = extrapolated_rate(times, [row[b] for row in rows], now - window, now)
@@ -231,6 +301,19 @@ class MetricStore:
         return out
 
     # ------------------------------------------------------------------ aggregated queries
+
+    def gauge_agg(self, now: float, name: str, op: str) -> float | None:
+        """``op(name)`` over live pods (``sum``, ``avg``, ``max``, ``min``); ``None`` if empty."""
+        values = list(self.pod_gauge(now, name).values())
+        if not values:
+            return None
+        if op == "avg":
+            return sum(values) / len(values)
+        if op == "max":
+            return max(values)
+        if op == "min":
+            return min(values)
+        return sum(values)
 
     def gauge_sum(self, now: float, name: str) -> float | None:
         """``sum(name)`` over live pods; ``None`` when no pod reports (an empty result)."""
@@ -242,20 +325,24 @@ class MetricStore:
         values = self.pod_rate(now, name, window)
         return sum(values.values()) if values else None
 
-    def quantile(self, now: float, q: float, window: float) -> float | None:
-        """``histogram_quantile(q, sum by (le) (rate(bucket[window])))``; ``None`` if NaN/empty."""
-        per_pod = self.pod_bucket_rates(now, window)
+    def quantile(self, now: float, q: float, window: float, hist: str = E2E) -> float | None:
+        """``histogram_quantile(q, sum by (le) (rate(HIST_bucket[window])))``; ``None`` if
+        NaN/empty."""
+        per_pod = self.pod_bucket_rates(now, window, hist)
         if not per_pod:
             return None
         summed = [sum(col) for col in zip(*per_pod.values(), strict=True)]
-        value = bucket_quantile(q, self.bounds, summed)
+        value = bucket_quantile(q, self.hist_bounds[hist], summed)
         return None if math.isnan(value) else value
 
-    def pod_quantile(self, now: float, q: float, window: float) -> dict[int, float]:
+    def pod_quantile(
+        self, now: float, q: float, window: float, hist: str = E2E
+    ) -> dict[int, float]:
         """The same quantile per pod (what an adapter would serve as a Pods metric)."""
         out: dict[int, float] = {}
-        for pod, rates in self.pod_bucket_rates(now, window).items():
-            value = bucket_quantile(q, self.bounds, rates)
+        bounds = self.hist_bounds[hist]
+        for pod, rates in self.pod_bucket_rates(now, window, hist).items():
+            value = bucket_quantile(q, bounds, rates)
             if not math.isnan(value):
                 out[pod] = value
         return out

@@ -18,9 +18,15 @@ import numpy as np
 
 from simulations.compare import Comparison, RunResult
 
-SCHEMA = "gpuscale.io/simulation-report/v1"
+SCHEMA = "gpuscale.io/simulation-report/v2"
 AGGREGATED = (
     "slo_attainment",
+    "ttft_p50",
+    "ttft_p90",
+    "ttft_p99",
+    "tpot_p50",
+    "tpot_p90",
+    "tpot_p99",
     "latency_p50",
     "latency_p95",
     "latency_p99",
@@ -34,6 +40,10 @@ AGGREGATED = (
     "pending_max",
     "recovery_mean_s",
     "dropped",
+    "preemptions",
+    "kv_cache_usage_mean",
+    "kv_cache_usage_max",
+    "waiting_max",
 )
 TIMELINE_COLUMNS = (
     "time",
@@ -44,7 +54,13 @@ TIMELINE_COLUMNS = (
     "pending",
     "gpus",
     "in_system",
+    "waiting",
+    "running",
+    "kv_cache_usage",
+    "preemptions",
     "latency_p95",
+    "ttft_p95",
+    "tpot_p95",
     "slo_attainment",
 )
 
@@ -106,7 +122,14 @@ def report_dict(comparison: Comparison) -> dict[str, Any]:
             "seeds": list(comparison.seeds),
             "duration_s": comparison.duration,
             "requests": comparison.requests,
-            "slo_seconds": sc.service.slo,
+            "slo": {
+                "ttft_s": sc.service.slo.ttft,
+                "tpot_s": sc.service.slo.tpot,
+                "e2e_s": sc.service.slo.e2e,
+                "attainment": sc.service.slo.attainment,
+            },
+            "engine": sc.service.engine,
+            "profile": sc.service.vllm.profile.name if sc.service.vllm else None,
             "workload": sc.workload.type,
             "bursts": list(comparison.bursts),
         },
@@ -142,22 +165,30 @@ def write_plots(comparison: Comparison, out: Path) -> list[Path]:
     first = comparison.seeds[0]
     runs = [r for r in comparison.results if r.seed == first]
     slo = comparison.scenario.service.slo
-    fig, axes = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True)
+    panels = [("ttft_p95", "p95 TTFT (s)", slo.ttft), ("tpot_p95", "p95 TPOT (s)", slo.tpot)]
+    if slo.e2e is not None or comparison.scenario.service.engine != "vllm":
+        panels.append(("latency_p95", "p95 e2e latency (s)", slo.e2e))
+    fig, axes = plt.subplots(3 + len(panels), 1, figsize=(11, 3 + 2.2 * len(panels)), sharex=True)
     minutes = np.asarray(runs[0].timeline["time"]) / 60.0
     axes[0].plot(minutes, runs[0].timeline["arrivals_per_s"], color="0.3", lw=0.8)
     axes[0].set_ylabel("arrivals / s")
-    axes[0].set_title(f"{comparison.scenario.name} (seed {first})")
+    axes[0].set_title(f"{comparison.scenario.name} (seed {first}): {slo.describe()}")
     for r in runs:
         t = np.asarray(r.timeline["time"]) / 60.0
         axes[1].step(t, r.timeline["ready"], where="post", lw=1.0, label=r.label)
-        lat = np.asarray(r.timeline["latency_p95"], dtype=float)
-        axes[2].plot(t, lat, lw=0.8, label=r.label)
+        axes[2].plot(t, r.timeline["kv_cache_usage"], lw=0.8, label=r.label)
+        for ax, (key, _, _) in zip(axes[3:], panels, strict=True):
+            ax.plot(t, np.asarray(r.timeline[key], dtype=float), lw=0.8, label=r.label)
     axes[1].set_ylabel("ready replicas")
     axes[1].legend(loc="upper left", fontsize=8, ncol=3)
-    axes[2].axhline(slo, color="red", ls="--", lw=0.8, label="SLO")
-    axes[2].set_yscale("log")
-    axes[2].set_ylabel("p95 latency (s)")
-    axes[2].set_xlabel("minutes")
+    axes[2].set_ylabel("KV cache use")
+    axes[2].set_ylim(0, 1.05)
+    for ax, (_, label, bound) in zip(axes[3:], panels, strict=True):
+        if bound is not None:
+            ax.axhline(bound, color="red", ls="--", lw=0.8, label="SLO")
+        ax.set_yscale("log")
+        ax.set_ylabel(label)
+    axes[-1].set_xlabel("minutes")
     fig.tight_layout()
     timeline_png = out / "timeline.png"
     fig.savefig(timeline_png, dpi=110)
@@ -177,7 +208,8 @@ def write_plots(comparison: Comparison, out: Path) -> list[Path]:
         )
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
     ax.set_xlabel("GPU-hours")
-    ax.set_ylabel(f"SLO attainment (latency ≤ {slo:g} s)")
+    ax.set_ylabel(f"SLO attainment ({slo.describe().split(' for ')[0]})")
+    ax.axhline(slo.attainment, color="red", ls="--", lw=0.8)
     ax.set_title("SLO attainment vs. cost")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -200,9 +232,10 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     header = [
         "policy",
         "SLO att.",
-        "p50 s",
-        "p95 s",
-        "p99 s",
+        "TTFT p50/p99 s",
+        "TPOT p50/p99 ms",
+        "e2e p95 s",
+        "preempt.",
         "GPU-h",
         "replicas",
         "max",
@@ -219,9 +252,14 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
             [
                 label,
                 _fmt(m["slo_attainment"], s["slo_attainment"], n, ".1f", 100.0) + "%",
-                _fmt(m["latency_p50"], s["latency_p50"], n, ".2f"),
+                _fmt(m["ttft_p50"], s["ttft_p50"], n, ".2f")
+                + " / "
+                + _fmt(m["ttft_p99"], s["ttft_p99"], n, ".2f"),
+                _fmt(m["tpot_p50"], s["tpot_p50"], n, ".0f", 1000.0)
+                + " / "
+                + _fmt(m["tpot_p99"], s["tpot_p99"], n, ".0f", 1000.0),
                 _fmt(m["latency_p95"], s["latency_p95"], n, ".2f"),
-                _fmt(m["latency_p99"], s["latency_p99"], n, ".1f"),
+                _fmt(m["preemptions"], s["preemptions"], n, ".0f"),
                 _fmt(m["gpu_hours"], s["gpu_hours"], n, ".1f"),
                 _fmt(m["replicas_mean"], s["replicas_mean"], n, ".1f"),
                 _fmt(m["replicas_max"], s["replicas_max"], n, ".0f"),

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import yaml
 
@@ -22,7 +22,17 @@ from extender.model import Taint, Toleration
 from extender.quantity import QuantityError, gpu_memory_mib
 from policies.durations import DurationError, parse_duration
 from policies.parse import PolicyFileError, load_policy_file
+from policies.profiles import ProfileError, load_profile
 from policies.schema import ScalingPolicy
+from policies.stepmodel import (
+    BLOCK_SIZE,
+    GPU_MEMORY_UTILIZATION,
+    MAX_NUM_BATCHED_TOKENS,
+    MAX_NUM_SEQS,
+    EngineLimits,
+    StepProfile,
+    kv_cache_blocks,
+)
 
 T = TypeVar("T")
 
@@ -129,6 +139,52 @@ class ServiceTimeSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Slo:
+    """A service's SLO, the way LLM serving is judged (DistServe): a request meets it when it
+    meets every bound given; ``attainment`` is the share of requests that should."""
+
+    ttft: float | None = None
+    """Time to first token, seconds."""
+    tpot: float | None = None
+    """Time per output token after the first, ``(e2e - ttft) / (generated - 1)``, seconds."""
+    e2e: float | None = None
+    """End-to-end latency, seconds."""
+    attainment: float = 0.99
+
+    def describe(self) -> str:
+        parts = [
+            f"{label} ≤ {_ms(v)}"
+            for label, v in (("TTFT", self.ttft), ("TPOT", self.tpot), ("e2e", self.e2e))
+            if v is not None
+        ]
+        return f"{', '.join(parts)} for {self.attainment * 100:g}% of requests"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
+
+
+DEFAULT_SLO = Slo(ttft=1.0, tpot=0.1)
+"""Chat-style bounds (TTFT 1 s, TPOT 100 ms), the upper end of published practice for chat."""
+DEFAULT_PROFILE = "llama-3.1-8b-a100-80gb-tp1"
+
+EngineKind = Literal["vllm", "per-request"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """The vLLM engine of every replica (``engine: vllm``)."""
+
+    profile: StepProfile
+    max_num_seqs: int = MAX_NUM_SEQS
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS
+    gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION
+    kv_cache_tokens: int | None = None
+    """Given directly; otherwise from GPU memory, weights and KV bytes per token."""
+    block_size: int = BLOCK_SIZE
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     name: str = "llm"
     gpus: int = 1
@@ -138,13 +194,43 @@ class ServiceSpec:
     max_batch: int = 2
     service_time: ServiceTimeSpec = field(default_factory=ServiceTimeSpec)
     routing: Literal["least-outstanding", "round-robin"] = "least-outstanding"
-    slo: float = 2.0
+    slo: Slo = DEFAULT_SLO
     min_replicas: int = 1
     max_replicas: int = 32
     initial_replicas: int = 2
     startup: StartupSpec = field(default_factory=StartupSpec)
     termination_grace: float = 30.0
     latency_buckets: tuple[float, ...] | None = None
+    engine: EngineKind = "vllm"
+    vllm: EngineSpec | None = None
+    """Set when ``engine`` is ``vllm`` (the parser always sets it then)."""
+
+    def engine_limits(self) -> EngineLimits:
+        """The scheduler budgets and KV blocks of one replica's engine."""
+        spec = self.vllm
+        if spec is None:
+            raise ValueError("engine: per-request has no vLLM engine limits")
+        if spec.kv_cache_tokens is not None:
+            blocks = spec.kv_cache_tokens // spec.block_size
+        else:
+            p = spec.profile
+            if not p.kv_bytes_per_token:
+                raise ValueError(
+                    f"profile {p.name} has no kvBytesPerToken: give service.kvCacheTokens"
+                )
+            memory = (
+                self.gpu_memory_mib * 2**20
+                if self.gpu_memory_mib is not None
+                else p.gpu_memory_bytes
+            )
+            blocks = kv_cache_blocks(
+                memory,
+                p.weights_bytes,
+                p.kv_bytes_per_token,
+                utilization=spec.gpu_memory_utilization,
+                block_size=spec.block_size,
+            )
+        return EngineLimits(blocks, spec.max_num_seqs, spec.max_num_batched_tokens, spec.block_size)
 
 
 WorkloadKind = Literal["trace", "poisson", "diurnal", "bursts", "prometheus"]
@@ -655,11 +741,23 @@ def _service(r: _Reader, value: Any) -> ServiceSpec:
         "startup",
         "terminationGracePeriod",
         "latencyBuckets",
+        "engine",
+        *_VLLM_KEYS,
     )
     obj = r.mapping(value, "service", keys)
     d = ServiceSpec()
     if obj is None:
-        return d
+        obj = {}
+    engine = r.get(
+        obj, "service", "engine", lambda v, q: r.choice(v, q, ("vllm", "per-request")), "vllm"
+    )
+    own = _VLLM_KEYS if engine == "per-request" else ("maxBatch", "serviceTime")
+    other = "vllm" if engine == "per-request" else "per-request"
+    for key in own:
+        if key in obj:
+            r.error(
+                f"service.{key}", f"applies only to engine: {other} (this service has {engine})"
+            )
     st = d.service_time
     if "serviceTime" in obj:
         o = r.mapping(
@@ -734,7 +832,9 @@ def _service(r: _Reader, value: Any) -> ServiceSpec:
         gpu_mem = (
             None if obj["gpuMemory"] == "whole" else r.memory(obj["gpuMemory"], "service.gpuMemory")
         )
-    return ServiceSpec(
+    vllm = _engine(r, obj) if engine == "vllm" else None
+    slo = _slo(r, obj["slo"]) if "slo" in obj else d.slo
+    spec = ServiceSpec(
         name=r.get(obj, "service", "name", r.string, d.name),
         gpus=r.get(obj, "service", "gpus", lambda v, q: r.integer(v, q, minimum=1), d.gpus),
         gpu_memory_mib=gpu_mem,
@@ -751,7 +851,6 @@ def _service(r: _Reader, value: Any) -> ServiceSpec:
             lambda v, q: r.choice(v, q, ("least-outstanding", "round-robin")),
             d.routing,
         ),
-        slo=r.get(obj, "service", "slo", lambda v, q: r.duration(v, q, positive=True), d.slo),
         min_replicas=lo,
         max_replicas=hi,
         initial_replicas=r.get(obj, "service", "initialReplicas", r.integer, d.initial_replicas),
@@ -760,6 +859,86 @@ def _service(r: _Reader, value: Any) -> ServiceSpec:
             obj, "service", "terminationGracePeriod", r.duration, d.termination_grace
         ),
         latency_buckets=buckets,
+        engine=cast(EngineKind, engine),
+        vllm=vllm,
+        slo=slo,
+    )
+    if vllm is not None:
+        try:
+            spec.engine_limits()
+        except ValueError as exc:
+            r.error("service.gpuMemory", f"{exc} (profile {vllm.profile.name})")
+    return spec
+
+
+_VLLM_KEYS = (
+    "profile",
+    "maxNumSeqs",
+    "maxNumBatchedTokens",
+    "gpuMemoryUtilization",
+    "kvCacheTokens",
+    "blockSize",
+)
+
+
+def _engine(r: _Reader, obj: Mapping[str, Any]) -> EngineSpec | None:
+    ref = r.get(obj, "service", "profile", r.string, DEFAULT_PROFILE)
+    try:
+        profile = load_profile(ref, r.base_dir)
+    except ProfileError as exc:
+        for m in exc.messages:
+            r.error("service.profile", m)
+        return None
+    p = "service"
+    util = r.get(obj, p, "gpuMemoryUtilization", lambda v, q: r.number(v, q, positive=True), 0.9)
+    if util > 1:
+        r.error(f"{p}.gpuMemoryUtilization", f"must be at most 1, got {util!r}")
+    kv = r.get(obj, p, "kvCacheTokens", lambda v, q: r.integer(v, q, minimum=1), 0)
+    block = r.get(obj, p, "blockSize", lambda v, q: r.integer(v, q, minimum=1), BLOCK_SIZE)
+    if kv and kv < block:
+        r.error(f"{p}.kvCacheTokens", f"must hold at least one block ({block} tokens), got {kv}")
+    return EngineSpec(
+        profile=profile,
+        max_num_seqs=r.get(
+            obj, p, "maxNumSeqs", lambda v, q: r.integer(v, q, minimum=1), MAX_NUM_SEQS
+        ),
+        max_num_batched_tokens=r.get(
+            obj,
+            p,
+            "maxNumBatchedTokens",
+            lambda v, q: r.integer(v, q, minimum=1),
+            MAX_NUM_BATCHED_TOKENS,
+        ),
+        gpu_memory_utilization=min(util, 1.0),
+        kv_cache_tokens=kv or None,
+        block_size=block,
+    )
+
+
+def _slo(r: _Reader, value: Any) -> Slo:
+    """``slo: 2s`` (end-to-end only) or ``{ttft, tpot, e2e, attainment}``."""
+    if not isinstance(value, Mapping):
+        seconds = r.duration(value, "service.slo", positive=True)
+        return DEFAULT_SLO if seconds is None else Slo(e2e=seconds)
+    obj = r.mapping(value, "service.slo", ("ttft", "tpot", "e2e", "attainment"))
+    if obj is None:
+        return DEFAULT_SLO
+    bounds = {}
+    for key in ("ttft", "tpot", "e2e"):
+        if key in obj:
+            bounds[key] = r.duration(obj[key], f"service.slo.{key}", positive=True)
+    if not any(v is not None for v in bounds.values()):
+        r.error("service.slo", "give at least one of ttft, tpot, e2e")
+    attainment = r.get(
+        obj, "service.slo", "attainment", lambda v, q: r.number(v, q, positive=True), 0.99
+    )
+    if attainment > 1:
+        r.error("service.slo.attainment", f"must be at most 1, got {attainment!r}")
+    return Slo(
+        ttft=bounds.get("ttft"),
+        tpot=bounds.get("tpot"),
+        e2e=bounds.get("e2e"),
+        attainment=min(attainment, 1.0),
     )
 
 

@@ -14,11 +14,12 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from simulations.batching import ITL_BUCKETS, TTFT_BUCKETS
 from simulations.engine import Engine
 
 FloatArray = npt.NDArray[np.float64]
@@ -128,6 +129,7 @@ class Replica:
         "on_idle",
         "queue",
         "running",
+        "ttft_counts",
     )
 
     def __init__(
@@ -153,6 +155,8 @@ class Replica:
         self.latency_sum = 0.0
         self._bounds = list(buckets)
         self.bucket_counts = [0] * (len(self._bounds) + 1)
+        self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
+        """The whole reply comes at once, so the first token arrives with the last."""
         self.on_idle: Callable[[Replica], None] | None = None
         self._finish_cb = (
             self._finish if on_complete is None else self._finish_and_notify(on_complete)
@@ -182,6 +186,7 @@ class Replica:
         self.completed += 1
         self.latency_sum += latency
         self.bucket_counts[bisect_left(self._bounds, latency)] += 1
+        self.ttft_counts[bisect_left(TTFT_BUCKETS, latency)] += 1
         if self.queue:
             j = self.queue.popleft()
             log.start[j] = now
@@ -211,6 +216,47 @@ class Replica:
         self.queue.clear()
         return items
 
+    def evict(self) -> list[int]:
+        """Grace period over: the requests still queued are lost (running ones finish)."""
+        return self.take_queue()
+
+    def sample(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[list[float], ...]]:
+        """What the pod's ``/metrics`` shows (see :class:`simulations.metrics.Scrapable`); this
+        model has no tokens, KV cache or inter-token latency, and its TTFT is its latency."""
+        acc = 0.0
+        cumulative = []
+        for c in self.bucket_counts:
+            acc += c
+            cumulative.append(acc)
+        cumulative.append(self.latency_sum)
+        ttft = []
+        acc = 0.0
+        for c in self.ttft_counts:
+            acc += c
+            ttft.append(acc)
+        ttft.append(self.latency_sum)
+        gauges = (float(len(self.queue)), float(self.running), 0.0)
+        counters = (float(self.completed), float(self.arrived), 0.0, 0.0, 0.0)
+        return gauges, counters, (cumulative, ttft, _EMPTY_ITL)
+
+
+_EMPTY_ITL = [0.0] * (len(ITL_BUCKETS) + 2)
+
+
+class Routable(Protocol):
+    """What the router needs of a replica (this module's and :mod:`simulations.batching`'s)."""
+
+    id: int
+    queue: deque[int]
+    running: int
+    max_batch: int
+    backlog: deque[int] | None
+
+    def admit(self, i: int) -> None: ...
+
+    @property
+    def outstanding(self) -> int: ...
+
 
 RoutingMode = Literal["least-outstanding", "round-robin"]
 
@@ -230,7 +276,7 @@ class Router:
 
     def __init__(self, mode: RoutingMode = "least-outstanding") -> None:
         self.mode = mode
-        self.ready: list[Replica] = []
+        self.ready: list[Routable] = []
         self.held: deque[int] = deque()
         self._rr = 0
 
@@ -254,16 +300,16 @@ class Router:
                 best, best_load = replica, load
         best.admit(i)
 
-    def add(self, replica: Replica) -> None:
+    def add(self, replica: Routable) -> None:
         """A replica became Ready: route to it; it fills its free slots from the backlog."""
         self.ready.append(replica)
         self.ready.sort(key=lambda r: r.id)
         replica.backlog = self.held
         held = self.held
-        while held and replica.running < replica.max_batch:
+        while held and replica.outstanding < replica.max_batch:
             replica.admit(held.popleft())
 
-    def remove(self, replica: Replica) -> None:
+    def remove(self, replica: Routable) -> None:
         replica.backlog = None
         if replica in self.ready:
             self.ready.remove(replica)

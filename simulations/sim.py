@@ -28,6 +28,7 @@ from extender.affinity import compile_required
 from extender.model import GpuNeed, Toleration
 from simulations import arrivals, openb
 from simulations.arrivals import Workload
+from simulations.batching import BatchingReplica, EngineConfig, ServingLog
 from simulations.cluster import Cluster, Device, Node, Placement, PodSpec
 from simulations.engine import LATE, Engine
 from simulations.metrics import MetricStore
@@ -54,7 +55,7 @@ class Pod:
     created: float
     state: int = UNSCHEDULED
     placement: Placement | None = None
-    replica: Replica | None = None
+    replica: Replica | BatchingReplica | None = None
     ready_at: float = math.nan
     scheduled_at: float = math.nan
 
@@ -199,6 +200,13 @@ class Timeline:
     ready: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)
     gpus: list[int] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+    """Requests waiting in the engines' queues and the gateway."""
+    running: list[int] = field(default_factory=list)
+    kv_usage: list[float] = field(default_factory=list)
+    """Mean ``kv_cache_usage_perc`` over Ready replicas (NaN with none)."""
+    preemptions: list[int] = field(default_factory=list)
+    """Preemptions so far, all replicas."""
 
 
 class Run:
@@ -220,7 +228,16 @@ class Run:
         self.engine = Engine()
         self.rng = rng
         self.cluster = cluster
-        self.log = RequestLog(workload.times, service_times)
+        self.engine_config: EngineConfig | None = None
+        self.log: RequestLog | ServingLog
+        if svc.engine == "vllm":
+            assert svc.vllm is not None
+            self.engine_config = EngineConfig(svc.vllm.profile, svc.engine_limits())
+            self.log = ServingLog(workload.times, workload.prompt, workload.generated)
+        else:
+            self.log = RequestLog(workload.times, service_times)
+        self.replicas: list[Replica | BatchingReplica] = []
+        """Every replica that ever served (for per-run engine totals)."""
         self.dropped: list[int] = []
         self.dropped_at: list[float] = []
         self.bounds = svc.latency_buckets or DEFAULT_LATENCY_BUCKETS
@@ -398,14 +415,25 @@ class Run:
         pod.state = READY
         pod.ready_at = self.engine.now
         self.n_ready += 1
-        replica = Replica(
-            pod.id,
-            self.engine,
-            self.log,
-            self.service.max_batch,
-            self.bounds,
-            self._complete if self.track_concurrency else None,
-        )
+        on_complete = self._complete if self.track_concurrency else None
+        replica: Replica | BatchingReplica
+        if self.engine_config is not None:
+            assert isinstance(self.log, ServingLog)
+            replica = BatchingReplica(
+                pod.id,
+                self.engine,
+                self.log,
+                self.engine_config,
+                on_complete,
+                self._reject,
+                self.bounds,
+            )
+        else:
+            assert isinstance(self.log, RequestLog)
+            replica = Replica(
+                pod.id, self.engine, self.log, self.service.max_batch, self.bounds, on_complete
+            )
+        self.replicas.append(replica)
         pod.replica = replica
         self.router.add(replica)
 
@@ -437,12 +465,16 @@ class Run:
         if pod.state != DRAINING:
             return
         assert pod.replica is not None
-        for i in pod.replica.take_queue():
-            self.dropped.append(i)
-            self.dropped_at.append(self.engine.now)
-            if self.track_concurrency:
-                self._complete(i)
+        for i in pod.replica.evict():
+            self._reject(i)
         self._finish_drain(pod)
+
+    def _reject(self, i: int) -> None:
+        """Request ``i`` is lost: still queued when its pod went away, or never servable."""
+        self.dropped.append(i)
+        self.dropped_at.append(self.engine.now)
+        if self.track_concurrency:
+            self._complete(i)
 
     def _finish_drain(self, pod: Pod) -> None:
         if pod.state != DRAINING:
@@ -472,7 +504,7 @@ class Run:
             out.append((p, phase, p.state == DRAINING))
         return out
 
-    def scraped_replicas(self) -> list[Replica]:
+    def scraped_replicas(self) -> list[Replica | BatchingReplica]:
         return [p.replica for p in self.pods if p.state in (READY, DRAINING) and p.replica]
 
     def _scrape(self, _: None) -> None:
@@ -489,6 +521,17 @@ class Run:
         tl.ready.append(self.n_ready)
         tl.pending.append(self.n_unscheduled)
         tl.gpus.append(self.n_gpu_pods * self.service.gpus)
+        serving = self.scraped_replicas()
+        for r in serving:
+            if isinstance(r, BatchingReplica):
+                r.sync()
+        tl.waiting.append(len(self.router.held) + sum(len(r.queue) for r in serving))
+        tl.running.append(sum(r.running for r in serving))
+        kv = [r.kv_usage for r in serving if isinstance(r, BatchingReplica)]
+        tl.kv_usage.append(sum(kv) / len(kv) if kv else math.nan)
+        tl.preemptions.append(
+            sum(r.preemptions for r in self.replicas if isinstance(r, BatchingReplica))
+        )
         self.engine.schedule(self.scenario.timeline_interval, self._sample, None, LATE)
 
     # ------------------------------------------------------------------ running

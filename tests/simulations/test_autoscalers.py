@@ -26,6 +26,7 @@ def bursty(policies: list[dict[str, Any]], **service: Any) -> Any:
         "cluster": {"pools": [{"name": "a", "count": 4, "gpus": 4, "gpuMemory": "80Gi"}]},
         "service": {
             "serviceTime": {"model": "fixed", "seconds": 0.5},
+            "engine": "per-request",
             "maxBatch": 2,
             "initialReplicas": 1,
             "replicas": {"min": 0, "max": 16},

@@ -42,6 +42,7 @@ def mmc_waits(c: int, seed: int) -> np.ndarray:
     doc = {
         "cluster": {"pools": [{"name": "gpu", "count": 1, "gpus": 1, "gpuMemory": "80Gi"}]},
         "service": {
+            "engine": "per-request",
             "maxBatch": c,
             "serviceTime": {"model": "exponential", "mean": 1},
             "initialReplicas": 1,

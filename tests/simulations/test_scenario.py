@@ -15,6 +15,7 @@ from simulations.scenario import (
     KedaContender,
     KpaContender,
     ScenarioError,
+    Slo,
     load_scenario,
     parse_scenario,
 )
@@ -36,8 +37,9 @@ def errors_of(doc: Any) -> list[str]:
 def test_default_scenario_compares_examples_with_all_baselines() -> None:
     sc = load_scenario()
     kinds = [type(c) for c in sc.contenders]
-    assert kinds.count(GpuscaleContender) == 2
+    assert kinds.count(GpuscaleContender) == 3
     assert {HpaContender, KedaContender, KpaContender} <= set(kinds)
+    assert sc.service.engine == "vllm" and sc.service.slo == Slo(ttft=0.5, tpot=0.05)
     assert sc.workload.type == "trace" and sc.workload.path.is_file()
     assert sc.service.max_replicas >= 20 and sc.background.pods > 0
 
@@ -45,7 +47,9 @@ def test_default_scenario_compares_examples_with_all_baselines() -> None:
 def test_minimal_scenario_takes_defaults() -> None:
     sc = parse_scenario(MINIMAL, "s.yaml", Path("."))
     assert sc.cluster.pools[0].gpu_memory_mib == 80 * 1024
-    assert sc.service.slo == 2.0 and sc.metrics.scrape_interval == 15.0
+    assert sc.service.slo == Slo(ttft=1.0, tpot=0.1) and sc.metrics.scrape_interval == 15.0
+    assert sc.service.engine == "vllm" and sc.service.vllm is not None
+    assert sc.service.vllm.profile.name == "llama-3.1-8b-a100-80gb-tp1"
     assert sc.contenders == (HpaContender("hpa"),)
 
 

@@ -18,6 +18,7 @@ def scenario(**overrides: Any) -> Scenario:
         "cluster": {"pools": [{"name": "a", "count": 1, "gpus": 1, "gpuMemory": "80Gi"}]},
         "service": {
             "gpuMemory": "30Gi",
+            "engine": "per-request",
             "maxBatch": 1,
             "serviceTime": {"model": "fixed", "seconds": 1},
             "initialReplicas": 1,
