@@ -55,6 +55,7 @@ from extender.scoring import (
     Strategy,
     combine_arrays,
 )
+from extender.states import StateArrays
 
 UNKNOWN: Final = 2**62
 """Free CPU/memory of a node whose allocatable is unknown: never short."""
@@ -64,6 +65,39 @@ _STATE_NEEDS: Final = 64
 
 I64 = npt.NDArray[np.int64]
 _T = TypeVar("_T")
+
+
+class StateMemo:
+    """Distinct node states and the scores remembered per (strategy, need, state).
+
+    Owned by :class:`~extender.state.ClusterState` and handed to every index it builds, so a
+    node added or deleted (which rebuilds the index) keeps what was computed for the states that
+    are still there. ``arrays`` holds the states in array form for strategies that score many
+    states at once (``score_arrays``), extended as states are interned.
+    """
+
+    def __init__(self, max_states: int = 1 << 16) -> None:
+        self.max_states = max_states
+        self.states: list[NodeState] = []
+        self.ids: dict[NodeState, int] = {}
+        self.scores: OrderedDict[tuple[int, object], tuple[object, npt.NDArray[np.float64]]]
+        self.scores = OrderedDict()
+        self._arrays = StateArrays()
+        self.generation = 0
+        """Bumped when the memo is emptied: state ids handed out before are void."""
+
+    def clear(self) -> None:
+        self.states.clear()
+        self.ids.clear()
+        self.scores.clear()
+        self._arrays = StateArrays()
+        self.generation += 1
+
+    def arrays(self) -> StateArrays:
+        """Every interned state as arrays (the new ones converted now)."""
+        if len(self._arrays) < len(self.states):
+            self._arrays = self._arrays.extended(self.states[len(self._arrays) :])
+        return self._arrays
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +140,7 @@ class NodeIndex:
         requested: Callable[[str], tuple[int, int]],
         valid_until: Callable[[str], float],
         now: float,
+        memo: StateMemo | None = None,
     ) -> None:
         self.names = [n.name for n in nodes]
         self.nodes = list(nodes)
@@ -134,11 +169,9 @@ class NodeIndex:
         self._taint_counts: dict[tuple[Toleration, ...], tuple[int, I64]] = {}
         self._gpu_rows: list[NodeGpus | None] = [None] * n
         self._state_id: I64 = np.full(n, -1, dtype=np.int64)
-        self._states: list[NodeState] = []
-        self._state_ids: dict[NodeState, int] = {}
-        self._max_states = 2 * n + 1024
-        self._state_scores: OrderedDict[tuple[int, object], tuple[object, npt.NDArray[np.float64]]]
-        self._state_scores = OrderedDict()
+        self.memo = memo if memo is not None else StateMemo()
+        self.memo.max_states = max(self.memo.max_states, 2 * n + 1024)
+        self._generation = self.memo.generation
         self.classify()
         for i in range(n):
             self.refresh_row(i, now)
@@ -495,23 +528,27 @@ class NodeIndex:
 
     def _state_ids_of(self, rows: I64) -> I64:
         """State id of each row, interning the states of rows that changed since last asked."""
+        memo = self.memo
+        if self._generation != memo.generation:
+            self._state_id[:] = -1
+            self._generation = memo.generation
         ids: I64 = self._state_id[rows]
         missing = rows[ids < 0]
         if not missing.size:
             return ids
         missing = np.unique(missing)
-        if len(self._states) + missing.size > self._max_states:
+        if len(memo.states) + missing.size > memo.max_states:
+            memo.clear()
+            self._generation = memo.generation
             self._state_id[:] = -1
-            self._states.clear()
-            self._state_ids.clear()
-            self._state_scores.clear()
             missing = np.unique(rows)
+        states, known = memo.states, memo.ids
         for i in missing.tolist():
             state = self._node_state(i)
-            sid = self._state_ids.get(state)
+            sid = known.get(state)
             if sid is None:
-                sid = self._state_ids[state] = len(self._states)
-                self._states.append(state)
+                sid = known[state] = len(states)
+                states.append(state)
             self._state_id[i] = sid
         out: I64 = self._state_id[rows]
         return out
@@ -522,25 +559,46 @@ class NodeIndex:
         """``scorer``'s score per row: remembered per (strategy, need, state), the states not
         seen before computed once each."""
         ids = self._state_ids_of(rows)
+        return self.memo_scores(scorer, need, ids)
+
+    def memo_scores(self, scorer: StateScorer, need: GpuNeed, ids: I64) -> npt.NDArray[np.float64]:
+        """Scores of the states ``ids`` for ``need``, computing the ones not remembered (all
+        at once through ``score_arrays`` where the strategy has it)."""
+        states, tables = self.memo.states, self.memo.scores
         key = (id(scorer), need)
-        hit = self._state_scores.get(key)
+        hit = tables.get(key)
         if hit is None or hit[0] is not scorer:
-            memo = np.full(len(self._states), np.nan)
-            if len(self._state_scores) >= _STATE_NEEDS:
-                self._state_scores.popitem(last=False)
+            memo = np.full(len(states), np.nan)
+            if len(tables) >= _STATE_NEEDS:
+                tables.popitem(last=False)
         else:
             memo = hit[1]
-            self._state_scores.move_to_end(key)
-            if len(memo) < len(self._states):
-                memo = np.concatenate([memo, np.full(len(self._states) - len(memo), np.nan)])
-        self._state_scores[key] = (scorer, memo)
+            tables.move_to_end(key)
+            if len(memo) < len(states):
+                memo = np.concatenate([memo, np.full(len(states) - len(memo), np.nan)])
+        tables[key] = (scorer, memo)
         out = memo[ids]
         todo = np.isnan(out)
         if todo.any():
             new = np.unique(ids[todo])
-            memo[new] = scorer.score_states([self._states[k] for k in new.tolist()], need)
+            by_arrays = getattr(scorer, "score_arrays", None)
+            if by_arrays is not None:
+                memo[new] = by_arrays(self.memo.arrays().take(new), need)
+            else:
+                memo[new] = scorer.score_states([states[k] for k in new.tolist()], need)
             out = memo[ids]
         return out
+
+    def warm(self, scorer: StateScorer, needs: Sequence[GpuNeed]) -> int:
+        """Score every node's state for each of ``needs`` now (before readiness, for the
+        shapes the strategy has learned); returns how many needs were computed."""
+        if not self.names:
+            return 0
+        rows = np.flatnonzero(~self.gpu_problem)
+        ids = self._state_ids_of(rows)
+        for need in needs:
+            self.memo_scores(scorer, need, ids)
+        return len(needs)
 
     def _intolerable_by_class(self, tolerations: tuple[Toleration, ...]) -> I64:
         """Untolerated PreferNoSchedule taints per class, cached per toleration list."""

@@ -45,7 +45,16 @@ def _gpu_memory(text: str | None) -> dict[str, int]:
     "pod_paths",
     type=click.Path(path_type=Path),
     multiple=True,
-    help="openb pod list (repeatable; default: the default and multigpu50 lists).",
+    help="openb pod list (repeatable; default: the default, multigpu50 and gpushare60 lists).",
+)
+@click.option(
+    "--constrain",
+    "constrain_fraction",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Also replay each pod list with this fraction of its GPU pods constrained to one or "
+    "two GPU models (gpu_spec, seeded from --seed; see simulations/gpuspec.py), as LIST+specNN.",
 )
 @click.option(
     "--scoring",
@@ -72,11 +81,11 @@ def _gpu_memory(text: str | None) -> dict[str, int]:
 )
 @click.option(
     "--selection",
-    type=click.Choice(["exact", "scheduler"]),
-    default="exact",
+    type=click.Choice(["scheduler", "exact"]),
+    default="scheduler",
     show_default=True,
-    help="exact: the node with the best strategy score; scheduler: the best of the 0..10 "
-    "scores kube-scheduler receives (ties at random).",
+    help="scheduler: the best of the integer 0..10 scores kube-scheduler receives from the "
+    "extender (ties at random); exact: the node with the best strategy score (for analysis).",
 )
 @click.option(
     "--gpu-memory",
@@ -95,6 +104,7 @@ def _gpu_memory(text: str | None) -> dict[str, int]:
 def placement(
     nodes_path: Path,
     pod_paths: tuple[Path, ...],
+    constrain_fraction: float,
     scoring: str,
     repeats: int,
     seed: int,
@@ -108,9 +118,11 @@ def placement(
 
     Pods arrive without departures until requested GPUs reach --target-load of capacity; a pod
     that fits nowhere is skipped. Reports the share of GPU capacity allocated as arrivals grow,
-    mean ± std over --repeats seeds, per pod list and scoring strategy.
+    mean ± std over --repeats seeds, per pod list and scoring strategy. A pod's gpu_spec becomes
+    a required node affinity on nvidia.com/gpu.product, enforced by the extender's own code.
     """
     from extender.scoring import strategy_names
+    from simulations.gpuspec import constrain
     from simulations.openb import OpenbFormatError, read_nodes, read_pods
     from simulations.placement import (
         DEFAULT_GPU_MEMORY_MIB,
@@ -140,6 +152,9 @@ def placement(
     if not 0 < target_load <= 10:
         click.echo(f"--target-load: must be in (0, 10], got {target_load}", err=True)
         raise SystemExit(1)
+    if not 0 <= constrain_fraction <= 1:
+        click.echo(f"--constrain: must be in [0, 1], got {constrain_fraction}", err=True)
+        raise SystemExit(1)
     memory = {**DEFAULT_GPU_MEMORY_MIB, **_gpu_memory(gpu_memory_text)}
     config = ReplayConfig(
         target_load=target_load,
@@ -152,6 +167,7 @@ def placement(
     paths = pod_paths or (
         _DATA / "openb_pod_list_default.csv",
         _DATA / "openb_pod_list_multigpu50.csv",
+        _DATA / "openb_pod_list_gpushare60.csv",
     )
 
     def progress(message: str) -> None:
@@ -164,9 +180,18 @@ def placement(
         for path in paths:
             pods = read_pods(path)
             trace = path.stem.removeprefix("openb_pod_list_")
-            summaries.extend(
-                run_trace(nodes, pods, names, config=config, trace=trace, progress=progress)
-            )
+            variants = [(trace, pods)]
+            if constrain_fraction > 0:
+                variants.append(
+                    (
+                        f"{trace}+spec{round(100 * constrain_fraction)}",
+                        constrain(pods, nodes, constrain_fraction, seed),
+                    )
+                )
+            for label, listed in variants:
+                summaries.extend(
+                    run_trace(nodes, listed, names, config=config, trace=label, progress=progress)
+                )
     except (OpenbFormatError, PlacementError) as exc:
         click.echo(f"gpuscale simulate placement: {exc}", err=True)
         raise SystemExit(1) from None
