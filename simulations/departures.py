@@ -157,6 +157,7 @@ def replay_departures(
             arrivals.append(p)
             heapq.heappush(events, ((p.creation_time or 0) / config.compress, _ARRIVE, k))
     last_arrival = max(t for t, _, _ in events)
+    to_arrive = len(arrivals)
     sample_at = [last_arrival * (i + 1) / SAMPLES for i in range(SAMPLES)]
     placed_on: dict[int, tuple[int, tuple[int, ...]]] = {}
     arrived_at: dict[int, float] = {}
@@ -220,6 +221,7 @@ def replay_departures(
             s += 1
         pod = arrivals[k]
         if kind == _ARRIVE:
+            to_arrive -= 1
             arrived_at[k] = now
             present_milli += pod.gpu_total_milli
             found = candidates(pod)
@@ -241,8 +243,8 @@ def replay_departures(
             else:
                 place(w, i, got, now)
         waiting = still
-        if not placed_on and now >= last_arrival:
-            break
+        if not placed_on and not to_arrive:
+            break  # nothing left to free capacity for the pods still waiting
     while s < len(sample_at):
         curve.append(placed_milli / denom)
         offered.append(present_milli / denom)
@@ -327,3 +329,12 @@ def departures_json(
             for r in results
         ],
     }
+
+
+def departures_curve_csv(results: Sequence[DeparturesResult]) -> str:
+    """Long format: trace, scoring, time (replay seconds), allocated and asked-for shares."""
+    lines = ["trace,scoring,time_s,allocated,offered"]
+    for r in results:
+        for t, a, o in zip(r.times, r.allocated, r.offered, strict=True):
+            lines.append(f"{r.trace},{r.scoring},{t:.3f},{a:.6f},{o:.6f}")
+    return "\n".join(lines) + "\n"

@@ -424,9 +424,10 @@ def replay(
 
     A pod goes to the best-scored node that fits (CPU, memory and GPU) and that its
     ``gpu_spec`` accepts (a required node affinity on the GPU product label, see
-    :mod:`simulations.gpuspec`). Pods without GPUs are scored by host-aware strategies (``fragmentation``) like the extender's ``prioritize`` does;
-    the others give every node the same score for them, so they go where kube-scheduler's
-    default LeastAllocated score is highest. ``record``, when given, receives
+    :mod:`simulations.gpuspec`). Pods without GPUs are scored by host-aware strategies
+    (``fragmentation``) like the extender's ``prioritize`` does; the others give every node
+    the same score for them, so they go where kube-scheduler's default LeastAllocated score is
+    highest. ``record``, when given, receives
     ``(pod, node, devices)`` for every placement.
     """
     start = time.perf_counter()

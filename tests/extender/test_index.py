@@ -368,6 +368,7 @@ def test_fragmentation_memo_survives_node_add_and_delete_and_can_be_warmed() -> 
     try:
         names = [n.name for n in ns]
         first = state.index(NOW).prioritize(pod, names, NOW, frag)
+        assert first is not None
         assert calls == []  # warmed
         state.upsert_node(NodeInfo("n9", {"pool": "a"}, gpu_report=report))
         state.delete_node("n0")
