@@ -779,6 +779,18 @@ def place_arrays(
     s, d = arrays.total.shape
     if s == 0:
         return []
+    if need.count > 0 and d > 0:  # states where the pod cannot fit need no arithmetic
+        whole_need = need.mib_per_gpu is None
+        room = (arrays.idle if whole_need else arrays.free >= (need.mib_per_gpu or 0)) & arrays.real
+        able = room.sum(axis=1) >= need.count
+        if not able.all():
+            out: list[tuple[tuple[int, ...], float] | None] = [None] * s
+            rows = np.flatnonzero(able)
+            if rows.size:
+                found = place_arrays(arrays.take(rows), need, workload, positions=positions)
+                for k, f in zip(rows.tolist(), found, strict=True):
+                    out[k] = f
+            return out
     if d == 0 or not workload.parts:
         return [place(devs, host, need, workload) for devs, host in arrays.states]
     total, free, idle = arrays.total, arrays.free.copy(), arrays.idle.copy()
@@ -818,36 +830,36 @@ def place_arrays(
     best_p = np.zeros(s)
     best_left = np.zeros(s)
     parts = workload.parts
+    size_flat = np.repeat(rooms.size, d, axis=1)
+    host_flat = np.repeat(h_after, d)
     for _ in range(need.count):
-        p = np.full((s, d), np.inf)
-        left = np.full((s, d), np.inf)
-        fits_dev = (idle if whole else free >= mib) & arrays.real
-        for j in range(d):
-            cand = alive & ~chosen[:, j] & fits_dev[:, j]
-            if not cand.any():
-                continue
-            new_free = np.zeros(s, dtype=np.int64) if whole else free[:, j] - mib
-            new_frac = rooms.frac_of(total[:, j], new_free)
-            old_frac = frac[:, j]
-            c_new = np.empty_like(copies)
-            r_new = np.empty_like(roomy)
-            for g, (count, _, _) in enumerate(parts):
-                s_old = slots[g, :, j]
-                nd = rooms.need[g, :, j]
-                s_new = np.where(nd < 0, 0, new_free // np.maximum(nd, 1))
-                if count <= 1:
-                    c_new[g] = copies[g] - s_old + s_new
-                else:
-                    sl = slots[g].copy()
-                    sl[:, j] = s_new
-                    c_new[g] = _copies_many(sl, count)
-                r_new[g] = roomy[g] + (
-                    np.where(s_new > 0, new_frac, 0.0) - np.where(s_old > 0, old_frac, 0.0)
-                )
-            f_new = free_sum - old_frac + new_frac
-            frag = _value_many(f_new, c_new, rooms.size, r_new, tables, h_after)
-            p[:, j] = np.where(cand, frag + TIE_BREAK * new_frac, np.inf)
-            left[:, j] = np.where(cand, new_frac, np.inf)
+        cand = (idle if whole else free >= mib) & arrays.real & ~chosen & alive[:, None]
+        # every device of every state taken at once: (states x devices) flattened
+        new_free = np.zeros_like(free) if whole else free - mib
+        new_frac = rooms.frac_of(total, new_free)
+        c_new = np.empty((len(parts), s * d), dtype=np.int64)
+        r_new = np.empty((len(parts), s * d))
+        for g, (count, _, _) in enumerate(parts):
+            s_old = slots[g]
+            nd = rooms.need[g]
+            s_new = np.where(nd < 0, 0, new_free // np.maximum(nd, 1))
+            if count <= 1:
+                c_new[g] = (copies[g][:, None] - s_old + s_new).reshape(-1)
+            else:
+                per_j = np.empty((s, d), dtype=np.int64)
+                for j in range(d):
+                    sl = s_old.copy()
+                    sl[:, j] = s_new[:, j]
+                    per_j[:, j] = _copies_many(sl, count)
+                c_new[g] = per_j.reshape(-1)
+            r_new[g] = (
+                roomy[g][:, None]
+                + (np.where(s_new > 0, new_frac, 0.0) - np.where(s_old > 0, frac, 0.0))
+            ).reshape(-1)
+        f_new = ((free_sum[:, None] - frac) + new_frac).reshape(-1)
+        frag = _value_many(f_new, c_new, size_flat, r_new, tables, host_flat).reshape(s, d)
+        p = np.where(cand, frag + TIE_BREAK * new_frac, np.inf)
+        left = np.where(cand, new_frac, np.inf)
         m = p.min(axis=1)
         alive &= np.isfinite(m)
         first = p == m[:, None]
