@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         times += timed(lambda p=pod, f=rebuilt: through_index(f, p, "fragmentation"), 1)
     report("index: fragmentation, index rebuilt (node add/delete)", times)
     print(
-        f"  (the rebuild itself, before the request: {1e3 * statistics.median(rebuilds):.0f} ms p50)"
+        f"  (the rebuild itself, before the request: "
+        f"{1e3 * statistics.median(rebuilds):.0f} ms p50)"
     )
 
     for way in ("per node", "index"):
