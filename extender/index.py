@@ -167,6 +167,7 @@ class NodeIndex:
         self._static: OrderedDict[object, _Static] = OrderedDict()
         self._recent_positions: list[tuple[list[str], I64]] = []
         self._taint_counts: dict[tuple[Toleration, ...], tuple[int, I64]] = {}
+        self._preferred_by_terms: dict[object, tuple[int, I64]] = {}
         self._gpu_rows: list[NodeGpus | None] = [None] * n
         self._state_id: I64 = np.full(n, -1, dtype=np.int64)
         self.memo = memo if memo is not None else StateMemo()
@@ -454,7 +455,7 @@ class NodeIndex:
         gpu = self._gpu_scores(pod, names, rows, known, now, strategy)
         if gpu is None:
             return None
-        affinity = self._preferred(rows, known, compile_preferred(pod.preferred))
+        affinity = self._preferred_of(pod, rows, known)
         counts = self._intolerable_by_class(pod.tolerations)
         intolerable = np.where(known, counts[self._class_of[rows]], 0)
         scores = combine_arrays(gpu, affinity, intolerable, weights).tolist()
@@ -620,6 +621,26 @@ class NodeIndex:
             self._taint_counts.clear()
         self._taint_counts[tolerations] = (self.static_version, counts)
         return counts
+
+    def _preferred_of(self, pod: PodRequest, rows: I64, known: npt.NDArray[np.bool_]) -> I64:
+        """:meth:`_preferred` with the per-class weights remembered per preferred-term list
+        (pods of one Deployment share it) until labels change."""
+        if not pod.preferred:
+            return np.zeros(len(rows), dtype=np.int64)
+        hit = self._preferred_by_terms.get(pod.preferred)
+        if hit is not None and hit[0] == self.static_version:
+            return np.where(known, hit[1][self._class_of[rows]], 0)
+        preferred = compile_preferred(pod.preferred)
+        referenced = {r.key for _, t in preferred.terms for r in (t.labels or ())}
+        if preferred.uses_fields or (referenced & set(self.ignored_keys)):
+            return self._preferred(rows, known, preferred)
+        by_class = np.array(
+            [preferred.score(c.labels, "\0class") for c in self._classes] or [0], dtype=np.int64
+        )
+        if len(self._preferred_by_terms) >= _SIGNATURES:
+            self._preferred_by_terms.clear()
+        self._preferred_by_terms[pod.preferred] = (self.static_version, by_class)
+        return np.where(known, by_class[self._class_of[rows]], 0)
 
     def _preferred(
         self, rows: I64, known: npt.NDArray[np.bool_], preferred: PreferredAffinity
