@@ -105,7 +105,7 @@ class View:
     def requested(self, name: str) -> tuple[int, int]:
         return self._requested[name]
 
-    def index(self, memo: StateMemo | None = None) -> NodeIndex:
+    def index(self, memo: StateMemo | None = None, previous: NodeIndex | None = None) -> NodeIndex:
         return NodeIndex(
             list(self.nodes.values()),
             gpus_of=self.gpus,
@@ -113,6 +113,7 @@ class View:
             valid_until=lambda name: math.inf,
             now=0.0,
             memo=memo,
+            previous=previous,
         )
 
     def place_one(self, index: NodeIndex, rng: random.Random) -> None:
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     rebuilds: list[float] = []
     for pod in pending[: args.cold]:
         t0 = time.perf_counter()
-        rebuilt = view.index(memo=index.memo)  # a node added or deleted rebuilds the index
+        rebuilt = view.index(memo=index.memo, previous=index)  # a node added or deleted
         rebuilds.append(time.perf_counter() - t0)
         times += timed(lambda p=pod, f=rebuilt: through_index(f, p, "fragmentation"), 1)
     report("index: fragmentation, index rebuilt (node add/delete)", times)

@@ -141,6 +141,7 @@ class NodeIndex:
         valid_until: Callable[[str], float],
         now: float,
         memo: StateMemo | None = None,
+        previous: NodeIndex | None = None,
     ) -> None:
         self.names = [n.name for n in nodes]
         self.nodes = list(nodes)
@@ -176,6 +177,26 @@ class NodeIndex:
         self.classify()
         for i in range(n):
             self.refresh_row(i, now)
+        if previous is not None:
+            self._carry_state_ids(previous)
+
+    def _carry_state_ids(self, previous: NodeIndex) -> None:
+        """Keep the state ids of nodes whose GPU state object and free CPU/memory are those of
+        ``previous`` (same memo), so that a node added or deleted does not re-intern every
+        other node's state on the next request."""
+        if previous.memo is not self.memo or previous._generation != self.memo.generation:
+            return
+        for i, name in enumerate(self.names):
+            j = previous.pos.get(name)
+            if (
+                j is not None
+                and previous._state_id[j] >= 0
+                and self._gpu_rows[i] is not None
+                and previous._gpu_rows[j] is self._gpu_rows[i]
+                and previous.cpu_free[j] == self.cpu_free[i]
+                and previous.mem_free[j] == self.mem_free[i]
+            ):
+                self._state_id[i] = previous._state_id[j]
 
     # ---- classes -------------------------------------------------------------------------
     def classify(self) -> None:

@@ -93,6 +93,7 @@ class ClusterState:
                 valid_until=self._valid_until_of,
                 now=now,
                 memo=self.memo,
+                previous=self._index,
             )
             self._rebuild = self._reclassify = False
             self._dirty.clear()
