@@ -383,3 +383,26 @@ def test_fragmentation_memo_survives_node_add_and_delete_and_can_be_warmed() -> 
         )
     finally:
         Fragmentation.score_arrays = original  # type: ignore[method-assign]
+
+
+def test_shortage_reasons_beyond_the_packed_range_match_the_reference() -> None:
+    """Reasons are grouped through one packed integer; a node with more than 127 GPUs (or
+    2^40 MiB free) takes the plain path, with the same answer."""
+    small = GpuReport(
+        tuple(GpuDevice(d, "", "", 16000, 15000) for d in range(2)), NOW, "annotation"
+    )
+    many = GpuReport(
+        tuple(GpuDevice(d, "", "", 16000, 15000) for d in range(130)), NOW, "annotation"
+    )
+    huge = GpuReport((GpuDevice(0, "", "", 1 << 42, (1 << 42) - (1 << 41)),), NOW, "annotation")
+    state = ClusterState(InventoryConfig(stale_after=100))
+    state.replace_nodes(
+        [
+            NodeInfo("small", {"pool": "a"}, gpu_report=small),
+            NodeInfo("many", {"pool": "a"}, gpu_report=many),
+            NodeInfo("huge", {"pool": "a"}, gpu_report=huge),
+        ]
+    )
+    for need in (GpuNeed(1, 1 << 42), GpuNeed(200, 1000), GpuNeed(3, None)):
+        check(state, PodRequest("ns", "p", gpu=need), ["small", "many", "huge"])
+        check(state, PodRequest("ns", "p", gpu=need), ["small"])
