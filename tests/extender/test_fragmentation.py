@@ -362,3 +362,32 @@ def test_place_many_is_place_bit_for_bit(
         for devs, host in nodes
     ]
     assert place_many(states, need, wl) == [place(d, h, need, wl) for d, h in states]
+
+
+def test_many_states_take_the_array_form_with_the_same_scores() -> None:
+    """From ``ARRAY_BATCH`` states on, ``score_states`` goes through the array form; the
+    scores are those of one ``place`` per state."""
+    import random
+
+    from extender.fragmentation import ARRAY_BATCH
+
+    rng = random.Random(5)
+    states = [
+        (
+            tuple(
+                (16 * GIB, f, f == 16 * GIB)
+                for f in (rng.choice((0, 4 * GIB, 9 * GIB, 16 * GIB)) for _ in range(4))
+            ),
+            (rng.randrange(0, 64000), 1 << 40),
+        )
+        for _ in range(ARRAY_BATCH + 6)
+    ]
+    wl = Workload(shapes=(Shape(0.7, 1, mib_per_gpu=4 * GIB, milli_cpu=4000), Shape(0.3, 2)))
+    strategy = Fragmentation(workload=wl)
+    need = HostNeed(count=1, mib_per_gpu=3 * GIB, milli_cpu=2000)
+    expected = []
+    for devs, host in states:
+        found = place(devs, host, need, wl)
+        expected.append(0.0 if found is None else score_of(found[1]))
+    assert strategy.score_states(states, need) == expected
+    assert strategy.score_states(states[:3], need) == expected[:3]
