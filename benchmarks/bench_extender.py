@@ -291,7 +291,12 @@ def pending_pods(n: int, seed: int) -> list[dict[str, Any]]:
     for k, (spec, mib, count) in enumerate(shapes):
         out.append(
             {
-                "metadata": {"name": f"new-{k}", "namespace": "bench", "uid": f"uid-new-{k}"},
+                "metadata": {
+                    "name": f"new-{k}",
+                    "namespace": "bench",
+                    "uid": f"uid-new-{k}",
+                    "resourceVersion": str(1000 + k),
+                },
                 "spec": {
                     **spec,
                     "containers": [
@@ -414,9 +419,12 @@ async def _schedule_one(
 
 
 def with_scoring(pod: dict[str, Any], strategy: str) -> dict[str, Any]:
-    """The same pod asking for another scoring strategy through its annotation."""
+    """The same pod asking for another scoring strategy through its annotation (a pod of its
+    own, as it would be in a cluster: another uid and resourceVersion)."""
     meta = dict(pod["metadata"])
     meta["annotations"] = {**(meta.get("annotations") or {}), SCORING_ANNOTATION: strategy}
+    meta["uid"] = f"{meta['uid']}-{strategy}"
+    meta["resourceVersion"] = f"{meta.get('resourceVersion', '0')}0"
     return {**pod, "metadata": meta}
 
 

@@ -17,7 +17,11 @@ and normalisation alone).
 tables (every node state new to it; through the index also a freshly built index), "warm" the
 same requests once each need has been seen and no node has changed, "1 node changed" warm but
 with one node's devices changed before each request (the steady state: a pod was placed), "new
-pod shape" a need not seen before on node states already seen (the room per state is reused).
+pod shape" a need not seen before on node states already seen, scored through the array form
+(``place_many``) and, as the same-run "before", one ``place()`` call per state; "after a
+restart, warmed" a fresh index and empty memo whose learned shapes were scored before the
+request (what the server does before readiness; the warm-up time is printed), "index rebuilt"
+a new index sharing the memo (a node added or deleted).
 
 Run: ``python benchmarks/bench_placement.py [--nodes 5000] [--pods 100000] [--requests 60]
 [--cold 20]``.
@@ -42,10 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from extender.filtering import prioritize
 from extender.fit import DeviceState, NodeGpus
-from extender.fragmentation import Fragmentation, Workload, clear_caches
-from extender.index import NodeIndex
+from extender.fragmentation import Fragmentation, Workload, clear_caches, place, score_of
+from extender.index import NodeIndex, StateMemo
 from extender.model import GpuNeed, NodeInfo, PodRequest
 from extender.scoring import DeviceRows, get_strategy, register
+from extender.states import StateArrays
 
 GIB = 1024
 SIZES = (10 * GIB, 20 * GIB, 40 * GIB, 80 * GIB)
@@ -68,6 +73,21 @@ class Nothing:
         return np.zeros(len(rows.count))
 
 
+@dataclass(frozen=True, slots=True)
+class PerStateLoop(Fragmentation):
+    """``fragmentation`` scoring new node states one ``place()`` call at a time: the index's
+    path before the array form (the "before" figure of the same run)."""
+
+    name: str = "fragmentation-loop"
+
+    def score_arrays(self, arrays: StateArrays, need: GpuNeed) -> list[float]:
+        out: list[float] = []
+        for devs, host in arrays.states:
+            found = place(devs, host if self.host_aware else None, need, self.workload)
+            out.append(0.0 if found is None else score_of(found[1]))
+        return out
+
+
 class View:
     """ClusterView over ready-made node objects and GPU states."""
 
@@ -85,13 +105,15 @@ class View:
     def requested(self, name: str) -> tuple[int, int]:
         return self._requested[name]
 
-    def index(self) -> NodeIndex:
+    def index(self, memo: StateMemo | None = None, previous: NodeIndex | None = None) -> NodeIndex:
         return NodeIndex(
             list(self.nodes.values()),
             gpus_of=self.gpus,
             requested=self.requested,
             valid_until=lambda name: math.inf,
             now=0.0,
+            memo=memo,
+            previous=previous,
         )
 
     def place_one(self, index: NodeIndex, rng: random.Random) -> None:
@@ -164,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     view, placed = build(args.nodes, args.pods, args.seed)
     names = list(view.nodes)
     register(Nothing())
-    register(Fragmentation(workload=Workload.from_pods(placed)))
+    learned = Workload.from_pods(placed)
+    register(Fragmentation(workload=learned))
+    register(PerStateLoop(workload=learned))
     rng = random.Random(args.seed + 1)
     pending = [
         PodRequest(
@@ -230,19 +254,53 @@ def main(argv: list[str] | None = None) -> int:
         view.place_one(index, place_rng)
         times += timed(lambda p=pod: through_index(index, p, "fragmentation"), 1)
     report("index: fragmentation, 1 node changed", times)
-    times = []
-    shape_rng = random.Random(args.seed + 3)
-    for pod in pending[: args.cold]:
-        odd = GpuNeed(1, shape_rng.randrange(GIB, 80 * GIB) | 1)  # a per-GPU MiB not seen before
-        new_shape = replace(pod, gpu=odd)
-        times += timed(lambda p=new_shape: through_index(index, p, "fragmentation"), 1)
-    report("index: fragmentation, new pod shape", times)
+    for label, strategy in (
+        ("index: fragmentation, new pod shape (loop, before)", "fragmentation-loop"),
+        ("index: fragmentation, new pod shape", "fragmentation"),
+    ):
+        times = []
+        shape_rng = random.Random(args.seed + 3)  # the same new shapes for both
+        for pod in pending[: args.cold]:
+            odd = GpuNeed(1, shape_rng.randrange(GIB, 80 * GIB) | 1)  # a MiB not seen before
+            new_shape = replace(pod, gpu=odd)
+            times += timed(lambda p=new_shape, s=strategy: through_index(index, p, s), 1)
+        report(label, times)
+    for label, strategy in (
+        ("index: fragmentation cold (loop, before)", "fragmentation-loop"),
+        ("index: fragmentation cold", "fragmentation"),
+    ):
+        times = []
+        for pod in pending[: args.cold]:
+            fresh = view.index()
+            clear_caches()
+            times += timed(lambda p=pod, f=fresh, s=strategy: through_index(f, p, s), 1)
+        report(label, times)
+    frag = get_strategy("fragmentation")
+    assert isinstance(frag, Fragmentation)
+    warmups: list[float] = []
     times = []
     for pod in pending[: args.cold]:
         fresh = view.index()
         clear_caches()
+        warmups += timed(lambda f=fresh: f.warm(frag, frag.learned_needs()), 1)
         times += timed(lambda p=pod, f=fresh: through_index(f, p, "fragmentation"), 1)
-    report("index: fragmentation cold", times)
+    report("index: fragmentation after a restart, warmed", times)
+    print(
+        f"  (warm-up before readiness, {len(frag.learned_needs())} learned shapes: "
+        f"{1e3 * statistics.median(warmups):.0f} ms p50)"
+    )
+    times = []
+    rebuilds: list[float] = []
+    for pod in pending[: args.cold]:
+        t0 = time.perf_counter()
+        rebuilt = view.index(memo=index.memo, previous=index)  # a node added or deleted
+        rebuilds.append(time.perf_counter() - t0)
+        times += timed(lambda p=pod, f=rebuilt: through_index(f, p, "fragmentation"), 1)
+    report("index: fragmentation, index rebuilt (node add/delete)", times)
+    print(
+        f"  (the rebuild itself, before the request: "
+        f"{1e3 * statistics.median(rebuilds):.0f} ms p50)"
+    )
 
     for way in ("per node", "index"):
         base = statistics.median(results[f"{way}: baseline (no scoring)"])

@@ -187,7 +187,9 @@ async def _when_synced(
 ) -> None:
     """After the first full listing: move the cached cluster out of the garbage collector's
     way (``gc.freeze``), so collections triggered by request garbage do not walk 100,000 pods,
-    learn the workload for the fragmentation strategy, then report readiness to ``ready``."""
+    learn the workload for the fragmentation strategy and score every node state for its shapes
+    (so the first pods of those shapes, and every pod after a restart, find the scores ready),
+    then report readiness to ``ready``."""
     from extender.fragmentation import learn
 
     for e in events:
@@ -195,7 +197,13 @@ async def _when_synced(
     gc.collect()
     gc.freeze()
     log.info("cluster cached", extra={"frozen_objects": gc.get_freeze_count()})
-    learn(state.pods.values())
+    strategy = learn(state.pods.values())
+    started = time.perf_counter()
+    warmed = state.index(time.time()).warm(strategy, strategy.learned_needs())
+    log.info(
+        "fragmentation scores pre-computed",
+        extra={"needs": warmed, "seconds": round(time.perf_counter() - started, 3)},
+    )
     learned.set()
     if ready is not None:
         ready.set()
@@ -205,12 +213,18 @@ async def _learn_workload(synced: asyncio.Event, state: ClusterState, interval: 
     """Keep the ``fragmentation`` strategy's picture of the arriving pod shapes current: learn
     it from the cached pods once they are listed (before readiness), then every ``interval``."""
     from extender.fragmentation import learn
+    from extender.scoring import get_strategy
 
     await synced.wait()
     while True:
         await asyncio.sleep(interval)
+        before = get_strategy("fragmentation")
         strategy = learn(state.pods.values())
         log.info("workload learned", extra={"shapes": len(strategy.workload.shapes)})
+        if strategy is not before:  # a new workload: its scores are new, compute them ahead
+            for need in strategy.learned_needs():
+                state.index(time.time()).warm(strategy, [need])
+                await asyncio.sleep(0)  # one need at a time, requests in between
 
 
 def run_extender(settings: ExtenderProcess) -> int:

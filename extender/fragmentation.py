@@ -30,9 +30,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
+
 from extender.fit import DeviceState, NodeGpus
 from extender.model import GpuNeed, NodeInfo, PodRequest
 from extender.scoring import MAX_NODE_SCORE, NodeState, get_strategy, register
+from extender.states import StateArrays
 
 MILLI: Final = 1000
 MAX_SHAPES: Final = 128
@@ -49,6 +53,10 @@ STEEPNESS: Final = 4.0
 """Slope of the score: a placement stranding half a GPU more scores about 12 out of 100 lower
 near the middle of the scale."""
 CACHE_SIZE: Final = 1 << 16
+ARRAY_BATCH: Final = 64
+"""From this many node states on, :meth:`Fragmentation.score_states` uses the array form
+(fixed cost ~1 ms, then a few µs a state); fewer go through :func:`place` one by one (~20-50 µs
+each), as after one node changed."""
 NEXT_POD_WEIGHT: Final = 0.5
 """Blend of the two views of stranded capacity in :func:`unusable`: whether the next pod of a
 shape fits (the paper's), and how many more pods of the shape fit. Replaying the openb trace,
@@ -554,12 +562,38 @@ class Fragmentation:
 
     def score_states(self, states: Sequence[NodeState], need: GpuNeed) -> list[float]:
         """:meth:`score` of :meth:`choose`'s devices (0 where none fit) for nodes in ``states``:
-        the columnar index's fast path, memoised there per distinct state."""
+        the columnar index's fast path, memoised there per distinct state. A few states go
+        through :func:`place` one by one (its own memo helps); many through the array form."""
+        if len(states) >= ARRAY_BATCH:
+            return self.score_arrays(StateArrays.of(states), need)
         out: list[float] = []
         for devs, host in states:
             found = place(devs, host if self.host_aware else None, need, self.workload)
             out.append(0.0 if found is None else score_of(found[1]))
         return out
+
+    def learned_needs(self) -> list[GpuNeed]:
+        """The needs :meth:`state_need` gives for pods of the workload's shapes (share shapes,
+        which only trace replays use, have no MiB need and are left out): what to score before
+        readiness."""
+        return [
+            HostNeed(
+                count=s.count, mib_per_gpu=s.mib_per_gpu, milli_cpu=s.milli_cpu, memory=s.memory
+            )
+            if self.host_aware
+            else GpuNeed(count=s.count, mib_per_gpu=s.mib_per_gpu)
+            for s in self.workload.shapes
+            if s.share_milli is None
+        ]
+
+    def score_arrays(self, arrays: StateArrays, need: GpuNeed) -> list[float]:
+        """:meth:`score_states` over states already in array form (what the index keeps);
+        the same numbers, bit for bit."""
+        if len(arrays) < ARRAY_BATCH:
+            return self.score_states(arrays.states, need)
+        if not self.host_aware:
+            arrays = arrays.without_hosts()
+        return [0.0 if x is None else score_of(x) for x in increases(arrays, need, self.workload)]
 
     def choose(self, gpus: NodeGpus, need: GpuNeed) -> tuple[int, ...] | None:
         found = self.placement(gpus, need)
@@ -592,3 +626,310 @@ def learn(pods: Iterable[PodRequest]) -> Fragmentation:
 
 
 register(Fragmentation())
+
+
+# ---- array form -------------------------------------------------------------------------------
+# :func:`place_many` computes :func:`place` for many node states at once with numpy, for the
+# columnar index (a new pod shape, or a restart, would otherwise cost one ``place`` call per
+# distinct node state). It evaluates the same formulas in the same order of floating-point
+# operations (sequential sums, the same prefix sums, the same tie-break), so its results are
+# bit-for-bit those of :func:`place`; property tests hold it to that. States it does not handle
+# (a need of 0 MiB, which makes a device's room unbounded) go through :func:`place`.
+
+_F64 = npt.NDArray[np.float64]
+_I64 = npt.NDArray[np.int64]
+
+
+def _host_arrays(
+    hosts: _I64, known: npt.NDArray[np.bool_], workload: Workload
+) -> list[tuple[_I64, _F64, _F64, _F64, _F64]]:
+    """:func:`_host_table` for many hosts: per GPU part, per host, the sorted limits, prefix
+    sums of weight and of weight × limit, the part's total weight and the weight able to fit."""
+    cpu = np.maximum(hosts[:, 0], 0)[:, None]
+    mem = np.maximum(hosts[:, 1], 0)[:, None]
+    out = []
+    index = {part: i for i, part in enumerate(workload.parts)}
+    members: list[list[int]] = [[] for _ in workload.parts]
+    for k, s in enumerate(workload.shapes):
+        members[index[s.gpu_part]].append(k)
+    for ks in members:
+        shapes = [workload.shapes[k] for k in ks]
+        n = np.full((len(hosts), len(ks)), _UNBOUNDED, dtype=np.int64)
+        for j, s in enumerate(shapes):
+            col = n[:, j]
+            if s.milli_cpu > 0:
+                col = np.minimum(col, cpu[:, 0] // s.milli_cpu)
+            if s.memory > 0:
+                col = np.minimum(col, mem[:, 0] // s.memory)
+            n[:, j] = np.where(known, col, _UNBOUNDED)
+        w = np.broadcast_to(np.array([s.weight for s in shapes], dtype=np.float64), n.shape)
+        order = np.lexsort((w, n), axis=1)
+        limits = np.take_along_axis(n, order, axis=1)
+        ws = np.take_along_axis(w, order, axis=1)
+        zero = np.zeros((len(hosts), 1))
+        pw = np.concatenate([zero, np.cumsum(ws, axis=1)], axis=1)
+        pwn = np.concatenate([zero, np.cumsum(ws * limits.astype(np.float64), axis=1)], axis=1)
+        total = pw[:, -1]
+        first = (limits < 1).sum(axis=1)
+        able = total - pw[np.arange(len(hosts)), first]
+        out.append((limits, pw, pwn, total, able))
+    return out
+
+
+def _copies_many(slots: _I64, count: int) -> _I64:
+    """:func:`_copies` per row of ``slots`` (binary search on the same feasibility test: the
+    test is monotone, so the largest feasible count is the one the scalar loop stops at)."""
+    total = slots.sum(axis=1)
+    if count <= 1:
+        out: _I64 = total
+        return out
+    lo = np.zeros(len(slots), dtype=np.int64)
+    hi = total // count
+    while True:
+        todo = lo < hi
+        if not todo.any():
+            return lo
+        mid = (lo + hi + 1) // 2
+        ok = np.minimum(slots, mid[:, None]).sum(axis=1) >= count * mid
+        lo = np.where(todo & ok, mid, lo)
+        hi = np.where(todo & ~ok, mid - 1, hi)
+
+
+class _Rooms:
+    """:func:`_part_room` for a batch of node states with the same number of devices."""
+
+    def __init__(self, total: _I64, free: _I64, idle: npt.NDArray[np.bool_], workload: Workload):
+        self.total, self.free, self.idle = total, free, idle
+        self.workload = workload
+        s, d = total.shape
+        parts = workload.parts
+        # per part and device: MiB one GPU of the part takes (-1: a whole idle device)
+        self.need = np.empty((len(parts), s, d), dtype=np.int64)
+        for g, (_, share, mib) in enumerate(parts):
+            if share is not None:
+                self.need[g] = -1 if share >= MILLI else share * total // MILLI
+            else:
+                self.need[g] = -1 if mib is None else mib
+        self.ok = ~((self.need == 0) & (total > 0)[None]).any(axis=(0, 2))
+        """States :func:`place` must handle (a zero need: unbounded room)."""
+        self.frac = self.frac_of(total, free)
+        self.slots = np.stack([self.slot_of(g, free, idle) for g in range(len(parts))])
+        self.free_sum = np.zeros(s)
+        for j in range(d):
+            self.free_sum = self.free_sum + self.frac[:, j]
+        self.copies = (
+            np.stack([_copies_many(self.slots[g], c) for g, (c, _, _) in enumerate(parts)])
+            if parts
+            else np.zeros((0, s), dtype=np.int64)
+        )
+        self.size = np.zeros((len(parts), s))
+        self.roomy = np.zeros((len(parts), s))
+        for g in range(len(parts)):
+            size = np.zeros(s)
+            roomy = np.zeros(s)
+            for j in range(d):
+                t = total[:, j]
+                nd = self.need[g, :, j]
+                frac_need = np.where(nd < 0, 1.0, nd / np.maximum(t, 1))
+                size = np.where(t > 0, np.maximum(size, frac_need), size)
+                roomy = roomy + np.where(self.slots[g, :, j] > 0, self.frac[:, j], 0.0)
+            self.size[g] = size * parts[g][0]
+            self.roomy[g] = roomy
+
+    @staticmethod
+    def frac_of(total: _I64, free: _I64) -> _F64:
+        out: _F64 = np.where(total > 0, free / np.maximum(total, 1), 0.0)
+        return out
+
+    def slot_of(self, g: int, free: _I64, idle: npt.NDArray[np.bool_]) -> _I64:
+        nd = self.need[g]
+        out: _I64 = np.where(nd < 0, idle.astype(np.int64), free // np.maximum(nd, 1))
+        return out
+
+
+def _value_many(
+    free_sum: _F64,
+    copies: _I64,
+    size: _F64,
+    roomy: _F64,
+    tables: list[tuple[_I64, _F64, _F64, _F64, _F64]],
+    host_row: _I64,
+) -> _F64:
+    """:func:`_value` per row: parts in order, the same sums."""
+    alpha = NEXT_POD_WEIGHT
+    used = np.zeros(len(free_sum))
+    for g, (limits, pw, pwn, total, able) in enumerate(tables):
+        t, a = total[host_row], able[host_row]
+        c = copies[g]
+        if len(limits) == 1:
+            i = np.searchsorted(limits[0], c, side="left")
+        else:
+            i = (limits[host_row] < c[:, None]).sum(axis=1)
+        p_w = pw[host_row, i]
+        p_wn = pwn[host_row, i]
+        fits = p_wn + c.astype(np.float64) * (t - p_w)
+        term = alpha * roomy[g] * a + (1.0 - alpha) * size[g] * fits
+        used = np.where((c <= 0) | (t == 0.0), used, used + term)
+    out: _F64 = np.maximum(free_sum - used, 0.0)
+    return out
+
+
+def place_many(
+    states: Sequence[tuple[tuple[_Dev, ...], _Host]], need: GpuNeed, workload: Workload
+) -> list[tuple[tuple[int, ...], float] | None]:
+    """:func:`place` for each ``(devs, host)`` state, computed with arrays."""
+    return place_arrays(StateArrays.of(states), need, workload, positions=True)
+
+
+def increases(arrays: StateArrays, need: GpuNeed, workload: Workload) -> list[float | None]:
+    """The added fragmentation :func:`place` reports per state (``None``: does not fit)."""
+    return [None if f is None else f[1] for f in place_arrays(arrays, need, workload)]
+
+
+def place_arrays(
+    arrays: StateArrays, need: GpuNeed, workload: Workload, *, positions: bool = False
+) -> list[tuple[tuple[int, ...], float] | None]:
+    """:func:`place` over :class:`StateArrays` (device positions only with ``positions``)."""
+    s, d = arrays.total.shape
+    if s == 0:
+        return []
+    if need.count > 0 and d > 0:  # states where the pod cannot fit need no arithmetic
+        whole_need = need.mib_per_gpu is None
+        room = (arrays.idle if whole_need else arrays.free >= (need.mib_per_gpu or 0)) & arrays.real
+        able = room.sum(axis=1) >= need.count
+        if not able.all():
+            out: list[tuple[tuple[int, ...], float] | None] = [None] * s
+            rows = np.flatnonzero(able)
+            if rows.size:
+                found = place_arrays(arrays.take(rows), need, workload, positions=positions)
+                for k, f in zip(rows.tolist(), found, strict=True):
+                    out[k] = f
+            return out
+    if d == 0 or not workload.parts:
+        return [place(devs, host, need, workload) for devs, host in arrays.states]
+    total, free, idle = arrays.total, arrays.free.copy(), arrays.idle.copy()
+    known = np.array([h is not None for h in arrays.hosts])
+    host = np.array([h if h is not None else (0, 0) for h in arrays.hosts], dtype=np.int64)
+    host = host.reshape(-1, 2)
+    offset = (
+        np.array([need.milli_cpu, need.memory], dtype=np.int64)
+        if isinstance(need, HostNeed)
+        else np.zeros(2, dtype=np.int64)
+    )
+    before_tables = _host_arrays(host, known, workload)
+    after_tables = _host_arrays(host - offset, known, workload)
+    h_row = arrays.host_id
+    rooms = _Rooms(total, free, idle, workload)
+    before = _value_many(
+        rooms.free_sum, rooms.copies, rooms.size, rooms.roomy, before_tables, h_row
+    )
+    results: list[tuple[tuple[int, ...], float] | None] = [None] * s
+    if need.count <= 0:
+        after_v = _value_many(
+            rooms.free_sum, rooms.copies, rooms.size, rooms.roomy, after_tables, h_row
+        )
+        inc = (after_v - before).tolist()
+        return _fallback([((), x) for x in inc], rooms.ok, arrays.states, need, workload)
+    tables = after_tables
+    h_after = h_row
+    whole = need.mib_per_gpu is None
+    mib = 0 if need.mib_per_gpu is None else need.mib_per_gpu
+    free_sum, copies, roomy = rooms.free_sum, rooms.copies, rooms.roomy
+    slots = rooms.slots
+    frac = rooms.frac
+    chosen = np.zeros((s, d), dtype=bool)
+    order: list[_I64] = []
+    alive = np.ones(s, dtype=bool)
+    rows = np.arange(s)
+    best_p = np.zeros(s)
+    best_left = np.zeros(s)
+    parts = workload.parts
+    size_flat = np.repeat(rooms.size, d, axis=1)
+    host_flat = np.repeat(h_after, d)
+    for _ in range(need.count):
+        cand = (idle if whole else free >= mib) & arrays.real & ~chosen & alive[:, None]
+        # every device of every state taken at once: (states x devices) flattened
+        new_free = np.zeros_like(free) if whole else free - mib
+        new_frac = rooms.frac_of(total, new_free)
+        c_new = np.empty((len(parts), s * d), dtype=np.int64)
+        r_new = np.empty((len(parts), s * d))
+        for g, (count, _, _) in enumerate(parts):
+            s_old = slots[g]
+            nd = rooms.need[g]
+            s_new = np.where(nd < 0, 0, new_free // np.maximum(nd, 1))
+            if count <= 1:
+                c_new[g] = (copies[g][:, None] - s_old + s_new).reshape(-1)
+            else:
+                per_j = np.empty((s, d), dtype=np.int64)
+                for j in range(d):
+                    sl = s_old.copy()
+                    sl[:, j] = s_new[:, j]
+                    per_j[:, j] = _copies_many(sl, count)
+                c_new[g] = per_j.reshape(-1)
+            r_new[g] = (
+                roomy[g][:, None]
+                + (np.where(s_new > 0, new_frac, 0.0) - np.where(s_old > 0, frac, 0.0))
+            ).reshape(-1)
+        f_new = ((free_sum[:, None] - frac) + new_frac).reshape(-1)
+        frag = _value_many(f_new, c_new, size_flat, r_new, tables, host_flat).reshape(s, d)
+        p = np.where(cand, frag + TIE_BREAK * new_frac, np.inf)
+        left = np.where(cand, new_frac, np.inf)
+        m = p.min(axis=1)
+        alive &= np.isfinite(m)
+        first = p == m[:, None]
+        left2 = np.where(first, left, np.inf)
+        m2 = left2.min(axis=1)
+        pos = np.argmax(first & (left2 == m2[:, None]), axis=1)
+        best_p, best_left = m, m2
+        # take the chosen device in every live state, as _swap does
+        j_rows = rows[alive]
+        jp = pos[alive]
+        old_frac = frac[j_rows, jp]
+        new_free_v = np.zeros(len(j_rows), dtype=np.int64) if whole else free[j_rows, jp] - mib
+        new_frac = rooms.frac_of(total[j_rows, jp], new_free_v)
+        for g, (count, _, _) in enumerate(parts):
+            s_old = slots[g, j_rows, jp]
+            nd = rooms.need[g, j_rows, jp]
+            s_new = np.where(nd < 0, 0, new_free_v // np.maximum(nd, 1))
+            slots[g, j_rows, jp] = s_new
+            if count <= 1:
+                copies[g, j_rows] = copies[g, j_rows] - s_old + s_new
+            else:
+                copies[g, j_rows] = _copies_many(slots[g, j_rows], count)
+            roomy[g, j_rows] = roomy[g, j_rows] + (
+                np.where(s_new > 0, new_frac, 0.0) - np.where(s_old > 0, old_frac, 0.0)
+            )
+        free_sum[j_rows] = free_sum[j_rows] - old_frac + new_frac
+        free[j_rows, jp] = new_free_v
+        idle[j_rows, jp] = False
+        frac[j_rows, jp] = new_frac
+        chosen[j_rows, jp] = True
+        order.append(np.where(alive, pos, -1))
+    left_total = np.zeros(s)
+    for step in order:
+        left_total = left_total + np.where(step >= 0, frac[rows, np.maximum(step, 0)], 0.0)
+    best_p = np.where(alive, best_p, 0.0)
+    best_left = np.where(alive, best_left, 0.0)
+    frag_after = best_p - TIE_BREAK * best_left
+    inc = frag_after - before + TIE_BREAK * left_total
+    inc_list = inc.tolist()
+    if positions:
+        steps = np.stack(order, axis=1).tolist()
+        for k in np.flatnonzero(alive).tolist():
+            results[k] = (tuple(sorted(steps[k])), inc_list[k])
+    else:
+        for k in np.flatnonzero(alive).tolist():
+            results[k] = ((), inc_list[k])
+    return _fallback(results, rooms.ok, arrays.states, need, workload)
+
+
+def _fallback(
+    results: list[tuple[tuple[int, ...], float] | None],
+    ok: npt.NDArray[np.bool_],
+    states: Sequence[tuple[tuple[_Dev, ...], _Host]],
+    need: GpuNeed,
+    workload: Workload,
+) -> list[tuple[tuple[int, ...], float] | None]:
+    for k in np.flatnonzero(~ok).tolist():
+        results[k] = place(states[k][0], states[k][1], need, workload)
+    return results

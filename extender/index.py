@@ -55,6 +55,7 @@ from extender.scoring import (
     Strategy,
     combine_arrays,
 )
+from extender.states import StateArrays
 
 UNKNOWN: Final = 2**62
 """Free CPU/memory of a node whose allocatable is unknown: never short."""
@@ -64,6 +65,39 @@ _STATE_NEEDS: Final = 64
 
 I64 = npt.NDArray[np.int64]
 _T = TypeVar("_T")
+
+
+class StateMemo:
+    """Distinct node states and the scores remembered per (strategy, need, state).
+
+    Owned by :class:`~extender.state.ClusterState` and handed to every index it builds, so a
+    node added or deleted (which rebuilds the index) keeps what was computed for the states that
+    are still there. ``arrays`` holds the states in array form for strategies that score many
+    states at once (``score_arrays``), extended as states are interned.
+    """
+
+    def __init__(self, max_states: int = 1 << 16) -> None:
+        self.max_states = max_states
+        self.states: list[NodeState] = []
+        self.ids: dict[NodeState, int] = {}
+        self.scores: OrderedDict[tuple[int, object], tuple[object, npt.NDArray[np.float64]]]
+        self.scores = OrderedDict()
+        self._arrays = StateArrays()
+        self.generation = 0
+        """Bumped when the memo is emptied: state ids handed out before are void."""
+
+    def clear(self) -> None:
+        self.states.clear()
+        self.ids.clear()
+        self.scores.clear()
+        self._arrays = StateArrays()
+        self.generation += 1
+
+    def arrays(self) -> StateArrays:
+        """Every interned state as arrays (the new ones converted now)."""
+        if len(self._arrays) < len(self.states):
+            self._arrays = self._arrays.extended(self.states[len(self._arrays) :])
+        return self._arrays
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +140,8 @@ class NodeIndex:
         requested: Callable[[str], tuple[int, int]],
         valid_until: Callable[[str], float],
         now: float,
+        memo: StateMemo | None = None,
+        previous: NodeIndex | None = None,
     ) -> None:
         self.names = [n.name for n in nodes]
         self.nodes = list(nodes)
@@ -132,16 +168,35 @@ class NodeIndex:
         self._static: OrderedDict[object, _Static] = OrderedDict()
         self._recent_positions: list[tuple[list[str], I64]] = []
         self._taint_counts: dict[tuple[Toleration, ...], tuple[int, I64]] = {}
+        self._preferred_by_terms: dict[object, tuple[int, I64]] = {}
         self._gpu_rows: list[NodeGpus | None] = [None] * n
         self._state_id: I64 = np.full(n, -1, dtype=np.int64)
-        self._states: list[NodeState] = []
-        self._state_ids: dict[NodeState, int] = {}
-        self._max_states = 2 * n + 1024
-        self._state_scores: OrderedDict[tuple[int, object], tuple[object, npt.NDArray[np.float64]]]
-        self._state_scores = OrderedDict()
+        self.memo = memo if memo is not None else StateMemo()
+        self.memo.max_states = max(self.memo.max_states, 2 * n + 1024)
+        self._generation = self.memo.generation
         self.classify()
         for i in range(n):
             self.refresh_row(i, now)
+        if previous is not None:
+            self._carry_state_ids(previous)
+
+    def _carry_state_ids(self, previous: NodeIndex) -> None:
+        """Keep the state ids of nodes whose GPU state object and free CPU/memory are those of
+        ``previous`` (same memo), so that a node added or deleted does not re-intern every
+        other node's state on the next request."""
+        if previous.memo is not self.memo or previous._generation != self.memo.generation:
+            return
+        for i, name in enumerate(self.names):
+            j = previous.pos.get(name)
+            if (
+                j is not None
+                and previous._state_id[j] >= 0
+                and self._gpu_rows[i] is not None
+                and previous._gpu_rows[j] is self._gpu_rows[i]
+                and previous.cpu_free[j] == self.cpu_free[i]
+                and previous.mem_free[j] == self.mem_free[i]
+            ):
+                self._state_id[i] = previous._state_id[j]
 
     # ---- classes -------------------------------------------------------------------------
     def classify(self) -> None:
@@ -233,11 +288,12 @@ class NodeIndex:
     def positions(self, names: Sequence[str]) -> I64:
         """Row of each name, -1 for unknown names. Recent answers are reused: kube-scheduler
         sends the same node list for every pod, and prioritize gets the nodes filter passed."""
+        as_list = names if isinstance(names, list) else list(names)
         for cached_names, cached_idx in self._recent_positions:
-            if len(names) == len(cached_names) and list(names) == cached_names:
+            if len(names) == len(cached_names) and as_list == cached_names:
                 return cached_idx
         idx = np.fromiter(map(self.pos.get, names, repeat(-1)), dtype=np.int64, count=len(names))
-        self._remember_positions(list(names), idx)
+        self._remember_positions(list(as_list), idx)
         return idx
 
     def _remember_positions(self, names: list[str], idx: I64) -> None:
@@ -384,22 +440,39 @@ class NodeIndex:
         self, need: GpuNeed, names: Sequence[str], rows: I64, where: I64, out: dict[str, str]
     ) -> None:
         r = rows[where]
-        count, idle = self.count[r].tolist(), self.idle[r].tolist()
+        count, idle = self.count[r], self.idle[r]
         if need.mib_per_gpu is None:
-            enough = [0] * len(r)
-            nxt = [0] * len(r)
+            enough = np.zeros(len(r), dtype=np.int64)
+            nxt = np.zeros(len(r), dtype=np.int64)
         else:
             free = self.free_desc[r]
-            e = (free >= need.mib_per_gpu).sum(axis=1)
-            nxt_arr = np.where(e < count, free[np.arange(len(r)), np.minimum(e, self.width - 1)], 0)
-            enough, nxt = e.tolist(), nxt_arr.tolist()
-        memo: dict[tuple[int, int, int, int], str] = {}
-        for j, c, i, e_, x in zip(where.tolist(), count, idle, enough, nxt, strict=True):
-            key = (c, i, e_, x)
-            text = memo.get(key)
-            if text is None:
-                text = memo[key] = shortage_reason(need, c, i, e_, x)
-            out[names[j]] = text
+            enough = (free >= need.mib_per_gpu).sum(axis=1)
+            nxt = np.where(
+                enough < count, free[np.arange(len(r)), np.minimum(enough, self.width - 1)], 0
+            )
+        # one reason text per distinct (devices, idle, enough, next free MiB), packed into one
+        # integer (7 + 7 + 7 bits, and 40 for the MiB) so that grouping is one sort
+        if len(r) and (int(count.max()) > 127 or int(nxt.max()) >= 1 << 40):
+            rows_of = list(
+                zip(count.tolist(), idle.tolist(), enough.tolist(), nxt.tolist(), strict=True)
+            )
+            memo: dict[tuple[int, int, int, int], str] = {}
+            texts = [memo.get(k) or memo.setdefault(k, shortage_reason(need, *k)) for k in rows_of]
+            out.update(zip(_take(names, where.tolist()), texts, strict=True))
+            return
+        packed = (((count << 7 | idle) << 7 | enough) << 40) | np.maximum(nxt, 0)
+        uniq, inverse = np.unique(packed, return_inverse=True)
+        texts = [
+            shortage_reason(need, k >> 54, (k >> 47) & 127, (k >> 40) & 127, k & ((1 << 40) - 1))
+            for k in uniq.tolist()
+        ]
+        out.update(
+            zip(
+                _take(names, where.tolist()),
+                _take(texts, inverse.reshape(-1).tolist()),
+                strict=True,
+            )
+        )
 
     # ---- prioritize ----------------------------------------------------------------------
     def prioritize(
@@ -421,7 +494,7 @@ class NodeIndex:
         gpu = self._gpu_scores(pod, names, rows, known, now, strategy)
         if gpu is None:
             return None
-        affinity = self._preferred(rows, known, compile_preferred(pod.preferred))
+        affinity = self._preferred_of(pod, rows, known)
         counts = self._intolerable_by_class(pod.tolerations)
         intolerable = np.where(known, counts[self._class_of[rows]], 0)
         scores = combine_arrays(gpu, affinity, intolerable, weights).tolist()
@@ -495,23 +568,27 @@ class NodeIndex:
 
     def _state_ids_of(self, rows: I64) -> I64:
         """State id of each row, interning the states of rows that changed since last asked."""
+        memo = self.memo
+        if self._generation != memo.generation:
+            self._state_id[:] = -1
+            self._generation = memo.generation
         ids: I64 = self._state_id[rows]
         missing = rows[ids < 0]
         if not missing.size:
             return ids
         missing = np.unique(missing)
-        if len(self._states) + missing.size > self._max_states:
+        if len(memo.states) + missing.size > memo.max_states:
+            memo.clear()
+            self._generation = memo.generation
             self._state_id[:] = -1
-            self._states.clear()
-            self._state_ids.clear()
-            self._state_scores.clear()
             missing = np.unique(rows)
+        states, known = memo.states, memo.ids
         for i in missing.tolist():
             state = self._node_state(i)
-            sid = self._state_ids.get(state)
+            sid = known.get(state)
             if sid is None:
-                sid = self._state_ids[state] = len(self._states)
-                self._states.append(state)
+                sid = known[state] = len(states)
+                states.append(state)
             self._state_id[i] = sid
         out: I64 = self._state_id[rows]
         return out
@@ -522,25 +599,46 @@ class NodeIndex:
         """``scorer``'s score per row: remembered per (strategy, need, state), the states not
         seen before computed once each."""
         ids = self._state_ids_of(rows)
+        return self.memo_scores(scorer, need, ids)
+
+    def memo_scores(self, scorer: StateScorer, need: GpuNeed, ids: I64) -> npt.NDArray[np.float64]:
+        """Scores of the states ``ids`` for ``need``, computing the ones not remembered (all
+        at once through ``score_arrays`` where the strategy has it)."""
+        states, tables = self.memo.states, self.memo.scores
         key = (id(scorer), need)
-        hit = self._state_scores.get(key)
+        hit = tables.get(key)
         if hit is None or hit[0] is not scorer:
-            memo = np.full(len(self._states), np.nan)
-            if len(self._state_scores) >= _STATE_NEEDS:
-                self._state_scores.popitem(last=False)
+            memo = np.full(len(states), np.nan)
+            if len(tables) >= _STATE_NEEDS:
+                tables.popitem(last=False)
         else:
             memo = hit[1]
-            self._state_scores.move_to_end(key)
-            if len(memo) < len(self._states):
-                memo = np.concatenate([memo, np.full(len(self._states) - len(memo), np.nan)])
-        self._state_scores[key] = (scorer, memo)
+            tables.move_to_end(key)
+            if len(memo) < len(states):
+                memo = np.concatenate([memo, np.full(len(states) - len(memo), np.nan)])
+        tables[key] = (scorer, memo)
         out = memo[ids]
         todo = np.isnan(out)
         if todo.any():
             new = np.unique(ids[todo])
-            memo[new] = scorer.score_states([self._states[k] for k in new.tolist()], need)
+            by_arrays = getattr(scorer, "score_arrays", None)
+            if by_arrays is not None:
+                memo[new] = by_arrays(self.memo.arrays().take(new), need)
+            else:
+                memo[new] = scorer.score_states([states[k] for k in new.tolist()], need)
             out = memo[ids]
         return out
+
+    def warm(self, scorer: StateScorer, needs: Sequence[GpuNeed]) -> int:
+        """Score every node's state for each of ``needs`` now (before readiness, for the
+        shapes the strategy has learned); returns how many needs were computed."""
+        if not self.names:
+            return 0
+        rows = np.flatnonzero(~self.gpu_problem)
+        ids = self._state_ids_of(rows)
+        for need in needs:
+            self.memo_scores(scorer, need, ids)
+        return len(needs)
 
     def _intolerable_by_class(self, tolerations: tuple[Toleration, ...]) -> I64:
         """Untolerated PreferNoSchedule taints per class, cached per toleration list."""
@@ -562,6 +660,26 @@ class NodeIndex:
             self._taint_counts.clear()
         self._taint_counts[tolerations] = (self.static_version, counts)
         return counts
+
+    def _preferred_of(self, pod: PodRequest, rows: I64, known: npt.NDArray[np.bool_]) -> I64:
+        """:meth:`_preferred` with the per-class weights remembered per preferred-term list
+        (pods of one Deployment share it) until labels change."""
+        if not pod.preferred:
+            return np.zeros(len(rows), dtype=np.int64)
+        hit = self._preferred_by_terms.get(pod.preferred)
+        if hit is not None and hit[0] == self.static_version:
+            return np.where(known, hit[1][self._class_of[rows]], 0)
+        preferred = compile_preferred(pod.preferred)
+        referenced = {r.key for _, t in preferred.terms for r in (t.labels or ())}
+        if preferred.uses_fields or (referenced & set(self.ignored_keys)):
+            return self._preferred(rows, known, preferred)
+        by_class = np.array(
+            [preferred.score(c.labels, "\0class") for c in self._classes] or [0], dtype=np.int64
+        )
+        if len(self._preferred_by_terms) >= _SIGNATURES:
+            self._preferred_by_terms.clear()
+        self._preferred_by_terms[pod.preferred] = (self.static_version, by_class)
+        return np.where(known, by_class[self._class_of[rows]], 0)
 
     def _preferred(
         self, rows: I64, known: npt.NDArray[np.bool_], preferred: PreferredAffinity

@@ -170,6 +170,36 @@ class _NodeDecoder:
         return node_from_json(raw, path)
 
 
+class _PodDecoder:
+    """Decodes request pods, reusing the previous result for the same ``uid`` and
+    ``resourceVersion``: kube-scheduler sends the same pod object to filter and then to
+    prioritize, and again on every retry until the pod changes (which changes its
+    ``resourceVersion``). Pods without both are decoded every time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.cache: OrderedDict[tuple[str, str], PodRequest] = OrderedDict()
+
+    def __call__(self, raw: object, path: str) -> PodRequest:
+        key: tuple[str, str] | None = None
+        if isinstance(raw, dict):
+            meta = raw.get("metadata")
+            if isinstance(meta, dict):
+                uid, rv = meta.get("uid"), meta.get("resourceVersion")
+                if isinstance(uid, str) and uid and isinstance(rv, str) and rv:
+                    key = (uid, rv)
+                    hit = self.cache.get(key)
+                    if hit is not None:
+                        self.cache.move_to_end(key)
+                        return hit
+        pod = pod_from_json(raw, path)
+        if key is not None:
+            self.cache[key] = pod
+            while len(self.cache) > self.size:
+                self.cache.popitem(last=False)
+        return pod
+
+
 class Extender:
     """Request handling: decoded JSON in, reply out. ``now`` always comes from the caller."""
 
@@ -188,6 +218,7 @@ class Extender:
         self.lock = asyncio.Lock()
         self._recent: OrderedDict[str, PodRequest] = OrderedDict()
         self._decode_node = _NodeDecoder()
+        self._decode_pod = _PodDecoder(self.settings.recent_pods)
 
     def _remember(self, pod: PodRequest) -> None:
         self._recent[pod.key] = pod
@@ -237,7 +268,7 @@ class Extender:
         raw = a.get("pod")
         if raw is None:
             raise BadRequest("request has no Pod")
-        pod = pod_from_json(raw, "Pod")
+        pod = self._decode_pod(raw, "Pod")
         self._remember(pod)
         return pod
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from extender.fit import NodeGpus
-from extender.index import NodeIndex
+from extender.index import NodeIndex, StateMemo
 from extender.inventory import InventoryConfig, baseline_used, node_gpus
 from extender.model import GpuReport, NodeInfo, PodRequest
 from extender.reservations import EMPTY, Book, Reservation, expire, measured
@@ -38,6 +38,8 @@ class ClusterState:
         self._requested: dict[str, tuple[int, int]] = {}
         self._gpus: dict[str, _Cached] = {}
         self._index: NodeIndex | None = None
+        self.memo = StateMemo()
+        """Node states and their scores, kept across index rebuilds (nodes added or deleted)."""
         self._rebuild = True
         self._reclassify = False
         self._dirty: set[str] = set()
@@ -90,6 +92,8 @@ class ClusterState:
                 requested=self.requested,
                 valid_until=self._valid_until_of,
                 now=now,
+                memo=self.memo,
+                previous=self._index,
             )
             self._rebuild = self._reclassify = False
             self._dirty.clear()

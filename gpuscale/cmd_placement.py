@@ -45,7 +45,16 @@ def _gpu_memory(text: str | None) -> dict[str, int]:
     "pod_paths",
     type=click.Path(path_type=Path),
     multiple=True,
-    help="openb pod list (repeatable; default: the default and multigpu50 lists).",
+    help="openb pod list (repeatable; default: the default, multigpu50 and gpushare60 lists).",
+)
+@click.option(
+    "--constrain",
+    "constrain_fraction",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Also replay each pod list with this fraction of its GPU pods constrained to one or "
+    "two GPU models (gpu_spec, seeded from --seed; see simulations/gpuspec.py), as LIST+specNN.",
 )
 @click.option(
     "--scoring",
@@ -72,11 +81,32 @@ def _gpu_memory(text: str | None) -> dict[str, int]:
 )
 @click.option(
     "--selection",
-    type=click.Choice(["exact", "scheduler"]),
-    default="exact",
+    type=click.Choice(["scheduler", "exact"]),
+    default="scheduler",
     show_default=True,
-    help="exact: the node with the best strategy score; scheduler: the best of the 0..10 "
-    "scores kube-scheduler receives (ties at random).",
+    help="scheduler: the best of the integer 0..10 scores kube-scheduler receives from the "
+    "extender (ties at random); exact: the node with the best strategy score (for analysis).",
+)
+@click.option(
+    "--departures",
+    is_flag=True,
+    help="With --order trace: pods arrive at creation_time / --compress and leave after their "
+    "traced run time; pods that fit nowhere wait and are retried as pods leave. Reports "
+    "allocation over time and how many GPU pods waited, how long (simulations/departures.py).",
+)
+@click.option(
+    "--compress",
+    default=1000.0,
+    show_default=True,
+    type=float,
+    help="--departures: arrival times are divided by this (run times are not).",
+)
+@click.option(
+    "--copies",
+    default=3,
+    show_default=True,
+    type=int,
+    help="--departures: each pod of the trace arrives this many times.",
 )
 @click.option(
     "--gpu-memory",
@@ -95,12 +125,16 @@ def _gpu_memory(text: str | None) -> dict[str, int]:
 def placement(
     nodes_path: Path,
     pod_paths: tuple[Path, ...],
+    constrain_fraction: float,
     scoring: str,
     repeats: int,
     seed: int,
     target_load: float,
     order: str,
     selection: str,
+    departures: bool,
+    compress: float,
+    copies: int,
     gpu_memory_text: str | None,
     out_dir: Path,
 ) -> None:
@@ -108,9 +142,11 @@ def placement(
 
     Pods arrive without departures until requested GPUs reach --target-load of capacity; a pod
     that fits nowhere is skipped. Reports the share of GPU capacity allocated as arrivals grow,
-    mean ± std over --repeats seeds, per pod list and scoring strategy.
+    mean ± std over --repeats seeds, per pod list and scoring strategy. A pod's gpu_spec becomes
+    a required node affinity on nvidia.com/gpu.product, enforced by the extender's own code.
     """
     from extender.scoring import strategy_names
+    from simulations.gpuspec import constrain
     from simulations.openb import OpenbFormatError, read_nodes, read_pods
     from simulations.placement import (
         DEFAULT_GPU_MEMORY_MIB,
@@ -140,6 +176,18 @@ def placement(
     if not 0 < target_load <= 10:
         click.echo(f"--target-load: must be in (0, 10], got {target_load}", err=True)
         raise SystemExit(1)
+    if departures and order != "trace":
+        click.echo("--departures: needs --order trace (pods arrive at their trace times)", err=True)
+        raise SystemExit(1)
+    if not compress > 0:
+        click.echo(f"--compress: must be positive, got {compress}", err=True)
+        raise SystemExit(1)
+    if copies < 1:
+        click.echo(f"--copies: must be at least 1, got {copies}", err=True)
+        raise SystemExit(1)
+    if not 0 <= constrain_fraction <= 1:
+        click.echo(f"--constrain: must be in [0, 1], got {constrain_fraction}", err=True)
+        raise SystemExit(1)
     memory = {**DEFAULT_GPU_MEMORY_MIB, **_gpu_memory(gpu_memory_text)}
     config = ReplayConfig(
         target_load=target_load,
@@ -152,21 +200,34 @@ def placement(
     paths = pod_paths or (
         _DATA / "openb_pod_list_default.csv",
         _DATA / "openb_pod_list_multigpu50.csv",
+        _DATA / "openb_pod_list_gpushare60.csv",
     )
 
     def progress(message: str) -> None:
         click.echo(message, err=True)
 
     started = time.perf_counter()
+    if departures:
+        _departures(nodes_path, paths, names, config, compress, copies, constrain_fraction, out_dir)
+        return
     summaries = []
     try:
         nodes = read_nodes(nodes_path)
         for path in paths:
             pods = read_pods(path)
             trace = path.stem.removeprefix("openb_pod_list_")
-            summaries.extend(
-                run_trace(nodes, pods, names, config=config, trace=trace, progress=progress)
-            )
+            variants = [(trace, pods)]
+            if constrain_fraction > 0:
+                variants.append(
+                    (
+                        f"{trace}+spec{round(100 * constrain_fraction)}",
+                        constrain(pods, nodes, constrain_fraction, seed),
+                    )
+                )
+            for label, listed in variants:
+                summaries.extend(
+                    run_trace(nodes, listed, names, config=config, trace=label, progress=progress)
+                )
     except (OpenbFormatError, PlacementError) as exc:
         click.echo(f"gpuscale simulate placement: {exc}", err=True)
         raise SystemExit(1) from None
@@ -186,4 +247,73 @@ def placement(
         f"\n{len(summaries)} trace × scoring combinations, {repeats} repeat(s) each, "
         f"in {time.perf_counter() - started:.0f} s; wrote {out_dir}/placement.json, "
         "placement.csv, placement_curve.csv, placement.png"
+    )
+
+
+def _departures(
+    nodes_path: Path,
+    paths: tuple[Path, ...],
+    names: list[str],
+    config: object,
+    compress: float,
+    copies: int,
+    constrain_fraction: float,
+    out_dir: Path,
+) -> None:
+    """``--order trace --departures``: one run per pod list × strategy."""
+    from simulations.departures import (
+        DeparturesConfig,
+        departures_curve_csv,
+        departures_json,
+        departures_table,
+        replay_departures,
+    )
+    from simulations.gpuspec import constrain
+    from simulations.openb import OpenbFormatError, read_nodes, read_pods
+    from simulations.placement import PlacementError, ReplayConfig, make_strategy
+
+    assert isinstance(config, ReplayConfig)
+    dep = DeparturesConfig(compress=compress, copies=copies, replay=config)
+    started = time.perf_counter()
+    results = []
+    try:
+        nodes = read_nodes(nodes_path)
+        for path in paths:
+            pods = read_pods(path)
+            trace = path.stem.removeprefix("openb_pod_list_")
+            variants = [(trace, pods)]
+            if constrain_fraction > 0:
+                variants.append(
+                    (
+                        f"{trace}+spec{round(100 * constrain_fraction)}",
+                        constrain(pods, nodes, constrain_fraction, config.seed),
+                    )
+                )
+            for label, listed in variants:
+                for name in names:
+                    r = replay_departures(
+                        nodes, listed, make_strategy(name, listed), config=dep, trace=label
+                    )
+                    results.append(r)
+                    click.echo(
+                        f"{label} {name:<13} {r.waited}/{r.gpu_pods} GPU pods waited, "
+                        f"{100 * r.allocated_peak:.1f}% peak allocation ({r.seconds:.1f} s)",
+                        err=True,
+                    )
+    except (OpenbFormatError, PlacementError) as exc:
+        click.echo(f"gpuscale simulate placement: {exc}", err=True)
+        raise SystemExit(1) from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "departures.json").write_text(
+            json.dumps(departures_json(results, dep), indent=1) + "\n"
+        )
+        (out_dir / "departures_curve.csv").write_text(departures_curve_csv(results))
+    except OSError as exc:
+        click.echo(f"gpuscale simulate placement: cannot write {out_dir}: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(departures_table(results))
+    click.echo(
+        f"\n{len(results)} trace × scoring runs in {time.perf_counter() - started:.0f} s; "
+        f"wrote {out_dir}/departures.json, departures_curve.csv"
     )

@@ -1,9 +1,11 @@
 """Readers for the Alibaba openb GPU cluster trace (cluster-trace-gpu-v2023).
 
 Node lists have the columns ``sn,cpu_milli,memory_mib,gpu,model``; pod lists have at least
-``name,cpu_milli,memory_mib,num_gpu,gpu_milli`` (the default list adds QoS and times, which the
-placement replay does not need). ``gpu_milli`` is the share of one GPU, in thousandths, that a
-single-GPU pod uses; pods with ``num_gpu > 1`` use whole GPUs.
+``name,cpu_milli,memory_mib,num_gpu,gpu_milli``. The default list adds ``gpu_spec`` (the GPU
+models a pod accepts, ``|``-separated; empty: any), QoS, and ``creation_time``/``deletion_time``
+(seconds from the start of the trace), which the departures replay uses. ``gpu_milli`` is the
+share of one GPU, in thousandths, that a single-GPU pod uses; pods with ``num_gpu > 1`` use whole
+GPUs.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class OpenbPod:
     memory_mib: int
     num_gpu: int
     gpu_milli: int
+    gpu_spec: tuple[str, ...] = ()
+    """GPU models the pod accepts (``gpu_spec``); empty: any model."""
+    creation_time: int | None = None
+    """Seconds from the start of the trace; ``None`` when the list has no times."""
+    deletion_time: int | None = None
 
     @property
     def gpu_total_milli(self) -> int:
@@ -133,6 +140,22 @@ def read_nodes(path: Path | str) -> list[OpenbNode]:
     return nodes
 
 
+def _spec(path: Path, line: int, row: dict[str, str]) -> tuple[str, ...]:
+    raw = (row.get("gpu_spec") or "").strip()
+    if raw in ("", "nan"):
+        return ()
+    models = tuple(m.strip() for m in raw.split("|"))
+    if any(not m for m in models):
+        raise OpenbFormatError(f"{path}:{line}: gpu_spec: empty model name in {raw!r}")
+    return models
+
+
+def _time(path: Path, line: int, row: dict[str, str], field: str) -> int | None:
+    if (row.get(field) or "").strip() in ("", "nan"):
+        return None
+    return _int(path, line, row, field, low=0, high=10**12)
+
+
 def read_pods(path: Path | str) -> list[OpenbPod]:
     """Read a pod list in trace order; raises :class:`OpenbFormatError` on the first bad field."""
     path = Path(path)
@@ -156,6 +179,9 @@ def read_pods(path: Path | str) -> list[OpenbPod]:
                 memory_mib=_int(path, line, row, "memory_mib", low=0, high=10**12),
                 num_gpu=num_gpu,
                 gpu_milli=gpu_milli,
+                gpu_spec=_spec(path, line, row),
+                creation_time=_time(path, line, row, "creation_time"),
+                deletion_time=_time(path, line, row, "deletion_time"),
             )
         )
     if not pods:

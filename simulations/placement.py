@@ -37,6 +37,7 @@ from extender.fit import DeviceState, NodeGpus, fits, resource_fit_reasons
 from extender.fragmentation import Fragmentation, Workload, per_gpu_need, with_host
 from extender.model import GpuNeed
 from extender.scoring import MAX_EXTENDER_PRIORITY, Strategy, combine, get_strategy
+from simulations import gpuspec
 from simulations.openb import MILLI, OpenbNode, OpenbPod
 
 DEFAULT_GPU_MEMORY_MIB: Final[Mapping[str, int]] = {
@@ -75,9 +76,10 @@ class ReplayConfig:
     sample: bool = True
     """Sample pods to the target load and shuffle (the paper); else trace order, no resampling."""
     gpu_memory_mib: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_GPU_MEMORY_MIB))
-    selection: Selection = "exact"
-    """``exact``: the node with the highest strategy score (ties broken at random);
-    ``scheduler``: kube-scheduler's view, the extender's 0..10 scores, ties at random."""
+    selection: Selection = "scheduler"
+    """``scheduler`` (default): what kube-scheduler does with the extender's answer, the best
+    of its integer 0..10 scores, ties at random; ``exact``: the node with the highest strategy
+    score (ties at random), for analysis."""
     curve_step: float = CURVE_STEP
 
 
@@ -271,6 +273,7 @@ class _Cluster:
     mem_alloc: IntArray
     version: IntArray
     shapes: dict[tuple[int, int, int, int], _ShapeScores] = field(default_factory=dict)
+    allowed_by_spec: dict[tuple[str, ...], npt.NDArray[np.bool_]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -299,6 +302,25 @@ class _Cluster:
             mem_alloc=mem,
             version=np.zeros(len(nodes), dtype=np.int64),
         )
+
+    def allowed(self, spec: tuple[str, ...]) -> npt.NDArray[np.bool_] | None:
+        """Nodes whose labels satisfy the required node affinity of ``gpu_spec`` = ``spec``,
+        decided by the extender's affinity code once per distinct label set; ``None``: all."""
+        if not spec:
+            return None
+        hit = self.allowed_by_spec.get(spec)
+        if hit is None:
+            rule = gpuspec.compiled(spec)
+            by_labels: dict[tuple[tuple[str, str], ...], bool] = {}
+            ok = np.zeros(len(self.nodes), dtype=bool)
+            for i, n in enumerate(self.nodes):
+                labels = gpuspec.node_labels(n)
+                key = tuple(sorted(labels.items()))
+                if key not in by_labels:
+                    by_labels[key] = rule.matches(labels, n.name)
+                ok[i] = by_labels[key]
+            hit = self.allowed_by_spec[spec] = ok
+        return hit
 
     def gpu_scores(self, pod: OpenbPod) -> _ShapeScores:
         """Verdicts of ``pod``'s shape on every node, brought up to date."""
@@ -348,6 +370,24 @@ class _Cluster:
         self.sid[i] = self.judge.states.intern(tuple(devs))
         return taken
 
+    def remove(self, i: int, pod: OpenbPod, chosen: tuple[int, ...]) -> None:
+        """Undo :meth:`place` of ``pod`` on node ``i`` (a departure). A device is idle again
+        when all of its memory is free: whole-GPU pods take a device's total, shares their
+        rounded-down MiB, so the free memory returns to the total exactly when the last pod
+        leaves (shares are at least 16 MiB on the openb cards)."""
+        self.cpu_free[i] += pod.cpu_milli
+        self.mem_free[i] += pod.memory_mib
+        self.version[i] += 1
+        if not chosen:
+            return
+        devs = self.devs[i]
+        for j in chosen:
+            total, free, _ = devs[j]
+            need = need_on(total, pod)
+            back = free + (total if need.mib_per_gpu is None else need.mib_per_gpu)
+            devs[j] = (total, back, back == total)
+        self.sid[i] = self.judge.states.intern(tuple(devs))
+
 
 Progress = Callable[[str], None]
 
@@ -382,10 +422,12 @@ def replay(
 ) -> RunResult:
     """Place ``arrivals`` in order with ``strategy``; never removes a pod.
 
-    A pod goes to the best-scored node that fits (CPU, memory and GPU). Pods without GPUs are
-    scored by host-aware strategies (``fragmentation``) like the extender's ``prioritize`` does;
-    the others give every node the same score for them, so they go where kube-scheduler's
-    default LeastAllocated score is highest. ``record``, when given, receives
+    A pod goes to the best-scored node that fits (CPU, memory and GPU) and that its
+    ``gpu_spec`` accepts (a required node affinity on the GPU product label, see
+    :mod:`simulations.gpuspec`). Pods without GPUs are scored by host-aware strategies
+    (``fragmentation``) like the extender's ``prioritize`` does; the others give every node
+    the same score for them, so they go where kube-scheduler's default LeastAllocated score is
+    highest. ``record``, when given, receives
     ``(pod, node, devices)`` for every placement.
     """
     start = time.perf_counter()
@@ -414,14 +456,18 @@ def replay(
             g += 1
         target: int | None = None
         chosen: tuple[int, ...] = ()
+        allowed = cluster.allowed(pod.gpu_spec)
         if pod.num_gpu == 0 and not host_aware:
             la = cluster.least_allocated(pod)
+            if allowed is not None:
+                la = np.where(allowed, la, -np.inf)
             top = la.max()
             if np.isfinite(top):
                 target = _pick(rng, np.flatnonzero(la == top))
         else:
             cache = cluster.gpu_scores(pod)
-            cand = np.flatnonzero(np.isfinite(cache.score))
+            ok = np.isfinite(cache.score)
+            cand = np.flatnonzero(ok if allowed is None else ok & allowed)
             if len(cand):
                 target = _select(rng, cand, cache.score[cand], config.selection)
                 chosen = cache.chosen[target]

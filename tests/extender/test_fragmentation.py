@@ -19,6 +19,8 @@ from extender.fragmentation import (
     host_context,
     learn,
     per_gpu_need,
+    place,
+    place_many,
     score_of,
     unusable,
     with_host,
@@ -306,3 +308,86 @@ def test_score_states_equals_score_of_the_chosen_devices(
         chosen = strategy.choose(g, n)
         expected = 0.0 if chosen is None else strategy.score(g, n, chosen)
         assert strategy.score_states([(devs, host)], state_need) == [expected]
+
+
+dev_states = st.lists(
+    st.tuples(st.sampled_from((8 * GIB, 16 * GIB, 24 * GIB)), st.integers(0, 8)),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    nodes=st.lists(
+        st.tuples(
+            dev_states,
+            st.none() | st.tuples(st.integers(-2000, 40000), st.integers(0, 1 << 20)),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    count=st.integers(0, 3),
+    mib=st.none() | st.sampled_from((1 * GIB, 3 * GIB, 5000)),
+    host_need=st.booleans(),
+    share=shares,
+)
+def test_place_many_is_place_bit_for_bit(
+    nodes: list[tuple[list[tuple[int, int]], tuple[int, int] | None]],
+    count: int,
+    mib: int | None,
+    host_need: bool,
+    share: int,
+) -> None:
+    """The array form gives exactly the devices and the increase :func:`place` gives, for a
+    batch of states of mixed sizes, hosts known or not, shares and whole GPUs, multi-GPU parts."""
+    wl = Workload(
+        shapes=(
+            Shape(0.5, 1, share_milli=share, milli_cpu=3000, memory=4096),
+            Shape(0.2, 1, share_milli=share, milli_cpu=9000),
+            Shape(0.2, 2, milli_cpu=1000),
+            Shape(0.1, 2, mib_per_gpu=2 * GIB),
+        )
+    )
+    need: GpuNeed = (
+        HostNeed(count=count, mib_per_gpu=mib, milli_cpu=2000, memory=1024)
+        if host_need
+        else GpuNeed(count=count, mib_per_gpu=mib)
+    )
+    states = [
+        (
+            tuple((total, total * eighths // 8, eighths == 8) for total, eighths in devs),
+            host,
+        )
+        for devs, host in nodes
+    ]
+    assert place_many(states, need, wl) == [place(d, h, need, wl) for d, h in states]
+
+
+def test_many_states_take_the_array_form_with_the_same_scores() -> None:
+    """From ``ARRAY_BATCH`` states on, ``score_states`` goes through the array form; the
+    scores are those of one ``place`` per state."""
+    import random
+
+    from extender.fragmentation import ARRAY_BATCH
+
+    rng = random.Random(5)
+    states = [
+        (
+            tuple(
+                (16 * GIB, f, f == 16 * GIB)
+                for f in (rng.choice((0, 4 * GIB, 9 * GIB, 16 * GIB)) for _ in range(4))
+            ),
+            (rng.randrange(0, 64000), 1 << 40),
+        )
+        for _ in range(ARRAY_BATCH + 6)
+    ]
+    wl = Workload(shapes=(Shape(0.7, 1, mib_per_gpu=4 * GIB, milli_cpu=4000), Shape(0.3, 2)))
+    strategy = Fragmentation(workload=wl)
+    need = HostNeed(count=1, mib_per_gpu=3 * GIB, milli_cpu=2000)
+    expected = []
+    for devs, host in states:
+        found = place(devs, host, need, wl)
+        expected.append(0.0 if found is None else score_of(found[1]))
+    assert strategy.score_states(states, need) == expected
+    assert strategy.score_states(states[:3], need) == expected[:3]

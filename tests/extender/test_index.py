@@ -25,6 +25,7 @@ from extender.model import (
 )
 from extender.scoring import register
 from extender.state import ClusterState
+from extender.states import StateArrays
 
 NOW = 1_000_000.0
 POOLS = ("a", "b", "c")
@@ -289,13 +290,13 @@ def test_fragmentation_states_are_shared_and_remembered() -> None:
     pod = PodRequest("ns", "p", gpu=GpuNeed(1, 3000), scoring="fragmentation")
     frag = strategy_for(pod, "binpack")
     calls: list[int] = []
-    original = Fragmentation.score_states
+    original = Fragmentation.score_arrays
 
-    def counting(self: Fragmentation, states: object, need: GpuNeed) -> list[float]:
-        calls.append(len(states))  # type: ignore[arg-type]
-        return original(self, states, need)  # type: ignore[arg-type]
+    def counting(self: Fragmentation, arrays: StateArrays, need: GpuNeed) -> list[float]:
+        calls.append(len(arrays))
+        return original(self, arrays, need)
 
-    Fragmentation.score_states = counting  # type: ignore[method-assign]
+    Fragmentation.score_arrays = counting  # type: ignore[method-assign]
     try:
         index = state.index(NOW)
         first = index.prioritize(pod, names, NOW, frag)
@@ -309,7 +310,7 @@ def test_fragmentation_states_are_shared_and_remembered() -> None:
         )
         assert calls == [1, 1]  # only the changed node's new state
     finally:
-        Fragmentation.score_states = original  # type: ignore[method-assign]
+        Fragmentation.score_arrays = original  # type: ignore[method-assign]
 
 
 def test_fragmentation_state_table_is_bounded() -> None:
@@ -331,12 +332,77 @@ def test_fragmentation_state_table_is_bounded() -> None:
     names = [n.name for n in ns]
     pod = PodRequest("ns", "p", gpu=GpuNeed(1, 3000), scoring="fragmentation")
     index = state.index(NOW)
-    index._max_states = 4
+    index.memo.max_states = 4
     for k in range(3):
         check_fragmentation(state, pod, names)
-        assert len(index._states) <= 6
+        assert len(index.memo.states) <= 6
         busy = GpuDevice(0, "", "", 16000, 2000 + 3000 * k)
         state.upsert_node(
             NodeInfo("n1", {"pool": "a"}, gpu_report=GpuReport((busy,), NOW, "annotation"))
         )
         assert state.index(NOW) is index
+
+
+def test_fragmentation_memo_survives_node_add_and_delete_and_can_be_warmed() -> None:
+    """Adding or deleting a node rebuilds the index but keeps the scores of the states still
+    there; ``warm`` computes a need's scores ahead, so the request computes nothing."""
+    devices = tuple(GpuDevice(d, "", "", 16000, 4000 * d) for d in range(4))
+    report = GpuReport(devices, NOW, "annotation")
+    ns = [NodeInfo(f"n{i}", {"pool": "a"}, gpu_report=report) for i in range(5)]
+    state = ClusterState(InventoryConfig(stale_after=100))
+    state.replace_nodes(ns)
+    pod = PodRequest("ns", "p", gpu=GpuNeed(1, 3000), scoring="fragmentation")
+    frag = strategy_for(pod, "binpack")
+    assert isinstance(frag, Fragmentation)
+    need = frag.state_need(pod.gpu, pod)
+    assert need is not None
+    assert state.index(NOW).warm(frag, [need]) == 1
+    calls: list[int] = []
+    original = Fragmentation.score_arrays
+
+    def counting(self: Fragmentation, arrays: StateArrays, need: GpuNeed) -> list[float]:
+        calls.append(len(arrays))
+        return original(self, arrays, need)
+
+    Fragmentation.score_arrays = counting  # type: ignore[method-assign]
+    try:
+        names = [n.name for n in ns]
+        first = state.index(NOW).prioritize(pod, names, NOW, frag)
+        assert first is not None
+        assert calls == []  # warmed
+        state.upsert_node(NodeInfo("n9", {"pool": "a"}, gpu_report=report))
+        state.delete_node("n0")
+        rebuilt = state.index(NOW)
+        names = [*names[1:], "n9"]
+        assert rebuilt.prioritize(pod, names, NOW, frag) == [
+            (n, s) for n, s in zip(names, [s for _, s in first[1:]] + [first[0][1]], strict=True)
+        ]
+        assert calls == []  # the new node has a state seen before, nothing recomputed
+        assert rebuilt.prioritize(pod, names, NOW, frag) == prioritize(
+            pod, names, state, NOW, strategy="fragmentation"
+        )
+    finally:
+        Fragmentation.score_arrays = original  # type: ignore[method-assign]
+
+
+def test_shortage_reasons_beyond_the_packed_range_match_the_reference() -> None:
+    """Reasons are grouped through one packed integer; a node with more than 127 GPUs (or
+    2^40 MiB free) takes the plain path, with the same answer."""
+    small = GpuReport(
+        tuple(GpuDevice(d, "", "", 16000, 15000) for d in range(2)), NOW, "annotation"
+    )
+    many = GpuReport(
+        tuple(GpuDevice(d, "", "", 16000, 15000) for d in range(130)), NOW, "annotation"
+    )
+    huge = GpuReport((GpuDevice(0, "", "", 1 << 42, (1 << 42) - (1 << 41)),), NOW, "annotation")
+    state = ClusterState(InventoryConfig(stale_after=100))
+    state.replace_nodes(
+        [
+            NodeInfo("small", {"pool": "a"}, gpu_report=small),
+            NodeInfo("many", {"pool": "a"}, gpu_report=many),
+            NodeInfo("huge", {"pool": "a"}, gpu_report=huge),
+        ]
+    )
+    for need in (GpuNeed(1, 1 << 42), GpuNeed(200, 1000), GpuNeed(3, None)):
+        check(state, PodRequest("ns", "p", gpu=need), ["small", "many", "huge"])
+        check(state, PodRequest("ns", "p", gpu=need), ["small"])

@@ -326,3 +326,29 @@ async def test_ops_endpoints(env: Any) -> None:
         'gpuscale_extender_request_duration_seconds_count{verb="filter"} 2.0',
     ):
         assert line in text, line
+
+
+async def test_pods_are_decoded_once_per_uid_and_resource_version(env: Any) -> None:
+    """filter then prioritize of the same pod version decode it once; a new resourceVersion
+    (the pod changed) is decoded again, and pods without one every time."""
+    client, ext, _ = env
+    pod = named(pod_json(20000), "p")
+    pod["metadata"]["resourceVersion"] = "7"
+    names = ["tight", "roomy"]
+    for verb in ("filter", "prioritize"):
+        resp = await client.post(f"/{verb}", data=orjson.dumps({"Pod": pod, "NodeNames": names}))
+        assert resp.status == 200
+    assert list(ext._decode_pod.cache) == [("uid-p", "7")]
+    first = ext._decode_pod.cache[("uid-p", "7")]
+    bigger = orjson.loads(orjson.dumps(pod_json(70000)))
+    bigger["metadata"].update(name="p", uid="uid-p", resourceVersion="8")
+    resp = await client.post("/filter", data=orjson.dumps({"Pod": bigger, "NodeNames": names}))
+    body = orjson.loads(await resp.read())
+    assert body["NodeNames"] == ["roomy"]  # the new version's need, not the cached one
+    assert ext._decode_pod.cache[("uid-p", "8")].gpu != first.gpu
+    bad = named(pod_json(20000), "q")
+    bad["metadata"]["resourceVersion"] = "1"
+    bad["spec"]["tolerations"] = "nope"
+    resp = await client.post("/filter", data=orjson.dumps({"Pod": bad, "NodeNames": names}))
+    assert resp.status == 400  # a bad pod is never cached
+    assert ("uid-q", "1") not in ext._decode_pod.cache

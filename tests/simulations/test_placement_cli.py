@@ -113,3 +113,72 @@ def test_unknown_gpu_model_exits_1(
 def test_help_names_the_full_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "placement", "--help"]) == 0
     assert capsys.readouterr().out.startswith("Usage: gpuscale simulate placement [OPTIONS]")
+
+
+TIMED = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,creation_time,deletion_time\n" + (
+    "".join(
+        f"q{i},2000,4096,{n},{m},{spec},{10 * i},{10 * i + 300}\n"
+        for i, (n, m, spec) in enumerate(
+            [(1, 500, ""), (1, 1000, "T4"), (2, 1000, ""), (0, 0, ""), (1, 250, "G2|G3")] * 4
+        )
+    )
+)
+
+
+def test_departures_write_their_report(
+    trace: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes, _ = trace
+    pods = tmp_path / "timed.csv"
+    pods.write_text(TIMED)
+    out = tmp_path / "dep"
+    args = ["simulate", "placement", "--nodes", str(nodes), "--pods", str(pods)]
+    code = main([*args, "--order", "trace", "--departures", "--copies", "2", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "| timed | fragmentation |" in printed.out
+    report = json.loads((out / "departures.json").read_text())
+    assert report["copies"] == 2
+    assert report["selection"] == "scheduler"
+    assert {r["scoring"] for r in report["results"]} == {"binpack", "spread", "fragmentation"}
+    for r in report["results"]:
+        assert r["gpu_pods"] == 32
+        assert 0 < r["allocated_peak"] <= 1
+    assert (out / "departures_curve.csv").read_text().startswith("trace,scoring,time_s,")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--departures"], "--departures: needs --order trace"),
+        (["--order", "trace", "--departures", "--copies", "0"], "--copies: must be at least 1"),
+        (["--constrain", "2"], "--constrain: must be in [0, 1]"),
+    ],
+)
+def test_bad_departure_flags_exit_1(
+    trace: tuple[Path, Path], extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes, pods = trace
+    assert main(["simulate", "placement", "--nodes", str(nodes), "--pods", str(pods), *extra]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_departures_need_trace_times(
+    trace: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes, pods = trace
+    args = ["simulate", "placement", "--nodes", str(nodes), "--pods", str(pods)]
+    assert main([*args, "--order", "trace", "--departures"]) == 1
+    assert "departures need creation_time and deletion_time" in capsys.readouterr().err
+
+
+def test_constrained_variant_is_replayed_beside_the_list(
+    trace: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes, pods = trace
+    out = tmp_path / "c"
+    args = ["simulate", "placement", "--nodes", str(nodes), "--pods", str(pods), "--repeats", "1"]
+    assert main([*args, "--constrain", "0.5", "--scoring", "binpack", "--out", str(out)]) == 0
+    report = json.loads((out / "placement.json").read_text())
+    assert [r["trace"] for r in report["results"]] == ["pods", "pods+spec50"]
+    assert report["selection"] == "scheduler"

@@ -1,0 +1,105 @@
+"""Node states as arrays, for strategies that score many states at once.
+
+A :data:`~extender.scoring.NodeState` is ``(devices, host)``: per device ``(total_mib,
+free_mib, idle)`` and the host's free ``(milli_cpu, memory)`` or ``None``. The columnar index
+interns every distinct state once; :class:`StateArrays` holds them as numpy arrays, extended as
+states are interned, so that scoring a need never seen before converts nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+_Dev = tuple[int, int, bool]
+_Host = tuple[int, int] | None
+_I64 = npt.NDArray[np.int64]
+_G = TypeVar("_G", bound=np.generic)
+
+
+@dataclass(slots=True)
+class StateArrays:
+    """Node states as arrays: devices padded to a common width (``real`` marks the devices a
+    state has; a padding device of no memory adds exact zeros to every sum), host free
+    CPU/memory by host id among the distinct hosts. Built once and extended as states are
+    interned, so a request for a new need converts nothing."""
+
+    states: list[tuple[tuple[_Dev, ...], _Host]] = field(default_factory=list)
+    total: _I64 = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    free: _I64 = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    idle: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
+    real: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
+    hosts: list[_Host] = field(default_factory=list)
+    host_id: _I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ids: dict[_Host, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, states: Sequence[tuple[tuple[_Dev, ...], _Host]]) -> StateArrays:
+        return cls().extended(states)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def extended(self, states: Sequence[tuple[tuple[_Dev, ...], _Host]]) -> StateArrays:
+        """These arrays with ``states`` appended (the host list grows in place)."""
+        old = self.total.shape[1]
+        width = max([old, *(len(d) for d, _ in states)])
+        flat = np.zeros((len(states), width, 3), dtype=np.int64)
+        real = np.zeros((len(states), width), dtype=bool)
+        for k, (devs, _) in enumerate(states):
+            if devs:
+                flat[k, : len(devs)] = devs
+                real[k, : len(devs)] = True
+        ids = self.ids
+        host_id = np.fromiter(
+            (ids.setdefault(h, len(ids)) for _, h in states), dtype=np.int64, count=len(states)
+        )
+        self.hosts.extend(list(ids)[len(self.hosts) :])
+
+        def grow(a: npt.NDArray[_G], fill: object) -> npt.NDArray[_G]:
+            if a.shape[1] == width:
+                return a
+            out = np.full((a.shape[0], width), fill, dtype=a.dtype)
+            out[:, : a.shape[1]] = a
+            return out
+
+        return StateArrays(
+            [*self.states, *states],
+            np.concatenate([grow(self.total, 0), flat[:, :, 0]]),
+            np.concatenate([grow(self.free, 0), flat[:, :, 1]]),
+            np.concatenate([grow(self.idle, False), flat[:, :, 2] > 0]),
+            np.concatenate([grow(self.real, False), real]),
+            self.hosts,
+            np.concatenate([self.host_id, host_id]),
+            ids,
+        )
+
+    def without_hosts(self) -> StateArrays:
+        """The same devices with every host unknown (strategies that ignore the host)."""
+        return StateArrays(
+            [(d, None) for d, _ in self.states],
+            self.total,
+            self.free,
+            self.idle,
+            self.real,
+            [None],
+            np.zeros(len(self.states), dtype=np.int64),
+            {None: 0},
+        )
+
+    def take(self, rows: _I64) -> StateArrays:
+        """The states at ``rows``, sharing the host list."""
+        return StateArrays(
+            [self.states[k] for k in rows.tolist()],
+            self.total[rows],
+            self.free[rows],
+            self.idle[rows],
+            self.real[rows],
+            self.hosts,
+            self.host_id[rows],
+            self.ids,
+        )
