@@ -41,10 +41,6 @@ def _message(body: bytes) -> str:
     return body[:200].decode(errors="replace")
 
 
-RELIST_AFTER_FAILURES = 5
-"""Failed watches in a row (other than 410 Gone) after which the cache lists again."""
-
-
 class _Expired(Exception):
     """The watch's resourceVersion is too old (HTTP 410): list again."""
 
@@ -71,8 +67,6 @@ class KubeCluster:
         self.page_size = page_size
         self.synced = {"nodes": asyncio.Event(), "pods": asyncio.Event()}
         self.relists = {"nodes": 0, "pods": 0}
-        self._resume: dict[str, str | None] = {"nodes": None, "pods": None}
-        """Where each watch resumes; ``None`` means list first."""
         self.changed = asyncio.Event()
         """Set whenever a list or watch event has been applied (for waiters; never cleared here)."""
 
@@ -97,36 +91,21 @@ class KubeCluster:
         return pods
 
     async def _loop(self, kind: str) -> None:
-        """List, then watch; a broken watch resumes from the last version seen (as client-go's
-        reflector does: relisting 100,000 pods after every API server hiccup is costly). Only
-        410 Gone, or ``RELIST_AFTER_FAILURES`` failures in a row, cost a relist."""
         backoff = 0.5
-        failures = 0
         while True:
             try:
-                if self._resume[kind] is None:
-                    self._resume[kind] = await self._relist(kind)
-                    backoff, failures = 0.5, 0
+                rv = await self._relist(kind)
+                backoff = 0.5
                 while True:
-                    await self._watch(kind)
-                    backoff, failures = 0.5, 0
+                    rv = await self._watch(kind, rv)
             except _Expired:
                 log.info("watch expired; listing again", extra={"resource": kind})
-                self._resume[kind] = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
-                if failures >= RELIST_AFTER_FAILURES:
-                    self._resume[kind] = None
                 log.warning(
                     "list/watch failed; retrying",
-                    extra={
-                        "resource": kind,
-                        "error": repr(exc),
-                        "retry_in_s": backoff,
-                        "resume_from": self._resume[kind],
-                    },
+                    extra={"resource": kind, "error": repr(exc), "retry_in_s": backoff},
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -180,11 +159,8 @@ class KubeCluster:
             log.warning("pod skipped", extra={"error": str(exc)})
             return None
 
-    async def _watch(self, kind: str) -> None:
-        """Apply events until the server ends the stream, from ``_resume[kind]``, which follows
-        every event so that a broken stream resumes where it broke."""
-        rv = self._resume[kind]
-        assert rv is not None
+    async def _watch(self, kind: str, rv: str) -> str:
+        """Apply events until the server ends the stream; returns the last resourceVersion."""
         resp = await self._list_call(kind)(
             watch=True,
             resource_version=rv,
@@ -202,10 +178,10 @@ class KubeCluster:
                     continue
                 event = orjson.loads(line)
                 rv = self._apply(kind, event, rv)
-                self._resume[kind] = rv
                 self.changed.set()
         finally:
             resp.release()
+        return rv
 
     def _apply(self, kind: str, event: Mapping[str, Any], rv: str) -> str:
         etype, obj = event.get("type"), event.get("object") or {}
