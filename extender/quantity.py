@@ -81,16 +81,18 @@ def count(value: object) -> int:
 def gpu_memory_mib(value: object) -> int:
     """GPU memory in MiB.
 
-    Unit rule: a number without a suffix (``"40960"``, ``40960``, ``"4e4"``) is MiB, because the
-    extended resource ``gpuscale.io/gpu-memory`` counts MiB. A number with a byte suffix
-    (``"40Gi"``, ``"512Mi"``, ``"80G"``) is a byte size, converted to MiB rounding up. Sub-unit
-    suffixes (``m``, ``u``, ``n``) are rejected: a milli-MiB is always a mistake.
+    Unit rule: the extended resource ``gpuscale.io/gpu-memory`` counts MiB, so a number is MiB
+    whatever decimal form it takes: ``"40960"``, ``40960``, ``"4e4"``, and ``"50k"`` or ``"2M"``,
+    which is how kube-apiserver writes 50000 and 2000000 back (it canonicalises quantities, so a
+    pod created with ``"50000"`` is read as ``"50k"``). A binary suffix (``"40Gi"``, ``"512Mi"``)
+    is a byte size, converted to MiB rounding up. Sub-unit suffixes (``m``, ``u``, ``n``) are
+    rejected: a milli-MiB is always a mistake.
     """
     amount, suffix = parse_quantity(value)
     if suffix in ("m", "u", "n"):
         raise QuantityError(f"GPU memory cannot use the suffix {suffix!r}: {value!r}")
     if amount < 0:
         raise QuantityError(f"GPU memory cannot be negative: {value!r}")
-    if suffix == "" or suffix[:1] in ("e", "E"):
-        return math.ceil(amount)
-    return math.ceil(amount / MIB)
+    if suffix in _BINARY:
+        return math.ceil(amount / MIB)
+    return math.ceil(amount)

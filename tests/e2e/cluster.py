@@ -25,6 +25,7 @@ Every process logs to ``<workdir>/<name>.log``; a failed start raises with the t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -116,6 +117,7 @@ class Process:
     env: Mapping[str, str] | None = None
     ports: dict[str, int] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
 
     def start(self) -> None:
         out = self.log.open("ab")
@@ -155,6 +157,15 @@ class Process:
 
     def tail(self, lines: int = 40) -> str:
         return _tail(self.log, lines)
+
+    async def keep_running(self, every: float = 0.5) -> None:
+        """Start the process again whenever it exits, as a kubelet does for ``restartPolicy:
+        Always`` (kube-scheduler exits by design when it loses its leader Lease)."""
+        while True:
+            if self.popen is not None and not self.running:
+                self.restarts += 1
+                self.start()
+            await asyncio.sleep(every)
 
 
 @dataclass

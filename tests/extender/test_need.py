@@ -46,13 +46,27 @@ def test_bad_quantities(text: str) -> None:
         (40960, 40960),
         ("40Gi", 40960),
         ("512Mi", 512),
-        ("1G", 954),
+        # kube-apiserver writes 50000 back as "50k": decimal suffixes are a count of MiB.
+        ("50k", 50000),
+        ("2M", 2_000_000),
         ("4e4", 40000),
         ("1Ki", 1),
     ],
 )
 def test_gpu_memory_unit_rule(text: object, mib: int) -> None:
     assert gpu_memory_mib(text) == mib
+
+
+def test_gpu_memory_survives_the_api_servers_canonical_form() -> None:
+    # Found against the real API server: "50000" came back as "50k" and was read as 50,000
+    # bytes (1 MiB), so a 50 GB pod was placed into 40 GB. Every MiB count must read back as
+    # itself in the form kube-apiserver gives it (DecimalSI: k, M, G… when divisible).
+    for mib in (1, 999, 1000, 20000, 40960, 50000, 81920, 2_000_000, 3_000_000_000):
+        digits = str(mib)
+        zeros = len(digits) - len(digits.rstrip("0"))
+        exp = min(zeros // 3, 6)
+        canonical = digits[: len(digits) - 3 * exp] + ("", "k", "M", "G", "T", "P", "E")[exp]
+        assert gpu_memory_mib(canonical) == mib, canonical
 
 
 @pytest.mark.parametrize("text", ["100m", "-5", "1u", True, 1.5])
