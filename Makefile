@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean
+.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,8 +29,15 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP) prometheus
+pytest: $(STAMP) prometheus helm
 	$(BIN)/pytest -q -m "not cluster"
+
+# helm, built from its Go module (tests/cluster/build_helm.sh) into
+# ~/.cache/gpuscale/cluster/helm-<version>/; builds nothing when cached. Without Go the chart
+# tests skip and say why.
+helm:
+	@if command -v go >/dev/null; then sh tests/cluster/build_helm.sh >/dev/null; \
+	else echo "make helm: no Go on PATH; tests/deploy/test_helm.py will be skipped"; fi
 
 # The real control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd,
 # kwok) built from pinned Go modules into ~/.cache/gpuscale/cluster/; builds nothing when cached.
