@@ -51,6 +51,19 @@ e2e: $(STAMP) prometheus cluster
 
 test: lint typecheck imports pytest
 
+# Longer fuzzing than the seeded runs of `make test`: atheris for FUZZ_SECONDS per target (the
+# corpus grows in .fuzz/<target>/, crashes land in .fuzz/ as <target>-crash-*; copy one into
+# tests/fuzz/regressions/<target>/ once fixed), then the HTTP fuzz with FUZZ_EXAMPLES examples.
+FUZZ_SECONDS ?= 300
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	@for t in extender_request policy_document; do mkdir -p .fuzz/$$t; \
+	  echo "== atheris $$t ($(FUZZ_SECONDS) s, log in .fuzz/$$t.log)"; \
+	  $(PY) -m tests.fuzz.atheris_main $$t .fuzz/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=.fuzz/$$t- >.fuzz/$$t.log 2>&1; rc=$$?; \
+	  grep -E "DONE|^Done" .fuzz/$$t.log; [ $$rc = 0 ] || { tail -40 .fuzz/$$t.log; exit 1; }; done
+	GPUSCALE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/fuzz/test_http.py
+
 demo: $(STAMP)
 	$(BIN)/gpuscale simulate --out demo-report
 
