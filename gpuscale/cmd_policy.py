@@ -66,6 +66,17 @@ def schema(configmap: bool) -> None:
     click.echo(json.dumps(configmap_schema() if configmap else document_schema(), indent=2))
 
 
+@click.command(name="schema")
+def scenario_schema() -> None:
+    """Print the JSON Schema of scenario files (as published in simulations/schemas/).
+
+    `gpuscale simulate` stays the full check (files exist, min <= max, …).
+    """
+    from simulations.scenario_schema import scenario_schema as build
+
+    click.echo(json.dumps(build(), indent=2))
+
+
 def _summary(p: ScalingPolicy) -> str:
     metrics = ", ".join(f"{m.name} ({m.type})" for m in p.metrics)
     forecast = f", forecast {p.forecast.method}" if p.forecast.method != "none" else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -46,7 +47,9 @@ def status(namespace: str | None, output: str, kubeconfig: str | None, context: 
     import asyncio
 
     try:
-        rows = asyncio.run(_fetch(namespace, kubeconfig, context))
+        if kubeconfig and not os.path.isfile(kubeconfig):
+            raise _Unreachable(f"--kubeconfig: no such file: {kubeconfig}")
+        rows = asyncio.run(_fetch(namespace, kubeconfig or _default_kubeconfig(), context))
     except _Unreachable as exc:
         click.echo(f"gpuscale status: {exc}", err=True)
         raise SystemExit(1) from None
@@ -64,7 +67,8 @@ class _Unreachable(Exception):
     """The cluster cannot be reached or refused us; the message says which and where."""
 
 
-async def _fetch(namespace: str | None, kubeconfig: str | None, context: str | None) -> list[Any]:
+async def _fetch(namespace: str | None, found: str | None, context: str | None) -> list[Any]:
+    """Rows from the cluster of kubeconfig ``found`` (None: the pod's service account)."""
     import aiohttp
     from kubernetes.aio import client, config
 
@@ -73,18 +77,20 @@ async def _fetch(namespace: str | None, kubeconfig: str | None, context: str | N
 
     configuration = client.Configuration()
     configuration.client_session_kwargs = {"trust_env": False}
-    try:
-        await config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context, client_configuration=configuration
-        )
-    except Exception as exc:
-        if kubeconfig or context:
-            raise _Unreachable(f"cannot load kubeconfig {kubeconfig or ''}: {exc}") from None
+    if found is not None:
+        try:
+            await config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=found, context=context, client_configuration=configuration
+            )
+        except Exception as exc:
+            raise _Unreachable(f"cannot use kubeconfig {found}: {exc}") from None
+    else:
         try:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except Exception:
             raise _Unreachable(
-                f"no kubeconfig ({exc}) and not running in a pod; pass --kubeconfig"
+                "no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a pod; "
+                "pass --kubeconfig"
             ) from None
     where = configuration.host
     api = client.ApiClient(configuration)
@@ -99,6 +105,13 @@ async def _fetch(namespace: str | None, kubeconfig: str | None, context: str | N
         raise _Unreachable(f"cannot reach the Kubernetes API at {where}: {reason}") from None
     finally:
         await api.close()  # type: ignore[no-untyped-call]
+
+
+def _default_kubeconfig() -> str | None:
+    """The first file of $KUBECONFIG, else ~/.kube/config, if it exists (as kubectl looks)."""
+    candidates = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    candidates.append(os.path.expanduser("~/.kube/config"))
+    return next((p for p in candidates if os.path.isfile(p)), None)
 
 
 def _cell(value: object) -> str:

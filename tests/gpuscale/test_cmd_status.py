@@ -232,7 +232,20 @@ def test_missing_kubeconfig_is_a_message_and_exit_1(
 ) -> None:
     assert main(["status", "--kubeconfig", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err
-    assert "gpuscale status: cannot load kubeconfig" in err and "Traceback" not in err
+    assert f"gpuscale status: --kubeconfig: no such file: {tmp_path / 'none'}" in err
+    assert "Traceback" not in err
+
+
+def test_no_kubeconfig_outside_a_pod_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert "no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a pod" in err
+    assert "Traceback" not in err
 
 
 async def test_forbidden_names_the_api_and_rbac(kube: KubeStandIn) -> None:

@@ -232,7 +232,9 @@ def valid_example() -> dict[str, Any]:
     }
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=200, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck)
+)
 @given(valid_policies())
 def test_generated_valid_policies_pass_both(doc: dict[str, Any]) -> None:
     assert parser_errors(doc) == []
@@ -329,7 +331,9 @@ def mutated_policies(draw: st.DrawFn) -> Any:
     return doc
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=600, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck)
+)
 @given(mutated_policies())
 def test_schema_and_parser_agree_on_mutated_policies(doc: Any) -> None:
     assert_agree(doc)
