@@ -8,6 +8,7 @@ A metric type added to ``policies.schema.MetricType`` fails here until the schem
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -388,3 +389,89 @@ def test_the_schema_rejects_what_editors_should_flag() -> None:
         doc = valid_example()
         edit(doc)
         assert schema_errors(doc) and parser_errors(doc), doc
+
+
+# -- the parser's fields, read from the parser -------------------------------------------------
+
+_ALLOWED = re.compile(r"^unknown field \(allowed here: (.*)\)$")
+_D = document_schema()
+_P = _D["properties"]
+_RULES = _P["behavior"]["properties"]["scaleUp"]
+
+
+def _full() -> dict[str, Any]:
+    doc = valid_example()
+    doc["metrics"] = [
+        {"name": "q", "type": "queueDepth", "query": "q", "targetPerReplica": 4},
+        {"name": "l", "type": "latency", "query": "l", "slo": "2s"},
+        {
+            "name": "r",
+            "type": "arrivalRate",
+            "query": "r",
+            "serviceRatePerReplica": 2,
+            "latencyTarget": {"quantile": 0.9, "slo": "2s"},
+        },
+    ]
+    doc["behavior"] = {"scaleUp": {"policies": [{"type": "Pods", "value": 1, "period": "15s"}]}}
+    doc["forecast"] = {"method": "holt"}
+    doc["onMetricsUnavailable"] = {"fallbackReplicas": 2}
+    return doc
+
+
+_METRIC_INDEX = {"queueDepth": 0, "latency": 1, "arrivalRate": 2}
+POLICY_PROBES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], set[str]]] = [
+    ("", lambda d: d, set(_P)),
+    ("target", lambda d: d["target"], set(_P["target"]["properties"])),
+    ("replicas", lambda d: d["replicas"], set(_P["replicas"]["properties"])),
+    *[
+        (
+            f"metrics[{i}]",
+            functools.partial(lambda d, i: d["metrics"][i], i=i),
+            set(_D["$defs"][f"{kind}Metric"]["properties"]),
+        )
+        for kind, i in _METRIC_INDEX.items()
+    ],
+    (
+        "metrics[2].latencyTarget",
+        lambda d: d["metrics"][2]["latencyTarget"],
+        set(_D["$defs"]["arrivalRateMetric"]["properties"]["latencyTarget"]["properties"]),
+    ),
+    ("behavior", lambda d: d["behavior"], set(_P["behavior"]["properties"])),
+    ("behavior.scaleUp", lambda d: d["behavior"]["scaleUp"], set(_RULES["properties"])),
+    (
+        "behavior.scaleUp.policies[0]",
+        lambda d: d["behavior"]["scaleUp"]["policies"][0],
+        set(_RULES["properties"]["policies"]["items"]["properties"]),
+    ),
+    ("forecast", lambda d: d["forecast"], set(_P["forecast"]["properties"])),
+    (
+        "onMetricsUnavailable",
+        lambda d: d["onMetricsUnavailable"],
+        set(_P["onMetricsUnavailable"]["oneOf"][1]["properties"]),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "locate", "schema_fields"),
+    POLICY_PROBES,
+    ids=[p[0] or "(root)" for p in POLICY_PROBES],
+)
+def test_schema_has_exactly_the_parser_fields(
+    where: str, locate: Callable[[dict[str, Any]], dict[str, Any]], schema_fields: set[str]
+) -> None:
+    """A field the parser learns (issue work on policies/ adds knobs) fails here until the
+    schema has it, and the other way round."""
+    doc = _full()
+    assert parser_errors(doc) == []
+    locate(doc)["zzzUnknown"] = 1
+    field = f"{where}.zzzUnknown" if where else "zzzUnknown"
+    found = [m for p, m in parser_errors(doc) if p == field]
+    assert found, parser_errors(doc)
+    listed = _ALLOWED.match(found[0])
+    assert listed is not None, found[0]
+    parser_fields = set(listed.group(1).split(", "))
+    assert parser_fields == schema_fields, (
+        f"{where or '(root)'}: only the parser knows {sorted(parser_fields - schema_fields)}, "
+        f"only the schema {sorted(schema_fields - parser_fields)}"
+    )
