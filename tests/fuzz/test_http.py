@@ -28,6 +28,7 @@ from schemathesis.checks import (
     positive_data_acceptance,
     unsupported_method,
 )
+from schemathesis.core.failures import FailureGroup
 
 from autoscaler.external_metrics import ExternalMetricsSettings, build_app
 from autoscaler.store import DecisionStore, Published
@@ -148,3 +149,27 @@ def test_external_metrics_api(case: Any, metrics_url: str) -> None:
         case.as_curl_command(),
     )
     case.validate_response(response, excluded_checks=NOT_APPLICABLE)
+
+
+def _broken_app() -> web.Application:
+    async def prioritize(_: web.Request) -> web.Response:
+        return web.json_response([{"Host": "a", "Score": 11}])
+
+    async def filter_(_: web.Request) -> web.Response:
+        return web.json_response({"Error": "boom"}, status=500)
+
+    app = web.Application()
+    app.router.add_post("/prioritize", prioritize)
+    app.router.add_post("/filter", filter_)
+    return app
+
+
+def test_the_checks_catch_a_broken_server() -> None:
+    """Guard the guard: a score outside 0..10 and a 500 must both fail validation."""
+    body = {"Pod": {}, "NodeNames": ["a"]}
+    for url in _serve(_broken_app):
+        for path in ("/prioritize", "/filter"):
+            case = EXTENDER[path]["POST"].Case(body=body, media_type="application/json")
+            response = case.call(base_url=url, timeout=10)
+            with pytest.raises(FailureGroup):
+                case.validate_response(response, excluded_checks=NOT_APPLICABLE)
