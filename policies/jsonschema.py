@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, get_args
 
+from policies.durations import _UNITS
 from policies.parse import MAX_RULE_PERIOD, MAX_STABILIZATION_WINDOW
 from policies.schema import (
     API_VERSION,
@@ -34,9 +35,10 @@ CONFIGMAP_FILE = "scalingpolicy-configmap.json"
 
 # Patterns end in (?!\n)$: ECMA-262's $ (the dialect JSON Schema names) never matches before a
 # final newline, Python's does; the lookahead makes both engines read the pattern the same way.
-DURATION = r"^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)(?!\n)$"
-"""The grammar of :func:`policies.durations.parse_duration`."""
-POSITIVE_DURATION = r"^(?=[^1-9]*[1-9])([0-9]+(\.[0-9]+)?(ms|s|m|h))+(?!\n)$"
+_UNIT = "|".join(sorted(_UNITS, key=len, reverse=True))
+DURATION = rf"^(0|([0-9]+(\.[0-9]+)?({_UNIT}))+)(?!\n)$"
+"""The grammar of :func:`policies.durations.parse_duration` (its units, longest first)."""
+POSITIVE_DURATION = rf"^(?=[^1-9]*[1-9])([0-9]+(\.[0-9]+)?({_UNIT}))+(?!\n)$"
 """A duration with a non-zero digit: exactly the durations above zero."""
 METRIC_NAME = r"^[a-z]([-a-z0-9_]*[a-z0-9])?(?!\n)$"
 NON_EMPTY = r"\S"
@@ -44,32 +46,41 @@ NON_EMPTY = r"\S"
 PARSER_ONLY: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "replicas.min must not exceed replicas.max",
-        re.compile(r"^must not exceed replicas\.max"),
+        re.compile(r": must not exceed replicas\.max"),
     ),
     (
         "onMetricsUnavailable.fallbackReplicas must lie within replicas.min..max",
-        re.compile(r"^must lie within replicas\.min\.\.max"),
+        re.compile(r": must lie within replicas\.min\.\.max"),
     ),
-    ("metric names must be unique", re.compile(r"^duplicate metric name")),
+    ("metric names must be unique", re.compile(r": duplicate metric name")),
     (
         f"behavior.*.stabilizationWindow at most {MAX_STABILIZATION_WINDOW:.0f}s "
         "(a duration's value, not its spelling)",
-        re.compile(r"^must be at most 1h"),
+        re.compile(r": must be at most 1h"),
     ),
     (
         f"behavior.*.policies[].period at most {MAX_RULE_PERIOD:.0f}s",
-        re.compile(r"^must be at most 30m"),
+        re.compile(r": must be at most 30m"),
     ),
     (
         "integers are written without a fraction (JSON Schema counts 2.0 as an integer)",
-        re.compile(r"^expected an integer, got a number \((-?[0-9]+\.0|-?[0-9.]+e\+[0-9]+)\)$"),
+        re.compile(r": expected an integer, got a number \((-?[0-9]+\.0|-?[0-9.]+e\+[0-9]+)\)$"),
     ),
     (
         "numbers are finite (YAML's .inf)",
-        re.compile(r"^expected a positive number, got -?inf$"),
+        re.compile(r": expected a positive number, got -?inf$"),
+    ),
+    (
+        "modelCapacity: the step-time profile exists (a shipped name or a file) or is a valid "
+        "inline profile, and has memory figures unless engine.kvCacheTokens is given",
+        re.compile(r"\.profile(\.[^:]*)?: |\.engine\.kvCacheTokens: profile .* has no memory"),
+    ),
+    (
+        "modelCapacity: engine.gpuMemory is bytes or a byte quantity that holds the weights",
+        re.compile(r"\.engine\.gpuMemory: "),
     ),
 )
-"""(rule, pattern of the parser's message) for each rule the schema cannot state."""
+"""(rule, pattern of the parser's ``path: message``) for each rule the schema cannot state."""
 
 
 def _duration(description: str, *, positive: bool = False) -> dict[str, Any]:
@@ -147,10 +158,77 @@ METRIC_FIELDS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
         ("serviceRatePerReplica", "latencyTarget"),
         "Requests/s, turned into replicas by a queueing model (Erlang C).",
     ),
+    "kvCacheUsage": (
+        {
+            "target": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 1,
+                "description": "KV-cache usage (0..1, averaged over replicas) to hold.",
+            }
+        },
+        ("target",),
+        "KV-cache saturation (vllm:kv_cache_usage_perc), scaled in proportion.",
+    ),
+    "modelCapacity": (
+        {
+            "profile": {
+                "description": "A shipped step-time profile's name, a file, or an inline profile.",
+                "anyOf": [{"type": "string", "pattern": NON_EMPTY}, {"type": "object"}],
+            },
+            "slo": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": False,
+                "properties": {
+                    "ttft": {"type": "string", "pattern": POSITIVE_DURATION},
+                    "tpot": {"type": "string", "pattern": POSITIVE_DURATION},
+                },
+                "description": "Bounds on the modelled mean TTFT and/or TPOT.",
+            },
+            "promptTokensQuery": _string("Prompt tokens/s (or give promptTokens)."),
+            "generationTokensQuery": _string("Generated tokens/s (or give generatedTokens)."),
+            "promptTokens": _positive("Mean prompt tokens per request."),
+            "generatedTokens": _positive("Mean generated tokens per request."),
+            "engine": _object(
+                {
+                    "maxNumSeqs": {"type": "integer", "minimum": 1},
+                    "maxNumBatchedTokens": {"type": "integer", "minimum": 1},
+                    "gpuMemoryUtilization": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": 1,
+                    },
+                    "gpuMemory": {
+                        "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]
+                    },
+                    "kvCacheTokens": {"type": "integer", "minimum": 1},
+                },
+                description="vLLM engine limits (defaults: vLLM's).",
+            ),
+        },
+        ("profile", "slo"),
+        "The fewest replicas whose modelled TTFT and TPOT meet slo at the observed rate.",
+    ),
 }
 """Per metric type: its own properties, which of them are required, and a description. A
 metric type added to :data:`policies.schema.MetricType` without an entry here fails
 :func:`document_schema` (and the agreement test)."""
+
+METRIC_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "modelCapacity": {
+        "allOf": [
+            {"oneOf": [{"required": ["promptTokensQuery"]}, {"required": ["promptTokens"]}]},
+            {
+                "oneOf": [
+                    {"required": ["generationTokensQuery"]},
+                    {"required": ["generatedTokens"]},
+                ]
+            },
+        ]
+    }
+}
+"""Constraints across a metric type's fields (exactly one of a query and a mean)."""
 
 
 def _rules(direction: str) -> dict[str, Any]:
@@ -189,7 +267,7 @@ def document_schema() -> dict[str, Any]:
         own, required, description = METRIC_FIELDS[kind]
         defs[f"{kind}Metric"] = _object(
             {**_metric_common(kind), **own}, ("name", "type", "query", *required), description
-        )
+        ) | METRIC_CONSTRAINTS.get(kind, {})
         branches.append(
             {
                 "if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
@@ -303,9 +381,9 @@ def configmap_schema() -> dict[str, Any]:
     }
 
 
-def parser_only(message: str) -> str | None:
-    """The :data:`PARSER_ONLY` rule a parser message comes from, or None."""
+def parser_only(path: str, message: str) -> str | None:
+    """The :data:`PARSER_ONLY` rule a parser error (``path``, ``message``) comes from, or None."""
     for rule, pattern in PARSER_ONLY:
-        if pattern.search(message):
+        if pattern.search(f"{path}: {message}"):
             return rule
     return None

@@ -167,6 +167,16 @@ WORKLOAD_REQUIRED: dict[str, tuple[str, ...]] = {
 OPENB_MODELS = ("V100M16", "V100M32", "T4", "P100", "A10", "G2", "G3", "default")
 """GPU models of the openb node list whose memory a scenario may set, and ``default``."""
 
+VLLM_FIELDS: dict[str, Any] = {
+    "profile": _STRING,
+    "maxNumSeqs": _int(1),
+    "maxNumBatchedTokens": _int(1),
+    "gpuMemoryUtilization": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "kvCacheTokens": _int(1),
+    "blockSize": _int(1),
+}
+"""The service's fields for ``engine: vllm`` (step-time profile and vLLM's limits)."""
+
 _BOUNDS = {"minReplicas": _int(0), "maxReplicas": _int(1)}
 BASELINE_FIELDS: dict[str, dict[str, Any]] = {
     "hpa": {
@@ -288,7 +298,31 @@ def scenario_schema() -> dict[str, Any]:
                 }
             ),
             "routing": {"enum": ["least-outstanding", "round-robin"]},
-            "slo": _duration(positive=True),
+            "slo": {
+                "anyOf": [
+                    _duration(positive=True),
+                    _object(
+                        {
+                            "ttft": _duration(positive=True),
+                            "tpot": _duration(positive=True),
+                            "e2e": _duration(positive=True),
+                            "attainment": {
+                                "type": "number",
+                                "exclusiveMinimum": 0,
+                                "maximum": 1,
+                            },
+                        },
+                        nullable=False,
+                    )
+                    | {
+                        "anyOf": [
+                            {"required": ["ttft"]},
+                            {"required": ["tpot"]},
+                            {"required": ["e2e"]},
+                        ]
+                    },
+                ]
+            },
             "replicas": _object({"min": _int(0), "max": _int(1)}),
             "initialReplicas": _int(0),
             "startup": _object(
@@ -306,8 +340,14 @@ def scenario_schema() -> dict[str, Any]:
                 "minItems": 1,
                 "items": _duration(positive=True),
             },
+            "engine": {"enum": ["vllm", "per-request"]},
+            **VLLM_FIELDS,
         }
     )
+    # Fields of the other engine are errors: vllm (the default) has no maxBatch/serviceTime.
+    service["if"] = {"properties": {"engine": {"const": "per-request"}}, "required": ["engine"]}
+    service["then"] = {"properties": dict.fromkeys(VLLM_FIELDS, False)}
+    service["else"] = {"properties": {"maxBatch": False, "serviceTime": False}}
     top = _object(
         {
             "name": _STRING,

@@ -63,7 +63,7 @@ def assert_agree(document: Any) -> None:
     if not parsed:
         assert not checked, f"schema rejects what the parser accepts: {checked}\n{document}"
     elif not checked:
-        beyond = [(p, m) for p, m in parsed if parser_only(m) is None]
+        beyond = [(p, m) for p, m in parsed if parser_only(p, m) is None]
         assert not beyond, f"parser rejects what the schema accepts: {beyond}\n{document}"
 
 
@@ -87,6 +87,7 @@ def test_every_metric_type_has_a_schema_and_a_generator() -> None:
     types = set(get_args(MetricType))
     assert set(METRIC_FIELDS) == types, "add the new metric type to policies/jsonschema.py"
     assert set(METRIC_STRATEGIES) == types, "add the new metric type to METRIC_STRATEGIES here"
+    assert set(_METRIC_INDEX) == types, "add the new metric type to _full() and _METRIC_INDEX here"
     enum = document_schema()["properties"]["metrics"]["items"]["properties"]["type"]["enum"]
     assert set(enum) == types
 
@@ -125,7 +126,7 @@ def test_examples_pass_schema_and_parser(path: Path) -> None:
 
 # -- generated policies --------------------------------------------------------------------
 
-UNITS = ("ms", "s", "m", "h")
+PROFILES = sorted(p.stem for p in (REPO / "policies" / "profiles").glob("*.yaml"))
 
 
 @st.composite
@@ -142,6 +143,11 @@ names = st.from_regex(r"[a-z][a-z0-9_-]{0,10}[a-z0-9]", fullmatch=True)
 positive = st.floats(0.001, 1e4, allow_nan=False) | st.integers(1, 10_000)
 queries = st.sampled_from(["sum(q)", "histogram_quantile(0.9, x)", 'sum(rate(r{m="a"}[1m]))'])
 
+
+def _merged(parts: tuple[Any, ...]) -> dict[str, Any]:
+    return {k: v for part in parts for k, v in dict(part).items()}
+
+
 METRIC_STRATEGIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "queueDepth": st.fixed_dictionaries({"targetPerReplica": positive}),
     "latency": st.fixed_dictionaries({"slo": durations()}),
@@ -153,6 +159,29 @@ METRIC_STRATEGIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             ),
         }
     ),
+    "kvCacheUsage": st.fixed_dictionaries({"target": st.floats(0.01, 1.0)}),
+    "modelCapacity": st.tuples(
+        st.fixed_dictionaries(
+            {
+                "profile": st.sampled_from(PROFILES),
+                "slo": st.fixed_dictionaries({"ttft": durations(0.01, 10)})
+                | st.fixed_dictionaries({"tpot": durations(0.001, 1)})
+                | st.fixed_dictionaries({"ttft": durations(0.01, 10), "tpot": durations(0.001, 1)}),
+            },
+            optional={
+                "engine": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "maxNumSeqs": st.integers(1, 1024),
+                        "maxNumBatchedTokens": st.integers(512, 16384),
+                        "gpuMemoryUtilization": st.floats(0.5, 1.0),
+                    },
+                )
+            },
+        ),
+        st.sampled_from([{"promptTokensQuery": "sum(p)"}, {"promptTokens": 512}]),
+        st.sampled_from([{"generationTokensQuery": "sum(g)"}, {"generatedTokens": 128.5}]),
+    ).map(_merged),
 }
 """Per metric type, its own fields (valid values)."""
 
@@ -370,7 +399,7 @@ def test_each_parser_only_rule(edit: Callable[[dict[str, Any]], None], rule: str
     doc = valid_example()
     edit(doc)
     assert schema_errors(doc) == []
-    assert [parser_only(m) for _, m in parser_errors(doc)] == [rule]
+    assert [parser_only(p, m) for p, m in parser_errors(doc)] == [rule]
 
 
 def test_the_schema_rejects_what_editors_should_flag() -> None:
@@ -411,6 +440,17 @@ def _full() -> dict[str, Any]:
             "serviceRatePerReplica": 2,
             "latencyTarget": {"quantile": 0.9, "slo": "2s"},
         },
+        {"name": "k", "type": "kvCacheUsage", "query": "k", "target": 0.8},
+        {
+            "name": "c",
+            "type": "modelCapacity",
+            "query": "c",
+            "profile": PROFILES[0],
+            "slo": {"ttft": "1s"},
+            "promptTokens": 512,
+            "generatedTokens": 128,
+            "engine": {"maxNumSeqs": 128},
+        },
     ]
     doc["behavior"] = {"scaleUp": {"policies": [{"type": "Pods", "value": 1, "period": "15s"}]}}
     doc["forecast"] = {"method": "holt"}
@@ -418,7 +458,14 @@ def _full() -> dict[str, Any]:
     return doc
 
 
-_METRIC_INDEX = {"queueDepth": 0, "latency": 1, "arrivalRate": 2}
+_METRIC_INDEX = {
+    "queueDepth": 0,
+    "latency": 1,
+    "arrivalRate": 2,
+    "kvCacheUsage": 3,
+    "modelCapacity": 4,
+}
+_CAPACITY = _D["$defs"]["modelCapacityMetric"]["properties"]
 POLICY_PROBES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], set[str]]] = [
     ("", lambda d: d, set(_P)),
     ("target", lambda d: d["target"], set(_P["target"]["properties"])),
@@ -435,6 +482,12 @@ POLICY_PROBES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], set[s
         "metrics[2].latencyTarget",
         lambda d: d["metrics"][2]["latencyTarget"],
         set(_D["$defs"]["arrivalRateMetric"]["properties"]["latencyTarget"]["properties"]),
+    ),
+    ("metrics[4].slo", lambda d: d["metrics"][4]["slo"], set(_CAPACITY["slo"]["properties"])),
+    (
+        "metrics[4].engine",
+        lambda d: d["metrics"][4]["engine"],
+        set(_CAPACITY["engine"]["properties"]),
     ),
     ("behavior", lambda d: d["behavior"], set(_P["behavior"]["properties"])),
     ("behavior.scaleUp", lambda d: d["behavior"]["scaleUp"], set(_RULES["properties"])),

@@ -27,6 +27,7 @@ from simulations.scenario import DEFAULT_SCENARIO, ScenarioError, parse_scenario
 from simulations.scenario_schema import (
     BASELINE_FIELDS,
     SCENARIO_FILE,
+    VLLM_FIELDS,
     WORKLOAD_FIELDS,
     scenario_schema,
 )
@@ -46,6 +47,11 @@ PARSER_ONLY = (
     re.compile(r"must be at least low"),
     re.compile(r"expected a memory quantity"),  # a quantity below 1 MiB
     re.compile(r"duplicate policy name"),
+    # the step-time profile: it exists, and its memory figures fit the GPU and the KV cache
+    re.compile(r"^service\.profile: "),
+    re.compile(r"\(profile [^)]*\)$"),
+    re.compile(r"must hold at least one block"),
+    re.compile(r"no kvBytesPerToken"),
     # JSON Schema counts 2.0 as an integer
     re.compile(r"expected an integer, got (-?[0-9]+\.0|-?[0-9.]+e\+[0-9]+)$"),
     re.compile(r"^must be (greater than 0|at least 0), got \S+$"),  # 1e400 and other infinities
@@ -106,6 +112,20 @@ def _dist_object(dist: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+def _per_request(doc: dict[str, Any]) -> dict[str, Any]:
+    """The default service on the per-request engine (which has serviceTime)."""
+    service: dict[str, Any] = doc["service"]
+    for key in VLLM_FIELDS:
+        service.pop(key, None)
+    service.update(engine="per-request", serviceTime={"model": "fixed", "seconds": 1})
+    return service
+
+
+def _slo_object(doc: dict[str, Any]) -> dict[str, Any]:
+    doc["service"]["slo"] = {"e2e": "2s"}
+    return doc["service"]["slo"]  # type: ignore[no-any-return]
+
+
 def _workload_of(doc: dict[str, Any], kind: str) -> dict[str, Any]:
     doc["workload"] = {"type": kind}
     return doc["workload"]  # type: ignore[no-any-return]
@@ -144,7 +164,16 @@ PROBES: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], set[str]]] =
     ),
     ("background", lambda d: d["background"], _props(S["background"])),
     ("service", lambda d: d["service"], _props(S["service"])),
-    ("service.serviceTime", lambda d: d["service"]["serviceTime"], _props(SERVICE["serviceTime"])),
+    (
+        "service.serviceTime",
+        lambda d: _per_request(d)["serviceTime"],
+        _props(SERVICE["serviceTime"]),
+    ),
+    (
+        "service.slo",
+        _slo_object,
+        _props(SERVICE["slo"]["anyOf"][1]),
+    ),
     ("service.startup", lambda d: d["service"]["startup"], _props(SERVICE["startup"])),
     (
         "service.startup.imagePull",
