@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean
+.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,8 +29,15 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP) prometheus
+pytest: $(STAMP) prometheus helm
 	$(BIN)/pytest -q -m "not cluster"
+
+# helm, built from its Go module (tests/cluster/build_helm.sh) into
+# ~/.cache/gpuscale/cluster/helm-<version>/; builds nothing when cached. Without Go the chart
+# tests skip and say why.
+helm:
+	@if command -v go >/dev/null; then sh tests/cluster/build_helm.sh >/dev/null; \
+	else echo "make helm: no Go on PATH; tests/deploy/test_helm.py will be skipped"; fi
 
 # The real control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd,
 # kwok) built from pinned Go modules into ~/.cache/gpuscale/cluster/; builds nothing when cached.
@@ -43,6 +50,19 @@ e2e: $(STAMP) prometheus cluster
 	$(BIN)/pytest -q -m "cluster or e2e" tests/e2e
 
 test: lint typecheck imports pytest
+
+# Longer fuzzing than the seeded runs of `make test`: atheris for FUZZ_SECONDS per target (the
+# corpus grows in .fuzz/<target>/, crashes land in .fuzz/ as <target>-crash-*; copy one into
+# tests/fuzz/regressions/<target>/ once fixed), then the HTTP fuzz with FUZZ_EXAMPLES examples.
+FUZZ_SECONDS ?= 300
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	@for t in extender_request policy_document policy_json; do mkdir -p .fuzz/$$t; \
+	  echo "== atheris $$t ($(FUZZ_SECONDS) s, log in .fuzz/$$t.log)"; \
+	  $(PY) -m tests.fuzz.atheris_main $$t .fuzz/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=.fuzz/$$t- >.fuzz/$$t.log 2>&1; rc=$$?; \
+	  grep -E "DONE|^Done" .fuzz/$$t.log; [ $$rc = 0 ] || { tail -40 .fuzz/$$t.log; exit 1; }; done
+	GPUSCALE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/fuzz/test_http.py
 
 demo: $(STAMP)
 	$(BIN)/gpuscale simulate --out demo-report

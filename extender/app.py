@@ -237,34 +237,67 @@ async def serve_node_agent(
     *,
     interval: float,
     kubeconfig: str | None,
+    address: str = "0.0.0.0:8890",
+    stale_after: float = 60.0,
     nvml: Any = None,
     api_client: Any = None,
     stop: asyncio.Event | None = None,
+    on_listening: Callable[[int], None] | None = None,
 ) -> None:
-    """Publish this node's GPU memory until ``stop`` (or SIGTERM). NVML is loaded first, so a
-    machine without a driver fails before anything else happens."""
-    from extender.node_agent import kube_patcher, load_nvml, run
+    """Publish this node's GPU memory until ``stop`` (or SIGTERM), serving ``/livez``,
+    ``/readyz`` and ``/metrics`` on ``address``; ``stale_after`` bounds both probes. NVML is
+    loaded first, so a machine without a driver fails before anything else happens."""
+    from extender.node_agent import AgentHealth, kube_patcher, load_nvml, make_health_app, run
 
+    host, port = parse_address(address)
     nvml = nvml if nvml is not None else load_nvml()
     own_client = api_client is None
     if api_client is None:
         api_client = await kube_client(kubeconfig)
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    agent = asyncio.create_task(
-        run(nvml, node, kube_patcher(api_client), interval=interval, clock=time.time)
+    health = [AgentHealth(started=time.time())]
+    app = make_health_app(
+        lambda: health[0], clock=time.time, bound=stale_after, stopping=stop.is_set
     )
-    stopper = asyncio.create_task(stop.wait())
-    log.info("node agent started", extra={"node": node, "interval_s": interval})
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    tasks: list[asyncio.Task[Any]] = []
     try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc}") from None
+        bound = [a for a in runner.addresses if isinstance(a, tuple)]
+        actual = int(bound[0][1]) if bound else port
+        if on_listening is not None:
+            on_listening(actual)
+        agent = asyncio.create_task(
+            run(
+                nvml,
+                node,
+                kube_patcher(api_client),
+                interval=interval,
+                clock=time.time,
+                report=lambda h: health.__setitem__(0, h),
+            )
+        )
+        stopper = asyncio.create_task(stop.wait())
+        tasks = [agent, stopper]
+        log.info(
+            "node agent started",
+            extra={"node": node, "interval_s": interval, "address": f"{host}:{actual}"},
+        )
         done, _ = await asyncio.wait({agent, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if agent in done:
             agent.result()
     finally:
-        for t in (agent, stopper):
+        for t in tasks:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await runner.cleanup()
         if own_client:
             await api_client.close()
         with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "node-agent": ("gpuscale.cmd_extender", "node_agent", "Publish this node's GPU memory."),
     "policy": ("gpuscale.cmd_policy", "policy", "Check and explain ScalingPolicies."),
     "simulate": ("gpuscale.cmd_simulate", "simulate", "Replay traffic against policies offline."),
+    "status": ("gpuscale.cmd_status", "status", "List ScalingPolicies and their state."),
 }
 
 

@@ -139,31 +139,73 @@ def extender(
 @click.option(
     "--interval", default="10s", show_default=True, help="How often to read NVML and publish."
 )
+@click.option(
+    "--address",
+    default="0.0.0.0:8890",
+    show_default=True,
+    help="HOST:PORT for /livez /readyz /metrics.",
+)
+@click.option(
+    "--stale-after",
+    default="1m",
+    show_default=True,
+    help="Not ready when the last NVML read or annotation publish is older than this "
+    "(match the extender's --stale-after); not live when no tick ended for this long.",
+)
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig; else in-cluster.")
 @click.option("--log-level", type=_LOG_LEVEL, default="info", show_default=True)
-def node_agent(node_name: str, interval: str, kubeconfig: str | None, log_level: str) -> None:
-    """Publish this node's per-GPU memory (NVML) in the annotation gpuscale.io/gpus."""
+def node_agent(
+    node_name: str,
+    interval: str,
+    address: str,
+    stale_after: str,
+    kubeconfig: str | None,
+    log_level: str,
+) -> None:
+    """Publish this node's per-GPU memory (NVML) in the annotation gpuscale.io/gpus.
+
+    Serves /livez, /readyz and /metrics on --address for the kubelet's probes and Prometheus.
+    """
     import asyncio
 
-    from extender.app import StartupError, serve_node_agent
+    from extender.app import StartupError, parse_address, serve_node_agent
     from extender.node_agent import NoNvml
     from gpuscale import logs
     from policies.durations import DurationError, parse_duration
 
     problems: list[str] = []
-    seconds = 0.0
+    durations: dict[str, float] = {}
+    for flag, text in (("--interval", interval), ("--stale-after", stale_after)):
+        try:
+            durations[flag] = parse_duration(text)
+        except DurationError as exc:
+            problems.append(f"{flag}: {exc}")
+            continue
+        if durations[flag] <= 0:
+            problems.append(f"{flag}: must be positive, got {text!r}")
+    seconds, bound = durations.get("--interval", 0.0), durations.get("--stale-after", 0.0)
+    if seconds > 0 and bound > 0 and bound <= seconds:
+        problems.append(
+            f"--stale-after ({stale_after}) must be longer than --interval ({interval})"
+        )
     try:
-        seconds = parse_duration(interval)
-        if seconds <= 0:
-            problems.append(f"--interval: must be positive, got {interval!r}")
-    except DurationError as exc:
-        problems.append(f"--interval: {exc}")
+        parse_address(address)
+    except StartupError as exc:
+        problems.append(f"--address: {exc}")
     if kubeconfig and not os.path.isfile(kubeconfig):
         problems.append(f"--kubeconfig: no such file: {kubeconfig}")
     if problems:
         _fail("node-agent", problems)
     logs.configure(log_level)
     try:
-        asyncio.run(serve_node_agent(node_name, interval=seconds, kubeconfig=kubeconfig))
+        asyncio.run(
+            serve_node_agent(
+                node_name,
+                interval=seconds,
+                kubeconfig=kubeconfig,
+                address=address,
+                stale_after=bound,
+            )
+        )
     except (NoNvml, StartupError) as exc:
         _fail("node-agent", [str(exc)])

@@ -49,6 +49,34 @@ def check(files: tuple[Path, ...]) -> None:
         raise SystemExit(1)
 
 
+@policy.command()
+@click.option(
+    "--configmap",
+    is_flag=True,
+    help="The schema of the ConfigMap that holds the policy, not of policy.yaml itself.",
+)
+def schema(configmap: bool) -> None:
+    """Print the JSON Schema of policy.yaml (as published in policies/schemas/).
+
+    Editors validate with it through a `# yaml-language-server: $schema=PATH` line;
+    `gpuscale policy check` stays the full check.
+    """
+    from policies.jsonschema import configmap_schema, document_schema
+
+    click.echo(json.dumps(configmap_schema() if configmap else document_schema(), indent=2))
+
+
+@click.command(name="schema")
+def scenario_schema() -> None:
+    """Print the JSON Schema of scenario files (as published in simulations/schemas/).
+
+    `gpuscale simulate` stays the full check (files exist, min <= max, …).
+    """
+    from simulations.scenario_schema import scenario_schema as build
+
+    click.echo(json.dumps(build(), indent=2))
+
+
 def _summary(p: ScalingPolicy) -> str:
     metrics = ", ".join(f"{m.name} ({m.type})" for m in p.metrics)
     forecast = f", forecast {p.forecast.method}" if p.forecast.method != "none" else ""

@@ -18,6 +18,7 @@ import click
 SUBVERBS = {
     "placement": ("gpuscale.cmd_placement", "placement"),
     "calibrate": ("gpuscale.cmd_calibrate", "calibrate"),
+    "schema": ("gpuscale.cmd_policy", "scenario_schema"),
 }
 
 

@@ -11,8 +11,8 @@ import math
 import re
 
 _UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(us|µs|ms|s|m|h)")
-_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:us|µs|ms|s|m|h))+")
+_PART = re.compile(r"(\d+(?:\.\d+)?)(us|µs|ms|s|m|h)", re.ASCII)
+_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:us|µs|ms|s|m|h))+", re.ASCII)
 
 
 class DurationError(ValueError):

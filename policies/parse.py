@@ -574,7 +574,7 @@ class _Reader:
             )
         }
         kind = value.get("type") if isinstance(value, Mapping) else None
-        if isinstance(value, Mapping) and kind not in specific:
+        if isinstance(value, Mapping) and (not isinstance(kind, str) or kind not in specific):
             self.error(
                 f"{path}.type",
                 f"expected one of {', '.join(specific)}, got {_kind_of(kind)}"

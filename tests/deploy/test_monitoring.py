@@ -31,12 +31,14 @@ _SUFFIXES = {
 def exported_series_names() -> set[str]:
     """Sample names the code's registries would expose, read from the registries themselves."""
     from autoscaler.ops import ControllerMetrics
+    from extender.node_agent import AgentHealth, agent_registry
     from extender.server import Metrics
     from extender.state import ClusterState
 
     registries: list[CollectorRegistry] = [
         ControllerMetrics().registry,
         Metrics(ClusterState(), clock=lambda: 0.0).registry,
+        agent_registry(lambda: AgentHealth(started=0.0)),
     ]
     names: set[str] = set()
     for registry in registries:

@@ -47,12 +47,15 @@ _SUFFIX = re.compile(r"_(?:with_http_info|without_preload_content)$")
 # Which sources run under which ServiceAccount: the node agent's modules (NVML reading, node
 # patching) run in the DaemonSet, the rest of extender/ beside kube-scheduler.
 _NODE_AGENT = ("*node_agent*.py", "*nvml*.py")
+# `gpuscale status` runs with the credentials of whoever types it (Kubernetes' built-in `view`
+# ClusterRole covers its LISTs of ConfigMaps, HPAs and Events), never as the controller.
+_CLI_ONLY = ("overview.py",)
 
 
 def _sources(account: str) -> list[Path]:
     agent = {p for pattern in _NODE_AGENT for p in (REPO / "extender").rglob(pattern)}
     if account == "gpuscale-controller":
-        return sorted((REPO / "autoscaler").rglob("*.py"))
+        return sorted(p for p in (REPO / "autoscaler").rglob("*.py") if p.name not in _CLI_ONLY)
     if account == "gpuscale-node-agent":
         return sorted(agent)
     assert account == "gpuscale-scheduler"

@@ -135,8 +135,9 @@ def test_crd_objects_are_well_formed() -> None:
         selector = monitor["spec"]["selector"]["matchLabels"]
         pods = [
             d["spec"]["template"]
-            for d in deployments.values()
-            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            for d in objs
+            if d["kind"] in ("Deployment", "DaemonSet")
+            and selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
         ]
         assert pods, f"{ident(monitor)} selects no pods"
         ports = {

@@ -141,15 +141,13 @@ def test_every_container_has_requests_and_limits(objs: list[Obj]) -> None:
 def test_serving_containers_probe_livez_and_readyz(objs: list[Obj]) -> None:
     probed = 0
     for where, _spec, c in containers(objs):
-        if not c.get("ports"):
-            continue  # the node agent serves nothing
         probed += 1
         port_names = {p["name"] for p in c["ports"]}
         assert c["livenessProbe"]["httpGet"]["path"] == "/livez", where
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", where
         for probe in (c["livenessProbe"], c["readinessProbe"]):
             assert probe["httpGet"]["port"] in port_names, where
-    assert probed == 3
+    assert probed == 4
 
 
 def test_controller_uses_the_ops_port_for_probes_and_https_for_the_api(objs: list[Obj]) -> None:

@@ -43,3 +43,11 @@ def test_sub_millisecond_and_odd_values_format_to_something_parseable(text: str)
 def test_format_always_parses_back(seconds: float) -> None:
     # Go durations are whole nanoseconds
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, rel=1e-12, abs=1e-9)
+
+
+def test_only_ascii_digits() -> None:
+    """Regression (found by the schema agreement test): Python's \\d matched '٣' (Arabic-Indic
+    three) and float() read it, so "٣s" was 3 seconds; Go, and the JSON Schema, reject it."""
+    for text in ("٣s", "1٣m", "١٠s"):
+        with pytest.raises(DurationError):
+            parse_duration(text)

@@ -16,6 +16,7 @@ from policies.parse import (
     PolicyFileError,
     load_policy_file,
     parse_configmap,
+    parse_policy_document,
     policy_to_configmap,
     read_policy_file,
 )
@@ -284,3 +285,20 @@ def test_arbitrary_documents_never_crash(document: Any) -> None:
         parse_configmap(configmap(document))
     except PolicyError as exc:
         assert exc.errors
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["latency"], {"a": 1}])
+def test_unhashable_metric_type_is_a_field_error(kind: object) -> None:
+    """Regression (found by the schema agreement test): `type: []` raised TypeError
+    (unhashable type) instead of naming the field."""
+    doc = yaml.safe_load(
+        "apiVersion: gpuscale.io/v1alpha1\nkind: ScalingPolicy\n"
+        "target: {apiVersion: apps/v1, kind: Deployment, name: x}\n"
+        "replicas: {min: 1, max: 2}\n"
+        "metrics: [{name: q, query: q, targetPerReplica: 1}]\n"
+    )
+    doc["metrics"][0]["type"] = kind
+    with pytest.raises(PolicyError) as info:
+        parse_policy_document(doc, namespace="ns", name="p")
+    [error] = info.value.errors
+    assert error.path == "metrics[0].type" and error.message.startswith("expected one of")

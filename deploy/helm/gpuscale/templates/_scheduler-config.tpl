@@ -1,0 +1,30 @@
+{{/* KubeSchedulerConfiguration of the second scheduler (deploy/base/install/scheduler/). */}}
+{{- define "gpuscale.schedulerConfig" -}}
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+leaderElection:
+  leaderElect: true
+  resourceLock: leases
+  resourceName: gpuscale-scheduler
+  resourceNamespace: {{ .Release.Namespace }}
+  leaseDuration: 15s
+  renewDeadline: 10s
+  retryPeriod: 2s
+profiles:
+  - schedulerName: gpuscale
+extenders:
+  - urlPrefix: http://127.0.0.1:8888
+    filterVerb: filter
+    prioritizeVerb: prioritize
+    bindVerb: bind
+    weight: {{ .Values.scheduler.extender.weight }}
+    enableHTTPS: false
+    httpTimeout: 5s
+    nodeCacheCapable: true
+    ignorable: true
+    managedResources:
+      - name: gpuscale.io/gpu-memory
+        ignoredByScheduler: true
+      - name: nvidia.com/gpu
+        ignoredByScheduler: false
+{{- end }}

@@ -1,0 +1,389 @@
+"""JSON Schema (draft 2020-12) for ``policy.yaml`` and for the ConfigMap that carries it.
+
+Editors validate with it while an SRE types (yaml-language-server reads the
+``# yaml-language-server: $schema=…`` line of the examples); :mod:`policies.parse` stays the
+authority. The schema is built here from the parser's own constants (API version, kind, bounds,
+the duration and metric-name grammars) and published as ``policies/schemas/*.json`` by
+``gpuscale policy schema``; a test checks that the files are current and that schema and parser
+agree on every example and on a generated corpus.
+
+JSON Schema cannot express a few of the parser's rules; they are listed in :data:`PARSER_ONLY`
+(and in the schema's description), and the agreement test allows exactly those differences.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, get_args
+
+from policies.durations import _UNITS
+from policies.parse import MAX_RULE_PERIOD, MAX_STABILIZATION_WINDOW
+from policies.schema import (
+    API_VERSION,
+    KIND,
+    POLICY_DATA_KEY,
+    POLICY_LABEL,
+    ForecastMethod,
+    MetricType,
+    RuleType,
+    Select,
+)
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+DOCUMENT_FILE = "scalingpolicy.json"
+CONFIGMAP_FILE = "scalingpolicy-configmap.json"
+
+# Patterns end in (?!\n)$: ECMA-262's $ (the dialect JSON Schema names) never matches before a
+# final newline, Python's does; the lookahead makes both engines read the pattern the same way.
+_UNIT = "|".join(sorted(_UNITS, key=len, reverse=True))
+DURATION = rf"^(0|([0-9]+(\.[0-9]+)?({_UNIT}))+)(?!\n)$"
+"""The grammar of :func:`policies.durations.parse_duration` (its units, longest first)."""
+POSITIVE_DURATION = rf"^(?=[^1-9]*[1-9])([0-9]+(\.[0-9]+)?({_UNIT}))+(?!\n)$"
+"""A duration with a non-zero digit: exactly the durations above zero."""
+METRIC_NAME = r"^[a-z]([-a-z0-9_]*[a-z0-9])?(?!\n)$"
+NON_EMPTY = r"\S"
+
+PARSER_ONLY: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "replicas.min must not exceed replicas.max",
+        re.compile(r": must not exceed replicas\.max"),
+    ),
+    (
+        "onMetricsUnavailable.fallbackReplicas must lie within replicas.min..max",
+        re.compile(r": must lie within replicas\.min\.\.max"),
+    ),
+    ("metric names must be unique", re.compile(r": duplicate metric name")),
+    (
+        f"behavior.*.stabilizationWindow at most {MAX_STABILIZATION_WINDOW:.0f}s "
+        "(a duration's value, not its spelling)",
+        re.compile(r": must be at most 1h"),
+    ),
+    (
+        f"behavior.*.policies[].period at most {MAX_RULE_PERIOD:.0f}s",
+        re.compile(r": must be at most 30m"),
+    ),
+    (
+        "integers are written without a fraction (JSON Schema counts 2.0 as an integer)",
+        re.compile(r": expected an integer, got a number \((-?[0-9]+\.0|-?[0-9.]+e\+[0-9]+)\)$"),
+    ),
+    (
+        "numbers are finite (YAML's .inf)",
+        re.compile(r": expected a positive number, got -?inf$"),
+    ),
+    (
+        "modelCapacity: the step-time profile exists (a shipped name or a file) or is a valid "
+        "inline profile, and has memory figures unless engine.kvCacheTokens is given",
+        re.compile(r"\.profile(\.[^:]*)?: |\.engine\.kvCacheTokens: profile .* has no memory"),
+    ),
+    (
+        "modelCapacity: engine.gpuMemory is bytes or a byte quantity that holds the weights",
+        re.compile(r"\.engine\.gpuMemory: "),
+    ),
+)
+"""(rule, pattern of the parser's ``path: message``) for each rule the schema cannot state."""
+
+
+def _duration(description: str, *, positive: bool = False) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "pattern": POSITIVE_DURATION if positive else DURATION,
+        "description": description + ' Go-style duration: "500ms", "15s", "2m", "1h30m".',
+    }
+
+
+def _string(description: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": NON_EMPTY, "description": description}
+
+
+def _positive(description: str) -> dict[str, Any]:
+    return {"type": "number", "exclusiveMinimum": 0, "description": description}
+
+
+def _object(
+    properties: dict[str, Any], required: tuple[str, ...] = (), description: str = ""
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = list(required)
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _metric_common(kind: str) -> dict[str, Any]:
+    return {
+        "name": {
+            "type": "string",
+            "pattern": METRIC_NAME,
+            "description": "Unique within the policy: lower-case letters, digits, - and _.",
+        },
+        "type": {"const": kind},
+        "query": _string("PromQL returning one number."),
+    }
+
+
+_LATENCY_TARGET = _object(
+    {
+        "quantile": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "exclusiveMaximum": 1,
+            "description": "Quantile of request latency, in (0, 1).",
+        },
+        "slo": _duration("The quantile must stay within this.", positive=True),
+    },
+    ("quantile", "slo"),
+)
+
+METRIC_FIELDS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
+    "queueDepth": (
+        {"targetPerReplica": _positive("Requests waiting that one replica should hold.")},
+        ("targetPerReplica",),
+        "Requests waiting, summed over replicas.",
+    ),
+    "latency": (
+        {"slo": _duration("The observed latency quantile's objective.", positive=True)},
+        ("slo",),
+        "A latency quantile (seconds) against an SLO.",
+    ),
+    "arrivalRate": (
+        {
+            "serviceRatePerReplica": _positive("Requests/s one replica completes at full load."),
+            "latencyTarget": _LATENCY_TARGET,
+        },
+        ("serviceRatePerReplica", "latencyTarget"),
+        "Requests/s, turned into replicas by a queueing model (Erlang C).",
+    ),
+    "kvCacheUsage": (
+        {
+            "target": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 1,
+                "description": "KV-cache usage (0..1, averaged over replicas) to hold.",
+            }
+        },
+        ("target",),
+        "KV-cache saturation (vllm:kv_cache_usage_perc), scaled in proportion.",
+    ),
+    "modelCapacity": (
+        {
+            "profile": {
+                "description": "A shipped step-time profile's name, a file, or an inline profile.",
+                "anyOf": [{"type": "string", "pattern": NON_EMPTY}, {"type": "object"}],
+            },
+            "slo": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": False,
+                "properties": {
+                    "ttft": {"type": "string", "pattern": POSITIVE_DURATION},
+                    "tpot": {"type": "string", "pattern": POSITIVE_DURATION},
+                },
+                "description": "Bounds on the modelled mean TTFT and/or TPOT.",
+            },
+            "promptTokensQuery": _string("Prompt tokens/s (or give promptTokens)."),
+            "generationTokensQuery": _string("Generated tokens/s (or give generatedTokens)."),
+            "promptTokens": _positive("Mean prompt tokens per request."),
+            "generatedTokens": _positive("Mean generated tokens per request."),
+            "engine": _object(
+                {
+                    "maxNumSeqs": {"type": "integer", "minimum": 1},
+                    "maxNumBatchedTokens": {"type": "integer", "minimum": 1},
+                    "gpuMemoryUtilization": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": 1,
+                    },
+                    "gpuMemory": {
+                        "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]
+                    },
+                    "kvCacheTokens": {"type": "integer", "minimum": 1},
+                },
+                description="vLLM engine limits (defaults: vLLM's).",
+            ),
+        },
+        ("profile", "slo"),
+        "The fewest replicas whose modelled TTFT and TPOT meet slo at the observed rate.",
+    ),
+}
+"""Per metric type: its own properties, which of them are required, and a description. A
+metric type added to :data:`policies.schema.MetricType` without an entry here fails
+:func:`document_schema` (and the agreement test)."""
+
+METRIC_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "modelCapacity": {
+        "allOf": [
+            {"oneOf": [{"required": ["promptTokensQuery"]}, {"required": ["promptTokens"]}]},
+            {
+                "oneOf": [
+                    {"required": ["generationTokensQuery"]},
+                    {"required": ["generatedTokens"]},
+                ]
+            },
+        ]
+    }
+}
+"""Constraints across a metric type's fields (exactly one of a query and a mean)."""
+
+
+def _rules(direction: str) -> dict[str, Any]:
+    return _object(
+        {
+            "stabilizationWindow": _duration(
+                f"Window over which {direction} recommendations are combined (at most 1h)."
+            ),
+            "select": {"enum": list(get_args(Select))},
+            "policies": {
+                "type": "array",
+                "minItems": 1,
+                "items": _object(
+                    {
+                        "type": {"enum": list(get_args(RuleType))},
+                        "value": {"type": "integer", "minimum": 1},
+                        "period": _duration("At most 30m.", positive=True),
+                    },
+                    ("type", "value", "period"),
+                ),
+            },
+        },
+        description=f"As the HPA's behavior.{direction}.",
+    )
+
+
+def document_schema() -> dict[str, Any]:
+    """The schema of the ``policy.yaml`` document."""
+    types = list(get_args(MetricType))
+    unknown = set(types) - set(METRIC_FIELDS)
+    if unknown:
+        raise KeyError(f"metric types without a JSON Schema: {sorted(unknown)}")
+    defs: dict[str, Any] = {}
+    branches = []
+    for kind in types:
+        own, required, description = METRIC_FIELDS[kind]
+        defs[f"{kind}Metric"] = _object(
+            {**_metric_common(kind), **own}, ("name", "type", "query", *required), description
+        ) | METRIC_CONSTRAINTS.get(kind, {})
+        branches.append(
+            {
+                "if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
+                "then": {"$ref": f"#/$defs/{kind}Metric"},
+            }
+        )
+    metric = {
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": {"enum": types}},
+        "allOf": branches,
+    }
+    forecast = _object(
+        {
+            "method": {"enum": list(get_args(ForecastMethod))},
+            "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "beta": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        },
+        ("method",),
+        "holt: Holt's linear trend (alpha: level, beta: trend smoothing, in (0, 1]).",
+    )
+    forecast["if"] = {"properties": {"method": {"const": "none"}}}
+    forecast["then"] = {"properties": {"alpha": False, "beta": False}}
+    rules_only = "; ".join(rule for rule, _ in PARSER_ONLY)
+    schema = _object(
+        {
+            "apiVersion": {"const": API_VERSION},
+            "kind": {"const": KIND},
+            "target": _object(
+                {
+                    "apiVersion": _string("e.g. apps/v1"),
+                    "kind": _string("e.g. Deployment"),
+                    "name": _string("In the ConfigMap's namespace."),
+                },
+                ("apiVersion", "kind", "name"),
+                "The workload to scale.",
+            ),
+            "replicas": _object(
+                {
+                    "min": {"type": "integer", "minimum": 1},
+                    "max": {"type": "integer", "minimum": 1},
+                },
+                ("min", "max"),
+            ),
+            "interval": _duration("Decision period (default 15s).", positive=True),
+            "metrics": {
+                "type": "array",
+                "minItems": 1,
+                "items": metric,
+                "description": "Each metric proposes a replica count; the largest wins.",
+            },
+            "behavior": _object({"scaleUp": _rules("scaleUp"), "scaleDown": _rules("scaleDown")}),
+            "coldStart": _duration("Time a new replica needs to become Ready (default 120s)."),
+            "forecast": forecast,
+            "onMetricsUnavailable": {
+                "oneOf": [
+                    {"const": "hold"},
+                    _object(
+                        {"fallbackReplicas": {"type": "integer", "minimum": 1}},
+                        ("fallbackReplicas",),
+                    ),
+                ],
+                "description": "hold (never scale down on missing data) or {fallbackReplicas: N}.",
+            },
+        },
+        ("apiVersion", "kind", "target", "replicas", "metrics"),
+        f"A gpuscale ScalingPolicy ({API_VERSION}), the {POLICY_DATA_KEY} key of a ConfigMap. "
+        f"`gpuscale policy check` also enforces: {rules_only}.",
+    )
+    return {"$schema": DRAFT, "$id": DOCUMENT_FILE, "title": KIND, **schema, "$defs": defs}
+
+
+def configmap_schema() -> dict[str, Any]:
+    """The schema of a policy ConfigMap. The policy itself is a YAML string, which JSON Schema
+    does not parse: ``contentSchema`` names its schema for tools that do; run
+    ``gpuscale policy check`` for the full check."""
+    return {
+        "$schema": DRAFT,
+        "$id": CONFIGMAP_FILE,
+        "title": f"ConfigMap holding a {KIND}",
+        "type": "object",
+        "required": ["kind", "metadata", "data"],
+        "properties": {
+            "apiVersion": {"const": "v1"},
+            "kind": {"const": "ConfigMap"},
+            "metadata": {
+                "type": "object",
+                "required": ["name", "labels"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "namespace": {"type": "string"},
+                    "labels": {
+                        "type": "object",
+                        "required": [POLICY_LABEL],
+                        "properties": {POLICY_LABEL: {"const": "true"}},
+                    },
+                },
+            },
+            "data": {
+                "type": "object",
+                "required": [POLICY_DATA_KEY],
+                "properties": {
+                    POLICY_DATA_KEY: {
+                        "type": "string",
+                        "contentMediaType": "application/yaml",
+                        "contentSchema": {"$ref": DOCUMENT_FILE},
+                    }
+                },
+            },
+        },
+    }
+
+
+def parser_only(path: str, message: str) -> str | None:
+    """The :data:`PARSER_ONLY` rule a parser error (``path``, ``message``) comes from, or None."""
+    for rule, pattern in PARSER_ONLY:
+        if pattern.search(f"{path}: {message}"):
+            return rule
+    return None
