@@ -17,7 +17,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from simulations.sweep import ProcessBackend, SerialBackend, read_results, run_sweep
@@ -58,16 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     points = sum(len(f.points) for f in spec.families) * len(spec.seeds)
     one, serial = timed(spec, 1)
     two, pooled = timed(spec, 2)
-    same = {k: {**v, "summary": v["summary"]} for k, v in serial.items()} == pooled
+    same = serial == pooled
     print(f"\nsmall sweep: {points} runs of the default scenario's first 20 minutes")
     print(f"  1 process (baseline): {points / one * 60:6.1f} points/min  ({one:6.1f} s)")
     print(f"  2 worker processes  : {points / two * 60:6.1f} points/min  ({two:6.1f} s)")
     print(f"  speed-up            : {one / two:.2f}x; same results: {same}")
 
-    path = args.spec if args.spec is not None else (None if args.default else False)
-    if path is not False:
-        whole = load_sweep(path)
-        whole = replace(whole)
+    if args.spec is not None or args.default:
+        whole = load_sweep(args.spec)
         runs = sum(len(f.points) for f in whole.families) * len(whole.seeds)
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
             start = time.perf_counter()

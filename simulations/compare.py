@@ -183,7 +183,6 @@ def request_times(run: Run) -> RequestTimes:
     return RequestTimes(arrival, done, dropped, ttft, tpot, e2e, meets, counted)
 
 
-
 def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float]) -> RunResult:
     """The report's per-run figures and timeline."""
     log = run.log
