@@ -233,7 +233,7 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
         [p["slo_attainment"] * 100 for f in doc["families"] for p in f["frontier"]]
         + [target * 100 - 5]
     )
-    ax.set_xlim(max(lo - 1, 0), 100.5)
+    ax.set_xlim(max(lo - 1, target * 100 - 12, 0), 100.3)  # the region around the target
     ax.set_xlabel("SLO attainment (%), mean over seeds")
     ax.set_ylabel("GPU-hours")
     ax.set_title(f"{doc['scenario']['name']}: frontier per family")
