@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -218,6 +219,7 @@ class RayBackend:
                 "--ray needs Ray: pip install 'gpuscale[ray]' (here and on the cluster)"
             ) from None
         self._ray = ray
+        _check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -233,6 +235,17 @@ class RayBackend:
 
     def close(self) -> None:
         self._ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a ``host:port`` where nothing listens (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "local" or a ray:// client address: Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise RayUnavailable(f"--ray {address}: cannot connect: {exc}") from None
 
 
 def make_backend(workers: int, ray_address: str | None) -> Backend:

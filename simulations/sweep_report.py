@@ -38,9 +38,9 @@ POINT_FIGURES = (
 
 def _figures(summary: dict[str, Any]) -> dict[str, Any]:
     out = {k: summary.get(k) for k in POINT_FIGURES if k in summary}
-    for k, v in summary.items():
+    for k in sorted(summary):  # the same order whether read back from results.jsonl or not
         if k.startswith(("ttft_", "tpot_")) and k not in out:
-            out[k] = v
+            out[k] = summary[k]
     return out
 
 
