@@ -17,6 +17,7 @@ import click
 
 SUBVERBS = {
     "placement": ("gpuscale.cmd_placement", "placement"),
+    "sweep": ("gpuscale.cmd_sweep", "sweep"),
     "calibrate": ("gpuscale.cmd_calibrate", "calibrate"),
     "schema": ("gpuscale.cmd_policy", "scenario_schema"),
 }
@@ -70,6 +71,7 @@ def _baselines(text: str | None) -> tuple[str, ...] | None:
 @click.command(
     cls=_SimulateCommand,
     epilog="Sub-verbs: `gpuscale simulate placement --help` replays openb pods onto GPU nodes;"
+    " `gpuscale simulate sweep --help` sweeps each autoscaler's knobs into Pareto frontiers;"
     " `gpuscale simulate calibrate --help` fits a step-time profile.",
 )
 @click.argument("scenario", required=False, type=click.Path(path_type=Path))

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,14 @@ import numpy as np
 from simulations import arrivals
 from simulations.autoscalers import GpuscaleController, KpaBaseline, controller_for
 from simulations.batching import ServingLog
-from simulations.scenario import Contender, GpuscaleContender, Scenario
-from simulations.sim import Run, build_cluster, make_workload, service_model
+from simulations.scenario import (
+    Contender,
+    GpuscaleContender,
+    Scenario,
+    ServiceTimeSpec,
+    WorkloadSpec,
+)
+from simulations.sim import Run, build_cluster, make_workload, service_model_of
 
 BURST_BIN = 60.0
 BURST_FACTOR = 1.5
@@ -62,14 +69,29 @@ def random_streams(seed: int) -> list[np.random.Generator]:
 
 
 def prepare(scenario: Scenario, seed: int) -> tuple[arrivals.Workload, np.ndarray, float]:
-    """The workload, service times and duration for one seed (the same for every contender)."""
+    """The workload, service times and duration for one seed (the same for every contender).
+
+    Remembered for the last few inputs (a sweep runs many contenders on the same seeds); the
+    arrays are read-only.
+    """
+    svc = scenario.service
+    timed = svc.service_time if svc.engine != "vllm" else None
+    return _prepare(scenario.workload, scenario.duration, timed, seed)
+
+
+@lru_cache(maxsize=4)
+def _prepare(
+    spec: WorkloadSpec, duration: float | None, service_time: ServiceTimeSpec | None, seed: int
+) -> tuple[arrivals.Workload, np.ndarray, float]:
+    """``service_time`` is ``None`` for the vLLM engine, which times every step itself."""
     w_rng, s_rng, _, _ = random_streams(seed)
-    workload = make_workload(scenario.workload, scenario.duration, w_rng)
-    if scenario.service.engine == "vllm":
-        times = np.zeros(len(workload))  # the engine times every step itself
+    workload = make_workload(spec, duration, w_rng)
+    if service_time is None:
+        times = np.zeros(len(workload))
     else:
-        times = service_model(scenario.service).sample(s_rng, workload.prompt, workload.generated)
-    duration = scenario.duration
+        times = service_model_of(service_time).sample(s_rng, workload.prompt, workload.generated)
+    for array in (workload.times, workload.prompt, workload.generated, times):
+        array.setflags(write=False)
     if duration is None:
         duration = math.ceil(workload.duration) + 60.0
     return workload, times, duration

@@ -32,7 +32,7 @@ from simulations.batching import BatchingReplica, EngineConfig, ServingLog
 from simulations.cluster import Cluster, Device, Node, Placement, PodSpec
 from simulations.engine import LATE, Engine
 from simulations.metrics import MetricStore
-from simulations.scenario import Scenario, ServiceSpec, WorkloadSpec
+from simulations.scenario import Scenario, ServiceSpec, ServiceTimeSpec, WorkloadSpec
 from simulations.serving import (
     DEFAULT_LATENCY_BUCKETS,
     ExponentialService,
@@ -70,7 +70,10 @@ class Controller(Protocol):
 
 
 def service_model(service: ServiceSpec) -> ServiceModel:
-    st = service.service_time
+    return service_model_of(service.service_time)
+
+
+def service_model_of(st: ServiceTimeSpec) -> ServiceModel:
     if st.model == "fixed":
         return FixedService(st.seconds)
     if st.model == "exponential":
