@@ -153,6 +153,29 @@ class BindWatch:
                 await self.task
 
 
+async def wait_schedulable(api: Api, count: int, within: float = 600) -> None:
+    """Until ``count`` nodes are Ready without the not-ready taint (the node lifecycle controller
+    lifts it node by node)."""
+    deadline = time.monotonic() + within
+    while True:
+        async with api.session.get("/api/v1/nodes", params={"labelSelector": "bench=true"}) as r:
+            nodes = (await r.json())["items"]
+        ready = sum(1 for n in nodes if _schedulable(n))
+        if ready >= count:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {ready} of {count} nodes schedulable within {within:.0f} s")
+        await asyncio.sleep(1.0)
+
+
+def _schedulable(node: dict[str, Any]) -> bool:
+    taints = node["spec"].get("taints") or []
+    conditions = node.get("status", {}).get("conditions") or []
+    return not any(t["key"].startswith("node.kubernetes.io/") for t in taints) and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in conditions
+    )
+
+
 async def delete_pods(api: Api) -> None:
     async with api.session.delete(
         f"/api/v1/namespaces/{NS}/pods", params={"gracePeriodSeconds": "0"}
@@ -262,8 +285,11 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                     ]
                 )
                 have = target
+                await wait_schedulable(api, target)
                 print(
-                    f"{target} kwok GPU nodes created in {time.monotonic() - t0:.0f} s", flush=True
+                    f"{target} kwok GPU nodes created and schedulable in "
+                    f"{time.monotonic() - t0:.0f} s",
+                    flush=True,
                 )
                 for with_extender in (False, True):
                     results.append(

@@ -237,7 +237,18 @@ def scheduler_process(inst: Installed, *, extender_url: str, with_extender: bool
     for ext in config.get("extenders", []):
         ext["urlPrefix"] = extender_url
     if not with_extender:
-        config.pop("extenders", None)
+        # The same pods must fit the same nodes: kube-scheduler alone is told to ignore the
+        # memory resource, as the extender's managedResources tell it with the extender.
+        ignored = [
+            r["name"]
+            for ext in config.pop("extenders", [])
+            for r in ext.get("managedResources", [])
+            if r.get("ignoredByScheduler")
+        ]
+        for profile in config.get("profiles", []):
+            profile.setdefault("pluginConfig", []).append(
+                {"name": "NodeResourcesFit", "args": {"ignoredResources": ignored}}
+            )
     kubeconfig = inst.kubeconfig(SCHEDULER_SA)
     config["clientConnection"] = {"kubeconfig": str(kubeconfig)}
     path = inst.cp.workdir / "kube-scheduler-config.yaml"
