@@ -46,7 +46,7 @@ cluster:
 	python3 tests/cluster/build.py
 
 # End-to-end tests against that control plane (and the kind tests, which skip without Docker).
-e2e: $(STAMP) prometheus cluster
+e2e: $(STAMP) prometheus cluster helm
 	$(BIN)/pytest -q -m "cluster or e2e" tests/e2e
 
 test: lint typecheck imports pytest
