@@ -247,6 +247,8 @@ class ControlPlane:
     kwok_port: int = field(default_factory=free_port)
     processes: dict[str, Process] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    apiserver_flags: tuple[str, ...] = ()
+    """Extra kube-apiserver flags (the scheduling benchmark turns off node taint admission)."""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -412,6 +414,7 @@ class ControlPlane:
                 "--audit-log-mode=blocking",
                 "--profiling=false",
                 "--v=1",
+                *self.apiserver_flags,
             ],
         )
 
