@@ -25,6 +25,7 @@ from tests.e2e.cluster import ControlPlane
 from tests.e2e.install import Installed, install
 from tests.support.inference_server import InferenceServer
 from tests.support.kube_standin import make_api_client
+from tests.support.prometheus import PrometheusServer
 
 
 def _missing() -> list[str]:
@@ -99,5 +100,18 @@ def vllm_server() -> Iterator[InferenceServer]:
     server.start()
     try:
         yield server.server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    vllm_server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    """Debian's Prometheus scraping the module's vLLM-style server every second."""
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), [vllm_server.target])
+    server.start()
+    try:
+        yield server
     finally:
         server.stop()

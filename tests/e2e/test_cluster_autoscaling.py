@@ -81,18 +81,6 @@ def _policy(target_per_replica: float) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(
-    vllm_server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), [vllm_server.target])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def controller(installed: Installed, prometheus: PrometheusServer) -> Iterator[Process]:
     proc = controller_process(
         installed, name="gpuscale-controller-0", prometheus_url=prometheus.url

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -75,18 +75,6 @@ def _policy(target: str, query: str) -> dict[str, Any]:
 
 
 QUEUE = 'sum(vllm:num_requests_waiting{model_name="llama"})'
-
-
-@pytest.fixture(scope="module")
-def prometheus(
-    vllm_server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), [vllm_server.target])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def _replicas(admin_client: Any, name: str) -> int:
