@@ -231,11 +231,17 @@ def extender_process(inst: Installed, *, port: int, extra: Iterable[str] = ()) -
 
 def scheduler_process(inst: Installed, *, extender_url: str, with_extender: bool = True) -> Process:
     """kube-scheduler with deploy/'s configuration; only the extender URL and the kubeconfig
-    (the pod's in-cluster credentials, here a TokenRequest token) differ. ``with_extender=False``
+    (the pod's in-cluster credentials, here a TokenRequest token) differ, and the extender is
+    not ignorable (see below). ``with_extender=False``
     drops the extender: the same scheduler alone, for the benchmark's baseline."""
     config = scheduler_config(inst.objects)
     for ext in config.get("extenders", []):
         ext["urlPrefix"] = extender_url
+        # On a loaded 2-core test machine an extender call can pass deploy/'s 5 s: with
+        # `ignorable` the scheduler would then bind GPU pods without GPU accounting and the
+        # scenario would test nothing. Here a slow call is a retry, never a silent bypass.
+        ext["ignorable"] = False
+        ext["httpTimeout"] = "30s"
     if not with_extender:
         # The same pods must fit the same nodes: kube-scheduler alone is told to ignore the
         # memory resource, as the extender's managedResources tell it with the extender.

@@ -231,7 +231,8 @@ async def running(
         finally:
             supervisor.cancel()
     finally:
-        for proc in procs.values():
+        # The scheduler first: it must never see its extender gone.
+        for proc in reversed(list(procs.values())):
             proc.stop()
         delete(control_plane, [GPU_NODE.manifest()])
 
