@@ -1285,18 +1285,23 @@ def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
     return scenario
 
 
-def load_scenario(path: Path | str | None = None) -> Scenario:
-    """Read a scenario file (the built-in default when ``path`` is ``None``)."""
-    p = DEFAULT_SCENARIO if path is None else Path(path)
+def read_yaml_file(p: Path, error: type[ScenarioError] = ScenarioError) -> Any:
+    """The YAML document in ``p``; an unreadable file or bad YAML raises ``error`` with
+    ``file: line L, column C: problem``."""
     try:
         text = p.read_text()
     except OSError as exc:
-        raise ScenarioError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+        raise error([f"{p}: cannot read: {exc.strerror or exc}"]) from None
     try:
-        document = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ScenarioError([f"{p}: {where}{problem}"]) from None
-    return parse_scenario(document, str(p), p.resolve().parent)
+        raise error([f"{p}: {where}{problem}"]) from None
+
+
+def load_scenario(path: Path | str | None = None) -> Scenario:
+    """Read a scenario file (the built-in default when ``path`` is ``None``)."""
+    p = DEFAULT_SCENARIO if path is None else Path(path)
+    return parse_scenario(read_yaml_file(p), str(p), p.resolve().parent)

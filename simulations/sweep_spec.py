@@ -20,8 +20,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from policies.parse import (
     PolicyError,
     PolicyFileError,
@@ -41,6 +39,7 @@ from simulations.scenario import (
     _kind,
     _Reader,
     load_scenario,
+    read_yaml_file,
 )
 
 DEFAULT_SWEEP = PACKAGE_DIR / "sweeps" / "default.yaml"
@@ -449,18 +448,7 @@ def parse_sweep(document: Any, file: str, base_dir: Path) -> SweepSpec:
 def load_sweep(path: Path | str | None = None) -> SweepSpec:
     """Read a sweep spec (the built-in default when ``path`` is ``None``)."""
     p = DEFAULT_SWEEP if path is None else Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise SweepSpecError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SweepSpecError([f"{p}: {where}{problem}"]) from None
-    return parse_sweep(document, str(p), p.resolve().parent)
+    return parse_sweep(read_yaml_file(p, SweepSpecError), str(p), p.resolve().parent)
 
 
 def all_points(spec: SweepSpec) -> Sequence[PointSpec]:
