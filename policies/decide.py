@@ -7,7 +7,10 @@ One tick, pure and synchronous, in the order the HPA itself works (``reconcileAu
    (:mod:`policies.forecast`), never for less than the rate observed now. The Holt state holds
    only the policy's arrivalRate metrics (a renamed metric's state is dropped), survives a
    missing sample, and restarts after a gap of more than 10 intervals, where extrapolating the
-   old trend over the gap would be a guess.
+   old trend over the gap would be a guess. With ``burst: {window, quantile}``, ``arrivalRate``
+   and ``modelCapacity`` proposals are then raised to the ``quantile`` of their own sizes over
+   the last ``window`` (:mod:`policies.envelope`); that state, too, holds only the policy's
+   metrics of those types and survives a missing sample.
 2. The target's current count is checked first, as upstream does: ``current == 0`` with
    ``replicas.min >= 1`` means someone scaled the target to zero on purpose; we leave it at 0
    and say so (the HPA's "scaling is disabled"), until it has replicas again. With

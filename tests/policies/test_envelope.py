@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -60,7 +61,7 @@ def policy(
     )
 
 
-def run(p: ScalingPolicy, rates: list[float | None], metric: str = "load") -> list[int]:
+def run(p: ScalingPolicy, rates: Sequence[float | None], metric: str = "load") -> list[int]:
     """Desired counts tick by tick (15 s apart), the target following each decision."""
     state, current, out = State(), 1, []
     for i, rate in enumerate(rates):
@@ -113,7 +114,7 @@ def test_level_lies_within_the_samples_and_rises_with_the_quantile(
 
 
 def test_a_burst_is_held_for_the_window_then_released() -> None:
-    rates: list[float | None] = [2.0, 60.0] + [2.0] * 12
+    rates: Sequence[float | None] = [2.0, 60.0] + [2.0] * 12
     plain = run(policy(None), rates)
     held = run(policy(Burst(120.0)), rates)
     peak = plain[1]
@@ -145,7 +146,7 @@ def test_a_missing_metric_keeps_its_samples_and_other_metrics_get_no_envelope() 
 
 
 def test_quantile_below_one_ignores_the_rarest_spike() -> None:
-    rates: list[float | None] = [2.0] * 9 + [60.0] + [2.0] * 5
+    rates: Sequence[float | None] = [2.0] * 9 + [60.0] + [2.0] * 5
     top = run(policy(Burst(600.0)), rates)
     p90 = run(policy(Burst(600.0, 0.9)), rates)
     assert top[-1] == max(top) > p90[-1]

@@ -144,7 +144,7 @@ def test_all_errors_are_collected_not_just_the_first() -> None:
             "forecast.alpha: expected a number in (0, 1]",
         ),
         (lambda d: d.update(burst={"quantile": 1}), "burst.window: required field is missing"),
-        (lambda d: d.update(burst={"window": "0s"}), 'burst.window: expected a positive duration'),
+        (lambda d: d.update(burst={"window": "0s"}), "burst.window: expected a positive duration"),
         (lambda d: d.update(burst={"window": "2h"}), "burst.window: must be at most 1h"),
         (lambda d: d.update(burst={"window": 600}), 'burst.window: expected a duration like "2s"'),
         (
