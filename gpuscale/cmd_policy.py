@@ -80,6 +80,9 @@ def scenario_schema() -> None:
 def _summary(p: ScalingPolicy) -> str:
     metrics = ", ".join(f"{m.name} ({m.type})" for m in p.metrics)
     forecast = f", forecast {p.forecast.method}" if p.forecast.method != "none" else ""
+    if p.burst is not None:
+        q = "max" if p.burst.quantile >= 1 else f"p{p.burst.quantile * 100:g}"
+        forecast += f", burst envelope {q} over {_seconds(p.burst.window)}"
     return (
         f"{p.target.kind}/{p.target.name}, replicas {p.replicas.min}..{p.replicas.max}, "
         f"every {_seconds(p.interval)}: {metrics}{forecast}"

@@ -7,7 +7,10 @@ One tick, pure and synchronous, in the order the HPA itself works (``reconcileAu
    (:mod:`policies.forecast`), never for less than the rate observed now. The Holt state holds
    only the policy's arrivalRate metrics (a renamed metric's state is dropped), survives a
    missing sample, and restarts after a gap of more than 10 intervals, where extrapolating the
-   old trend over the gap would be a guess.
+   old trend over the gap would be a guess. With ``burst: {window, quantile}``, ``arrivalRate``
+   and ``modelCapacity`` proposals are then raised to the ``quantile`` of their own sizes over
+   the last ``window`` (:mod:`policies.envelope`); that state, too, holds only the policy's
+   metrics of those types and survives a missing sample.
 2. The target's current count is checked first, as upstream does: ``current == 0`` with
    ``replicas.min >= 1`` means someone scaled the target to zero on purpose; we leave it at 0
    and say so (the HPA's "scaling is disabled"), until it has replicas again. With
@@ -35,15 +38,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
+from policies import envelope
 from policies import forecast as holt
 from policies.behavior import limit_rate, record_scale_event, stabilize
-from policies.decision import Decision, HoltState, Proposal, Snapshot, State
+from policies.decision import BurstSample, Decision, HoltState, Proposal, Snapshot, State
+from policies.durations import format_duration
 from policies.proposals import arrival_rate, kv_cache_usage, latency, model_capacity, queue_depth
 from policies.schema import (
     GENERATION_TOKENS,
     PROMPT_TOKENS,
     ArrivalRateMetric,
+    Burst,
     KvCacheMetric,
     LatencyMetric,
     ModelCapacityMetric,
@@ -86,6 +93,9 @@ def decide(
     use_holt = policy.forecast.method == "holt"
     new_holt: dict[str, HoltState] | None = {} if use_holt else None
     max_gap = HOLT_RESTART_AFTER_INTERVALS * policy.interval
+    burst = policy.burst
+    burst_state: Mapping[str, tuple[BurstSample, ...]] = state.burst
+    new_burst: dict[str, tuple[BurstSample, ...]] | None = {} if burst is not None else None
     winner: str | None = None
     best = -1
 
@@ -101,6 +111,8 @@ def decide(
             p = Proposal(m.name, m.type, None, None, "metric missing")
             if new_holt is not None and m.name in holt_state:
                 new_holt[m.name] = holt_state[m.name]
+            if new_burst is not None and m.name in burst_state:
+                new_burst[m.name] = burst_state[m.name]
         elif isinstance(m, QueueDepthMetric):
             p = queue_depth(m, v)
         elif isinstance(m, LatencyMetric):
@@ -119,6 +131,10 @@ def decide(
             else:
                 assert mix is not None
                 p = model_capacity(m, v, mix, hi, sized_for)
+            if burst is not None and new_burst is not None and p.replicas is not None:
+                samples = envelope.update(burst_state.get(m.name), now, p.replicas, burst.window)
+                new_burst[m.name] = samples
+                p = _with_envelope(p, envelope.level(samples, burst.quantile), len(samples), burst)
         else:  # pragma: no cover - the schema admits no other type
             raise TypeError(f"unknown metric type {type(m).__name__}")
         proposals.append(p)
@@ -219,8 +235,19 @@ def decide(
         new_holt if new_holt is not None else holt_state,
         missing_since,
         (now, current),
+        new_burst if new_burst is not None else burst_state,
     )
     return decision, new_state
+
+
+def _with_envelope(p: Proposal, level: int, n: int, burst: Burst) -> Proposal:
+    """``p`` raised to the burst envelope ``level`` of its last ``n`` sizes, if that is more."""
+    assert p.replicas is not None
+    q = f"p{burst.quantile * 100:g}" if burst.quantile < 1 else "max"
+    head = f"burst envelope ({q} of {n} sizes over {format_duration(burst.window)}) {level}"
+    if level > p.replicas:
+        return replace(p, replicas=level, reason=f"{p.reason}; {head} → {level}", burst=level)
+    return replace(p, reason=f"{p.reason}; {head}, no more", burst=level)
 
 
 def _summary(

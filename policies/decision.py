@@ -46,6 +46,14 @@ class HoltState:
 
 
 @dataclass(frozen=True, slots=True)
+class BurstSample:
+    """A demand metric's replica count at one tick, kept for the burst envelope."""
+
+    time: float
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     """Carried from one decision to the next; ``State()`` is the start."""
 
@@ -56,6 +64,8 @@ class State:
     missing_since: float | None = None
     last_seen: tuple[float, int] | None = None
     """(time, target's count) at the previous decision: a change since is a scale event."""
+    burst: Mapping[str, tuple[BurstSample, ...]] = field(default_factory=dict)
+    """Per demand metric, its sizes over the burst window (:mod:`policies.envelope`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,8 @@ class Proposal:
     saturated: bool = False
     forecast: float | None = None
     """For ``arrivalRate`` with ``forecast: holt``: the rate the proposal was sized for."""
+    burst: int | None = None
+    """With ``burst``: the envelope of the metric's recent sizes (``replicas`` is at least it)."""
 
 
 @dataclass(frozen=True, slots=True)

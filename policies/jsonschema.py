@@ -54,7 +54,7 @@ PARSER_ONLY: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("metric names must be unique", re.compile(r": duplicate metric name")),
     (
-        f"behavior.*.stabilizationWindow at most {MAX_STABILIZATION_WINDOW:.0f}s "
+        f"behavior.*.stabilizationWindow and burst.window at most {MAX_STABILIZATION_WINDOW:.0f}s "
         "(a duration's value, not its spelling)",
         re.compile(r": must be at most 1h"),
     ),
@@ -322,6 +322,25 @@ def document_schema() -> dict[str, Any]:
             "behavior": _object({"scaleUp": _rules("scaleUp"), "scaleDown": _rules("scaleDown")}),
             "coldStart": _duration("Time a new replica needs to become Ready (default 120s)."),
             "forecast": forecast,
+            "burst": _object(
+                {
+                    "window": _duration(
+                        "Look-back window of the burst envelope (at most 1h; at least coldStart"
+                        " is advised).",
+                        positive=True,
+                    ),
+                    "quantile": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": 1,
+                        "description": "Of the demand metrics' sizes over the window (default"
+                        " 1: the maximum).",
+                    },
+                },
+                ("window",),
+                "Size arrivalRate and modelCapacity metrics for the quantile of their sizes over"
+                " the last window (default: off).",
+            ),
             "onMetricsUnavailable": {
                 "oneOf": [
                     {"const": "hold"},

@@ -31,6 +31,7 @@ from policies.schema import (
     POLICY_LABEL,
     ArrivalRateMetric,
     Behavior,
+    Burst,
     Forecast,
     ForecastMethod,
     KvCacheMetric,
@@ -208,7 +209,7 @@ def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
         if policy.on_metrics_unavailable.hold
         else {"fallbackReplicas": policy.on_metrics_unavailable.fallback_replicas}
     )
-    return {
+    document: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "target": {
@@ -227,6 +228,12 @@ def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
         "forecast": forecast,
         "onMetricsUnavailable": unavailable,
     }
+    if policy.burst is not None:
+        document["burst"] = {
+            "window": format_duration(policy.burst.window),
+            "quantile": policy.burst.quantile,
+        }
+    return document
 
 
 def policy_to_configmap(policy: ScalingPolicy) -> dict[str, Any]:
@@ -454,6 +461,7 @@ class _Reader:
                 "behavior",
                 "coldStart",
                 "forecast",
+                "burst",
                 "onMetricsUnavailable",
             ),
         )
@@ -472,6 +480,7 @@ class _Reader:
         behavior = self.get(doc, "(root)", "behavior", self.behavior, Behavior())
         cold_start = self.get(doc, "(root)", "coldStart", self.duration, 120.0)
         forecast = self.get(doc, "(root)", "forecast", self.forecast, Forecast())
+        burst = self.get(doc, "(root)", "burst", self.burst)
         unavailable = self.get(
             doc, "(root)", "onMetricsUnavailable", self.on_unavailable, OnMetricsUnavailable()
         )
@@ -493,6 +502,7 @@ class _Reader:
             or behavior is None
             or cold_start is None
             or forecast is None
+            or ("burst" in doc and burst is None)
             or unavailable is None
         ):
             return None
@@ -506,6 +516,7 @@ class _Reader:
             behavior=behavior,
             cold_start=cold_start,
             forecast=forecast,
+            burst=burst,
             on_metrics_unavailable=unavailable,
         )
 
@@ -846,6 +857,25 @@ class _Reader:
         if method is None or alpha is None or beta is None:
             return None
         return Forecast(cast(ForecastMethod, method), alpha, beta)
+
+    def burst(self, value: Any, path: str) -> Burst | None:
+        obj = self.mapping(value, path, required=("window",), optional=("quantile",))
+        if obj is None:
+            return None
+        window = self.get(obj, path, "window", self.burst_window)
+        quantile = self.get(
+            obj, path, "quantile", lambda v, p: self.fraction(v, p, closed_top=True), 1.0
+        )
+        if window is None or quantile is None:
+            return None
+        return Burst(window, quantile)
+
+    def burst_window(self, value: Any, path: str) -> float | None:
+        seconds = self.duration(value, path, positive=True)
+        if seconds is not None and seconds > MAX_STABILIZATION_WINDOW:
+            self.error(path, f'must be at most 1h (as a stabilization window), got "{value}"')
+            return None
+        return seconds
 
     def on_unavailable(self, value: Any, path: str) -> OnMetricsUnavailable | None:
         if value == "hold":

@@ -73,15 +73,23 @@ def shipped_profiles() -> list[str]:
 
 def resolve(ref: str, base_dir: Path | None = None) -> Path:
     """The file a profile reference means: a shipped name, or a path (relative to ``base_dir``)."""
-    if NAME_PATTERN.fullmatch(ref) and (PROFILE_DIR / f"{ref}.yaml").is_file():
+    if NAME_PATTERN.fullmatch(ref) and _is_file(PROFILE_DIR / f"{ref}.yaml"):
         return PROFILE_DIR / f"{ref}.yaml"
     path = Path(ref)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    if path.is_file():
+    if _is_file(path):
         return path
     known = ", ".join(shipped_profiles())
     raise ProfileError([f"{ref}: no such profile (shipped: {known}; or give a file path)"])
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but a name the OS refuses (too long, …) is simply no file."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def load_profile(ref: str, base_dir: Path | None = None) -> StepProfile:

@@ -192,6 +192,15 @@ class Forecast:
 
 
 @dataclass(frozen=True, slots=True)
+class Burst:
+    """Size demand metrics for the ``quantile`` of their sizes over the last ``window`` seconds
+    (:mod:`policies.envelope`)."""
+
+    window: float
+    quantile: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class OnMetricsUnavailable:
     """``fallback_replicas is None`` means *hold*: never scale down on missing data."""
 
@@ -213,6 +222,8 @@ class ScalingPolicy:
     behavior: Behavior = field(default_factory=Behavior)
     cold_start: float = 120.0
     forecast: Forecast = field(default_factory=Forecast)
+    burst: Burst | None = None
+    """``None``: size demand metrics for the load now (and its forecast) only."""
     on_metrics_unavailable: OnMetricsUnavailable = field(default_factory=OnMetricsUnavailable)
 
     @property

@@ -19,6 +19,7 @@ def test_check_passes_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(EXAMPLES)
     assert any("inference/llama-chat: ok (Deployment/llama-chat, replicas 1..32" in o for o in out)
+    assert any("llama-burst: ok" in o and o.endswith("burst envelope max over 10m)") for o in out)
 
 
 def test_check_reports_every_error_with_file_and_exits_1(
@@ -160,3 +161,14 @@ def test_every_flag_has_an_environment_variable(
     monkeypatch.setenv("GPUSCALE_POLICY_EXPLAIN_CURRENT", "3")
     assert main(["policy", "explain", str(LLM), "-m", "queue=1"]) == 0
     assert "Now: 3 replicas." in capsys.readouterr().out
+
+
+def test_explain_shows_the_burst_envelope(capsys: pytest.CaptureFixture[str]) -> None:
+    burst = LLM.parent / "llm-serving-burst.yaml"
+    args = ["policy", "explain", str(burst), "--current", "3", "-m", "kv-cache=0.1"]
+    rates = ["-m", "capacity=40", "-m", "capacity:promptTokens=80000"]
+    code = main([*args, *rates, "-m", "capacity:generationTokens=8000"])
+    assert code == 0
+    out = capsys.readouterr().out
+    # One tick from a fresh state: the envelope holds only the size now.
+    assert "burst envelope (max of 1 sizes over 10m) 23, no more" in out

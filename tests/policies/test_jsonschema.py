@@ -246,6 +246,10 @@ def valid_policies(draw: st.DrawFn) -> dict[str, Any]:
                 )
             )
     if draw(st.booleans()):
+        doc["burst"] = {"window": draw(durations(0.001, 3600))} | draw(
+            st.fixed_dictionaries({}, optional={"quantile": st.floats(0.01, 1.0)})
+        )
+    if draw(st.booleans()):
         doc["onMetricsUnavailable"] = draw(
             st.just("hold") | st.builds(lambda n: {"fallbackReplicas": n}, st.integers(low, high))
         )
@@ -410,6 +414,9 @@ def test_the_schema_rejects_what_editors_should_flag() -> None:
         lambda d: d.update(interval="15s\n"),
         lambda d: d.update(coldStart="٣s"),
         lambda d: d.update(forecast={"method": "none", "alpha": 0.5}),
+        lambda d: d.update(burst={"window": "0s"}),
+        lambda d: d.update(burst={"window": "5m", "quantile": 0}),
+        lambda d: d.update(burst={"quantile": 0.5}),
         lambda d: d.update(onMetricsUnavailable="drop"),
         lambda d: d["metrics"][0].update(name="Queue"),
         lambda d: d["target"].update(name="  "),

@@ -23,6 +23,7 @@ from policies.parse import (
 from policies.schema import (
     ArrivalRateMetric,
     Behavior,
+    Burst,
     Forecast,
     LatencyMetric,
     LatencyTarget,
@@ -77,6 +78,7 @@ def test_minimal_policy_gets_the_documented_defaults() -> None:
     )
     assert policy.behavior.scale_down.stabilization_window == 300.0
     assert policy.forecast == Forecast("none")
+    assert policy.burst is None
     assert policy.on_metrics_unavailable.hold
     assert policy.metrics == (QueueDepthMetric("queue", "sum(q)", 4.0),)
 
@@ -141,6 +143,16 @@ def test_all_errors_are_collected_not_just_the_first() -> None:
             lambda d: d.update(forecast={"method": "holt", "alpha": 1.5}),
             "forecast.alpha: expected a number in (0, 1]",
         ),
+        (lambda d: d.update(burst={"quantile": 1}), "burst.window: required field is missing"),
+        (lambda d: d.update(burst={"window": "0s"}), "burst.window: expected a positive duration"),
+        (lambda d: d.update(burst={"window": "2h"}), "burst.window: must be at most 1h"),
+        (lambda d: d.update(burst={"window": 600}), 'burst.window: expected a duration like "2s"'),
+        (
+            lambda d: d.update(burst={"window": "5m", "quantile": 1.5}),
+            "burst.quantile: expected a number in (0, 1]",
+        ),
+        (lambda d: d.update(burst={"window": "5m", "q": 1}), "burst.q: unknown field"),
+        (lambda d: d.update(burst="10m"), "burst: expected a mapping, got a string"),
     ],
 )
 def test_each_rule_reports_its_field(mutate: Any, expected: str) -> None:
@@ -262,6 +274,9 @@ def policies(draw: st.DrawFn) -> ScalingPolicy:
         forecast=Forecast("holt", draw(st.floats(0.01, 1)), draw(st.floats(0.01, 1)))
         if holt
         else Forecast(),
+        burst=draw(
+            st.none() | st.builds(Burst, durations, st.floats(0.01, 1.0, allow_subnormal=False))
+        ),
         on_metrics_unavailable=OnMetricsUnavailable(
             draw(st.one_of(st.none(), st.integers(low, high)))
         ),

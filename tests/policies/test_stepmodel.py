@@ -130,6 +130,8 @@ def test_profile_errors_name_file_and_field(tmp_path: Path) -> None:
     assert "p.yaml: weights: expected bytes" in text
     with pytest.raises(ProfileError, match="no such profile"):
         load_profile("no-such-profile", tmp_path)
+    with pytest.raises(ProfileError, match="no such profile"):  # the OS refuses the name
+        load_profile("x" * 5000, tmp_path)
     f = tmp_path / "mine.yaml"
     f.write_text("name: mine\nstepTime: {beta0: 1ms, beta1: 1us, beta2: 2us}\n")
     assert load_profile("mine.yaml", tmp_path).beta2 == pytest.approx(2e-6)
