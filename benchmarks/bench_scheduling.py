@@ -199,7 +199,9 @@ async def delete_pods(api: Api) -> None:
         await asyncio.sleep(0.5)
 
 
-def start_scheduler(inst: Installed, *, with_extender: bool, port: int) -> list[Process]:
+def start_scheduler(
+    inst: Installed, *, with_extender: bool, port: int, qps: float | None
+) -> list[Process]:
     procs = []
     if with_extender:
         ext = extender_process(inst, port=port, extra=["--stale-after=24h", "--log-level=warning"])
@@ -214,7 +216,7 @@ def start_scheduler(inst: Installed, *, with_extender: bool, port: int) -> list[
 
         wait_until("extender", ready, within=300, log=ext.log)
     sched = scheduler_process(
-        inst, extender_url=f"http://127.0.0.1:{port}", with_extender=with_extender
+        inst, extender_url=f"http://127.0.0.1:{port}", with_extender=with_extender, qps=qps
     )
     sched.start()
     procs.append(sched)
@@ -280,6 +282,7 @@ async def run_case(
     pods: int,
     paced: int,
     rate: float,
+    qps: float | None,
 ) -> Result:
     mode = "with extender" if with_extender else "scheduler alone"
     print(f"  {nodes} nodes, {mode}: creating {pods} pods", flush=True)
@@ -289,7 +292,7 @@ async def run_case(
     )
     watch = BindWatch(api)
     watch.start()
-    procs = start_scheduler(inst, with_extender=with_extender, port=free_port())
+    procs = start_scheduler(inst, with_extender=with_extender, port=free_port(), qps=qps)
     try:
         await watch.wait_for(set(names), within=900)
         times = sorted(watch.bound[n] for n in names)
@@ -369,6 +372,7 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                             pods=args.pods,
                             paced=args.paced,
                             rate=args.rate,
+                            qps=args.scheduler_qps,
                         )
                     )
         finally:
@@ -403,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pods", type=int, default=1000)
     parser.add_argument("--paced", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument(
+        "--scheduler-qps",
+        type=float,
+        help="kube-scheduler's API client QPS (burst twice that); default: deploy/'s, which "
+        "leaves kube-scheduler's own 50/s, the limit its binds hit when it binds alone",
+    )
     args = parser.parse_args(argv)
     missing = [k for k, c in COMPONENTS.items() if not is_built(c)]
     if missing:

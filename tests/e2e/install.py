@@ -231,11 +231,14 @@ def extender_process(inst: Installed, *, port: int, extra: Iterable[str] = ()) -
     )
 
 
-def scheduler_process(inst: Installed, *, extender_url: str, with_extender: bool = True) -> Process:
+def scheduler_process(
+    inst: Installed, *, extender_url: str, with_extender: bool = True, qps: float | None = None
+) -> Process:
     """kube-scheduler with deploy/'s configuration; only the extender URL and the kubeconfig
     (the pod's in-cluster credentials, here a TokenRequest token) differ, and the extender is
     not ignorable (see below). ``with_extender=False``
-    drops the extender: the same scheduler alone, for the benchmark's baseline."""
+    drops the extender: the same scheduler alone, for the benchmark's baseline. ``qps`` raises
+    the scheduler's API client limits (deploy/ keeps kube-scheduler's defaults, 50/s, burst 100)."""
     config = scheduler_config(inst.objects)
     for ext in config.get("extenders", []):
         ext["urlPrefix"] = extender_url
@@ -259,6 +262,8 @@ def scheduler_process(inst: Installed, *, extender_url: str, with_extender: bool
             )
     kubeconfig = inst.kubeconfig(SCHEDULER_SA)
     config["clientConnection"] = {"kubeconfig": str(kubeconfig)}
+    if qps is not None:
+        config["clientConnection"].update(qps=qps, burst=int(2 * qps))
     port = free_port()
     path = inst.cp.workdir / "kube-scheduler-config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
