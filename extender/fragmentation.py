@@ -977,13 +977,13 @@ def _place_arrays(
                 out.increase[rows] = sub.increase
                 out.fits[rows] = sub.fits
                 if out.positions is not None and sub.positions is not None:
-                    for k, where in zip(rows.tolist(), sub.positions, strict=True):
-                        out.positions[k] = where
+                    for k, taken in zip(rows.tolist(), sub.positions, strict=True):
+                        out.positions[k] = taken
             return out
     if d == 0 or not workload.parts:
         out = _Placed.empty(s, positions)
-        for k, (devs, host) in enumerate(arrays.states):
-            out.set(k, place(devs, host, need, workload))
+        for k, (devs, state_host) in enumerate(arrays.states):
+            out.set(k, place(devs, state_host, need, workload))
         return out
     basis, owned = _basis(arrays, workload)
     total, free, idle = arrays.total, arrays.free.copy(), arrays.idle.copy()
