@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TypeVar
 
 import numpy as np
@@ -112,8 +113,9 @@ class StateArrays:
 
     def take(self, rows: _I64) -> StateArrays:
         """The states at ``rows``, sharing the host list."""
+        at = rows.tolist()
         return StateArrays(
-            [self.states[k] for k in rows.tolist()],
+            list(itemgetter(*at)(self.states)) if len(at) > 1 else [self.states[k] for k in at],
             self.total[rows],
             self.free[rows],
             self.idle[rows],
