@@ -206,30 +206,81 @@ class NodeIndex:
     def classify(self) -> None:
         """Group nodes by taints and labels, leaving out labels whose values are all distinct
         (hostname and the like: pods that refer to them are evaluated per node)."""
-        keys: set[str] = set()
+        self._label_values: dict[str, dict[str, int]] = {}
+        self._shared_values: dict[str, int] = {}
         for node in self.nodes:
-            keys.update(node.labels)
-        unique: set[str] = set()
-        for key in keys:
-            values = [node.labels.get(key) for node in self.nodes]
-            present = [v for v in values if v is not None]
-            if len(present) > 1 and len(set(present)) == len(present):
-                unique.add(key)
-        self._class_keys = tuple(sorted(unique))
-        ids: dict[tuple[object, ...], int] = {}
+            self._count_labels(node.labels, 1)
+        self._assign_classes()
+
+    def _count_labels(self, labels: Mapping[str, str], delta: int) -> None:
+        """Per label key, how many nodes carry each value (and how many values are shared by
+        more than one node), so that the per-node keys can be told after one node's change."""
+        for key, value in labels.items():
+            values = self._label_values.setdefault(key, {})
+            before = values.get(value, 0)
+            after = before + delta
+            if after:
+                values[value] = after
+            else:
+                del values[value]
+                if not values:
+                    del self._label_values[key]
+            shared = (after > 1) - (before > 1)
+            if shared:
+                self._shared_values[key] = self._shared_values.get(key, 0) + shared
+
+    def _unique_keys(self) -> tuple[str, ...]:
+        return tuple(
+            sorted(
+                key
+                for key, values in self._label_values.items()
+                if len(values) > 1 and not self._shared_values.get(key)
+            )
+        )
+
+    def _class_key(self, node: NodeInfo) -> tuple[object, ...]:
+        unique = self._class_keys or ()
+        labels = tuple(sorted((k, v) for k, v in node.labels.items() if k not in unique))
+        return (labels, node.taints)
+
+    def _assign_classes(self) -> None:
+        self._class_keys = self._unique_keys()
+        self._class_ids: dict[tuple[object, ...], int] = {}
         self._classes = []
         class_of = np.zeros(len(self.nodes), dtype=np.int64)
         for i, node in enumerate(self.nodes):
-            labels = tuple(sorted((k, v) for k, v in node.labels.items() if k not in unique))
-            class_key = (labels, node.taints)
-            c = ids.get(class_key)
-            if c is None:
-                c = ids[class_key] = len(self._classes)
-                self._classes.append(_Class(dict(labels), node.taints))
-            class_of[i] = c
+            class_of[i] = self._class_id(node)
         self._class_of = class_of
         self._static.clear()
         self.static_version += 1
+
+    def _class_id(self, node: NodeInfo) -> int:
+        key = self._class_key(node)
+        c = self._class_ids.get(key)
+        if c is None:
+            c = self._class_ids[key] = len(self._classes)
+            labels, _ = key
+            self._classes.append(
+                _Class(dict(cast(tuple[tuple[str, str], ...], labels)), node.taints)
+            )
+        return c
+
+    def reclassify_node(self, i: int, node: NodeInfo) -> None:
+        """A node's labels or taints changed: move it to its class, creating the class if it is
+        new. Only when the change makes a label key per-node or shared (a second node with the
+        same hostname value, say) are all nodes regrouped."""
+        self._count_labels(self.nodes[i].labels, -1)
+        self._count_labels(node.labels, 1)
+        self.nodes[i] = node
+        if self._unique_keys() != self._class_keys:
+            self._assign_classes()
+            return
+        classes = len(self._classes)
+        self._class_of[i] = self._class_id(node)
+        if len(self._classes) != classes:
+            # per-class answers cached for the old classes do not cover the new one
+            self._static.clear()
+            self.static_version += 1
 
     @property
     def ignored_keys(self) -> tuple[str, ...]:

@@ -41,7 +41,8 @@ class ClusterState:
         self.memo = StateMemo()
         """Node states and their scores, kept across index rebuilds (nodes added or deleted)."""
         self._rebuild = True
-        self._reclassify = False
+        self._relabelled: set[str] = set()
+        """Nodes whose labels or taints changed since the index last saw them."""
         self._dirty: set[str] = set()
 
     # ---- ClusterView -------------------------------------------------------------------
@@ -83,8 +84,9 @@ class ClusterState:
 
     def index(self, now: float) -> NodeIndex:
         """The columnar index over the current nodes (see :mod:`extender.index`), brought up to
-        date: rebuilt when nodes came or went, reclassified when labels or taints changed, and
-        refreshed row by row for nodes whose GPUs, pods or reservations changed."""
+        date: rebuilt when nodes came or went, and otherwise row by row: nodes whose labels or
+        taints changed move to their class, and rows are refreshed for nodes whose GPUs, pods or
+        reservations changed."""
         if self._index is None or self._rebuild:
             self._index = NodeIndex(
                 [self.nodes[n] for n in sorted(self.nodes)],
@@ -95,7 +97,8 @@ class ClusterState:
                 memo=self.memo,
                 previous=self._index,
             )
-            self._rebuild = self._reclassify = False
+            self._rebuild = False
+            self._relabelled.clear()
             self._dirty.clear()
             return self._index
         index = self._index
@@ -103,12 +106,13 @@ class ClusterState:
             for name in self._dirty:
                 i = index.pos.get(name)
                 if i is not None:
-                    index.update_node(i, self.nodes[name])
+                    if name in self._relabelled:
+                        index.reclassify_node(i, self.nodes[name])
+                    else:
+                        index.update_node(i, self.nodes[name])
                     index.refresh_row(i, now)
             self._dirty.clear()
-        if self._reclassify:
-            index.classify()
-            self._reclassify = False
+            self._relabelled.clear()
         return index
 
     def _valid_until_of(self, name: str) -> float:
@@ -123,7 +127,7 @@ class ClusterState:
         if old is None:
             self._rebuild = True
         elif old.labels != node.labels or old.taints != node.taints:
-            self._reclassify = True
+            self._relabelled.add(node.name)
         self.nodes[node.name] = node
         self._touch(node.name)
         if node.gpu_report is not None:

@@ -249,6 +249,10 @@ class ControlPlane:
     tokens: dict[str, str] = field(default_factory=dict)
     apiserver_flags: tuple[str, ...] = ()
     """Extra kube-apiserver flags (the scheduling benchmark turns off node taint admission)."""
+    kcm_flags: tuple[str, ...] = ()
+    """Extra kube-controller-manager flags."""
+    kwok_flags: tuple[str, ...] = ()
+    """Extra kwok flags (the scheduling benchmark renews node Leases less often)."""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -472,6 +476,7 @@ class ControlPlane:
                 f"--horizontal-pod-autoscaler-sync-period={HPA_SYNC}",
                 "--leader-elect=false",
                 "--v=2",
+                *self.kcm_flags,
             ],
         )
 
@@ -487,6 +492,7 @@ class ControlPlane:
                 f"--server-address=127.0.0.1:{self.kwok_port}",
                 "--node-ip=10.244.0.1",
                 "--cidr=10.244.0.0/16",
+                *self.kwok_flags,
             ],
         )
 

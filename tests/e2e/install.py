@@ -226,7 +226,9 @@ def extender_process(inst: Installed, *, port: int, extra: Iterable[str] = ()) -
         "--log-level=info",
         *extra,
     ]
-    return Process("gpuscale-extender", argv, inst.cp.workdir / "gpuscale-extender.log")
+    return Process(
+        "gpuscale-extender", argv, inst.cp.workdir / "gpuscale-extender.log", ports={"http": port}
+    )
 
 
 def scheduler_process(inst: Installed, *, extender_url: str, with_extender: bool = True) -> Process:
@@ -257,6 +259,7 @@ def scheduler_process(inst: Installed, *, extender_url: str, with_extender: bool
             )
     kubeconfig = inst.kubeconfig(SCHEDULER_SA)
     config["clientConnection"] = {"kubeconfig": str(kubeconfig)}
+    port = free_port()
     path = inst.cp.workdir / "kube-scheduler-config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     argv = [
@@ -265,10 +268,12 @@ def scheduler_process(inst: Installed, *, extender_url: str, with_extender: bool
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         "--bind-address=127.0.0.1",
-        f"--secure-port={free_port()}",
+        f"--secure-port={port}",
         "--v=2",
     ]
-    return Process("kube-scheduler", argv, inst.cp.workdir / "kube-scheduler.log")
+    return Process(
+        "kube-scheduler", argv, inst.cp.workdir / "kube-scheduler.log", ports={"secure": port}
+    )
 
 
 def wait_http_ok(url: str, *, within: float, proc: Process) -> None:

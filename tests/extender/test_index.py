@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from extender.filtering import filter_nodes, prioritize, strategy_for
@@ -181,6 +181,82 @@ def test_index_follows_changes(
         check(state, pod, names)
         state.delete_node(ns[-1].name)
         check(state, pod, names)
+
+
+@st.composite
+def relabellings(draw: st.DrawFn, n: int) -> list[tuple[int, dict[str, str], tuple[Taint, ...]]]:
+    """Label and taint edits on nodes of a cluster of ``n``: pool moves, a new label key, a
+    label dropped, and hostnames that collide (which makes the per-node key a shared one)."""
+    edits = []
+    for _ in range(draw(st.integers(1, 6))):
+        i = draw(st.integers(0, n - 1))
+        labels = {
+            "kubernetes.io/hostname": draw(st.sampled_from((f"n{i}", f"n{i}", "n0"))),
+            "pool": draw(st.sampled_from(POOLS)),
+        }
+        if draw(st.booleans()):
+            labels["rank"] = str(draw(st.integers(0, 3)))
+        if draw(st.booleans()):
+            labels["zone"] = draw(st.sampled_from(("z1", "z2")))
+        edits.append((i, labels, draw(st.sampled_from(TAINTS))))
+    return edits
+
+
+@settings(max_examples=150, deadline=None)
+@given(clusters(), st.lists(pods(), min_size=1, max_size=3), st.data())
+def test_relabelled_nodes_are_reclassified_in_place(
+    cluster: tuple[list[NodeInfo], list[PodRequest], list[str]],
+    ps: list[PodRequest],
+    data: st.DataObject,
+) -> None:
+    ns, bound, names = cluster
+    assume(ns)
+    state = ClusterState(InventoryConfig(stale_after=100))
+    state.replace_nodes(ns)
+    state.replace_pods(bound)
+    index = state.index(NOW)
+    for i, labels, taints in data.draw(relabellings(len(ns))):
+        old = state.nodes[f"n{i}"]
+        state.upsert_node(
+            NodeInfo(
+                old.name,
+                labels,
+                taints,
+                old.allocatable_milli_cpu,
+                old.allocatable_memory,
+                old.gpu_report,
+            )
+        )
+        for pod in ps:
+            check(state, pod, names)
+        assert state.index(NOW) is index  # moved between classes, not rebuilt
+        fresh = ClusterState(InventoryConfig(stale_after=100))
+        fresh.replace_nodes(state.nodes.values())
+        fresh.replace_pods(bound)
+        assert index.ignored_keys == fresh.index(NOW).ignored_keys
+
+
+def test_a_relabelled_node_joining_an_existing_class_keeps_the_cached_answers() -> None:
+    ns = [
+        NodeInfo(f"n{i}", {"kubernetes.io/hostname": f"n{i}", "pool": p}, (), None, None, None)
+        for i, p in enumerate("aab")
+    ]
+    state = ClusterState()
+    state.replace_nodes(ns)
+    index = state.index(NOW)
+    version = index.static_version
+    state.upsert_node(
+        NodeInfo("n2", {"kubernetes.io/hostname": "n2", "pool": "a"}, (), None, None, None)
+    )
+    assert state.index(NOW).static_version == version
+    state.upsert_node(
+        NodeInfo("n2", {"kubernetes.io/hostname": "n2", "pool": "c"}, (), None, None, None)
+    )
+    assert state.index(NOW).static_version == version + 1  # a class no node had before
+    state.upsert_node(
+        NodeInfo("n2", {"kubernetes.io/hostname": "n0", "pool": "c"}, (), None, None, None)
+    )
+    assert state.index(NOW).ignored_keys == ()  # hostname values collide: no longer per-node
 
 
 def test_rows_turn_stale_with_time_alone() -> None:
