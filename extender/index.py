@@ -252,6 +252,7 @@ class NodeIndex:
             class_of[i] = self._class_id(node)
         self._class_of = class_of
         self._static.clear()
+        self._static_failed.clear()
         self.static_version += 1
 
     def _class_id(self, node: NodeInfo) -> int:
@@ -277,6 +278,7 @@ class NodeIndex:
             return
         classes = len(self._classes)
         self._class_of[i] = self._class_id(node)
+        self._static_failed.clear()  # they were built from the classes of the nodes
         if len(self._classes) != classes:
             # per-class answers cached for the old classes do not cover the new one
             self._static.clear()
