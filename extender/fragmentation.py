@@ -506,6 +506,18 @@ def score_of(increase: float) -> float:
     return MAX_NODE_SCORE / (1.0 + math.exp(x))
 
 
+def _scores(increase: _F64, fits: npt.NDArray[np.bool_]) -> list[float]:
+    """``[score_of(x) if fit else 0.0 ...]``, the clipping and the arithmetic done on arrays
+    (the same IEEE operations, so the same bits); ``exp`` stays :func:`math.exp`, as numpy's
+    may differ from it in the last place."""
+    x = STEEPNESS * increase
+    x = np.where(x < 50.0, x, 50.0)  # min(50.0, x), NaN included
+    x = np.where(x > -50.0, x, -50.0)  # max(-50.0, x)
+    e = np.fromiter(map(math.exp, x.tolist()), dtype=np.float64, count=len(x))
+    out: list[float] = np.where(fits, MAX_NODE_SCORE / (1.0 + e), 0.0).tolist()
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Fragmentation:
     """Fragmentation-aware strategy (``--scoring fragmentation``).
@@ -593,7 +605,7 @@ class Fragmentation:
             return self.score_states(arrays.states, need)
         if not self.host_aware:
             arrays = arrays.without_hosts()
-        return [0.0 if x is None else score_of(x) for x in increases(arrays, need, self.workload)]
+        return scores_arrays(arrays, need, self.workload)
 
     def choose(self, gpus: NodeGpus, need: GpuNeed) -> tuple[int, ...] | None:
         found = self.placement(gpus, need)
@@ -786,57 +798,231 @@ def increases(arrays: StateArrays, need: GpuNeed, workload: Workload) -> list[fl
     return [None if f is None else f[1] for f in place_arrays(arrays, need, workload)]
 
 
+def scores_arrays(arrays: StateArrays, need: GpuNeed, workload: Workload) -> list[float]:
+    """``score_of`` of :func:`increases` per state, 0.0 where the need does not fit."""
+    placed = _place_arrays(arrays, need, workload, False)
+    return _scores(placed.increase, placed.fits)
+
+
+@dataclass(slots=True)
+class _Basis:
+    """What :func:`place_arrays` derives from node states before looking at the pod: per
+    state, :class:`_Rooms` and the fragmentation before placing. It depends on the states and
+    the workload alone, so it is computed once per state (:func:`_basis`) and taken by row for
+    every need; rows are independent, so a row's values are the same whatever batch computed
+    them."""
+
+    width: int
+    need: _I64  # (parts, states, devices)
+    ok: npt.NDArray[np.bool_]
+    frac: _F64
+    slots: _I64  # (parts, states, devices)
+    free_sum: _F64
+    copies: _I64  # (parts, states)
+    size: _F64  # (parts, states)
+    roomy: _F64  # (parts, states)
+    before: _F64
+
+    def __len__(self) -> int:
+        return len(self.ok)
+
+    def take(self, rows: _I64 | slice) -> _Basis:
+        return _Basis(
+            self.width,
+            self.need[:, rows],
+            self.ok[rows],
+            self.frac[rows],
+            self.slots[:, rows],
+            self.free_sum[rows],
+            self.copies[:, rows],
+            self.size[:, rows],
+            self.roomy[:, rows],
+            self.before[rows],
+        )
+
+    def then(self, more: _Basis) -> _Basis:
+        """These rows followed by ``more``'s."""
+        return _Basis(
+            self.width,
+            np.concatenate([self.need, more.need], axis=1),
+            np.concatenate([self.ok, more.ok]),
+            np.concatenate([self.frac, more.frac]),
+            np.concatenate([self.slots, more.slots], axis=1),
+            np.concatenate([self.free_sum, more.free_sum]),
+            np.concatenate([self.copies, more.copies], axis=1),
+            np.concatenate([self.size, more.size], axis=1),
+            np.concatenate([self.roomy, more.roomy], axis=1),
+            np.concatenate([self.before, more.before]),
+        )
+
+
+_BASES: Final = 4
+"""Workloads whose per-state basis a set of arrays keeps (a relearn adds one)."""
+
+
+def _host_columns(arrays: StateArrays) -> tuple[npt.NDArray[np.bool_], _I64]:
+    """Whether each distinct host is known, and its free (CPU, memory) (0 where unknown)."""
+    if arrays.hostless:
+        return np.zeros(1, dtype=bool), np.zeros((1, 2), dtype=np.int64)
+    known = np.array([h is not None for h in arrays.hosts], dtype=bool)
+    host = np.array([h if h is not None else (0, 0) for h in arrays.hosts], dtype=np.int64)
+    return known, host.reshape(-1, 2)
+
+
+def _compute_basis(arrays: StateArrays, rows: slice, workload: Workload) -> _Basis:
+    total, free, idle = arrays.total[rows], arrays.free[rows], arrays.idle[rows]
+    h_row = arrays.host_id[rows] if not arrays.hostless else np.zeros(len(total), dtype=np.int64)
+    known, host = _host_columns(arrays)
+    rooms = _Rooms(total, free, idle, workload)
+    before = _value_many(
+        rooms.free_sum,
+        rooms.copies,
+        rooms.size,
+        rooms.roomy,
+        _host_arrays(host, known, workload),
+        h_row,
+    )
+    return _Basis(
+        total.shape[1],
+        rooms.need,
+        rooms.ok,
+        rooms.frac,
+        rooms.slots,
+        rooms.free_sum,
+        rooms.copies,
+        rooms.size,
+        rooms.roomy,
+        before,
+    )
+
+
+def _basis(arrays: StateArrays, workload: Workload) -> tuple[_Basis, bool]:
+    """The :class:`_Basis` of ``arrays``' rows: sliced from the arrays they were taken from,
+    where it is kept (:attr:`StateArrays.derived`) and extended to states interned since; and
+    whether it is a copy of its own (else the one kept, not to be written)."""
+    root, rows = arrays.root()
+    key = (workload, arrays.hostless)
+    width = root.total.shape[1]
+    hit = root.derived.get(key)
+    have = hit if isinstance(hit, _Basis) and hit.width == width else None
+    n = len(root)
+    if have is None or len(have) < n:
+        start = 0 if have is None else len(have)
+        view = root if not arrays.hostless else root.without_hosts()
+        more = _compute_basis(view, slice(start, n), workload)
+        have = more if have is None else have.then(more)
+        root.derived.pop(key, None)
+        while len(root.derived) >= _BASES:
+            root.derived.pop(next(iter(root.derived)))
+        root.derived[key] = have
+    if rows is None:
+        return (have, False) if len(have) == n else (have.take(slice(0, n)), False)
+    return have.take(rows), True
+
+
+@dataclass(slots=True)
+class _Placed:
+    """:func:`place` for a batch of states: the increase per state (0 where it does not fit),
+    whether it fits, and with positions the device positions per state (``()`` where not)."""
+
+    increase: _F64
+    fits: npt.NDArray[np.bool_]
+    positions: list[tuple[int, ...]] | None
+
+    @classmethod
+    def empty(cls, s: int, positions: bool) -> _Placed:
+        return cls(np.zeros(s), np.zeros(s, dtype=bool), [()] * s if positions else None)
+
+    def set(self, k: int, found: tuple[tuple[int, ...], float] | None) -> None:
+        if found is None:
+            self.increase[k], self.fits[k] = 0.0, False
+            if self.positions is not None:
+                self.positions[k] = ()
+            return
+        self.increase[k], self.fits[k] = found[1], True
+        if self.positions is not None:
+            self.positions[k] = found[0]
+
+    def results(self) -> list[tuple[tuple[int, ...], float] | None]:
+        inc = self.increase.tolist()
+        where = self.positions
+        return [
+            ((() if where is None else where[k]), inc[k]) if fit else None
+            for k, fit in enumerate(self.fits.tolist())
+        ]
+
+
 def place_arrays(
     arrays: StateArrays, need: GpuNeed, workload: Workload, *, positions: bool = False
 ) -> list[tuple[tuple[int, ...], float] | None]:
     """:func:`place` over :class:`StateArrays` (device positions only with ``positions``)."""
+    return _place_arrays(arrays, need, workload, positions).results()
+
+
+def _place_arrays(
+    arrays: StateArrays, need: GpuNeed, workload: Workload, positions: bool
+) -> _Placed:
     s, d = arrays.total.shape
     if s == 0:
-        return []
+        return _Placed.empty(0, positions)
     if need.count > 0 and d > 0:  # states where the pod cannot fit need no arithmetic
         whole_need = need.mib_per_gpu is None
         room = (arrays.idle if whole_need else arrays.free >= (need.mib_per_gpu or 0)) & arrays.real
         able = room.sum(axis=1) >= need.count
         if not able.all():
-            out: list[tuple[tuple[int, ...], float] | None] = [None] * s
+            out = _Placed.empty(s, positions)
             rows = np.flatnonzero(able)
             if rows.size:
-                found = place_arrays(arrays.take(rows), need, workload, positions=positions)
-                for k, f in zip(rows.tolist(), found, strict=True):
-                    out[k] = f
+                sub = _place_arrays(arrays.take(rows), need, workload, positions)
+                out.increase[rows] = sub.increase
+                out.fits[rows] = sub.fits
+                if out.positions is not None and sub.positions is not None:
+                    for k, taken in zip(rows.tolist(), sub.positions, strict=True):
+                        out.positions[k] = taken
             return out
     if d == 0 or not workload.parts:
-        return [place(devs, host, need, workload) for devs, host in arrays.states]
+        out = _Placed.empty(s, positions)
+        for k, (devs, state_host) in enumerate(arrays.states):
+            out.set(k, place(devs, state_host, need, workload))
+        return out
+    basis, owned = _basis(arrays, workload)
     total, free, idle = arrays.total, arrays.free.copy(), arrays.idle.copy()
-    known = np.array([h is not None for h in arrays.hosts])
-    host = np.array([h if h is not None else (0, 0) for h in arrays.hosts], dtype=np.int64)
-    host = host.reshape(-1, 2)
+    known, host = _host_columns(arrays)
     offset = (
         np.array([need.milli_cpu, need.memory], dtype=np.int64)
         if isinstance(need, HostNeed)
         else np.zeros(2, dtype=np.int64)
     )
-    before_tables = _host_arrays(host, known, workload)
     after_tables = _host_arrays(host - offset, known, workload)
-    h_row = arrays.host_id
-    rooms = _Rooms(total, free, idle, workload)
-    before = _value_many(
-        rooms.free_sum, rooms.copies, rooms.size, rooms.roomy, before_tables, h_row
-    )
-    results: list[tuple[tuple[int, ...], float] | None] = [None] * s
+    h_row = arrays.host_id if not arrays.hostless else np.zeros(s, dtype=np.int64)
+    before = basis.before
     if need.count <= 0:
         after_v = _value_many(
-            rooms.free_sum, rooms.copies, rooms.size, rooms.roomy, after_tables, h_row
+            basis.free_sum, basis.copies, basis.size, basis.roomy, after_tables, h_row
         )
-        inc = (after_v - before).tolist()
-        return _fallback([((), x) for x in inc], rooms.ok, arrays.states, need, workload)
+        placed = _Placed(after_v - before, np.ones(s, dtype=bool), [()] * s if positions else None)
+        return _fallback(placed, basis.ok, arrays.states, need, workload)
     tables = after_tables
-    h_after = h_row
     whole = need.mib_per_gpu is None
     mib = 0 if need.mib_per_gpu is None else need.mib_per_gpu
-    free_sum, copies, roomy = rooms.free_sum, rooms.copies, rooms.roomy
-    slots = rooms.slots
-    frac = rooms.frac
+    if not owned:
+        basis = _Basis(
+            basis.width,
+            basis.need,
+            basis.ok,
+            basis.frac.copy(),
+            basis.slots.copy(),
+            basis.free_sum.copy(),
+            basis.copies.copy(),
+            basis.size,
+            basis.roomy.copy(),
+            basis.before,
+        )
+    free_sum, copies, roomy = basis.free_sum, basis.copies, basis.roomy
+    slots = basis.slots
+    frac = basis.frac
+    part_need = basis.need
+    flat_total, flat_free, flat_frac = total.reshape(-1), free.reshape(-1), frac.reshape(-1)
     chosen = np.zeros((s, d), dtype=bool)
     order: list[_I64] = []
     alive = np.ones(s, dtype=bool)
@@ -844,36 +1030,35 @@ def place_arrays(
     best_p = np.zeros(s)
     best_left = np.zeros(s)
     parts = workload.parts
-    size_flat = np.repeat(rooms.size, d, axis=1)
-    host_flat = np.repeat(h_after, d)
     for _ in range(need.count):
         cand = (idle if whole else free >= mib) & arrays.real & ~chosen & alive[:, None]
-        # every device of every state taken at once: (states x devices) flattened
-        new_free = np.zeros_like(free) if whole else free - mib
-        new_frac = rooms.frac_of(total, new_free)
-        c_new = np.empty((len(parts), s * d), dtype=np.int64)
-        r_new = np.empty((len(parts), s * d))
+        # every candidate device of every state taken at once, as (state, device) pairs
+        at = np.flatnonzero(cand)
+        si, sj = at // d, at % d
+        new_free = np.zeros(len(at), dtype=np.int64) if whole else flat_free[at] - mib
+        new_frac = _Rooms.frac_of(flat_total[at], new_free)
+        old_frac = flat_frac[at]
+        c_new = np.empty((len(parts), len(at)), dtype=np.int64)
+        r_new = np.empty((len(parts), len(at)))
         for g, (count, _, _) in enumerate(parts):
-            s_old = slots[g]
-            nd = rooms.need[g]
+            s_old = slots[g].reshape(-1)[at]
+            nd = part_need[g].reshape(-1)[at]
             s_new = np.where(nd < 0, 0, new_free // np.maximum(nd, 1))
             if count <= 1:
-                c_new[g] = (copies[g][:, None] - s_old + s_new).reshape(-1)
+                c_new[g] = copies[g][si] - s_old + s_new
             else:
-                per_j = np.empty((s, d), dtype=np.int64)
-                for j in range(d):
-                    sl = s_old.copy()
-                    sl[:, j] = s_new[:, j]
-                    per_j[:, j] = _copies_many(sl, count)
-                c_new[g] = per_j.reshape(-1)
-            r_new[g] = (
-                roomy[g][:, None]
-                + (np.where(s_new > 0, new_frac, 0.0) - np.where(s_old > 0, frac, 0.0))
-            ).reshape(-1)
-        f_new = ((free_sum[:, None] - frac) + new_frac).reshape(-1)
-        frag = _value_many(f_new, c_new, size_flat, r_new, tables, host_flat).reshape(s, d)
-        p = np.where(cand, frag + TIE_BREAK * new_frac, np.inf)
-        left = np.where(cand, new_frac, np.inf)
+                sl = slots[g][si]
+                sl[np.arange(len(at)), sj] = s_new
+                c_new[g] = _copies_many(sl, count)
+            r_new[g] = roomy[g][si] + (
+                np.where(s_new > 0, new_frac, 0.0) - np.where(s_old > 0, old_frac, 0.0)
+            )
+        f_new = (free_sum[si] - old_frac) + new_frac
+        frag = _value_many(f_new, c_new, basis.size[:, si], r_new, tables, h_row[si])
+        p = np.full((s, d), np.inf)
+        p.reshape(-1)[at] = frag + TIE_BREAK * new_frac
+        left = np.full((s, d), np.inf)
+        left.reshape(-1)[at] = new_frac
         m = p.min(axis=1)
         alive &= np.isfinite(m)
         first = p == m[:, None]
@@ -886,10 +1071,10 @@ def place_arrays(
         jp = pos[alive]
         old_frac = frac[j_rows, jp]
         new_free_v = np.zeros(len(j_rows), dtype=np.int64) if whole else free[j_rows, jp] - mib
-        new_frac = rooms.frac_of(total[j_rows, jp], new_free_v)
+        new_frac = _Rooms.frac_of(total[j_rows, jp], new_free_v)
         for g, (count, _, _) in enumerate(parts):
             s_old = slots[g, j_rows, jp]
-            nd = rooms.need[g, j_rows, jp]
+            nd = part_need[g, j_rows, jp]
             s_new = np.where(nd < 0, 0, new_free_v // np.maximum(nd, 1))
             slots[g, j_rows, jp] = s_new
             if count <= 1:
@@ -912,24 +1097,22 @@ def place_arrays(
     best_left = np.where(alive, best_left, 0.0)
     frag_after = best_p - TIE_BREAK * best_left
     inc = frag_after - before + TIE_BREAK * left_total
-    inc_list = inc.tolist()
+    where: list[tuple[int, ...]] | None = None
     if positions:
         steps = np.stack(order, axis=1).tolist()
-        for k in np.flatnonzero(alive).tolist():
-            results[k] = (tuple(sorted(steps[k])), inc_list[k])
-    else:
-        for k in np.flatnonzero(alive).tolist():
-            results[k] = ((), inc_list[k])
-    return _fallback(results, rooms.ok, arrays.states, need, workload)
+        alive_list = alive.tolist()
+        where = [tuple(sorted(st)) if a else () for st, a in zip(steps, alive_list, strict=True)]
+    placed = _Placed(np.where(alive, inc, 0.0), alive, where)
+    return _fallback(placed, basis.ok, arrays.states, need, workload)
 
 
 def _fallback(
-    results: list[tuple[tuple[int, ...], float] | None],
+    placed: _Placed,
     ok: npt.NDArray[np.bool_],
     states: Sequence[tuple[tuple[_Dev, ...], _Host]],
     need: GpuNeed,
     workload: Workload,
-) -> list[tuple[tuple[int, ...], float] | None]:
+) -> _Placed:
     for k in np.flatnonzero(~ok).tolist():
-        results[k] = place(states[k][0], states[k][1], need, workload)
-    return results
+        placed.set(k, place(states[k][0], states[k][1], need, workload))
+    return placed

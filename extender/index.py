@@ -60,6 +60,8 @@ from extender.states import StateArrays
 UNKNOWN: Final = 2**62
 """Free CPU/memory of a node whose allocatable is unknown: never short."""
 _SIGNATURES: Final = 512
+_STATIC_FAILED: Final = 16
+"""Unresolvable-node dicts remembered per (pod signature, node list)."""
 _STATE_NEEDS: Final = 64
 """Needs (pod shapes) whose per-state scores are remembered, least recently used dropped."""
 
@@ -167,6 +169,8 @@ class NodeIndex:
         self._class_keys: tuple[str, ...] | None = None
         self._static: OrderedDict[object, _Static] = OrderedDict()
         self._recent_positions: list[tuple[list[str], I64]] = []
+        self._static_failed: OrderedDict[tuple[int, int], tuple[_Static, I64, dict[str, str]]]
+        self._static_failed = OrderedDict()
         self._taint_counts: dict[tuple[Toleration, ...], tuple[int, I64]] = {}
         self._preferred_by_terms: dict[object, tuple[int, I64]] = {}
         self._gpu_rows: list[NodeGpus | None] = [None] * n
@@ -248,6 +252,7 @@ class NodeIndex:
             class_of[i] = self._class_id(node)
         self._class_of = class_of
         self._static.clear()
+        self._static_failed.clear()
         self.static_version += 1
 
     def _class_id(self, node: NodeInfo) -> int:
@@ -273,6 +278,7 @@ class NodeIndex:
             return
         classes = len(self._classes)
         self._class_of[i] = self._class_id(node)
+        self._static_failed.clear()  # they were built from the classes of the nodes
         if len(self._classes) != classes:
             # per-class answers cached for the old classes do not cover the new one
             self._static.clear()
@@ -340,8 +346,11 @@ class NodeIndex:
         """Row of each name, -1 for unknown names. Recent answers are reused: kube-scheduler
         sends the same node list for every pod, and prioritize gets the nodes filter passed."""
         as_list = names if isinstance(names, list) else list(names)
-        for cached_names, cached_idx in self._recent_positions:
+        recent = self._recent_positions
+        for k, (cached_names, cached_idx) in enumerate(recent):
             if len(names) == len(cached_names) and as_list == cached_names:
+                if k:  # most recently used first: the full list outlives the passed ones
+                    recent.insert(0, recent.pop(k))
                 return cached_idx
         idx = np.fromiter(map(self.pos.get, names, repeat(-1)), dtype=np.int64, count=len(names))
         self._remember_positions(list(as_list), idx)
@@ -354,7 +363,14 @@ class NodeIndex:
     # ---- static predicates ---------------------------------------------------------------
     def _static_for(self, pod: PodRequest) -> _Static | None:
         """Per-class predicate outcome, or ``None`` when the pod needs per-node evaluation
-        (it matches on fields, or refers to per-node labels)."""
+        (it matches on fields, or refers to per-node labels). Only per-class outcomes are
+        remembered, and the per-node labels change only with the version, so a remembered one
+        is returned before anything is compiled."""
+        sig = (pod.tolerations, tuple(sorted(pod.node_selector.items())), pod.required)
+        hit = self._static.get(sig)
+        if hit is not None and hit.version == self.static_version:
+            self._static.move_to_end(sig)
+            return hit
         required = compile_required(pod.node_selector, pod.required)
         if required.uses_fields:
             return None
@@ -363,11 +379,6 @@ class NodeIndex:
             referenced.update(r.key for r in term.match_expressions)
         if referenced & set(self.ignored_keys):
             return None
-        sig = (pod.tolerations, tuple(sorted(pod.node_selector.items())), pod.required)
-        hit = self._static.get(sig)
-        if hit is not None and hit.version == self.static_version:
-            self._static.move_to_end(sig)
-            return hit
         always = required.terms is None and not required.node_selector
         kind = np.zeros(len(self._classes), dtype=np.int8)
         reason: list[str] = [""] * len(self._classes)
@@ -416,12 +427,9 @@ class NodeIndex:
         static = self._static_for(pod)
         if static is None:
             kind, per_node_reason = self._static_per_node(pod, idx)
-            class_reason = None
         else:
-            cls = self._class_of[rows]
-            kind = static.kind[cls]
+            kind = static.kind[self._class_of[rows]]
             per_node_reason = None
-            class_reason = static.reason
         kind = np.where(known, kind, 0)
         ok = known & (kind == 0)
         short_cpu = ok & (pod.milli_cpu > 0) & (pod.milli_cpu > self.cpu_free[rows])
@@ -441,23 +449,14 @@ class NodeIndex:
         passed = _take(names, ok_at.tolist())
         self._remember_positions(passed, idx[ok_at])
         failed: dict[str, str] = {}
-        unresolvable: dict[str, str] = dict.fromkeys(
-            _take(names, np.flatnonzero(~known).tolist()), NOT_FOUND_REASON
-        )
-        bad = np.flatnonzero(kind > 0)
-        if class_reason is not None:
-            reasons = _take(class_reason, self._class_of[rows[bad]].tolist())
-        else:
-            assert per_node_reason is not None
-            reasons = _take(per_node_reason, bad.tolist())
-        unresolvable.update(zip(_take(names, bad.tolist()), reasons, strict=True))
-        res_text = {
-            (True, False): "Insufficient cpu",
-            (False, True): "Insufficient memory",
-            (True, True): "Insufficient cpu, Insufficient memory",
-        }
-        for j in np.flatnonzero(short_res).tolist():
-            failed[names[j]] = res_text[(bool(short_cpu[j]), bool(short_mem[j]))]
+        unresolvable = self._static_failures(static, idx, names, known, kind, per_node_reason)
+        if short_res.any():
+            for text, where in (
+                ("Insufficient cpu", short_cpu & ~short_mem),
+                ("Insufficient memory", short_mem & ~short_cpu),
+                ("Insufficient cpu, Insufficient memory", short_cpu & short_mem),
+            ):
+                failed.update(dict.fromkeys(_take(names, np.flatnonzero(where).tolist()), text))
         for j in np.flatnonzero(no_inv).tolist():
             unresolvable[names[j]] = self.gpu_reason[int(rows[j])] or ""
         if need is not None and short_gpu.any():
@@ -477,6 +476,42 @@ class NodeIndex:
             )
         )
         return FilterResult(tuple(passed), failed, unresolvable, counts)
+
+    def _static_failures(
+        self,
+        static: _Static | None,
+        idx: I64,
+        names: Sequence[str],
+        known: npt.NDArray[np.bool_],
+        kind: npt.NDArray[np.int8],
+        per_node_reason: list[str] | None,
+    ) -> dict[str, str]:
+        """A new ``FailedAndUnresolvableNodes`` dict holding the names not found and those
+        failing taints or affinity, in request order. It depends only on the positions and the
+        per-class outcome, so for a node list seen before (``idx`` is the remembered positions
+        array) and a pod signature seen before it is copied from the last one built."""
+        key = (id(static), id(idx))
+        hit = self._static_failed.get(key) if static is not None else None
+        if hit is not None and hit[0] is static and hit[1] is idx:
+            self._static_failed.move_to_end(key)
+            return dict(hit[2])
+        out: dict[str, str] = dict.fromkeys(
+            _take(names, np.flatnonzero(~known).tolist()), NOT_FOUND_REASON
+        )
+        bad = np.flatnonzero(kind > 0)
+        if static is not None:
+            rows = np.where(known, idx, 0)
+            reasons = _take(static.reason, self._class_of[rows[bad]].tolist())
+        else:
+            assert per_node_reason is not None
+            reasons = _take(per_node_reason, bad.tolist())
+        out.update(zip(_take(names, bad.tolist()), reasons, strict=True))
+        if static is not None:
+            self._static_failed[key] = (static, idx, out)
+            while len(self._static_failed) > _STATIC_FAILED:
+                self._static_failed.popitem(last=False)
+            return dict(out)
+        return out
 
     def _fits(self, rows: I64, need: GpuNeed) -> npt.NDArray[np.bool_]:
         if need.mib_per_gpu is None:

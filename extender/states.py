@@ -8,8 +8,9 @@ states are interned, so that scoring a need never seen before converts nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TypeVar
 
 import numpy as np
@@ -36,6 +37,16 @@ class StateArrays:
     hosts: list[_Host] = field(default_factory=list)
     host_id: _I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     ids: dict[_Host, int] = field(default_factory=dict)
+    hostless: bool = False
+    """Every host reads as unknown (:meth:`without_hosts`)."""
+    origin: tuple[StateArrays, _I64] | None = None
+    """For arrays made by :meth:`take` or :meth:`without_hosts`: the arrays they were taken
+    from (never itself taken) and the rows, so that per-state results derived once for those
+    (:attr:`derived`) serve every subset."""
+    derived: dict[Hashable, object] = field(default_factory=dict)
+    """Per-state results that do not depend on the pod (what a strategy derives from the
+    states alone), by the strategy's key, each for a prefix of these rows: :meth:`extended`
+    shares the dict, since these rows stay a prefix of the extended arrays."""
 
     @classmethod
     def of(cls, states: Sequence[tuple[tuple[_Dev, ...], _Host]]) -> StateArrays:
@@ -76,7 +87,14 @@ class StateArrays:
             self.hosts,
             np.concatenate([self.host_id, host_id]),
             ids,
+            derived=self.derived if self.origin is None and not self.hostless else {},
         )
+
+    def root(self) -> tuple[StateArrays, _I64 | None]:
+        """The arrays these rows were taken from, and which rows (``None``: these are they)."""
+        if self.origin is None:
+            return self, None
+        return self.origin
 
     def without_hosts(self) -> StateArrays:
         """The same devices with every host unknown (strategies that ignore the host)."""
@@ -89,12 +107,15 @@ class StateArrays:
             [None],
             np.zeros(len(self.states), dtype=np.int64),
             {None: 0},
+            hostless=True,
+            origin=self.origin or (self, np.arange(len(self.states))),
         )
 
     def take(self, rows: _I64) -> StateArrays:
         """The states at ``rows``, sharing the host list."""
+        at = rows.tolist()
         return StateArrays(
-            [self.states[k] for k in rows.tolist()],
+            list(itemgetter(*at)(self.states)) if len(at) > 1 else [self.states[k] for k in at],
             self.total[rows],
             self.free[rows],
             self.idle[rows],
@@ -102,4 +123,6 @@ class StateArrays:
             self.hosts,
             self.host_id[rows],
             self.ids,
+            hostless=self.hostless,
+            origin=(self, rows) if self.origin is None else (self.origin[0], self.origin[1][rows]),
         )

@@ -391,3 +391,77 @@ def test_many_states_take_the_array_form_with_the_same_scores() -> None:
         expected.append(0.0 if found is None else score_of(found[1]))
     assert strategy.score_states(states, need) == expected
     assert strategy.score_states(states[:3], need) == expected[:3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                dev_states,
+                st.none() | st.tuples(st.integers(-2000, 40000), st.integers(0, 1 << 20)),
+            ),
+            min_size=1,
+            max_size=40,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    needs=st.lists(
+        st.tuples(st.integers(0, 3), st.none() | st.sampled_from((1 * GIB, 3 * GIB, 5000))),
+        min_size=1,
+        max_size=3,
+    ),
+    picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=80),
+    share=shares,
+    host_aware=st.booleans(),
+    score_of_float=st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_array_scores_from_a_kept_basis_are_place_bit_for_bit(
+    batches: list[list[tuple[list[tuple[int, int]], tuple[int, int] | None]]],
+    needs: list[tuple[int, int | None]],
+    picks: list[int],
+    share: int,
+    host_aware: bool,
+    score_of_float: float,
+) -> None:
+    """The memo's path: states interned in batches (the arrays widened when a wider state
+    comes), any subset of them scored for several needs in turn, so that the per-state basis
+    kept on the arrays is computed for some states, extended to later ones and sliced; every
+    score is that of one :func:`place` per state."""
+    import numpy as np
+
+    from extender.fragmentation import _scores, scores_arrays
+    from extender.states import StateArrays
+
+    wl = Workload(
+        shapes=(
+            Shape(0.5, 1, share_milli=share, milli_cpu=3000, memory=4096),
+            Shape(0.3, 2, milli_cpu=1000),
+            Shape(0.2, 1, mib_per_gpu=2 * GIB),
+        )
+    )
+    strategy = Fragmentation(workload=wl, host_aware=host_aware)
+    arrays = StateArrays()
+    for batch in batches:
+        states = [
+            (tuple((t, t * eighths // 8, eighths == 8) for t, eighths in devs), host)
+            for devs, host in batch
+        ]
+        arrays = arrays.extended(states)
+        rows = np.array(sorted({p % len(arrays) for p in picks}), dtype=np.int64)
+        for count, mib in needs:
+            need = HostNeed(count=count, mib_per_gpu=mib, milli_cpu=2000, memory=1024)
+            expected = []
+            for k in rows.tolist():
+                devs, host = arrays.states[k]
+                found = place(devs, host if host_aware else None, need, wl)
+                expected.append(0.0 if found is None else score_of(found[1]))
+            taken = arrays.take(rows)
+            if not host_aware:
+                taken = taken.without_hosts()
+            assert scores_arrays(taken, need, wl) == expected
+            assert strategy.score_arrays(arrays.take(rows), need) == expected
+    one = np.array([score_of_float])
+    assert _scores(one, np.array([True])) == [score_of(score_of_float)]  # NaN and inf too
+    assert _scores(one, np.array([False])) == [0.0]
