@@ -19,14 +19,13 @@ from policies.schema import (
     LatencyMetric,
     LatencyTarget,
     ModelCapacityMetric,
-    ReplicaBounds,
     ScalingPolicy,
     ScalingRule,
     ScalingRules,
     ServingSlo,
-    TargetRef,
 )
 from policies.stepmodel import EngineLimits, StepProfile
+from tests.policies.test_decide import policy as base_policy
 
 LOAD = ArrivalRateMetric("load", "rate", 3.5, LatencyTarget(0.95, 2.0))
 LAT = LatencyMetric("latency", "p95", 2.0)
@@ -50,15 +49,7 @@ FREE = Behavior(
 def policy(
     burst: Burst | None, metrics: tuple[object, ...] = (LOAD,), lo: int = 1, hi: int = 64
 ) -> ScalingPolicy:
-    return ScalingPolicy(
-        "inference",
-        "llama",
-        TargetRef("apps/v1", "Deployment", "llama"),
-        ReplicaBounds(lo, hi),
-        metrics,  # type: ignore[arg-type]
-        behavior=FREE,
-        burst=burst,
-    )
+    return base_policy(lo, hi, metrics=metrics, behavior=FREE, burst=burst)  # type: ignore[arg-type]
 
 
 def run(p: ScalingPolicy, rates: Sequence[float | None], metric: str = "load") -> list[int]:
