@@ -36,7 +36,7 @@ import numpy.typing as npt
 from extender.fit import DeviceState, NodeGpus
 from extender.model import GpuNeed, NodeInfo, PodRequest
 from extender.scoring import MAX_NODE_SCORE, NodeState, get_strategy, register
-from extender.states import StateArrays
+from extender.states import StateArrays, canonical
 
 MILLI: Final = 1000
 MAX_SHAPES: Final = 128
@@ -406,9 +406,10 @@ def unusable(devs: tuple[_Dev, ...], host: _Host, workload: Workload) -> float:
       leave, because devices hold too little for one more, too few are idle, or the host's CPU or
       memory runs out before the GPUs do.
 
-    Shapes are weighted by how often they arrive.
+    Shapes are weighted by how often they arrive. The value depends on the devices as a set:
+    it is computed on them in :func:`canonical` order.
     """
-    return _value(_part_room(devs, workload), host, workload)
+    return _value(_part_room(canonical(devs)[0], workload), host, workload)
 
 
 def _take(dev: _Dev, need: GpuNeed) -> _Dev:
@@ -435,8 +436,22 @@ def place(
     increase (plus the tie-break); ``None`` when the need does not fit. A need of no GPUs takes
     only host CPU and memory, which can still strand the node's free GPUs.
 
-    Devices are taken one at a time, each step choosing among devices that differ (equal devices
-    are interchangeable, so only the first of each is tried)."""
+    Computed on the devices in :func:`canonical` order; ties go to the first device in that
+    order."""
+    ordered, order = canonical(devs)
+    found = _place(ordered, host, need, workload)
+    if found is None or order is None:
+        return found
+    return tuple(sorted(order[p] for p in found[0])), found[1]
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _place(
+    devs: tuple[_Dev, ...], host: _Host, need: GpuNeed, workload: Workload
+) -> tuple[tuple[int, ...], float] | None:
+    """:func:`place` on devices already in canonical order. Devices are taken one at a time,
+    each step choosing among devices that differ (equal devices are interchangeable, so only
+    the first of each is tried)."""
     room = _part_room(devs, workload)
     before = _value(room, host, workload)
     after_host = _host_after(host, need)
@@ -493,7 +508,7 @@ def _devs_of(devices: tuple[DeviceState, ...]) -> tuple[_Dev, ...]:
 
 def clear_caches() -> None:
     """Forget memoised node states (benchmarks measure the cold cost with this)."""
-    for cached in (_needs, _part_room, _host_table, unusable, place):
+    for cached in (_needs, _part_room, _host_table, unusable, place, _place):
         cached.cache_clear()
     _DEVS.clear()
     _LAST[0] = None
@@ -800,8 +815,40 @@ def increases(arrays: StateArrays, need: GpuNeed, workload: Workload) -> list[fl
 
 def scores_arrays(arrays: StateArrays, need: GpuNeed, workload: Workload) -> list[float]:
     """``score_of`` of :func:`increases` per state, 0.0 where the need does not fit."""
-    placed = _place_arrays(arrays, need, workload, False)
+    placed = _place_canonical(arrays, need, workload, False)
     return _scores(placed.increase, placed.fits)
+
+
+def _in_canonical_order(arrays: StateArrays) -> bool:
+    """Whether every state's devices are in :func:`canonical` order (the index interns them
+    so): one comparison of packed (total, free, idle) keys, padding last."""
+    total, free = arrays.total, arrays.free
+    if not total.size:
+        return True
+    if int(total.max()) >= 1 << 30 or int(free.min()) < -(1 << 31) or int(free.max()) >= 1 << 31:
+        return all(canonical(devs)[1] is None for devs, _ in arrays.states)
+    key = np.where(
+        arrays.real, ((total << 32) + (free + (1 << 31))) * 2 + arrays.idle, np.iinfo(np.int64).max
+    )
+    return bool((key[:, 1:] >= key[:, :-1]).all())
+
+
+def _place_canonical(
+    arrays: StateArrays, need: GpuNeed, workload: Workload, positions: bool
+) -> _Placed:
+    """:func:`_place_arrays` on the states in :func:`canonical` order, positions mapped back to
+    each state's own order."""
+    if _in_canonical_order(arrays):
+        return _place_arrays(arrays, need, workload, positions)
+    sorted_states = [(canonical(devs), host) for devs, host in arrays.states]
+    ordered = StateArrays.of([(devs, host) for (devs, _), host in sorted_states])
+    placed = _place_arrays(ordered, need, workload, positions)
+    if placed.positions is not None:
+        placed.positions = [
+            at if order is None else tuple(sorted(order[p] for p in at))
+            for at, ((_, order), _) in zip(placed.positions, sorted_states, strict=True)
+        ]
+    return placed
 
 
 @dataclass(slots=True)
@@ -956,7 +1003,7 @@ def place_arrays(
     arrays: StateArrays, need: GpuNeed, workload: Workload, *, positions: bool = False
 ) -> list[tuple[tuple[int, ...], float] | None]:
     """:func:`place` over :class:`StateArrays` (device positions only with ``positions``)."""
-    return _place_arrays(arrays, need, workload, positions).results()
+    return _place_canonical(arrays, need, workload, positions).results()
 
 
 def _place_arrays(

@@ -22,6 +22,20 @@ _I64 = npt.NDArray[np.int64]
 _G = TypeVar("_G", bound=np.generic)
 
 
+def canonical(devs: tuple[_Dev, ...]) -> tuple[tuple[_Dev, ...], tuple[int, ...] | None]:
+    """The devices sorted, and the position each came from (``None``: already sorted).
+
+    A node's score depends on its devices as a set, not on their order, so strategies compute
+    on this order (``extender.fragmentation`` on every path: one place, the array form, the
+    measure itself) and the index interns states in it: nodes whose devices are a permutation
+    of each other share one memo entry and get the same bits. The sort is stable, so among
+    equal devices the first in the node's own order comes first."""
+    if all(devs[k] <= devs[k + 1] for k in range(len(devs) - 1)):
+        return devs, None
+    order = tuple(sorted(range(len(devs)), key=devs.__getitem__))
+    return tuple(devs[k] for k in order), order
+
+
 @dataclass(slots=True)
 class StateArrays:
     """Node states as arrays: devices padded to a common width (``real`` marks the devices a
