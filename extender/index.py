@@ -55,7 +55,7 @@ from extender.scoring import (
     Strategy,
     combine_arrays,
 )
-from extender.states import StateArrays
+from extender.states import StateArrays, canonical
 
 UNKNOWN: Final = 2**62
 """Free CPU/memory of a node whose allocatable is unknown: never short."""
@@ -571,8 +571,21 @@ class NodeIndex:
     ) -> list[tuple[str, int]] | None:
         """Same result as :func:`extender.filtering.prioritize`, or ``None`` when the strategy
         has no array form (the caller then uses the per-node path)."""
+        scores = self.priorities(pod, names, now, strategy, weights)
+        return None if scores is None else list(zip(names, scores, strict=True))
+
+    def priorities(
+        self,
+        pod: PodRequest,
+        names: Sequence[str],
+        now: float,
+        strategy: Strategy,
+        weights: ScoreWeights | None = None,
+    ) -> list[int] | None:
+        """:meth:`prioritize`'s scores alone, in the order of ``names``: the server builds its
+        reply from them without an intermediate list of pairs."""
         if not self.names:
-            return None if self._array_form(strategy) is None else [(n, 0) for n in names]
+            return None if self._array_form(strategy) is None else [0] * len(names)
         self.refresh_stale(now)
         idx = self.positions(names)
         known = idx >= 0
@@ -583,8 +596,8 @@ class NodeIndex:
         affinity = self._preferred_of(pod, rows, known)
         counts = self._intolerable_by_class(pod.tolerations)
         intolerable = np.where(known, counts[self._class_of[rows]], 0)
-        scores = combine_arrays(gpu, affinity, intolerable, weights).tolist()
-        return list(zip(names, scores, strict=True))
+        scores: list[int] = combine_arrays(gpu, affinity, intolerable, weights).tolist()
+        return scores
 
     def gpu_scores(
         self, pod: PodRequest, names: Sequence[str], now: float, strategy: Strategy
@@ -648,7 +661,7 @@ class NodeIndex:
     def _node_state(self, i: int) -> NodeState:
         g = self._gpu_rows[i]
         assert g is not None
-        devs = tuple((d.total_mib, d.free_mib, d.idle) for d in g.devices)
+        devs = canonical(tuple((d.total_mib, d.free_mib, d.idle) for d in g.devices))[0]
         cpu, mem = int(self.cpu_free[i]), int(self.mem_free[i])
         return devs, None if cpu == mem == UNKNOWN else (cpu, mem)
 

@@ -231,8 +231,12 @@ class Extender:
         putting them into the state (unchanged ones are recognised and cost nothing)."""
         names_raw = a.get("nodenames")
         if names_raw is not None:
-            if not isinstance(names_raw, list) or not set(map(type, names_raw)) <= {str}:
+            if not isinstance(names_raw, list):
                 raise BadRequest("NodeNames: expected a list of strings")
+            try:  # the cheapest whole-list check: join fails on the first non-string
+                "".join(names_raw)
+            except TypeError:
+                raise BadRequest("NodeNames: expected a list of strings") from None
             return names_raw, None
         nodes_raw = a.get("nodes")
         if nodes_raw is None:
@@ -315,11 +319,11 @@ class Extender:
         a = _lower_keys(args)
         pod = self._pod(a)
         names, _ = self._names(a)
-        scores = self.state.index(now).prioritize(
+        scores = self.state.index(now).priorities(
             pod, names, now, strategy_for(pod, self.settings.scoring), self.settings.weights
         )
         if scores is None:
-            scores = prioritize(
+            pairs = prioritize(
                 pod,
                 names,
                 self.state,
@@ -327,7 +331,8 @@ class Extender:
                 strategy=self.settings.scoring,
                 weights=self.settings.weights,
             )
-        return [{"Host": host, "Score": score} for host, score in scores]
+            return [{"Host": host, "Score": score} for host, score in pairs]
+        return [{"Host": host, "Score": score} for host, score in zip(names, scores, strict=True)]
 
     async def bind(self, args: object, now: float) -> dict[str, Any]:
         """``ExtenderBindingArgs`` → ``ExtenderBindingResult``: reserve devices, then bind."""
