@@ -364,6 +364,47 @@ def test_place_many_is_place_bit_for_bit(
     assert place_many(states, need, wl) == [place(d, h, need, wl) for d, h in states]
 
 
+@settings(max_examples=120, deadline=None)
+@given(
+    devs=dev_states,
+    host=st.none() | st.tuples(st.integers(-2000, 40000), st.integers(0, 1 << 20)),
+    count=st.integers(0, 3),
+    mib=st.none() | st.sampled_from((1 * GIB, 3 * GIB, 5000)),
+    share=shares,
+    data=st.data(),
+)
+def test_a_permutation_of_the_devices_scores_the_same_and_places_on_the_same_devices(
+    devs: list[tuple[int, int]],
+    host: tuple[int, int] | None,
+    count: int,
+    mib: int | None,
+    share: int,
+    data: st.DataObject,
+) -> None:
+    """The measure sees the devices as a set: any order gives the same waste and increase, and
+    the devices chosen are the same ones, found at their positions in that order."""
+    from extender.states import canonical
+
+    wl = Workload(shapes=(Shape(0.6, 1, share_milli=share, milli_cpu=3000), Shape(0.4, 2)))
+    need = HostNeed(count=count, mib_per_gpu=mib, milli_cpu=2000, memory=1024)
+    state = tuple((t, t * eighths // 8, eighths == 8) for t, eighths in devs)
+    order = data.draw(st.permutations(range(len(state))))
+    shuffled = tuple(state[k] for k in order)
+    assert canonical(shuffled)[0] == canonical(state)[0]
+    assert unusable(shuffled, host, wl) == unusable(state, host, wl)
+    a, b = place(state, host, need, wl), place(shuffled, host, need, wl)
+    assert (a is None) == (b is None)
+    if a is None or b is None:
+        return
+    assert a[1] == b[1]
+    assert sorted(state[p] for p in a[0]) == sorted(shuffled[p] for p in b[0])
+    assert len(set(b[0])) == len(b[0]) == max(count, 0)
+    for p in b[0]:
+        _, free, idle = shuffled[p]
+        assert idle if mib is None else free >= mib
+    assert place_many([(shuffled, host)] * 2, need, wl) == [b, b]
+
+
 def test_many_states_take_the_array_form_with_the_same_scores() -> None:
     """From ``ARRAY_BATCH`` states on, ``score_states`` goes through the array form; the
     scores are those of one ``place`` per state."""
