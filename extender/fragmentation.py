@@ -786,14 +786,15 @@ def _value_many(
     alpha = NEXT_POD_WEIGHT
     used = np.zeros(len(free_sum))
     for g, (limits, pw, pwn, total, able) in enumerate(tables):
-        t, a = total[host_row], able[host_row]
         c = copies[g]
-        if len(limits) == 1:
+        t: _F64 | np.float64
+        a: _F64 | np.float64
+        if len(limits) == 1:  # one host (or none known): its row's values broadcast
             i = np.searchsorted(limits[0], c, side="left")
+            t, a, p_w, p_wn = total[0], able[0], pw[0][i], pwn[0][i]
         else:
             i = (limits[host_row] < c[:, None]).sum(axis=1)
-        p_w = pw[host_row, i]
-        p_wn = pwn[host_row, i]
+            t, a, p_w, p_wn = total[host_row], able[host_row], pw[host_row, i], pwn[host_row, i]
         fits = p_wn + c.astype(np.float64) * (t - p_w)
         term = alpha * roomy[g] * a + (1.0 - alpha) * size[g] * fits
         used = np.where((c <= 0) | (t == 0.0), used, used + term)
@@ -1012,11 +1013,13 @@ def _place_arrays(
     s, d = arrays.total.shape
     if s == 0:
         return _Placed.empty(0, positions)
+    able = np.ones(s, dtype=bool)
     if need.count > 0 and d > 0:  # states where the pod cannot fit need no arithmetic
         whole_need = need.mib_per_gpu is None
         room = (arrays.idle if whole_need else arrays.free >= (need.mib_per_gpu or 0)) & arrays.real
         able = room.sum(axis=1) >= need.count
-        if not able.all():
+        few = 2 * int(able.sum()) < s  # many able: mask the others rather than copy the rest
+        if few:
             out = _Placed.empty(s, positions)
             rows = np.flatnonzero(able)
             if rows.size:
@@ -1072,7 +1075,7 @@ def _place_arrays(
     flat_total, flat_free, flat_frac = total.reshape(-1), free.reshape(-1), frac.reshape(-1)
     chosen = np.zeros((s, d), dtype=bool)
     order: list[_I64] = []
-    alive = np.ones(s, dtype=bool)
+    alive = able.copy()
     rows = np.arange(s)
     best_p = np.zeros(s)
     best_left = np.zeros(s)

@@ -719,10 +719,13 @@ class NodeIndex:
         out = memo[ids]
         todo = np.isnan(out)
         if todo.any():
-            new = np.unique(ids[todo])
+            wanted = np.zeros(len(states), dtype=bool)
+            wanted[ids[todo]] = True  # distinct and sorted, in one pass rather than a sort
+            new = np.flatnonzero(wanted)
             by_arrays = getattr(scorer, "score_arrays", None)
             if by_arrays is not None:
-                memo[new] = by_arrays(self.memo.arrays().take(new), need)
+                arrays = self.memo.arrays()
+                memo[new] = by_arrays(arrays if len(new) == len(arrays) else arrays.take(new), need)
             else:
                 memo[new] = scorer.score_states([states[k] for k in new.tolist()], need)
             out = memo[ids]
