@@ -106,6 +106,14 @@ class RunResult:
     memory_share: float
     """Allocated GPU memory over total GPU memory at the end."""
     seconds: float
+    holes_too_small: float = 0.0
+    """GPU equivalents free (free memory over total) on partly used GPUs that no turned-away
+    pod's share fits: none of the pods refused could have used them."""
+    holes_host_blocked: float = 0.0
+    """The same where a turned-away pod's share fits the GPU's free memory but the pod was
+    still refused there: the node's CPU or memory ran out, or its GPU model was not in the
+    pod's ``gpu_spec``. With :attr:`idle_gpus` these account for :attr:`unallocated_gpus` (a
+    share's MiB are rounded down, so they can add up to a hair more)."""
 
     @property
     def unallocated_gpus(self) -> float:
@@ -448,6 +456,7 @@ def replay(
     placed = skipped = gpu_skipped = 0
     g = 0
     denom = capacity * MILLI
+    smallest_refused: OpenbPod | None = None
     for pod in arrivals:
         arrived_milli += pod.gpu_total_milli
         load = arrived_milli / denom
@@ -474,6 +483,9 @@ def replay(
         if target is None:
             skipped += 1
             gpu_skipped += pod.num_gpu > 0
+            share = pod.num_gpu == 1 and pod.gpu_milli < MILLI
+            if share and (smallest_refused is None or pod.gpu_milli < smallest_refused.gpu_milli):
+                smallest_refused = pod
         else:
             placed += 1
             placed_mib += cluster.place(target, pod, chosen)
@@ -483,6 +495,7 @@ def replay(
     for k in range(g, len(grid)):
         curve[k] = placed_milli / denom
     idle = sum(1 for d in cluster.devs for (_, _, i) in d if i)
+    too_small, host_blocked = _holes(cluster.devs, smallest_refused)
     return RunResult(
         trace=trace,
         scoring=strategy.name,
@@ -498,7 +511,28 @@ def replay(
         idle_gpus=idle,
         memory_share=placed_mib / total_mib if total_mib else 0.0,
         seconds=time.perf_counter() - start,
+        holes_too_small=too_small,
+        holes_host_blocked=host_blocked,
     )
+
+
+def _holes(
+    devs: Sequence[Sequence[tuple[int, int, bool]]], smallest_refused: OpenbPod | None
+) -> tuple[float, float]:
+    """Free memory (in GPUs) of partly used GPUs, split by whether the smallest share that was
+    turned away fits it: pods never leave, so a pod refused once is refused at the end, and
+    shares need more memory as they grow, so the smallest decides."""
+    too_small = fits = 0.0
+    for node_devs in devs:
+        for total, free, idle in node_devs:
+            if idle or free <= 0 or total <= 0:
+                continue
+            need = None if smallest_refused is None else need_on(total, smallest_refused)
+            if need is not None and need.mib_per_gpu is not None and need.mib_per_gpu <= free:
+                fits += free / total
+            else:
+                too_small += free / total
+    return too_small, fits
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,6 +652,8 @@ def summaries_to_json(summaries: Sequence[Summary], config: ReplayConfig) -> dic
                 "idle_gpus": _mean_std(s.stat([r.idle_gpus for r in s.runs])),
                 "memory_share": _mean_std(s.stat([r.memory_share for r in s.runs])),
                 "gpu_pods_skipped": _mean_std(s.stat([r.gpu_pods_skipped for r in s.runs])),
+                "holes_too_small": _mean_std(s.stat([r.holes_too_small for r in s.runs])),
+                "holes_host_blocked": _mean_std(s.stat([r.holes_host_blocked for r in s.runs])),
                 "capacity_gpus": s.runs[0].capacity_gpus,
                 "curve": {
                     "arrived": list(grid),
@@ -631,6 +667,8 @@ def summaries_to_json(summaries: Sequence[Summary], config: ReplayConfig) -> dic
                         "allocated_at_target": round(r.at(config.target_load), 6),
                         "unallocated_gpus": round(r.unallocated_gpus, 3),
                         "idle_gpus": r.idle_gpus,
+                        "holes_too_small": round(r.holes_too_small, 3),
+                        "holes_host_blocked": round(r.holes_host_blocked, 3),
                         "pods_arrived": r.pods_arrived,
                         "pods_placed": r.pods_placed,
                         "gpu_pods_skipped": r.gpu_pods_skipped,
@@ -661,7 +699,8 @@ def runs_csv(summaries: Sequence[Summary], config: ReplayConfig) -> str:
     """One row per run (trace, scoring, seed) with the figures of merit."""
     lines = [
         "trace,scoring,seed,allocated_at_100,allocated_at_target,unallocated_gpus,idle_gpus,"
-        "memory_share,pods_arrived,pods_placed,gpu_pods_skipped,seconds"
+        "memory_share,pods_arrived,pods_placed,gpu_pods_skipped,seconds,holes_too_small,"
+        "holes_host_blocked"
     ]
     for s in summaries:
         for r in s.runs:
@@ -669,7 +708,7 @@ def runs_csv(summaries: Sequence[Summary], config: ReplayConfig) -> str:
                 f"{s.trace},{s.scoring},{r.seed},{r.at(1.0):.6f},"
                 f"{r.at(config.target_load):.6f},{r.unallocated_gpus:.3f},{r.idle_gpus},"
                 f"{r.memory_share:.6f},{r.pods_arrived},{r.pods_placed},{r.gpu_pods_skipped},"
-                f"{r.seconds:.3f}"
+                f"{r.seconds:.3f},{r.holes_too_small:.3f},{r.holes_host_blocked:.3f}"
             )
     return "\n".join(lines) + "\n"
 

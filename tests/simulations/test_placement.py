@@ -114,6 +114,33 @@ def test_accounting_counts_gpu_thousandths_and_skips_what_fits_nowhere() -> None
     assert result.at(10.0) == pytest.approx(3.25 / 4)
 
 
+def test_unallocated_capacity_is_split_by_why_it_stayed_free() -> None:
+    """A hole smaller than every refused share is 'too small'; one a refused share fits, but
+    where the node's CPU ran out, is 'host blocked'; idle GPUs are counted apart."""
+    nodes = [node("a", gpus=1), node("b", gpus=1, cpu=2000), node("c", gpus=1, cpu=500)]
+    pods = [
+        pod("big-a", 810),  # binpack: a's GPU (first of equals), leaves 0.19
+        pod("half-b", 500, cpu=2000),  # a cannot take it; b, and b's CPU is gone
+        pod("refused", 300),  # fits b's GPU, not b's CPU; c has too little CPU for it
+    ]
+    result = run(nodes, pods, "binpack", target_load=10.0)
+    assert result.pods_placed == 2 and result.gpu_pods_skipped == 1
+    assert result.idle_gpus == 1
+    assert result.holes_too_small == pytest.approx(0.19, abs=1e-3)
+    assert result.holes_host_blocked == pytest.approx(0.5, abs=1e-3)
+    total = result.idle_gpus + result.holes_too_small + result.holes_host_blocked
+    assert total == pytest.approx(result.unallocated_gpus, abs=1e-3)
+
+
+def test_with_nothing_refused_every_hole_is_too_small() -> None:
+    result = run([node("a", gpus=2)], [pod("p", 470), pod("q", 320)], "binpack", target_load=9)
+    assert result.gpu_pods_skipped == 0
+    assert result.holes_host_blocked == 0.0
+    assert result.holes_too_small + result.idle_gpus == pytest.approx(
+        result.unallocated_gpus, abs=1e-3
+    )
+
+
 def test_the_curve_never_passes_arrivals_and_never_falls() -> None:
     nodes = [node(f"n{i}", gpus=4) for i in range(3)]
     pods = [pod(f"p{i}", m) for i, m in enumerate([470, 810, 1000, 320, 650] * 6)]
