@@ -179,10 +179,43 @@ class NodeIndex:
         self.memo.max_states = max(self.memo.max_states, 2 * n + 1024)
         self._generation = self.memo.generation
         self.classify()
+        carried = self._carry_rows(previous, now) if previous is not None else set()
         for i in range(n):
-            self.refresh_row(i, now)
+            if i not in carried:
+                self.refresh_row(i, now)
         if previous is not None:
             self._carry_state_ids(previous)
+
+    def _carry_rows(self, previous: NodeIndex, now: float) -> set[int]:
+        """Copy, in one step per column, the device rows of nodes whose GPU state object is
+        ``previous``'s (a node added or deleted would otherwise sort and store every other
+        node's devices again); returns the rows copied. Host rows are recomputed."""
+        mine: list[int] = []
+        theirs: list[int] = []
+        for i, name in enumerate(self.names):
+            j = previous.pos.get(name)
+            if j is None:
+                continue
+            g = previous._gpu_rows[j]
+            if g is None or self._gpus_of(name, now) is not g:
+                continue
+            mine.append(i)
+            theirs.append(j)
+            self._gpu_rows[i] = g
+            self._set_host(i)
+        if not mine:
+            return set()
+        if previous.width > self.width:
+            self._widen(previous.width)
+        a = np.array(mine, dtype=np.int64)
+        b = np.array(theirs, dtype=np.int64)
+        w = previous.width
+        self.free_desc[a, :w] = previous.free_desc[b]
+        self.total_desc[a, :w] = previous.total_desc[b]
+        self.count[a] = previous.count[b]
+        self.idle[a] = previous.idle[b]
+        self.uniform[a] = previous.uniform[b]
+        return set(mine)
 
     def _carry_state_ids(self, previous: NodeIndex) -> None:
         """Keep the state ids of nodes whose GPU state object and free CPU/memory are those of
@@ -293,9 +326,9 @@ class NodeIndex:
         """A node's labels and taints are unchanged; keep its new object for its other fields."""
         self.nodes[i] = node
 
-    def refresh_row(self, i: int, now: float) -> None:
+    def _set_host(self, i: int) -> None:
+        """The row's free CPU and memory and how long its GPU state holds."""
         name = self.names[i]
-        g = self._gpus_of(name, now)
         cpu, mem = self._requested(name)
         node = self.nodes[i]
         self.cpu_free[i] = (
@@ -305,6 +338,11 @@ class NodeIndex:
             UNKNOWN if node.allocatable_memory is None else node.allocatable_memory - mem
         )
         self.valid_until[i] = self._valid_until_of(name)
+
+    def refresh_row(self, i: int, now: float) -> None:
+        name = self.names[i]
+        g = self._gpus_of(name, now)
+        self._set_host(i)
         self._state_id[i] = -1
         self._gpu_rows[i] = None if isinstance(g, str) else g
         if isinstance(g, str):

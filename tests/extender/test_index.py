@@ -183,6 +183,50 @@ def test_index_follows_changes(
         check(state, pod, names)
 
 
+@settings(max_examples=150, deadline=None)
+@given(clusters(), st.data())
+def test_a_rebuilt_index_carries_rows_that_equal_a_fresh_build(
+    cluster: tuple[list[NodeInfo], list[PodRequest], list[str]], data: st.DataObject
+) -> None:
+    """A node added or deleted rebuilds the index from the previous one, copying the device
+    rows of unchanged nodes; every row equals what an index built from nothing holds."""
+    import numpy as np
+
+    from extender.index import NodeIndex
+
+    ns, bound, _ = cluster
+    state = ClusterState(InventoryConfig(stale_after=100))
+    state.replace_nodes(ns)
+    for p in bound:
+        state.upsert_pod(p)
+    state.index(NOW)
+    added = data.draw(nodes(len(ns) + 1))
+    state.upsert_node(added)
+    if len(ns) > 0 and data.draw(st.booleans()):
+        state.delete_node(ns[data.draw(st.integers(0, len(ns) - 1))].name)
+    if len(bound) > 0 and data.draw(st.booleans()):  # a host row changes with the rebuild
+        state.delete_pod(bound[0].key)
+    rebuilt = state.index(NOW)
+    fresh = NodeIndex(
+        [state.nodes[n] for n in sorted(state.nodes)],
+        gpus_of=state.gpus,
+        requested=state.requested,
+        valid_until=state._valid_until_of,
+        now=NOW,
+    )
+    assert rebuilt.names == fresh.names
+    for column in ("count", "idle", "uniform", "gpu_problem", "cpu_free", "mem_free"):
+        assert np.array_equal(getattr(rebuilt, column), getattr(fresh, column)), column
+    assert rebuilt.gpu_reason == fresh.gpu_reason
+    assert np.array_equal(rebuilt.valid_until, fresh.valid_until)
+    w = fresh.width
+    assert np.array_equal(rebuilt.free_desc[:, :w], fresh.free_desc)
+    assert np.array_equal(rebuilt.total_desc[:, :w], fresh.total_desc)
+    assert (rebuilt.free_desc[:, w:] == -1).all() and (rebuilt.total_desc[:, w:] == 0).all()
+    names = [n.name for n in ns] + [added.name, "missing"]
+    check(state, data.draw(pods()), names)
+
+
 @st.composite
 def relabellings(draw: st.DrawFn, n: int) -> list[tuple[int, dict[str, str], tuple[Taint, ...]]]:
     """Label and taint edits on nodes of a cluster of ``n``: pool moves, a new label key, a
