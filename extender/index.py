@@ -183,13 +183,13 @@ class NodeIndex:
         for i in range(n):
             if i not in carried:
                 self.refresh_row(i, now)
-        if previous is not None:
-            self._carry_state_ids(previous)
 
     def _carry_rows(self, previous: NodeIndex, now: float) -> set[int]:
         """Copy, in one step per column, the device rows of nodes whose GPU state object is
         ``previous``'s (a node added or deleted would otherwise sort and store every other
-        node's devices again); returns the rows copied. Host rows are recomputed."""
+        node's devices again); returns the rows copied. Host rows are recomputed; state ids
+        are kept where the free CPU/memory is also unchanged (same memo), so the next request
+        does not re-intern every other node's state."""
         mine: list[int] = []
         theirs: list[int] = []
         for i, name in enumerate(self.names):
@@ -215,27 +215,15 @@ class NodeIndex:
         self.count[a] = previous.count[b]
         self.idle[a] = previous.idle[b]
         self.uniform[a] = previous.uniform[b]
+        if previous.memo is self.memo and previous._generation == self.memo.generation:
+            same = (
+                (previous._state_id[b] >= 0)
+                & (previous.cpu_free[b] == self.cpu_free[a])
+                & (previous.mem_free[b] == self.mem_free[a])
+            )
+            self._state_id[a[same]] = previous._state_id[b[same]]
         return set(mine)
 
-    def _carry_state_ids(self, previous: NodeIndex) -> None:
-        """Keep the state ids of nodes whose GPU state object and free CPU/memory are those of
-        ``previous`` (same memo), so that a node added or deleted does not re-intern every
-        other node's state on the next request."""
-        if previous.memo is not self.memo or previous._generation != self.memo.generation:
-            return
-        for i, name in enumerate(self.names):
-            j = previous.pos.get(name)
-            if (
-                j is not None
-                and previous._state_id[j] >= 0
-                and self._gpu_rows[i] is not None
-                and previous._gpu_rows[j] is self._gpu_rows[i]
-                and previous.cpu_free[j] == self.cpu_free[i]
-                and previous.mem_free[j] == self.mem_free[i]
-            ):
-                self._state_id[i] = previous._state_id[j]
-
-    # ---- classes -------------------------------------------------------------------------
     def classify(self) -> None:
         """Group nodes by taints and labels, leaving out labels whose values are all distinct
         (hostname and the like: pods that refer to them are evaluated per node)."""
