@@ -224,6 +224,7 @@ class NodeIndex:
             self._state_id[a[same]] = previous._state_id[b[same]]
         return set(mine)
 
+    # ---- classes -------------------------------------------------------------------------
     def classify(self) -> None:
         """Group nodes by taints and labels, leaving out labels whose values are all distinct
         (hostname and the like: pods that refer to them are evaluated per node)."""
