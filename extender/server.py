@@ -322,7 +322,7 @@ class Extender:
         scores = self.state.index(now).priorities(
             pod, names, now, strategy_for(pod, self.settings.scoring), self.settings.weights
         )
-        if scores is None:
+        if scores is None:  # no array form: the per-node path, whose pairs follow ``names``
             pairs = prioritize(
                 pod,
                 names,
@@ -331,7 +331,7 @@ class Extender:
                 strategy=self.settings.scoring,
                 weights=self.settings.weights,
             )
-            return [{"Host": host, "Score": score} for host, score in pairs]
+            scores = [score for _, score in pairs]
         return [{"Host": host, "Score": score} for host, score in zip(names, scores, strict=True)]
 
     async def bind(self, args: object, now: float) -> dict[str, Any]:

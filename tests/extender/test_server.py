@@ -133,6 +133,36 @@ async def test_prioritize(env: Any) -> None:
     assert all(isinstance(s, int) and 0 <= s <= 10 for s in scores.values())
 
 
+def test_prioritize_with_a_strategy_without_array_form_takes_the_per_node_path() -> None:
+    """A strategy with only ``choose``/``score`` has no array form in the index; the reply
+    still names every node in request order, with the per-node reference's scores."""
+    from extender.filtering import prioritize
+    from extender.fit import NodeGpus
+    from extender.model import GpuNeed
+    from extender.scoring import register
+
+    class FirstDeviceFree:
+        name = "test-first-device-free"
+
+        def choose(self, gpus: NodeGpus, need: GpuNeed) -> tuple[int, ...] | None:
+            return (gpus.devices[0].index,) if gpus.devices else None
+
+        def score(self, gpus: NodeGpus, need: GpuNeed, chosen: tuple[int, ...]) -> float:
+            return gpus.devices[0].free_mib / max(gpus.devices[0].total_mib, 1) * 100
+
+    register(FirstDeviceFree())
+    state = make_state()
+    ext = Extender(state, ExtenderSettings(scoring="test-first-device-free"))
+    names = ["roomy", "missing", "tight", "full"]
+    args = {"Pod": pod_json(20000), "NodeNames": names}
+    reply = ext.prioritize(args, NOW)
+    assert [h["Host"] for h in reply] == names
+    pod = pod_from_json(pod_json(20000))
+    expected = prioritize(pod, names, state, NOW, strategy="test-first-device-free")
+    assert [(h["Host"], h["Score"]) for h in reply] == expected
+    assert len({h["Score"] for h in reply}) > 1  # the strategy's scores reach the reply
+
+
 @pytest.mark.parametrize(
     ("body", "match"),
     [
