@@ -255,16 +255,17 @@ class Controller:
         values: dict[str, float | None] = {}
         missing: dict[str, str] = {}
         names = {m.name for m in policy.metrics}
-        for (key, _), result in zip(inputs, results, strict=True):
+        gauge = self.metrics.metric_value
+        for (input_name, _), result in zip(inputs, results, strict=True):
             if isinstance(result, Missing):
-                values[key] = None
-                missing[key] = result.reason
-                if key in names:
-                    _remove_label(self.metrics.metric_value, entry.namespace, entry.name, key)
+                values[input_name] = None
+                missing[input_name] = result.reason
+                if input_name in names:
+                    _remove_label(gauge, entry.namespace, entry.name, input_name)
             else:
-                values[key] = result
-                if key in names:
-                    self.metrics.metric_value.labels(entry.namespace, entry.name, key).set(result)
+                values[input_name] = result
+                if input_name in names:
+                    gauge.labels(entry.namespace, entry.name, input_name).set(result)
         runtime = self.runtime.setdefault(key, PolicyRuntime())
         decision, runtime.state = decide(
             policy, Snapshot(values, current), runtime.state, self.monotonic()
