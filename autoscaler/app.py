@@ -134,6 +134,8 @@ async def run(
                 settings.prometheus_url,
                 timeout=settings.prometheus_timeout,
                 concurrency=settings.prometheus_concurrency,
+                concurrency_per_tenant=settings.prometheus_concurrency_per_namespace,
+                max_answer_bytes=settings.prometheus_max_answer_bytes,
             ),
             observe=metrics.observe_query,
         )

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 class Querier(Protocol):
-    async def query(self, promql: str) -> QueryResult: ...
+    async def query(self, promql: str, tenant: str = "") -> QueryResult: ...
 
 
 class Leadership(Protocol):
@@ -248,10 +248,12 @@ class Controller:
             await self._target_unavailable(entry, ref, exc)
             return
         inputs = [kq for m in policy.metrics for kq in metric_inputs(m)]
+        tenant = entry.namespace
         if len(inputs) == 1:
-            results: list[QueryResult] = [await self.querier.query(inputs[0][1])]
+            results: list[QueryResult] = [await self.querier.query(inputs[0][1], tenant)]
         else:
-            results = list(await asyncio.gather(*(self.querier.query(q) for _, q in inputs)))
+            queries = (self.querier.query(q, tenant) for _, q in inputs)
+            results = list(await asyncio.gather(*queries))
         values: dict[str, float | None] = {}
         missing: dict[str, str] = {}
         names = {m.name for m in policy.metrics}

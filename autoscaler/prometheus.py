@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from autoscaler.fair_queue import FairQueue
+
 
 @dataclass(frozen=True, slots=True)
 class Missing:
@@ -34,9 +36,15 @@ class PrometheusSettings:
     url: str
     """Base URL, e.g. ``http://prometheus:9090``; ``/api/v1/query`` is appended."""
     timeout: float = 5.0
-    """Seconds one query may take, retries included."""
+    """Seconds one query may take, the wait for a slot and retries included."""
     concurrency: int = 32
     """Queries in flight at once across all policies."""
+    concurrency_per_tenant: int = 8
+    """Queries one tenant (namespace) may have in flight: a tenant whose queries hang or flood
+    fills its own share, never the others' (:class:`~autoscaler.fair_queue.FairQueue`)."""
+    max_answer_bytes: int = 256 * 1024
+    """Largest answer read. A usable answer is one series (a few hundred bytes); a query that
+    selects a million series would otherwise be read and decoded whole (~150 MB, 1.4 GiB RSS)."""
     attempts: int = 3
     """Tries per query on connection errors and 5xx answers."""
     backoff: float = 0.1
@@ -87,6 +95,10 @@ class _Retryable(Exception):
     pass
 
 
+class _TooLarge(Exception):
+    pass
+
+
 class PrometheusClient:
     """Instant queries with a per-query deadline, bounded concurrency and jittered retries.
 
@@ -105,20 +117,36 @@ class PrometheusClient:
         self._session = session
         self._settings = settings
         self._url = settings.url.rstrip("/") + "/api/v1/query"
-        self._limit = asyncio.Semaphore(settings.concurrency)
+        self.slots = FairQueue(settings.concurrency, settings.concurrency_per_tenant)
         self._observe = observe
         self._rng = rng or random.Random()
 
-    async def query(self, promql: str) -> QueryResult:
+    async def query(self, promql: str, tenant: str = "") -> QueryResult:
+        """One instant query on behalf of ``tenant``, within ``timeout`` from the call."""
         start = time.perf_counter()
         outcome = "error"
+        started = False
         try:
-            async with self._limit, asyncio.timeout(self._settings.timeout):
-                result = await self._with_retries(promql)
+            async with asyncio.timeout(self._settings.timeout):
+                async with self.slots.slot(tenant):
+                    started = True
+                    result = await self._with_retries(promql)
             outcome = "ok" if isinstance(result, float) else "missing"
             return result
         except TimeoutError:
+            if not started:
+                slots = self.slots
+                return Missing(
+                    f"no Prometheus query slot within {self._settings.timeout:g}s (in flight:"
+                    f" {slots.held_by(tenant)} of namespace {tenant!r}'s {slots.per_tenant},"
+                    f" {slots.held} of {slots.total} in all)"
+                )
             return Missing(f"Prometheus did not answer within {self._settings.timeout:g}s")
+        except _TooLarge:
+            return Missing(
+                f"Prometheus answer is larger than {self._settings.max_answer_bytes} bytes;"
+                " the query must return one series (aggregate it, e.g. with sum())"
+            )
         except _Retryable as exc:
             return Missing(str(exc))
         finally:
@@ -140,7 +168,7 @@ class PrometheusClient:
     async def _once(self, promql: str) -> QueryResult:
         try:
             async with self._session.post(self._url, data={"query": promql}) as resp:
-                payload = await resp.read()
+                payload = await self._read(resp)
                 status = resp.status
         except aiohttp.ClientError as exc:
             raise _Retryable(f"Prometheus unreachable: {exc.__class__.__name__}: {exc}") from exc
@@ -151,3 +179,17 @@ class PrometheusClient:
         except orjson.JSONDecodeError:
             return Missing(f"Prometheus answered HTTP {status} with a body that is not JSON")
         return interpret(body)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, or :class:`_TooLarge` as soon as it passes the limit (never read whole)."""
+        limit = self._settings.max_answer_bytes
+        if resp.content_length is not None and resp.content_length > limit:
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -52,7 +52,11 @@ class ControllerSettings:
     stale_after: float = 120.0
     """Seconds a published count may go without fresh data before the API answers an error."""
     prometheus_timeout: float = 5.0
+    """Seconds a query may take from the tick's call, the wait for a slot included."""
     prometheus_concurrency: int = 32
+    prometheus_concurrency_per_namespace: int = 8
+    """Queries one namespace may have in flight (its fair share of ``prometheus_concurrency``)."""
+    prometheus_max_answer_bytes: int = 256 * 1024
     hpa_resync: float = 300.0
     """Seconds between full HPA reconciliations (drift repair) while leading."""
     drain_timeout: float = 7.0

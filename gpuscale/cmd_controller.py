@@ -69,6 +69,35 @@ def _identity_default() -> str:
     help="Serve an error once a count is this old.",
 )
 @click.option(
+    "--prometheus-timeout",
+    default="5s",
+    show_default=True,
+    help="How long one query may take, the wait for a free query slot included.",
+)
+@click.option(
+    "--prometheus-concurrency",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Prometheus queries in flight at once, all policies together.",
+)
+@click.option(
+    "--prometheus-concurrency-per-namespace",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Queries one namespace may have in flight: one team's hung or slow queries fill only"
+    " its own share; free slots go to the namespaces with waiting queries in turn.",
+)
+@click.option(
+    "--prometheus-max-answer-bytes",
+    type=click.IntRange(1024),
+    default=256 * 1024,
+    show_default=True,
+    help="Largest Prometheus answer read; a larger one (a query that selects many series) makes"
+    " that metric unavailable with a reason, without being read whole.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -91,6 +120,10 @@ def controller(
     leader_elect_lease_name: str,
     identity: str | None,
     stale_after: str,
+    prometheus_timeout: str,
+    prometheus_concurrency: int,
+    prometheus_concurrency_per_namespace: int,
+    prometheus_max_answer_bytes: int,
     log_level: str,
 ) -> None:
     """Run the autoscaler controller: Prometheus in, external metrics and HPAs out."""
@@ -106,6 +139,14 @@ def controller(
     except DurationError as exc:
         problems.append(f"--stale-after: {exc}")
         stale = 0.0
+    try:
+        query_timeout = parse_duration(prometheus_timeout)
+    except DurationError as exc:
+        problems.append(f"--prometheus-timeout: {exc}")
+        query_timeout = 0.0
+    else:
+        if query_timeout <= 0:
+            problems.append("--prometheus-timeout: must be more than 0s")
     for flag, value in (("--secure-address", secure_address), ("--ops-address", ops_address)):
         try:
             parse_address(value)
@@ -153,6 +194,10 @@ def controller(
             namespace=leader_elect_namespace, name=leader_elect_lease_name, identity=who
         ),
         stale_after=stale,
+        prometheus_timeout=query_timeout,
+        prometheus_concurrency=prometheus_concurrency,
+        prometheus_concurrency_per_namespace=prometheus_concurrency_per_namespace,
+        prometheus_max_answer_bytes=prometheus_max_answer_bytes,
     )
     logs.configure(log_level)
     try:

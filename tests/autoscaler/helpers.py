@@ -287,6 +287,12 @@ class FakePrometheus:
         self.fail_first = 0
         """Answer this many requests with ``status`` first, then normally."""
         self.calls: list[str] = []
+        self.hanging: set[str] = set()
+        """Queries that get no answer until ``release`` is set (a hung Prometheus shard)."""
+        self.release = asyncio.Event()
+        self._arrivals = asyncio.Condition()
+        self.chunked = False
+        """Send answers with chunked transfer encoding (no Content-Length to check first)."""
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -294,10 +300,14 @@ class FakePrometheus:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def _query(self, request: web.Request) -> web.Response:
+    async def _query(self, request: web.Request) -> web.StreamResponse:
         form = await request.post() if request.method == "POST" else request.query
         query = str(form.get("query", ""))
         self.calls.append(query)
+        async with self._arrivals:
+            self._arrivals.notify_all()
+        if query in self.hanging:
+            await self.release.wait()
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.status is not None and (self.fail_first <= 0 or len(self.calls) <= self.fail_first):
@@ -306,11 +316,28 @@ class FakePrometheus:
         if isinstance(answer, int) and not isinstance(answer, bool) and answer >= 400:
             return web.Response(status=answer, text="injected")
         if isinstance(answer, dict):
+            if self.chunked:
+                return await self._chunked(request, json.dumps(answer).encode())
             return web.json_response(answer)
         result = [] if answer is None else [{"metric": {}, "value": [1.0, str(answer)]}]
         return web.json_response(
             {"status": "success", "data": {"resultType": "vector", "result": result}}
         )
+
+    async def wait_for_calls(self, query: str, count: int) -> None:
+        """Until ``query`` has arrived ``count`` times (answered or not)."""
+        async with self._arrivals:
+            await self._arrivals.wait_for(lambda: self.calls.count(query) >= count)
+
+    async def _chunked(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):
+            for at in range(0, len(body), 16 * 1024):
+                await response.write(body[at : at + 16 * 1024])
+            await response.write_eof()
+        return response
 
     async def start(self) -> None:
         application = web.Application()

@@ -126,6 +126,64 @@ async def test_slow_prometheus_hits_the_per_query_timeout(fake_prometheus: FakeP
     assert outcomes == ["error"]
 
 
+async def test_hung_queries_of_one_namespace_leave_slots_for_the_others(
+    fake_prometheus: FakePrometheus,
+) -> None:
+    """Regression: the slot was awaited outside the timeout, so 200 hung queries of one tenant
+    held all 32 slots and a healthy policy elsewhere went 30 s without a decision."""
+    fake_prometheus.answers.update({"hung": 1.0, "healthy": 7.0})
+    fake_prometheus.hanging.add("hung")
+    session, client, outcomes = await _client(
+        fake_prometheus.url, concurrency=4, concurrency_per_tenant=2, timeout=30.0
+    )
+    async with session:
+        hung = [asyncio.create_task(client.query("hung", "noisy")) for _ in range(200)]
+        await fake_prometheus.wait_for_calls("hung", 2)
+        assert await client.query("healthy", "quiet") == 7.0
+        assert not any(t.done() for t in hung)
+        assert client.slots.held_by("noisy") == 2 and client.slots.waiting("noisy") == 198
+        fake_prometheus.release.set()
+        assert await asyncio.gather(*hung) == [1.0] * 200
+    assert fake_prometheus.calls.count("hung") == 200 and outcomes.count("ok") == 201
+
+
+async def test_the_timeout_covers_the_wait_for_a_slot(fake_prometheus: FakePrometheus) -> None:
+    fake_prometheus.answers["q"] = 1.0
+    session, client, _ = await _client(
+        fake_prometheus.url, concurrency=4, concurrency_per_tenant=1, timeout=0.3
+    )
+    async with session:
+        async with client.slots.slot("noisy"):  # the namespace's one slot, held by a hung query
+            result = await client.query("q", "noisy")
+        assert isinstance(result, Missing)
+        assert "no Prometheus query slot within 0.3s" in result.reason
+        assert "1 of namespace 'noisy'" in result.reason
+        assert await client.query("q", "noisy") == 1.0
+    assert fake_prometheus.calls == ["q"]  # the first never reached Prometheus
+    assert client.slots.held == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_answer_over_the_size_limit_is_missing_and_not_read_whole(
+    fake_prometheus: FakePrometheus, chunked: bool
+) -> None:
+    many = [{"metric": {"pod": f"p{i}"}, "value": [1.0, "1"]} for i in range(20_000)]
+    fake_prometheus.answers["everything"] = {
+        "status": "success",
+        "data": {"resultType": "vector", "result": many},
+    }
+    fake_prometheus.answers["one"] = 2.0
+    fake_prometheus.chunked = chunked
+    session, client, outcomes = await _client(fake_prometheus.url, max_answer_bytes=64 * 1024)
+    async with session:
+        result = await client.query("everything", "a")
+        assert isinstance(result, Missing)
+        assert "larger than 65536 bytes" in result.reason and "one series" in result.reason
+        assert await client.query("one", "a") == 2.0
+    assert outcomes == ["error", "ok"]
+    assert fake_prometheus.calls == ["everything", "one"]  # refused, not retried
+
+
 async def test_concurrency_is_bounded(fake_prometheus: FakePrometheus) -> None:
     fake_prometheus.answers.update({f"q{i}": float(i) for i in range(20)})
     session, client, _ = await _client(fake_prometheus.url, concurrency=3)
