@@ -119,9 +119,9 @@ async def run(
     readiness = _Readiness()
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[Any]] = []
-    session = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=settings.prometheus_timeout)
-    )
+    # No session-wide timeout: each query's own deadline (slot wait included) bounds it, and a
+    # second timer per request cost CPU on every query.
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
     controller: Controller | None = None
     try:
         hpas: HpaReconciler | None = None

@@ -164,7 +164,11 @@ class Controller:
         self.wall = wall
         self.hpa_resync = hpa_resync
         self.runtime: dict[str, PolicyRuntime] = {}
-        self.scheduler = Scheduler(self.tick)
+        self.scheduler = Scheduler(
+            self.tick,
+            on_start=metrics.tick_lateness.observe,
+            on_skip=metrics.ticks_skipped.inc,
+        )
         self._hpa_queue: asyncio.Queue[str] = asyncio.Queue()
         self._hpa_pending: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()

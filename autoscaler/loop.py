@@ -50,9 +50,20 @@ class Scheduler:
     waking the loop for each policy alone (a tick may start up to ``granularity`` early).
     """
 
-    def __init__(self, tick: Tick, *, granularity: float = 0.05) -> None:
+    def __init__(
+        self,
+        tick: Tick,
+        *,
+        granularity: float = 0.25,
+        on_start: Callable[[float], None] | None = None,
+        on_skip: Callable[[], None] | None = None,
+    ) -> None:
         self._tick = tick
         self._granularity = granularity
+        self._on_start = on_start
+        """Called with each started tick's lateness (seconds after its due time, at least 0)."""
+        self._on_skip = on_skip
+        """Called for each due tick skipped because the policy's previous one still runs."""
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, str, int]] = []
         self._seq = 0
@@ -114,14 +125,19 @@ class Scheduler:
                 due, _, key, generation = heapq.heappop(self._heap)
                 due_now.append((due, key, generation))
             batch: list[str] = []
+            now = loop.time()
             for due, key, generation in due_now:
                 entry = self._entries.get(key)
                 if entry is None or entry.generation != generation:
                     continue  # cancelled or moved to another interval
                 self._push(next_fire(due, entry.interval, horizon), key, generation)
-                if not entry.running:  # a tick still running skips this turn
+                if not entry.running:
                     entry.running = True
                     batch.append(key)
+                    if self._on_start is not None:
+                        self._on_start(max(0.0, now - due))
+                elif self._on_skip is not None:  # a tick still running skips this turn
+                    self._on_skip()
             if batch:
                 task = asyncio.create_task(self._run_batch(batch))
                 self._batches.add(task)

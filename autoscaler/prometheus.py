@@ -8,9 +8,11 @@ controller puts into the decision and the policy's status.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +93,16 @@ def _sample(pair: Any) -> QueryResult:
     return value
 
 
+_FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@functools.lru_cache(maxsize=16384)
+def _form(promql: str) -> bytes:
+    """The POST body, encoded once per query: aiohttp's form machinery cost ~15% of the
+    controller's CPU per query (the same queries run every interval)."""
+    return urllib.parse.urlencode({"query": promql}).encode()
+
+
 class _Retryable(Exception):
     pass
 
@@ -167,7 +179,9 @@ class PrometheusClient:
 
     async def _once(self, promql: str) -> QueryResult:
         try:
-            async with self._session.post(self._url, data={"query": promql}) as resp:
+            async with self._session.post(
+                self._url, data=_form(promql), headers=_FORM_HEADERS
+            ) as resp:
                 payload = await self._read(resp)
                 status = resp.status
         except aiohttp.ClientError as exc:

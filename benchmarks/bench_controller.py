@@ -12,8 +12,14 @@ External metrics: an open-loop client (a child process) sends 100 requests/s ove
 runs its cycles; baseline: a bare aiohttp HTTPS handler returning a constant, in a child process
 with the same TLS settings, measured right after while the controller keeps cycling.
 
-    python benchmarks/bench_controller.py [--policies 1000] [--interval 5] [--cycles 3]
-                                          [--rate 100] [--seconds 10]
+Tenants: the policies are spread over ``--namespaces`` namespaces (100). ``--hung-namespaces K``
+adds K more namespaces of ``--hung-policies`` policies each whose queries never get an answer (a
+proxy in front of Prometheus holds them open): the healthy policies' tick lateness and longest
+gap between decisions show whether one tenant's hung queries delay the others.
+
+    python benchmarks/bench_controller.py [--policies 1000] [--namespaces 100] [--interval 5]
+                                          [--cycles 3] [--rate 100] [--seconds 10]
+                                          [--hung-namespaces 0] [--hung-policies 200]
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from tests.support.kube_standin import KubeStandIn  # noqa: E402
 from tests.support.prometheus import PrometheusServer, free_port  # noqa: E402
 
 MODELS = 20
-NS = "bench"
+HANG = "hang_forever"
+"""Queries naming this metric are held open by the proxy (``--child-hanging-proxy``)."""
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -53,7 +60,13 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / TICKS
 
 
+def _namespace(i: int, namespaces: int) -> str:
+    return f"team-{i % namespaces}"
+
+
 def _queries(i: int) -> tuple[str, str]:
+    if i < 0:  # a hung tenant's policy
+        return f"sum({HANG})", f"sum({HANG}_too)"
     model = f"m{i % MODELS}"
     queue = f'sum(vllm:num_requests_waiting{{model_name="{model}"}})'
     latency = (
@@ -63,7 +76,7 @@ def _queries(i: int) -> tuple[str, str]:
     return queue, latency
 
 
-def _policy_configmap(i: int, interval: float) -> dict[str, Any]:
+def _policy_configmap(i: int, interval: float, namespace: str) -> dict[str, Any]:
     import yaml
 
     queue, latency = _queries(i)
@@ -83,19 +96,19 @@ def _policy_configmap(i: int, interval: float) -> dict[str, Any]:
         "kind": "ConfigMap",
         "metadata": {
             "name": f"svc-{i}",
-            "namespace": NS,
+            "namespace": namespace,
             "labels": {"gpuscale.io/scaling-policy": "true"},
         },
         "data": {"policy.yaml": yaml.safe_dump(document)},
     }
 
 
-def _deployment(i: int) -> dict[str, Any]:
+def _deployment(i: int, namespace: str) -> dict[str, Any]:
     labels = {"app": f"svc-{i}"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": f"svc-{i}", "namespace": NS},
+        "metadata": {"name": f"svc-{i}", "namespace": namespace},
         "spec": {
             "replicas": 3,
             "selector": {"matchLabels": labels},
@@ -128,6 +141,32 @@ async def _io_baseline(prometheus: str, policies: int, cycles: int) -> None:
         for _ in range(cycles):
             await asyncio.gather(*(one(i) for i in range(policies)))
         print(json.dumps({"cpu_per_cycle": (time.process_time() - start) / cycles}))
+
+
+async def _hanging_proxy(port: int, upstream: str) -> None:
+    """Child: forwards queries to Prometheus, except those naming ``HANG``, which it holds
+    open until the client gives up (a tenant whose Prometheus shard hangs)."""
+    from aiohttp import web
+
+    async with aiohttp.ClientSession() as session:
+
+        async def handler(request: web.Request) -> web.Response:
+            form = await request.post()
+            query = str(form.get("query", ""))
+            if HANG in query:
+                await asyncio.Event().wait()
+            async with session.post(f"{upstream}/api/v1/query", data={"query": query}) as r:
+                return web.Response(
+                    body=await r.read(), status=r.status, content_type="application/json"
+                )
+
+        app = web.Application()
+        app.router.add_post("/api/v1/query", handler)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
 
 
 async def _constant_server(port: int, cert: str, key: str, client_ca: str) -> None:
@@ -194,17 +233,68 @@ async def _child(*args: str, env: dict[str, str] | None = None) -> AsyncIterator
                 await proc.wait()
 
 
-async def _decisions(session: aiohttp.ClientSession, ops_port: int) -> float:
+async def _scrape(session: aiohttp.ClientSession, ops_port: int) -> list[tuple[str, float]]:
+    """The controller's /metrics as ``(name{labels}, value)`` pairs ([] while unreachable)."""
     try:
         async with session.get(f"http://127.0.0.1:{ops_port}/metrics") as resp:
             text = await resp.text()
     except aiohttp.ClientError:
-        return 0.0
+        return []
+    pairs = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            pairs.append((name, float(value)))
+    return pairs
+
+
+async def _decisions(session: aiohttp.ClientSession, ops_port: int) -> float:
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("gpuscale_decisions_total{")
+        v for k, v in await _scrape(session, ops_port) if k.startswith("gpuscale_decisions_total{")
     )
+
+
+def _lateness(scraped: list[tuple[str, float]]) -> tuple[dict[float, float], float]:
+    """Cumulative buckets of ``gpuscale_tick_lateness_seconds`` and the skipped ticks."""
+    buckets: dict[float, float] = {}
+    skipped = 0.0
+    for key, value in scraped:
+        if key.startswith("gpuscale_tick_lateness_seconds_bucket{"):
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = value
+        elif key == "gpuscale_ticks_skipped_total":
+            skipped = value
+    return buckets, skipped
+
+
+def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q`` of the ticks between two scrapes."""
+    counts = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = counts[-1][1] if counts else 0.0
+    for le, cumulative in counts:
+        if total and cumulative >= q * total:
+            return le
+    return float("nan")
+
+
+def _decision_times(scraped: list[tuple[str, float]]) -> dict[str, float]:
+    """``namespace/policy`` -> Unix time of its latest decision."""
+    times = {}
+    for key, value in scraped:
+        if key.startswith("gpuscale_decision_timestamp_seconds{"):
+            labels = dict(
+                part.split("=", 1) for part in key[key.index("{") + 1 : -1].split(",") if part
+            )
+            times[f"{labels['namespace'].strip(chr(34))}/{labels['policy'].strip(chr(34))}"] = value
+    return times
+
+
+def _rss_mib(pid: int) -> tuple[float, float]:
+    """Resident and peak resident memory of a process, MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
 async def _load(
@@ -279,8 +369,14 @@ async def main(args: argparse.Namespace) -> int:
     await kube.start()
     kubeconfig = kube.write_kubeconfig(work / "kubeconfig")
     for i in range(n):
-        kube.store.create(_deployment(i))
-        kube.store.create(_policy_configmap(i, args.interval))
+        ns = _namespace(i, args.namespaces)
+        kube.store.create(_deployment(i, ns))
+        kube.store.create(_policy_configmap(i, args.interval, ns))
+    hung = args.hung_namespaces * args.hung_policies
+    for j in range(hung):
+        ns = f"hung-{j % args.hung_namespaces}"
+        kube.store.create(_deployment(-1 - j, ns))
+        kube.store.create(_policy_configmap(-1 - j, args.interval, ns))
     server = InferenceServer()
     await server.start()
     for m in range(MODELS):
@@ -301,17 +397,30 @@ async def main(args: argparse.Namespace) -> int:
     await prometheus.wait_for_value(_queries(0)[0], lambda v: v == 9)
     await prometheus.wait_for_value(_queries(0)[1])
     print(
-        f"bench_controller: {n} policies x 2 metrics, interval {args.interval:g}s,"
-        f" os.cpu_count()={os.cpu_count()}, python {sys.version.split()[0]}"
+        f"bench_controller: {n} policies x 2 metrics in {args.namespaces} namespaces"
+        f" (+{hung} whose queries hang, in {args.hung_namespaces} more),"
+        f" interval {args.interval:g}s, os.cpu_count()={os.cpu_count()},"
+        f" python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f}"
     )
     results: dict[str, Any] = {}
+    proxy: Any = None
     try:
+        prometheus_url = prometheus.url
+        if hung:
+            proxy_port = free_port()
+            proxy = _child(
+                sys.executable, str(Path(__file__)), "--child-hanging-proxy", str(proxy_port),
+                prometheus.url,
+            )  # fmt: skip
+            proxy_proc = await proxy.__aenter__()
+            await asyncio.wait_for(proxy_proc.stdout.readline(), 30)
+            prometheus_url = f"http://127.0.0.1:{proxy_port}"
         ops_port, secure_port = free_port(), free_port()
         profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
         controller_args = [
             sys.executable, *profile, "-m", "gpuscale", "controller",
             "--kubeconfig", str(kubeconfig),
-            "--prometheus-url", prometheus.url,
+            "--prometheus-url", prometheus_url,
             "--ops-address", f"127.0.0.1:{ops_port}",
             "--secure-address", f"127.0.0.1:{secure_port}",
             "--tls-cert-file", certs.cert_file,
@@ -328,6 +437,7 @@ async def main(args: argparse.Namespace) -> int:
                     raise SystemExit("controller did not warm up within 120 s")
                 await asyncio.sleep(0.5)
             # CPU over whole cycles, nothing else asked of the controller.
+            scraped0 = await _scrape(session, ops_port)
             done0 = await _decisions(session, ops_port)
             requests0 = len(kube.requests)
             cpu0 = _cpu_seconds(proc.pid)
@@ -336,10 +446,28 @@ async def main(args: argparse.Namespace) -> int:
             done1 = await _decisions(session, ops_port)
             window = kube.requests[requests0:]
             cycles = (done1 - done0) / n
+            # Gaps between decisions of the healthy policies, sampled every second.
+            healthy = {f"{_namespace(i, args.namespaces)}/svc-{i}" for i in range(n)}
+            last = {k: v for k, v in _decision_times(scraped0).items() if k in healthy}
+            longest = 0.0
+            gap_end = loop.time() + args.interval * args.cycles
+            while loop.time() < gap_end:
+                await asyncio.sleep(1.0)
+                now = time.time()
+                times = _decision_times(await _scrape(session, ops_port))
+                for key in healthy:
+                    seen = times.get(key, last.get(key, now))
+                    longest = max(longest, now - seen)
+                    last[key] = seen
+            scraped1 = await _scrape(session, ops_port)
+            buckets0, skipped0 = _lateness(scraped0)
+            buckets1, skipped1 = _lateness(scraped1)
+            rss, peak = _rss_mib(proc.pid)
             # External metrics latency while the cycles keep running.
             url = (
                 f"https://127.0.0.1:{secure_port}/apis/external.metrics.k8s.io/v1beta1/"
-                f"namespaces/{NS}/gpuscale_desired_replicas?labelSelector=gpuscale.io%2Fpolicy%3Dsvc-7"
+                f"namespaces/{_namespace(7, args.namespaces)}/gpuscale_desired_replicas"
+                "?labelSelector=gpuscale.io%2Fpolicy%3Dsvc-7"
             )
             cpu2, t2 = _cpu_seconds(proc.pid), loop.time()
             latencies, errors = await _load_in_child(url, args, work)
@@ -358,7 +486,16 @@ async def main(args: argparse.Namespace) -> int:
                 "p99": _pct(latencies, 0.99),
                 "errors": errors,
                 "requests": len(latencies) + errors,
-                "hpas": len(kube.store.list("horizontalpodautoscalers", NS)),
+                "hpas": sum(
+                    len(kube.store.list("horizontalpodautoscalers", _namespace(i, args.namespaces)))
+                    for i in range(min(n, args.namespaces))
+                ),
+                "lateness_p50": _bucket_quantile(buckets0, buckets1, 0.5),
+                "lateness_p99": _bucket_quantile(buckets0, buckets1, 0.99),
+                "skipped": skipped1 - skipped0,
+                "longest_gap": longest,
+                "rss": rss,
+                "peak_rss": peak,
                 "api_reads": sum(r.method == "GET" and not r.watch for r in window),
                 "api_writes": sum(r.method != "GET" for r in window),
             }
@@ -374,6 +511,8 @@ async def main(args: argparse.Namespace) -> int:
             results["io_baseline"] = json.loads(line)
 
     finally:
+        if proxy is not None:
+            await proxy.__aexit__(None, None, None)
         traffic_task.cancel()
         await prometheus.astop()
         await server.stop()
@@ -381,6 +520,7 @@ async def main(args: argparse.Namespace) -> int:
 
     c, b, k = results["controller"], results["io_baseline"], results["constant"]
     cpu_ok = "yes" if c["cpu_per_cycle"] < 0.5 * n / 1000 else "NO"
+    ratio = c["cpu_per_cycle"] / b["cpu_per_cycle"]
     p99_ok = "yes" if c["p99"] < 5.0 else "NO"
     print(
         f"  HPAs created: {c['hpas']}; cycles measured: {c['cycles']:.2f};"
@@ -388,7 +528,17 @@ async def main(args: argparse.Namespace) -> int:
     )
     print(f"  controller CPU per cycle of {n} policies: {c['cpu_per_cycle']:.3f} s")
     print(f"  baseline, the same Prometheus queries only, in one burst: {b['cpu_per_cycle']:.3f} s")
-    print(f"  target under 0.5 s per 1,000 policies: {cpu_ok}")
+    print(
+        f"  ratio to the bare queries: {ratio:.2f}x (target <= 1.2x:"
+        f" {'yes' if ratio <= 1.2 else 'NO'}); under 0.5 s per 1,000 policies: {cpu_ok}"
+    )
+    print(
+        f"  tick lateness p50 <= {c['lateness_p50']:g} s, p99 <= {c['lateness_p99']:g} s"
+        f" (histogram bucket bounds); ticks skipped {c['skipped']:.0f};"
+        f" healthy policies' longest gap between decisions {c['longest_gap']:.1f} s"
+        f" (interval {args.interval:g} s)"
+    )
+    print(f"  controller memory: RSS {c['rss']:.0f} MiB, peak {c['peak_rss']:.0f} MiB")
     print(
         f"  external metrics at {args.rate:g} req/s over HTTPS: p50 {c['p50']:.2f} ms,"
         f" p99 {c['p99']:.2f} ms, errors {c['errors']}/{c['requests']}"
@@ -405,6 +555,10 @@ async def main(args: argparse.Namespace) -> int:
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--policies", type=int, default=1000)
+    parser.add_argument("--namespaces", type=int, default=100)
+    parser.add_argument("--hung-namespaces", type=int, default=0)
+    parser.add_argument("--hung-policies", type=int, default=200, help="per hung namespace")
+    parser.add_argument("--child-hanging-proxy", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--rate", type=float, default=100.0)
@@ -425,6 +579,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.child_load:
         url, rate, seconds, *paths = args.child_load
         asyncio.run(_load_child(url, float(rate), float(seconds), paths))
+        return 0
+    if args.child_hanging_proxy:
+        port, upstream = args.child_hanging_proxy
+        asyncio.run(_hanging_proxy(int(port), upstream))
         return 0
     if args.child_constant_server:
         port, cert, key, ca = args.child_constant_server
