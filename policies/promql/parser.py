@@ -12,6 +12,7 @@ than exhausting Python's stack.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from policies.promql.errors import PromQLError
 from policies.promql.functions import FUNCTIONS, TYPE_NAMES
@@ -422,7 +423,9 @@ class _Parser:
         labels = self.grouping()
         if self.kind() not in (Kind.GROUP_LEFT, Kind.GROUP_RIGHT):
             return return_bool, VectorMatching(on, labels)
-        side = "left" if self.advance().kind is Kind.GROUP_LEFT else "right"
+        side: Literal["left", "right"] = (
+            "left" if self.advance().kind is Kind.GROUP_LEFT else "right"
+        )
         include = self.grouping() if self.kind() is Kind.LEFT_PAREN else ()
         return return_bool, VectorMatching(on, labels, side, include)
 
