@@ -164,6 +164,26 @@ def test_scoped_queries_are_accepted_by_prometheus(
     assert accepted, f"{scoped!r}: {why}"
 
 
+_REGEX_PIECES = (
+    *"a.()|*+?{}[]^$-:,0129", "\\\\d", "\\\\b", "\\\\pL", "\\\\p{Greek}", "[:alpha:]",
+    "(?i)", "(?:", "(?P<n>", "\\\\Q", "\\\\E", "{2,3}", "{,2}", "\\\\x{41}", "\\\\z", "\\\\1", "\\\\0", "\\\\_",
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.sampled_from(_REGEX_PIECES), max_size=8).map("".join),
+    st.sampled_from(("=~", "!~")),
+    st.sampled_from(("foo", "")),
+)
+def test_regex_matchers_get_prometheus_verdict(
+    prometheus: PrometheusServer, regex: str, op: str, name: str
+) -> None:
+    """Go's RE2 syntax, and whether the pattern matches "" (a selector of only such matchers
+    is refused), as Prometheus decides them."""
+    assert_same_verdict(prometheus, f'{name}{{a{op}"{regex}"}}')
+
+
 # -- the point of it all: a scoped query reads its own namespace only ---------------------------
 
 
