@@ -9,6 +9,7 @@ text is the one reported.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -91,18 +92,28 @@ AGGREGATORS = frozenset(
     }
 )  # fmt: skip
 
-_SPACE = " \t\n\r"
-_DIGITS = "0123456789"
 _HEX = "0123456789abcdefABCDEF"
 _ESCAPE_WIDTH = {"x": (2, 16, 255), "u": (4, 16, 0x10FFFF), "U": (8, 16, 0x10FFFF)}
 
 
+_SPACE = " \t\n\r"
+_DIGITS = "0123456789"
+_ALPHA = frozenset("_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_ALNUM = _ALPHA | frozenset(_DIGITS)
+_WORD = re.compile(r"[A-Za-z0-9_:]*")
+_LABEL = re.compile(r"[A-Za-z0-9_]*")
+_SINGLE = {
+    ",": Kind.COMMA, "*": Kind.MUL, "/": Kind.DIV, "%": Kind.MOD, "+": Kind.ADD, "-": Kind.SUB,
+    "^": Kind.POW, "@": Kind.AT,
+}  # fmt: skip
+
+
 def is_alpha(c: str) -> bool:
-    return c == "_" or "a" <= c <= "z" or "A" <= c <= "Z"
+    return c in _ALPHA
 
 
 def is_alnum(c: str) -> bool:
-    return is_alpha(c) or "0" <= c <= "9"
+    return c in _ALNUM
 
 
 def is_label_name(s: str) -> bool:
@@ -194,12 +205,8 @@ class Lexer:
         if c in _SPACE:
             self._accept_run(_SPACE)
             return None
-        single = {
-            ",": Kind.COMMA, "*": Kind.MUL, "/": Kind.DIV, "%": Kind.MOD, "+": Kind.ADD,
-            "-": Kind.SUB, "^": Kind.POW, "@": Kind.AT,
-        }  # fmt: skip
-        if c in single:
-            return self._token(single[c], start)
+        if c in _SINGLE:
+            return self._token(_SINGLE[c], start)
         if c == "=":
             if self._accept("="):
                 return self._token(Kind.EQLC, start)
@@ -262,9 +269,10 @@ class Lexer:
         if c in _SPACE:
             self._accept_run(_SPACE)
             return None
-        if is_alpha(c):
-            while self.pos < len(text) and is_alnum(text[self.pos]):
-                self.pos += 1
+        if c in _ALPHA:
+            match = _LABEL.match(text, self.pos)
+            assert match is not None
+            self.pos = match.end()
             return self._token(Kind.IDENTIFIER, start)
         if c == ",":
             return self._token(Kind.COMMA, start)
@@ -288,10 +296,10 @@ class Lexer:
         raise self.error(f"unexpected character inside braces: {c!r}", start)
 
     def _word(self, start: int) -> Token:
-        text = self.text
-        while self.pos < len(text) and (is_alnum(text[self.pos]) or text[self.pos] == ":"):
-            self.pos += 1
-        word = text[start : self.pos]
+        match = _WORD.match(self.text, self.pos)
+        assert match is not None
+        self.pos = match.end()
+        word = self.text[start : self.pos]
         kind = KEYWORDS.get(word.lower())
         if kind is None:
             kind = Kind.METRIC_IDENTIFIER if ":" in word else Kind.IDENTIFIER
