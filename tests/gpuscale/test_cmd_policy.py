@@ -238,10 +238,8 @@ def test_check_reports_unparsable_promql_with_its_position(
     path = _with_queries(tmp_path, {1: "sum(rate(x[5m])"})
     assert main(["policy", "check", str(path)]) == 1
     (line,) = capsys.readouterr().err.splitlines()
-    assert (
-        line
-        == f"{path}: inference/llama-chat: metrics[1].query: invalid PromQL at 1:16: unclosed left parenthesis"
-    )
+    where = f"{path}: inference/llama-chat: metrics[1].query"
+    assert line == f"{where}: invalid PromQL at 1:16: unclosed left parenthesis"
 
 
 @pytest.mark.parametrize("label", ["", "1abc", "name-space", "__name__"])
