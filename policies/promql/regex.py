@@ -225,7 +225,9 @@ _UNICODE_CLASSES = frozenset(
         "Zanabazar_Square",
     }
 )
-"""``\\p{…}`` names: ``Any``, Unicode categories and scripts (Go's ``unicode`` tables)."""
+"""``\\p{…}`` names: ``Any``, Unicode categories and scripts, from a newer Go's ``unicode``
+tables than the Go 1.19 that built Debian's Prometheus 2.42, so a script Unicode added since
+(none a label regex is likely to name) is accepted here and refused there."""
 
 
 class RegexError(ValueError):

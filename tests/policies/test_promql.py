@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from policies.promql import MAX_DEPTH, PromQLError, format_expr, parse, selectors
 from policies.promql.literals import format_duration, parse_duration, quote, unquote
+from policies.promql.regex import RegexError, matches_empty
 from policies.promql.syntax import (
     Aggregate,
     Binary,
@@ -275,3 +276,37 @@ def test_any_text_parses_or_raises_promql_error(text: str) -> None:
         assert exc.message
     else:
         assert parse(format_expr(tree)) == tree
+
+
+@pytest.mark.parametrize(
+    ("pattern", "empty"),
+    [
+        (".*", True), (".+", False), ("a|", True), ("x", False), ("", True), ("(?i)a*", True),
+        ("[[:alpha:]]*", True), ("\\pL+", False), ("\\p{Greek}?", True), ("x{0}", True),
+        ("x{0,3}", True), ("x{2}", False), ("\\b", False), ("\\B", True), ("^$", True),
+        ("\\Q.*\\E", False), ("\\Q\\E", True), ("(?)", True), ("a(?i)*", True), ("(?P<n>a)?", True),
+        ("[^a]", False), ("\\x{41}*", True), ("\\_", False), ("[]a]", False), ("[a-]", False),
+    ],
+)  # fmt: skip
+def test_regex_matches_empty(pattern: str, empty: bool) -> None:
+    assert matches_empty(pattern) is empty
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("(", "missing closing )"), (")", "unexpected )"), ("a)|(b", "unexpected )"),
+        ("*", "missing argument to repetition operator"), ("a|*", "missing argument"),
+        ("a**", "invalid nested repetition operator"), ("x{1001}", "invalid repeat count"),
+        ("(x{100}){100}", "invalid repeat count"), ("[z-a]", "invalid character class range"),
+        ("[[:foo:]]", "invalid character class range"), ("\\p{Nope}", "invalid character class"),
+        ("\\1", "invalid escape sequence"), ("\\Z", "invalid escape sequence"), ("\\C", "\\C"),
+        ("(?<n>x)", "invalid or unsupported Perl syntax"), ("(?i-)", "invalid or unsupported"),
+        ("(?P<>x)", "invalid named capture"), ("[a", "missing closing ]"), ("\\", "trailing"),
+        ("\udcff", "invalid UTF-8"),
+    ],
+)  # fmt: skip
+def test_regex_errors_as_go_reports_them(pattern: str, reason: str) -> None:
+    with pytest.raises(RegexError, match="error parsing regexp") as caught:
+        matches_empty(pattern)
+    assert reason in str(caught.value)
