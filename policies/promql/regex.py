@@ -388,7 +388,7 @@ class _Checker:
         while j < len(s) and s[j] in "0123456789":
             j += 1
         digits = s[start:j]
-        return (int(digits) if len(digits) <= 8 else -1), j
+        return (int(digits) if len(digits) <= 8 else MAX_REPEAT + 1), j
 
     def _perl_flags(self) -> bool:
         """Parse ``(?flags)``, ``(?flags:`` or ``(?P<name>``; True when a group opens."""
