@@ -439,8 +439,7 @@ class _Checker:
             end = s.find("\\E", i + 2)
             literal = s[i + 2 :] if end < 0 else s[i + 2 : end]
             self.i = len(s) if end < 0 else end + 2
-            if literal:
-                group.items.append(_Item(nullable=False))
+            group.items.extend(_Item(nullable=False) for _ in literal)
             return
         if not self._class_escape():
             self._char_escape()

@@ -284,7 +284,7 @@ def test_any_text_parses_or_raises_promql_error(text: str) -> None:
         (".*", True), (".+", False), ("a|", True), ("x", False), ("", True), ("(?i)a*", True),
         ("[[:alpha:]]*", True), ("\\pL+", False), ("\\p{Greek}?", True), ("x{0}", True),
         ("x{0,3}", True), ("x{2}", False), ("\\b", False), ("\\B", True), ("^$", True),
-        ("\\Q.*\\E", False), ("\\Q\\E", True), ("(?)", True), ("a(?i)*", True), ("(?P<n>a)?", True),
+        ("\\Q.*\\E", False), ("\\Q\\E", True), ("\\Qab\\E*", False), ("\\Qa\\E*", True), ("(?)", True), ("a(?i)*", True), ("(?P<n>a)?", True),
         ("[^a]", False), ("\\x{41}*", True), ("\\_", False), ("[]a]", False), ("[a-]", False),
     ],
 )  # fmt: skip
