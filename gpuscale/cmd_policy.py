@@ -20,15 +20,43 @@ def policy() -> None:
     """Check ScalingPolicy ConfigMaps and explain the decisions they make."""
 
 
+def _tenancy_label(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from policies.tenancy import ScopeError, check_label
+
+    try:
+        check_label(value)
+    except ScopeError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @policy.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def check(files: tuple[Path, ...]) -> None:
+@click.option(
+    "--tenancy-label",
+    default="namespace",
+    show_default=True,
+    metavar="LABEL",
+    callback=_tenancy_label,
+    help="Check that every query can be confined to its policy's namespace through LABEL, "
+    "as the controller's namespace enforcement does.",
+)
+@click.option(
+    "--no-tenancy",
+    is_flag=True,
+    help="Skip that check (for controllers run without namespace enforcement).",
+)
+def check(files: tuple[Path, ...], tenancy_label: str, no_tenancy: bool) -> None:
     """Validate ScalingPolicy ConfigMaps in FILES.
 
     Prints one line per valid policy; otherwise every problem as
     `file: namespace/name: field: message` and exits 1.
+
+    By default a query that reads another namespace's series (a matcher on the tenancy label
+    other than label="<its namespace>") is an error, as it is for the controller.
     """
-    from policies.parse import PolicyFileError, entry_messages, read_policy_file
+    from policies.parse import PolicyError, PolicyFileError, entry_messages, read_policy_file
+    from policies.tenancy import scope_policy
 
     failed = False
     for path in files:
@@ -43,8 +71,17 @@ def check(files: tuple[Path, ...]) -> None:
             failed = True
             click.echo(message, err=True)
         for entry in entries:
-            if entry.policy is not None:
-                click.echo(f"{path}: {entry.policy.key}: ok ({_summary(entry.policy)})")
+            if entry.policy is None:
+                continue
+            if not no_tenancy:
+                try:
+                    scope_policy(entry.policy, label=tenancy_label)
+                except PolicyError as exc:
+                    failed = True
+                    for err in exc.errors:
+                        click.echo(f"{path}: {exc.key}: {err.path}: {err.message}", err=True)
+                    continue
+            click.echo(f"{path}: {entry.policy.key}: ok ({_summary(entry.policy)})")
     if failed:
         raise SystemExit(1)
 

@@ -19,7 +19,16 @@ import yaml
 from extender.decode import BadRequest, node_from_json, pod_from_json
 from extender.server import Extender
 from extender.state import ClusterState
-from policies.parse import NotAPolicy, PolicyError, parse_configmap, parse_policy_document
+from policies.parse import (
+    NotAPolicy,
+    PolicyError,
+    load_policy_file,
+    parse_configmap,
+    parse_policy_document,
+)
+from policies.promql import PromQLError, parse, selectors
+from policies.schema import metric_inputs
+from policies.tenancy import ScopeError, scope_query
 from tests.extender.test_filtering import node_json, pod_json
 
 NOW = 1_800_000_010.0
@@ -91,10 +100,24 @@ def policy_json(data: bytes) -> None:
         parse_policy_document(document, namespace="ns", name="fuzz")
 
 
+def promql_scope(data: bytes) -> None:
+    """A policy query (text, as YAML hands it over) scoped to a namespace: PromQLError or
+    ScopeError, or a query whose every selector carries exactly the namespace."""
+    text = data.decode("utf-8", "replace")
+    try:
+        out = scope_query(text, label="namespace", namespace="ns")
+    except (PromQLError, ScopeError):
+        return
+    for vs in selectors(parse(out)):
+        pinned = [(m.op, m.value) for m in vs.matchers if m.name == "namespace"]
+        assert pinned == [("=", "ns")], (text, out)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "extender_request": extender_request,
     "policy_document": policy_document,
     "policy_json": policy_json,
+    "promql_scope": promql_scope,
 }
 
 
@@ -113,6 +136,14 @@ def seeds(target: str) -> list[bytes]:
             ),
         ]
     out = []
+    if target == "promql_scope":
+        return [
+            query.encode()
+            for path in sorted((repo / "policies" / "examples").glob("*.yaml"))
+            for policy in load_policy_file(path)
+            for metric in policy.metrics
+            for _, query in metric_inputs(metric)
+        ]
     for path in sorted((repo / "policies" / "examples").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and "data" in doc:

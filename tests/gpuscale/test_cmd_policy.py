@@ -172,3 +172,79 @@ def test_explain_shows_the_burst_envelope(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     # One tick from a fresh state: the envelope holds only the size now.
     assert "burst envelope (max of 1 sizes over 10m) 23, no more" in out
+
+
+def _with_queries(tmp_path: Path, queries: dict[int, str], *, namespace: str = "inference") -> Path:
+    """The chat example in namespace ``namespace``, with metric ``i``'s query from ``queries``
+    and the others' a plain ``sum(q)``."""
+    cm = yaml.safe_load(LLM.read_text())
+    cm["metadata"]["namespace"] = namespace
+    doc = yaml.safe_load(cm["data"]["policy.yaml"])
+    for i, metric in enumerate(doc["metrics"]):
+        metric["query"] = queries.get(i, "sum(q)")
+    cm["data"]["policy.yaml"] = yaml.safe_dump(doc)
+    path = tmp_path / "tenant.yaml"
+    path.write_text(yaml.safe_dump(cm))
+    return path
+
+
+def test_check_refuses_queries_that_read_another_namespace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _with_queries(
+        tmp_path,
+        {
+            0: 'sum(vllm:num_requests_waiting{namespace="billing"})',
+            2: "sum(rate(x{namespace=~'.+'}[1m]))",
+        },
+        namespace="team-a",
+    )
+    assert main(["policy", "check", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert err[0].startswith(
+        f"{path}: team-a/llama-chat: metrics[0].query: namespace enforcement: "
+    )
+    assert 'reads namespace "billing", but this policy lives in "team-a"' in err[0]
+    assert err[1].startswith(f"{path}: team-a/llama-chat: metrics[2].query: ")
+    assert 'with "=~"' in err[1]
+
+
+def test_check_tenancy_label_and_opt_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _with_queries(tmp_path, {0: 'sum(q{kubernetes_namespace="other"})'}, namespace="a")
+    assert main(["policy", "check", str(path)]) == 0
+    assert main(["policy", "check", "--tenancy-label", "kubernetes_namespace", str(path)]) == 1
+    assert "metrics[0].query: namespace enforcement" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "policy",
+                "check",
+                "--no-tenancy",
+                "--tenancy-label",
+                "kubernetes_namespace",
+                str(path),
+            ]
+        )
+        == 0
+    )
+
+
+def test_check_reports_unparsable_promql_with_its_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _with_queries(tmp_path, {1: "sum(rate(x[5m])"})
+    assert main(["policy", "check", str(path)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    where = f"{path}: inference/llama-chat: metrics[1].query"
+    assert line == f"{where}: invalid PromQL at 1:16: unclosed left parenthesis"
+
+
+@pytest.mark.parametrize("label", ["", "1abc", "name-space", "__name__"])
+def test_check_refuses_a_bad_tenancy_label(label: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "check", "--tenancy-label", label, str(LLM)]) == 1
+    err = capsys.readouterr().err
+    assert "--tenancy-label" in err
+    assert "Traceback" not in err
