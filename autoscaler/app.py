@@ -142,7 +142,7 @@ async def run(
         holder: list[Controller] = []
         source = PolicySource(
             core,
-            SourceSettings(namespace=settings.namespace),
+            SourceSettings(namespace=settings.namespace, tenancy_label=settings.tenancy_label),
             on_change=lambda key, entry: holder[0].on_policy_change(key, entry),
         )
         leadership: LeaderElector | AlwaysLeader

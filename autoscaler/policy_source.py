@@ -17,6 +17,7 @@ from autoscaler.kube import metadata
 from autoscaler.reflector import Reflector, ReflectorSettings
 from policies.parse import NotAPolicy, PolicyError, is_policy_configmap, parse_configmap
 from policies.schema import POLICY_LABEL, ScalingPolicy
+from policies.tenancy import scope_policy
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class SourceSettings:
     watch_timeout: int = 300
     """Server-side timeout of one watch request, seconds; the watch then resumes."""
     backoff_max: float = 10.0
+    tenancy_label: str | None = None
+    """Confine every query to its policy's namespace through this label
+    (:func:`policies.tenancy.scope_policy`); None lets queries read any namespace."""
 
 
 def _as_configmap(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,8 +64,14 @@ def _as_configmap(obj: Mapping[str, Any]) -> dict[str, Any]:
     return full
 
 
-def interpret(obj: Mapping[str, Any], previous: PolicyEntry | None) -> PolicyEntry | None:
-    """The entry for a ConfigMap version, given what we held before; None if not a policy."""
+def interpret(
+    obj: Mapping[str, Any], previous: PolicyEntry | None, tenancy_label: str | None = None
+) -> PolicyEntry | None:
+    """The entry for a ConfigMap version, given what we held before; None if not a policy.
+
+    With ``tenancy_label``, the policy that runs is the scoped one, and a query that cannot be
+    confined to the namespace makes the version invalid (the last good version keeps running).
+    """
     cm = _as_configmap(obj)
     meta = metadata(cm)
     namespace = str(meta.get("namespace") or "default")
@@ -76,6 +86,8 @@ def interpret(obj: Mapping[str, Any], previous: PolicyEntry | None) -> PolicyEnt
         return replace(previous, configmap=cm, resource_version=rv)
     try:
         policy = parse_configmap(cm)
+        if tenancy_label is not None:
+            policy = scope_policy(policy, label=tenancy_label)
     except NotAPolicy:
         return None
     except PolicyError as exc:
@@ -117,6 +129,7 @@ class PolicySource:
         rng: random.Random | None = None,
     ) -> None:
         self._on_change = on_change
+        self._tenancy_label = settings.tenancy_label
         self.entries: dict[str, PolicyEntry] = {}
         args: tuple[str, ...] = ()
         if settings.namespace:
@@ -174,7 +187,7 @@ class PolicySource:
         meta = metadata(obj)
         key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
         old = self.entries.get(key)
-        new = interpret(obj, old)
+        new = interpret(obj, old, self._tenancy_label)
         if new is None:
             if old is not None:
                 self._delete(key)

@@ -57,6 +57,9 @@ class ControllerSettings:
     prometheus_concurrency_per_namespace: int = 8
     """Queries one namespace may have in flight (its fair share of ``prometheus_concurrency``)."""
     prometheus_max_answer_bytes: int = 256 * 1024
+    tenancy_label: str | None = "namespace"
+    """Every query gets ``<label>="<policy namespace>"`` (:mod:`policies.tenancy`); None turns
+    namespace enforcement off (single-team clusters)."""
     hpa_resync: float = 300.0
     """Seconds between full HPA reconciliations (drift repair) while leading."""
     drain_timeout: float = 7.0

@@ -426,7 +426,9 @@ async def main(args: argparse.Namespace) -> int:
             "--tls-cert-file", certs.cert_file,
             "--tls-private-key-file", certs.key_file,
             "--requestheader-client-ca-file", certs.client_ca_file,
-            "--no-leader-elect", "--log-level", "warning",
+            # Scoping runs once per policy version, not per tick; the synthetic series carry
+            # no namespace label, so enforcement is off here.
+            "--no-leader-elect", "--no-tenancy", "--log-level", "warning",
         ]  # fmt: skip
         async with _child(*controller_args) as proc, aiohttp.ClientSession() as session:
             loop = asyncio.get_running_loop()

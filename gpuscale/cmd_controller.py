@@ -98,6 +98,20 @@ def _identity_default() -> str:
     " that metric unavailable with a reason, without being read whole.",
 )
 @click.option(
+    "--tenancy-label",
+    default="namespace",
+    show_default=True,
+    help='Namespace enforcement: every query of a policy gets <LABEL>="<its namespace>", and'
+    " a query that reads another namespace makes the policy Invalid. Name the label your"
+    " series carry the namespace in.",
+)
+@click.option(
+    "--no-tenancy",
+    is_flag=True,
+    default=False,
+    help="Let policies query any namespace's series (single-team clusters).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -124,6 +138,8 @@ def controller(
     prometheus_concurrency: int,
     prometheus_concurrency_per_namespace: int,
     prometheus_max_answer_bytes: int,
+    tenancy_label: str,
+    no_tenancy: bool,
     log_level: str,
 ) -> None:
     """Run the autoscaler controller: Prometheus in, external metrics and HPAs out."""
@@ -167,6 +183,13 @@ def controller(
     ):
         if path and not os.path.isfile(path):
             problems.append(f"{flag}: no such file: {path}")
+    if not no_tenancy:
+        from policies.tenancy import ScopeError, check_label
+
+        try:
+            check_label(tenancy_label)
+        except ScopeError as exc:
+            problems.append(f"--tenancy-label: {exc}")
     if not prometheus_url.startswith(("http://", "https://")):
         problems.append(f"--prometheus-url: expected an http(s) URL, got {prometheus_url!r}")
     if problems:
@@ -198,6 +221,7 @@ def controller(
         prometheus_concurrency=prometheus_concurrency,
         prometheus_concurrency_per_namespace=prometheus_concurrency_per_namespace,
         prometheus_max_answer_bytes=prometheus_max_answer_bytes,
+        tenancy_label=None if no_tenancy else tenancy_label,
     )
     logs.configure(log_level)
     try:

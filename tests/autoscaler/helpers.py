@@ -146,6 +146,8 @@ def controller_settings(
         stale_after=120.0,
         hpa_resync=300.0,
         drain_timeout=2.0,
+        # These tests' series carry no namespace label; enforcement has tests of its own.
+        tenancy_label=None,
     )
     return replace(base, **overrides)
 

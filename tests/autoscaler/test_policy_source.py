@@ -10,6 +10,7 @@ from typing import Any
 from kubernetes.aio import client as kclient
 
 from autoscaler.policy_source import PolicyEntry, PolicySource, SourceSettings, interpret
+from policies.schema import QueueDepthMetric
 from tests.autoscaler.helpers import make_policy, policy_configmap, wait_until
 from tests.support.kube_standin import KubeStandIn
 
@@ -59,6 +60,31 @@ def test_interpret_keeps_the_last_good_policy_of_the_same_object() -> None:
     recreated = dict(bad, metadata={**bad["metadata"], "uid": "u2"})
     third = interpret(recreated, second)
     assert third is not None and third.policy is None
+
+
+def test_with_enforcement_the_running_policy_reads_only_its_namespace() -> None:
+    metrics = (QueueDepthMetric("queue", 'sum(vllm:num_requests_waiting{model_name="a"})', 4.0),)
+    good = policy_configmap(make_policy("llama", NS, metrics=metrics))
+    good["metadata"].update(uid="u1", resourceVersion="10")
+    entry = interpret(good, None, "namespace")
+    assert entry is not None and entry.error is None and entry.policy is not None
+    assert entry.policy.metrics[0].query == (
+        f'sum(vllm:num_requests_waiting{{namespace="{NS}",model_name="a"}})'
+    )
+    unscoped = interpret(good, None)
+    assert unscoped is not None and unscoped.policy is not None
+    assert unscoped.policy.metrics[0].query == metrics[0].query
+
+    # An edit that reads another team's series is refused; the scoped version keeps running.
+    nosy = (QueueDepthMetric("queue", 'sum(vllm:num_requests_waiting{namespace="b"})', 4.0),)
+    bad = policy_configmap(make_policy("llama", NS, metrics=nosy))
+    bad["metadata"].update(uid="u1", resourceVersion="11")
+    second = interpret(bad, entry, "namespace")
+    assert second is not None and second.error is not None
+    [error] = second.error.errors
+    assert error.path == "metrics[0].query"
+    assert "namespace enforcement" in error.message and 'namespace="b"' in error.message
+    assert second.policy == entry.policy and second.good_resource_version == "10"
 
 
 def test_list_items_without_kind_are_still_policies() -> None:

@@ -341,6 +341,21 @@ def test_values_reach_the_containers() -> None:
     assert "--interval=5s" in _args(objs, "DaemonSet", "gpuscale-node-agent", "node-agent")
 
 
+def test_namespace_enforcement_is_on_unless_turned_off() -> None:
+    default = _args(template(), "Deployment", "gpuscale-controller", "controller")
+    assert "--tenancy-label=namespace" in default and "--no-tenancy" not in default
+    relabelled = template(controller__tenancy__label="kubernetes_namespace")
+    args = _args(relabelled, "Deployment", "gpuscale-controller", "controller")
+    assert "--tenancy-label=kubernetes_namespace" in args
+    off = _args(
+        template(controller__tenancy__enabled="false"),
+        "Deployment",
+        "gpuscale-controller",
+        "controller",
+    )
+    assert "--no-tenancy" in off and not any(a.startswith("--tenancy-label") for a in off)
+
+
 def test_scheduler_pods_roll_when_their_config_changes() -> None:
     def checksum(objs: list[Obj]) -> str:
         pod = find(objs, "Deployment", "gpuscale-scheduler")["spec"]["template"]

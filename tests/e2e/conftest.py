@@ -106,10 +106,21 @@ def vllm_server() -> Iterator[InferenceServer]:
 
 @pytest.fixture(scope="module")
 def prometheus(
-    vllm_server: InferenceServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    vllm_server: InferenceServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[PrometheusServer]:
-    """Debian's Prometheus scraping the module's vLLM-style server every second."""
-    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), [vllm_server.target])
+    """Debian's Prometheus scraping the module's vLLM-style server every second.
+
+    Its series carry ``namespace="<the module's NS>"``, as Kubernetes service discovery would
+    label a pod's series: the controller runs with namespace enforcement on, as deploy/ does.
+    """
+    namespace = getattr(request.module, "NS", None)
+    server = PrometheusServer(
+        tmp_path_factory.mktemp("prometheus"),
+        [vllm_server.target],
+        labels={"namespace": namespace} if namespace else None,
+    )
     server.start()
     try:
         yield server

@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class PrometheusServer:
         job_name: str = "inference",
         extra_scrape_configs: Sequence[dict[str, Any]] = (),
         binary: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         found = binary or find_prometheus()
         if found is None:
@@ -65,6 +66,9 @@ class PrometheusServer:
         self.scrape_interval = scrape_interval
         self.job_name = job_name
         self.extra_scrape_configs = list(extra_scrape_configs)
+        self.labels = dict(labels or {})
+        """Target labels on every series of ``targets`` (e.g. the namespace, as service
+        discovery would attach it)."""
         self.port = free_port()
         self.config_path = workdir / "prometheus.yml"
         self.data_dir = workdir / "data"
@@ -85,7 +89,11 @@ class PrometheusServer:
                 "job_name": self.job_name,
                 "scrape_interval": self.scrape_interval,
                 "scrape_timeout": self.scrape_interval,
-                "static_configs": [{"targets": self.targets}] if self.targets else [],
+                "static_configs": (
+                    [{"targets": self.targets, **({"labels": self.labels} if self.labels else {})}]
+                    if self.targets
+                    else []
+                ),
             },
             *self.extra_scrape_configs,
         ]
