@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+MAX_MESSAGE = 200
+
 
 class PromQLError(ValueError):
     """A query Prometheus would refuse; ``position`` is a character offset into ``query``."""
 
     def __init__(self, message: str, query: str, position: int) -> None:
+        if len(message) > MAX_MESSAGE:  # a hostile query must not make a 1 MB status annotation
+            message = message[: MAX_MESSAGE - 3] + "..."
         self.message = message
         self.query = query
         self.position = max(0, min(position, len(query)))

@@ -312,3 +312,13 @@ def test_regex_errors_as_go_reports_them(pattern: str, reason: str) -> None:
     with pytest.raises(RegexError, match="error parsing regexp") as caught:
         matches_empty(pattern)
     assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["x" * 100_000 + "(a)", '{a=~"[' + "[:" * 50_000 + ']"}', "a{" + "b" * 100_000 + "}"],
+)
+def test_messages_stay_short_for_huge_queries(query: str) -> None:
+    with pytest.raises(PromQLError) as caught:
+        parse(query)
+    assert len(str(caught.value)) < 250

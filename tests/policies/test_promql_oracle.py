@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from policies.promql import PromQLError, format_expr, parse
 from policies.tenancy import ScopeError, scope_query
 from tests.policies.promql_strategies import exprs
+from tests.policies.test_tenancy import REWRITES
 from tests.support.prometheus import PrometheusServer, find_prometheus
 
 EXPOSITION = b"""# TYPE gpuscale_tenant_waiting gauge
@@ -183,6 +184,15 @@ def test_regex_matchers_get_prometheus_verdict(
     """Go's RE2 syntax, and whether the pattern matches "" (a selector of only such matchers
     is refused), as Prometheus decides them."""
     assert_same_verdict(prometheus, f'{name}{{a{op}"{regex}"}}')
+
+
+@pytest.mark.parametrize(("query", "scoped"), REWRITES)
+def test_rewritten_queries_are_accepted_by_prometheus(
+    prometheus: PrometheusServer, query: str, scoped: str
+) -> None:
+    for text in (query, scoped):
+        accepted, why = prometheus_verdict(prometheus, text)
+        assert accepted, f"{text!r}: {why}"
 
 
 # -- the point of it all: a scoped query reads its own namespace only ---------------------------

@@ -24,59 +24,60 @@ def scoped(query: str, namespace: str = "a", label: str = "namespace") -> str:
     return scope_query(query, label=label, namespace=namespace)
 
 
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        ("foo", 'foo{namespace="a"}'),
-        ("foo{}", 'foo{namespace="a"}'),
-        ('foo{job="x"}', 'foo{namespace="a",job="x"}'),
-        ('foo{job="x",}', 'foo{namespace="a",job="x",}'),
-        ('{__name__="foo"}', '{namespace="a",__name__="foo"}'),
-        ('{__name__=~"foo|bar"}', '{namespace="a",__name__=~"foo|bar"}'),
-        ('foo{job=~"api|web", code!~"5.."}', 'foo{namespace="a",job=~"api|web", code!~"5.."}'),
-        ("rate(foo[5m])", 'rate(foo{namespace="a"}[5m])'),
-        (
-            "histogram_quantile(0.95, sum by (le) (rate(x_bucket[1m])))",
-            'histogram_quantile(0.95, sum by (le) (rate(x_bucket{namespace="a"}[1m])))',
-        ),
-        ("sum(foo) by (job)", 'sum(foo{namespace="a"}) by (job)'),
-        ("topk(3, foo)", 'topk(3, foo{namespace="a"})'),
-        ("count_values('v', foo)", "count_values('v', foo{namespace=\"a\"})"),
-        ("a / b", 'a{namespace="a"} / b{namespace="a"}'),
-        (
-            "a * on(pod) group_left(node) b",
-            'a{namespace="a"} * on(pod) group_left(node) b{namespace="a"}',
-        ),
-        ("a / ignoring(code) b", 'a{namespace="a"} / ignoring(code) b{namespace="a"}'),
-        ("a > bool 1", 'a{namespace="a"} > bool 1'),
-        (
-            "a and b or c unless d",
-            'a{namespace="a"} and b{namespace="a"} or c{namespace="a"} unless d{namespace="a"}',
-        ),
-        ("-foo", '-foo{namespace="a"}'),
-        ("(foo)", '(foo{namespace="a"})'),
-        ("foo offset 5m", 'foo{namespace="a"} offset 5m'),
-        ("foo offset -5m", 'foo{namespace="a"} offset -5m'),
-        ("foo @ 1700000000", 'foo{namespace="a"} @ 1700000000'),
-        ("foo[5m] @ start()", 'foo{namespace="a"}[5m] @ start()'),
-        ("rate(foo[5m])[1h:5m]", 'rate(foo{namespace="a"}[5m])[1h:5m]'),
-        ("max_over_time(foo[1h:])", 'max_over_time(foo{namespace="a"}[1h:])'),
-        ("foo offset 1m [10m:1m] offset 2m", 'foo{namespace="a"} offset 1m [10m:1m] offset 2m'),
-        ("vector(1)", "vector(1)"),
-        ("time() - 1", "time() - 1"),
-        ('"just a string"', '"just a string"'),
-        ("sum", 'sum{namespace="a"}'),
-        ("and and and", 'and{namespace="a"} and and{namespace="a"}'),
-        ("foo:bar:rate5m", 'foo:bar:rate5m{namespace="a"}'),
-        ("foo # comment { }\n + bar", 'foo{namespace="a"} # comment { }\n + bar{namespace="a"}'),
-        ("sum(\n  rate(foo [ 5m ])\n)", 'sum(\n  rate(foo{namespace="a"} [ 5m ])\n)'),
-        # already scoped to the same namespace: kept as written
-        ('foo{namespace="a"}', 'foo{namespace="a"}'),
-        ("foo{namespace='a', job='x'}", "foo{namespace='a', job='x'}"),
-        ('foo{namespace="a"} / bar', 'foo{namespace="a"} / bar{namespace="a"}'),
-        ("foo{namespace=`a`}", "foo{namespace=`a`}"),
-    ],
-)
+REWRITES = [
+    ("foo", 'foo{namespace="a"}'),
+    ("foo{}", 'foo{namespace="a"}'),
+    ('foo{job="x"}', 'foo{namespace="a",job="x"}'),
+    ('foo{job="x",}', 'foo{namespace="a",job="x",}'),
+    ('{__name__="foo"}', '{namespace="a",__name__="foo"}'),
+    ('{__name__=~"foo|bar"}', '{namespace="a",__name__=~"foo|bar"}'),
+    ('foo{job=~"api|web", code!~"5.."}', 'foo{namespace="a",job=~"api|web", code!~"5.."}'),
+    ("rate(foo[5m])", 'rate(foo{namespace="a"}[5m])'),
+    (
+        "histogram_quantile(0.95, sum by (le) (rate(x_bucket[1m])))",
+        'histogram_quantile(0.95, sum by (le) (rate(x_bucket{namespace="a"}[1m])))',
+    ),
+    ("sum(foo) by (job)", 'sum(foo{namespace="a"}) by (job)'),
+    ("topk(3, foo)", 'topk(3, foo{namespace="a"})'),
+    ("count_values('v', foo)", "count_values('v', foo{namespace=\"a\"})"),
+    ("a / b", 'a{namespace="a"} / b{namespace="a"}'),
+    (
+        "a * on(pod) group_left(node) b",
+        'a{namespace="a"} * on(pod) group_left(node) b{namespace="a"}',
+    ),
+    ("a / ignoring(code) b", 'a{namespace="a"} / ignoring(code) b{namespace="a"}'),
+    ("a > bool 1", 'a{namespace="a"} > bool 1'),
+    (
+        "a and b or c unless d",
+        'a{namespace="a"} and b{namespace="a"} or c{namespace="a"} unless d{namespace="a"}',
+    ),
+    ("-foo", '-foo{namespace="a"}'),
+    ("(foo)", '(foo{namespace="a"})'),
+    ("foo offset 5m", 'foo{namespace="a"} offset 5m'),
+    ("foo offset -5m", 'foo{namespace="a"} offset -5m'),
+    ("foo @ 1700000000", 'foo{namespace="a"} @ 1700000000'),
+    ("foo[5m] @ start()", 'foo{namespace="a"}[5m] @ start()'),
+    ("rate(foo[5m])[1h:5m]", 'rate(foo{namespace="a"}[5m])[1h:5m]'),
+    ("max_over_time(foo[1h:])", 'max_over_time(foo{namespace="a"}[1h:])'),
+    ("foo offset 1m [10m:1m] offset 2m", 'foo{namespace="a"} offset 1m [10m:1m] offset 2m'),
+    ("vector(1)", "vector(1)"),
+    ("time() - 1", "time() - 1"),
+    ('"just a string"', '"just a string"'),
+    ("sum", 'sum{namespace="a"}'),
+    ("and and and", 'and{namespace="a"} and and{namespace="a"}'),
+    ("foo:bar:rate5m", 'foo:bar:rate5m{namespace="a"}'),
+    ("foo # comment { }\n + bar", 'foo{namespace="a"} # comment { }\n + bar{namespace="a"}'),
+    ("sum(\n  rate(foo [ 5m ])\n)", 'sum(\n  rate(foo{namespace="a"} [ 5m ])\n)'),
+    # already scoped to the same namespace: kept as written
+    ('foo{namespace="a"}', 'foo{namespace="a"}'),
+    ("foo{namespace='a', job='x'}", "foo{namespace='a', job='x'}"),
+    ('foo{namespace="a"} / bar', 'foo{namespace="a"} / bar{namespace="a"}'),
+    ("foo{namespace=`a`}", "foo{namespace=`a`}"),
+]
+"""``(query, scoped to namespace a)`` for every construct."""
+
+
+@pytest.mark.parametrize(("query", "expected"), REWRITES)
 def test_rewrites(query: str, expected: str) -> None:
     assert scoped(query) == expected
     assert scoped(expected) == expected
