@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import ssl
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.controller_probe import (  # noqa: E402
+    bucket_quantile,
+    child,
+    cpu_seconds,
+    decision_times,
+    decisions,
+    lateness,
+    rss_mib,
+    scrape,
+)
 from tests.autoscaler.helpers import Certs, make_certs  # noqa: E402
 from tests.support.inference_server import InferenceServer  # noqa: E402
 from tests.support.kube_standin import KubeStandIn  # noqa: E402
@@ -51,13 +60,6 @@ from tests.support.prometheus import PrometheusServer, free_port  # noqa: E402
 MODELS = 20
 HANG = "hang_forever"
 """Queries naming this metric are held open by the proxy (``--child-hanging-proxy``)."""
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (and its reaped children), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / TICKS
 
 
 def _namespace(i: int, namespaces: int) -> str:
@@ -198,7 +200,7 @@ async def _constant_server(port: int, cert: str, key: str, client_ca: str) -> No
     await asyncio.Event().wait()
 
 
-async def _load_child(url: str, rate: float, seconds: float, certs: Sequence[str]) -> None:
+async def _loadchild(url: str, rate: float, seconds: float, certs: Sequence[str]) -> None:
     """Child: the open-loop HTTPS client, away from the parent's busy API stand-in."""
     ca, cert, key = certs
     context = ssl.create_default_context(cafile=ca)
@@ -211,90 +213,6 @@ async def _load_child(url: str, rate: float, seconds: float, certs: Sequence[str
 
 
 # -- parent -----------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def _child(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Any]:
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def _scrape(session: aiohttp.ClientSession, ops_port: int) -> list[tuple[str, float]]:
-    """The controller's /metrics as ``(name{labels}, value)`` pairs ([] while unreachable)."""
-    try:
-        async with session.get(f"http://127.0.0.1:{ops_port}/metrics") as resp:
-            text = await resp.text()
-    except aiohttp.ClientError:
-        return []
-    pairs = []
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            pairs.append((name, float(value)))
-    return pairs
-
-
-async def _decisions(session: aiohttp.ClientSession, ops_port: int) -> float:
-    return sum(
-        v for k, v in await _scrape(session, ops_port) if k.startswith("gpuscale_decisions_total{")
-    )
-
-
-def _lateness(scraped: list[tuple[str, float]]) -> tuple[dict[float, float], float]:
-    """Cumulative buckets of ``gpuscale_tick_lateness_seconds`` and the skipped ticks."""
-    buckets: dict[float, float] = {}
-    skipped = 0.0
-    for key, value in scraped:
-        if key.startswith("gpuscale_tick_lateness_seconds_bucket{"):
-            le = key.split('le="', 1)[1].split('"', 1)[0]
-            buckets[float(le)] = value
-        elif key == "gpuscale_ticks_skipped_total":
-            skipped = value
-    return buckets, skipped
-
-
-def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
-    """The upper bound of the bucket holding quantile ``q`` of the ticks between two scrapes."""
-    counts = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
-    total = counts[-1][1] if counts else 0.0
-    for le, cumulative in counts:
-        if total and cumulative >= q * total:
-            return le
-    return float("nan")
-
-
-def _decision_times(scraped: list[tuple[str, float]]) -> dict[str, float]:
-    """``namespace/policy`` -> Unix time of its latest decision."""
-    times = {}
-    for key, value in scraped:
-        if key.startswith("gpuscale_decision_timestamp_seconds{"):
-            labels = dict(
-                part.split("=", 1) for part in key[key.index("{") + 1 : -1].split(",") if part
-            )
-            times[f"{labels['namespace'].strip(chr(34))}/{labels['policy'].strip(chr(34))}"] = value
-    return times
-
-
-def _rss_mib(pid: int) -> tuple[float, float]:
-    """Resident and peak resident memory of a process, MiB."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
 async def _load(
@@ -334,19 +252,19 @@ async def _constant_latency(args: argparse.Namespace, work: Path, certs: Certs) 
         sys.executable, str(Path(__file__)), "--child-constant-server", str(port),
         certs.cert_file, certs.key_file, certs.client_ca_file,
     ]  # fmt: skip
-    async with _child(*const_args) as proc:
+    async with child(*const_args) as proc:
         assert proc.stdout is not None
         await asyncio.wait_for(proc.stdout.readline(), 30)
-        latencies, errors = await _load_in_child(f"https://127.0.0.1:{port}/x", args, work)
+        latencies, errors = await _load_inchild(f"https://127.0.0.1:{port}/x", args, work)
     return {"p50": _pct(latencies, 0.5), "p99": _pct(latencies, 0.99), "errors": errors}
 
 
-async def _load_in_child(url: str, args: argparse.Namespace, work: Path) -> tuple[list[float], int]:
+async def _load_inchild(url: str, args: argparse.Namespace, work: Path) -> tuple[list[float], int]:
     load_args = [
         sys.executable, str(Path(__file__)), "--child-load", url, str(args.rate), str(args.seconds),
         str(work / "ca.crt"), str(work / "client.crt"), str(work / "client.key"),
     ]  # fmt: skip
-    async with _child(*load_args) as proc:
+    async with child(*load_args) as proc:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), args.seconds + 60)
     result = json.loads(line)
@@ -408,7 +326,7 @@ async def main(args: argparse.Namespace) -> int:
         prometheus_url = prometheus.url
         if hung:
             proxy_port = free_port()
-            proxy = _child(
+            proxy = child(
                 sys.executable, str(Path(__file__)), "--child-hanging-proxy", str(proxy_port),
                 prometheus.url,
             )  # fmt: skip
@@ -430,50 +348,50 @@ async def main(args: argparse.Namespace) -> int:
             # no namespace label, so enforcement is off here.
             "--no-leader-elect", "--no-tenancy", "--log-level", "warning",
         ]  # fmt: skip
-        async with _child(*controller_args) as proc, aiohttp.ClientSession() as session:
+        async with child(*controller_args) as proc, aiohttp.ClientSession() as session:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 120
             # Warm-up: every policy decided twice (HPAs, annotations, Events written).
-            while await _decisions(session, ops_port) < 2 * n:
+            while await decisions(session, ops_port) < 2 * n:
                 if loop.time() > deadline or proc.returncode is not None:
                     raise SystemExit("controller did not warm up within 120 s")
                 await asyncio.sleep(0.5)
             # CPU over whole cycles, nothing else asked of the controller.
-            scraped0 = await _scrape(session, ops_port)
-            done0 = await _decisions(session, ops_port)
+            scraped0 = await scrape(session, ops_port)
+            done0 = await decisions(session, ops_port)
             requests0 = len(kube.requests)
-            cpu0 = _cpu_seconds(proc.pid)
+            cpu0 = cpu_seconds(proc.pid)
             await asyncio.sleep(args.interval * args.cycles)
-            cpu1 = _cpu_seconds(proc.pid)
-            done1 = await _decisions(session, ops_port)
+            cpu1 = cpu_seconds(proc.pid)
+            done1 = await decisions(session, ops_port)
             window = kube.requests[requests0:]
             cycles = (done1 - done0) / n
             # Gaps between decisions of the healthy policies, sampled every second.
             healthy = {f"{_namespace(i, args.namespaces)}/svc-{i}" for i in range(n)}
-            last = {k: v for k, v in _decision_times(scraped0).items() if k in healthy}
+            last = {k: v for k, v in decision_times(scraped0).items() if k in healthy}
             longest = 0.0
             gap_end = loop.time() + args.interval * args.cycles
             while loop.time() < gap_end:
                 await asyncio.sleep(1.0)
                 now = time.time()
-                times = _decision_times(await _scrape(session, ops_port))
+                times = decision_times(await scrape(session, ops_port))
                 for key in healthy:
                     seen = times.get(key, last.get(key, now))
                     longest = max(longest, now - seen)
                     last[key] = seen
-            scraped1 = await _scrape(session, ops_port)
-            buckets0, skipped0 = _lateness(scraped0)
-            buckets1, skipped1 = _lateness(scraped1)
-            rss, peak = _rss_mib(proc.pid)
+            scraped1 = await scrape(session, ops_port)
+            buckets0, skipped0 = lateness(scraped0)
+            buckets1, skipped1 = lateness(scraped1)
+            rss, peak = rss_mib(proc.pid)
             # External metrics latency while the cycles keep running.
             url = (
                 f"https://127.0.0.1:{secure_port}/apis/external.metrics.k8s.io/v1beta1/"
                 f"namespaces/{_namespace(7, args.namespaces)}/gpuscale_desired_replicas"
                 "?labelSelector=gpuscale.io%2Fpolicy%3Dsvc-7"
             )
-            cpu2, t2 = _cpu_seconds(proc.pid), loop.time()
-            latencies, errors = await _load_in_child(url, args, work)
-            cpu3, t3 = _cpu_seconds(proc.pid), loop.time()
+            cpu2, t2 = cpu_seconds(proc.pid), loop.time()
+            latencies, errors = await _load_inchild(url, args, work)
+            cpu3, t3 = cpu_seconds(proc.pid), loop.time()
             # Baseline under the same machine load: the controller keeps running its cycles.
             results["constant"] = await _constant_latency(args, work, certs)
             results["controller"] = {
@@ -492,8 +410,8 @@ async def main(args: argparse.Namespace) -> int:
                     len(kube.store.list("horizontalpodautoscalers", _namespace(i, args.namespaces)))
                     for i in range(min(n, args.namespaces))
                 ),
-                "lateness_p50": _bucket_quantile(buckets0, buckets1, 0.5),
-                "lateness_p99": _bucket_quantile(buckets0, buckets1, 0.99),
+                "lateness_p50": bucket_quantile(buckets0, buckets1, 0.5),
+                "lateness_p99": bucket_quantile(buckets0, buckets1, 0.99),
                 "skipped": skipped1 - skipped0,
                 "longest_gap": longest,
                 "rss": rss,
@@ -507,7 +425,7 @@ async def main(args: argparse.Namespace) -> int:
             "--prometheus-url", prometheus.url,
             "--policies", str(n), "--cycles", str(args.cycles),
         ]  # fmt: skip
-        async with _child(*baseline_args) as proc:
+        async with child(*baseline_args) as proc:
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 300)
             results["io_baseline"] = json.loads(line)
@@ -580,7 +498,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.child_load:
         url, rate, seconds, *paths = args.child_load
-        asyncio.run(_load_child(url, float(rate), float(seconds), paths))
+        asyncio.run(_loadchild(url, float(rate), float(seconds), paths))
         return 0
     if args.child_hanging_proxy:
         port, upstream = args.child_hanging_proxy
