@@ -7,6 +7,9 @@ import socket
 
 import click
 
+from gpuscale.connection_flags import connection_limit_options
+from runtime.limits import ConnectionLimits
+
 
 def _identity_default() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname()
@@ -74,6 +77,7 @@ def _identity_default() -> str:
     default="info",
     show_default=True,
 )
+@connection_limit_options
 def controller(
     kubeconfig: str | None,
     namespace: str | None,
@@ -92,6 +96,8 @@ def controller(
     identity: str | None,
     stale_after: str,
     log_level: str,
+    limits: ConnectionLimits,
+    limit_problems: list[str],
 ) -> None:
     """Run the autoscaler controller: Prometheus in, external metrics and HPAs out."""
     from autoscaler import app
@@ -100,7 +106,7 @@ def controller(
     from gpuscale import logs
     from policies.durations import DurationError, parse_duration
 
-    problems: list[str] = []
+    problems: list[str] = list(limit_problems)
     try:
         stale = parse_duration(stale_after)
     except DurationError as exc:
@@ -153,6 +159,7 @@ def controller(
             namespace=leader_elect_namespace, name=leader_elect_lease_name, identity=who
         ),
         stale_after=stale,
+        limits=limits,
     )
     logs.configure(log_level)
     try:
