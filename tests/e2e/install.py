@@ -31,6 +31,7 @@ import trustme
 import yaml
 
 from tests.cluster.build import binary
+from tests.deploy.manifests import write_extender_pems
 from tests.e2e.cluster import ControlPlane, Process, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +86,13 @@ class ServingCert:
         ca.cert_pem.write_to_path(str(out.ca))
         leaf.cert_chain_pems[0].write_to_path(str(out.cert))
         leaf.private_key_pem.write_to_path(str(out.key))
+        write_extender_pems(dir, ca)
         return out
+
+    def extender_files(self) -> tuple[Path, ...]:
+        """The extender's serving pair and kube-scheduler's client pair (same CA)."""
+        names = ("extender.crt", "extender.key", "scheduler-client.crt", "scheduler-client.key")
+        return tuple(self.dir / n for n in names)
 
 
 def render_ca_bundle(cert: ServingCert) -> list[Obj]:
@@ -94,7 +101,7 @@ def render_ca_bundle(cert: ServingCert) -> list[Obj]:
         tree = Path(tmp) / "deploy"
         shutil.copytree(REPO / "deploy", tree)
         overlay = tree / "overlays" / "ca-bundle"
-        for src in (cert.ca, cert.cert, cert.key):
+        for src in (cert.ca, cert.cert, cert.key, *cert.extender_files()):
             shutil.copy(src, overlay / src.name)
         out = subprocess.run(
             [str(binary("kubectl")), "kustomize", str(overlay)],
