@@ -485,6 +485,7 @@ async def _run_server(
             await _wait_ok(spec["url"], trusted, headers)
         else:
             await _wait_ok(f"http://127.0.0.1:{ops_port}/readyz", False, {})
+        await _healthy({**spec, "rate": QUIET_RATE, "seconds": 2.0})  # warm-up, not counted
         quiet = await _healthy({**spec, "rate": QUIET_RATE, "seconds": scale.seconds})
         spec["rate"] = QUIET_RATE
         for name, attack, where in ATTACKS:
