@@ -6,8 +6,9 @@ port), against the Kubernetes API stand-in. Every attack is one function (``Atta
 a bounded number of loopback connections for a bounded time and reports what happened to them;
 the driver measures, around it, the server's peak RSS (from /proc, every 50 ms), its RSS 3 s
 after the attackers closed, its open file descriptors at the attack's height, and the p99 of a
-healthy client (a child process, 20 requests/s, each on a new connection: the worst case for
-admission) beside the same client's p99 in a quiet run of the same length, in the same run.
+healthy client (a child process, 20 requests/s on keep-alive connections as the aggregator and
+kube-scheduler send them, or with ``--fresh-connections`` each on a new connection: the worst
+case for admission) beside the same client's p99 in a quiet run of the same length.
 
 Other attack rows (request bodies, Prometheus answers) live in ``benchmarks/abuse_*.py`` as more
 ``Attack`` functions and are added to ``ATTACKS``.
@@ -15,7 +16,8 @@ Other attack rows (request bodies, Prometheus answers) live in ``benchmarks/abus
 ``--legacy`` runs the same attacks against the servers as they were before connection limits
 (aiohttp's own server, its 256 KiB TLS buffer, and the extender on plain HTTP), for comparison.
 
-    python benchmarks/bench_abuse.py [--idle 1000] [--slowloris 200] [--seconds 12] [--legacy]
+    python benchmarks/bench_abuse.py [--idle 1000] [--slowloris 200] [--chunked 100]
+        [--seconds 12] [--only controller|extender] [--fresh-connections] [--legacy]
 """
 
 from __future__ import annotations
@@ -270,7 +272,7 @@ async def healthy_client(spec: dict[str, Any]) -> None:
         context = ctx
     latencies: list[float] = []
     body = spec.get("body", "").encode() or None
-    connector = aiohttp.TCPConnector(force_close=True, ssl=context)
+    connector = aiohttp.TCPConnector(force_close=bool(spec.get("fresh")), ssl=context)
     async with aiohttp.ClientSession(connector=connector) as http:
 
         async def one() -> None:
@@ -436,7 +438,13 @@ async def _wait_ok(url: str, context: ssl.SSLContext | bool, headers: dict[str, 
 
 
 async def _run_server(
-    server: str, kubeconfig: Path, pki: Pki, scale: Scale, legacy: bool, rows: list[Row]
+    server: str,
+    kubeconfig: Path,
+    pki: Pki,
+    scale: Scale,
+    legacy: bool,
+    rows: list[Row],
+    fresh: bool,
 ) -> None:
     serving_cert, serving_key = pki.pair(f"{server}-serving", "127.0.0.1", "localhost")
     client_cn = "front-proxy-client" if server == "controller" else "system:kube-scheduler"
@@ -476,6 +484,7 @@ async def _run_server(
         body = orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}).decode()
         spec = {"method": "POST", "url": f"{scheme}://127.0.0.1:{main_port}/filter", "body": body}
         ports = {"verbs": main_port, "ops": ops_port}
+    spec["fresh"] = fresh
     if tls:
         spec |= {"ca": pki.ca_file, "cert": client_cert, "key": client_key}
     async with _child(args, legacy) as proc:
@@ -507,8 +516,10 @@ async def _run_server(
                 print(f"  done: {name} on {server}/{port_name}", file=sys.stderr)
 
 
-def _print(rows: list[Row], legacy: bool) -> None:
-    print(f"\nbench_abuse ({'legacy servers' if legacy else 'runtime.serving'}):")
+def _print(rows: list[Row], legacy: bool, fresh: bool) -> None:
+    servers = "legacy servers" if legacy else "runtime.serving"
+    client = "a new connection per request" if fresh else "keep-alive"
+    print(f"\nbench_abuse ({servers}; healthy client: {client}):")
     header = (
         f"{'attack':<22} {'port':<18} {'opened':>6} {'refused':>7} {'cut':>5} {'held':>5}"
         f" {'longest':>8} {'fds':>11} {'RSS MiB before/peak/after':>26} {'limit':>7}"
@@ -541,6 +552,9 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=12.0, help="per attack (max 30)")
     parser.add_argument("--legacy", action="store_true", help="servers without the limits")
     parser.add_argument("--only", choices=["controller", "extender"], default=None)
+    parser.add_argument(
+        "--fresh-connections", action="store_true", help="healthy client: a connection each"
+    )
     args = parser.parse_args(argv)
     scale = Scale(
         min(args.idle, 3000),
@@ -560,10 +574,12 @@ async def main(argv: Sequence[str] | None = None) -> None:
             pki = Pki(work, trustme.CA())
             for server in ("controller", "extender"):
                 if args.only in (None, server):
-                    await _run_server(server, kubeconfig, pki, scale, args.legacy, rows)
+                    await _run_server(
+                        server, kubeconfig, pki, scale, args.legacy, rows, args.fresh_connections
+                    )
     finally:
         await kube.stop()
-    _print(rows, args.legacy)
+    _print(rows, args.legacy, args.fresh_connections)
 
 
 if __name__ == "__main__":
