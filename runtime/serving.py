@@ -7,6 +7,11 @@ is allocated for it (over the cap it is closed at once, before the handshake), g
 TLS read buffer, and cuts it when the handshake, the request head or the body is late. Every
 close we cause is counted in ``gpuscale_connections_closed_total{listener,reason}``.
 
+A TLS handshake costs the server about a millisecond of CPU, which no cap bounds: a burst of
+strangers' handshakes would hold the event loop while a client on an open connection waits. So
+each listener runs at most ``HANDSHAKE_STEPS_PER_TURN`` handshake steps per turn of the loop and
+defers the rest, in arrival order, to the following turns.
+
 A connection is *proven* once it showed a client certificate the TLS layer verified or, on a
 listener that asks for none, once it completed a request. Unproven connections have a smaller
 cap of their own; the oldest is closed to make room for a new one, so a crowd of stalled
@@ -21,7 +26,7 @@ import functools
 import logging
 import ssl
 from asyncio import sslproto
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,6 +44,10 @@ TLS_READ_BUFFER: Final = 17 * 1024
 """Bytes asyncio's TLS protocol reads at once: one full TLS record. Its default, 256 KiB, is
 allocated zeroed for every connection; measured with 1,000 idle TLS connections to the
 controller (bench_abuse): 288 KiB each with the default, 60 KiB with 32 KiB, 43 KiB with 16 KiB."""
+HANDSHAKE_STEPS_PER_TURN = 4
+"""TLS handshake steps (each ~1 ms of CPU: key exchange, signature) one event-loop turn runs; the
+rest wait a turn, so a flood of handshakes delays requests on open connections by a few steps,
+not by the whole flood."""
 TRIM_AFTER: Final = 64
 """Hand memory back once a listener's open connections fell to a quarter of a peak this high."""
 
@@ -133,6 +142,10 @@ class _Guard:
         self.open: dict[_Conn, None] = {}
         self.unproven: OrderedDict[_Conn, None] = OrderedDict()
         self.peak = 0
+        self.handshake_budget = HANDSHAKE_STEPS_PER_TURN
+        self.deferred: deque[_TlsProtocol] = deque()
+        self.deferred_steps = 0
+        self._turn_scheduled = False
         self.closed_counts = dict.fromkeys(REASONS, 0)
         self._closed = {r: metrics.closed.labels(listener.name, r) for r in REASONS}
         self._proven_gauge = metrics.open.labels(listener.name, "proven")
@@ -179,6 +192,33 @@ class _Guard:
         self.unproven.pop(conn, None)
         if conn.handler is not None:
             self.handlers.pop(conn.handler, None)
+
+    # -- handshake CPU -----------------------------------------------------------------------
+
+    def may_handshake(self) -> bool:
+        """Whether a handshake step may run in this turn of the loop (and count it)."""
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self.loop.call_soon(self._next_turn)
+        if self.handshake_budget > 0:
+            self.handshake_budget -= 1
+            return True
+        return False
+
+    def defer(self, tls: _TlsProtocol) -> None:
+        self.deferred.append(tls)
+        self.deferred_steps += 1
+
+    def _next_turn(self) -> None:
+        """Runs first in the next turn: a fresh budget, spent on the deferred steps in order."""
+        self._turn_scheduled = False
+        self.handshake_budget = HANDSHAKE_STEPS_PER_TURN
+        while self.deferred and self.handshake_budget > 0:
+            self.handshake_budget -= 1
+            self.deferred.popleft().resume_handshake()
+        if self.deferred and not self._turn_scheduled:
+            self._turn_scheduled = True
+            self.loop.call_soon(self._next_turn)
 
     # -- deadlines -------------------------------------------------------------------------
 
@@ -315,9 +355,11 @@ class _TlsApplication(asyncio.Protocol):
 
 
 class _TlsProtocol(sslproto.SSLProtocol):
-    """asyncio's TLS protocol with a small read buffer, telling the guard when the socket goes.
+    """asyncio's TLS protocol with a small read buffer and handshake steps the guard paces,
+    telling the guard when the socket goes (else nobody hears of a failed handshake).
 
-    Without this the application never hears of a connection whose handshake failed.
+    Pacing uses the base class's internals (``_state``, ``_incoming``, ``_do_handshake``), the
+    same from Python 3.11 to 3.13.
     """
 
     max_size = TLS_READ_BUFFER
@@ -335,6 +377,25 @@ class _TlsProtocol(sslproto.SSLProtocol):
         )
         self._guard = guard
         self._conn = conn
+
+    def buffer_updated(self, nbytes: int) -> None:
+        base: Any = self  # the internals typeshed does not declare
+        handshaking = base._state is sslproto.SSLProtocolState.DO_HANDSHAKE
+        if not handshaking or self._guard.may_handshake():
+            super().buffer_updated(nbytes)
+            return
+        # Over this turn's budget: keep the bytes, stop reading, continue in a later turn.
+        base._incoming.write(base._ssl_buffer_view[:nbytes])
+        base._transport.pause_reading()
+        self._guard.defer(self)
+
+    def resume_handshake(self) -> None:
+        base: Any = self
+        if base._transport is None or base._state is not sslproto.SSLProtocolState.DO_HANDSHAKE:
+            return  # closed (or cut) while it waited
+        base._do_handshake()
+        if base._transport is not None:
+            base._transport.resume_reading()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard.release(self._conn)
@@ -399,6 +460,10 @@ class Served:
 
     def closed(self, listener: str, reason: str) -> int:
         return self._guards[listener].closed_counts[reason]
+
+    def deferred_handshake_steps(self, listener: str) -> int:
+        """How many TLS handshake steps waited for a later turn of the loop."""
+        return self._guards[listener].deferred_steps
 
     def open_connections(self, listener: str) -> tuple[int, int]:
         """(proven, unproven) connections open on ``listener`` now."""

@@ -18,6 +18,7 @@ import trustme
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
+from runtime import serving
 from runtime.limits import ConnectionLimits
 from runtime.serving import ConnectionMetrics, Listener, Served, peer_of, serve
 from tests.autoscaler.helpers import wait_until
@@ -240,3 +241,24 @@ def test_limits_that_make_no_sense_are_refused_with_the_field(
 ) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ConnectionLimits(**changes)  # type: ignore[arg-type]
+
+
+async def test_a_burst_of_handshakes_is_paced_over_turns_and_every_one_completes(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One handshake step per turn of the loop: the burst waits its turn, none is lost."""
+    monkeypatch.setattr(serving, "HANDSHAKE_STEPS_PER_TURN", 1)
+    async with _serving(ConnectionLimits(max_unproven=64), _server_context(ca)) as (served, _):
+        port = served.ports["test"]
+        trusted = _client_context(ca, with_certificate=True)
+
+        async def one() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusted)
+            try:
+                return await _get(reader, writer)
+            finally:
+                writer.close()
+
+        answers = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(20))), BOUND)
+        assert answers == [b"hello system:kube-scheduler"] * 20
+        assert served.deferred_handshake_steps("test") > 0
