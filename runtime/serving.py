@@ -160,9 +160,11 @@ class _Guard:
             self._count("connection_limit")
             return None
         if len(self.unproven) >= self.limits.max_unproven:
-            oldest = next(iter(self.unproven))
-            self._close(oldest, "unproven_evicted")
-            self._forget(oldest)  # its slot is free now, not when the loop reports the close
+            # The oldest that is not in the middle of a request (a first request being answered
+            # on a plain listener is about to prove itself).
+            victim = next((c for c in self.unproven if not c.busy), next(iter(self.unproven)))
+            self._close(victim, "unproven_evicted")
+            self._forget(victim)  # its slot is free now, not when the loop reports the close
         conn = _Conn(raw, self.loop.time())
         self.open[conn] = None
         self.unproven[conn] = None

@@ -262,3 +262,26 @@ async def test_a_burst_of_handshakes_is_paced_over_turns_and_every_one_completes
         answers = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(20))), BOUND)
         assert answers == [b"hello system:kube-scheduler"] * 20
         assert served.deferred_handshake_steps("test") > 0
+
+
+async def test_eviction_spares_an_unproven_connection_whose_request_is_being_answered() -> None:
+    """On a plain listener a first request is in flight (its body still arriving): strangers
+    who arrive after it evict each other, not it."""
+    limits = ConnectionLimits(max_unproven=2, head_timeout=60, body_timeout=60)
+    async with _serving(limits) as (served, _):
+        port = served.ports["test"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        )
+        # aiohttp answers 100 Continue in the same step in which the request starts.
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+        writer.write(b"ab")
+        strangers = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        await wait_until(lambda: served.closed("test", "unproven_evicted") == 3, within=BOUND)
+        writer.write(b"cd")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await reader.readexactly(4) == b"abcd"
+        for _r, w in [*strangers, (reader, writer)]:
+            w.close()
