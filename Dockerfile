@@ -16,6 +16,7 @@ COPY gpuscale ./gpuscale
 COPY autoscaler ./autoscaler
 COPY extender ./extender
 COPY policies ./policies
+COPY runtime ./runtime
 COPY simulations ./simulations
 RUN /opt/gpuscale/bin/pip install --no-compile ".[gpu]"
 

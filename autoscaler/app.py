@@ -34,7 +34,9 @@ from autoscaler.prometheus import PrometheusClient, PrometheusSettings
 from autoscaler.settings import ControllerSettings, parse_address
 from autoscaler.store import DecisionStore
 from autoscaler.targets import TargetReplicas
-from autoscaler.tls import ServingTLS
+from runtime.limits import ConnectionLimits
+from runtime.serving import ConnectionMetrics, Listener, serve
+from runtime.tls import ServingTLS
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +61,22 @@ async def kube_client(kubeconfig: str | None) -> Any:
 
 @contextlib.asynccontextmanager
 async def serving(
-    app: web.Application, address: str, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    address: str,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    name: str = "http",
+    limits: ConnectionLimits | None = None,
+    metrics: ConnectionMetrics | None = None,
 ) -> AsyncIterator[int]:
-    """Serve ``app`` on ``HOST:PORT`` until the block exits; yields the bound port (for ``:0``)."""
+    """Serve ``app`` on ``HOST:PORT`` until the block exits; yields the bound port (for ``:0``).
+
+    Connections are bounded as :mod:`runtime.serving` describes; ``name`` labels their counters.
+    """
     host, port = parse_address(address)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        yield int(sockets[0].getsockname()[1]) if sockets else port
-    finally:
-        await runner.cleanup()
+    listener = Listener(name, host, port, ssl_context)
+    async with serve(app, [listener], limits=limits, metrics=metrics) as served:
+        yield served.ports[name]
 
 
 @dataclass(slots=True)
@@ -177,9 +181,16 @@ async def run(
         if settings.actuation == "hpa":
             guard = await _FrontProxyGuard.start(settings, core)
 
+        connections = ConnectionMetrics(metrics.registry)
         async with contextlib.AsyncExitStack() as stack:
             ops_port = await stack.enter_async_context(
-                serving(ops.build_app(metrics, ready=readiness), settings.ops_address)
+                serving(
+                    ops.build_app(metrics, ready=readiness),
+                    settings.ops_address,
+                    name="ops",
+                    limits=settings.limits,
+                    metrics=connections,
+                )
             )
             secure_port: int | None = None
             if guard is not None:
@@ -192,6 +203,9 @@ async def run(
                         ),
                         settings.secure_address,
                         guard.tls.listening,
+                        name="secure",
+                        limits=settings.limits,
+                        metrics=connections,
                     )
                 )
                 tasks.append(asyncio.create_task(guard.run(), name="tls refresh"))

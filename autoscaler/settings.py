@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from autoscaler.leader import LeaderSettings
+from runtime.limits import ConnectionLimits
 
 Actuation = Literal["hpa", "prometheus"]
 
@@ -64,3 +65,5 @@ class ControllerSettings:
     """Seconds between full HPA reconciliations (drift repair) while leading."""
     drain_timeout: float = 7.0
     """Seconds in-flight ticks get after SIGTERM (the process exits within 10 s)."""
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    """Caps and timeouts for the connections of both servers (metrics API and ops)."""

@@ -211,12 +211,13 @@ def start_scheduler(
         def ready() -> bool:
             import urllib.request
 
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            ready = f"http://127.0.0.1:{ext.ports['ops']}/readyz"
+            with urllib.request.urlopen(ready, timeout=2) as r:
                 return bool(r.status == 200)
 
         wait_until("extender", ready, within=300, log=ext.log)
     sched = scheduler_process(
-        inst, extender_url=f"http://127.0.0.1:{port}", with_extender=with_extender, qps=qps
+        inst, extender_url=f"https://127.0.0.1:{port}", with_extender=with_extender, qps=qps
     )
     sched.start()
     procs.append(sched)

@@ -9,19 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import signal
+import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from extender import access
 from extender.inventory import InventoryConfig
 from extender.scoring import ScoreWeights
 from extender.state import ClusterState
+from runtime.limits import ConnectionLimits
+from runtime.serving import ConnectionMetrics, Listener, serve
+from runtime.tls import ServingTLS
 
 log = logging.getLogger("gpuscale.extender")
 
@@ -77,6 +83,68 @@ class ExtenderProcess:
     weights: ScoreWeights = field(default_factory=ScoreWeights)
     relearn_interval: float = 60.0
     """How often the fragmentation strategy re-estimates the pod shapes it expects."""
+    tls_cert_file: str | None = None
+    tls_private_key_file: str | None = None
+    client_ca_file: str | None = None
+    """CA that signs kube-scheduler's client certificate; the verbs need one it signed."""
+    allowed_client_names: tuple[str, ...] = access.DEFAULT_ALLOWED_NAMES
+    """Certificate names (CN or SAN) that may call the verbs; empty: any the CA signed."""
+    plain_http_sidecar: bool = False
+    """Serve the verbs over plain HTTP: only on a loopback ``address``, beside the scheduler."""
+    ops_address: str | None = "0.0.0.0:8889"
+    """Plain HTTP for /livez /readyz /metrics (kubelet, Prometheus); None: no ops listener."""
+    tls_reload_interval: float = 30.0
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def verbs_tls(settings: ExtenderProcess) -> ServingTLS | None:
+    """The verbs listener's TLS, or None for the loopback sidecar; refuses anything in between.
+
+    Plain HTTP on an address other pods can reach would let any of them bind any pod.
+    """
+    host, _port = parse_address(settings.address)
+    files = (settings.tls_cert_file, settings.tls_private_key_file, settings.client_ca_file)
+    if settings.plain_http_sidecar:
+        if any(files):
+            raise StartupError(
+                "--plain-http-sidecar serves plain HTTP; drop it or the TLS files"
+                " (--tls-cert-file, --tls-private-key-file, --client-ca-file)"
+            )
+        if not _is_loopback(host):
+            raise StartupError(
+                f"refusing plain HTTP on {settings.address}: --plain-http-sidecar is only for a"
+                " loopback --address (127.0.0.1:PORT) that only the scheduler beside it reaches;"
+                " elsewhere serve mTLS with --tls-cert-file, --tls-private-key-file and"
+                " --client-ca-file"
+            )
+        return None
+    if not all(files):
+        raise StartupError(
+            "the extender serves its verbs over mTLS: give --tls-cert-file,"
+            " --tls-private-key-file and --client-ca-file (kube-scheduler's client CA), or"
+            " --plain-http-sidecar with a loopback --address when it runs beside the scheduler"
+        )
+    assert settings.client_ca_file is not None
+    try:
+        with open(settings.client_ca_file, encoding="utf-8") as handle:
+            ca_pem = handle.read()
+        return ServingTLS(
+            settings.tls_cert_file,
+            settings.tls_private_key_file,
+            client_ca_pem=ca_pem,
+            require_client_certificate=True,
+        )
+    except (OSError, UnicodeDecodeError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load the extender's TLS files: {exc}") from None
 
 
 async def serve_extender(
@@ -94,6 +162,8 @@ async def serve_extender(
     from extender.server import Extender, ExtenderSettings, Metrics, make_app
 
     host, port = parse_address(settings.address)
+    ops = parse_address(settings.ops_address) if settings.ops_address else None
+    tls = verbs_tls(settings)
     if "dcgm" in settings.inventory.sources and not settings.prometheus_url:
         raise StartupError("--inventory dcgm needs --prometheus-url")
     try:
@@ -115,68 +185,91 @@ async def serve_extender(
     extender = Extender(state, ext_settings, binder=cluster, metrics=metrics)
     draining = False
     app = make_app(extender, metrics=metrics, ready=lambda: cluster.ready and not draining)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+    app.middlewares.append(access.middleware(access.AccessPolicy.of(settings.allowed_client_names)))
+    listeners = [
+        Listener(access.VERBS_LISTENER, host, port, tls.listening if tls is not None else None)
+    ]
+    if ops is not None:
+        listeners.append(Listener(access.OPS_LISTENER, *ops))
     tasks: list[asyncio.Task[None]] = []
     session: aiohttp.ClientSession | None = None
     try:
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {settings.address}: {exc}") from None
-        bound = [a for a in runner.addresses if isinstance(a, tuple)]
-        actual = int(bound[0][1]) if bound else port
-        log.info(
-            "extender listening",
-            extra={
-                "address": f"{host}:{actual}",
-                "scoring": settings.scoring,
-                "inventory": ",".join(settings.inventory.sources),
-            },
-        )
-        if on_listening is not None:
-            on_listening(actual)
-        tasks.append(asyncio.create_task(cluster.run(), name="kube-watch"))
-        learned = asyncio.Event()
-        tasks.append(
-            asyncio.create_task(_when_synced(cluster.synced.values(), learned, ready, state))
-        )
-        tasks.append(
-            asyncio.create_task(
-                _learn_workload(learned, state, settings.relearn_interval),
-                name="learn-workload",
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(_cancel_all, tasks)  # after the server stopped
+            try:
+                served = await stack.enter_async_context(
+                    serve(
+                        app,
+                        listeners,
+                        limits=settings.limits,
+                        metrics=ConnectionMetrics(metrics.registry),
+                        shutdown_timeout=10.0,
+                    )
+                )
+            except OSError as exc:
+                where = ", ".join(f"{x.host}:{x.port}" for x in listeners)
+                raise StartupError(f"cannot listen on {where}: {exc}") from None
+            actual = served.ports[access.VERBS_LISTENER]
+            log.info(
+                "extender listening",
+                extra={
+                    "address": f"{host}:{actual}",
+                    "tls": tls is not None,
+                    "ops_port": served.ports.get(access.OPS_LISTENER),
+                    "scoring": settings.scoring,
+                    "inventory": ",".join(settings.inventory.sources),
+                },
             )
-        )
-        if "dcgm" in settings.inventory.sources and settings.prometheus_url:
-            session = aiohttp.ClientSession()
+            if on_listening is not None:
+                on_listening(actual)
+            if tls is not None:
+                tasks.append(
+                    asyncio.create_task(tls.watch_files(settings.tls_reload_interval), name="tls")
+                )
+            tasks.append(asyncio.create_task(cluster.run(), name="kube-watch"))
+            learned = asyncio.Event()
+            tasks.append(
+                asyncio.create_task(_when_synced(cluster.synced.values(), learned, ready, state))
+            )
             tasks.append(
                 asyncio.create_task(
-                    run_poller(
-                        session,
-                        settings.prometheus_url,
-                        state,
-                        node_label=settings.dcgm_node_label,
-                        interval=settings.dcgm_interval,
-                    ),
-                    name="dcgm",
+                    _learn_workload(learned, state, settings.relearn_interval),
+                    name="learn-workload",
                 )
             )
-        await stop.wait()
-        log.info("stopping: readiness off, draining requests")
+            if "dcgm" in settings.inventory.sources and settings.prometheus_url:
+                session = aiohttp.ClientSession()
+                tasks.append(
+                    asyncio.create_task(
+                        run_poller(
+                            session,
+                            settings.prometheus_url,
+                            state,
+                            node_label=settings.dcgm_node_label,
+                            interval=settings.dcgm_interval,
+                        ),
+                        name="dcgm",
+                    )
+                )
+            try:
+                await stop.wait()
+                log.info("stopping: readiness off, draining requests")
+            finally:
+                draining = True
+                gc.unfreeze()
     finally:
-        draining = True
-        gc.unfreeze()
-        await runner.cleanup()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
         if session is not None:
             await session.close()
         if own_client:
             await api_client.close()
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
 
 
 async def _when_synced(
@@ -243,6 +336,7 @@ async def serve_node_agent(
     api_client: Any = None,
     stop: asyncio.Event | None = None,
     on_listening: Callable[[int], None] | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Publish this node's GPU memory until ``stop`` (or SIGTERM), serving ``/livez``,
     ``/readyz`` and ``/metrics`` on ``address``; ``stale_after`` bounds both probes. NVML is
@@ -257,47 +351,53 @@ async def serve_node_agent(
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     health = [AgentHealth(started=time.time())]
+    registry = CollectorRegistry()
     app = make_health_app(
-        lambda: health[0], clock=time.time, bound=stale_after, stopping=stop.is_set
+        lambda: health[0],
+        clock=time.time,
+        bound=stale_after,
+        stopping=stop.is_set,
+        registry=registry,
     )
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     tasks: list[asyncio.Task[Any]] = []
     try:
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {address}: {exc}") from None
-        bound = [a for a in runner.addresses if isinstance(a, tuple)]
-        actual = int(bound[0][1]) if bound else port
-        if on_listening is not None:
-            on_listening(actual)
-        agent = asyncio.create_task(
-            run(
-                nvml,
-                node,
-                kube_patcher(api_client),
-                interval=interval,
-                clock=time.time,
-                report=lambda h: health.__setitem__(0, h),
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(_cancel_all, tasks)  # after the server stopped
+            try:
+                served = await stack.enter_async_context(
+                    serve(
+                        app,
+                        [Listener("ops", host, port)],
+                        limits=limits,
+                        metrics=ConnectionMetrics(registry),
+                        shutdown_timeout=5.0,
+                    )
+                )
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {address}: {exc}") from None
+            actual = served.ports["ops"]
+            if on_listening is not None:
+                on_listening(actual)
+            agent = asyncio.create_task(
+                run(
+                    nvml,
+                    node,
+                    kube_patcher(api_client),
+                    interval=interval,
+                    clock=time.time,
+                    report=lambda h: health.__setitem__(0, h),
+                )
             )
-        )
-        stopper = asyncio.create_task(stop.wait())
-        tasks = [agent, stopper]
-        log.info(
-            "node agent started",
-            extra={"node": node, "interval_s": interval, "address": f"{host}:{actual}"},
-        )
-        done, _ = await asyncio.wait({agent, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if agent in done:
-            agent.result()
+            stopper = asyncio.create_task(stop.wait())
+            tasks += [agent, stopper]
+            log.info(
+                "node agent started",
+                extra={"node": node, "interval_s": interval, "address": f"{host}:{actual}"},
+            )
+            done, _ = await asyncio.wait({agent, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if agent in done:
+                agent.result()
     finally:
-        for t in tasks:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        await runner.cleanup()
         if own_client:
             await api_client.close()
         with contextlib.suppress(Exception):

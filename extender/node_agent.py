@@ -239,10 +239,13 @@ def make_health_app(
     clock: Callable[[], float],
     bound: float,
     stopping: Callable[[], bool] = lambda: False,
+    registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """``/livez``, ``/readyz`` and ``/metrics`` for the agent; ``bound`` is the staleness bound
-    in seconds. ``/readyz`` fails as soon as ``stopping()`` is true."""
-    registry = agent_registry(current)
+    in seconds. ``/readyz`` fails as soon as ``stopping()`` is true. ``/metrics`` serves
+    ``registry`` (made here when not given) with the agent's health added."""
+    registry = registry or CollectorRegistry()
+    registry.register(_HealthCollector(current))
 
     async def livez(_: web.Request) -> web.Response:
         problem = live_problem(current(), clock(), bound)

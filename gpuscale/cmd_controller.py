@@ -7,6 +7,9 @@ import socket
 
 import click
 
+from gpuscale.connection_flags import connection_limit_options
+from runtime.limits import ConnectionLimits
+
 
 def _identity_default() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname()
@@ -117,6 +120,7 @@ def _identity_default() -> str:
     default="info",
     show_default=True,
 )
+@connection_limit_options
 def controller(
     kubeconfig: str | None,
     namespace: str | None,
@@ -141,6 +145,8 @@ def controller(
     tenancy_label: str,
     no_tenancy: bool,
     log_level: str,
+    limits: ConnectionLimits,
+    limit_problems: list[str],
 ) -> None:
     """Run the autoscaler controller: Prometheus in, external metrics and HPAs out."""
     from autoscaler import app
@@ -149,7 +155,7 @@ def controller(
     from gpuscale import logs
     from policies.durations import DurationError, parse_duration
 
-    problems: list[str] = []
+    problems: list[str] = list(limit_problems)
     try:
         stale = parse_duration(stale_after)
     except DurationError as exc:
@@ -222,6 +228,7 @@ def controller(
         prometheus_concurrency_per_namespace=prometheus_concurrency_per_namespace,
         prometheus_max_answer_bytes=prometheus_max_answer_bytes,
         tenancy_label=None if no_tenancy else tenancy_label,
+        limits=limits,
     )
     logs.configure(log_level)
     try:

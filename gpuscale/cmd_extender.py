@@ -6,6 +6,9 @@ import os
 
 import click
 
+from gpuscale.connection_flags import connection_limit_options
+from runtime.limits import ConnectionLimits
+
 _LOG_LEVEL = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
 
 
@@ -20,8 +23,36 @@ def _fail(command: str, problems: list[str]) -> None:
     "--address",
     default="0.0.0.0:8888",
     show_default=True,
-    help="HOST:PORT for /filter /prioritize /bind /livez /readyz /metrics.",
+    help="HOST:PORT for /filter /prioritize /bind (mTLS unless --plain-http-sidecar).",
 )
+@click.option(
+    "--ops-address",
+    default="0.0.0.0:8889",
+    show_default=True,
+    help="HOST:PORT for /livez /readyz /metrics over plain HTTP (kubelet probes, Prometheus).",
+)
+@click.option("--tls-cert-file", type=click.Path(dir_okay=False), help="Serving certificate (PEM).")
+@click.option("--tls-private-key-file", type=click.Path(dir_okay=False), help="Serving key (PEM).")
+@click.option(
+    "--client-ca-file",
+    type=click.Path(dir_okay=False),
+    help="CA of kube-scheduler's client certificate; the verbs need a certificate it signed.",
+)
+@click.option(
+    "--allowed-client-names",
+    default="system:kube-scheduler",
+    show_default=True,
+    help="Comma list of certificate names (CN or SAN) that may call the verbs; empty: any the"
+    " client CA signed.",
+)
+@click.option(
+    "--plain-http-sidecar",
+    is_flag=True,
+    default=False,
+    help="Serve the verbs over plain HTTP: only with a loopback --address, when the extender"
+    " runs in kube-scheduler's pod and nothing else can reach it.",
+)
+@connection_limit_options
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig; else in-cluster.")
 @click.option(
     "--scoring",
@@ -65,6 +96,14 @@ def _fail(command: str, problems: list[str]) -> None:
 @click.option("--log-level", type=_LOG_LEVEL, default="info", show_default=True)
 def extender(
     address: str,
+    ops_address: str,
+    tls_cert_file: str | None,
+    tls_private_key_file: str | None,
+    client_ca_file: str | None,
+    allowed_client_names: str,
+    plain_http_sidecar: bool,
+    limits: ConnectionLimits,
+    limit_problems: list[str],
     kubeconfig: str | None,
     scoring: str,
     inventory: str,
@@ -81,17 +120,25 @@ def extender(
     from gpuscale import logs
     from policies.durations import DurationError, parse_duration
 
-    problems: list[str] = []
+    problems: list[str] = list(limit_problems)
     durations: dict[str, float] = {}
     for flag, text in (("--stale-after", stale_after), ("--reservation-ttl", reservation_ttl)):
         try:
             durations[flag] = parse_duration(text)
         except DurationError as exc:
             problems.append(f"{flag}: {exc}")
-    try:
-        parse_address(address)
-    except StartupError as exc:
-        problems.append(f"--address: {exc}")
+    for flag, value in (("--address", address), ("--ops-address", ops_address)):
+        try:
+            parse_address(value)
+        except StartupError as exc:
+            problems.append(f"{flag}: {exc}")
+    for flag, path in (
+        ("--tls-cert-file", tls_cert_file),
+        ("--tls-private-key-file", tls_private_key_file),
+        ("--client-ca-file", client_ca_file),
+    ):
+        if path and not os.path.isfile(path):
+            problems.append(f"{flag}: no such file: {path}")
     sources = tuple(s.strip() for s in inventory.split(",") if s.strip())
     config: InventoryConfig | None = None
     try:
@@ -120,6 +167,13 @@ def extender(
         prometheus_url=prometheus_url,
         dcgm_node_label=dcgm_node_label,
         reservation_ttl=durations["--reservation-ttl"],
+        tls_cert_file=tls_cert_file,
+        tls_private_key_file=tls_private_key_file,
+        client_ca_file=client_ca_file,
+        allowed_client_names=tuple(n.strip() for n in allowed_client_names.split(",") if n.strip()),
+        plain_http_sidecar=plain_http_sidecar,
+        ops_address=ops_address,
+        limits=limits,
     )
     try:
         code = run_extender(settings)
@@ -154,6 +208,7 @@ def extender(
 )
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig; else in-cluster.")
 @click.option("--log-level", type=_LOG_LEVEL, default="info", show_default=True)
+@connection_limit_options
 def node_agent(
     node_name: str,
     interval: str,
@@ -161,6 +216,8 @@ def node_agent(
     stale_after: str,
     kubeconfig: str | None,
     log_level: str,
+    limits: ConnectionLimits,
+    limit_problems: list[str],
 ) -> None:
     """Publish this node's per-GPU memory (NVML) in the annotation gpuscale.io/gpus.
 
@@ -173,7 +230,7 @@ def node_agent(
     from gpuscale import logs
     from policies.durations import DurationError, parse_duration
 
-    problems: list[str] = []
+    problems: list[str] = list(limit_problems)
     durations: dict[str, float] = {}
     for flag, text in (("--interval", interval), ("--stale-after", stale_after)):
         try:
@@ -205,6 +262,7 @@ def node_agent(
                 kubeconfig=kubeconfig,
                 address=address,
                 stale_after=bound,
+                limits=limits,
             )
         )
     except (NoNvml, StartupError) as exc:

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from autoscaler.app import serving
-from autoscaler.tls import ServingTLS, self_signed_pem
+from runtime.tls import ServingTLS, self_signed_pem
 from tests.autoscaler.helpers import (
     Certs,
     FakePrometheus,

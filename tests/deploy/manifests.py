@@ -94,3 +94,16 @@ def gpuscale_containers(objs: list[Obj]) -> Iterator[tuple[str, Obj, Obj]]:
     for where, spec, c in containers(objs):
         if "gpuscale" in c["image"].rsplit("/", 1)[-1].split(":")[0]:
             yield where, spec, c
+
+
+SCHEDULER_CLIENT_NAME = "system:kube-scheduler"
+
+
+def write_extender_pems(directory: Path, ca: Any) -> None:
+    """The extender's serving pair and kube-scheduler's client pair, signed by ``ca`` (a
+    ``trustme.CA``), as the ca-bundle overlay expects them beside ``ca.crt``."""
+    serving = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert("gpuscale-scheduler", common_name=SCHEDULER_CLIENT_NAME)
+    for name, leaf in (("extender", serving), ("scheduler-client", client)):
+        leaf.cert_chain_pems[0].write_to_path(str(directory / f"{name}.crt"))
+        leaf.private_key_pem.write_to_path(str(directory / f"{name}.key"))

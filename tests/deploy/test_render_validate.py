@@ -13,7 +13,17 @@ import pytest
 import trustme
 from kubernetes_validate.utils import all_versions, major_minor
 
-from tests.deploy.manifests import CRD_KINDS, DEPLOY, TREES, Obj, find, ident, render, render_dir
+from tests.deploy.manifests import (
+    CRD_KINDS,
+    DEPLOY,
+    TREES,
+    Obj,
+    find,
+    ident,
+    render,
+    render_dir,
+    write_extender_pems,
+)
 
 
 def _minor(version: str) -> tuple[int, int]:
@@ -176,6 +186,7 @@ def test_ca_bundle_overlay_trusts_exactly_the_given_ca(tmp_path: Path) -> None:
     ca.cert_pem.write_to_path(str(overlay / "ca.crt"))
     leaf.cert_chain_pems[0].write_to_path(str(overlay / "tls.crt"))
     leaf.private_key_pem.write_to_path(str(overlay / "tls.key"))
+    write_extender_pems(overlay, ca)
 
     objs = render_dir(overlay)
     apiservice = find(objs, "APIService", "v1beta1.external.metrics.k8s.io")
@@ -187,6 +198,10 @@ def test_ca_bundle_overlay_trusts_exactly_the_given_ca(tmp_path: Path) -> None:
     assert secret["type"] == "kubernetes.io/tls"
     assert base64.b64decode(secret["data"]["tls.key"]) == leaf.private_key_pem.bytes()
     assert not [o for o in objs if o["apiVersion"].startswith("cert-manager.io/")]
+    for name in ("gpuscale-extender-tls", "gpuscale-scheduler-client-tls"):
+        pair = find(objs, "Secret", name)
+        assert pair["type"] == "kubernetes.io/tls"
+        assert base64.b64decode(pair["data"]["ca.crt"]) == ca.cert_pem.bytes()
     for version in VERSIONS:
         for obj in objs:
             _validate(obj, version)

@@ -232,7 +232,7 @@ def test_scheduler_config_matches_the_extender_contract(objs: list[Obj]) -> None
     assert election["leaderElect"] is True
     assert election["resourceNamespace"] == "gpuscale-system"
     (extender,) = config["extenders"]
-    assert extender["urlPrefix"] == "http://127.0.0.1:8888"
+    assert extender["urlPrefix"] == "https://127.0.0.1:8888"
     assert extender["filterVerb"] == "filter"
     assert extender["prioritizeVerb"] == "prioritize"
     assert extender["bindVerb"] == "bind"
@@ -252,6 +252,7 @@ def test_scheduler_config_matches_the_extender_contract(objs: list[Obj]) -> None
     pod = deployment["spec"]["template"]["spec"]
     ext = next(c for c in pod["containers"] if c["name"] == "extender")
     assert "--address=0.0.0.0:8888" in ext["args"]
+    assert "--plain-http-sidecar" not in ext["args"]
     sched = next(c for c in pod["containers"] if c["name"] == "kube-scheduler")
     assert sched["image"].startswith("registry.k8s.io/kube-scheduler:v")
     mount = next(m for m in sched["volumeMounts"] if m["name"] == "config")
@@ -319,3 +320,60 @@ def test_scheduler_config_has_no_unknown_fields() -> None:
             "plugins",
             "pluginConfig",
         }
+
+
+def _mounted_file(pod: Obj, container: Obj, path: str) -> tuple[str, str]:
+    """(Secret name, key) behind a file path in a container's Secret volume mounts."""
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(prefix):
+            volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            return volume["secret"]["secretName"], path[len(prefix) :]
+    raise AssertionError(f"{container['name']}: nothing mounted at {path}")
+
+
+def test_kube_scheduler_calls_the_extender_over_mtls_with_certificates_it_mounts(
+    objs: list[Obj],
+) -> None:
+    (cm,) = (
+        o
+        for o in objs
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("gpuscale-scheduler-")
+    )
+    (extender,) = yaml.safe_load(cm["data"]["config.yaml"])["extenders"]
+    assert extender["enableHTTPS"] is True
+    tls = extender["tlsConfig"]
+    assert not tls.get("insecure", False)
+    pod = find(objs, "Deployment", "gpuscale-scheduler")["spec"]["template"]["spec"]
+    sched = next(c for c in pod["containers"] if c["name"] == "kube-scheduler")
+    ext = next(c for c in pod["containers"] if c["name"] == "extender")
+    client = {k: _mounted_file(pod, sched, tls[k]) for k in ("certFile", "keyFile", "caFile")}
+    assert client == {
+        "certFile": ("gpuscale-scheduler-client-tls", "tls.crt"),
+        "keyFile": ("gpuscale-scheduler-client-tls", "tls.key"),
+        "caFile": ("gpuscale-scheduler-client-tls", "ca.crt"),
+    }
+    flags = dict(a.split("=", 1) for a in ext["args"] if "=" in a)
+    served = {f: _mounted_file(pod, ext, flags[f]) for f in ("--tls-cert-file", "--client-ca-file")}
+    assert served == {
+        "--tls-cert-file": ("gpuscale-extender-tls", "tls.crt"),
+        "--client-ca-file": ("gpuscale-extender-tls", "ca.crt"),
+    }
+    assert flags["--allowed-client-names"] == "system:kube-scheduler"
+    # Probes and scrapes use the plain ops port, never the mTLS one.
+    ports = {p["name"]: p["containerPort"] for p in ext["ports"]}
+    assert flags["--ops-address"].endswith(f":{ports['extender-ops']}")
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert ext[probe]["httpGet"]["port"] == "extender-ops"
+    # With cert-manager, the certificates name what the other side checks.
+    certificates = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Certificate"}
+    if certificates:
+        serving = certificates["gpuscale-extender"]["spec"]
+        assert serving["secretName"] == "gpuscale-extender-tls"
+        assert tls["serverName"] in serving["dnsNames"]
+        scheduler = certificates["gpuscale-scheduler-client"]["spec"]
+        assert scheduler["secretName"] == "gpuscale-scheduler-client-tls"
+        assert scheduler["commonName"] == flags["--allowed-client-names"]
+        assert scheduler["usages"][0] == "client auth"
+        issuers = {serving["issuerRef"]["name"], scheduler["issuerRef"]["name"]}
+        assert issuers == {"gpuscale-ca"}  # one CA: each side's ca.crt verifies the other

@@ -31,6 +31,7 @@ import trustme
 import yaml
 
 from tests.cluster.build import binary
+from tests.deploy.manifests import write_extender_pems
 from tests.e2e.cluster import ControlPlane, Process, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +86,16 @@ class ServingCert:
         ca.cert_pem.write_to_path(str(out.ca))
         leaf.cert_chain_pems[0].write_to_path(str(out.cert))
         leaf.private_key_pem.write_to_path(str(out.key))
+        write_extender_pems(dir, ca)
+        intruder = ca.issue_cert("intruder", common_name="system:node:intruder")
+        intruder.cert_chain_pems[0].write_to_path(str(dir / "intruder.crt"))
+        intruder.private_key_pem.write_to_path(str(dir / "intruder.key"))
         return out
+
+    def extender_files(self) -> tuple[Path, ...]:
+        """The extender's serving pair and kube-scheduler's client pair (same CA)."""
+        names = ("extender.crt", "extender.key", "scheduler-client.crt", "scheduler-client.key")
+        return tuple(self.dir / n for n in names)
 
 
 def render_ca_bundle(cert: ServingCert) -> list[Obj]:
@@ -94,7 +104,7 @@ def render_ca_bundle(cert: ServingCert) -> list[Obj]:
         tree = Path(tmp) / "deploy"
         shutil.copytree(REPO / "deploy", tree)
         overlay = tree / "overlays" / "ca-bundle"
-        for src in (cert.ca, cert.cert, cert.key):
+        for src in (cert.ca, cert.cert, cert.key, *cert.extender_files()):
             shutil.copy(src, overlay / src.name)
         out = subprocess.run(
             [str(binary("kubectl")), "kustomize", str(overlay)],
@@ -218,30 +228,49 @@ def controller_process(
 
 
 def extender_process(inst: Installed, *, port: int, extra: Iterable[str] = ()) -> Process:
+    """``gpuscale extender`` as deploy/ runs it: the verbs over mTLS on ``port`` (the extender
+    certificate of the install, kube-scheduler's client CA), probes and /metrics on plain
+    ``ports["ops"]``."""
+    ops = free_port()
+    crt, key = inst.cert.dir / "extender.crt", inst.cert.dir / "extender.key"
     argv = [
         gpuscale_bin(),
         "extender",
         f"--address=127.0.0.1:{port}",
+        f"--ops-address=127.0.0.1:{ops}",
+        f"--tls-cert-file={crt}",
+        f"--tls-private-key-file={key}",
+        f"--client-ca-file={inst.cert.ca}",
         f"--kubeconfig={inst.kubeconfig(SCHEDULER_SA)}",
         "--log-level=info",
         *extra,
     ]
     return Process(
-        "gpuscale-extender", argv, inst.cp.workdir / "gpuscale-extender.log", ports={"http": port}
+        "gpuscale-extender",
+        argv,
+        inst.cp.workdir / "gpuscale-extender.log",
+        ports={"verbs": port, "ops": ops, "http": ops},
     )
 
 
 def scheduler_process(
     inst: Installed, *, extender_url: str, with_extender: bool = True, qps: float | None = None
 ) -> Process:
-    """kube-scheduler with deploy/'s configuration; only the extender URL and the kubeconfig
-    (the pod's in-cluster credentials, here a TokenRequest token) differ, and the extender is
+    """kube-scheduler with deploy/'s configuration; only the extender URL, the paths of its
+    client certificate files and the kubeconfig (the pod's in-cluster credentials, here a
+    TokenRequest token) differ, and the extender is
     not ignorable (see below). ``with_extender=False``
     drops the extender: the same scheduler alone, for the benchmark's baseline. ``qps`` raises
     the scheduler's API client limits (deploy/ keeps kube-scheduler's defaults, 50/s, burst 100)."""
     config = scheduler_config(inst.objects)
     for ext in config.get("extenders", []):
         ext["urlPrefix"] = extender_url
+        # deploy/'s mTLS with the files the pod would mount, from this machine's folder.
+        tls = ext.get("tlsConfig")
+        if tls is not None:
+            tls["certFile"] = str(inst.cert.dir / "scheduler-client.crt")
+            tls["keyFile"] = str(inst.cert.dir / "scheduler-client.key")
+            tls["caFile"] = str(inst.cert.ca)
         # On a loaded 2-core test machine an extender call can pass deploy/'s 5 s: with
         # `ignorable` the scheduler would then bind GPU pods without GPU accounting and the
         # scenario would test nothing. Here a slow call is a retry, never a silent bypass.

@@ -213,7 +213,7 @@ async def running(
             installed, name="restart-c", prometheus_url=prometheus.url
         ),
         "extender": extender_process(installed, port=port),
-        "scheduler": scheduler_process(installed, extender_url=f"http://127.0.0.1:{port}"),
+        "scheduler": scheduler_process(installed, extender_url=f"https://127.0.0.1:{port}"),
     }
     for proc in procs.values():
         proc.start()
@@ -223,7 +223,11 @@ async def running(
             within=60,
             proc=procs["controller"],
         )
-        wait_http_ok(f"http://127.0.0.1:{port}/readyz", within=60, proc=procs["extender"])
+        wait_http_ok(
+            f"http://127.0.0.1:{procs['extender'].ports['ops']}/readyz",
+            within=60,
+            proc=procs["extender"],
+        )
         supervisor = asyncio.create_task(procs["scheduler"].keep_running())
         try:
             async with node_agents([GPU_NODE], installed.kubeconfig(NODE_AGENT_SA)):

@@ -12,10 +12,13 @@ bind, so the extender must hold memory for pods that are bound but not yet runni
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 
 from extender.model import GPUS_ANNOTATION
@@ -59,10 +62,10 @@ BY_NAME = {n.name: n for n in NODES}
 def scheduler(installed: Installed) -> Iterator[tuple[Process, Process]]:
     port = free_port()
     extender = extender_process(installed, port=port)
-    sched = scheduler_process(installed, extender_url=f"http://127.0.0.1:{port}")
+    sched = scheduler_process(installed, extender_url=f"https://127.0.0.1:{port}")
     extender.start()
     try:
-        wait_http_ok(f"http://127.0.0.1:{port}/readyz", within=60, proc=extender)
+        wait_http_ok(f"http://127.0.0.1:{extender.ports['ops']}/readyz", within=60, proc=extender)
         sched.start()
         yield extender, sched
     finally:
@@ -256,3 +259,59 @@ async def test_node_selector_beats_the_score(
     assert gpu_indices(pods[0]) == [1]
     all_pods = [*await _pods(admin_client, "llm"), *await _pods(admin_client, "tolerant"), *pods]
     _assert_no_device_overcommitted(all_pods)
+
+
+async def test_the_scheduler_binds_over_mtls_and_an_unauthenticated_bind_is_refused(
+    control_plane: ControlPlane,
+    installed: Installed,
+    scheduler: tuple[Process, Process],
+    gpu_nodes: tuple[GpuNode, ...],
+    admin_client: Any,
+) -> None:
+    """deploy/'s mTLS between kube-scheduler and the extender: the scheduler's client
+    certificate gets a GPU pod placed and bound; without one, or with a certificate of the same
+    CA that names someone else, /bind is refused and the pod stays unbound."""
+    extender, _sched = scheduler
+    apply(
+        control_plane,
+        [
+            deployment("mtls", NS, 1, scheduler="gpuscale", gpus=1, gpu_memory_mib=8000),
+            # Nobody schedules these: the target of the forged binds.
+            deployment("victim", NS, 1, scheduler="nobody", gpus=1, gpu_memory_mib=8000),
+        ],
+    )
+    (placed,) = await _settle(admin_client, "mtls", bound=1, pending=0)
+    assert gpu_indices(placed), "bound by the extender, which records the devices"
+
+    (victim,) = await eventually(
+        "the victim pod exists",
+        lambda: _pods(admin_client, "victim"),
+        lambda ps: len(ps) == 1,
+        within=30,
+    )
+    bind = orjson.dumps(
+        {
+            "PodName": victim.metadata.name,
+            "PodNamespace": NS,
+            "PodUID": victim.metadata.uid,
+            "Node": placed.spec.node_name,
+        }
+    )
+    url = f"https://127.0.0.1:{extender.ports['verbs']}/bind"
+    anonymous = ssl.create_default_context(cafile=str(installed.cert.ca))
+    intruder = ssl.create_default_context(cafile=str(installed.cert.ca))
+    cert_dir = installed.cert.dir
+    intruder.load_cert_chain(cert_dir / "intruder.crt", cert_dir / "intruder.key")
+    async with aiohttp.ClientSession() as http:
+        served: int | None
+        try:
+            async with http.post(url, data=bind, ssl=anonymous) as resp:
+                served = resp.status
+        except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
+            served = None
+        assert served is None, f"served without a client certificate: {served}"
+        async with http.post(url, data=bind, ssl=intruder) as resp:
+            assert resp.status == 403
+            assert "may not call /bind" in orjson.loads(await resp.read())["Error"]
+    (after,) = await _pods(admin_client, "victim")
+    assert not after.spec.node_name, "a forged bind went through"

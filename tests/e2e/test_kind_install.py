@@ -25,6 +25,8 @@ import pytest
 import trustme
 import yaml
 
+from tests.deploy.manifests import write_extender_pems
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -239,6 +241,7 @@ def _install(tmp_path: Path) -> None:
     ca.cert_pem.write_to_path(str(ca_bundle / "ca.crt"))
     leaf.cert_chain_pems[0].write_to_path(str(ca_bundle / "tls.crt"))
     leaf.private_key_pem.write_to_path(str(ca_bundle / "tls.key"))
+    write_extender_pems(ca_bundle, ca)
     overlay = tmp_path / "e2e"
     overlay.mkdir()
     name, tag = IMAGE.split(":")

@@ -248,7 +248,12 @@ async def test_extender_process_end_to_end(kube: KubeStandIn, kube_client: Any) 
         )
         server = asyncio.create_task(
             serve_extender(
-                ExtenderProcess(address="127.0.0.1:0", inventory=InventoryConfig(stale_after=30)),
+                ExtenderProcess(
+                    address="127.0.0.1:0",
+                    plain_http_sidecar=True,
+                    ops_address=None,
+                    inventory=InventoryConfig(stale_after=30),
+                ),
                 stop=stop,
                 api_client=kube_client,
                 on_listening=ports.append,

@@ -13,12 +13,17 @@ leaderElection:
 profiles:
   - schedulerName: gpuscale
 extenders:
-  - urlPrefix: http://127.0.0.1:8888
+  - urlPrefix: https://127.0.0.1:8888
     filterVerb: filter
     prioritizeVerb: prioritize
     bindVerb: bind
     weight: {{ .Values.scheduler.extender.weight }}
-    enableHTTPS: false
+    enableHTTPS: true
+    tlsConfig:
+      certFile: /var/run/gpuscale/scheduler-client/tls.crt
+      keyFile: /var/run/gpuscale/scheduler-client/tls.key
+      caFile: /var/run/gpuscale/scheduler-client/ca.crt
+      serverName: localhost
     httpTimeout: 5s
     nodeCacheCapable: true
     ignorable: true

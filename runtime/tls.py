@@ -1,12 +1,14 @@
-"""The external metrics API's TLS: serving certificate and front-proxy CA, both swappable live.
+"""Serving TLS for every server: certificate and client CA, both swappable live.
 
 A listening socket keeps the ``SSLContext`` it was started with, so that context only carries an
 SNI callback that hands each new handshake the latest context: a renewed certificate on disk
 (cert-manager rotates it every ~60 days) or a new front-proxy CA takes effect for new connections
 without a restart; open connections keep theirs.
 
-The client certificate is asked for but optional at the TLS layer (a missing one gets a 401
-``Status`` from the app, as kube-apiserver answers); one from another CA fails the handshake.
+By default the client certificate is asked for but optional at the TLS layer (the controller's
+metrics API answers a missing one with a 401 ``Status``, as kube-apiserver does); one from
+another CA fails the handshake. ``require_client_certificate`` (the extender) fails the handshake
+without one too, so a stranger costs no more than a refused handshake.
 """
 
 from __future__ import annotations
@@ -99,8 +101,10 @@ class ServingTLS:
         *,
         client_ca_pem: str | None = None,
         hosts: Iterable[str] = ("localhost", "127.0.0.1"),
+        require_client_certificate: bool = False,
     ) -> None:
         self.cert_file = cert_file
+        self.require_client_certificate = require_client_certificate
         self.key_file = key_file
         self._client_ca_pem = client_ca_pem
         self._self_signed: tuple[bytes, bytes] | None = None
@@ -128,7 +132,9 @@ class ServingTLS:
             context.load_cert_chain(self.cert_file, self.key_file)
         if self._client_ca_pem:
             context.load_verify_locations(cadata=self._client_ca_pem)
-            context.verify_mode = ssl.CERT_OPTIONAL
+            context.verify_mode = (
+                ssl.CERT_REQUIRED if self.require_client_certificate else ssl.CERT_OPTIONAL
+            )
         else:
             context.verify_mode = ssl.CERT_NONE
         return context
@@ -143,7 +149,7 @@ class ServingTLS:
         self._client_ca_pem = pem
         self.current = self._build()
         self.reloads += 1
-        log.info("front-proxy client CA changed; new connections use it")
+        log.info("client CA changed; new connections use it")
         return True
 
     def reload_if_changed(self) -> bool:
