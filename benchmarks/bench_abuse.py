@@ -10,8 +10,8 @@ healthy client (a child process, 20 requests/s on keep-alive connections as the 
 kube-scheduler send them, or with ``--fresh-connections`` each on a new connection: the worst
 case for admission) beside the same client's p99 in a quiet run of the same length.
 
-Other attack rows (request bodies, Prometheus answers) live in ``benchmarks/abuse_*.py`` as more
-``Attack`` functions and are added to ``ATTACKS``.
+The rows of other shapes run after these, each module with its own table: hostile tenants'
+Prometheus answers against the controller (``benchmarks/abuse_queries.py``).
 
 ``--legacy`` runs the same attacks against the servers as they were before connection limits
 (aiohttp's own server, its 256 KiB TLS buffer, and the extender on plain HTTP), for comparison.
@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks import abuse_queries  # noqa: E402
 from tests.extender.test_cluster_cache import node_obj, pod_obj  # noqa: E402
 from tests.support.kube_standin import KubeStandIn  # noqa: E402
 from tests.support.prometheus import free_port  # noqa: E402
@@ -580,6 +581,8 @@ async def main(argv: Sequence[str] | None = None) -> None:
     finally:
         await kube.stop()
     _print(rows, args.legacy, args.fresh_connections)
+    if not args.legacy and args.only in (None, "controller"):
+        await abuse_queries.main(["--seconds", f"{max(scale.seconds, 10.0):g}"])
 
 
 if __name__ == "__main__":
