@@ -42,7 +42,7 @@ helm:
 # The real control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd,
 # kwok) built from pinned Go modules into ~/.cache/gpuscale/cluster/; builds nothing when cached.
 cluster:
-	@command -v go >/dev/null || { echo "make cluster needs Go 1.25+ on PATH"; exit 1; }
+	@command -v go >/dev/null || { echo "make cluster needs Go 1.26+ on PATH"; exit 1; }
 	python3 tests/cluster/build.py
 
 # End-to-end tests against that control plane (and the kind tests, which skip without Docker).

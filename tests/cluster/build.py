@@ -38,7 +38,7 @@ class Component:
     packages: tuple[str, ...]
     """Main packages to build, each into a binary named after its last element."""
     cache_prefix: str
-    """Cache folder name before the version (``""`` for Kubernetes itself: ``v1.35.4/``)."""
+    """Cache folder name before the version (``""`` for Kubernetes itself: ``v1.37.2/``)."""
     version_ldflags: tuple[str, ...] = ()
     """``-X`` settings (``{version}``, ``{major}``, ``{minor}`` filled in) so the binaries report
     the real version (discovery, ``/version``)."""
@@ -180,7 +180,7 @@ def build(component: Component, *, out: Path) -> None:
 
 def main(argv: list[str]) -> int:
     if shutil.which("go") is None:
-        print("make cluster needs Go (1.25 or newer) on PATH", file=sys.stderr)
+        print("make cluster needs Go (1.26 or newer) on PATH", file=sys.stderr)
         return 1
     wanted = argv or list(COMPONENTS)
     unknown = [w for w in wanted if w not in COMPONENTS]

@@ -159,7 +159,7 @@ async def test_the_hpa_scales_the_deployment_to_the_policys_count(
     assert hpa.metadata.owner_references[0].kind == "ConfigMap"
     target = hpa.spec.metrics[0].external.target
     assert (target.type, target.average_value) == ("AverageValue", "1")
-    # 1.35 serves HPAConfigurableTolerance: our zero tolerance is stored, not dropped.
+    # 1.35+ serves HPAConfigurableTolerance: our zero tolerance is stored, not dropped.
     assert hpa.spec.behavior.scale_up.tolerance == "0"
 
     # ceil(37 / 4) = 10, read by the real HPA controller through the real aggregator.
