@@ -17,7 +17,7 @@ import re
 from typing import Any, get_args
 
 from policies.durations import _UNITS
-from policies.parse import MAX_RULE_PERIOD, MAX_STABILIZATION_WINDOW
+from policies.parse import MAX_RULE_PERIOD, MAX_STABILIZATION_WINDOW, WAKE_TYPES
 from policies.schema import (
     API_VERSION,
     KIND,
@@ -307,7 +307,12 @@ def document_schema() -> dict[str, Any]:
             ),
             "replicas": _object(
                 {
-                    "min": {"type": "integer", "minimum": 1},
+                    "min": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "0 scales to zero (Kubernetes 1.37+, or HPAScaleToZero"
+                        " on): needs a queueDepth, arrivalRate or modelCapacity metric.",
+                    },
                     "max": {"type": "integer", "minimum": 1},
                 },
                 ("min", "max"),
@@ -356,6 +361,16 @@ def document_schema() -> dict[str, Any]:
         f"A gpuscale ScalingPolicy ({API_VERSION}), the {POLICY_DATA_KEY} key of a ConfigMap. "
         f"`gpuscale policy check` also enforces: {rules_only}.",
     )
+    # Scaled to zero, only a demand metric can see that requests wait (parse.WAKE_TYPES).
+    schema["if"] = {
+        "properties": {"replicas": {"properties": {"min": {"const": 0}}, "required": ["min"]}},
+        "required": ["replicas"],
+    }
+    schema["then"] = {
+        "properties": {
+            "metrics": {"contains": {"properties": {"type": {"enum": sorted(WAKE_TYPES)}}}}
+        }
+    }
     return {"$schema": DRAFT, "$id": DOCUMENT_FILE, "title": KIND, **schema, "$defs": defs}
 
 

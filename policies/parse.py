@@ -89,6 +89,10 @@ class PolicyError(ValueError):
         return "\n".join(f"{self.key}: {e.path}: {e.message}" for e in self.errors)
 
 
+WAKE_TYPES = frozenset({"queueDepth", "arrivalRate", "modelCapacity"})
+"""Metric types that measure demand itself, so they can wake a target scaled to zero."""
+
+
 class NotAPolicy(ValueError):
     """A document that is not a ScalingPolicy ConfigMap; the message says why."""
 
@@ -484,6 +488,14 @@ class _Reader:
         unavailable = self.get(
             doc, "(root)", "onMetricsUnavailable", self.on_unavailable, OnMetricsUnavailable()
         )
+        wakes = metrics is not None and any(m.type in WAKE_TYPES for m in metrics)
+        if replicas is not None and replicas.min == 0 and metrics is not None and not wakes:
+            self.error(
+                "replicas.min",
+                "0 needs a metric that sees demand while nothing runs (queueDepth, arrivalRate"
+                " or modelCapacity) to scale 0 → 1; latency and kvCacheUsage have no samples"
+                " without replicas",
+            )
         if replicas is not None and unavailable is not None and not unavailable.hold:
             fallback = unavailable.fallback_replicas
             assert fallback is not None
@@ -535,7 +547,7 @@ class _Reader:
         obj = self.mapping(value, path, required=("min", "max"))
         if obj is None:
             return None
-        low = self.get(obj, path, "min", lambda v, p: self.integer(v, p, minimum=1))
+        low = self.get(obj, path, "min", lambda v, p: self.integer(v, p, minimum=0))
         high = self.get(obj, path, "max", lambda v, p: self.integer(v, p, minimum=1))
         if low is None or high is None:
             return None
