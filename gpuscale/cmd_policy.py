@@ -287,8 +287,35 @@ def _decision_text(p: ScalingPolicy, d: Decision) -> str:
     per_metric = {f"{pr.metric} ({pr.type}): {pr.reason}" for pr in d.proposals}
     lines += ["", "Then:"]
     lines += [f"  {i}. {step}" for i, step in enumerate(_without(d.steps, per_metric), 1)]
-    lines += ["", f"Desired replicas: {d.desired_replicas}"]
+    lines += ["", f"Desired replicas: {d.desired_replicas}", "", *_history_note(p)]
     return "\n".join(lines)
+
+
+def _window_line(direction: str, window: float, which: str, effect: str) -> str:
+    head = f"  - behavior.{direction}.stabilizationWindow {_seconds(window)}"
+    if window == 0:
+        return f"{head}: off, applied at once"
+    return f"{head}: only to the {which} recommendation of the last {_seconds(window)}; {effect}"
+
+
+def _history_note(p: ScalingPolicy) -> list[str]:
+    """What a first decision cannot show: the controller remembers, explain does not."""
+    down = p.behavior.scale_down.stabilization_window
+    up = p.behavior.scale_up.stabilization_window
+    note = [
+        "Not shown: history. This is a first decision; the controller also remembers its "
+        "recent recommendations and scale events:",
+        _window_line("scaleDown", down, "highest", "a lower count here may wait that long"),
+        _window_line("scaleUp", up, "lowest", "a higher count here may wait that long"),
+        "  - behavior.*.policies: rate limits count the scale events of each period; here "
+        "none have happened yet.",
+    ]
+    if p.burst is not None:
+        note.append(
+            f"  - burst: the envelope over {_seconds(p.burst.window)} holds only the sizes "
+            "given here."
+        )
+    return note
 
 
 def _without(steps: tuple[str, ...], shown: set[str]) -> list[str]:

@@ -300,3 +300,13 @@ def test_explain_takes_a_bare_policy(tmp_path: Path, capsys: pytest.CaptureFixtu
     args = ["policy", "explain", str(path), "-m", "queue=37", "--current", "4"]
     assert main(args) == 0
     assert "Policy default/policy scales Deployment/llama-chat" in capsys.readouterr().out
+
+
+def test_explain_says_what_a_first_decision_leaves_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """A scale-down that the controller would hold for the stabilization window is flagged."""
+    args = ["policy", "explain", str(LLM), "-m", "queue=3", "-m", "latency=0.2", "-m", "load=2"]
+    assert main([*args, "--current", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "Desired replicas: 1" in out
+    assert "behavior.scaleDown.stabilizationWindow 5m: only to the highest recommendation" in out
+    assert "behavior.scaleUp.stabilizationWindow 0s: off" in out
