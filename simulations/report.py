@@ -39,7 +39,9 @@ AGGREGATED = (
     "pending_pod_seconds",
     "pending_max",
     "recovery_mean_s",
+    "bursts_unrecovered",
     "dropped",
+    "unfinished",
     "preemptions",
     "kv_cache_usage_mean",
     "kv_cache_usage_max",
@@ -241,7 +243,8 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         "max",
         "scale ev.",
         "pending pod-s",
-        "recovery s",
+        "dropped/unfinished",
+        "burst recovery s",
     ]
     n = len(comparison.seeds)
     rows = []
@@ -265,10 +268,53 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
                 _fmt(m["replicas_max"], s["replicas_max"], n, ".0f"),
                 _fmt(m["scale_events"], s["scale_events"], n, ".0f"),
                 _fmt(m["pending_pod_seconds"], s["pending_pod_seconds"], n, ".0f"),
-                _fmt(m["recovery_mean_s"], s["recovery_mean_s"], n, ".0f"),
+                _fmt(m["dropped"], s["dropped"], n, ".0f")
+                + " / "
+                + _fmt(m["unfinished"], s["unfinished"], n, ".0f"),
+                _recovery(group, _fmt(m["recovery_mean_s"], s["recovery_mean_s"], n, ".0f")),
             ]
         )
     return header, rows
+
+
+def _recovery(group: Sequence[RunResult], mean: str) -> str:
+    """The mean recovery of the bursts that recovered, and how many never did: a mean over
+    the recovered ones alone would make a policy that never recovers from the worst burst
+    look fast."""
+    total = sum(len(r.summary["bursts"]) for r in group)
+    never = sum(int(r.summary["bursts_unrecovered"]) for r in group)
+    if total == 0:
+        return "-"
+    if never == total:
+        return f"never ({never}/{total})"
+    return f"{mean} ({never}/{total} never)" if never else mean
+
+
+def failures(comparison: Comparison) -> list[str]:
+    """One line per policy that left requests unfinished or bursts unrecovered, for under the
+    table: these are what a summary of means hides."""
+    lines = []
+    for label, group in _by_label(comparison).items():
+        unfinished = sum(int(r.summary["unfinished"]) for r in group)
+        dropped = sum(int(r.summary["dropped"]) for r in group)
+        never = sum(int(r.summary["bursts_unrecovered"]) for r in group)
+        total = sum(len(r.summary["bursts"]) for r in group)
+        parts = []
+        if unfinished:
+            parts.append(f"{unfinished:,} requests still unfinished when the run ended")
+        if dropped:
+            parts.append(f"{dropped:,} dropped")
+        if never:
+            parts.append(f"{never} of {total} bursts never recovered")
+        if parts:
+            seeds = f" over {len(group)} seeds" if len(group) > 1 else ""
+            lines.append(f"{label}: " + ", ".join(parts) + seeds)
+    if lines:
+        lines.append(
+            "(an unfinished request counts as an SLO miss once it has waited past the TTFT or"
+            " e2e bound; one still within it is not counted)"
+        )
+    return lines
 
 
 def plain_table(comparison: Comparison) -> str:
@@ -287,6 +333,9 @@ def plain_table(comparison: Comparison) -> str:
                 for i, (c, w) in enumerate(zip(r, widths, strict=True))
             )
         )
+    problems = failures(comparison)
+    if problems:
+        lines += ["", "Failures:", *(f"  {p}" for p in problems)]
     return "\n".join(lines)
 
 
