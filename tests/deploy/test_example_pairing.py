@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from policies.parse import PolicyError, load_policy_file
+from policies.parse import PolicyError, load_policy_file, parse_configmap
 from policies.promql import parse, selectors
 from policies.schema import metric_inputs
 from policies.tenancy import scope_policy
-from tests.deploy.manifests import DEPLOY
+from tests.deploy.manifests import DEPLOY, render_dir
 from tests.deploy.promql import needs_promtool, promtool_check_rules
 
 EXAMPLES = DEPLOY / "examples"
@@ -126,3 +126,14 @@ def test_the_policy_queries_are_valid_promql(tmp_path: Path) -> None:
     rules = [{"record": f"example:query:{i}", "expr": q} for i, q in enumerate(_queries())]
     out = promtool_check_rules(tmp_path, [{"name": "llama-chat", "rules": rules}])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_kustomize_example_is_the_same_policy_as_its_configmap() -> None:
+    """policy.yaml as a file of its own (configMapGenerator) renders to the example ConfigMap's
+    policy, under the same name, with the label and without a hash suffix."""
+    folder = EXAMPLES / "kustomize" / "llama-chat"
+    (configmap,) = render_dir(folder)
+    (example,) = load_policy_file(POLICY)
+    assert parse_configmap(configmap) == example
+    (bare,) = load_policy_file(folder / "policy.yaml", namespace="inference", name="llama-chat")
+    assert bare == example
