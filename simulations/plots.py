@@ -5,7 +5,8 @@ and thin, with one colour per policy in every panel and one legend for all; desi
 (the decision) and Ready replicas (what served) get a panel each; a latency quantile is drawn
 through the short idle intervals of a burst (an idle interval has no quantile, and a line broken
 at each one is unreadable) but broken at long idle stretches; TPOT is in milliseconds; every
-bound is a labelled line; axes are scaled to the data. Only :func:`write_plots` imports matplotlib, so the controller never loads it.
+bound is a labelled line; axes are scaled to the data. Only :func:`write_plots` imports
+matplotlib, so the controller never loads it.
 """
 
 from __future__ import annotations
