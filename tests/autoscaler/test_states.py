@@ -13,9 +13,12 @@ from autoscaler import feedback, ops
 from autoscaler.feedback import STATUS_ANNOTATION, PolicyStatus, status_from_annotation
 from autoscaler.overview import policy_row
 from autoscaler.states import POLICY_STATES, PolicyState, gauge_label
+from autoscaler.targets import TargetError
 from gpuscale import cmd_status
 from policies.parse import policy_to_configmap
+from policies.schema import QueueDepthMetric
 from tests.autoscaler.helpers import make_policy
+from tests.autoscaler.test_isolation import Harness, _policy, _Targets
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITTEN = [s for s in POLICY_STATES if s != "Pending"]
@@ -70,3 +73,40 @@ def test_the_docs_list_exactly_these_states() -> None:
     help_text = " ".join(cmd_status.status.help.split())
     assert all(state in help_text for state in POLICY_STATES)
     assert "Holding" not in help_text
+
+
+class _TargetsWithAGap(_Targets):
+    """The stand-in's targets, except those in ``gone``, whose scale cannot be read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone: set[tuple[str, str]] = set()
+
+    async def replicas(self, api_version: str, kind: str, namespace: str, name: str) -> int:
+        if (namespace, name) in self.gone:
+            raise TargetError(f"{kind} {namespace}/{name} not found")
+        return await super().replicas(api_version, kind, namespace, name)
+
+
+async def test_the_gauge_counts_every_state_the_controller_reaches() -> None:
+    h = Harness(targets=_TargetsWithAGap())
+    policies = {
+        state: _policy(ns, QueueDepthMetric("queue", f'sum(q{{namespace="{ns}"}})', 4.0))
+        for state, ns in (
+            ("Active", "team-a"),
+            ("MetricsUnavailable", "team-b"),
+            ("TargetUnavailable", "team-c"),
+            ("Pending", "team-d"),
+        )
+    }
+    for p in policies.values():
+        h.put(p)
+    await h.tick(policies["Active"], 1000.0, {'sum(q{namespace="team-a"})': 8.0}, current=2)
+    await h.tick(policies["MetricsUnavailable"], 1001.0, {}, current=2)
+    assert isinstance(h.targets, _TargetsWithAGap)
+    h.targets.gone.add(("team-c", "chat"))
+    await h.controller.tick(policies["TargetUnavailable"].key)
+    counts = h.controller.policy_states()
+    assert counts == {"Pending": 1, "Active": 1, "MetricsUnavailable": 1,
+                      "TargetUnavailable": 1, "Invalid": 0}  # fmt: skip
+    assert tuple(counts) == POLICY_STATES
