@@ -92,3 +92,31 @@ def test_doc_command_runs_as_shown(
     assert "Traceback" not in captured.err
     if "--out" in args:
         assert (tmp_path / "out" / "report.json").exists()
+
+
+HELM_INSTALLS = [
+    (doc.relative_to(ROOT).as_posix(), command)
+    for doc in DOCS
+    for command in doc_commands(doc.read_text())
+    if command.startswith("helm install ")
+]
+
+
+def test_the_readme_installs_with_helm() -> None:
+    assert any(doc == "README.md" for doc, _ in HELM_INSTALLS)
+
+
+@pytest.mark.parametrize(("doc", "command"), HELM_INSTALLS, ids=[d for d, _ in HELM_INSTALLS])
+def test_helm_install_commands_render(doc: str, command: str) -> None:
+    """``helm install`` as shown, rendered with ``helm template`` (no cluster): the values the
+    docs set exist and reach the objects."""
+    from tests.deploy.test_helm import HELM, helm
+
+    if not HELM.is_file():
+        pytest.skip(f"{HELM} not built: run `make helm`")
+    args = [a for a in shlex.split(command)[2:] if a != "--create-namespace"]
+    args = [str(ROOT / a) if a.startswith("deploy/") else a for a in args]
+    out = helm("template", *args)
+    assert out.returncode == 0, f"{doc}: {command}\n{out.stderr}"
+    for value in re.findall(r"--set [\w.]+=(\S+)", command):
+        assert value in out.stdout, f"{doc}: {value} is not in the rendered objects"
