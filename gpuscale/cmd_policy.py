@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def policy() -> None:
-    """Check ScalingPolicy ConfigMaps and explain the decisions they make."""
+    """Check ScalingPolicies (ConfigMaps or bare policy.yaml files) and explain their decisions."""
 
 
 def _tenancy_label(ctx: click.Context, param: click.Parameter, value: str) -> str:

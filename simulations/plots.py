@@ -156,6 +156,42 @@ def _timeline(comparison: Comparison, path: Path, plt: Any) -> Path:
     return path
 
 
+LABEL_OFFSETS = ((7, 5), (7, -13), (-7, 5), (-7, -13), (7, 17), (7, -25), (-7, 17), (-7, -25))
+"""Where a point's name may go, in points from it, tried in turn."""
+
+
+def place_labels(ax: Axes, points: Sequence[tuple[str, float, float]]) -> None:
+    """Name each point beside it where the name overlaps no name already placed (close points,
+    such as two baselines at the same cost, would otherwise print on top of each other)."""
+    placed: list[tuple[float, float, float, float]] = []
+    scale = ax.figure.dpi / 72.0
+    for label, x, y in points:
+        px, py = ax.transData.transform((x, y))
+        width, height = 6.0 * len(label) * scale, 11.0 * scale
+        box = (px, py, px, py)
+        chosen = LABEL_OFFSETS[-1]
+        for dx, dy in LABEL_OFFSETS:
+            left = px + dx * scale - (width if dx < 0 else 0.0)
+            bottom = py + dy * scale
+            box = (left, bottom, left + width, bottom + height)
+            if not any(_overlap(box, other) for other in placed):
+                chosen = (dx, dy)
+                break
+        placed.append(box)
+        ax.annotate(
+            label,
+            (x, y),
+            textcoords="offset points",
+            xytext=chosen,
+            ha="right" if chosen[0] < 0 else "left",
+            fontsize=8,
+        )
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def _tradeoff(comparison: Comparison, out: Path, plt: Any) -> Path:
     from matplotlib.ticker import PercentFormatter
 
@@ -165,6 +201,7 @@ def _tradeoff(comparison: Comparison, out: Path, plt: Any) -> Path:
     groups = by_label(comparison)
     styles = _style([g[0] for g in groups.values()])
     fig, ax = plt.subplots(figsize=(8.5, 5.2), constrained_layout=True)
+    points: list[tuple[str, float, float]] = []
     for label, group in groups.items():
         agg = aggregate(group)
         x, y = agg["mean"]["gpu_hours"], agg["mean"]["slo_attainment"] * 100.0
@@ -185,6 +222,9 @@ def _tradeoff(comparison: Comparison, out: Path, plt: Any) -> Path:
             capsize=3,
             label=legend_label(group[0]),
         )
+        points.append((label, x, y))
+    fig.canvas.draw()
+    place_labels(ax, points)
     target = slo.attainment * 100.0
     ax.axhline(target, color="black", ls=":", lw=1.2, label=f"SLO target: {target:g}% of requests")
     ax.set_xlabel("GPU-hours (lower is cheaper)")

@@ -63,3 +63,26 @@ def test_latency_lines_bridge_short_lulls_and_break_at_long_idle_stretches() -> 
     assert np.nanmax(v) == pytest.approx(200.0)  # scaled to milliseconds
     before = t[: int(np.argmax(breaks))]
     assert (np.diff(before) * 60.0).max() == pytest.approx(30.0)
+
+
+def test_names_of_close_points_do_not_overlap() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from simulations.plots import place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    points = [("hpa", 1.17, 41.7), ("keda", 1.18, 41.7), ("kpa", 1.19, 41.8), ("far", 3.0, 60.0)]
+    ax.plot([p[1] for p in points], [p[2] for p in points], "o")
+    fig.canvas.draw()
+    place_labels(ax, points)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert [t.get_text() for t in ax.texts] == ["hpa", "keda", "kpa", "far"]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)
+    plt.close(fig)
