@@ -20,6 +20,7 @@ from autoscaler.loop import Scheduler
 from autoscaler.ops import ControllerMetrics
 from autoscaler.policy_source import PolicyEntry, PolicySource
 from autoscaler.prometheus import Missing, QueryResult
+from autoscaler.states import POLICY_STATES, PolicyState
 from autoscaler.store import DecisionStore, Published
 from autoscaler.targets import TargetError, TargetReplicas
 from policies.decide import decide
@@ -105,6 +106,8 @@ class PolicyRuntime:
 
     state: State = field(default_factory=State)
     last_desired: int | None = None
+    target_error: bool = False
+    """The last tick could not read the target's replicas (state ``TargetUnavailable``)."""
     metrics: tuple[tuple[str, str], ...] = ()
     """``(name, type)`` of the policy's metrics, to drop their series when it goes away."""
     series: _Series | None = None
@@ -212,19 +215,24 @@ class Controller:
                 if entry.policy is None:
                     self._spawn(self._report_invalid(entry))
 
-    def policy_states(self) -> dict[str, int]:
-        """Policies by state, for ``gpuscale_policies`` (counted when scraped)."""
-        counts = dict.fromkeys(("active", "invalid", "metrics_unavailable", "pending"), 0)
+    def policy_states(self) -> dict[PolicyState, int]:
+        """Policies by state, for ``gpuscale_policies`` (counted when scraped).
+
+        The same states, by the same rules, as :func:`status_for` writes to the annotation.
+        """
+        counts: dict[PolicyState, int] = dict.fromkeys(POLICY_STATES, 0)
         for entry in self.source.entries.values():
             runtime = self.runtime.get(entry.key)
             if entry.error is not None:
-                counts["invalid"] += 1
+                counts["Invalid"] += 1
+            elif runtime is not None and runtime.target_error:
+                counts["TargetUnavailable"] += 1
             elif runtime is None or runtime.last_desired is None:
-                counts["pending"] += 1
+                counts["Pending"] += 1
             elif self._unavailable(entry.key):
-                counts["metrics_unavailable"] += 1
+                counts["MetricsUnavailable"] += 1
             else:
-                counts["active"] += 1
+                counts["Active"] += 1
         return counts
 
     def _unavailable(self, key: str) -> bool:
@@ -249,6 +257,7 @@ class Controller:
         try:
             current = await self._current_replicas(policy)  # a dict lookup, mostly
         except TargetError as exc:
+            self.runtime.setdefault(key, PolicyRuntime()).target_error = True
             await self._target_unavailable(entry, ref, exc)
             return
         inputs = [kq for m in policy.metrics for kq in metric_inputs(m)]
@@ -273,6 +282,7 @@ class Controller:
                 if input_name in names:
                     gauge.labels(entry.namespace, entry.name, input_name).set(result)
         runtime = self.runtime.setdefault(key, PolicyRuntime())
+        runtime.target_error = False
         decision, runtime.state = decide(
             policy, Snapshot(values, current), runtime.state, self.monotonic()
         )

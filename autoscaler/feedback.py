@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from autoscaler.kube import KubeError, call, metadata
+from autoscaler.states import POLICY_STATES, PolicyState
 
 STATUS_ANNOTATION = "gpuscale.io/status"
 COMPONENT = "gpuscale-controller"
 
-StatusState = Literal["Active", "Invalid", "MetricsUnavailable", "TargetUnavailable"]
+StatusState = PolicyState
+"""Written by the controller; never ``Pending`` (that is the absence of a status)."""
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ def status_from_annotation(text: str | None) -> PolicyStatus | None:
         return None
     try:
         body = json.loads(text)
+        if body["state"] not in POLICY_STATES:
+            return None
         return PolicyStatus(
             state=body["state"],
             reason=body["reason"],

@@ -22,7 +22,11 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-POLICY_STATES = ("active", "invalid", "metrics_unavailable", "pending")
+from autoscaler import states
+from autoscaler.states import PolicyState, gauge_label
+
+POLICY_STATES = tuple(gauge_label(s) for s in states.POLICY_STATES)
+"""``state`` label values of ``gpuscale_policies``: the shared vocabulary, snake_cased."""
 
 
 class ControllerMetrics:
@@ -86,8 +90,8 @@ class ControllerMetrics:
             registry=r,
         )
         self.errors = Counter("gpuscale_errors", "Errors by kind.", ("kind",), registry=r)
-        self.policy_states: Callable[[], Mapping[str, int]] = lambda: dict.fromkeys(
-            POLICY_STATES, 0
+        self.policy_states: Callable[[], Mapping[PolicyState, int]] = lambda: dict.fromkeys(
+            states.POLICY_STATES, 0
         )
         """Counted when scraped (the controller sets it), not on every change."""
         r.register(_PolicyStates(self))
@@ -153,7 +157,7 @@ class _PolicyStates(Collector):
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("gpuscale_policies", "Policies by state.", labels=["state"])
         for state, count in self._metrics.policy_states().items():
-            family.add_metric([state], count)
+            family.add_metric([gauge_label(state)], count)
         yield family
 
     def describe(self) -> Iterable[Metric]:

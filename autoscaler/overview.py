@@ -14,23 +14,14 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from autoscaler.feedback import STATUS_ANNOTATION, status_from_annotation
 from autoscaler.hpa import MANAGED_BY, MANAGER, hpa_name
 from autoscaler.kube import call, metadata
+from autoscaler.states import HOLDING, PolicyState
 from policies.parse import NotAPolicy, PolicyError, parse_configmap
 from policies.schema import POLICY_LABEL
-
-ShownState = Literal["Active", "Holding", "Invalid", "Pending"]
-
-SHOWN_STATE: dict[str, ShownState] = {
-    "Active": "Active",
-    "MetricsUnavailable": "Holding",
-    "TargetUnavailable": "Holding",
-    "Invalid": "Invalid",
-}
-"""Controller state → what the table says. Holding: replicas stay where they are."""
 
 REQUEST_TIMEOUT = 15.0
 
@@ -41,9 +32,10 @@ class PolicyRow:
     name: str
     target: str
     """``Kind/name`` of the scaled workload; ``-`` when the policy cannot be read."""
-    state: ShownState
+    state: PolicyState
+    """As the annotation says (the shared vocabulary, ``autoscaler/states.py``), or ``Pending``."""
     detail: str
-    """The controller's own state name, or why there is none (``no status yet``)."""
+    """The annotation's state, or why there is none (``no status yet``)."""
     desired: int | None
     current: int | None
     winner: str | None
@@ -135,7 +127,7 @@ def policy_row(
     hpa_current = hpa_status.get("currentReplicas") if isinstance(hpa_status, Mapping) else None
 
     if status is None:
-        state: ShownState = "Invalid" if parse_errors else "Pending"
+        state: PolicyState = "Invalid" if parse_errors else "Pending"
         detail = "no status yet" if text is None else "unreadable status annotation"
         reason = (
             "the controller has not reported on this policy (is it running, and leading?)"
@@ -147,7 +139,7 @@ def policy_row(
         missing: tuple[str, ...] = ()
         errors = parse_errors
     else:
-        state = SHOWN_STATE.get(status.state, "Holding")
+        state = status.state
         detail = status.state
         reason = status.reason
         desired, current = status.desired_replicas, status.current_replicas
@@ -160,7 +152,7 @@ def policy_row(
     if errors:
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         last_error = errors[0] + more
-    elif state == "Holding":
+    elif state in HOLDING:
         last_error = reason
     else:
         hpa_problem = _hpa_problem(hpa) if hpa is not None else None

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def policy() -> None:
-    """Check ScalingPolicy ConfigMaps and explain the decisions they make."""
+    """Check ScalingPolicies (ConfigMaps or bare policy.yaml files) and explain their decisions."""
 
 
 def _tenancy_label(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -28,6 +28,26 @@ def _tenancy_label(ctx: click.Context, param: click.Parameter, value: str) -> st
     except ScopeError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+_BARE_NAMESPACE = click.option(
+    "--namespace",
+    "-n",
+    metavar="NS",
+    help='Namespace of bare ScalingPolicy documents (default "default"); ConfigMaps keep theirs.',
+)
+_BARE_NAME = click.option(
+    "--name",
+    metavar="NAME",
+    help="Name of bare ScalingPolicy documents (default: the file's stem).",
+)
+
+
+def _bare_note(p: ScalingPolicy, namespace: str | None, name: str | None) -> str:
+    """Says where a bare policy's namespace and name came from, since the file has neither."""
+    ns = "--namespace" if namespace is not None else "assumed; set --namespace"
+    nm = "--name" if name is not None else "from the file name; set --name"
+    return f" [bare ScalingPolicy: namespace {p.namespace} ({ns}), name {p.name} ({nm})]"
 
 
 @policy.command()
@@ -46,11 +66,23 @@ def _tenancy_label(ctx: click.Context, param: click.Parameter, value: str) -> st
     is_flag=True,
     help="Skip that check (for controllers run without namespace enforcement).",
 )
-def check(files: tuple[Path, ...], tenancy_label: str, no_tenancy: bool) -> None:
-    """Validate ScalingPolicy ConfigMaps in FILES.
+@_BARE_NAMESPACE
+@_BARE_NAME
+def check(
+    files: tuple[Path, ...],
+    tenancy_label: str,
+    no_tenancy: bool,
+    namespace: str | None,
+    name: str | None,
+) -> None:
+    """Validate ScalingPolicies in FILES: ConfigMaps, or bare policy.yaml documents.
 
     Prints one line per valid policy; otherwise every problem as
     `file: namespace/name: field: message` and exits 1.
+
+    A bare ScalingPolicy (kind: ScalingPolicy, no ConfigMap around it) is checked as if its
+    ConfigMap were NAMESPACE/NAME: --namespace (default "default") and --name (default: the
+    file's stem); the line printed says which were assumed.
 
     By default a query that reads another namespace's series (a matcher on the tenancy label
     other than label="<its namespace>") is an error, as it is for the controller.
@@ -61,7 +93,7 @@ def check(files: tuple[Path, ...], tenancy_label: str, no_tenancy: bool) -> None
     failed = False
     for path in files:
         try:
-            entries = read_policy_file(path)
+            entries = read_policy_file(path, namespace=namespace, name=name)
         except PolicyFileError as exc:
             failed = True
             for message in exc.messages:
@@ -80,8 +112,16 @@ def check(files: tuple[Path, ...], tenancy_label: str, no_tenancy: bool) -> None
                     failed = True
                     for err in exc.errors:
                         click.echo(f"{path}: {exc.key}: {err.path}: {err.message}", err=True)
+                    if entry.bare and namespace is None:
+                        click.echo(
+                            f"{path}: {exc.key}: note: a bare ScalingPolicy was checked in "
+                            f"namespace {entry.policy.namespace!r}; give the namespace it will "
+                            "live in with --namespace",
+                            err=True,
+                        )
                     continue
-            click.echo(f"{path}: {entry.policy.key}: ok ({_summary(entry.policy)})")
+            note = _bare_note(entry.policy, namespace, name) if entry.bare else ""
+            click.echo(f"{path}: {entry.policy.key}: ok ({_summary(entry.policy)}){note}")
     if failed:
         raise SystemExit(1)
 
@@ -247,8 +287,35 @@ def _decision_text(p: ScalingPolicy, d: Decision) -> str:
     per_metric = {f"{pr.metric} ({pr.type}): {pr.reason}" for pr in d.proposals}
     lines += ["", "Then:"]
     lines += [f"  {i}. {step}" for i, step in enumerate(_without(d.steps, per_metric), 1)]
-    lines += ["", f"Desired replicas: {d.desired_replicas}"]
+    lines += ["", f"Desired replicas: {d.desired_replicas}", "", *_history_note(p)]
     return "\n".join(lines)
+
+
+def _window_line(direction: str, window: float, which: str, effect: str) -> str:
+    head = f"  - behavior.{direction}.stabilizationWindow {_seconds(window)}"
+    if window == 0:
+        return f"{head}: off, applied at once"
+    return f"{head}: only to the {which} recommendation of the last {_seconds(window)}; {effect}"
+
+
+def _history_note(p: ScalingPolicy) -> list[str]:
+    """What a first decision cannot show: the controller remembers, explain does not."""
+    down = p.behavior.scale_down.stabilization_window
+    up = p.behavior.scale_up.stabilization_window
+    note = [
+        "Not shown: history. This is a first decision; the controller also remembers its "
+        "recent recommendations and scale events:",
+        _window_line("scaleDown", down, "highest", "a lower count here may wait that long"),
+        _window_line("scaleUp", up, "lowest", "a higher count here may wait that long"),
+        "  - behavior.*.policies: rate limits count the scale events of each period; here "
+        "none have happened yet.",
+    ]
+    if p.burst is not None:
+        note.append(
+            f"  - burst: the envelope over {_seconds(p.burst.window)} holds only the sizes "
+            "given here."
+        )
+    return note
 
 
 def _without(steps: tuple[str, ...], shown: set[str]) -> list[str]:

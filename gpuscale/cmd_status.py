@@ -40,9 +40,9 @@ def status(namespace: str | None, output: str, kubeconfig: str | None, context: 
     missing metrics and the last error.
 
     Read from what the controller writes (the gpuscale.io/status annotation, the HPA it owns,
-    Events on the policy ConfigMap). STATE is Active (deciding), Holding (replicas kept: metrics
-    or target unavailable), Invalid (the policy does not parse; an earlier good version may
-    still run) or Pending (no report from the controller yet).
+    Events on the policy ConfigMap). STATE is the annotation's: Pending (no report from the
+    controller yet), Active (deciding), MetricsUnavailable or TargetUnavailable (replicas
+    held), or Invalid (the policy does not parse; an earlier good version may still run).
     """
     import asyncio
 

@@ -128,7 +128,10 @@ def parse_configmap(obj: Mapping[str, Any]) -> ScalingPolicy:
         raise NotAPolicy(f"expected a ConfigMap object, got {_kind_of(obj)}")
     kind = obj.get("kind")
     if kind != "ConfigMap":
-        raise NotAPolicy(f"not a ScalingPolicy: kind is {kind!r}, expected 'ConfigMap'")
+        raise NotAPolicy(
+            f"not a ScalingPolicy: kind is {kind!r}, expected 'ConfigMap' "
+            f"(or a bare {KIND} document, as in a policy.yaml file)"
+        )
     key = configmap_key(obj)
     if not is_policy_configmap(obj):
         raise NotAPolicy(f'{key}: not a ScalingPolicy: missing label {POLICY_LABEL}: "true"')
@@ -263,10 +266,33 @@ class FileEntry:
     policy: ScalingPolicy | None = None
     error: PolicyError | None = None
     not_a_policy: str | None = None
+    bare: bool = False
+    """A ``policy.yaml`` document without its ConfigMap: namespace and name were given or
+    assumed, not read from the file, so a report must say which."""
 
 
-def read_policy_file(path: str | Path) -> list[FileEntry]:
-    """Every document of a YAML file, parsed; file-level problems raise PolicyFileError."""
+DEFAULT_NAMESPACE = "default"
+
+
+def bare_policy_name(path: str | Path) -> str:
+    """The name a bare ``policy.yaml`` gets when none is given: its file's stem."""
+    return Path(path).stem.lower() or "policy"
+
+
+def is_bare_policy(doc: Any) -> bool:
+    """A ScalingPolicy document on its own (``kind: ScalingPolicy``), not inside a ConfigMap."""
+    return isinstance(doc, Mapping) and doc.get("kind") == KIND
+
+
+def read_policy_file(
+    path: str | Path, *, namespace: str | None = None, name: str | None = None
+) -> list[FileEntry]:
+    """Every document of a YAML file, parsed; file-level problems raise PolicyFileError.
+
+    ConfigMaps carry their own namespace and name. Bare ScalingPolicy documents (the
+    ``policy.yaml`` that ``configMapGenerator`` wraps) take ``namespace`` (default
+    ``default``) and ``name`` (default: the file's stem), as ``kubectl apply -n`` would.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -284,6 +310,14 @@ def read_policy_file(path: str | Path) -> list[FileEntry]:
         raise PolicyFileError([f"{path}: no YAML documents in the file"])
     entries: list[FileEntry] = []
     for index, doc in enumerate(_expand_lists(documents)):
+        if is_bare_policy(doc):
+            ns, nm = namespace or DEFAULT_NAMESPACE, name or bare_policy_name(path)
+            try:
+                policy = parse_policy_document(doc, namespace=ns, name=nm)
+                entries.append(FileEntry(index, f"{ns}/{nm}", policy=policy, bare=True))
+            except PolicyError as exc:
+                entries.append(FileEntry(index, exc.key, error=exc, bare=True))
+            continue
         key = configmap_key(doc) if isinstance(doc, Mapping) else None
         try:
             entries.append(FileEntry(index, key, policy=parse_configmap(doc)))
@@ -294,9 +328,11 @@ def read_policy_file(path: str | Path) -> list[FileEntry]:
     return entries
 
 
-def load_policy_file(path: str | Path) -> list[ScalingPolicy]:
+def load_policy_file(
+    path: str | Path, *, namespace: str | None = None, name: str | None = None
+) -> list[ScalingPolicy]:
     """All policies of a file; any invalid or non-policy document raises PolicyFileError."""
-    entries = read_policy_file(path)
+    entries = read_policy_file(path, namespace=namespace, name=name)
     messages = list(entry_messages(path, entries))
     if messages:
         raise PolicyFileError(messages)

@@ -173,12 +173,18 @@ def model_capacity(
     st = s.state
     if st is not None and st.limit is None and s.replicas > 0:
         d = mix.decode_steps
+        budget = metric.limits.max_num_batched_tokens
+        chunks = math.ceil(mix.prompt / max(budget - st.decoding, 1.0)) if mix.prompt > 0 else 1
         why += (
-            f"; rho = {st.rate:.3g} × ({p.beta1 * 1e6:.3g}µs × {mix.prompt:.0f}"
-            f" + {p.beta2 * 1e6:.3g}µs × {d:.0f}) = {st.utilization:.2f};"
-            f" step = {p.beta0 * 1e3:.3g}ms / (1 − {st.utilization:.2f})"
-            f" = {st.step * 1e3:.1f}ms = TPOT; TTFT ≈ step / (2(1 − {st.budget_use:.2f}))"
-            f" + chunks × step + {p.beta1 * 1e6:.3g}µs × {mix.prompt:.0f} = {st.ttft * 1e3:.0f}ms"
+            f"; rho (share of each step spent on the load) = {st.rate:.3g} req/s per replica"
+            f" × ({p.beta1 * 1e6:.3g}µs × {mix.prompt:.0f} prompt"
+            f" + {p.beta2 * 1e6:.3g}µs × {d:.0f} decode steps) = {st.utilization:.2f};"
+            f" step = beta0 / (1 − rho) = {p.beta0 * 1e3:.3g}ms / (1 − {st.utilization:.2f})"
+            f" = {st.step * 1e3:.1f}ms = TPOT;"
+            f" u (share of maxNumBatchedTokens {budget} in use per step) = {st.budget_use:.2f};"
+            f" TTFT ≈ wait for the step in progress, step / (2(1 − u))"
+            f" + {chunks} prompt chunk{'s' if chunks != 1 else ''} × step"
+            f" + prefill {p.beta1 * 1e6:.3g}µs × {mix.prompt:.0f} = {st.ttft * 1e3:.0f}ms"
         )
     if s.saturated:
         why += f": saturated → max {s.replicas}"

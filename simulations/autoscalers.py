@@ -92,7 +92,9 @@ def metric_value(store: MetricStore, metric: Metric, now: float) -> float | None
     (vLLM V1 names). Others fall back on the metric type: ``queueDepth`` is the waiting
     requests, ``latency`` the e2e latency quantile of the query's ``histogram_quantile(q, …)``
     over its ``[window]``, ``arrivalRate`` the pods' success counter when the query names one
-    (``…success…``), else the gateway's request counter.
+    (``…success…``) and nothing more, else the gateway's request counter: completions plus the
+    growth of the engines' queues (``deriv(…num_requests_waiting…)``, the arrivals query of
+    ``deploy/examples/llama-chat.yaml``) is an estimate of arrivals, which the gateway counts.
     """
     understood, value = query_value(store, metric.query, now)
     if understood:
@@ -104,7 +106,7 @@ def metric_value(store: MetricStore, metric: Metric, now: float) -> float | None
     window = query_window(metric.query)
     if isinstance(metric, LatencyMetric):
         return store.quantile(now, query_quantile(metric.query), window)
-    if "success" in metric.query:
+    if "success" in metric.query and "deriv" not in metric.query:
         return store.rate_sum(now, "completed", window)
     return store.gateway_rate(now, window)
 

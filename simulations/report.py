@@ -39,7 +39,9 @@ AGGREGATED = (
     "pending_pod_seconds",
     "pending_max",
     "recovery_mean_s",
+    "bursts_unrecovered",
     "dropped",
+    "unfinished",
     "preemptions",
     "kv_cache_usage_mean",
     "kv_cache_usage_max",
@@ -78,7 +80,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _by_label(comparison: Comparison) -> dict[str, list[RunResult]]:
+def by_label(comparison: Comparison) -> dict[str, list[RunResult]]:
     out: dict[str, list[RunResult]] = {}
     for r in comparison.results:
         out.setdefault(r.label, []).append(r)
@@ -106,7 +108,7 @@ def report_dict(comparison: Comparison) -> dict[str, Any]:
     sc = comparison.scenario
     policies = []
     contenders = {c.label: c for c in sc.contenders}
-    for label, runs in _by_label(comparison).items():
+    for label, runs in by_label(comparison).items():
         c = contenders[label]
         entry: dict[str, Any] = {"name": label, "kind": runs[0].kind}
         file = getattr(c, "file", None)
@@ -154,71 +156,6 @@ def write_timeline(comparison: Comparison, path: Path) -> None:
                 )
 
 
-def write_plots(comparison: Comparison, out: Path) -> list[Path]:
-    """``timeline.png`` (load, replicas, p95 latency per policy; first seed) and
-    ``tradeoff.png`` (SLO attainment vs GPU-hours, one point per policy, bars = spread)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = comparison.seeds[0]
-    runs = [r for r in comparison.results if r.seed == first]
-    slo = comparison.scenario.service.slo
-    panels = [("ttft_p95", "p95 TTFT (s)", slo.ttft), ("tpot_p95", "p95 TPOT (s)", slo.tpot)]
-    if slo.e2e is not None or comparison.scenario.service.engine != "vllm":
-        panels.append(("latency_p95", "p95 e2e latency (s)", slo.e2e))
-    fig, axes = plt.subplots(3 + len(panels), 1, figsize=(11, 3 + 2.2 * len(panels)), sharex=True)
-    minutes = np.asarray(runs[0].timeline["time"]) / 60.0
-    axes[0].plot(minutes, runs[0].timeline["arrivals_per_s"], color="0.3", lw=0.8)
-    axes[0].set_ylabel("arrivals / s")
-    axes[0].set_title(f"{comparison.scenario.name} (seed {first}): {slo.describe()}")
-    for r in runs:
-        t = np.asarray(r.timeline["time"]) / 60.0
-        axes[1].step(t, r.timeline["ready"], where="post", lw=1.0, label=r.label)
-        axes[2].plot(t, r.timeline["kv_cache_usage"], lw=0.8, label=r.label)
-        for ax, (key, _, _) in zip(axes[3:], panels, strict=True):
-            ax.plot(t, np.asarray(r.timeline[key], dtype=float), lw=0.8, label=r.label)
-    axes[1].set_ylabel("ready replicas")
-    axes[1].legend(loc="upper left", fontsize=8, ncol=3)
-    axes[2].set_ylabel("KV cache use")
-    axes[2].set_ylim(0, 1.05)
-    for ax, (_, label, bound) in zip(axes[3:], panels, strict=True):
-        if bound is not None:
-            ax.axhline(bound, color="red", ls="--", lw=0.8, label="SLO")
-        ax.set_yscale("log")
-        ax.set_ylabel(label)
-    axes[-1].set_xlabel("minutes")
-    fig.tight_layout()
-    timeline_png = out / "timeline.png"
-    fig.savefig(timeline_png, dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for label, group in _by_label(comparison).items():
-        agg = aggregate(group)
-        x, y = agg["mean"]["gpu_hours"], agg["mean"]["slo_attainment"]
-        ax.errorbar(
-            x,
-            y,
-            xerr=agg["spread"]["gpu_hours"],
-            yerr=agg["spread"]["slo_attainment"],
-            fmt="o",
-            capsize=3,
-        )
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
-    ax.set_xlabel("GPU-hours")
-    ax.set_ylabel(f"SLO attainment ({slo.describe().split(' for ')[0]})")
-    ax.axhline(slo.attainment, color="red", ls="--", lw=0.8)
-    ax.set_title("SLO attainment vs. cost")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tradeoff_png = out / "tradeoff.png"
-    fig.savefig(tradeoff_png, dpi=110)
-    plt.close(fig)
-    return [timeline_png, tradeoff_png]
-
-
 def _fmt(mean: float, spread: float, n: int, spec: str, scale: float = 1.0) -> str:
     if not math.isfinite(mean):
         return "-"
@@ -241,11 +178,12 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         "max",
         "scale ev.",
         "pending pod-s",
-        "recovery s",
+        "dropped/unfinished",
+        "burst recovery s",
     ]
     n = len(comparison.seeds)
     rows = []
-    for label, group in _by_label(comparison).items():
+    for label, group in by_label(comparison).items():
         a = aggregate(group)
         m, s = a["mean"], a["spread"]
         rows.append(
@@ -265,10 +203,53 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
                 _fmt(m["replicas_max"], s["replicas_max"], n, ".0f"),
                 _fmt(m["scale_events"], s["scale_events"], n, ".0f"),
                 _fmt(m["pending_pod_seconds"], s["pending_pod_seconds"], n, ".0f"),
-                _fmt(m["recovery_mean_s"], s["recovery_mean_s"], n, ".0f"),
+                _fmt(m["dropped"], s["dropped"], n, ".0f")
+                + " / "
+                + _fmt(m["unfinished"], s["unfinished"], n, ".0f"),
+                _recovery(group, _fmt(m["recovery_mean_s"], s["recovery_mean_s"], n, ".0f")),
             ]
         )
     return header, rows
+
+
+def _recovery(group: Sequence[RunResult], mean: str) -> str:
+    """The mean recovery of the bursts that recovered, and how many never did: a mean over
+    the recovered ones alone would make a policy that never recovers from the worst burst
+    look fast."""
+    total = sum(len(r.summary["bursts"]) for r in group)
+    never = sum(int(r.summary["bursts_unrecovered"]) for r in group)
+    if total == 0:
+        return "-"
+    if never == total:
+        return f"never ({never}/{total})"
+    return f"{mean} ({never}/{total} never)" if never else mean
+
+
+def failures(comparison: Comparison) -> list[str]:
+    """One line per policy that left requests unfinished or bursts unrecovered, for under the
+    table: these are what a summary of means hides."""
+    lines = []
+    for label, group in by_label(comparison).items():
+        unfinished = sum(int(r.summary["unfinished"]) for r in group)
+        dropped = sum(int(r.summary["dropped"]) for r in group)
+        never = sum(int(r.summary["bursts_unrecovered"]) for r in group)
+        total = sum(len(r.summary["bursts"]) for r in group)
+        parts = []
+        if unfinished:
+            parts.append(f"{unfinished:,} requests still unfinished when the run ended")
+        if dropped:
+            parts.append(f"{dropped:,} dropped")
+        if never:
+            parts.append(f"{never} of {total} bursts never recovered")
+        if parts:
+            seeds = f" over {len(group)} seeds" if len(group) > 1 else ""
+            lines.append(f"{label}: " + ", ".join(parts) + seeds)
+    if lines:
+        lines.append(
+            "(an unfinished request counts as an SLO miss once it has waited past the TTFT or"
+            " e2e bound; one still within it is not counted)"
+        )
+    return lines
 
 
 def plain_table(comparison: Comparison) -> str:
@@ -287,6 +268,9 @@ def plain_table(comparison: Comparison) -> str:
                 for i, (c, w) in enumerate(zip(r, widths, strict=True))
             )
         )
+    problems = failures(comparison)
+    if problems:
+        lines += ["", "Failures:", *(f"  {p}" for p in problems)]
     return "\n".join(lines)
 
 
@@ -296,5 +280,7 @@ def write_all(comparison: Comparison, out: Path, *, plots: bool = True) -> list[
     write_json(comparison, written[0])
     write_timeline(comparison, written[1])
     if plots:
+        from simulations.plots import write_plots
+
         written += write_plots(comparison, out)
     return written

@@ -163,7 +163,7 @@ async def test_a_quiet_tenant_is_not_scaled_by_a_bursting_one() -> None:
     runtime = h.controller.runtime
     assert set(runtime) == {quiet.key, busy.key}
     assert runtime[quiet.key].last_desired == 1 and runtime[busy.key].last_desired == 18
-    assert h.controller.policy_states()["active"] == 2
+    assert h.controller.policy_states()["Active"] == 2
     h.delete(busy.key)
     assert set(runtime) == {quiet.key}
 

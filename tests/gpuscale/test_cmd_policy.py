@@ -248,3 +248,65 @@ def test_check_refuses_a_bad_tenancy_label(label: str, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "--tenancy-label" in err
     assert "Traceback" not in err
+
+
+def _bare(tmp_path: Path, name: str = "policy.yaml") -> Path:
+    """The policy.yaml of the LLM example, without its ConfigMap."""
+    path = tmp_path / name
+    path.write_text(yaml.safe_load(LLM.read_text())["data"]["policy.yaml"])
+    return path
+
+
+def test_check_takes_a_bare_policy_with_namespace_and_name_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _bare(tmp_path)
+    args = ["policy", "check", "-n", "inference", "--name", "llama-chat", str(path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: inference/llama-chat: ok (Deployment/llama-chat")
+    note = "[bare ScalingPolicy: namespace inference (--namespace), name llama-chat (--name)]"
+    assert note in out
+
+
+def test_check_says_what_it_assumed_for_a_bare_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example's queries name namespace="inference": checked in "default" they are refused,
+    and the message says the namespace was assumed and which flag sets it."""
+    path = _bare(tmp_path, "chat.yaml")
+    assert main(["policy", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: default/chat: metrics[0].query: namespace enforcement" in err
+    assert "checked in namespace 'default'; give the namespace it will live in with" in err
+    assert main(["policy", "check", "--no-tenancy", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "default/chat: ok" in out
+    assert "namespace default (assumed; set --namespace), name chat (from the file name" in out
+
+
+def test_a_bare_policy_reports_errors_under_the_name_it_was_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("apiVersion: gpuscale.io/v1alpha1\nkind: ScalingPolicy\nreplicas: {min: 1}\n")
+    assert main(["policy", "check", "-n", "team-a", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert f"{path}: team-a/policy: target: required field is missing" in err
+
+
+def test_explain_takes_a_bare_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _bare(tmp_path)
+    args = ["policy", "explain", str(path), "-m", "queue=37", "--current", "4"]
+    assert main(args) == 0
+    assert "Policy default/policy scales Deployment/llama-chat" in capsys.readouterr().out
+
+
+def test_explain_says_what_a_first_decision_leaves_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """A scale-down that the controller would hold for the stabilization window is flagged."""
+    args = ["policy", "explain", str(LLM), "-m", "queue=3", "-m", "latency=0.2", "-m", "load=2"]
+    assert main([*args, "--current", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "Desired replicas: 1" in out
+    assert "behavior.scaleDown.stabilizationWindow 5m: only to the highest recommendation" in out
+    assert "behavior.scaleUp.stabilizationWindow 0s: off" in out

@@ -63,10 +63,10 @@ def test_an_active_policy_with_the_hpa_count() -> None:
 
 
 @pytest.mark.parametrize("state", ["MetricsUnavailable", "TargetUnavailable"])
-def test_unavailable_inputs_show_as_holding_with_the_reason(state: Any) -> None:
+def test_unavailable_inputs_show_their_state_with_the_reason(state: Any) -> None:
     status = PolicyStatus(state, "queue: no series", 4, 4, metrics_missing=("queue",))
     row = policy_row(configmap(status=status), None, [])
-    assert (row.state, row.detail, row.missing) == ("Holding", state, ("queue",))
+    assert (row.state, row.detail, row.missing) == (state, state, ("queue",))
     assert row.last_error == "queue: no series" and row.hpa is None
 
 
@@ -132,7 +132,7 @@ async def _gpuscale(*args: str) -> tuple[int, str, str]:
 async def test_status_of_a_running_controller(
     kube: KubeStandIn, inference_server: InferenceServer, prometheus: PrometheusServer
 ) -> None:
-    """Real controller, real Prometheus, the stand-in: Active, Holding and Invalid policies."""
+    """Real controller, real Prometheus, the stand-in: Active, MetricsUnavailable and Invalid."""
     queue = 'sum(vllm:num_requests_waiting{model_name="llama"})'
     active = make_policy("llama", NS, metrics=(QueueDepthMetric("queue", queue, 4.0),))
     absent = 'sum(vllm:num_requests_waiting{model_name="nobody"})'
@@ -181,7 +181,7 @@ async def test_status_of_a_running_controller(
         )
         assert llama["winningMetric"] == "queue" and llama["hpa"] == "gpuscale-llama"
         ghost = rows["inference/ghost"]
-        assert (ghost["state"], ghost["missingMetrics"]) == ("Holding", ["queue"])
+        assert (ghost["state"], ghost["missingMetrics"]) == ("MetricsUnavailable", ["queue"])
         assert ghost["lastError"]
         bad = rows["other/broken"]
         assert bad["state"] == "Invalid" and "required field is missing" in bad["lastError"]
@@ -191,7 +191,7 @@ async def test_status_of_a_running_controller(
         header, *lines = out.splitlines()
         assert header.split()[:4] == ["POLICY", "TARGET", "STATE", "DESIRED"]
         assert [line.split()[:5] for line in lines] == [
-            ["inference/ghost", "Deployment/ghost", "Holding", "1", "1"],
+            ["inference/ghost", "Deployment/ghost", "MetricsUnavailable", "1", "1"],
             ["inference/llama", "Deployment/llama", "Active", "3", "3"],
         ]
         code, out, _ = await _gpuscale("status", "--kubeconfig", kubeconfig, "-o", "wide")

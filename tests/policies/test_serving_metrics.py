@@ -80,7 +80,12 @@ def test_model_capacity_sizes_from_the_observed_token_mix() -> None:
     expect = replicas_for_slo(m.profile, m.limits, 40.0, TokenMix(2000, 200), 0.5, 0.05, 40)
     [capacity, kv] = decision.proposals
     assert capacity.replicas == expect.replicas == decision.desired_replicas
-    assert "rho = 20 × (17.2µs × 2000 + 6µs × 199) = 0.71" in capacity.reason
+    assert "= 20 req/s per replica × (17.2µs × 2000 prompt + 6µs × 199 decode steps) = 0.71" in (
+        capacity.reason
+    )
+    # Every number of the TTFT line is named: u is the token budget's use, not a constant.
+    assert "u (share of maxNumBatchedTokens 2048 in use per step) = " in capacity.reason
+    assert "TTFT ≈ wait for the step in progress, step / (2(1 − u)) + " in capacity.reason
     assert kv.replicas == 2  # ceil(3 × 0.3 / 0.8)
 
 
