@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from extender.body import BodyReader, BodyRefused, RequestLimits
 from extender.decode import BadRequest, node_from_json, pod_from_json
 from extender.filtering import FAILURE_KINDS, choose_devices, prioritize, strategy_for
 from extender.fit import NodeGpus
@@ -35,8 +36,12 @@ from extender.state import ClusterState
 
 log = logging.getLogger("gpuscale.extender")
 
-MAX_BODY_BYTES: Final = 64 * 2**20
 CONTENT_TYPE: Final = "application/json"
+READ_CHUNK: Final = 256 * 1024
+VERBS: Final = ("filter", "prioritize", "bind")
+
+decode_json: Callable[[bytes], Any] = orjson.loads
+"""The JSON decoder of request bodies (a seam for tests that assert it was not reached)."""
 
 
 class BindError(Exception):
@@ -64,8 +69,8 @@ class ExtenderSettings:
     reservation_ttl: float = 300.0
     """Seconds a reservation holds memory for a pod not yet visible in measurements/pod list."""
     weights: ScoreWeights = field(default_factory=ScoreWeights)
-    max_body_bytes: int = MAX_BODY_BYTES
-    """Larger request bodies are refused with 400."""
+    limits: RequestLimits = field(default_factory=RequestLimits.cache_mode)
+    """Body limits per verb (bytes and estimated decoded size); larger bodies get 400."""
     recent_pods: int = 4096
     """Pods seen in filter/prioritize requests remembered for a later bind."""
 
@@ -398,17 +403,25 @@ class Extender:
         return {"Error": error}
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise BadRequest(f"request body of {request.content_length} bytes exceeds {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(1 << 20):
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _read_body(request: web.Request, limits: RequestLimits, verb: str) -> bytes:
+    """The body, inflated and checked chunk by chunk (:class:`~extender.body.BodyReader`):
+    refused before it is decoded, and before the rest is read, once it breaks the verb's limit."""
+    limit = limits.of(verb)
+    reader = BodyReader(limit, request.headers.get(hdrs.CONTENT_ENCODING))
+    if (
+        request.content_length is not None
+        and reader.coding in ("", "identity")
+        and request.content_length > limit.max_bytes
+    ):
+        raise BodyRefused(
+            f"request body of {request.content_length} bytes exceeds {limit.max_bytes}"
+        )
+    try:
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            reader.feed(chunk)
+    except web.RequestPayloadError as exc:  # a broken chunked framing or a cut-off body
+        raise BodyRefused(f"request body could not be read: {exc}") from None
+    return reader.finish()
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -423,13 +436,13 @@ def make_app(
     ready: Callable[[], bool] = lambda: True,
 ) -> web.Application:
     """The aiohttp application. ``ready`` gates ``/readyz`` (caches synced, not draining)."""
-    limit = extender.settings.max_body_bytes
+    limits = extender.settings.limits
 
     async def handle(request: web.Request, verb: str) -> web.Response:
         start = time.perf_counter()
         status = 200
         try:
-            args = orjson.loads(await _read_body(request, limit))
+            args = decode_json(await _read_body(request, limits, verb))
             reply: object
             if verb == "filter":
                 reply = extender.filter(args, clock())
@@ -473,7 +486,12 @@ def make_app(
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
-    app = web.Application(client_max_size=limit + 1)
+    # Bodies are inflated by _read_body, under the verb's limits and with a 400 for every
+    # coding error; aiohttp's own inflating answers some of those with 500 or plain text.
+    app = web.Application(
+        client_max_size=max(limits.of(v).max_bytes for v in VERBS) + 1,
+        handler_args={"auto_decompress": False},
+    )
     app.router.add_post("/filter", filter_)
     app.router.add_post("/prioritize", prioritize_)
     app.router.add_post("/bind", bind_)

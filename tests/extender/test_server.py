@@ -4,77 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extender.decode import BadRequest, node_from_json, pod_from_json
-from extender.server import BindError, Extender, ExtenderSettings, Metrics, make_app
-from extender.state import ClusterState
+from extender.decode import BadRequest, pod_from_json
+from extender.server import Extender, ExtenderSettings
+from tests.extender.support import NOW, READY, make_state
 from tests.extender.test_filtering import node_json, pod_json
-
-READY = web.AppKey("ready", dict[str, bool])
-NOW = datetime(2027, 1, 15, 8, 0, 10, tzinfo=UTC).timestamp()
-
-
-class FakeBinder:
-    """Records binds; each bind waits for ``gate`` so that binds overlap."""
-
-    def __init__(self) -> None:
-        self.bound: list[tuple[str, str, tuple[int, ...]]] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.fail: set[str] = set()
-        self.pods: dict[str, Mapping[str, Any]] = {}
-        self.entered = 0
-        self.wait_for = 1
-        self.entered_enough = asyncio.Event()
-
-    async def bind(
-        self, *, namespace: str, name: str, uid: str, node: str, gpu_indices: tuple[int, ...]
-    ) -> None:
-        self.entered += 1
-        if self.entered >= self.wait_for:
-            self.entered_enough.set()
-        await self.gate.wait()
-        if name in self.fail:
-            raise BindError("conflict")
-        self.bound.append((f"{namespace}/{name}", node, gpu_indices))
-
-    async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        return self.pods.get(f"{namespace}/{name}")
-
-
-def make_state() -> ClusterState:
-    state = ClusterState()
-    for raw in (
-        node_json("tight", [60000, 81000]),
-        node_json("roomy", [0, 0]),
-        node_json("full", [80000, 80000]),
-        node_json("tainted", [0, 0], taints=[{"key": "gpu", "value": "x", "effect": "NoExecute"}]),
-    ):
-        state.upsert_node(node_from_json(raw))
-    return state
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[tuple[TestClient[Any, Any], Extender, FakeBinder]]:
-    state = make_state()
-    metrics = Metrics(state, lambda: NOW)
-    binder = FakeBinder()
-    ext = Extender(state, ExtenderSettings(max_body_bytes=1 << 20), binder=binder, metrics=metrics)
-    ready = {"ok": False}
-    app = make_app(ext, metrics=metrics, clock=lambda: NOW, ready=lambda: ready["ok"])
-    app[READY] = ready
-    async with TestClient(TestServer(app)) as client:
-        yield client, ext, binder
 
 
 def named(pod: dict[str, Any], name: str) -> dict[str, Any]:
