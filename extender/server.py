@@ -27,10 +27,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extender.body import BodyReader, BodyRefused, RequestLimits
-from extender.decode import BadRequest, node_from_json, pod_from_json
+from extender.decode import BadRequest, pod_from_json
 from extender.filtering import FAILURE_KINDS, choose_devices, prioritize, strategy_for
 from extender.fit import NodeGpus
-from extender.model import NodeInfo, PodRequest
+from extender.model import PodRequest
 from extender.scoring import ScoreWeights, get_strategy
 from extender.state import ClusterState
 
@@ -71,8 +71,9 @@ class ExtenderSettings:
     weights: ScoreWeights = field(default_factory=ScoreWeights)
     limits: RequestLimits = field(default_factory=RequestLimits.cache_mode)
     """Body limits per verb (bytes and estimated decoded size); larger bodies get 400."""
-    recent_pods: int = 4096
-    """Pods seen in filter/prioritize requests remembered for a later bind."""
+    pod_cache_bytes: int = 4 * 2**20
+    """Encoded size of the request pods whose decoding is remembered (the same pod comes to
+    filter, then prioritize, and on every retry); one pod over 1/64 of it is never kept."""
 
     def __post_init__(self) -> None:
         get_strategy(self.scoring)
@@ -153,56 +154,50 @@ def _lower_keys(args: object) -> dict[str, Any]:
     return {k.lower(): v for k, v in args.items()}
 
 
-class _NodeDecoder:
-    """Decodes request nodes, reusing the previous result while ``resourceVersion`` is unchanged
-    (kube-scheduler sends every node in every full-mode request)."""
-
-    def __init__(self) -> None:
-        self.cache: dict[str, tuple[str, NodeInfo]] = {}
-
-    def __call__(self, raw: object, path: str) -> NodeInfo:
-        if isinstance(raw, dict):
-            meta = raw.get("metadata")
-            if isinstance(meta, dict):
-                name, rv = meta.get("name"), meta.get("resourceVersion")
-                if isinstance(name, str) and isinstance(rv, str) and rv:
-                    hit = self.cache.get(name)
-                    if hit is not None and hit[0] == rv:
-                        return hit[1]
-                    info = node_from_json(raw, path)
-                    self.cache[name] = (rv, info)
-                    return info
-        return node_from_json(raw, path)
-
-
 class _PodDecoder:
-    """Decodes request pods, reusing the previous result for the same ``uid`` and
-    ``resourceVersion``: kube-scheduler sends the same pod object to filter and then to
-    prioritize, and again on every retry until the pod changes (which changes its
-    ``resourceVersion``). Pods without both are decoded every time."""
+    """Decodes request pods, remembering the result by the pod's whole content: kube-scheduler
+    sends the same pod object to filter and then to prioritize, and again on every retry.
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.cache: OrderedDict[tuple[str, str], PodRequest] = OrderedDict()
+    Keyed by content, not by ``uid`` + ``resourceVersion``: a request naming a real pod's uid and
+    version with other content must not decide what that pod needs in later requests (decoding
+    is a pure function, so this cache only ever saves work). Pods whose encoding is over
+    ``max_pod_bytes`` are decoded every time; the keys kept add up to ``max_bytes`` at most."""
+
+    def __init__(self, max_bytes: int, max_pod_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_pod_bytes = max_pod_bytes
+        self.cache: OrderedDict[bytes, PodRequest] = OrderedDict()
+        self.size = 0
 
     def __call__(self, raw: object, path: str) -> PodRequest:
-        key: tuple[str, str] | None = None
-        if isinstance(raw, dict):
-            meta = raw.get("metadata")
-            if isinstance(meta, dict):
-                uid, rv = meta.get("uid"), meta.get("resourceVersion")
-                if isinstance(uid, str) and uid and isinstance(rv, str) and rv:
-                    key = (uid, rv)
-                    hit = self.cache.get(key)
-                    if hit is not None:
-                        self.cache.move_to_end(key)
-                        return hit
+        try:
+            key = orjson.dumps(raw)
+        except TypeError:  # not JSON data at all (only direct callers can pass such)
+            return pod_from_json(raw, path)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cache.move_to_end(key)
+            return hit
         pod = pod_from_json(raw, path)
-        if key is not None:
+        if len(key) <= self.max_pod_bytes:
             self.cache[key] = pod
-            while len(self.cache) > self.size:
-                self.cache.popitem(last=False)
+            self.size += len(key)
+            while self.size > self.max_bytes:
+                old, _ = self.cache.popitem(last=False)
+                self.size -= len(old)
         return pod
+
+
+def _node_names(items: list[Any]) -> list[str]:
+    """``metadata.name`` of each node object of a full-mode request (nothing else is read)."""
+    names: list[str] = []
+    for i, raw in enumerate(items):
+        meta = raw.get("metadata") if isinstance(raw, dict) else None
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"Nodes.items[{i}].metadata.name: expected a node name")
+        names.append(name)
+    return names
 
 
 class Extender:
@@ -221,19 +216,16 @@ class Extender:
         self.binder = binder
         self.metrics = metrics
         self.lock = asyncio.Lock()
-        self._recent: OrderedDict[str, PodRequest] = OrderedDict()
-        self._decode_node = _NodeDecoder()
-        self._decode_pod = _PodDecoder(self.settings.recent_pods)
-
-    def _remember(self, pod: PodRequest) -> None:
-        self._recent[pod.key] = pod
-        self._recent.move_to_end(pod.key)
-        while len(self._recent) > self.settings.recent_pods:
-            self._recent.popitem(last=False)
+        self._decode_pod = _PodDecoder(
+            self.settings.pod_cache_bytes, self.settings.pod_cache_bytes // 64
+        )
 
     def _names(self, a: Mapping[str, Any]) -> tuple[list[str], list[Any] | None]:
-        """Node names of the request; in full mode the node objects (``items``) too, after
-        putting them into the state (unchanged ones are recognised and cost nothing)."""
+        """Node names of the request; in full mode the node objects (``items``) too.
+
+        Only the names of full-mode node objects are read: what a node has is what the watch
+        says (the same source as the pods on it), so request data never becomes cluster state
+        and a node the watch does not know fails as not found (see extender/README.md)."""
         names_raw = a.get("nodenames")
         if names_raw is not None:
             if not isinstance(names_raw, list):
@@ -253,33 +245,13 @@ class Extender:
             items = []
         if not isinstance(items, list):
             raise BadRequest("Nodes.items: expected a list")
-        names: list[str] = []
-        cached = self._decode_node.cache
-        in_state = self.state.nodes
-        for i, raw in enumerate(items):
-            try:  # the common case: a node unchanged since the last request
-                meta = raw["metadata"]
-                name = meta["name"]
-                hit = cached[name]
-                if hit[0] == meta["resourceVersion"] and in_state.get(name) is hit[1]:
-                    names.append(name)
-                    continue
-            except (KeyError, TypeError):
-                pass
-            info = self._decode_node(raw, f"Nodes.items[{i}]")
-            known = in_state.get(info.name)
-            if known is not info and known != info:
-                self.state.upsert_node(info)
-            names.append(info.name)
-        return names, items
+        return _node_names(items), items
 
     def _pod(self, a: Mapping[str, Any]) -> PodRequest:
         raw = a.get("pod")
         if raw is None:
             raise BadRequest("request has no Pod")
-        pod = self._decode_pod(raw, "Pod")
-        self._remember(pod)
-        return pod
+        return self._decode_pod(raw, "Pod")
 
     def filter(self, args: object, now: float) -> dict[str, Any]:
         """``ExtenderArgs`` → ``ExtenderFilterResult``."""
@@ -357,7 +329,7 @@ class Extender:
         key = f"{ns}/{name}"
         if self.binder is None:
             return self._bind_result("api_error", key, node, "bind is not configured: no client")
-        pod = self.state.pods.get(key) or self._recent.get(key)
+        pod = self.state.pods.get(key)  # the watch's pod; a filter request's copy is not trusted
         if pod is None:
             raw = await self.binder.get_pod(ns, name)
             if raw is None:

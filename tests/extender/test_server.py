@@ -192,6 +192,7 @@ async def test_bind_reserves_and_concurrent_binds_never_double_book(env: Any) ->
     binder.gate.clear()
     pod = pod_json(30000)
     for i in range(8):
+        binder.pods[f"ns/p{i}"] = named(pod, f"p{i}")  # in the API, not yet in the watch
         resp = await client.post(
             "/filter", data=orjson.dumps({"Pod": named(pod, f"p{i}"), "NodeNames": ["roomy"]})
         )
@@ -230,6 +231,7 @@ async def test_reservation_released_when_pod_shows_up_or_bind_fails(env: Any) ->
     client, ext, binder = env
     binder.fail.add("bad")
     pod = named(pod_json(30000), "bad")
+    ext.state.upsert_pod(pod_from_json(pod))  # pending, as the watch shows it
     await client.post("/filter", data=orjson.dumps({"Pod": pod, "NodeNames": ["roomy"]}))
     resp = await client.post(
         "/bind",
@@ -299,9 +301,9 @@ async def test_ops_endpoints(env: Any) -> None:
         assert line in text, line
 
 
-async def test_pods_are_decoded_once_per_uid_and_resource_version(env: Any) -> None:
-    """filter then prioritize of the same pod version decode it once; a new resourceVersion
-    (the pod changed) is decoded again, and pods without one every time."""
+async def test_pods_are_decoded_once_per_content(env: Any) -> None:
+    """filter then prioritize of the same pod decode it once; a pod that reuses its uid and
+    resourceVersion with other content is decoded anew (it cannot borrow the real pod's need)."""
     client, ext, _ = env
     pod = named(pod_json(20000), "p")
     pod["metadata"]["resourceVersion"] = "7"
@@ -309,17 +311,27 @@ async def test_pods_are_decoded_once_per_uid_and_resource_version(env: Any) -> N
     for verb in ("filter", "prioritize"):
         resp = await client.post(f"/{verb}", data=orjson.dumps({"Pod": pod, "NodeNames": names}))
         assert resp.status == 200
-    assert list(ext._decode_pod.cache) == [("uid-p", "7")]
-    first = ext._decode_pod.cache[("uid-p", "7")]
-    bigger = orjson.loads(orjson.dumps(pod_json(70000)))
-    bigger["metadata"].update(name="p", uid="uid-p", resourceVersion="8")
-    resp = await client.post("/filter", data=orjson.dumps({"Pod": bigger, "NodeNames": names}))
-    body = orjson.loads(await resp.read())
-    assert body["NodeNames"] == ["roomy"]  # the new version's need, not the cached one
-    assert ext._decode_pod.cache[("uid-p", "8")].gpu != first.gpu
+    assert list(ext._decode_pod.cache) == [orjson.dumps(pod)]
+    forged = orjson.loads(orjson.dumps(pod_json(70000)))
+    forged["metadata"].update(name="p", uid="uid-p", resourceVersion="7")
+    resp = await client.post("/filter", data=orjson.dumps({"Pod": forged, "NodeNames": names}))
+    assert orjson.loads(await resp.read())["NodeNames"] == ["roomy"]  # its own need
+    resp = await client.post("/filter", data=orjson.dumps({"Pod": pod, "NodeNames": names}))
+    assert orjson.loads(await resp.read())["NodeNames"] == ["tight", "roomy"]
     bad = named(pod_json(20000), "q")
-    bad["metadata"]["resourceVersion"] = "1"
     bad["spec"]["tolerations"] = "nope"
     resp = await client.post("/filter", data=orjson.dumps({"Pod": bad, "NodeNames": names}))
     assert resp.status == 400  # a bad pod is never cached
-    assert ("uid-q", "1") not in ext._decode_pod.cache
+    assert orjson.dumps(bad) not in ext._decode_pod.cache
+
+
+def test_the_pod_cache_is_bounded_in_bytes() -> None:
+    ext = Extender(make_state(), ExtenderSettings(pod_cache_bytes=64 * 1024))
+    for i in range(200):
+        ext.filter({"Pod": named(pod_json(20000 + i), f"p{i}"), "NodeNames": ["roomy"]}, NOW)
+    assert 0 < ext._decode_pod.size <= 64 * 1024
+    assert ext._decode_pod.size == sum(len(k) for k in ext._decode_pod.cache)
+    huge = named(pod_json(20000), "huge")
+    huge["metadata"]["annotations"]["x"] = "y" * 2048  # over 1/64 of the budget: not kept
+    ext.filter({"Pod": huge, "NodeNames": ["roomy"]}, NOW)
+    assert orjson.dumps(huge) not in ext._decode_pod.cache
