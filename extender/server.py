@@ -16,20 +16,18 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
+from extender import cluster_metrics
 from extender.body import BodyReader, BodyRefused, RequestLimits
 from extender.decode import BadRequest, pod_from_json
 from extender.filtering import FAILURE_KINDS, choose_devices, prioritize, strategy_for
-from extender.fit import NodeGpus
 from extender.model import PodRequest
 from extender.scoring import ScoreWeights, get_strategy
 from extender.state import ClusterState
@@ -84,7 +82,10 @@ class ExtenderSettings:
 class Metrics:
     """The extender's Prometheus metrics, in a registry of their own."""
 
-    def __init__(self, state: ClusterState, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, state: ClusterState, clock: Callable[[], float], *, per_device: bool = False
+    ) -> None:
+        """``per_device`` adds one free-memory series per GPU (off: summed per GPU model)."""
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "gpuscale_extender_requests",
@@ -113,39 +114,15 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(state, clock))
-
-
-class _StateCollector(Collector):
-    """Gauges computed from the cluster state at scrape time."""
-
-    def __init__(self, state: ClusterState, clock: Callable[[], float]) -> None:
         self.state = state
         self.clock = clock
+        self.per_device = per_device
 
-    def collect(self) -> Iterator[Metric]:
-        now = self.clock()
-        free = GaugeMetricFamily(
-            "gpuscale_extender_gpu_free_mib",
-            "GPU memory free for new pods (after use, running pods and reservations), MiB.",
-            labels=["node", "gpu"],
-        )
-        for name in sorted(self.state.nodes):
-            g = self.state.gpus(name, now)
-            if isinstance(g, NodeGpus):
-                for d in g.devices:
-                    free.add_metric([name, str(d.index)], d.free_mib)
-        yield free
-        yield GaugeMetricFamily(
-            "gpuscale_extender_reservations",
-            "Reservations holding GPU memory for pods not yet visible.",
-            value=len(self.state.reservations),
-        )
-        yield GaugeMetricFamily(
-            "gpuscale_extender_pending_gpu_pods",
-            "Pods asking for GPUs that are not bound to a node yet (nodeCacheCapable mode).",
-            value=self.state.pending_gpu_pods(),
-        )
+    async def exposition(self) -> bytes:
+        """The whole ``/metrics`` page: the counters, then the cluster state gauges, which are
+        rendered a slice of nodes at a time (:mod:`extender.cluster_metrics`)."""
+        state = await cluster_metrics.render(self.state, self.clock(), per_device=self.per_device)
+        return generate_latest(self.registry) + state
 
 
 def _lower_keys(args: object) -> dict[str, Any]:
@@ -454,7 +431,7 @@ def make_app(
 
     async def metrics_(_: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(metrics.registry),
+            body=await metrics.exposition(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 

@@ -31,6 +31,7 @@ _SUFFIXES = {
 def exported_series_names() -> set[str]:
     """Sample names the code's registries would expose, read from the registries themselves."""
     from autoscaler.ops import ControllerMetrics
+    from extender.cluster_metrics import FAMILIES
     from extender.node_agent import AgentHealth, agent_registry
     from extender.server import Metrics
     from extender.state import ClusterState
@@ -40,7 +41,7 @@ def exported_series_names() -> set[str]:
         Metrics(ClusterState(), clock=lambda: 0.0).registry,
         agent_registry(lambda: AgentHealth(started=0.0)),
     ]
-    names: set[str] = set()
+    names: set[str] = set(FAMILIES)  # the extender's state gauges, rendered outside a registry
     for registry in registries:
         for family in registry.collect():
             names |= {family.name + suffix for suffix in _SUFFIXES[family.type]}

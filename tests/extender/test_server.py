@@ -293,9 +293,10 @@ async def test_ops_endpoints(env: Any) -> None:
         'gpuscale_extender_requests_total{code="400",verb="filter"} 1.0',
         'gpuscale_extender_filter_failures_total{reason="insufficient_gpu"} 1.0',
         'gpuscale_extender_filter_failures_total{reason="untolerated_taint"} 1.0',
-        'gpuscale_extender_gpu_free_mib{gpu="1",node="tight"} 920.0',
-        "gpuscale_extender_reservations 0.0",
-        "gpuscale_extender_pending_gpu_pods 0.0",
+        'gpuscale_extender_gpus{model="A100"} 8',
+        'gpuscale_extender_nodes{gpu_state="known"} 4',
+        "gpuscale_extender_reservations 0",
+        "gpuscale_extender_pending_gpu_pods 0",
         'gpuscale_extender_request_duration_seconds_count{verb="filter"} 2.0',
     ):
         assert line in text, line
