@@ -63,9 +63,9 @@ class RequestLimits:
 
     @classmethod
     def cache_mode(cls) -> RequestLimits:
-        """``nodeCacheCapable: true``: a pod and node names. A 1.5 MiB pod (etcd's object limit)
-        and 15,000 names estimate ~45 MiB; a cluster of 5,000 nodes and a typical pod, 2 MiB."""
-        names = BodyLimit(max_bytes=8 * 2**20, max_decoded=128 * 2**20)
+        """``nodeCacheCapable: true``: a pod and node names. 5,000 names and a typical pod
+        estimate 2 MiB; the bound admits pods of up to ~2 MiB of text beside 15,000 names."""
+        names = BodyLimit(max_bytes=4 * 2**20, max_decoded=64 * 2**20)
         return cls(filter=names, prioritize=names, bind=_BIND)
 
     @classmethod

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Final
+
+import numpy as np
 
 from extender.fit import NodeGpus
 from extender.model import NodeInfo
@@ -47,46 +48,42 @@ def node_model(node: NodeInfo) -> str:
     return node.labels.get("nvidia.com/gpu.product") or UNKNOWN_MODEL
 
 
-@dataclass(slots=True)
-class _Model:
-    gpus: int = 0
-    idle: int = 0
-    free_mib: int = 0
-    total_mib: int = 0
-
-
-@dataclass(slots=True)
-class _Totals:
-    models: dict[str, _Model] = field(default_factory=dict)
-    nodes_known: int = 0
-    nodes_unknown: int = 0
-    device_lines: list[str] = field(default_factory=list)
-
-    def add(self, name: str, node: NodeInfo, gpus: NodeGpus | str, per_device: bool) -> None:
-        if not isinstance(gpus, NodeGpus):
-            self.nodes_unknown += 1
-            return
-        self.nodes_known += 1
-        model = node_model(node)
-        if model not in self.models and len(self.models) >= MAX_MODELS:
-            model = OTHER_MODEL
-        m = self.models.setdefault(model, _Model())
-        for d in gpus.devices:
-            m.gpus += 1
-            m.idle += d.idle
-            m.free_mib += d.free_mib
-            m.total_mib += d.total_mib
-        if per_device:
-            prefix = f'gpuscale_extender_gpu_free_mib{{node="{_escape(name)}",gpu="'
-            self.device_lines.extend(f'{prefix}{d.index}"}} {d.free_mib}' for d in gpus.devices)
-
-
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _family(name: str, help_: str, samples: Iterable[str]) -> list[str]:
     return [f"# HELP {name} {help_}", f"# TYPE {name} gauge", *samples]
+
+
+async def _models(state: ClusterState, slice_nodes: int) -> dict[str, str]:
+    """The GPU model of every node, a slice at a time; at most ``MAX_MODELS`` distinct."""
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for k, (name, node) in enumerate(list(state.nodes.items())):
+        if k and k % slice_nodes == 0:
+            await asyncio.sleep(0)
+        model = node_model(node)
+        if model not in seen:
+            if len(seen) >= MAX_MODELS:
+                model = OTHER_MODEL
+            seen.add(model)
+        out[name] = model
+    return out
+
+
+async def _device_lines(state: ClusterState, now: float, slice_nodes: int) -> list[str]:
+    lines: list[str] = []
+    for k, name in enumerate(sorted(state.nodes)):
+        if k and k % slice_nodes == 0:
+            await asyncio.sleep(0)
+        if name not in state.nodes:  # deleted meanwhile
+            continue
+        gpus = state.gpus(name, now)
+        if isinstance(gpus, NodeGpus):
+            prefix = f'gpuscale_extender_gpu_free_mib{{node="{_escape(name)}",gpu="'
+            lines.extend(f'{prefix}{d.index}"}} {d.free_mib}' for d in gpus.devices)
+    return lines
 
 
 async def render(
@@ -97,29 +94,42 @@ async def render(
     slice_nodes: int = SLICE_NODES,
     slice_pods: int = SLICE_PODS,
 ) -> bytes:
-    """Prometheus text (format 0.0.4) for the state gauges; yields to the event loop after every
-    ``slice_nodes`` nodes and ``slice_pods`` pods. A node deleted meanwhile is skipped."""
-    totals = _Totals()
-    names = sorted(state.nodes)
-    for k, name in enumerate(names):
-        if k and k % slice_nodes == 0:
-            await asyncio.sleep(0)
-        node = state.nodes.get(name)
-        if node is not None:
-            totals.add(name, node, state.gpus(name, now), per_device)
+    """Prometheus text (format 0.0.4) for the state gauges. The per-model sums are taken in one
+    vectorised step over the index the verbs answer from (brought up to date as a verb would);
+    what needs a Python pass per node or pod (models, per-device lines, pending pods) yields to
+    the event loop every ``slice_nodes`` nodes and ``slice_pods`` pods."""
+    model_of = await _models(state, slice_nodes)
+    device_lines = await _device_lines(state, now, slice_nodes) if per_device else []
     pending = 0
     pods = list(state.pods.values())
     for k in range(0, len(pods), slice_pods):
-        if k:
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)
         pending += sum(1 for p in pods[k : k + slice_pods] if p.gpu is not None and not p.node_name)
-    models = sorted(totals.models.items())
 
-    def by_model(attr: str) -> list[str]:
-        return [f'{{model="{_escape(m)}"}} {getattr(v, attr)}' for m, v in models]
+    index = state.index(now)
+    labels = sorted({*model_of.values()})
+    number = {m: i for i, m in enumerate(labels)}
+    ids = np.fromiter(
+        (number.get(model_of.get(n, ""), -1) for n in index.names),
+        dtype=np.int64,
+        count=len(index.names),
+    )
+    known = ~index.gpu_problem & (ids >= 0)
+    ids, n_known = ids[known], int(known.sum())
+    sums = {
+        "gpus": index.count[known],
+        "idle": index.idle[known],
+        "free_mib": np.where(index.free_desc >= 0, index.free_desc, 0)[known].sum(axis=1),
+        "total_mib": index.total_desc[known].sum(axis=1),
+    }
+    per_model = {
+        key: np.bincount(ids, weights=values, minlength=len(labels)).astype(np.int64).tolist()
+        for key, values in sums.items()
+    }
+    present = np.bincount(ids, minlength=len(labels)).tolist()  # nodes with known GPU state
 
     lines: list[str] = []
-    for name, attr, help_ in (
+    for name, key, help_ in (
         ("gpuscale_extender_gpus", "gpus", "GPUs known, by model."),
         ("gpuscale_extender_gpus_idle", "idle", "GPUs with nothing on them, by model."),
         (
@@ -130,20 +140,28 @@ async def render(
         ),
         ("gpuscale_extender_gpu_memory_total_mib", "total_mib", "GPU memory, MiB, by model."),
     ):
-        lines += _family(name, help_, (name + s for s in by_model(attr)))
+        lines += _family(
+            name,
+            help_,
+            (
+                f'{name}{{model="{_escape(m)}"}} {v}'
+                for m, v, nodes in zip(labels, per_model[key], present, strict=True)
+                if nodes
+            ),
+        )
     lines += _family(
         "gpuscale_extender_nodes",
         "Nodes by whether their GPU state is known (unknown: no or stale inventory).",
         [
-            f'gpuscale_extender_nodes{{gpu_state="known"}} {totals.nodes_known}',
-            f'gpuscale_extender_nodes{{gpu_state="unknown"}} {totals.nodes_unknown}',
+            f'gpuscale_extender_nodes{{gpu_state="known"}} {n_known}',
+            f'gpuscale_extender_nodes{{gpu_state="unknown"}} {len(index.names) - n_known}',
         ],
     )
     if per_device:
         lines += _family(
             "gpuscale_extender_gpu_free_mib",
             "GPU memory free for new pods (after use, running pods and reservations), MiB.",
-            totals.device_lines,
+            device_lines,
         )
     lines += _family(
         "gpuscale_extender_reservations",

@@ -67,7 +67,7 @@ def _fail(command: str, problems: list[str]) -> None:
     default=False,
     show_default=True,
     help="kube-scheduler sends Node objects (nodeCacheCapable: false): accept bodies up to "
-    "64 MiB instead of 8 MiB.",
+    "64 MiB instead of 4 MiB.",
 )
 @click.option(
     "--per-device-metrics/--no-per-device-metrics",

@@ -80,6 +80,8 @@ def test_per_device_series_only_when_asked() -> None:
     assert set(families) == DEFAULT_FAMILIES | {"gpuscale_extender_gpu_free_mib"}
     assert set(families) == set(cluster_metrics.FAMILIES)
     assert "gpuscale_extender_gpu_free_mib" not in scrape(state)
+    summed = families["gpuscale_extender_gpu_memory_free_mib"].values()
+    assert sum(summed) == sum(per_device.values())  # the index's rows agree with the state
 
 
 def test_model_label_values_are_capped() -> None:
