@@ -39,7 +39,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_extender import (
+from bench_extender import (  # the script's folder is on sys.path
     NOW,
     build_cluster,
     pending_pods,
@@ -47,6 +47,7 @@ from benchmarks.bench_extender import (
     read_pages,
     write_pages,
 )
+
 from tests.extender.test_filtering import node_json
 
 LIMIT_MIB = 1024 * 0.7
@@ -99,6 +100,13 @@ def reset_peak(pid: int) -> None:
     """Reset VmHWM of ``pid`` to its current RSS (Linux ``clear_refs`` value 5)."""
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_mib(pid: int) -> float:
@@ -310,10 +318,23 @@ def attacker(name: str, base: str, nodes: int, control: Control, out: Any) -> No
 class Phase:
     latencies: list[float]
     livez_max: float
+    seconds: float = 0.0
+    cpu: float = 0.0
+    """The extender's CPU seconds during the phase."""
 
     def add(self, other: Phase) -> None:
         self.latencies += other.latencies
         self.livez_max = max(self.livez_max, other.livez_max)
+
+    def timed(self, pid: int, phase: Awaitable[Phase]) -> None:
+        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        self.add(asyncio.run(_run(phase)))
+        self.cpu += cpu_seconds(pid) - cpu0
+        self.seconds += time.perf_counter() - t0
+
+    @property
+    def cpu_share(self) -> float:
+        return self.cpu / self.seconds if self.seconds else 0.0
 
     @property
     def p99(self) -> float:
@@ -352,6 +373,10 @@ async def healthy(base: str, pods: list[dict[str, Any]], names: list[str], secon
             latencies.append((t1 - t0) + (time.perf_counter() - t2))
         await ping
     return Phase(latencies, max(livez) * 1000)
+
+
+async def _run(phase: Awaitable[Phase]) -> Phase:
+    return await phase
 
 
 async def answers(base: str, pods: list[dict[str, Any]], names: list[str]) -> bytes:
@@ -396,9 +421,9 @@ def run_row(
     try:
         for _ in range(3):
             control.active.clear()
-            quiet.add(asyncio.run(healthy(base, pods, names, seconds / 3)))
+            quiet.timed(pid, healthy(base, pods, names, seconds / 3))
             control.active.set()
-            attacked.add(asyncio.run(healthy(base, pods, names, seconds / 3)))
+            attacked.timed(pid, healthy(base, pods, names, seconds / 3))
     finally:
         control.active.clear()
         control.done.set()
@@ -414,9 +439,67 @@ def run_row(
         f"   healthy p99 {quiet.p99:6.2f} -> {attacked.p99:6.2f} ms ({ratio:.2f}x"
         f" {'ok' if ratio <= 2 else 'OVER'})   /livez max {quiet.livez_max:5.1f} ->"
         f" {attacked.livez_max:6.1f} ms   ({len(quiet.latencies)}/{len(attacked.latencies)}"
-        f" pods)\n   attacker got: {got}\n"
+        f" pods)\n   extender CPU {quiet.cpu_share:.0%} of a core quiet, {attacked.cpu_share:.0%}"
+        f" attacked\n   attacker got: {got}\n"
         f"   later answers changed: {'YES' if changed else 'no'}"
     )
+
+
+def scrape_holds(nodes_path: str, pods_path: str, repeat: int = 5) -> str:
+    """In this process, on the same cluster: the longest time one /metrics rendering holds the
+    event loop (a ticker task measures the gaps between its turns), sliced as served and, as
+    the same-run baseline, with slices too large to ever yield."""
+    from extender import cluster_metrics
+    from extender.decode import node_from_json, pod_from_json
+    from extender.inventory import InventoryConfig
+    from extender.state import ClusterState
+
+    state = ClusterState(InventoryConfig(stale_after=3600))
+    state.replace_nodes(read_pages(nodes_path, node_from_json))
+    state.replace_pods(read_pages(pods_path, pod_from_json))
+    state.index(NOW)
+
+    async def hold(per_device: bool, sliced: bool) -> tuple[float, float, int]:
+        gaps: list[float] = []
+        done = False
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done:
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        big = 10**9
+        t0 = time.process_time()
+        for _ in range(repeat):
+            text = await cluster_metrics.render(
+                state,
+                NOW,
+                per_device=per_device,
+                slice_nodes=cluster_metrics.SLICE_NODES if sliced else big,
+                slice_pods=cluster_metrics.SLICE_PODS if sliced else big,
+            )
+        cpu = (time.process_time() - t0) / repeat
+        done = True
+        await task
+        return max(gaps) * 1000, cpu * 1000, len(text)
+
+    out = []
+    for per_device in (False, True):
+        for sliced in (True, False):
+            longest, cpu, size = asyncio.run(hold(per_device, sliced))
+            how = (
+                f"per-device {'on ' if per_device else 'off'} {'sliced' if sliced else 'unsliced'}"
+            )
+            out.append(
+                f"   {how:26s} longest hold {longest:6.2f} ms   CPU per scrape {cpu:6.1f} ms"
+                f"   {size / 1e6:.2f} MB"
+            )
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -460,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop.set()
             server.join(20)
+        print("\n/metrics rendering in process (state gauges only), same cluster:")
+        print(scrape_holds(nodes_path, pods_path))
     return 0
 
 
