@@ -481,7 +481,6 @@ def scrape_holds(nodes_path: str, pods_path: str, repeat: int = 5) -> str:
                 NOW,
                 per_device=per_device,
                 slice_nodes=cluster_metrics.SLICE_NODES if sliced else big,
-                slice_pods=cluster_metrics.SLICE_PODS if sliced else big,
             )
         cpu = (time.process_time() - t0) / repeat
         done = True

@@ -22,7 +22,6 @@ from extender.state import ClusterState
 
 SLICE_NODES: Final = 200
 """Nodes visited between two returns to the event loop (~1 ms of work)."""
-SLICE_PODS: Final = 20_000
 MAX_MODELS: Final = 32
 """Distinct ``model`` label values; more (a node annotation can say anything) count as
 ``other``."""
@@ -92,20 +91,13 @@ async def render(
     *,
     per_device: bool = False,
     slice_nodes: int = SLICE_NODES,
-    slice_pods: int = SLICE_PODS,
 ) -> bytes:
     """Prometheus text (format 0.0.4) for the state gauges. The per-model sums are taken in one
     vectorised step over the index the verbs answer from (brought up to date as a verb would);
-    what needs a Python pass per node or pod (models, per-device lines, pending pods) yields to
-    the event loop every ``slice_nodes`` nodes and ``slice_pods`` pods."""
+    what needs a Python pass per node (models, per-device lines) yields to the event loop every
+    ``slice_nodes`` nodes."""
     model_of = await _models(state, slice_nodes)
     device_lines = await _device_lines(state, now, slice_nodes) if per_device else []
-    pending = 0
-    pods = list(state.pods.values())
-    for k in range(0, len(pods), slice_pods):
-        await asyncio.sleep(0)
-        pending += sum(1 for p in pods[k : k + slice_pods] if p.gpu is not None and not p.node_name)
-
     index = state.index(now)
     labels = sorted({*model_of.values()})
     number = {m: i for i, m in enumerate(labels)}
@@ -171,6 +163,6 @@ async def render(
     lines += _family(
         "gpuscale_extender_pending_gpu_pods",
         "Pods asking for GPUs that are not bound to a node yet (nodeCacheCapable mode).",
-        [f"gpuscale_extender_pending_gpu_pods {pending}"],
+        [f"gpuscale_extender_pending_gpu_pods {state.pending_gpu_pods()}"],
     )
     return ("\n".join(lines) + "\n").encode()

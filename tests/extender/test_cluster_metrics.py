@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from extender import cluster_metrics
-from extender.decode import node_from_json
+from extender.decode import node_from_json, pod_from_json
 from extender.inventory import gpus_annotation
 from extender.model import GpuDevice
 from extender.state import ClusterState
 from tests.extender.support import NOW
-from tests.extender.test_filtering import STAMP, node_json
+from tests.extender.test_filtering import STAMP, node_json, pod_json
 
 MODELS = ("NVIDIA-A100-SXM4-80GB", "NVIDIA-L4", "Tesla-T4")
 DEFAULT_FAMILIES = {
@@ -118,3 +120,32 @@ def test_rendering_hands_the_loop_back_every_slice() -> None:
     turns, text = asyncio.run(main())
     assert turns >= 1001 // 100
     assert text.count(b"\ngpuscale_extender_gpu_free_mib{") == 8000
+
+
+pod_events = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),  # pod name
+        st.sampled_from([None, 1000]),  # GPU memory
+        st.sampled_from(["", "node-00000"]),  # node
+        st.sampled_from(["Pending", "Running", "Succeeded"]),
+        st.booleans(),  # delete instead of upsert
+    ),
+    max_size=30,
+)
+
+
+@given(pod_events)
+def test_the_pending_gpu_pod_count_follows_the_pods(events: list[tuple[Any, ...]]) -> None:
+    """The count a scrape reads is kept as pods come and go; it equals a recount."""
+    state = cluster(1)
+    for name, mib, node, phase, delete in events:
+        if delete:
+            state.delete_pod(f"ns/{name}")
+            continue
+        raw = pod_json(mib)
+        raw["metadata"]["name"] = name
+        raw["spec"]["nodeName"] = node
+        raw["status"] = {"phase": phase}
+        state.upsert_pod(pod_from_json(raw))
+    recount = sum(1 for p in state.pods.values() if p.gpu is not None and not p.node_name)
+    assert state.pending_gpu_pods() == recount
