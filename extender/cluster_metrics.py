@@ -99,6 +99,7 @@ async def render(
     model_of = await _models(state, slice_nodes)
     device_lines = await _device_lines(state, now, slice_nodes) if per_device else []
     index = state.index(now)
+    index.refresh_stale(now)  # rows whose measurement turned stale, as a verb would
     labels = sorted({*model_of.values()})
     number = {m: i for i, m in enumerate(labels)}
     ids = np.fromiter(

@@ -49,9 +49,12 @@ def cluster(n: int, models: tuple[str, ...] = MODELS) -> ClusterState:
     return state
 
 
-def scrape(state: ClusterState, **kw: Any) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    text = asyncio.run(cluster_metrics.render(state, NOW, **kw)).decode()
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+Families = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def scrape(state: ClusterState, now: float = NOW, **kw: Any) -> Families:
+    text = asyncio.run(cluster_metrics.render(state, now, **kw)).decode()
+    out: Families = {}
     for family in text_string_to_metric_families(text):
         assert family.type == "gauge"
         out[family.name] = {tuple(sorted(s.labels.items())): s.value for s in family.samples}
@@ -71,6 +74,14 @@ def test_series_do_not_grow_with_the_cluster() -> None:
     assert idle == dict.fromkeys(MODELS, 600 / 3 * 4)
     nodes = {dict(k)["gpu_state"]: v for k, v in large["gpuscale_extender_nodes"].items()}
     assert nodes == {"known": 600, "unknown": 1}
+
+
+def test_measurements_turning_stale_count_as_unknown() -> None:
+    state = cluster(30)
+    assert scrape(state)["gpuscale_extender_nodes"][(("gpu_state", "unknown"),)] == 1
+    later = scrape(state, NOW + 3600)  # past --stale-after: the verbs fail these nodes too
+    assert later["gpuscale_extender_nodes"][(("gpu_state", "unknown"),)] == 31
+    assert later["gpuscale_extender_gpus"] == {}
 
 
 def test_per_device_series_only_when_asked() -> None:
