@@ -274,6 +274,26 @@ async def full_mode_poison(base: str, nodes: int, control: Control) -> Counter[s
         return await _paced(control, 0.2, 100, one)
 
 
+async def invented_names(base: str, nodes: int, control: Control) -> Counter[str]:
+    """/filter with 120,000 invented node names (2.1 MiB), a new list and pod shape each
+    time, two a second: answers that name every one as not found, which must not be kept."""
+    pods = pending_pods(8, 3)
+    bodies = [
+        orjson.dumps(
+            {"Pod": pods[k % 8], "NodeNames": [f"ghost-{k:02d}-{i:06d}" for i in range(120_000)]}
+        )
+        for k in range(16)
+    ]
+    control.ready()
+    async with aiohttp.ClientSession() as s:
+
+        async def one(k: int) -> str:
+            async with s.post(f"{base}/filter", data=bodies[k % len(bodies)]) as resp:
+                return f"{len(bodies[0]) >> 10} KiB: " + await _status(resp)
+
+        return await _paced(control, 0.5, 100, one)
+
+
 async def metrics_scrape(base: str, nodes: int, control: Control) -> Counter[str]:
     """/metrics scraped five times a second (Prometheus scrapes every 15-30 s)."""
     out: Counter[str] = Counter()
@@ -297,6 +317,7 @@ ATTACKS: dict[str, Callable[[str, int, Control], Awaitable[Counter[str]]]] = {
     "costliest accepted body": costly_body,
     "bad Content-Encoding": bad_encodings,
     "full-mode node injection": full_mode_poison,
+    "invented node names": invented_names,
     "/metrics scraped 5/s": metrics_scrape,
 }
 

@@ -145,3 +145,23 @@ def test_the_watch_still_changes_answers() -> None:
     assert ext.filter(args, NOW)["NodeNames"] == ["roomy"]
     ext.state.upsert_node(node_from_json(node_json("roomy", [81920, 81920])))
     assert ext.filter(args, NOW)["NodeNames"] == []
+
+
+def test_what_requests_leave_behind_is_bounded_by_the_cluster() -> None:
+    """Node lists of invented names (or repeats) are answered but not remembered, so requests
+    cannot make the extender keep more than lists the size of its cluster."""
+    ext = Extender(make_state(), ExtenderSettings())
+    n = len(ext.state.nodes)
+    for k in range(20):
+        for pod in (pod_json(20000), pod_json(1000, tolerations=[{"operator": "Exists"}])):
+            invented = [f"x-{k}-{i}" for i in range(5000)]
+            reply = ext.filter({"Pod": pod, "NodeNames": [*invented, "roomy"]}, NOW)
+            assert len(reply["FailedAndUnresolvableNodes"]) == 5000
+            ext.prioritize({"Pod": pod, "NodeNames": ["roomy"] * 5000}, NOW)
+    index = ext.state.index(NOW)
+    kept = [names for names, _ in index._recent_positions]
+    assert all(len(names) <= n + 64 for names in kept)
+    assert all(len(out) <= n + 64 for _, _, out in index._static_failed.values())
+    real = ["tight", "roomy", "full", "tainted"]
+    ext.filter({"Pod": pod_json(20000), "NodeNames": real}, NOW)
+    assert real in [names for names, _ in ext.state.index(NOW)._recent_positions]
