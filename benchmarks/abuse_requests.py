@@ -275,12 +275,18 @@ async def full_mode_poison(base: str, nodes: int, control: Control) -> Counter[s
 
 
 async def invented_names(base: str, nodes: int, control: Control) -> Counter[str]:
-    """/filter with 120,000 invented node names (2.1 MiB), a new list and pod shape each
-    time, two a second: answers that name every one as not found, which must not be kept."""
+    """/filter with invented node names, a new list and pod shape each time, four a second:
+    120,000 names (2.1 MiB, refused: more than kube-scheduler could send) and the longest list
+    accepted (2 x the cluster's nodes + 1,024), whose answers must not be kept."""
     pods = pending_pods(8, 3)
     bodies = [
         orjson.dumps(
-            {"Pod": pods[k % 8], "NodeNames": [f"ghost-{k:02d}-{i:06d}" for i in range(120_000)]}
+            {
+                "Pod": pods[k % 8],
+                "NodeNames": [
+                    f"ghost-{k:02d}-{i:06d}" for i in range(120_000 if k % 2 else 2 * nodes + 1024)
+                ],
+            }
         )
         for k in range(16)
     ]
@@ -288,10 +294,11 @@ async def invented_names(base: str, nodes: int, control: Control) -> Counter[str
     async with aiohttp.ClientSession() as s:
 
         async def one(k: int) -> str:
-            async with s.post(f"{base}/filter", data=bodies[k % len(bodies)]) as resp:
-                return f"{len(bodies[0]) >> 10} KiB: " + await _status(resp)
+            body = bodies[k % len(bodies)]
+            async with s.post(f"{base}/filter", data=body) as resp:
+                return f"{len(body) >> 10} KiB: " + await _status(resp)
 
-        return await _paced(control, 0.5, 100, one)
+        return await _paced(control, 0.25, 200, one)
 
 
 async def metrics_scrape(base: str, nodes: int, control: Control) -> Counter[str]:

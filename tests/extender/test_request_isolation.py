@@ -10,6 +10,7 @@ import contextlib
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -154,10 +155,10 @@ def test_what_requests_leave_behind_is_bounded_by_the_cluster() -> None:
     n = len(ext.state.nodes)
     for k in range(20):
         for pod in (pod_json(20000), pod_json(1000, tolerations=[{"operator": "Exists"}])):
-            invented = [f"x-{k}-{i}" for i in range(5000)]
+            invented = [f"x-{k}-{i}" for i in range(1000)]
             reply = ext.filter({"Pod": pod, "NodeNames": [*invented, "roomy"]}, NOW)
-            assert len(reply["FailedAndUnresolvableNodes"]) == 5000
-            ext.prioritize({"Pod": pod, "NodeNames": ["roomy"] * 5000}, NOW)
+            assert len(reply["FailedAndUnresolvableNodes"]) == 1000
+            ext.prioritize({"Pod": pod, "NodeNames": ["roomy"] * 1000}, NOW)
     index = ext.state.index(NOW)
     kept = [names for names, _ in index._recent_positions]
     assert all(len(names) <= n + 64 for names in kept)
@@ -165,3 +166,19 @@ def test_what_requests_leave_behind_is_bounded_by_the_cluster() -> None:
     real = ["tight", "roomy", "full", "tainted"]
     ext.filter({"Pod": pod_json(20000), "NodeNames": real}, NOW)
     assert real in [names for names, _ in ext.state.index(NOW)._recent_positions]
+
+
+def test_lists_longer_than_kube_scheduler_could_send_are_refused() -> None:
+    """At most twice the cluster's nodes plus 1,024 (nodes the watch has yet to show)."""
+    ext = Extender(make_state(), ExtenderSettings())
+    bound = 2 * len(ext.state.nodes) + 1024
+    pod = pod_json(20000)
+    names = ["roomy", *(f"new-{i}" for i in range(bound - 1))]
+    assert ext.filter({"Pod": pod, "NodeNames": names}, NOW)["NodeNames"] == ["roomy"]
+    assert len(ext.prioritize({"Pod": pod, "NodeNames": names}, NOW)) == bound
+    over = [*names, "one-more"]
+    items = [{"metadata": {"name": n}} for n in over]
+    for verb in (ext.filter, ext.prioritize):
+        for args in ({"Pod": pod, "NodeNames": over}, {"Pod": pod, "Nodes": {"items": items}}):
+            with pytest.raises(BadRequest, match=f"at most {bound}"):
+                verb(args, NOW)
