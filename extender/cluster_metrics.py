@@ -3,9 +3,10 @@
 One series per device (``gpuscale_extender_gpu_free_mib{node, gpu}``) was 40,000 series and
 2.6 MB at 5,000 nodes × 8 GPUs, rendered in one synchronous pass that held verbs for up to
 600 ms. By default the devices are summed per GPU model instead (a handful of series at any
-cluster size); the per-device family is opt-in (``--per-device-metrics``). Either way the nodes
-are visited ``slice_nodes`` at a time with the event loop let run in between, so a scrape
-delays a verb by one slice at most.
+cluster size), in one vectorised step over the index's device rows; the per-device family is
+opt-in (``--per-device-metrics``). The Python passes over the nodes (their models, the
+per-device lines) take ``slice_nodes`` at a time with the event loop let run in between, so a
+scrape delays a verb by one slice, not by the whole page.
 """
 
 from __future__ import annotations
