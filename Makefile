@@ -57,7 +57,7 @@ test: lint typecheck imports pytest
 FUZZ_SECONDS ?= 300
 FUZZ_EXAMPLES ?= 2000
 fuzz: $(STAMP)
-	@for t in extender_request policy_document policy_json; do mkdir -p .fuzz/$$t; \
+	@for t in extender_request extender_body policy_document policy_json; do mkdir -p .fuzz/$$t; \
 	  echo "== atheris $$t ($(FUZZ_SECONDS) s, log in .fuzz/$$t.log)"; \
 	  $(PY) -m tests.fuzz.atheris_main $$t .fuzz/$$t -max_total_time=$(FUZZ_SECONDS) \
 	    -artifact_prefix=.fuzz/$$t- >.fuzz/$$t.log 2>&1; rc=$$?; \

@@ -95,6 +95,10 @@ class ExtenderProcess:
     """Plain HTTP for /livez /readyz /metrics (kubelet, Prometheus); None: no ops listener."""
     tls_reload_interval: float = 30.0
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    full_mode: bool = False
+    """kube-scheduler sends Node objects (``nodeCacheCapable: false``): larger body limits."""
+    per_device_metrics: bool = False
+    """One ``/metrics`` series per GPU (off: summed per GPU model)."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -157,6 +161,7 @@ async def serve_extender(
 ) -> None:
     """Run until ``stop`` is set (or SIGTERM). ``api_client`` overrides ``settings.kubeconfig``;
     ``on_listening`` gets the bound port, ``ready`` is set once nodes and pods are listed."""
+    from extender.body import RequestLimits
     from extender.cluster_cache import KubeCluster
     from extender.dcgm import run_poller
     from extender.server import Extender, ExtenderSettings, Metrics, make_app
@@ -171,6 +176,7 @@ async def serve_extender(
             scoring=settings.scoring,
             reservation_ttl=settings.reservation_ttl,
             weights=settings.weights,
+            limits=RequestLimits.full_mode() if settings.full_mode else RequestLimits.cache_mode(),
         )
     except ValueError as exc:
         raise StartupError(str(exc)) from None
@@ -181,7 +187,7 @@ async def serve_extender(
     _stop_on_signals(stop)
     state = ClusterState(settings.inventory)
     cluster = KubeCluster(api_client, state)
-    metrics = Metrics(state, time.time)
+    metrics = Metrics(state, time.time, per_device=settings.per_device_metrics)
     extender = Extender(state, ext_settings, binder=cluster, metrics=metrics)
     draining = False
     app = make_app(extender, metrics=metrics, ready=lambda: cluster.ready and not draining)

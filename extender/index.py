@@ -61,6 +61,8 @@ UNKNOWN: Final = 2**62
 """Free CPU/memory of a node whose allocatable is unknown: never short."""
 _SIGNATURES: Final = 512
 _STATIC_FAILED: Final = 16
+_UNKNOWN_SLACK: Final = 64
+"""Names a remembered node list may have beyond the cluster's nodes (watch lag)."""
 """Unresolvable-node dicts remembered per (pod signature, node list)."""
 _STATE_NEEDS: Final = 64
 """Needs (pod shapes) whose per-state scores are remembered, least recently used dropped."""
@@ -384,8 +386,17 @@ class NodeIndex:
         return idx
 
     def _remember_positions(self, names: list[str], idx: I64) -> None:
+        """Kept only for lists kube-scheduler could send (its nodes, a few the watch may not
+        have yet): what a request makes the index keep stays bounded by the cluster's size."""
+        if len(names) > len(self.names) + _UNKNOWN_SLACK or (
+            int(np.count_nonzero(idx < 0)) > _UNKNOWN_SLACK
+        ):
+            return
         self._recent_positions.insert(0, (names, idx))
         del self._recent_positions[4:]
+
+    def _remembered(self, idx: I64) -> bool:
+        return any(cached is idx for _, cached in self._recent_positions)
 
     # ---- static predicates ---------------------------------------------------------------
     def _static_for(self, pod: PodRequest) -> _Static | None:
@@ -533,7 +544,7 @@ class NodeIndex:
             assert per_node_reason is not None
             reasons = _take(per_node_reason, bad.tolist())
         out.update(zip(_take(names, bad.tolist()), reasons, strict=True))
-        if static is not None:
+        if static is not None and self._remembered(idx):
             self._static_failed[key] = (static, idx, out)
             while len(self._static_failed) > _STATIC_FAILED:
                 self._static_failed.popitem(last=False)

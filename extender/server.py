@@ -16,27 +16,33 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from extender.decode import BadRequest, node_from_json, pod_from_json
+from extender import cluster_metrics
+from extender.body import BodyReader, BodyRefused, RequestLimits
+from extender.decode import BadRequest, pod_from_json
 from extender.filtering import FAILURE_KINDS, choose_devices, prioritize, strategy_for
-from extender.fit import NodeGpus
-from extender.model import NodeInfo, PodRequest
+from extender.model import PodRequest
 from extender.scoring import ScoreWeights, get_strategy
 from extender.state import ClusterState
 
 log = logging.getLogger("gpuscale.extender")
 
-MAX_BODY_BYTES: Final = 64 * 2**20
 CONTENT_TYPE: Final = "application/json"
+READ_CHUNK: Final = 256 * 1024
+NAMES_PER_NODE: Final = 2
+NAMES_SLACK: Final = 1024
+"""A request may name ``NAMES_PER_NODE`` x the cluster's nodes + ``NAMES_SLACK``."""
+VERBS: Final = ("filter", "prioritize", "bind")
+
+decode_json: Callable[[bytes], Any] = orjson.loads
+"""The JSON decoder of request bodies (a seam for tests that assert it was not reached)."""
 
 
 class BindError(Exception):
@@ -64,10 +70,11 @@ class ExtenderSettings:
     reservation_ttl: float = 300.0
     """Seconds a reservation holds memory for a pod not yet visible in measurements/pod list."""
     weights: ScoreWeights = field(default_factory=ScoreWeights)
-    max_body_bytes: int = MAX_BODY_BYTES
-    """Larger request bodies are refused with 400."""
-    recent_pods: int = 4096
-    """Pods seen in filter/prioritize requests remembered for a later bind."""
+    limits: RequestLimits = field(default_factory=RequestLimits.cache_mode)
+    """Body limits per verb (bytes and estimated decoded size); larger bodies get 400."""
+    pod_cache_bytes: int = 4 * 2**20
+    """Encoded size of the request pods whose decoding is remembered (the same pod comes to
+    filter, then prioritize, and on every retry); one pod over 1/64 of it is never kept."""
 
     def __post_init__(self) -> None:
         get_strategy(self.scoring)
@@ -78,7 +85,10 @@ class ExtenderSettings:
 class Metrics:
     """The extender's Prometheus metrics, in a registry of their own."""
 
-    def __init__(self, state: ClusterState, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, state: ClusterState, clock: Callable[[], float], *, per_device: bool = False
+    ) -> None:
+        """``per_device`` adds one free-memory series per GPU (off: summed per GPU model)."""
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "gpuscale_extender_requests",
@@ -107,39 +117,15 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(state, clock))
-
-
-class _StateCollector(Collector):
-    """Gauges computed from the cluster state at scrape time."""
-
-    def __init__(self, state: ClusterState, clock: Callable[[], float]) -> None:
         self.state = state
         self.clock = clock
+        self.per_device = per_device
 
-    def collect(self) -> Iterator[Metric]:
-        now = self.clock()
-        free = GaugeMetricFamily(
-            "gpuscale_extender_gpu_free_mib",
-            "GPU memory free for new pods (after use, running pods and reservations), MiB.",
-            labels=["node", "gpu"],
-        )
-        for name in sorted(self.state.nodes):
-            g = self.state.gpus(name, now)
-            if isinstance(g, NodeGpus):
-                for d in g.devices:
-                    free.add_metric([name, str(d.index)], d.free_mib)
-        yield free
-        yield GaugeMetricFamily(
-            "gpuscale_extender_reservations",
-            "Reservations holding GPU memory for pods not yet visible.",
-            value=len(self.state.reservations),
-        )
-        yield GaugeMetricFamily(
-            "gpuscale_extender_pending_gpu_pods",
-            "Pods asking for GPUs that are not bound to a node yet (nodeCacheCapable mode).",
-            value=self.state.pending_gpu_pods(),
-        )
+    async def exposition(self) -> bytes:
+        """The whole ``/metrics`` page: the counters, then the cluster state gauges, which are
+        rendered a slice of nodes at a time (:mod:`extender.cluster_metrics`)."""
+        state = await cluster_metrics.render(self.state, self.clock(), per_device=self.per_device)
+        return generate_latest(self.registry) + state
 
 
 def _lower_keys(args: object) -> dict[str, Any]:
@@ -148,56 +134,50 @@ def _lower_keys(args: object) -> dict[str, Any]:
     return {k.lower(): v for k, v in args.items()}
 
 
-class _NodeDecoder:
-    """Decodes request nodes, reusing the previous result while ``resourceVersion`` is unchanged
-    (kube-scheduler sends every node in every full-mode request)."""
-
-    def __init__(self) -> None:
-        self.cache: dict[str, tuple[str, NodeInfo]] = {}
-
-    def __call__(self, raw: object, path: str) -> NodeInfo:
-        if isinstance(raw, dict):
-            meta = raw.get("metadata")
-            if isinstance(meta, dict):
-                name, rv = meta.get("name"), meta.get("resourceVersion")
-                if isinstance(name, str) and isinstance(rv, str) and rv:
-                    hit = self.cache.get(name)
-                    if hit is not None and hit[0] == rv:
-                        return hit[1]
-                    info = node_from_json(raw, path)
-                    self.cache[name] = (rv, info)
-                    return info
-        return node_from_json(raw, path)
-
-
 class _PodDecoder:
-    """Decodes request pods, reusing the previous result for the same ``uid`` and
-    ``resourceVersion``: kube-scheduler sends the same pod object to filter and then to
-    prioritize, and again on every retry until the pod changes (which changes its
-    ``resourceVersion``). Pods without both are decoded every time."""
+    """Decodes request pods, remembering the result by the pod's whole content: kube-scheduler
+    sends the same pod object to filter and then to prioritize, and again on every retry.
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.cache: OrderedDict[tuple[str, str], PodRequest] = OrderedDict()
+    Keyed by content, not by ``uid`` + ``resourceVersion``: a request naming a real pod's uid and
+    version with other content must not decide what that pod needs in later requests (decoding
+    is a pure function, so this cache only ever saves work). Pods whose encoding is over
+    ``max_pod_bytes`` are decoded every time; the keys kept add up to ``max_bytes`` at most."""
+
+    def __init__(self, max_bytes: int, max_pod_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_pod_bytes = max_pod_bytes
+        self.cache: OrderedDict[bytes, PodRequest] = OrderedDict()
+        self.size = 0
 
     def __call__(self, raw: object, path: str) -> PodRequest:
-        key: tuple[str, str] | None = None
-        if isinstance(raw, dict):
-            meta = raw.get("metadata")
-            if isinstance(meta, dict):
-                uid, rv = meta.get("uid"), meta.get("resourceVersion")
-                if isinstance(uid, str) and uid and isinstance(rv, str) and rv:
-                    key = (uid, rv)
-                    hit = self.cache.get(key)
-                    if hit is not None:
-                        self.cache.move_to_end(key)
-                        return hit
+        try:
+            key = orjson.dumps(raw)
+        except TypeError:  # not JSON data at all (only direct callers can pass such)
+            return pod_from_json(raw, path)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cache.move_to_end(key)
+            return hit
         pod = pod_from_json(raw, path)
-        if key is not None:
+        if len(key) <= self.max_pod_bytes:
             self.cache[key] = pod
-            while len(self.cache) > self.size:
-                self.cache.popitem(last=False)
+            self.size += len(key)
+            while self.size > self.max_bytes:
+                old, _ = self.cache.popitem(last=False)
+                self.size -= len(old)
         return pod
+
+
+def _node_names(items: list[Any]) -> list[str]:
+    """``metadata.name`` of each node object of a full-mode request (nothing else is read)."""
+    names: list[str] = []
+    for i, raw in enumerate(items):
+        meta = raw.get("metadata") if isinstance(raw, dict) else None
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"Nodes.items[{i}].metadata.name: expected a node name")
+        names.append(name)
+    return names
 
 
 class Extender:
@@ -216,19 +196,16 @@ class Extender:
         self.binder = binder
         self.metrics = metrics
         self.lock = asyncio.Lock()
-        self._recent: OrderedDict[str, PodRequest] = OrderedDict()
-        self._decode_node = _NodeDecoder()
-        self._decode_pod = _PodDecoder(self.settings.recent_pods)
-
-    def _remember(self, pod: PodRequest) -> None:
-        self._recent[pod.key] = pod
-        self._recent.move_to_end(pod.key)
-        while len(self._recent) > self.settings.recent_pods:
-            self._recent.popitem(last=False)
+        self._decode_pod = _PodDecoder(
+            self.settings.pod_cache_bytes, self.settings.pod_cache_bytes // 64
+        )
 
     def _names(self, a: Mapping[str, Any]) -> tuple[list[str], list[Any] | None]:
-        """Node names of the request; in full mode the node objects (``items``) too, after
-        putting them into the state (unchanged ones are recognised and cost nothing)."""
+        """Node names of the request; in full mode the node objects (``items``) too.
+
+        Only the names of full-mode node objects are read: what a node has is what the watch
+        says (the same source as the pods on it), so request data never becomes cluster state
+        and a node the watch does not know fails as not found (see extender/README.md)."""
         names_raw = a.get("nodenames")
         if names_raw is not None:
             if not isinstance(names_raw, list):
@@ -237,6 +214,7 @@ class Extender:
                 "".join(names_raw)
             except TypeError:
                 raise BadRequest("NodeNames: expected a list of strings") from None
+            self._check_count(len(names_raw), "NodeNames")
             return names_raw, None
         nodes_raw = a.get("nodes")
         if nodes_raw is None:
@@ -248,33 +226,25 @@ class Extender:
             items = []
         if not isinstance(items, list):
             raise BadRequest("Nodes.items: expected a list")
-        names: list[str] = []
-        cached = self._decode_node.cache
-        in_state = self.state.nodes
-        for i, raw in enumerate(items):
-            try:  # the common case: a node unchanged since the last request
-                meta = raw["metadata"]
-                name = meta["name"]
-                hit = cached[name]
-                if hit[0] == meta["resourceVersion"] and in_state.get(name) is hit[1]:
-                    names.append(name)
-                    continue
-            except (KeyError, TypeError):
-                pass
-            info = self._decode_node(raw, f"Nodes.items[{i}]")
-            known = in_state.get(info.name)
-            if known is not info and known != info:
-                self.state.upsert_node(info)
-            names.append(info.name)
-        return names, items
+        self._check_count(len(items), "Nodes.items")
+        return _node_names(items), items
+
+    def _check_count(self, n: int, field: str) -> None:
+        """kube-scheduler names nodes of the cluster the watch also sees: a list over twice
+        that (plus slack for nodes the watch has yet to show) is refused before any per-name
+        work, which would otherwise let one body of invented names cost ~50 ms of event loop."""
+        bound = NAMES_PER_NODE * len(self.state.nodes) + NAMES_SLACK
+        if n > bound:
+            raise BadRequest(
+                f"{field}: {n} nodes, more than kube-scheduler can send for a cluster of"
+                f" {len(self.state.nodes)} nodes (at most {bound})"
+            )
 
     def _pod(self, a: Mapping[str, Any]) -> PodRequest:
         raw = a.get("pod")
         if raw is None:
             raise BadRequest("request has no Pod")
-        pod = self._decode_pod(raw, "Pod")
-        self._remember(pod)
-        return pod
+        return self._decode_pod(raw, "Pod")
 
     def filter(self, args: object, now: float) -> dict[str, Any]:
         """``ExtenderArgs`` → ``ExtenderFilterResult``."""
@@ -352,7 +322,7 @@ class Extender:
         key = f"{ns}/{name}"
         if self.binder is None:
             return self._bind_result("api_error", key, node, "bind is not configured: no client")
-        pod = self.state.pods.get(key) or self._recent.get(key)
+        pod = self.state.pods.get(key)  # the watch's pod; a filter request's copy is not trusted
         if pod is None:
             raw = await self.binder.get_pod(ns, name)
             if raw is None:
@@ -398,17 +368,25 @@ class Extender:
         return {"Error": error}
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise BadRequest(f"request body of {request.content_length} bytes exceeds {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(1 << 20):
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _read_body(request: web.Request, limits: RequestLimits, verb: str) -> bytes:
+    """The body, inflated and checked chunk by chunk (:class:`~extender.body.BodyReader`):
+    refused before it is decoded, and before the rest is read, once it breaks the verb's limit."""
+    limit = limits.of(verb)
+    reader = BodyReader(limit, request.headers.get(hdrs.CONTENT_ENCODING))
+    if (
+        request.content_length is not None
+        and reader.coding in ("", "identity")
+        and request.content_length > limit.max_bytes
+    ):
+        raise BodyRefused(
+            f"request body of {request.content_length} bytes exceeds {limit.max_bytes}"
+        )
+    try:
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            reader.feed(chunk)
+    except web.RequestPayloadError as exc:  # a broken chunked framing or a cut-off body
+        raise BodyRefused(f"request body could not be read: {exc}") from None
+    return reader.finish()
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -423,13 +401,13 @@ def make_app(
     ready: Callable[[], bool] = lambda: True,
 ) -> web.Application:
     """The aiohttp application. ``ready`` gates ``/readyz`` (caches synced, not draining)."""
-    limit = extender.settings.max_body_bytes
+    limits = extender.settings.limits
 
     async def handle(request: web.Request, verb: str) -> web.Response:
         start = time.perf_counter()
         status = 200
         try:
-            args = orjson.loads(await _read_body(request, limit))
+            args = decode_json(await _read_body(request, limits, verb))
             reply: object
             if verb == "filter":
                 reply = extender.filter(args, clock())
@@ -469,11 +447,16 @@ def make_app(
 
     async def metrics_(_: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(metrics.registry),
+            body=await metrics.exposition(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
-    app = web.Application(client_max_size=limit + 1)
+    # Bodies are inflated by _read_body, under the verb's limits and with a 400 for every
+    # coding error; aiohttp's own inflating answers some of those with 500 or plain text.
+    app = web.Application(
+        client_max_size=max(limits.of(v).max_bytes for v in VERBS) + 1,
+        handler_args={"auto_decompress": False},
+    )
     app.router.add_post("/filter", filter_)
     app.router.add_post("/prioritize", prioritize_)
     app.router.add_post("/bind", bind_)

@@ -44,6 +44,8 @@ class ClusterState:
         self._relabelled: set[str] = set()
         """Nodes whose labels or taints changed since the index last saw them."""
         self._dirty: set[str] = set()
+        self._pending = 0
+        """GPU pods not bound yet, kept as pods come and go (a scrape reads it)."""
 
     # ---- ClusterView -------------------------------------------------------------------
     def node(self, name: str) -> NodeInfo | None:
@@ -152,10 +154,13 @@ class ClusterState:
         old = self.pods.get(pod.key)
         if old is not None and old.node_name:
             self._unindex(old)
+        if old is not None:
+            self._pending -= _pending(old)
         if pod.terminated:
             self.pods.pop(pod.key, None)
         else:
             self.pods[pod.key] = pod
+            self._pending += _pending(pod)
             if pod.node_name:
                 self.pods_by_node.setdefault(pod.node_name, {})[pod.key] = pod
                 cpu, mem = self._requested.get(pod.node_name, (0, 0))
@@ -173,6 +178,8 @@ class ClusterState:
 
     def delete_pod(self, key: str) -> None:
         old = self.pods.pop(key, None)
+        if old is not None:
+            self._pending -= _pending(old)
         if old is not None and old.node_name:
             self._unindex(old)
         self.release(key)
@@ -237,4 +244,8 @@ class ClusterState:
                 self.release(key)
 
     def pending_gpu_pods(self) -> int:
-        return sum(1 for p in self.pods.values() if p.gpu is not None and not p.node_name)
+        return self._pending
+
+
+def _pending(pod: PodRequest) -> int:
+    return 1 if pod.gpu is not None and not pod.node_name else 0

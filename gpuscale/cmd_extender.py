@@ -93,6 +93,19 @@ def _fail(command: str, problems: list[str]) -> None:
     show_default=True,
     help="How long a bound pod's memory stays reserved until measurements or the pod list show it.",
 )
+@click.option(
+    "--full-mode/--no-full-mode",
+    default=False,
+    show_default=True,
+    help="kube-scheduler sends Node objects (nodeCacheCapable: false): accept bodies up to "
+    "64 MiB instead of 4 MiB.",
+)
+@click.option(
+    "--per-device-metrics/--no-per-device-metrics",
+    default=False,
+    show_default=True,
+    help="One /metrics series per GPU (node, gpu); off: GPU metrics summed per GPU model.",
+)
 @click.option("--log-level", type=_LOG_LEVEL, default="info", show_default=True)
 def extender(
     address: str,
@@ -112,6 +125,8 @@ def extender(
     stale_after: str,
     stale: str,
     reservation_ttl: str,
+    full_mode: bool,
+    per_device_metrics: bool,
     log_level: str,
 ) -> None:
     """Run the kube-scheduler extender: place GPU pods by free GPU memory."""
@@ -174,6 +189,8 @@ def extender(
         plain_http_sidecar=plain_http_sidecar,
         ops_address=ops_address,
         limits=limits,
+        full_mode=full_mode,
+        per_device_metrics=per_device_metrics,
     )
     try:
         code = run_extender(settings)

@@ -31,6 +31,7 @@ _SUFFIXES = {
 def exported_series_names() -> set[str]:
     """Sample names the code's registries would expose, read from the registries themselves."""
     from autoscaler.ops import ControllerMetrics
+    from extender.cluster_metrics import FAMILIES
     from extender.node_agent import AgentHealth, agent_registry
     from extender.server import Metrics
     from extender.state import ClusterState
@@ -40,7 +41,7 @@ def exported_series_names() -> set[str]:
         Metrics(ClusterState(), clock=lambda: 0.0).registry,
         agent_registry(lambda: AgentHealth(started=0.0)),
     ]
-    names: set[str] = set()
+    names: set[str] = set(FAMILIES)  # the extender's state gauges, rendered outside a registry
     for registry in registries:
         for family in registry.collect():
             names |= {family.name + suffix for suffix in _SUFFIXES[family.type]}
@@ -126,7 +127,7 @@ def test_dashboard_has_the_listed_panels_each_with_a_query() -> None:
         "gpuscale_metric_target",
         "gpuscale_extender_request_duration_seconds_bucket",
         "gpuscale_extender_filter_failures_total",
-        "gpuscale_extender_gpu_free_mib",
+        "gpuscale_extender_gpu_memory_free_mib",
     } <= names
     titles = " ".join(p["title"].lower() for p in panels)
     for words in ("desired", "queue", "latency", "filter failures", "gpu memory free"):

@@ -4,77 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extender.decode import BadRequest, node_from_json, pod_from_json
-from extender.server import BindError, Extender, ExtenderSettings, Metrics, make_app
-from extender.state import ClusterState
+from extender.decode import BadRequest, pod_from_json
+from extender.server import Extender, ExtenderSettings
+from tests.extender.support import NOW, READY, make_state
 from tests.extender.test_filtering import node_json, pod_json
-
-READY = web.AppKey("ready", dict[str, bool])
-NOW = datetime(2027, 1, 15, 8, 0, 10, tzinfo=UTC).timestamp()
-
-
-class FakeBinder:
-    """Records binds; each bind waits for ``gate`` so that binds overlap."""
-
-    def __init__(self) -> None:
-        self.bound: list[tuple[str, str, tuple[int, ...]]] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.fail: set[str] = set()
-        self.pods: dict[str, Mapping[str, Any]] = {}
-        self.entered = 0
-        self.wait_for = 1
-        self.entered_enough = asyncio.Event()
-
-    async def bind(
-        self, *, namespace: str, name: str, uid: str, node: str, gpu_indices: tuple[int, ...]
-    ) -> None:
-        self.entered += 1
-        if self.entered >= self.wait_for:
-            self.entered_enough.set()
-        await self.gate.wait()
-        if name in self.fail:
-            raise BindError("conflict")
-        self.bound.append((f"{namespace}/{name}", node, gpu_indices))
-
-    async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        return self.pods.get(f"{namespace}/{name}")
-
-
-def make_state() -> ClusterState:
-    state = ClusterState()
-    for raw in (
-        node_json("tight", [60000, 81000]),
-        node_json("roomy", [0, 0]),
-        node_json("full", [80000, 80000]),
-        node_json("tainted", [0, 0], taints=[{"key": "gpu", "value": "x", "effect": "NoExecute"}]),
-    ):
-        state.upsert_node(node_from_json(raw))
-    return state
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[tuple[TestClient[Any, Any], Extender, FakeBinder]]:
-    state = make_state()
-    metrics = Metrics(state, lambda: NOW)
-    binder = FakeBinder()
-    ext = Extender(state, ExtenderSettings(max_body_bytes=1 << 20), binder=binder, metrics=metrics)
-    ready = {"ok": False}
-    app = make_app(ext, metrics=metrics, clock=lambda: NOW, ready=lambda: ready["ok"])
-    app[READY] = ready
-    async with TestClient(TestServer(app)) as client:
-        yield client, ext, binder
 
 
 def named(pod: dict[str, Any], name: str) -> dict[str, Any]:
@@ -251,6 +192,7 @@ async def test_bind_reserves_and_concurrent_binds_never_double_book(env: Any) ->
     binder.gate.clear()
     pod = pod_json(30000)
     for i in range(8):
+        binder.pods[f"ns/p{i}"] = named(pod, f"p{i}")  # in the API, not yet in the watch
         resp = await client.post(
             "/filter", data=orjson.dumps({"Pod": named(pod, f"p{i}"), "NodeNames": ["roomy"]})
         )
@@ -289,6 +231,7 @@ async def test_reservation_released_when_pod_shows_up_or_bind_fails(env: Any) ->
     client, ext, binder = env
     binder.fail.add("bad")
     pod = named(pod_json(30000), "bad")
+    ext.state.upsert_pod(pod_from_json(pod))  # pending, as the watch shows it
     await client.post("/filter", data=orjson.dumps({"Pod": pod, "NodeNames": ["roomy"]}))
     resp = await client.post(
         "/bind",
@@ -350,17 +293,18 @@ async def test_ops_endpoints(env: Any) -> None:
         'gpuscale_extender_requests_total{code="400",verb="filter"} 1.0',
         'gpuscale_extender_filter_failures_total{reason="insufficient_gpu"} 1.0',
         'gpuscale_extender_filter_failures_total{reason="untolerated_taint"} 1.0',
-        'gpuscale_extender_gpu_free_mib{gpu="1",node="tight"} 920.0',
-        "gpuscale_extender_reservations 0.0",
-        "gpuscale_extender_pending_gpu_pods 0.0",
+        'gpuscale_extender_gpus{model="A100"} 8',
+        'gpuscale_extender_nodes{gpu_state="known"} 4',
+        "gpuscale_extender_reservations 0",
+        "gpuscale_extender_pending_gpu_pods 0",
         'gpuscale_extender_request_duration_seconds_count{verb="filter"} 2.0',
     ):
         assert line in text, line
 
 
-async def test_pods_are_decoded_once_per_uid_and_resource_version(env: Any) -> None:
-    """filter then prioritize of the same pod version decode it once; a new resourceVersion
-    (the pod changed) is decoded again, and pods without one every time."""
+async def test_pods_are_decoded_once_per_content(env: Any) -> None:
+    """filter then prioritize of the same pod decode it once; a pod that reuses its uid and
+    resourceVersion with other content is decoded anew (it cannot borrow the real pod's need)."""
     client, ext, _ = env
     pod = named(pod_json(20000), "p")
     pod["metadata"]["resourceVersion"] = "7"
@@ -368,17 +312,27 @@ async def test_pods_are_decoded_once_per_uid_and_resource_version(env: Any) -> N
     for verb in ("filter", "prioritize"):
         resp = await client.post(f"/{verb}", data=orjson.dumps({"Pod": pod, "NodeNames": names}))
         assert resp.status == 200
-    assert list(ext._decode_pod.cache) == [("uid-p", "7")]
-    first = ext._decode_pod.cache[("uid-p", "7")]
-    bigger = orjson.loads(orjson.dumps(pod_json(70000)))
-    bigger["metadata"].update(name="p", uid="uid-p", resourceVersion="8")
-    resp = await client.post("/filter", data=orjson.dumps({"Pod": bigger, "NodeNames": names}))
-    body = orjson.loads(await resp.read())
-    assert body["NodeNames"] == ["roomy"]  # the new version's need, not the cached one
-    assert ext._decode_pod.cache[("uid-p", "8")].gpu != first.gpu
+    assert list(ext._decode_pod.cache) == [orjson.dumps(pod)]
+    forged = orjson.loads(orjson.dumps(pod_json(70000)))
+    forged["metadata"].update(name="p", uid="uid-p", resourceVersion="7")
+    resp = await client.post("/filter", data=orjson.dumps({"Pod": forged, "NodeNames": names}))
+    assert orjson.loads(await resp.read())["NodeNames"] == ["roomy"]  # its own need
+    resp = await client.post("/filter", data=orjson.dumps({"Pod": pod, "NodeNames": names}))
+    assert orjson.loads(await resp.read())["NodeNames"] == ["tight", "roomy"]
     bad = named(pod_json(20000), "q")
-    bad["metadata"]["resourceVersion"] = "1"
     bad["spec"]["tolerations"] = "nope"
     resp = await client.post("/filter", data=orjson.dumps({"Pod": bad, "NodeNames": names}))
     assert resp.status == 400  # a bad pod is never cached
-    assert ("uid-q", "1") not in ext._decode_pod.cache
+    assert orjson.dumps(bad) not in ext._decode_pod.cache
+
+
+def test_the_pod_cache_is_bounded_in_bytes() -> None:
+    ext = Extender(make_state(), ExtenderSettings(pod_cache_bytes=64 * 1024))
+    for i in range(200):
+        ext.filter({"Pod": named(pod_json(20000 + i), f"p{i}"), "NodeNames": ["roomy"]}, NOW)
+    assert 0 < ext._decode_pod.size <= 64 * 1024
+    assert ext._decode_pod.size == sum(len(k) for k in ext._decode_pod.cache)
+    huge = named(pod_json(20000), "huge")
+    huge["metadata"]["annotations"]["x"] = "y" * 2048  # over 1/64 of the budget: not kept
+    ext.filter({"Pod": huge, "NodeNames": ["roomy"]}, NOW)
+    assert orjson.dumps(huge) not in ext._decode_pod.cache

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import yaml
 
+from extender.body import BodyLimit, BodyReader, BodyRefused, decoded_estimate, structure
 from extender.decode import BadRequest, node_from_json, pod_from_json
 from extender.server import Extender
 from extender.state import ClusterState
@@ -64,6 +67,38 @@ def extender_request(data: bytes) -> None:
         for key, decode in (("Pod", pod_from_json), ("Node", node_from_json)):
             with contextlib.suppress(BadRequest):
                 decode(args.get(key, args))
+
+
+_BODY_LIMIT = BodyLimit(max_bytes=1 << 16, max_decoded=1 << 20)
+_CODINGS = (None, "gzip", "deflate", "identity", "br")
+
+
+def extender_body(data: bytes) -> None:
+    """A request body as the HTTP layer takes it: the first byte picks a content coding and a
+    chunk size (and whether to compress the rest, so that valid compressed bodies come too);
+    the rest goes through :class:`BodyReader` chunk by chunk, then the JSON decoder and the
+    verbs. Only a refusal, a JSON error or ``BadRequest`` may come out, and a body the reader
+    accepts is within its limits when counted whole."""
+    if not data:
+        return
+    head, rest = data[0], data[1:]
+    coding = _CODINGS[head % len(_CODINGS)]
+    step = 1 + (head >> 3)
+    if head & 4 and coding == "gzip":
+        rest = gzip.compress(rest)
+    elif head & 4 and coding == "deflate":
+        rest = zlib.compress(rest)
+    try:
+        reader = BodyReader(_BODY_LIMIT, coding)
+        for k in range(0, len(rest), step):
+            reader.feed(rest[k : k + step])
+        body = reader.finish()
+    except BodyRefused:
+        return
+    values, containers = structure(body)
+    assert len(body) <= _BODY_LIMIT.max_bytes
+    assert decoded_estimate(len(body), 1 + values, containers) <= _BODY_LIMIT.max_decoded
+    extender_request(body)
 
 
 def policy_document(data: bytes) -> None:
@@ -115,6 +150,7 @@ def promql_scope(data: bytes) -> None:
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "extender_request": extender_request,
+    "extender_body": extender_body,
     "policy_document": policy_document,
     "policy_json": policy_json,
     "promql_scope": promql_scope,
@@ -126,6 +162,11 @@ def seeds(target: str) -> list[bytes]:
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
+    if target == "extender_body":  # identity, gzip and deflate (compressed by the target)
+        requests = seeds("extender_request")
+        return [bytes([head]) + r for head in (0, 6, 12) for r in requests] + [
+            b"\x01" + gzip.compress(requests[0])
+        ]
     if target == "extender_request":
         pod = pod_json(30000, 1)
         return [

@@ -33,7 +33,7 @@ from schemathesis.core.failures import FailureGroup
 from autoscaler.external_metrics import ExternalMetricsSettings, build_app
 from autoscaler.store import DecisionStore, Published
 from extender.server import Extender, ExtenderSettings, Metrics, make_app
-from tests.extender.test_server import FakeBinder, make_state
+from tests.extender.support import FakeBinder, make_state
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("GPUSCALE_FUZZ_EXAMPLES", "60"))
