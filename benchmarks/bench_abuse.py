@@ -11,7 +11,8 @@ kube-scheduler send them, or with ``--fresh-connections`` each on a new connecti
 case for admission) beside the same client's p99 in a quiet run of the same length.
 
 The rows of other shapes run after these, each module with its own table: hostile tenants'
-Prometheus answers against the controller (``benchmarks/abuse_queries.py``).
+Prometheus answers against the controller (``benchmarks/abuse_queries.py``) and hostile request
+bodies against the extender at 5,000 nodes (``benchmarks/abuse_requests.py``).
 
 ``--legacy`` runs the same attacks against the servers as they were before connection limits
 (aiohttp's own server, its 256 KiB TLS buffer, and the extender on plain HTTP), for comparison.
@@ -44,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import abuse_queries  # noqa: E402
+from benchmarks import abuse_queries, abuse_requests  # noqa: E402
 from tests.extender.test_cluster_cache import node_obj, pod_obj  # noqa: E402
 from tests.support.kube_standin import KubeStandIn  # noqa: E402
 from tests.support.prometheus import free_port  # noqa: E402
@@ -545,7 +546,7 @@ def _print(rows: list[Row], legacy: bool, fresh: bool) -> None:
     )
 
 
-async def main(argv: Sequence[str] | None = None) -> None:
+async def main(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idle", type=int, default=1000, help="idle connections (max 3000)")
     parser.add_argument("--slowloris", type=int, default=200, help="slow connections (max 1000)")
@@ -583,10 +584,14 @@ async def main(argv: Sequence[str] | None = None) -> None:
     _print(rows, args.legacy, args.fresh_connections)
     if not args.legacy and args.only in (None, "controller"):
         await abuse_queries.main(["--seconds", f"{max(scale.seconds, 10.0):g}"])
+    return args
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--healthy-client":
         asyncio.run(healthy_client(json.loads(sys.argv[2])))
     else:
-        asyncio.run(main())
+        parsed = asyncio.run(main())
+        if not parsed.legacy and parsed.only in (None, "extender"):
+            # Its own processes and event loops: run after this script's loop has closed.
+            abuse_requests.main([])
