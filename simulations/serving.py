@@ -264,7 +264,8 @@ RoutingMode = Literal["least-outstanding", "round-robin"]
 class Router:
     """Spreads requests over Ready replicas, like a gateway in front of the Service.
 
-    ``least-outstanding`` picks the replica with the fewest running+queued requests (lowest id
+    ``least-outstanding`` picks the replica with the fewest outstanding requests (running, queued
+    or still on their way to the engine's queue, as a gateway counts open connections; lowest id
     on ties, so runs are deterministic); ``round-robin`` cycles in id order. While no replica is
     Ready, requests wait in the gateway's own queue (``held``, as Knative's activator buffers
     them); replicas that come up take from it as their slots free up, and new requests join the
@@ -293,9 +294,9 @@ class Router:
             ready[self._rr].admit(i)
             return
         best = ready[0]
-        best_load = best.running + len(best.queue)
+        best_load = best.outstanding
         for replica in ready:
-            load = replica.running + len(replica.queue)
+            load = replica.outstanding
             if load < best_load:
                 best, best_load = replica, load
         best.admit(i)
@@ -316,4 +317,4 @@ class Router:
 
     @property
     def outstanding(self) -> int:
-        return len(self.held) + sum(r.running + len(r.queue) for r in self.ready)
+        return len(self.held) + sum(r.outstanding for r in self.ready)
