@@ -179,6 +179,7 @@ class BatchingReplica:
         "itl",
         "max_batch",
         "on_idle",
+        "pending",
         "preemptions",
         "preprocess",
         "profile",
@@ -214,6 +215,8 @@ class BatchingReplica:
         self.preprocess = config.profile.alpha0 > 0 or config.profile.alpha1 > 0
         self.incoming: dict[int, None] = {}
         """Requests on their way to the waiting queue (``alpha0 + alpha1 × prompt``)."""
+        self.pending = 0
+        """``len(incoming)``, as a plain attribute for the router's hot loop."""
         limits = config.limits
         self.max_batch = limits.max_num_seqs
         self.budget = limits.max_num_batched_tokens
@@ -250,7 +253,7 @@ class BatchingReplica:
 
     @property
     def outstanding(self) -> int:
-        return self.running + len(self.queue) + len(self.incoming)
+        return self.running + len(self.queue) + self.pending
 
     @property
     def kv_usage(self) -> float:
@@ -268,6 +271,7 @@ class BatchingReplica:
             return
         if self.preprocess:
             self.incoming[i] = None
+            self.pending += 1
             self._push(
                 self._engine.now + arrival_overhead(self.profile, log.prompt[i]), self._enqueue, i
             )
@@ -280,6 +284,7 @@ class BatchingReplica:
             if i not in self.incoming:
                 return  # the pod was killed meanwhile
             del self.incoming[i]
+            self.pending -= 1
         self.queue.append(i)
         if not self.busy:
             # start after every request of this instant has arrived, as one batch
@@ -302,6 +307,7 @@ class BatchingReplica:
         self.busy = False
         items = list(self.incoming) + list(self.queue) + self.batch
         self.incoming.clear()
+        self.pending = 0
         self.queue.clear()
         log = self._log
         for i in self.batch:
@@ -324,6 +330,7 @@ class BatchingReplica:
                 room -= 1
                 if self.preprocess:
                     self.incoming[i] = None
+                    self.pending += 1
                     self._push(
                         self._engine.now + arrival_overhead(self.profile, self._log.prompt[i]),
                         self._enqueue,

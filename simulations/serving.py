@@ -127,6 +127,7 @@ class Replica:
         "latency_sum",
         "max_batch",
         "on_idle",
+        "pending",
         "queue",
         "running",
         "ttft_counts",
@@ -150,6 +151,8 @@ class Replica:
         self.backlog: deque[int] | None = None
         """The gateway's queue while this replica is in rotation: a free slot pulls from it."""
         self.running = 0
+        self.pending = 0
+        """Always 0: this model queues a request the moment it arrives."""
         self.arrived = 0
         self.completed = 0
         self.latency_sum = 0.0
@@ -249,6 +252,8 @@ class Routable(Protocol):
     id: int
     queue: deque[int]
     running: int
+    pending: int
+    """Requests accepted but not yet in ``queue`` (an API server still preparing them)."""
     max_batch: int
     backlog: deque[int] | None
 
@@ -294,9 +299,9 @@ class Router:
             ready[self._rr].admit(i)
             return
         best = ready[0]
-        best_load = best.outstanding
+        best_load = best.running + len(best.queue) + best.pending
         for replica in ready:
-            load = replica.outstanding
+            load = replica.running + len(replica.queue) + replica.pending
             if load < best_load:
                 best, best_load = replica, load
         best.admit(i)
