@@ -96,6 +96,8 @@ def calibrate(
       gpuscale simulate calibrate --levels levels.csv --name my-profile
       gpuscale simulate calibrate --prometheus http://127.0.0.1:9090 --windows windows.csv \\
         --selector '{model_name="llama"}' --name my-profile
+    Steps and levels together also fit the alpha terms (the overheads outside the steps):
+      gpuscale simulate calibrate --steps steps.csv --levels levels.csv --name my-profile
     """
     from policies.profiles import NAME_PATTERN, parse_bytes, profile_document
     from policies.stepmodel import EngineLimits
