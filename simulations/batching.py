@@ -161,6 +161,8 @@ class BatchingReplica:
         "_engine",
         "_log",
         "_push",
+        "alpha0",
+        "alpha1",
         "alpha2",
         "arrived",
         "backlog",
@@ -211,6 +213,10 @@ class BatchingReplica:
         self._push = engine.push
         self._log = log
         self.profile = config.profile
+        self.alpha0 = config.profile.alpha0
+        self.alpha1 = config.profile.alpha1
+        """:func:`policies.stepmodel.arrival_overhead`'s terms, inlined in the hot path (the
+        closed-form tests pin the two together)."""
         self.alpha2 = config.profile.alpha2
         self.preprocess = config.profile.alpha0 > 0 or config.profile.alpha1 > 0
         self.incoming: dict[int, None] = {}
@@ -273,7 +279,7 @@ class BatchingReplica:
             self.incoming[i] = None
             self.pending += 1
             self._push(
-                self._engine.now + arrival_overhead(self.profile, log.prompt[i]), self._enqueue, i
+                self._engine.now + (self.alpha0 + self.alpha1 * log.prompt[i]), self._enqueue, i
             )
             return
         self._enqueue(i)

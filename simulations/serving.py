@@ -300,10 +300,13 @@ class Router:
             return
         best = ready[0]
         best_load = best.running + len(best.queue) + best.pending
-        for replica in ready:
-            load = replica.running + len(replica.queue) + replica.pending
-            if load < best_load:
-                best, best_load = replica, load
+        if best_load:
+            for replica in ready:
+                load = replica.running + len(replica.queue) + replica.pending
+                if load < best_load:
+                    best, best_load = replica, load
+                    if not load:
+                        break  # an idle replica: nobody after it can have fewer
         best.admit(i)
 
     def add(self, replica: Routable) -> None:
