@@ -96,14 +96,20 @@ def calibrate(
       gpuscale simulate calibrate --levels levels.csv --name my-profile
       gpuscale simulate calibrate --prometheus http://127.0.0.1:9090 --windows windows.csv \\
         --selector '{model_name="llama"}' --name my-profile
+    Steps and levels together also fit the alpha terms (the overheads outside the steps):
+      gpuscale simulate calibrate --steps steps.csv --levels levels.csv --name my-profile
     """
     from policies.profiles import NAME_PATTERN, parse_bytes, profile_document
     from policies.stepmodel import EngineLimits
     from simulations import calibrate as cal
 
     given = [x for x in (steps_file, levels_file, prometheus_url) if x is not None]
-    if len(given) != 1:
-        click.echo("calibrate: give exactly one of --steps, --levels, --prometheus", err=True)
+    if not given or (levels_file is not None and prometheus_url is not None):
+        click.echo(
+            "calibrate: give exactly one of --steps, --levels, --prometheus (or --steps with"
+            " one of the other two, for the alpha terms)",
+            err=True,
+        )
         raise SystemExit(1)
     if prometheus_url is not None and windows_file is None:
         click.echo("calibrate: --prometheus needs --windows (the load test's levels)", err=True)
@@ -129,18 +135,27 @@ def calibrate(
             sizes[flag] = value
     limits = EngineLimits(kv_cache_tokens // 16, max_num_seqs, max_num_batched_tokens)
     try:
-        if steps_file is not None:
-            fit = cal.fit_steps(cal.read_steps(steps_file), name)
-            what = f"{steps_file.name} (engine steps)"
-        elif levels_file is not None:
-            fit = cal.fit_levels(cal.read_levels(levels_file), limits, name)
+        levels: list[cal.Level] | None = None
+        what = ""
+        if levels_file is not None:
+            levels = cal.read_levels(levels_file)
             what = f"{levels_file.name} (load levels)"
-        else:
-            assert prometheus_url is not None and windows_file is not None
+        elif prometheus_url is not None:
+            assert windows_file is not None
             windows = cal.read_windows(windows_file)
             levels = cal.load_levels_from_prometheus(_querier(prometheus_url), windows, selector)
-            fit = cal.fit_levels(levels, limits, name)
             what = f"Prometheus load test ({len(windows)} levels, {windows_file.name})"
+        if steps_file is not None:
+            fit = cal.fit_steps(cal.read_steps(steps_file), name)
+            steps_what = f"{steps_file.name} (engine steps)"
+            if levels is None:
+                what = steps_what
+            else:
+                fit = cal.fit_alphas(levels, limits, fit.profile)
+                what = f"{steps_what} and {what}"
+        else:
+            assert levels is not None
+            fit = cal.fit_levels(levels, limits, name)
     except cal.CalibrationError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(1) from None
@@ -164,6 +179,14 @@ def calibrate(
     click.echo(f"  beta2 {p.beta2 * 1e6:10.4f} µs/sequence per decoding sequence")
     if p.beta3:
         click.echo(f"  beta3 {p.beta3 * 1e9:10.4f} ns/token    per context token")
+    if p.alpha0 or p.alpha1 or p.alpha2:
+        click.echo(f"  alpha0 {p.alpha0 * 1e6:9.4f} µs          per request, before queueing")
+        click.echo(f"  alpha1 {p.alpha1 * 1e6:9.4f} µs/token    per prompt token, before queueing")
+        click.echo(f"  alpha2 {p.alpha2 * 1e6:9.4f} µs/token    per emitted token")
+    elif levels is None:
+        click.echo("  alphas: not fitted (step times carry none; add --levels or --prometheus)")
+    for note in fit.notes:
+        click.echo(f"  {note}")
     r2 = "" if fit.r2 != fit.r2 else f", R² {fit.r2:.4f}"
     click.echo(
         f"  error: RMSE {fit.rmse * 1e3:.4g} ms, mean relative error {fit.mape * 100:.3g}%{r2}"

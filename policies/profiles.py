@@ -9,10 +9,15 @@ source; ``gpuscale simulate calibrate`` writes new ones in the same format. A sc
     gpu: NVIDIA-H100-80GB
     tensorParallelism: 1
     stepTime: {beta0: 5.753ms, beta1: 17.25us, beta2: 6us, beta3: 0s}
+    alpha: {perRequest: 232.5us, perInputToken: 1.752us, perOutputToken: 3.357ms}  # optional
     gpuMemory: 80Gi          # one GPU; bytes as a number, or a quantity (Gi, G, Mi, …)
     weights: 16060522496     # bytes of weights on each GPU
     kvBytesPerToken: 131072  # KV bytes per token on each GPU
     source: where the numbers come from
+
+``alpha`` holds BLIS's overheads outside the engine step (see :mod:`policies.stepmodel`): before a
+request is queued, ``perRequest + perInputToken × prompt tokens``; on every emitted token,
+``perOutputToken``. Left out, they are 0.
 
 Errors name the file and the field (``p.yaml: stepTime.beta1: expected a duration …``).
 """
@@ -45,12 +50,15 @@ _FACTORS = {
     "G": 10**9,
     "T": 10**12,
 }
+_ALPHAS = ("perRequest", "perInputToken", "perOutputToken")
+"""``alpha`` keys, in BLIS's ``alpha_coeffs`` order."""
 _FIELDS = (
     "name",
     "model",
     "gpu",
     "tensorParallelism",
     "stepTime",
+    "alpha",
     "gpuMemory",
     "weights",
     "kvBytesPerToken",
@@ -147,6 +155,25 @@ def parse_profile(document: Any, file: str) -> StepProfile:
                 betas[k] = seconds
         if betas[0] <= 0 and "beta0" in step and not errors:
             err("stepTime.beta0", "must be greater than 0")
+    alphas = [0.0, 0.0, 0.0]
+    alpha = document.get("alpha")
+    if alpha is not None and not isinstance(alpha, dict):
+        err("alpha", f"expected {{{', '.join(_ALPHAS)}}} as durations, got {alpha!r}")
+    elif alpha is not None:
+        for key in alpha:
+            if key not in _ALPHAS:
+                err(f"alpha.{key}", f"unknown field (expected {', '.join(_ALPHAS)})")
+        for k, key in enumerate(_ALPHAS):
+            if key not in alpha:
+                continue
+            seconds = _seconds(alpha[key])
+            if seconds is None:
+                err(
+                    f"alpha.{key}",
+                    f'expected a duration like "3.4ms" or seconds, got {alpha[key]!r}',
+                )
+            else:
+                alphas[k] = seconds
     tp = document.get("tensorParallelism", 1)
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         err("tensorParallelism", f"expected an integer of at least 1, got {tp!r}")
@@ -184,6 +211,9 @@ def parse_profile(document: Any, file: str) -> StepProfile:
         kv_bytes_per_token=sizes["kvBytesPerToken"],
         gpu_memory_bytes=sizes["gpuMemory"],
         source=text["source"],
+        alpha0=alphas[0],
+        alpha1=alphas[1],
+        alpha2=alphas[2],
     )
 
 
@@ -199,6 +229,13 @@ def profile_document(profile: StepProfile) -> dict[str, Any]:
         f"beta{k}": _spell(v)
         for k, v in enumerate((profile.beta0, profile.beta1, profile.beta2, profile.beta3))
     }
+    if profile.alpha0 or profile.alpha1 or profile.alpha2:
+        doc["alpha"] = {
+            key: _spell(v)
+            for key, v in zip(
+                _ALPHAS, (profile.alpha0, profile.alpha1, profile.alpha2), strict=True
+            )
+        }
     if profile.gpu_memory_bytes:
         doc["gpuMemory"] = int(profile.gpu_memory_bytes)
     if profile.weights_bytes:
@@ -213,7 +250,9 @@ def profile_document(profile: StepProfile) -> dict[str, Any]:
 def _spell(seconds: float) -> str:
     """A duration string with microsecond resolution (``17.25us``), or ``format_duration``."""
     if seconds > 0 and seconds < 1e-3:
-        return f"{seconds * 1e6:.6g}us"
+        if seconds < 1e-12:
+            return "0s"  # below a picosecond is fitting noise, and %g would write an exponent
+        return f"{seconds * 1e6:.6f}".rstrip("0").rstrip(".") + "us"
     return format_duration(max(seconds, 0.0))
 
 

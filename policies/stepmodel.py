@@ -7,9 +7,19 @@ composition, as in inference-sim (BLIS) and Vidur::
     step = beta0 + beta1 * prefill_tokens + beta2 * decoding_seqs + beta3 * context_tokens
 
 (``context_tokens``: the KV tokens the decoding sequences attend to; ``beta3`` is optional and 0
-in the published fits). The simulator's replicas call :func:`step_time` for every step and
-:func:`decode_run_time` for runs of decode-only steps; the ``modelCapacity`` policy metric sizes a
-service with :func:`replicas_for_slo` from the same coefficients. No other module has the formula.
+in the published fits). BLIS fits a second half on the same real vLLM runs, the *alpha* terms,
+work outside the engine step that every request pays but that never delays a step:
+
+- ``alpha0 + alpha1 * prompt_tokens`` before the request reaches the engine's waiting queue
+  (API server, tokenization): :func:`arrival_overhead`;
+- ``alpha2`` on every emitted token, the first included (detokenization, output processing):
+  each inter-token latency is the step gap plus ``alpha2``, so a request's ``k``-th token leaves
+  ``k * alpha2`` after the step that made it, as BLIS's ``FirstTokenTime`` and ``ITL`` add it.
+
+A profile without alphas has them at 0 and behaves as the steps alone. The simulator's replicas
+call :func:`step_time` for every step and :func:`decode_run_time` for runs of decode-only steps;
+the ``modelCapacity`` policy metric sizes a service with :func:`replicas_for_slo` from the same
+coefficients. No other module has the formula.
 
 Capacity model (fluid, per replica). Requests arrive at ``lam``/s with ``P`` prompt tokens and
 ``G`` generated tokens on average; the first token comes out of the last prefill step, so a
@@ -19,12 +29,14 @@ tokens. Solving ``tau = beta0 + beta1·lam·P·tau + beta2·N + beta3·N·(P + D
 
     tau = beta0 / (1 - rho),   rho = lam · c,   c = beta1·P + beta2·D + beta3·D·(P + D/2)
 
-``tau`` is the mean step time, so the mean time per output token (TPOT) is ``tau``. A new request
-waits for the step in progress (``tau/2`` on average, stretched by ``1/(1 - u)`` when the token
-budget is a fraction ``u`` full), then its prompt goes through in ``k = ceil(P / (budget - N))``
-chunks, each step carrying its own chunk besides the background load::
+``tau`` is the mean step time, so the mean time per output token (TPOT) is ``tau + alpha2``. A
+new request reaches the engine ``alpha0 + alpha1·P`` after it arrives, waits for the step in
+progress (``tau/2`` on average, stretched by ``1/(1 - u)`` when the token budget is a fraction
+``u`` full), then its prompt goes through in ``k = ceil(P / (budget - N))`` chunks, each step
+carrying its own chunk besides the background load::
 
-    TTFT ≈ tau / (2 (1 - u)) + k·tau + beta1·P,   u = (lam·P·tau + N) / maxNumBatchedTokens
+    TTFT ≈ alpha0 + alpha1·P + tau / (2 (1 - u)) + k·tau + beta1·P + alpha2,
+    u = (lam·P·tau + N) / maxNumBatchedTokens
 
 Under overload the engine keeps a full batch: ``y = lam·tau`` is capped by ``maxNumSeqs / D``, by
 the token budget ``B / (P + D)`` and by the KV cache ``kv_tokens / (D·(P + D/2))``; the throughput
@@ -66,6 +78,12 @@ class StepProfile:
     gpu_memory_bytes: float = 0.0
     """Memory of one GPU of this type (the default when a service does not say)."""
     source: str = ""
+    alpha0: float = 0.0
+    """Seconds of processing before each request is queued (BLIS ``alpha_coeffs[0]``)."""
+    alpha1: float = 0.0
+    """Seconds per prompt token of that processing (tokenization; ``alpha_coeffs[1]``)."""
+    alpha2: float = 0.0
+    """Seconds added to every emitted token's latency (``alpha_coeffs[2]``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +110,11 @@ def step_time(
         + profile.beta2 * decode_seqs
         + profile.beta3 * context_tokens
     )
+
+
+def arrival_overhead(profile: StepProfile, prompt_tokens: float) -> float:
+    """Seconds between a request's arrival and its entry in the engine's waiting queue."""
+    return profile.alpha0 + profile.alpha1 * prompt_tokens
 
 
 def decode_run_time(profile: StepProfile, seqs: int, context_tokens: float, steps: int) -> float:
@@ -176,6 +199,7 @@ class SteadyState:
     """KV tokens in use over the cache's capacity."""
     ttft: float
     tpot: float
+    """Mean time per output token: the step plus ``alpha2``."""
     limit: str | None
     """Why this load cannot be carried at all (``None`` when it can)."""
 
@@ -206,7 +230,8 @@ def steady_state(
         return SteadyState(rate, rho, tau, n, u, kv, inf, inf, limit)
     chunks = math.ceil(p / max(budget - n, 1.0)) if p > 0 else 1
     ttft = tau / (2 * (1 - u)) + chunks * tau + profile.beta1 * p
-    return SteadyState(rate, rho, tau, n, u, kv, ttft, tau, None)
+    ttft += arrival_overhead(profile, p) + profile.alpha2
+    return SteadyState(rate, rho, tau, n, u, kv, ttft, tau + profile.alpha2, None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,12 @@ prompt also emits the request's first token; each later step emits one more, unt
 has its ``generated`` tokens. A resumed request recomputes its prompt and the tokens it already
 had, in one prefill.
 
+The profile's alpha terms fall outside the steps, as in BLIS: a request reaches the waiting queue
+:func:`policies.stepmodel.arrival_overhead` after it reaches the replica (it counts as
+outstanding meanwhile), and each token it emits leaves ``alpha2`` later than the one before would
+have, so TTFT, every inter-token latency and e2e include them as vLLM's histograms do, while the
+engine's steps never wait for them.
+
 Step time is :func:`policies.stepmodel.step_time` of the batch. Runs of decode-only steps in
 which nothing can change the batch (no admission possible, no request finishing before the last
 step, no block allocation that could fail) are advanced in one event through
@@ -34,7 +40,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.stepmodel import EngineLimits, StepProfile, decode_run_time, step_time
+from policies.stepmodel import (
+    EngineLimits,
+    StepProfile,
+    arrival_overhead,
+    decode_run_time,
+    step_time,
+)
 from simulations.engine import Engine
 
 TTFT_BUCKETS: tuple[float, ...] = (
@@ -87,7 +99,9 @@ class ServingLog:
     """What happened to every request of a run, by request index (struct of lists).
 
     ``prompt``/``generated`` are token counts (at least 1); ``start`` is when a request was first
-    scheduled, ``first_token`` its TTFT instant, ``finish`` when its last token came out.
+    scheduled, ``first_token`` its TTFT instant, ``finish`` when its last token came out (both
+    with the profile's ``alpha2`` per token emitted); ``last_token`` is the end of the step that
+    made its latest token.
     """
 
     __slots__ = (
@@ -147,6 +161,9 @@ class BatchingReplica:
         "_engine",
         "_log",
         "_push",
+        "alpha0",
+        "alpha1",
+        "alpha2",
         "arrived",
         "backlog",
         "batch",
@@ -160,10 +177,13 @@ class BatchingReplica:
         "free",
         "generation_tokens",
         "id",
+        "incoming",
         "itl",
         "max_batch",
         "on_idle",
+        "pending",
         "preemptions",
+        "preprocess",
         "profile",
         "prompt_tokens",
         "queue",
@@ -193,6 +213,16 @@ class BatchingReplica:
         self._push = engine.push
         self._log = log
         self.profile = config.profile
+        self.alpha0 = config.profile.alpha0
+        self.alpha1 = config.profile.alpha1
+        """:func:`policies.stepmodel.arrival_overhead`'s terms, inlined in the hot path (the
+        closed-form tests pin the two together)."""
+        self.alpha2 = config.profile.alpha2
+        self.preprocess = config.profile.alpha0 > 0 or config.profile.alpha1 > 0
+        self.incoming: dict[int, None] = {}
+        """Requests on their way to the waiting queue (``alpha0 + alpha1 × prompt``)."""
+        self.pending = 0
+        """``len(incoming)``, as a plain attribute for the router's hot loop."""
         limits = config.limits
         self.max_batch = limits.max_num_seqs
         self.budget = limits.max_num_batched_tokens
@@ -229,7 +259,7 @@ class BatchingReplica:
 
     @property
     def outstanding(self) -> int:
-        return self.running + len(self.queue)
+        return self.running + len(self.queue) + self.pending
 
     @property
     def kv_usage(self) -> float:
@@ -237,7 +267,7 @@ class BatchingReplica:
         return (self.blocks_total - self.free) / self.blocks_total
 
     def admit(self, i: int) -> None:
-        """Request ``i`` reaches this engine's waiting queue."""
+        """Request ``i`` reaches this replica; it is queued after the arrival overhead."""
         self.arrived += 1
         log = self._log
         if -(-(log.prompt[i] + log.generated[i] - 1) // self.block) > self.blocks_total:
@@ -245,6 +275,22 @@ class BatchingReplica:
             if self._drop is not None:
                 self._drop(i)
             return
+        if self.preprocess:
+            self.incoming[i] = None
+            self.pending += 1
+            self._push(
+                self._engine.now + (self.alpha0 + self.alpha1 * log.prompt[i]), self._enqueue, i
+            )
+            return
+        self._enqueue(i)
+
+    def _enqueue(self, i: int) -> None:
+        """Request ``i`` joins the engine's waiting queue."""
+        if self.preprocess:
+            if i not in self.incoming:
+                return  # the pod was killed meanwhile
+            del self.incoming[i]
+            self.pending -= 1
         self.queue.append(i)
         if not self.busy:
             # start after every request of this instant has arrived, as one batch
@@ -265,7 +311,9 @@ class BatchingReplica:
         self.sync()
         self.epoch += 1
         self.busy = False
-        items = list(self.queue) + self.batch
+        items = list(self.incoming) + list(self.queue) + self.batch
+        self.incoming.clear()
+        self.pending = 0
         self.queue.clear()
         log = self._log
         for i in self.batch:
@@ -281,11 +329,21 @@ class BatchingReplica:
     def _pull_backlog(self) -> None:
         backlog = self.backlog
         if backlog:
-            room = self.max_batch - self.running - len(self.queue)
+            room = self.max_batch - self.outstanding
             while room > 0 and backlog:
-                self.queue.append(backlog.popleft())
+                i = backlog.popleft()
                 self.arrived += 1
                 room -= 1
+                if self.preprocess:
+                    self.incoming[i] = None
+                    self.pending += 1
+                    self._push(
+                        self._engine.now + arrival_overhead(self.profile, self._log.prompt[i]),
+                        self._enqueue,
+                        i,
+                    )
+                else:
+                    self.queue.append(i)
 
     def _next(self) -> None:
         """Plan the next step (or run of decode steps) from now, or go idle."""
@@ -294,7 +352,7 @@ class BatchingReplica:
         if not self.batch and not self.queue:
             self.busy = False
             self.run_k = self.run_done = 0
-            if self.on_idle is not None:
+            if self.on_idle is not None and not self.incoming:
                 self.on_idle(self)
             return
         self.busy = True
@@ -475,6 +533,7 @@ class BatchingReplica:
         finished = False
         ttft = self.ttft
         decoding = log.decoding
+        a2 = self.alpha2
         gaps: dict[float, int] = {}
         """Inter-token gaps of this step; most sequences share one (the step time)."""
         tokens = 0
@@ -487,8 +546,8 @@ class BatchingReplica:
             out[i] = o
             tokens += 1
             if first[i] != first[i]:
-                first[i] = now
-                ttft.observe(now - log.arrival[i])
+                first[i] = now + a2
+                ttft.observe(now + a2 - log.arrival[i])
                 self.prompt_tokens += log.prompt[i]
             else:
                 gap = now - last[i]
@@ -503,7 +562,7 @@ class BatchingReplica:
         self.generation_tokens += tokens
         itl = self.itl
         for gap, count in gaps.items():
-            itl.observe(gap, count)
+            itl.observe(gap + a2, count)
         self.sched = []
         self.sched_n = []
         if finished:
@@ -524,11 +583,13 @@ class BatchingReplica:
         self.running = len(keep)
         blocks = log.blocks
         e2e = self.e2e
+        a2 = self.alpha2
         for i in done:
             self.free += blocks[i]
             blocks[i] = 0
-            log.finish[i] = now
-            e2e.observe(now - log.arrival[i])
+            t = now + gen[i] * a2
+            log.finish[i] = t
+            e2e.observe(t - log.arrival[i])
             self.completed += 1
         if self._complete is not None:
             for i in done:
@@ -565,6 +626,7 @@ class BatchingReplica:
         free = self.free
         profile = self.profile
         itl = self.itl
+        a2 = self.alpha2
         skip = 0
         if done == 0:
             # the first step's gap is the step time only for sequences that got a token in the
@@ -574,7 +636,7 @@ class BatchingReplica:
             for i in self.batch:
                 gap = first_end - last[i]
                 if abs(gap - tau1) > 1e-12:
-                    itl.observe(gap)
+                    itl.observe(gap + a2)
                     skip += 1
         for i in self.batch:
             c = computed[i] + m
@@ -589,11 +651,12 @@ class BatchingReplica:
         self.generation_tokens += n * m
         self.steps += m
         if profile.beta3 == 0.0:
-            itl.observe(step_time(profile, 0, n, 0), n * m - skip)
+            itl.observe(step_time(profile, 0, n, 0) + a2, n * m - skip)
         else:
             for s in range(done, upto):
                 itl.observe(
-                    step_time(profile, 0, n, self.run_c0 + n * s), n - (skip if s == 0 else 0)
+                    step_time(profile, 0, n, self.run_c0 + n * s) + a2,
+                    n - (skip if s == 0 else 0),
                 )
         self.run_done = upto
 

@@ -10,7 +10,16 @@ Two kinds of measurements:
   as Prometheus gives them from vLLM's histograms and counters. The coefficients are fitted so
   that :func:`policies.stepmodel.steady_state` (the model ``modelCapacity`` sizes with)
   reproduces the measured means, minimising relative errors (``scipy.optimize.least_squares``,
-  ``beta >= 0``; ``beta3`` is not identifiable from means and stays 0).
+  ``beta >= 0``; ``beta3`` is not identifiable from means and stays 0). The alphas are not
+  fitted from levels alone: fitting ``alpha0`` and ``alpha2`` beside the betas to the engine's
+  own levels (shipped H100 profile, 4 loads) gave a degenerate ``beta1 = 0``, ``alpha0`` 17.6 ms,
+  ``alpha2 = 0`` at the same 1.7% error as the betas alone, which put ``beta0`` at 8.9 ms for the
+  true 5.75 + 3.36 ms of ``beta0 + alpha2``. The fit says so in a note.
+
+Both together (:func:`fit_alphas`): betas from the steps, then the alphas from what the levels'
+per-token latencies have beyond the modelled steps, by non-negative least squares (linear once
+the betas are known): ``TTFT - model = alpha0 + alpha1·P + alpha2`` and ``ITL - model = alpha2``.
+Step times alone carry no alpha terms.
 
 :func:`load_levels_from_prometheus` turns a load test's Prometheus data into levels.
 """
@@ -20,7 +29,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +52,8 @@ class Fit:
     mape: float
     """Mean absolute relative error."""
     r2: float
+    notes: tuple[str, ...] = field(default=())
+    """What could not be fitted, and why."""
 
 
 def _fit_stats(measured: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
@@ -195,10 +206,18 @@ def read_levels(path: Path) -> list[Level]:
     return levels
 
 
+LEVELS_CANNOT_FIT_ALPHAS = (
+    "alphas not fitted: mean latencies at load levels cannot tell them from the betas (a"
+    " constant overhead and a larger beta0 or beta1 fit them equally well); give the engine's"
+    " steps too (--steps) and the alphas are fitted against them"
+)
+
+
 def fit_levels(
     levels: Sequence[Level], limits: EngineLimits, name: str, *, source: str = ""
 ) -> Fit:
-    """``beta0..beta2`` whose modelled mean TTFT and TPOT best match the levels (relative)."""
+    """``beta0..beta2`` whose modelled mean TTFT and TPOT best match the levels (relative
+    errors); the alphas stay 0 (:data:`LEVELS_CANNOT_FIT_ALPHAS`, a note on the fit)."""
     from scipy.optimize import least_squares
 
     if len(levels) < 2:
@@ -235,7 +254,47 @@ def fit_levels(
     predicted = model(x)
     rmse, mape, r2 = _fit_stats(measured, predicted)
     labels = tuple(lbl for _ in levels for lbl in ("ttft", "itl"))
-    return Fit(profile, measured, predicted, labels, rmse, mape, r2)
+    return Fit(profile, measured, predicted, labels, rmse, mape, r2, (LEVELS_CANNOT_FIT_ALPHAS,))
+
+
+def fit_alphas(levels: Sequence[Level], limits: EngineLimits, profile: StepProfile) -> Fit:
+    """``alpha0..alpha2`` for known betas: what the levels' mean TTFT and inter-token latency
+    have beyond the modelled steps (non-negative least squares; ``alpha1`` only when the
+    levels' prompt lengths differ)."""
+    from scipy.optimize import nnls
+
+    steps_only = replace(profile, alpha0=0.0, alpha1=0.0, alpha2=0.0)
+    rows: list[list[float]] = []
+    excess: list[float] = []
+    base: list[float] = []
+    for k, lv in enumerate(levels, start=1):
+        s = steady_state(
+            steps_only, limits, lv.rate, TokenMix(lv.prompt_tokens, lv.generated_tokens)
+        )
+        if s.limit is not None:
+            raise CalibrationError(
+                f"level {k} ({lv.rate:g} req/s): the fitted steps cannot carry it ({s.limit})"
+            )
+        rows += [[1.0, lv.prompt_tokens, 1.0], [0.0, 0.0, 1.0]]
+        excess += [lv.ttft - s.ttft, lv.itl - s.tpot]
+        base += [s.ttft, s.tpot]
+    a = np.asarray(rows)
+    notes: list[str] = []
+    columns = [0, 1, 2]
+    if np.linalg.matrix_rank(a) < 3:
+        columns = [0, 2]
+        notes.append("alpha1 not fitted: every level has the same prompt length")
+    scale = np.maximum(np.abs(a[:, columns]).max(axis=0), 1e-12)
+    x, _ = nnls(a[:, columns] / scale, np.asarray(excess))
+    values = [0.0, 0.0, 0.0]
+    for c, v in zip(columns, x / scale, strict=True):
+        values[c] = float(v)
+    fitted = replace(profile, alpha0=values[0], alpha1=values[1], alpha2=values[2])
+    measured = np.array([x for lv in levels for x in (lv.ttft, lv.itl)])
+    predicted = np.asarray(base) + a @ np.asarray(values)
+    rmse, mape, r2 = _fit_stats(measured, predicted)
+    labels = tuple(lbl for _ in levels for lbl in ("ttft", "itl"))
+    return Fit(fitted, measured, predicted, labels, rmse, mape, r2, tuple(notes))
 
 
 Query = Callable[[str, float], float | None]

@@ -127,6 +127,7 @@ class Replica:
         "latency_sum",
         "max_batch",
         "on_idle",
+        "pending",
         "queue",
         "running",
         "ttft_counts",
@@ -150,6 +151,8 @@ class Replica:
         self.backlog: deque[int] | None = None
         """The gateway's queue while this replica is in rotation: a free slot pulls from it."""
         self.running = 0
+        self.pending = 0
+        """Always 0: this model queues a request the moment it arrives."""
         self.arrived = 0
         self.completed = 0
         self.latency_sum = 0.0
@@ -249,6 +252,8 @@ class Routable(Protocol):
     id: int
     queue: deque[int]
     running: int
+    pending: int
+    """Requests accepted but not yet in ``queue`` (an API server still preparing them)."""
     max_batch: int
     backlog: deque[int] | None
 
@@ -264,7 +269,8 @@ RoutingMode = Literal["least-outstanding", "round-robin"]
 class Router:
     """Spreads requests over Ready replicas, like a gateway in front of the Service.
 
-    ``least-outstanding`` picks the replica with the fewest running+queued requests (lowest id
+    ``least-outstanding`` picks the replica with the fewest outstanding requests (running, queued
+    or still on their way to the engine's queue, as a gateway counts open connections; lowest id
     on ties, so runs are deterministic); ``round-robin`` cycles in id order. While no replica is
     Ready, requests wait in the gateway's own queue (``held``, as Knative's activator buffers
     them); replicas that come up take from it as their slots free up, and new requests join the
@@ -293,11 +299,14 @@ class Router:
             ready[self._rr].admit(i)
             return
         best = ready[0]
-        best_load = best.running + len(best.queue)
-        for replica in ready:
-            load = replica.running + len(replica.queue)
-            if load < best_load:
-                best, best_load = replica, load
+        best_load = best.running + len(best.queue) + best.pending
+        if best_load:
+            for replica in ready:
+                load = replica.running + len(replica.queue) + replica.pending
+                if load < best_load:
+                    best, best_load = replica, load
+                    if not load:
+                        break  # an idle replica: nobody after it can have fewer
         best.admit(i)
 
     def add(self, replica: Routable) -> None:
@@ -316,4 +325,4 @@ class Router:
 
     @property
     def outstanding(self) -> int:
-        return len(self.held) + sum(r.running + len(r.queue) for r in self.ready)
+        return len(self.held) + sum(r.outstanding for r in self.ready)

@@ -136,3 +136,68 @@ def test_profile_errors_name_file_and_field(tmp_path: Path) -> None:
     f.write_text("name: mine\nstepTime: {beta0: 1ms, beta1: 1us, beta2: 2us}\n")
     assert load_profile("mine.yaml", tmp_path).beta2 == pytest.approx(2e-6)
     assert math.isclose(load_profile(str(f)).beta0, 1e-3)
+
+
+def test_shipped_profiles_carry_blis_alphas() -> None:
+    h100 = load_profile("llama-3.1-8b-h100-tp1")
+    assert (h100.alpha0, h100.alpha1, h100.alpha2) == pytest.approx((232.5e-6, 1.752e-6, 3357.4e-6))
+    a100 = load_profile("llama-3.1-8b-a100-80gb-tp1")
+    assert (a100.alpha0, a100.alpha1, a100.alpha2) == pytest.approx(
+        (7739.7e-6, 2.309e-6, 6276.2e-6)
+    )
+    assert "3d79c654c2037299de0d656d57bbbf693edde7df" in h100.source
+
+
+def test_a_profile_without_alpha_has_none(tmp_path: Path) -> None:
+    f = tmp_path / "plain.yaml"
+    f.write_text("name: plain\nstepTime: {beta0: 1ms, beta1: 1us, beta2: 2us}\n")
+    plain = load_profile(str(f))
+    assert (plain.alpha0, plain.alpha1, plain.alpha2) == (0.0, 0.0, 0.0)
+    assert "alpha" not in profile_document(plain)
+
+
+def test_alpha_errors_name_the_field() -> None:
+    steps = {"beta0": "1ms", "beta1": "1us", "beta2": "1us"}
+    with pytest.raises(ProfileError) as info:
+        bad = {"perToken": 1, "perRequest": "x"}
+        parse_profile({"name": "a", "stepTime": steps, "alpha": bad}, "a.yaml")
+    assert "a.yaml: alpha.perToken: unknown field" in str(info.value)
+    assert 'a.yaml: alpha.perRequest: expected a duration like "3.4ms"' in str(info.value)
+    with pytest.raises(ProfileError, match=r"a\.yaml: alpha: expected"):
+        parse_profile({"name": "a", "stepTime": steps, "alpha": 3}, "a.yaml")
+
+
+@settings(max_examples=200)
+@given(
+    st.floats(0.01, 30),
+    st.floats(1, 4000),
+    st.floats(1, 500),
+    st.tuples(st.floats(0, 0.01), st.floats(0, 1e-5), st.floats(0, 0.01)),
+)
+def test_alphas_add_to_the_fluid_latencies_and_nothing_else(
+    rate: float, prompt: float, gen: float, a: tuple[float, float, float]
+) -> None:
+    with_alpha = StepProfile(
+        "a", P.beta0, P.beta1, P.beta2, P.beta3, alpha0=a[0], alpha1=a[1], alpha2=a[2]
+    )
+    limits = EngineLimits(100_000)
+    mix = TokenMix(prompt, gen)
+    plain, slow = steady_state(P, limits, rate, mix), steady_state(with_alpha, limits, rate, mix)
+    assert slow.limit == plain.limit and slow.step == plain.step
+    if plain.limit is None:
+        assert slow.ttft == pytest.approx(plain.ttft + a[0] + a[1] * prompt + a[2])
+        assert slow.tpot == pytest.approx(plain.tpot + a[2])
+    assert saturation_rate(with_alpha, limits, mix) == saturation_rate(P, limits, mix)
+
+
+def test_modelcapacity_sizes_for_the_alphas_too() -> None:
+    a100 = load_profile("llama-3.1-8b-a100-80gb-tp1")
+    plain = StepProfile("b", a100.beta0, a100.beta1, a100.beta2)
+    limits = EngineLimits(29_205)
+    mix = TokenMix(2048, 28)
+
+    def size(p: StepProfile) -> int:
+        return replicas_for_slo(p, limits, 30.0, mix, 0.5, 0.025, 64).replicas
+
+    # a mean TPOT of 25 ms leaves the steps 25 - 6.3 ms with the alphas: more replicas
+    assert size(a100) > size(plain)
