@@ -116,12 +116,20 @@ class PolicyRuntime:
 
 @dataclass(frozen=True, slots=True)
 class _Series:
+    """Per policy version: its metric children and its query plan, built once, not per tick."""
+
     decisions: Any
     desired: Any
     recommended: Any
     current: Any
     decision_time: Any
     winning: dict[str, Any]
+    inputs: tuple[tuple[str, str], ...]
+    """``(input name, PromQL)`` of every query the policy runs."""
+    names: frozenset[str]
+    """The metric names (an input of a multi-query metric is not one)."""
+    values: dict[str, Any]
+    """``gpuscale_metric_value`` children, dropped while their metric is missing."""
 
     @staticmethod
     def of(m: ControllerMetrics, namespace: str, name: str, policy: ScalingPolicy) -> _Series:
@@ -132,6 +140,9 @@ class _Series:
             m.current.labels(namespace, name),
             m.decision_time.labels(namespace, name),
             {x.name: m.winning.labels(namespace, name, x.name) for x in policy.metrics},
+            tuple(kq for x in policy.metrics for kq in metric_inputs(x)),
+            frozenset(x.name for x in policy.metrics),
+            {},
         )
 
 
@@ -260,7 +271,11 @@ class Controller:
             self.runtime.setdefault(key, PolicyRuntime()).target_error = True
             await self._target_unavailable(entry, ref, exc)
             return
-        inputs = [kq for m in policy.metrics for kq in metric_inputs(m)]
+        runtime = self.runtime.setdefault(key, PolicyRuntime())
+        series = runtime.series
+        if series is None:
+            series = runtime.series = _Series.of(self.metrics, entry.namespace, entry.name, policy)
+        inputs = series.inputs
         tenant = entry.namespace
         if len(inputs) == 1:
             results: list[QueryResult] = [await self.querier.query(inputs[0][1], tenant)]
@@ -269,19 +284,22 @@ class Controller:
             results = list(await asyncio.gather(*queries))
         values: dict[str, float | None] = {}
         missing: dict[str, str] = {}
-        names = {m.name for m in policy.metrics}
         gauge = self.metrics.metric_value
         for (input_name, _), result in zip(inputs, results, strict=True):
             if isinstance(result, Missing):
                 values[input_name] = None
                 missing[input_name] = result.reason
-                if input_name in names:
+                if input_name in series.names:
+                    series.values.pop(input_name, None)
                     _remove_label(gauge, entry.namespace, entry.name, input_name)
             else:
                 values[input_name] = result
-                if input_name in names:
-                    gauge.labels(entry.namespace, entry.name, input_name).set(result)
-        runtime = self.runtime.setdefault(key, PolicyRuntime())
+                if input_name in series.names:
+                    child = series.values.get(input_name)
+                    if child is None:
+                        child = gauge.labels(entry.namespace, entry.name, input_name)
+                        series.values[input_name] = child
+                    child.set(result)
         runtime.target_error = False
         decision, runtime.state = decide(
             policy, Snapshot(values, current), runtime.state, self.monotonic()
