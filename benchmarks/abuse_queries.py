@@ -25,14 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from aiohttp import web
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.controller_probe import child, decision_times, rss_mib, scrape  # noqa: E402
+from benchmarks.controller_probe import (  # noqa: E402
+    child,
+    decision_times,
+    policy_objects,
+    rss_mib,
+    scrape,
+)
 from tests.support.kube_standin import KubeStandIn  # noqa: E402
 from tests.support.prometheus import free_port  # noqa: E402
 
@@ -127,40 +132,8 @@ class HostilePrometheus:
 
 
 def _policy(namespace: str, name: str, query: str) -> list[dict[str, Any]]:
-    document = {
-        "apiVersion": "gpuscale.io/v1alpha1",
-        "kind": "ScalingPolicy",
-        "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-        "replicas": {"min": 1, "max": 10},
-        "interval": f"{INTERVAL:g}s",
-        "metrics": [{"name": "queue", "type": "queueDepth", "query": query, "targetPerReplica": 4}],
-    }
-    labels = {"app": name}
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {"gpuscale.io/scaling-policy": "true"},
-            },
-            "data": {"policy.yaml": yaml.safe_dump(document)},
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "replicas": 3,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "s", "image": "vllm"}]},
-                },
-            },
-        },
-    ]
+    metric = {"name": "queue", "type": "queueDepth", "query": query, "targetPerReplica": 4}
+    return policy_objects(namespace, name, INTERVAL, [metric])
 
 
 @contextlib.asynccontextmanager

@@ -51,6 +51,7 @@ from benchmarks.controller_probe import (  # noqa: E402
     decision_times,
     decisions,
     lateness,
+    policy_objects,
     rss_mib,
     scrape,
 )
@@ -80,48 +81,19 @@ def _queries(i: int) -> tuple[str, str]:
     return queue, latency
 
 
-def _policy_configmap(i: int, interval: float, namespace: str) -> dict[str, Any]:
-    import yaml
-
+def _policy_objects(i: int, interval: float, namespace: str) -> list[dict[str, Any]]:
+    """Policy ``svc-<i>`` (a queue-depth sum and a latency quantile) and its Deployment."""
     queue, latency = _queries(i)
-    document = {
-        "apiVersion": "gpuscale.io/v1alpha1",
-        "kind": "ScalingPolicy",
-        "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"svc-{i}"},
-        "replicas": {"min": 1, "max": 50},
-        "interval": f"{interval:g}s",
-        "metrics": [
+    return policy_objects(
+        namespace,
+        f"svc-{i}",
+        interval,
+        [
             {"name": "queue", "type": "queueDepth", "query": queue, "targetPerReplica": 4},
             {"name": "latency", "type": "latency", "query": latency, "slo": "2s"},
         ],
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": f"svc-{i}",
-            "namespace": namespace,
-            "labels": {"gpuscale.io/scaling-policy": "true"},
-        },
-        "data": {"policy.yaml": yaml.safe_dump(document)},
-    }
-
-
-def _deployment(i: int, namespace: str) -> dict[str, Any]:
-    labels = {"app": f"svc-{i}"}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": f"svc-{i}", "namespace": namespace},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "s", "image": "vllm"}]},
-            },
-        },
-    }
+        max_replicas=50,
+    )
 
 
 # -- child modes ------------------------------------------------------------------------------
@@ -289,14 +261,12 @@ async def main(args: argparse.Namespace) -> int:
     await kube.start()
     kubeconfig = kube.write_kubeconfig(work / "kubeconfig")
     for i in range(n):
-        ns = _namespace(i, args.namespaces)
-        kube.store.create(_deployment(i, ns))
-        kube.store.create(_policy_configmap(i, args.interval, ns))
+        for obj in _policy_objects(i, args.interval, _namespace(i, args.namespaces)):
+            kube.store.create(obj)
     hung = args.hung_namespaces * args.hung_policies
     for j in range(hung):
-        ns = f"hung-{j % args.hung_namespaces}"
-        kube.store.create(_deployment(-1 - j, ns))
-        kube.store.create(_policy_configmap(-1 - j, args.interval, ns))
+        for obj in _policy_objects(-1 - j, args.interval, f"hung-{j % args.hung_namespaces}"):
+            kube.store.create(obj)
     server = InferenceServer()
     await server.start()
     for m in range(MODELS):
@@ -352,11 +322,19 @@ async def main(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         async with child(*controller_args) as proc, aiohttp.ClientSession() as session:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + 120
-            # Warm-up: every policy decided twice (HPAs, annotations, Events written).
-            while await decisions(session, ops_port) < 2 * n:
+            # Warm-up: every policy decided twice, then no API write for two intervals (HPAs,
+            # annotations and Events all written: the steady state the windows measure).
+            deadline = loop.time() + 120 + n / 20
+            quiet_since, writes = loop.time(), -1
+            while (
+                await decisions(session, ops_port) < 2 * n
+                or loop.time() - quiet_since < 2 * args.interval
+            ):
                 if loop.time() > deadline or proc.returncode is not None:
-                    raise SystemExit("controller did not warm up within 120 s")
+                    raise SystemExit("controller did not reach a steady state in time")
+                now_writes = sum(r.method != "GET" for r in kube.requests)
+                if now_writes != writes:
+                    quiet_since, writes = loop.time(), now_writes
                 await asyncio.sleep(0.5)
             # CPU over whole cycles, nothing else asked of the controller, --repeat windows.
             scraped0 = await scrape(session, ops_port)

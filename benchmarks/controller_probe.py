@@ -104,3 +104,50 @@ def rss_mib(pid: int) -> tuple[float, float]:
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def policy_objects(
+    namespace: str,
+    name: str,
+    interval: float,
+    metrics: list[dict[str, Any]],
+    *,
+    max_replicas: int = 10,
+) -> list[dict[str, Any]]:
+    """A ScalingPolicy ConfigMap for Deployment ``name`` (3 replicas) and the Deployment."""
+    import yaml
+
+    document = {
+        "apiVersion": "gpuscale.io/v1alpha1",
+        "kind": "ScalingPolicy",
+        "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+        "replicas": {"min": 1, "max": max_replicas},
+        "interval": f"{interval:g}s",
+        "metrics": metrics,
+    }
+    labels = {"app": name}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"gpuscale.io/scaling-policy": "true"},
+            },
+            "data": {"policy.yaml": yaml.safe_dump(document)},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "s", "image": "vllm"}]},
+                },
+            },
+        },
+    ]

@@ -17,12 +17,13 @@ kubelet and no kube-proxy, and each is a change to the rendered objects, not to 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,18 @@ def controller_process(
         *extra,
     ]
     return Process(name, argv, inst.cp.workdir / f"{name}.log", ports={"ops": ops})
+
+
+@contextlib.contextmanager
+def running_controller(inst: Installed, *, name: str, prometheus_url: str) -> Iterator[Process]:
+    """A :func:`controller_process` started and ready (``/readyz``), stopped on exit."""
+    proc = controller_process(inst, name=name, prometheus_url=prometheus_url)
+    proc.start()
+    try:
+        wait_http_ok(f"http://127.0.0.1:{proc.ports['ops']}/readyz", within=60, proc=proc)
+        yield proc
+    finally:
+        proc.stop()
 
 
 def extender_process(inst: Installed, *, port: int, extra: Iterable[str] = ()) -> Process:

@@ -22,7 +22,7 @@ from kubernetes.aio import client as kclient
 
 from tests.autoscaler.helpers import metric_count, metric_via_api
 from tests.e2e.cluster import ControlPlane, Process
-from tests.e2e.install import Installed, apply, controller_process, wait_http_ok
+from tests.e2e.install import Installed, apply, running_controller
 from tests.e2e.kube import (
     api,
     condition,
@@ -82,15 +82,10 @@ def _policy(target_per_replica: float) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def controller(installed: Installed, prometheus: PrometheusServer) -> Iterator[Process]:
-    proc = controller_process(
+    with running_controller(
         installed, name="gpuscale-controller-0", prometheus_url=prometheus.url
-    )
-    proc.start()
-    try:
-        wait_http_ok(f"http://127.0.0.1:{proc.ports['ops']}/readyz", within=60, proc=proc)
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 async def _replicas(admin_client: Any) -> int:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.autoscaler.helpers import metric_count, metric_via_api
 from tests.e2e.cluster import ControlPlane, Process
-from tests.e2e.install import Installed, apply, controller_process, wait_http_ok
+from tests.e2e.install import Installed, apply, running_controller
 from tests.e2e.kube import api, deployment, eventually, namespace, policy_configmap
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
@@ -40,15 +40,10 @@ def _policy() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def controller(installed: Installed, prometheus: PrometheusServer) -> Iterator[Process]:
-    proc = controller_process(
+    with running_controller(
         installed, name="gpuscale-controller-zero", prometheus_url=prometheus.url
-    )
-    proc.start()
-    try:
-        wait_http_ok(f"http://127.0.0.1:{proc.ports['ops']}/readyz", within=60, proc=proc)
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 async def _replicas(admin_client: Any) -> int:

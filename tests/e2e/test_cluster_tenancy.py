@@ -20,7 +20,7 @@ from kubernetes.aio import client as kclient
 from tests.autoscaler.helpers import metric_count, metric_via_api
 from tests.e2e.cluster import ControlPlane, Process
 from tests.e2e.conftest import ThreadedInferenceServer
-from tests.e2e.install import Installed, apply, controller_process, wait_http_ok
+from tests.e2e.install import Installed, apply, running_controller
 from tests.e2e.kube import (
     api,
     deployment,
@@ -97,15 +97,10 @@ def team_prometheus(
 
 @pytest.fixture(scope="module")
 def controller(installed: Installed, team_prometheus: PrometheusServer) -> Iterator[Process]:
-    proc = controller_process(
+    with running_controller(
         installed, name="gpuscale-controller-tenancy", prometheus_url=team_prometheus.url
-    )
-    proc.start()
-    try:
-        wait_http_ok(f"http://127.0.0.1:{proc.ports['ops']}/readyz", within=60, proc=proc)
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 async def _replicas(admin_client: Any, ns: str) -> int:
