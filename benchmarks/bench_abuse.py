@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import abuse_queries, abuse_requests  # noqa: E402
+from benchmarks.controller_probe import child  # noqa: E402
 from tests.extender.test_cluster_cache import node_obj, pod_obj  # noqa: E402
 from tests.support.kube_standin import KubeStandIn  # noqa: E402
 from tests.support.prometheus import free_port  # noqa: E402
@@ -408,23 +409,8 @@ sys.exit(main(sys.argv[1:]))
 @contextlib.asynccontextmanager
 async def _child(args: Sequence[str], legacy: bool) -> AsyncIterator[asyncio.subprocess.Process]:
     start = ["-c", _LEGACY] if legacy else ["-m", "gpuscale"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *start,
-        *args,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
+    async with child(sys.executable, *start, *args, capture=False, grace=15.0) as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 async def _wait_ok(url: str, context: ssl.SSLContext | bool, headers: dict[str, str]) -> None:

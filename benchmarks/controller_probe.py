@@ -23,10 +23,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def child(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Any]:
+async def child(
+    *args: str,
+    env: dict[str, str] | None = None,
+    capture: bool = True,
+    grace: float = 10.0,
+) -> AsyncIterator[Any]:
+    """A child process with the repository on its path (stdout piped when ``capture``), sent
+    SIGTERM on exit and killed after ``grace`` seconds."""
     proc = await asyncio.create_subprocess_exec(
         *args,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE if capture else None,
         stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
@@ -36,7 +43,7 @@ async def child(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[
         if proc.returncode is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), 10)
+                await asyncio.wait_for(proc.wait(), grace)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
