@@ -119,9 +119,23 @@ async def test_the_example_policy_scales_the_example_deployment(
     )
     apply(control_plane, [namespace(NS), DEPLOYMENT])
     apply(control_plane, [POLICY], manager="sre")
-
-    await eventually("10 replicas", lambda: _replicas(admin_client), lambda n: n == 10, within=150)
-    cm = await api(admin_client, "CoreV1Api").read_namespaced_config_map(NAME, NS)
-    status = status_annotation(cm)
-    assert status["state"] == "Active" and status["winner"] == "queue", status
-    assert "queue" not in status.get("metricsMissing", []), status
+    try:
+        await eventually(
+            "10 replicas", lambda: _replicas(admin_client), lambda n: n == 10, within=150
+        )
+        cm = await api(admin_client, "CoreV1Api").read_namespaced_config_map(NAME, NS)
+        status = status_annotation(cm)
+        assert status["state"] == "Active" and status["winner"] == "queue", status
+        assert "queue" not in status.get("metricsMissing", []), status
+    finally:
+        # Its ten Pending pods ask the gpuscale scheduler for GPUs: gone before the scheduling
+        # scenarios start, or they would take the GPU nodes those create.
+        delete(control_plane, [POLICY, DEPLOYMENT])
+        await eventually(
+            "the example's pods gone",
+            lambda: api(admin_client, "CoreV1Api").list_namespaced_pod(
+                NS, label_selector=f"app={NAME}"
+            ),
+            lambda found: not found.items,
+            within=60,
+        )
