@@ -20,7 +20,7 @@ def test_default_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "report"
     code, stdout, stderr = run(capsys, "--duration", "8m", "--out", str(out), "--workers", "1")
     assert code == 0, stderr
-    names = ["llama-chat", "llama-70b", "llama-serving", "hpa", "keda", "kpa"]
+    names = ["llama-serving", "llama-burst", "hpa", "keda", "kpa"]
     for name in names:
         assert f"\n{name} " in stdout
     assert "SLO att." in stdout and "GPU-h" in stdout

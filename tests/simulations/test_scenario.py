@@ -37,7 +37,13 @@ def errors_of(doc: Any) -> list[str]:
 def test_default_scenario_compares_examples_with_all_baselines() -> None:
     sc = load_scenario()
     kinds = [type(c) for c in sc.contenders]
-    assert kinds.count(GpuscaleContender) == 3
+    ours = [c for c in sc.contenders if isinstance(c, GpuscaleContender)]
+    assert [c.label for c in ours] == ["llama-serving", "llama-burst"]
+    # Written for this service: sized by its engine's profile against its own SLO.
+    for contender in ours:
+        [capacity] = [m for m in contender.policy.metrics if m.type == "modelCapacity"]
+        assert capacity.profile.name == sc.service.vllm.profile.name  # type: ignore[union-attr]
+        assert capacity.slo.ttft == 0.5
     assert {HpaContender, KedaContender, KpaContender} <= set(kinds)
     assert sc.service.engine == "vllm" and sc.service.slo == Slo(ttft=0.5, tpot=0.05)
     assert sc.workload.type == "trace" and sc.workload.path.is_file()
