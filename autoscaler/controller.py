@@ -304,7 +304,7 @@ class Controller:
         decision, runtime.state = decide(
             policy, Snapshot(values, current), runtime.state, self.monotonic()
         )
-        self._publish(entry, policy, decision, missing)
+        self._publish(entry, policy, series, decision, missing)
         self.metrics.cycle_duration.observe(self.monotonic() - start)
         runtime.last_desired = decision.desired_replicas
         if self.leadership.is_leader:
@@ -318,6 +318,7 @@ class Controller:
         self,
         entry: PolicyEntry,
         policy: ScalingPolicy,
+        series: _Series,
         decision: Decision,
         missing: Mapping[str, str],
     ) -> None:
@@ -330,10 +331,6 @@ class Controller:
         self.store.put(
             Published(entry.namespace, entry.name, decision.desired_replicas, now, fresh_at, note)
         )
-        runtime = self.runtime.setdefault(entry.key, PolicyRuntime())
-        if runtime.series is None:
-            runtime.series = _Series.of(self.metrics, entry.namespace, entry.name, policy)
-        series = runtime.series
         series.decisions.inc()
         series.desired.set(decision.desired_replicas)
         series.recommended.set(decision.recommended)
