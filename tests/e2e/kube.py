@@ -102,3 +102,9 @@ def condition(obj: Any, kind: str) -> Any:
         if c.type == kind:
             return c
     return None
+
+
+async def spec_replicas(client: Any, ns: str, name: str) -> int:
+    """The Deployment's ``spec.replicas``: the count the HPA last set."""
+    dep = await api(client, "AppsV1Api").read_namespaced_deployment(name, ns)
+    return int(dep.spec.replicas)

@@ -30,6 +30,7 @@ from tests.e2e.kube import (
     eventually,
     namespace,
     policy_configmap,
+    spec_replicas,
     status_annotation,
 )
 from tests.support.inference_server import InferenceServer
@@ -89,8 +90,7 @@ def controller(installed: Installed, prometheus: PrometheusServer) -> Iterator[P
 
 
 async def _replicas(admin_client: Any) -> int:
-    dep = await api(admin_client, "AppsV1Api").read_namespaced_deployment(NAME, NS)
-    return int(dep.spec.replicas)
+    return await spec_replicas(admin_client, NS, NAME)
 
 
 async def _hpa(admin_client: Any) -> Any:

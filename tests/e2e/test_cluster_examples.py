@@ -21,7 +21,7 @@ import yaml
 from tests.e2e.cluster import ControlPlane, Process
 from tests.e2e.conftest import ThreadedInferenceServer
 from tests.e2e.install import Installed, apply, delete, running_controller
-from tests.e2e.kube import api, eventually, namespace, status_annotation
+from tests.e2e.kube import api, eventually, namespace, spec_replicas, status_annotation
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
 
@@ -88,8 +88,7 @@ def controller(installed: Installed, pod_prometheus: PrometheusServer) -> Iterat
 
 
 async def _replicas(admin_client: Any) -> int:
-    dep = await api(admin_client, "AppsV1Api").read_namespaced_deployment(NAME, NS)
-    return int(dep.spec.replicas)
+    return await spec_replicas(admin_client, NS, NAME)
 
 
 async def test_the_example_policy_scales_the_example_deployment(

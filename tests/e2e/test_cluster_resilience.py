@@ -44,6 +44,7 @@ from tests.e2e.kube import (
     eventually,
     namespace,
     policy_configmap,
+    spec_replicas,
     status_annotation,
 )
 from tests.support.inference_server import InferenceServer
@@ -78,8 +79,7 @@ QUEUE = 'sum(vllm:num_requests_waiting{model_name="llama"})'
 
 
 async def _replicas(admin_client: Any, name: str) -> int:
-    dep = await api(admin_client, "AppsV1Api").read_namespaced_deployment(name, NS)
-    return int(dep.spec.replicas)
+    return await spec_replicas(admin_client, NS, name)
 
 
 async def _desired(admin_client: Any, name: str) -> int | None:

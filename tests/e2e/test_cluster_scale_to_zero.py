@@ -15,7 +15,7 @@ import pytest
 from tests.autoscaler.helpers import metric_count, metric_via_api
 from tests.e2e.cluster import ControlPlane, Process
 from tests.e2e.install import Installed, apply, running_controller
-from tests.e2e.kube import api, deployment, eventually, namespace, policy_configmap
+from tests.e2e.kube import api, deployment, eventually, namespace, policy_configmap, spec_replicas
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
 
@@ -47,8 +47,7 @@ def controller(installed: Installed, prometheus: PrometheusServer) -> Iterator[P
 
 
 async def _replicas(admin_client: Any) -> int:
-    dep = await api(admin_client, "AppsV1Api").read_namespaced_deployment(NAME, NS)
-    return int(dep.spec.replicas)
+    return await spec_replicas(admin_client, NS, NAME)
 
 
 async def test_idle_goes_to_zero_and_a_waiting_request_wakes_it(

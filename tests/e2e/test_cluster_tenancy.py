@@ -27,6 +27,7 @@ from tests.e2e.kube import (
     eventually,
     namespace,
     policy_configmap,
+    spec_replicas,
     status_annotation,
 )
 from tests.support.inference_server import InferenceServer
@@ -104,8 +105,7 @@ def controller(installed: Installed, team_prometheus: PrometheusServer) -> Itera
 
 
 async def _replicas(admin_client: Any, ns: str) -> int:
-    dep = await api(admin_client, "AppsV1Api").read_namespaced_deployment(NAME, ns)
-    return int(dep.spec.replicas)
+    return await spec_replicas(admin_client, ns, NAME)
 
 
 async def _hpa_exists(admin_client: Any, ns: str) -> bool:
