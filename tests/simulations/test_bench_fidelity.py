@@ -239,3 +239,16 @@ def test_engine_versions_and_budgets_are_read_and_checked(
     data.write_text(head + "r,llama-3.1-8b-h100-tp1,v1,rate,2,20,100,10,0,,30,200,s\n")
     assert bench.main(["--data", str(data)]) == 1
     assert "max_num_seqs: expected a number > 0, got '0'" in capsys.readouterr().err
+
+
+def test_the_shipped_v1_points_cover_the_targets_figures() -> None:
+    v1 = [p for p in bench.read_points(bench.DATA) if p.engine_version == "v1"]
+    assert len(v1) >= 8
+    for p in v1:
+        # inference-perf stages of 600 or 1200 s at a constant rate
+        assert p.kind == "rate" and p.requests / p.load in (600, 1200)
+        assert {"ttft_mean_ms", "ttft_p99_ms"} <= p.published.keys()
+        assert "tpot_mean_ms" in bench.derived(p)
+    # light load, the heaviest rate of the runs, and the longest prompts and outputs
+    assert min(p.load for p in v1) <= 5 and max(p.load for p in v1) >= 20
+    assert max(p.prompt for p in v1) > 1000 and max(p.output for p in v1) > 1000
