@@ -119,6 +119,7 @@ class BindWatch:
     def __init__(self, api: Api) -> None:
         self.api = api
         self.bound: dict[str, float] = {}
+        self.running: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -137,6 +138,8 @@ class BindWatch:
                     name = obj["metadata"].get("name")
                     if obj.get("spec", {}).get("nodeName") and name not in self.bound:
                         self.bound[name] = time.monotonic()
+                    if obj.get("status", {}).get("phase") == "Running":
+                        self.running.add(name)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run())
@@ -147,6 +150,15 @@ class BindWatch:
             if time.monotonic() > deadline:
                 missing = len(names - self.bound.keys())
                 raise RuntimeError(f"{missing} pods not bound within {within:.0f} s")
+            await asyncio.sleep(0.05)
+
+    async def wait_running(self, names: set[str], within: float) -> None:
+        """Until kwok has started every pod: the work a bind causes downstream (kwok's status
+        updates, their writes and watch events) lags the binds, and must be in a case's CPU."""
+        deadline = time.monotonic() + within
+        while not names <= self.running:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(names - self.running)} pods not running in {within} s")
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
@@ -404,6 +416,7 @@ async def run_case(
         await watch.wait_for(set(names), within=900)
         if profiling is not None:
             await profiling
+        await watch.wait_running(set(names), within=300)
         cpu = cpu_per_pod(
             before,
             cpu_seconds(everyone),
