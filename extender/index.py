@@ -35,7 +35,6 @@ import numpy.typing as npt
 
 from extender import taints as taint_rules
 from extender.affinity import (
-    AFFINITY_REASON,
     PreferredAffinity,
     compile_preferred,
     compile_required,
@@ -46,6 +45,7 @@ from extender.filtering import (
     FilterResult,
 )
 from extender.fit import NodeGpus, shortage_reason
+from extender.fitting import fits
 from extender.model import GpuNeed, NodeInfo, PodRequest, Taint, Toleration
 from extender.scoring import (
     DeviceRows,
@@ -68,6 +68,8 @@ _STATE_NEEDS: Final = 64
 """Needs (pod shapes) whose per-state scores are remembered, least recently used dropped."""
 
 I64 = npt.NDArray[np.int64]
+_STATIC_KIND: Final = {"untolerated_taint": 1, "node_affinity": 2}
+"""The label and taint checks of :func:`extender.fitting.fits`, as the index's kind codes."""
 _T = TypeVar("_T")
 
 
@@ -115,7 +117,7 @@ class _Static:
     """Per-class outcome of a pod's static predicates."""
 
     version: int
-    kind: npt.NDArray[np.int8]  # 0 pass, 1 taint, 2 affinity
+    kind: npt.NDArray[np.int8]  # 0 pass, else _STATIC_KIND of the failed check
     reason: list[str]  # "" where the class passes
 
 
@@ -421,11 +423,15 @@ class NodeIndex:
         kind = np.zeros(len(self._classes), dtype=np.int8)
         reason: list[str] = [""] * len(self._classes)
         for c, cls in enumerate(self._classes):
-            r = taint_rules.filter_reason(cls.taints, pod.tolerations) if cls.taints else None
-            if r is not None:
-                kind[c], reason[c] = 1, r
-            elif not always and not required.matches(cls.labels, "\0class"):
-                kind[c], reason[c] = 2, AFFINITY_REASON
+            misfit = fits(
+                name="\0class",
+                labels=cls.labels,
+                taints=cls.taints,
+                tolerations=pod.tolerations,
+                required=None if always else required,
+            )
+            if misfit is not None:
+                kind[c], reason[c] = _STATIC_KIND[misfit.check], misfit.reason
         out = _Static(self.static_version, kind, reason)
         self._static[sig] = out
         while len(self._static) > _SIGNATURES:
@@ -443,11 +449,15 @@ class NodeIndex:
             if i < 0:
                 continue
             node = self.nodes[i]
-            r = taint_rules.filter_reason(node.taints, pod.tolerations) if node.taints else None
-            if r is not None:
-                kind[j], reason[j] = 1, r
-            elif not always and not required.matches(node.labels, node.name):
-                kind[j], reason[j] = 2, AFFINITY_REASON
+            misfit = fits(
+                name=node.name,
+                labels=node.labels,
+                taints=node.taints,
+                tolerations=pod.tolerations,
+                required=None if always else required,
+            )
+            if misfit is not None:
+                kind[j], reason[j] = _STATIC_KIND[misfit.check], misfit.reason
         return kind, reason
 
     # ---- filter --------------------------------------------------------------------------

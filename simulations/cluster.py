@@ -2,9 +2,9 @@
 
 Each device keeps the memory taken by the pods on it and how many pods hold it; the extender's
 :class:`extender.fit.NodeGpus` is built from that (the ``accounting`` source). The extender's own
-filter pieces (taints, node selector and required affinity, GPU fit) and scoring strategy
-(``binpack``/``spread``/``fragmentation`` choose the devices and score them; preferred affinity
-and ``PreferNoSchedule`` taints are combined and normalised to 0..10 by
+filter (:func:`extender.fitting.fits`: taints, node selector and required affinity, GPU fit) and
+scoring strategy (``binpack``/``spread``/``fragmentation`` choose the devices and score them;
+preferred affinity and ``PreferNoSchedule`` taints are combined and normalised to 0..10 by
 :func:`extender.scoring.combine`) pick the node, as ``/filter`` and ``/prioritize`` would.
 kube-scheduler's own plugins are left out; ties are broken by the run's seeded random generator,
 as ``selectHost`` breaks them at random.
@@ -23,10 +23,11 @@ from extender.affinity import (
     compile_preferred,
     compile_required,
 )
-from extender.fit import DeviceState, NodeGpus, gpu_fit_reason
+from extender.fit import DeviceState, NodeGpus
+from extender.fitting import fits
 from extender.model import GpuNeed, Taint, Toleration
 from extender.scoring import combine, get_strategy
-from extender.taints import count_intolerable_prefer_no_schedule, filter_reason
+from extender.taints import count_intolerable_prefer_no_schedule
 
 
 @dataclass(slots=True)
@@ -91,16 +92,20 @@ class Cluster:
         passed: list[tuple[Node, NodeGpus]] = []
         failed: dict[str, str] = {}
         for node in self.nodes:
-            reason = filter_reason(node.taints, pod.tolerations)
-            if reason is None and not pod.required.matches(node.labels, node.name):
-                reason = "node(s) didn't match Pod's node affinity/selector"
             gpus = node.gpus()
-            if reason is None:
-                reason = gpu_fit_reason(gpus, pod.gpu)
-            if reason is None:
+            misfit = fits(
+                name=node.name,
+                labels=node.labels,
+                taints=node.taints,
+                tolerations=pod.tolerations,
+                required=pod.required,
+                need=pod.gpu,
+                gpus=gpus,
+            )
+            if misfit is None:
                 passed.append((node, gpus))
             else:
-                failed[node.name] = reason
+                failed[node.name] = misfit.reason
         return passed, failed
 
     def schedule(self, pod: PodSpec, rng: np.random.Generator) -> Placement | dict[str, str]:

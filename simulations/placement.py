@@ -13,12 +13,12 @@ and for multi-GPU pods), with per-model memory from ``gpu_memory_mib``. Allocati
 the paper's unit: placed GPU thousandths over 1000 × GPUs, so it is comparable to the published
 figures; the share of GPU memory allocated is reported beside it.
 
-Every placement decision goes through the extender's pure code: :func:`extender.fit.fits` for the
-GPU fit, the scoring strategy's ``choose``/``score`` for device choice and node score, and (with
-``selection="scheduler"``) :func:`extender.scoring.combine` for the 0..10 scores kube-scheduler
-sees. CPU and memory are checked with the predicate of :func:`extender.fit.resource_fit_reasons`,
-evaluated for all nodes at once. Results are memoised on a node's GPU state, which many nodes
-share, so a replay of ~9,000 pods over 1,213 nodes takes seconds.
+Every placement decision goes through the extender's pure code: :func:`extender.fitting.fits`
+for the CPU, memory and GPU fit and for a ``gpu_spec``'s node affinity, the scoring strategy's
+``choose``/``score`` for device choice and node score, and (with ``selection="scheduler"``)
+:func:`extender.scoring.combine` for the 0..10 scores kube-scheduler sees. Results are memoised
+on a node's GPU state, which many nodes share, so a replay of ~9,000 pods over 1,213 nodes takes
+seconds.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from extender.fit import DeviceState, NodeGpus, fits, resource_fit_reasons
+from extender.fit import DeviceState, NodeGpus
+from extender.fitting import fits
 from extender.fragmentation import Fragmentation, Workload, per_gpu_need, with_host
 from extender.model import GpuNeed
 from extender.scoring import MAX_EXTENDER_PRIORITY, Strategy, combine, get_strategy
@@ -209,6 +210,9 @@ class _GpuStates:
         return sid
 
 
+_NO_LABELS: Final[Mapping[str, str]] = {}
+"""The trace's nodes carry no taints and, apart from a ``gpu_spec``'s GPU label, no labels."""
+
 Verdict = tuple[float, tuple[int, ...]] | None
 """Score and devices of a pod on a node, or ``None`` when it does not fit."""
 
@@ -228,14 +232,20 @@ class _Judge:
             return self.memo[key]
         result: Verdict = None
         gpus = self.states.gpus[sid]
-        if (gpus.devices or pod.num_gpu == 0) and not resource_fit_reasons(
-            pod.cpu_milli,
-            pod.memory_mib,
-            allocatable_milli_cpu=cpu_free,
-            allocatable_memory=mem_free,
-        ):
+        if gpus.devices or pod.num_gpu == 0:
             need = need_on(gpus.devices[0].total_mib if gpus.devices else 0, pod)
-            if fits(gpus, need):
+            misfit = fits(
+                name="",
+                labels=_NO_LABELS,
+                taints=(),
+                tolerations=(),
+                milli_cpu=pod.cpu_milli,
+                memory=pod.memory_mib,
+                allocatable=(cpu_free, mem_free),
+                need=need,
+                gpus=gpus,
+            )
+            if misfit is None:
                 host_gpus, host_need = with_host(
                     gpus,
                     need,
@@ -325,7 +335,10 @@ class _Cluster:
                 labels = gpuspec.node_labels(n)
                 key = tuple(sorted(labels.items()))
                 if key not in by_labels:
-                    by_labels[key] = rule.matches(labels, n.name)
+                    misfit = fits(
+                        name=n.name, labels=labels, taints=(), tolerations=(), required=rule
+                    )
+                    by_labels[key] = misfit is None
                 ok[i] = by_labels[key]
             hit = self.allowed_by_spec[spec] = ok
         return hit
