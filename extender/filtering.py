@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Final, Protocol
 
 from extender import taints as taint_rules
-from extender.affinity import compile_preferred, compile_required
+from extender.affinity import compile_preferred
 from extender.fit import NodeGpus, gpu_fit_reason
-from extender.fitting import fits
+from extender.fitting import PodFit, fits
 from extender.fragmentation import NO_GPU, host_context
 from extender.inventory import InventoryConfig, node_gpus
 from extender.model import GpuReport, NodeInfo, PodRequest
@@ -111,16 +110,7 @@ def filter_nodes(
     pod: PodRequest, names: Sequence[str], view: ClusterView, now: float
 ) -> FilterResult:
     """Split ``names`` into passing, failed and unresolvable nodes (order of ``names`` kept)."""
-    required = compile_required(pod.node_selector, pod.required)
-    always_matches = required.terms is None and not required.node_selector
-    ask = partial(
-        fits,
-        tolerations=pod.tolerations,
-        required=None if always_matches else required,
-        milli_cpu=pod.milli_cpu,
-        memory=pod.memory,
-        need=pod.gpu,
-    )
+    fit = PodFit.of(pod)
     passed: list[str] = []
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
@@ -131,14 +121,7 @@ def filter_nodes(
             unresolvable[name] = NOT_FOUND_REASON
             counts["node_not_found"] += 1
             continue
-        misfit = ask(
-            name=name,
-            labels=node.labels,
-            taints=node.taints,
-            allocatable=(node.allocatable_milli_cpu, node.allocatable_memory),
-            requested=partial(view.requested, name),
-            gpus=partial(view.gpus, name, now),
-        )
+        misfit = fits(fit, node, view, now)
         if misfit is None:
             passed.append(name)
             continue

@@ -45,7 +45,7 @@ from extender.filtering import (
     FilterResult,
 )
 from extender.fit import NodeGpus, shortage_reason
-from extender.fitting import fits
+from extender.fitting import PodFit, label_misfit
 from extender.model import GpuNeed, NodeInfo, PodRequest, Taint, Toleration
 from extender.scoring import (
     DeviceRows,
@@ -110,6 +110,9 @@ class StateMemo:
 class _Class:
     labels: Mapping[str, str]
     taints: tuple[Taint, ...]
+    name: str = "\0class"
+    """No node's name: a class's answer holds for each of its nodes only when the pod's terms
+    do not match on fields (those pods are evaluated per node)."""
 
 
 @dataclass(slots=True)
@@ -420,16 +423,11 @@ class NodeIndex:
         if referenced & set(self.ignored_keys):
             return None
         always = required.terms is None and not required.node_selector
+        fit = PodFit(pod.tolerations, None if always else required)
         kind = np.zeros(len(self._classes), dtype=np.int8)
         reason: list[str] = [""] * len(self._classes)
         for c, cls in enumerate(self._classes):
-            misfit = fits(
-                name="\0class",
-                labels=cls.labels,
-                taints=cls.taints,
-                tolerations=pod.tolerations,
-                required=None if always else required,
-            )
+            misfit = label_misfit(fit, cls)
             if misfit is not None:
                 kind[c], reason[c] = _STATIC_KIND[misfit.check], misfit.reason
         out = _Static(self.static_version, kind, reason)
@@ -441,21 +439,13 @@ class NodeIndex:
     def _static_per_node(
         self, pod: PodRequest, rows: I64
     ) -> tuple[npt.NDArray[np.int8], list[str]]:
-        required = compile_required(pod.node_selector, pod.required)
-        always = required.terms is None and not required.node_selector
+        fit = PodFit.of(pod)
         kind = np.zeros(len(rows), dtype=np.int8)
         reason: list[str] = [""] * len(rows)
         for j, i in enumerate(rows.tolist()):
             if i < 0:
                 continue
-            node = self.nodes[i]
-            misfit = fits(
-                name=node.name,
-                labels=node.labels,
-                taints=node.taints,
-                tolerations=pod.tolerations,
-                required=None if always else required,
-            )
+            misfit = label_misfit(fit, self.nodes[i])
             if misfit is not None:
                 kind[j], reason[j] = _STATIC_KIND[misfit.check], misfit.reason
         return kind, reason

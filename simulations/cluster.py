@@ -24,7 +24,7 @@ from extender.affinity import (
     compile_required,
 )
 from extender.fit import DeviceState, NodeGpus
-from extender.fitting import fits
+from extender.fitting import PodFit, fits
 from extender.model import GpuNeed, Taint, Toleration
 from extender.scoring import combine, get_strategy
 from extender.taints import count_intolerable_prefer_no_schedule
@@ -49,7 +49,19 @@ class Node:
     has_image: bool = False
     """Whether the service's image has been pulled here already (later pulls are fast)."""
 
-    def gpus(self) -> NodeGpus:
+    # A node is its own host for :func:`extender.fitting.fits`; CPU and memory are not simulated.
+    @property
+    def allocatable_milli_cpu(self) -> int | None:
+        return None
+
+    @property
+    def allocatable_memory(self) -> int | None:
+        return None
+
+    def requested(self, name: str) -> tuple[int, int]:
+        return 0, 0
+
+    def gpus(self, name: str = "", now: float = 0.0) -> NodeGpus:
         return NodeGpus(
             tuple(
                 DeviceState(d.index, d.total_mib, max(0, d.total_mib - d.used_mib), d.holders == 0)
@@ -91,19 +103,11 @@ class Cluster:
         """Nodes that pass (with their GPU state) and the reason each other node failed."""
         passed: list[tuple[Node, NodeGpus]] = []
         failed: dict[str, str] = {}
+        fit = PodFit(pod.tolerations, pod.required, need=pod.gpu)
         for node in self.nodes:
-            gpus = node.gpus()
-            misfit = fits(
-                name=node.name,
-                labels=node.labels,
-                taints=node.taints,
-                tolerations=pod.tolerations,
-                required=pod.required,
-                need=pod.gpu,
-                gpus=gpus,
-            )
+            misfit = fits(fit, node, node, 0.0)
             if misfit is None:
-                passed.append((node, gpus))
+                passed.append((node, node.gpus()))
             else:
                 failed[node.name] = misfit.reason
         return passed, failed

@@ -14,9 +14,10 @@ the paper's unit: placed GPU thousandths over 1000 × GPUs, so it is comparable 
 figures; the share of GPU memory allocated is reported beside it.
 
 Every placement decision goes through the extender's pure code: :func:`extender.fitting.fits`
-for the CPU, memory and GPU fit and for a ``gpu_spec``'s node affinity, the scoring strategy's
-``choose``/``score`` for device choice and node score, and (with ``selection="scheduler"``)
-:func:`extender.scoring.combine` for the 0..10 scores kube-scheduler sees. Results are memoised
+for the CPU, memory and GPU fit, the extender's affinity code for a ``gpu_spec``, the scoring
+strategy's ``choose``/``score`` for device choice and node score, and (with
+``selection="scheduler"``) :func:`extender.scoring.combine` for the 0..10 scores kube-scheduler
+sees. Results are memoised
 on a node's GPU state, which many nodes share, so a replay of ~9,000 pods over 1,213 nodes takes
 seconds.
 """
@@ -34,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from extender.fit import DeviceState, NodeGpus
-from extender.fitting import fits
+from extender.fitting import PodFit, fits
 from extender.fragmentation import Fragmentation, Workload, per_gpu_need, with_host
 from extender.model import GpuNeed
 from extender.scoring import MAX_EXTENDER_PRIORITY, Strategy, combine, get_strategy
@@ -210,8 +211,25 @@ class _GpuStates:
         return sid
 
 
-_NO_LABELS: Final[Mapping[str, str]] = {}
-"""The trace's nodes carry no taints and, apart from a ``gpu_spec``'s GPU label, no labels."""
+@dataclass(frozen=True, slots=True)
+class _Free:
+    """A node state as :func:`extender.fitting.fits` reads it: free CPU and memory, GPU state.
+    Labels are left out (a ``gpu_spec``'s affinity is decided per label set, see
+    :meth:`_Cluster.allowed`) and the trace's nodes carry no taints."""
+
+    allocatable_milli_cpu: int
+    allocatable_memory: int
+    state: NodeGpus
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[()] = ()
+
+    def requested(self, name: str) -> tuple[int, int]:
+        return 0, 0
+
+    def gpus(self, name: str, now: float) -> NodeGpus:
+        return self.state
+
 
 Verdict = tuple[float, tuple[int, ...]] | None
 """Score and devices of a pod on a node, or ``None`` when it does not fit."""
@@ -234,17 +252,9 @@ class _Judge:
         gpus = self.states.gpus[sid]
         if gpus.devices or pod.num_gpu == 0:
             need = need_on(gpus.devices[0].total_mib if gpus.devices else 0, pod)
-            misfit = fits(
-                name="",
-                labels=_NO_LABELS,
-                taints=(),
-                tolerations=(),
-                milli_cpu=pod.cpu_milli,
-                memory=pod.memory_mib,
-                allocatable=(cpu_free, mem_free),
-                need=need,
-                gpus=gpus,
-            )
+            fit = PodFit(milli_cpu=pod.cpu_milli, memory=pod.memory_mib, need=need)
+            free = _Free(cpu_free, mem_free, gpus)
+            misfit = fits(fit, free, free, 0.0)
             if misfit is None:
                 host_gpus, host_need = with_host(
                     gpus,
@@ -335,10 +345,7 @@ class _Cluster:
                 labels = gpuspec.node_labels(n)
                 key = tuple(sorted(labels.items()))
                 if key not in by_labels:
-                    misfit = fits(
-                        name=n.name, labels=labels, taints=(), tolerations=(), required=rule
-                    )
-                    by_labels[key] = misfit is None
+                    by_labels[key] = rule.matches(labels, n.name)
                 ok[i] = by_labels[key]
             hit = self.allowed_by_spec[spec] = ok
         return hit

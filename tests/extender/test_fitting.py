@@ -3,13 +3,15 @@ own (the first failing one, in kube-scheduler's plugin order, is the answer)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.affinity import AFFINITY_REASON, compile_required
 from extender.filtering import FAILURE_KINDS, ClusterSnapshot
 from extender.fit import NodeGpus, gpu_fit_reason, resource_fit_reasons
-from extender.fitting import UNRESOLVABLE, Misfit, fits
+from extender.fitting import UNRESOLVABLE, PodFit, fits, label_misfit
 from extender.model import NodeInfo, PodRequest
 from extender.taints import filter_reason
 from tests.extender.test_index import NOW, nodes, pods
@@ -42,50 +44,44 @@ def expected(
     return None if reason is None else ("insufficient_gpu", reason)
 
 
+@dataclass
+class Host:
+    """Answers as a ClusterView would, and records what it was asked."""
+
+    cpu: int
+    state: NodeGpus | str
+    asked: list[str] = field(default_factory=list)
+
+    def requested(self, name: str) -> tuple[int, int]:
+        self.asked.append("requested")
+        return self.cpu, 0
+
+    def gpus(self, name: str, now: float) -> NodeGpus | str:
+        self.asked.append("gpus")
+        return self.state
+
+
 @settings(max_examples=300, deadline=None)
 @given(nodes(0), pods(), st.integers(0, 20000))
 def test_fits_answers_the_first_failing_predicate(
     node: NodeInfo, pod: PodRequest, cpu: int
 ) -> None:
-    gpus = ClusterSnapshot([node]).gpus(node.name, NOW)
-    asked: list[str] = []
-
-    def requested() -> tuple[int, int]:
-        asked.append("requested")
-        return cpu, 0
-
-    def state() -> NodeGpus | str:
-        asked.append("gpus")
-        return gpus
-
-    misfit = fits(
-        name=node.name,
-        labels=node.labels,
-        taints=node.taints,
-        tolerations=pod.tolerations,
-        required=compile_required(pod.node_selector, pod.required),
-        milli_cpu=pod.milli_cpu,
-        memory=pod.memory,
-        allocatable=(node.allocatable_milli_cpu, node.allocatable_memory),
-        requested=requested,
-        need=pod.gpu,
-        gpus=state,
-    )
-    want = expected(pod, node, (cpu, 0), gpus)
+    host = Host(cpu, ClusterSnapshot([node]).gpus(node.name, NOW))
+    fit = PodFit.of(pod)
+    misfit = fits(fit, node, host, NOW)
+    want = expected(pod, node, (cpu, 0), host.state)
     assert (None if misfit is None else (misfit.check, misfit.reason)) == want
     if misfit is not None:
         assert misfit.check in FAILURE_KINDS
         assert misfit.resolvable == (misfit.check not in UNRESOLVABLE)
-    # what an earlier check settles is never computed
+    label = label_misfit(fit, node)
     if want is not None and want[0] in ("untolerated_taint", "node_affinity"):
-        assert asked == []
-    if "gpus" in asked:
-        assert pod.gpu is not None and (want is None or want[0] not in ("insufficient_resources",))
+        assert label == misfit and host.asked == []  # a label answer reads nothing more
+    else:
+        assert label is None
+    reached_gpus = want is None or want[0] in ("gpu_inventory", "insufficient_gpu")
+    assert ("gpus" in host.asked) == (pod.gpu is not None and reached_gpus)
 
 
 def test_shortages_are_resolvable_and_label_problems_are_not() -> None:
-    assert Misfit("insufficient_gpu", "").resolvable
-    assert Misfit("insufficient_resources", "").resolvable
-    assert not Misfit("node_affinity", "").resolvable
-    assert not Misfit("gpu_inventory", "").resolvable
-    assert fits(name="n", labels={}, taints=(), tolerations=()) is None
+    assert set(FAILURE_KINDS) - {"insufficient_resources", "insufficient_gpu"} == UNRESOLVABLE
