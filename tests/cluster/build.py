@@ -2,8 +2,8 @@
 
 ``python3 tests/cluster/build.py [COMPONENT…]`` (what ``make cluster`` runs) builds each component
 below into ``~/.cache/gpuscale/cluster/<dir>/`` (``$GPUSCALE_CLUSTER_CACHE`` overrides the root):
-the control plane, and ``node`` (kubelet, kube-proxy and, through ``images.py``, the node's pause
-and workload images) for the real node of ``tests/e2e/node.py``. A binary is
+the control plane, and ``node`` (kubelet, kube-proxy and, through ``node_images.py``, the node's
+pause and workload images) for the real node of ``tests/e2e/node.py``. A binary is
 rebuilt only when it is missing or when the module that pins it changed (its ``go.mod`` and
 ``go.sum`` are hashed into a stamp beside the binaries), so a second run builds nothing. The first
 build compiles most of Kubernetes and takes a long while on two cores: the script says which
@@ -208,7 +208,9 @@ def main(argv: list[str]) -> int:
         print(f"{key} {component.version()}: building into {out}", flush=True)
         build(component, out=out)
     if "node" in wanted:  # the node's pause and workload images (C, not Go)
-        subprocess.run([sys.executable, str(HERE / "images.py"), str(cache_root())], check=True)
+        subprocess.run(
+            [sys.executable, str(HERE / "node_images.py"), str(cache_root())], check=True
+        )
     print(f"cluster binaries ready in {time.monotonic() - started:.1f} s", flush=True)
     return 0
 

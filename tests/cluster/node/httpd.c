@@ -1,6 +1,6 @@
 /*
  * The e2e's CPU workload on the real node (image localhost/gpuscale-e2e/http, built by
- * tests/cluster/images.py): a one-request-at-a-time HTTP/1.0 server, static, no libc beyond musl.
+ * tests/cluster/node_images.py): a one-request-at-a-time HTTP/1.0 server, linked static.
  *
  *   httpd [PORT [READY_AFTER_SECONDS]]      (defaults: 8080, 0)
  *

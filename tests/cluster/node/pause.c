@@ -1,5 +1,6 @@
 /*
- * The pod sandbox's only process (containerd's sandbox_image, built by tests/cluster/images.py).
+ * The pod sandbox's only process: containerd's sandbox_image, built by
+ * tests/cluster/node_images.py.
  *
  * It holds the pod's namespaces open, so it does nothing but wait: children that end up under it
  * are reaped, SIGTERM or SIGINT ends it with status 0. The signals are blocked and taken with

@@ -16,7 +16,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.cluster.images import HTTP, IMAGES, PAUSE, SOURCES, Image, compile_static, oci_archive
+from tests.cluster.node_images import (
+    HTTP,
+    IMAGES,
+    PAUSE,
+    SOURCES,
+    Image,
+    compile_static,
+    oci_archive,
+)
 
 names = st.from_regex(r"localhost/[a-z0-9]{1,8}/[a-z0-9]{1,8}:[a-z0-9]{1,5}", fullmatch=True)
 images = st.builds(

@@ -7,7 +7,7 @@ built from scratch: one uncompressed tar layer, a config and a manifest in an OC
 written as a tar that ``ctr -n k8s.io images import`` takes. Every timestamp is zero and the
 entries are sorted, so the same sources give the same digests.
 
-``build.py node`` runs ``images.py <cache root>``, which writes them to
+``build.py node`` runs ``node_images.py <cache root>``, which writes them to
 ``~/.cache/gpuscale/cluster/images-<hash>/`` (the hash covers the C sources and this file) and
 builds nothing when they are there. Standard library only, like ``build.py``.
 """
@@ -79,7 +79,7 @@ def oci_archive(image: Image, binary: bytes) -> bytes:
         "os": "linux",
         "config": {"User": image.user, "Entrypoint": [f"/{exe}"], "Cmd": list(image.args)},
         "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
-        "history": [{"created_by": f"tests/cluster/images.py: {image.source}"}],
+        "history": [{"created_by": f"tests/cluster/node_images.py: {image.source}"}],
     }
     config_bytes = json.dumps(config, sort_keys=True).encode()
     manifest = {
@@ -175,7 +175,9 @@ def build_images(cache: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: images.py CACHE_ROOT   (build.py passes its cache root)", file=sys.stderr)
+        print(
+            "usage: node_images.py CACHE_ROOT   (build.py passes its cache root)", file=sys.stderr
+        )
         return 2
     build_images(Path(argv[0]))
     return 0
