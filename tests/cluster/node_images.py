@@ -169,6 +169,9 @@ def build_images(cache: Path) -> Path:
             print(f"  built {image.name} ({exe.stat().st_size} bytes)", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    for stale in cache.glob("images-*"):  # from older sources; nothing refers to them
+        if stale != out and not stale.name.endswith(".partial"):
+            shutil.rmtree(stale, ignore_errors=True)
     print(f"node images: ready in {out}", flush=True)
     return out
 

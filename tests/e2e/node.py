@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -47,7 +48,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.build import COMPONENTS, binary, binary_dir, cache_root, is_built
-from tests.cluster.images import HTTP, PAUSE, archive
+from tests.cluster.node_images import HTTP, PAUSE, archive
 from tests.e2e.cluster import (
     SERVICE_CIDR,
     ClusterError,
@@ -140,6 +141,32 @@ def keep_node_logs(node: RealNode) -> Path:
     return dest
 
 
+def archive_image_names(path: Path) -> list[str]:
+    """The image names an archive carries: a docker-archive's ``RepoTags``, or an OCI layout's
+    ``io.containerd.image.name`` / full ``org.opencontainers.image.ref.name`` annotations."""
+    with tarfile.open(path) as tar:
+        members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+
+        def read(name: str) -> Any:
+            f = tar.extractfile(members[name])
+            assert f is not None
+            return json.loads(f.read())
+
+        if "manifest.json" in members:
+            return [tag for entry in read("manifest.json") for tag in entry.get("RepoTags") or []]
+        if "index.json" in members:
+            names = []
+            for entry in read("index.json").get("manifests", []):
+                notes = entry.get("annotations") or {}
+                name = notes.get("io.containerd.image.name") or notes.get(
+                    "org.opencontainers.image.ref.name", ""
+                )
+                if "/" in name or ":" in name:
+                    names.append(name)
+            return names
+    raise ClusterError(f"{path}: neither a docker-archive nor an OCI layout")
+
+
 def _run(argv: Sequence[str], *, timeout: float = 60, check: bool = True) -> str:
     out = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
     if check and out.returncode != 0:
@@ -198,11 +225,14 @@ class RealNode:
         )
 
     def import_image(self, path: Path) -> list[str]:
-        """Import an image archive into the CRI's namespace; returns the image names."""
-        before = set(self.images())
+        """Import an image archive into the CRI's namespace; returns the names it carries."""
         self.ctr("images", "import", "--no-unpack", str(path))
         # Unpacked by the CRI on first use; --no-unpack skips a snapshot the kubelet would redo.
-        return sorted(set(self.images()) - before) or self.images()
+        names = archive_image_names(path)
+        missing = sorted(set(names) - set(self.images()))
+        if missing:
+            raise ClusterError(f"{path}: {missing} not in containerd after the import")
+        return names
 
     def images(self) -> list[str]:
         return self.ctr("images", "list", "--quiet").split()

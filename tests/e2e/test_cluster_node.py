@@ -9,14 +9,18 @@ it is tainted and labelled and advertises no GPU resource, so GPU pods, even tol
 taint, go to a kwok GPU node through deploy/'s second scheduler or stay Pending. (A kubelet does
 not refuse a pod bound to it directly for an extended resource it lacks: it leaves those to
 scheduler extenders. Keeping GPU pods off is the scheduler's job, and that is what is checked.)
+Where ``make image`` has built the add-on's image, it runs there too (skipped otherwise).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +30,7 @@ from tests.e2e.cluster import ControlPlane, free_port
 from tests.e2e.gpu_nodes import GpuNode, node_agents
 from tests.e2e.install import (
     NODE_AGENT_SA,
+    REPO,
     Installed,
     apply,
     delete,
@@ -302,3 +307,58 @@ async def test_gpu_pods_go_to_kwok_nodes_never_to_the_real_one(
         assert any("Insufficient nvidia.com/gpu" in m for m in messages), messages
         (pod,) = await placed("gpu-too-big")
         assert pod.spec.node_name is None
+
+
+GPUSCALE_ARCHIVE = Path(
+    os.environ.get("GPUSCALE_IMAGE_ARCHIVE", str(REPO / "build" / "images" / "gpuscale.tar"))
+)
+
+
+@pytest.fixture
+def gpuscale_image(real_node: RealNode) -> str:
+    """The add-on's image imported into the node, or a skip where ``make image`` has not run."""
+    if not GPUSCALE_ARCHIVE.exists():
+        pytest.skip(f"{GPUSCALE_ARCHIVE} not built (`make image`; GPUSCALE_IMAGE_ARCHIVE moves it)")
+    names = real_node.import_image(GPUSCALE_ARCHIVE)
+    assert names, f"nothing imported from {GPUSCALE_ARCHIVE}"
+    return names[0]
+
+
+async def test_gpuscale_image_serves_http_on_the_node(
+    admin_client: Any,
+    control_plane: ControlPlane,
+    real_node: RealNode,
+    gpuscale_image: str,
+    web: list[dict[str, Any]],
+) -> None:
+    """The add-on's own image (``make image``) starts under the kubelet as deploy/ runs it (its
+    uid, read-only root) and its Python serves HTTP through a readinessProbe."""
+    container = {
+        "name": "http",
+        "image": gpuscale_image,
+        "imagePullPolicy": "Never",
+        "command": ["python3", "-m", "http.server", str(PORT), "--directory", "/"],
+        "readinessProbe": {"httpGet": {"path": "/", "port": PORT}, "periodSeconds": 1},
+        "securityContext": {
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gpuscale-image", "namespace": NS, "labels": {"app": "image"}},
+        "spec": real_node.pod_spec([container], automountServiceAccountToken=False),
+    }
+    apply(control_plane, [pod])
+    core = api(admin_client, "CoreV1Api")
+    ready = await eventually(
+        "the gpuscale image's pod Ready",
+        lambda: core.read_namespaced_pod("gpuscale-image", NS),
+        lambda p: (c := condition(p, "Ready")) is not None and c.status == "True",
+        within=120,
+    )
+    status, _ = _get(f"http://{ready.status.pod_ip}:{PORT}/")
+    assert status == 200
