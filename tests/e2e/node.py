@@ -416,45 +416,23 @@ class RealNode:
         wait_until("containerd", up, within=30, log=proc.log)
 
     def _probe_runc(self) -> None:
-        """Run one container straight through containerd: if runc cannot run here, say so
-        (skip) before the kubelet fails in a less readable way."""
+        """Run one container straight through containerd (the workload image with a bad port:
+        it prints its usage and exits 2). If runc cannot run here, say so (skip) before the
+        kubelet fails in a less readable way."""
+        base = ["ctr", f"--address={self.socket}", "--namespace=gpuscale-probe"]
+        _run([*base, "images", "import", str(archive(cache_root(), HTTP))])
         out = subprocess.run(
-            [
-                "ctr",
-                f"--address={self.socket}",
-                "--namespace=gpuscale-probe",
-                "run",
-                "--rm",
-                "--null-io",
-                HTTP_IMAGE,
-                "probe",
-                "/httpd",
-                "0",
-            ],
+            [*base, "run", "--rm", "--null-io", HTTP_IMAGE, "probe", "/httpd", "0"],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
-        # Imported under k8s.io only: import it here too, then run it (usage error: exit 2).
-        if "not found" in out.stderr:
-            _run(
-                [
-                    "ctr",
-                    f"--address={self.socket}",
-                    "--namespace=gpuscale-probe",
-                    "images",
-                    "import",
-                    str(archive(cache_root(), HTTP)),
-                ]
-            )
-            return self._probe_runc()
         if out.returncode != 2:
             raise NodeUnavailable(
                 f"containerd/runc cannot run a container here (exit {out.returncode}): "
                 f"{out.stderr.strip()[-400:]}"
             )
-        return None
 
     # -- kubelet and kube-proxy ---------------------------------------------------------------
 
