@@ -4,6 +4,8 @@
 ``make cluster`` built; ``installed`` applies ``deploy/`` to it (see ``install.py``). Tests marked
 ``cluster`` need them: where the binaries are missing the test FAILS and says to run
 ``make cluster`` (these tests run wherever Go is, so a skip would hide a broken build).
+``real_node`` adds a kubelet node (``node.py``); it skips, with the reason, where this machine
+cannot run one (not root, Debian packages missing, runc refused).
 ``GPUSCALE_E2E_KEEP=1`` leaves the work folder (logs, kubeconfigs) in place and prints it.
 """
 

@@ -234,6 +234,12 @@ class RealNode:
             raise ClusterError(f"{path}: {missing} not in containerd after the import")
         return names
 
+    def proxy_mode(self) -> str:
+        """The mode kube-proxy runs in, as it reports it (``iptables``)."""
+        url = f"http://127.0.0.1:{self.proxy_metrics_port}/proxyMode"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode().strip())
+
     def images(self) -> list[str]:
         return self.ctr("images", "list", "--quiet").split()
 

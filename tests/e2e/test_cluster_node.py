@@ -177,6 +177,7 @@ async def test_pod_ip_answers_from_the_host(
 async def test_cluster_ip_service_answers_through_kube_proxy(
     admin_client: Any, real_node: RealNode, web: list[dict[str, Any]]
 ) -> None:
+    assert real_node.proxy_mode() == "iptables"
     pods = await _wait_ready(admin_client)
     names = {p.metadata.name for p in pods}
     service = await api(admin_client, "CoreV1Api").read_namespaced_service(APP, NS)
