@@ -208,9 +208,10 @@ def main(argv: list[str]) -> int:
         print(f"{key} {component.version()}: building into {out}", flush=True)
         build(component, out=out)
     if "node" in wanted:  # the node's pause and workload images (C, not Go)
-        subprocess.run(
-            [sys.executable, str(HERE / "node_images.py"), str(cache_root())], check=True
-        )
+        images = subprocess.run([sys.executable, str(HERE / "node_images.py"), str(cache_root())])
+        if images.returncode != 0:
+            print("building the node images failed; see above", file=sys.stderr)
+            return 1
     print(f"cluster binaries ready in {time.monotonic() - started:.1f} s", flush=True)
     return 0
 
