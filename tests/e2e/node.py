@@ -298,6 +298,7 @@ class RealNode:
             self._kill_shims,
             self._unmount_all,
             self._remove_log_links,
+            self._remove_shim_dirs,
             self._delete_bridge,
             self._remove_kube_chains,
             self._remove_cgroups,
@@ -373,6 +374,8 @@ class RealNode:
             f"[{runc}.options]",
             f'  BinaryName = "{shutil.which("runc")}"',
             "  SystemdCgroup = false",
+            # runc's state beside ours, not in /run/containerd/runc.
+            f'  Root = "{base / "runc"}"',
             f"[{cri}.cni]",
             f'  bin_dir = "{CNI_DIR}"',
             f'  conf_dir = "{self.workdir / "cni"}"',
@@ -656,6 +659,20 @@ class RealNode:
         for link in links.iterdir():
             if link.is_symlink() and os.readlink(link).startswith(prefix):
                 link.unlink()
+
+    def _remove_shim_dirs(self) -> None:
+        """The shims keep their sockets in /run/containerd/s whatever the config says, and
+        ``ctr run`` (the runc probe) runc's state in /run/containerd/runc/<namespace>: remove
+        what is left empty (a system containerd's would not be)."""
+        for path in (
+            Path("/run/containerd/runc/gpuscale-probe"),
+            Path("/run/containerd/runc/k8s.io"),
+            Path("/run/containerd/runc"),
+            Path("/run/containerd/s"),
+            Path("/run/containerd"),
+        ):
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
     def _delete_bridge(self) -> None:
         if Path(f"/sys/class/net/{BRIDGE}").exists():
