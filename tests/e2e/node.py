@@ -20,9 +20,13 @@ Interface, for scenarios that build on it (``conftest.py``'s ``real_node`` fixtu
 - ``node.name``, ``node.pod_cidr``, ``node.service_cidr``; :data:`TAINT`, :data:`LABELS`;
 - ``node.pod_spec(containers)``: a pod spec pinned to this node, tolerating its taint;
 - ``node.import_image(archive)``: import an image archive (OCI or docker-archive) for its pods;
-- ``node.restart_kubelet()``, ``node.processes`` (``containerd``, ``kubelet``, ``kube-proxy``),
-  ``node.check_alive()``, ``node.stop()`` (tears down containers, mounts, network namespaces, the
-  bridge, iptables chains and cgroups, and restores the kernel settings the kubelet changed).
+- ``node.restart_kubelet()``, ``node.proxy_mode()``, ``node.processes`` (``containerd``,
+  ``kubelet``, ``kube-proxy``), ``node.check_alive()``, ``node.stop()`` (tears down containers,
+  mounts, network namespaces, the bridge, iptables chains and cgroups, and restores the kernel
+  settings the kubelet changed).
+
+One real node per machine at a time (a lock under ``/run/lock``): the bridge, kube-proxy's chains
+and the kubelet's cgroups are machine-wide, and teardown removes them.
 
 :func:`unavailable_reason` says why a node cannot run here (not root, Debian packages missing);
 the fixture skips with it. A missing kubelet fails instead ("run ``make cluster``").
