@@ -182,6 +182,8 @@ class Level:
     """Mean time to first token, seconds."""
     itl: float
     """Mean inter-token latency, seconds."""
+    max_num_batched_tokens: int | None = None
+    """The engine's token budget during this level where it differs from the fit's limits."""
 
 
 def read_levels(path: Path) -> list[Level]:
@@ -257,10 +259,11 @@ def fit_levels(
     return Fit(profile, measured, predicted, labels, rmse, mape, r2, (LEVELS_CANNOT_FIT_ALPHAS,))
 
 
-def fit_alphas(levels: Sequence[Level], limits: EngineLimits, profile: StepProfile) -> Fit:
-    """``alpha0..alpha2`` for known betas: what the levels' mean TTFT and inter-token latency
-    have beyond the modelled steps (non-negative least squares; ``alpha1`` only when the
-    levels' prompt lengths differ)."""
+def _alpha_fit(
+    levels: Sequence[Level], limits: EngineLimits, profile: StepProfile
+) -> tuple[list[float], np.ndarray, np.ndarray, list[str]]:
+    """NNLS of the levels' latency beyond the modelled steps on ``[1, P, 1]`` (TTFT) and
+    ``[0, 0, 1]`` (ITL): the alphas, the model without them, the design and the notes."""
     from scipy.optimize import nnls
 
     steps_only = replace(profile, alpha0=0.0, alpha1=0.0, alpha2=0.0)
@@ -268,9 +271,10 @@ def fit_alphas(levels: Sequence[Level], limits: EngineLimits, profile: StepProfi
     excess: list[float] = []
     base: list[float] = []
     for k, lv in enumerate(levels, start=1):
-        s = steady_state(
-            steps_only, limits, lv.rate, TokenMix(lv.prompt_tokens, lv.generated_tokens)
-        )
+        own = limits
+        if lv.max_num_batched_tokens is not None:
+            own = replace(limits, max_num_batched_tokens=lv.max_num_batched_tokens)
+        s = steady_state(steps_only, own, lv.rate, TokenMix(lv.prompt_tokens, lv.generated_tokens))
         if s.limit is not None:
             raise CalibrationError(
                 f"level {k} ({lv.rate:g} req/s): the fitted steps cannot carry it ({s.limit})"
@@ -289,12 +293,66 @@ def fit_alphas(levels: Sequence[Level], limits: EngineLimits, profile: StepProfi
     values = [0.0, 0.0, 0.0]
     for c, v in zip(columns, x / scale, strict=True):
         values[c] = float(v)
+    return values, np.asarray(base), a, notes
+
+
+CONTEXT_FITTED = (
+    "beta3 fitted beside the alphas: the value in [0, the largest every level can carry] whose"
+    " alphas (non-negative least squares at that beta3) leave the smallest squared error"
+)
+
+
+def fit_alphas(
+    levels: Sequence[Level], limits: EngineLimits, profile: StepProfile, *, context: bool = False
+) -> Fit:
+    """``alpha0..alpha2`` for known betas: what the levels' mean TTFT and inter-token latency
+    have beyond the modelled steps (non-negative least squares; ``alpha1`` only when the
+    levels' prompt lengths differ).
+
+    With ``context``, ``beta3`` (per context token, which the other betas may lack, e.g. when
+    they come from another engine version) is fitted too, by a bounded 1-D search around the
+    linear alpha fit: the steady state is not linear in ``beta3``, but for each value it is in
+    the alphas. Levels must then differ in how much context their decoding sequences hold (by
+    rate or by length), else ``beta3`` trades off against ``alpha2``."""
+    from scipy.optimize import minimize_scalar
+
+    notes: list[str] = []
+    if context:
+        # every level must stay below utilisation 1: rate * c < 1, c linear in beta3
+        ceiling = math.inf
+        for lv in levels:
+            p, d = lv.prompt_tokens, max(lv.generated_tokens - 1.0, 0.0)
+            per = lv.rate * d * (p + d / 2)
+            rest = 1.0 - lv.rate * (profile.beta1 * p + profile.beta2 * d)
+            if rest <= 0:
+                raise CalibrationError(
+                    f"level {lv.rate:g} req/s: beta1 and beta2 alone already exceed its capacity"
+                )
+            if per > 0:
+                ceiling = min(ceiling, rest / per)
+        if not math.isfinite(ceiling):
+            raise CalibrationError("beta3 cannot be fitted: no level has decoding sequences")
+
+        def sse(share: float) -> float:
+            trial = replace(profile, beta3=share * ceiling)
+            try:
+                values, base, a, _ = _alpha_fit(levels, limits, trial)
+            except CalibrationError:
+                return 1e6  # a level the trial cannot carry: far off, finite for the search
+            measured = np.array([x for lv in levels for x in (lv.ttft, lv.itl)])
+            return float(np.sum((base + a @ np.asarray(values) - measured) ** 2))
+
+        # searched as a share of the ceiling: the solver's tolerance is absolute
+        best = minimize_scalar(sse, bounds=(0.0, 0.999), method="bounded", options={"xatol": 1e-7})
+        profile = replace(profile, beta3=float(best.x) * ceiling)
+        notes.append(CONTEXT_FITTED)
+    values, base, a, more = _alpha_fit(levels, limits, profile)
     fitted = replace(profile, alpha0=values[0], alpha1=values[1], alpha2=values[2])
     measured = np.array([x for lv in levels for x in (lv.ttft, lv.itl)])
-    predicted = np.asarray(base) + a @ np.asarray(values)
+    predicted = base + a @ np.asarray(values)
     rmse, mape, r2 = _fit_stats(measured, predicted)
     labels = tuple(lbl for _ in levels for lbl in ("ttft", "itl"))
-    return Fit(fitted, measured, predicted, labels, rmse, mape, r2, tuple(notes))
+    return Fit(fitted, measured, predicted, labels, rmse, mape, r2, (*more, *notes))
 
 
 Query = Callable[[str, float], float | None]

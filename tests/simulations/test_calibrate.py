@@ -7,17 +7,26 @@ import http.server
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpuscale.cli import main
 from policies.profiles import load_profile
-from policies.stepmodel import EngineLimits, StepProfile, step_time
+from policies.stepmodel import EngineLimits, StepProfile, TokenMix, steady_state, step_time
 from simulations.batching import BatchingReplica, EngineConfig, ServingLog
-from simulations.calibrate import CalibrationError, Level, fit_levels, read_steps
+from simulations.calibrate import (
+    CONTEXT_FITTED,
+    CalibrationError,
+    Level,
+    fit_alphas,
+    fit_levels,
+    read_steps,
+)
 from simulations.engine import Engine
 from tests.support.fixtures import PrometheusFactory
 
@@ -290,3 +299,62 @@ def test_levels_alone_say_that_they_cannot_fit_the_alphas() -> None:
     fit = fit_levels(levels, EngineLimits(40_000), "x")
     assert (fit.profile.alpha0, fit.profile.alpha1, fit.profile.alpha2) == (0.0, 0.0, 0.0)
     assert fit.notes and "alphas not fitted" in fit.notes[0] and "--steps" in fit.notes[0]
+
+
+def _levels_of(
+    profile: StepProfile, shapes: Sequence[tuple[float, float, float, int]]
+) -> list[Level]:
+    """The steady-state model's own means at ``(rate, prompt, generated, budget)``: levels a
+    fit on the same model must reproduce exactly."""
+    out = []
+    for rate, p, g, budget in shapes:
+        lim = EngineLimits(40_000, max_num_batched_tokens=budget)
+        s = steady_state(profile, lim, rate, TokenMix(p, g))
+        assert s.limit is None
+        out.append(Level(rate, p, g, s.ttft, s.tpot, budget))
+    return out
+
+
+SHAPES = [
+    (2.0, 500, 250, 1024),
+    (10.0, 500, 250, 8192),
+    (20.0, 550, 250, 2048),
+    (3.0, 1000, 1400, 2048),
+    (1.0, 3000, 300, 4096),
+]
+"""Short and long prompts and outputs at light and heavy load, under several token budgets."""
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(0.0, 10e-3), st.floats(0.0, 5e-6), st.floats(0.0, 4e-3), st.floats(5e-9, 80e-9))
+def test_context_fit_recovers_beta3_and_the_alphas(
+    alpha0: float, alpha1: float, alpha2: float, beta3: float
+) -> None:
+    truth = dataclasses.replace(TRUE, beta3=beta3, alpha0=alpha0, alpha1=alpha1, alpha2=alpha2)
+    fit = fit_alphas(_levels_of(truth, SHAPES), EngineLimits(40_000), TRUE, context=True)
+    got = fit.profile
+    assert got.beta3 == pytest.approx(beta3, rel=1e-3, abs=1e-11)
+    assert got.alpha2 == pytest.approx(alpha2, abs=2e-6)
+    assert got.alpha0 + 1000 * got.alpha1 == pytest.approx(alpha0 + 1000 * alpha1, abs=2e-5)
+    assert (got.beta0, got.beta1, got.beta2) == (TRUE.beta0, TRUE.beta1, TRUE.beta2)
+    assert fit.mape < 1e-3 and CONTEXT_FITTED in fit.notes
+
+
+def test_without_context_the_given_beta3_is_kept_and_each_levels_budget_counts() -> None:
+    truth = dataclasses.replace(TRUE, beta3=40e-9, alpha0=5e-3, alpha2=1e-3)
+    levels = _levels_of(truth, SHAPES)
+    fit = fit_alphas(levels, EngineLimits(40_000), dataclasses.replace(TRUE, beta3=40e-9))
+    assert fit.profile.beta3 == 40e-9 and fit.mape < 1e-6
+    # the same levels read as if all ran under the fit's default budget fit worse
+    flat = [dataclasses.replace(lv, max_num_batched_tokens=None) for lv in levels]
+    worse = fit_alphas(flat, EngineLimits(40_000), dataclasses.replace(TRUE, beta3=40e-9))
+    assert worse.mape > 10 * fit.mape
+
+
+def test_a_context_fit_names_what_it_cannot_fit() -> None:
+    one_token = [Level(1.0, 500, 1, 0.02, 0.01)]
+    with pytest.raises(CalibrationError, match="no level has decoding sequences"):
+        fit_alphas(one_token, EngineLimits(40_000), TRUE, context=True)
+    overloaded = [Level(1e4, 500, 250, 0.02, 0.01)]
+    with pytest.raises(CalibrationError, match="already exceed its capacity"):
+        fit_alphas(overloaded, EngineLimits(40_000), TRUE, context=True)
