@@ -33,8 +33,15 @@ The targets (median relative error at most 10% on mean TTFT and on the mean per-
 ITL or TPOT, and 20% at p99, over at least 8 load points covering light load, saturation and
 long prompts) are checked in the summary.
 
-Usage: ``python benchmarks/bench_fidelity.py [--data FILE]``. Deterministic (seeded); about a
-second per point.
+The vLLM V1 points (vLLM 0.15.1 on one H100) also run on a profile fitted to them
+(``--v1-profile``, default :data:`V1_PROFILE`): BLIS's 0.8.4 betas, ``beta3`` from the KV bytes a
+context token reads at HBM bandwidth, and alphas fitted on the points whose token budget is in
+:data:`FIT_BUDGETS` (marked ``*``); the summary gives its errors on the fit set and on the
+held-out points apart. ``--fit`` refits that profile, prints it and its out-of-sample errors
+(the held-out split, and leave one campaign out) and stops.
+
+Usage: ``python benchmarks/bench_fidelity.py [--data FILE] [--v1-profile REF] [--fit]``.
+Deterministic (seeded); about a second per point.
 """
 
 from __future__ import annotations
@@ -47,8 +54,13 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from policies.stepmodel import StepProfile
+    from simulations.calibrate import Fit
 
 DATA = Path(__file__).resolve().parents[1] / "simulations" / "data" / "vllm_published.csv"
 FIGURES = (
@@ -69,6 +81,14 @@ TARGETS = {"ttft_mean_ms": 10, "per_token_mean": 10, "ttft_p99_ms": 20, "per_tok
 publishes it, else TPOT."""
 MIN_POINTS = 8
 SEED = 0
+V1_PROFILE = "llama-3.1-8b-h100-tp1-vllm0.15"
+"""The profile fitted to the V1 points (vLLM 0.15.1), run on them beside the shipped one."""
+V1_BASE = "llama-3.1-8b-h100-tp1"
+"""The profile whose betas the V1 fit keeps (BLIS's vLLM 0.8.4 fit) and whose points it runs."""
+FIT_BUDGETS = (1024, 8192)
+"""The V1 points with these ``max_num_batched_tokens`` fit the alphas; the rest are held out."""
+H100_HBM_BYTES_PER_S = 3.35e12
+"""HBM3 bandwidth of one H100 SXM5 (NVIDIA H100 Tensor Core GPU datasheet: 3.35 TB/s)."""
 
 
 class DataError(ValueError):
@@ -226,14 +246,16 @@ def derived(point: Point) -> dict[str, float]:
     return {"tpot_mean_ms": (pub["e2e_mean_ms"] - pub["ttft_mean_ms"]) / (point.output - 1)}
 
 
-def simulate(point: Point, alphas: bool) -> dict[str, float]:
-    """The point's load through one simulated engine; latencies in ms."""
+def simulate(point: Point, alphas: bool, profile: StepProfile | None = None) -> dict[str, float]:
+    """The point's load through one simulated engine (on ``profile``, default the point's own);
+    latencies in ms."""
     from policies.profiles import load_profile
     from policies.stepmodel import EngineLimits, kv_cache_blocks
     from simulations.batching import BatchingReplica, EngineConfig, ServingLog
     from simulations.engine import Engine
 
-    profile = load_profile(point.profile)
+    if profile is None:
+        profile = load_profile(point.profile)
     if not alphas:
         profile = dataclasses.replace(profile, alpha0=0.0, alpha1=0.0, alpha2=0.0)
     blocks = kv_cache_blocks(
@@ -286,6 +308,96 @@ def simulate(point: Point, alphas: bool) -> dict[str, float]:
     return out
 
 
+def campaign(point: Point) -> str:
+    """The measurement campaign a point belongs to (its id less the load stage)."""
+    return point.id.rsplit("-", 1)[0]
+
+
+def is_v1_fit_point(point: Point) -> bool:
+    """Whether the V1 profile was fitted on this point (else it is held out)."""
+    return point.engine_version == "v1" and point.max_num_batched_tokens in FIT_BUDGETS
+
+
+def fit_v1(points: list[Point], base: StepProfile) -> Fit:
+    """The V1 profile from ``points``: ``base``'s betas, ``beta3`` from the KV bytes each
+    context token reads at the H100's memory bandwidth, and the alphas fitted by
+    :func:`simulations.calibrate.fit_alphas` to the points' mean TTFT and mean TPOT.
+
+    ``beta3`` is not fitted: on the short-prompt fit points it trades off against ``alpha2``
+    (``context=True`` on them gives 66 ns with ``alpha2`` 73 us, which saturates the held-out
+    long-context point in simulation: TTFT x500, TPOT +43%)."""
+    from policies.stepmodel import EngineLimits, kv_cache_blocks
+    from simulations.calibrate import CalibrationError, Level, fit_alphas
+
+    levels = []
+    for p in points:
+        tpot = {**p.published, **derived(p)}.get("tpot_mean_ms")
+        if p.kind != "rate" or tpot is None or "ttft_mean_ms" not in p.published:
+            raise CalibrationError(f"{p.id}: fitting needs a rate point with mean TTFT and TPOT")
+        ttft = p.published["ttft_mean_ms"] / 1e3
+        budget = p.max_num_batched_tokens
+        levels.append(Level(p.load, p.prompt, p.output, ttft, tpot / 1e3, budget))
+    blocks = kv_cache_blocks(base.gpu_memory_bytes, base.weights_bytes, base.kv_bytes_per_token)
+    seats = min((p.max_num_seqs for p in points if p.max_num_seqs is not None), default=None)
+    limits = EngineLimits(blocks) if seats is None else EngineLimits(blocks, max_num_seqs=seats)
+    beta3 = base.kv_bytes_per_token / H100_HBM_BYTES_PER_S
+    return fit_alphas(levels, limits, dataclasses.replace(base, beta3=beta3))
+
+
+def print_fit(points: list[Point]) -> None:
+    """How the V1 profile is fitted, then each point's error out of sample: the held-out split,
+    and leave one campaign out (every point predicted by a fit without its campaign)."""
+    from policies.profiles import load_profile
+
+    base = load_profile(V1_BASE)
+    v1 = [p for p in points if p.engine_version == "v1" and p.profile == V1_BASE]
+    train = [p for p in v1 if is_v1_fit_point(p)]
+    fit = fit_v1(train, base)
+    q = fit.profile
+    print(
+        f"fit on {len(train)} V1 points (budgets {FIT_BUDGETS}): {', '.join(p.id for p in train)}"
+    )
+    print(f"  beta0..2 kept from {V1_BASE}; beta3 = {q.beta3 * 1e9:.2f} ns (KV bytes / HBM)")
+    print(f"  alpha0 = {q.alpha0 * 1e6:.1f} us, alpha1 = {q.alpha1 * 1e6:.3f} us,", end="")
+    print(f" alpha2 = {q.alpha2 * 1e6:.1f} us; in sample (steady-state model) mean")
+    print(f"  |relative error| {fit.mape * 100:.1f}% over {len(fit.measured)} means")
+    for note in fit.notes:
+        print(f"  note: {note}")
+    folds = {p.id: q for p in v1 if not is_v1_fit_point(p)}
+    errors: dict[tuple[str, str, str], list[float]] = {}
+    for c in sorted({campaign(p) for p in v1}):
+        rest = [p for p in v1 if campaign(p) != c]
+        held = fit_v1(rest, base).profile
+        print(f"  without {c}: alpha0 {held.alpha0 * 1e6:.0f} us, alpha1", end="")
+        print(f" {held.alpha1 * 1e6:.2f} us, alpha2 {held.alpha2 * 1e6:.0f} us")
+        for p in v1:
+            if campaign(p) == c:
+                got = simulate(p, True, folds[p.id]) if p.id in folds else {}
+                loco = simulate(p, True, held)
+                figures = {**p.published, **derived(p)}
+                cells = []
+                for figure, value in figures.items():
+                    target = per_token(figure, figures)
+                    if target is None or figure not in loco:
+                        continue
+                    rel = loco[figure] / value - 1
+                    errors.setdefault(("leave one campaign out", "V1 fit", target), []).append(rel)
+                    cells.append(f"{figure} {rel * 100:+.1f}%")
+                    if figure in got:
+                        rel = got[figure] / value - 1
+                        errors.setdefault(("held-out split", "V1 fit", target), []).append(rel)
+                        cells[-1] += f" (split {rel * 100:+.1f}%)"
+                print(f"    {p.id}: {', '.join(cells)}")
+    for group in ("held-out split", "leave one campaign out"):
+        print(f"\nout-of-sample median |relative error| (simulated), {group}:")
+        for (g, _, figure), errs in sorted(errors.items()):
+            if g == group:
+                mag = statistics.median(abs(e) for e in errs) * 100
+                bias = statistics.median(errs) * 100
+                print(f"  {figure:<15} {mag:6.1f}%  ({bias:+6.1f}%)  ({len(errs)})")
+        print_targets(errors, group, "V1 fit")
+
+
 def per_token(figure: str, published: dict[str, float]) -> str | None:
     """The target a figure counts towards: ITL where published, else TPOT, as the per-token one."""
     if figure in ("ttft_mean_ms", "ttft_p99_ms"):
@@ -303,14 +415,16 @@ def group_of(point: Point) -> str:
     return {"v0": "vLLM V0", "v1": "vLLM V1"}.get(point.engine_version, "version not stated")
 
 
-def print_targets(errors: dict[tuple[str, str, str], list[float]], group: str) -> None:
-    """The issue's verdict over one group's points; silent for a group that publishes none of
-    the target figures."""
-    if not any((group, "shipped", goal) in errors for goal in TARGETS):
+def print_targets(
+    errors: dict[tuple[str, str, str], list[float]], group: str, which: str = "shipped"
+) -> None:
+    """The issue's verdict over one group's points on one profile; silent for a group that
+    publishes none of the target figures."""
+    if not any((group, which, goal) in errors for goal in TARGETS):
         return
-    print(f"targets, {group} (shipped profile):")
+    print(f"targets, {group} ({which} profile):")
     for goal, limit in TARGETS.items():
-        rels = errors.get((group, "shipped", goal), [])
+        rels = errors.get((group, which, goal), [])
         if len(rels) < MIN_POINTS:
             print(f"  {goal}: <= {limit}% over >= {MIN_POINTS} points: not evaluable,", end="")
             print(f" {len(rels)} published point(s)")
@@ -323,25 +437,47 @@ def print_targets(errors: dict[tuple[str, str, str], list[float]], group: str) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--v1-profile",
+        default=V1_PROFILE,
+        help=f"profile (name or file) run on the V1 points of {V1_BASE} beside it",
+    )
+    parser.add_argument(
+        "--fit", action="store_true", help="fit the V1 profile and cross-validate it, then stop"
+    )
     args = parser.parse_args(argv)
+    from policies.profiles import ProfileError, load_profile
+    from simulations.calibrate import CalibrationError
+
     try:
         points = read_points(args.data)
-    except DataError as exc:
+        if args.fit:
+            print_fit(points)
+            return 0
+        v1_profile = load_profile(args.v1_profile)
+    except (DataError, ProfileError, CalibrationError) as exc:
         print(exc, file=sys.stderr)
         return 1
     if not points:
         print(f"{args.data}: no published load points")
         return 0
+    refit = v1_profile.name
     errors: dict[tuple[str, str, str], list[float]] = {}
     print(f"{len(points)} published load points ({args.data.name}); sim = shipped profile")
+    print(f"(V1 points of {V1_BASE} also on the {refit} profile; * fit set, else held out)")
     header = f"  {'point':<22} {'figure':<13} {'published':>10} {'sim':>10} {'err':>7}"
-    print(header + f" {'steps only':>11} {'err':>7}")
+    print(header + f" {'steps only':>11} {'err':>7} {'V1 profile':>11} {'err':>7}")
     for p in points:
         sims = {"shipped": simulate(p, True), "steps only": simulate(p, False)}
+        groups = ["all", group_of(p)]
+        if p.engine_version == "v1" and p.profile == V1_BASE:
+            sims[refit] = simulate(p, True, v1_profile)
+            groups.append("vLLM V1 fit set" if is_v1_fit_point(p) else "vLLM V1 held out")
         lengths = "per-request lengths, mean " if p.lengths else ""
         load = f"{p.kind} {p.load:g}, {lengths}{p.prompt}→{p.output} tokens"
         version = f", vLLM {p.engine_version.upper()}" if p.engine_version else ""
-        print(f"  {p.id} ({p.profile}{version}; {load})")
+        mark = "*" if is_v1_fit_point(p) and p.profile == V1_BASE else ""
+        print(f"  {p.id}{mark} ({p.profile}{version}; {load})")
         extra = derived(p)
         figures = {**p.published, **extra}
         for figure, value in figures.items():
@@ -356,12 +492,13 @@ def main(argv: list[str] | None = None) -> int:
                 target = per_token(figure, figures)
                 if target is not None and target != figure:
                     targets.append(target)
-                for group in ("all", group_of(p)):
+                for group in groups:
                     for t in targets:
                         errors.setdefault((group, which, t), []).append(rel)
                 cells.append(f"{got:10.1f} {rel * 100:+6.1f}%")
             name = f"{figure}*" if figure in extra else figure
-            print(f"  {'':<22} {name:<13} {value:10.1f} {cells[0]} {cells[1]:>19}")
+            row = f"  {'':<22} {name:<13} {value:10.1f} {cells[0]} {cells[1]:>19}"
+            print(row + (f" {cells[2]:>19}" if len(cells) > 2 else ""))
     if any(derived(p) for p in points):
         print("  * derived: (e2e mean − TTFT mean) / (output − 1), every request the same output")
     groups = ["all", *sorted({g for g, _, _ in errors} - {"all"})]
@@ -374,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             bias = statistics.median(errs) * 100
             print(f"  {which:<11} {figure:<15} {mag:6.1f}%  ({bias:+6.1f}%)  ({len(errs)})")
         print_targets(errors, group)
+        if group.startswith("vLLM V1"):
+            print_targets(errors, group, refit)
     if not errors:
         print("  no figure is published for any point")
     return 0

@@ -252,3 +252,64 @@ def test_the_shipped_v1_points_cover_the_targets_figures() -> None:
     # light load, the heaviest rate of the runs, and the longest prompts and outputs
     assert min(p.load for p in v1) <= 5 and max(p.load for p in v1) >= 20
     assert max(p.prompt for p in v1) > 1000 and max(p.output for p in v1) > 1000
+
+
+def test_the_shipped_v1_profile_is_what_the_fit_gives_on_its_fit_points() -> None:
+    base = load_profile(bench.V1_BASE)
+    shipped = load_profile(bench.V1_PROFILE)
+    v1 = [p for p in bench.read_points(bench.DATA) if p.engine_version == "v1"]
+    train = [p for p in v1 if bench.is_v1_fit_point(p)]
+    held = [p for p in v1 if not bench.is_v1_fit_point(p)]
+    # fitted on some points, validated on at least the issue's 8 others, long context among them
+    assert len(train) == 4 and len(held) >= 8
+    assert {p.max_num_batched_tokens for p in train} == set(bench.FIT_BUDGETS)
+    assert max(p.output for p in held) > 1000
+    fit = bench.fit_v1(train, base).profile
+    # the betas of the 0.8.4 fit stay; beta3 is the KV read at HBM bandwidth, not fitted
+    assert (shipped.beta0, shipped.beta1, shipped.beta2) == (base.beta0, base.beta1, base.beta2)
+    assert shipped.beta3 == pytest.approx(131072 / 3.35e12, rel=1e-3)
+    # the file holds the fit, rounded
+    got = (shipped.beta3, shipped.alpha0, shipped.alpha1, shipped.alpha2)
+    assert got == pytest.approx((fit.beta3, fit.alpha0, fit.alpha1, fit.alpha2), rel=1e-3)
+    assert shipped.alpha2 < base.alpha2  # vLLM 0.15.1 spends less per token than 0.8.4's fit
+
+
+def test_simulate_runs_a_point_on_another_profile() -> None:
+    point = bench.Point("one", bench.V1_BASE, "batch", 1, 1, 1000, 11, {}, "")
+    v1 = load_profile(bench.V1_PROFILE)
+    got = bench.simulate(point, True, v1)
+    # the prefill step decodes nothing, so beta3 has no context to read yet
+    ttft = v1.alpha0 + v1.alpha1 * 1000 + step_time(v1, 1000, 0) + v1.alpha2
+    assert got["ttft_mean_ms"] == pytest.approx(ttft * 1e3)
+    assert got["ttft_mean_ms"] != pytest.approx(bench.simulate(point, True)["ttft_mean_ms"])
+    # each decode step reads the whole context so far
+    assert got["itl_mean_ms"] > (step_time(v1, 0, 1, 1000) + v1.alpha2) * 1e3
+
+
+def test_v1_points_also_run_on_the_v1_profile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "p.csv"
+    head = (
+        "id,profile,engine_version,load_kind,load,requests,prompt_tokens,output_tokens,"
+        "max_num_seqs,max_num_batched_tokens,ttft_mean_ms,e2e_mean_ms,source\n"
+    )
+    rows = (
+        "a-2rps,llama-3.1-8b-h100-tp1,v1,rate,2,20,100,10,128,1024,30,200,s\n"
+        "b-2rps,llama-3.1-8b-h100-tp1,v1,rate,2,20,100,10,128,2048,30,200,s\n"
+    )
+    data.write_text(head + rows)
+    assert bench.main(["--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"{bench.V1_PROFILE} profile" in out and "a-2rps*" in out and "b-2rps (" in out
+    assert "vLLM V1 fit set" in out and "vLLM V1 held out" in out
+    assert bench.main(["--data", str(data), "--v1-profile", "nope"]) == 1
+    assert "nope: no such profile" in capsys.readouterr().err
+
+
+def test_fitting_needs_rate_points_with_mean_ttft_and_tpot() -> None:
+    from simulations.calibrate import CalibrationError
+
+    batch = bench.Point("x", bench.V1_BASE, "batch", 8, 8, 32, 128, {"e2e_mean_ms": 900.0}, "")
+    with pytest.raises(CalibrationError, match="x: fitting needs a rate point"):
+        bench.fit_v1([batch], load_profile(bench.V1_BASE))
