@@ -52,7 +52,7 @@ RUN /opt/build/bin/pip wheel -q --no-deps --no-build-isolation --no-index -w /tm
     && cd /opt/gpuscale/lib/python3*/site-packages \
     && /opt/gpuscale/bin/python -m compileall -q -f -j0 --invalidation-mode unchecked-hash \
         $(sed -n 's#^\([a-z_]*\)/.*#\1#p' gpuscale-*.dist-info/RECORD | sort -u) \
-    && /opt/gpuscale/bin/python -m pip uninstall -q -y pip setuptools wheel
+    && /opt/gpuscale/bin/python -m pip uninstall -q -y pip setuptools
 
 FROM ${RUNTIME_IMAGE}
 ENV PATH=/opt/gpuscale/bin:$PATH \

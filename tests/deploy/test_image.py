@@ -171,7 +171,7 @@ def test_dockerfile_compiles_bytecode_and_drops_the_installer() -> None:
     assert "--no-compile" not in text
     assert "PYTHONDONTWRITEBYTECODE" not in text
     assert "compileall" in text and "--invalidation-mode unchecked-hash" in text
-    assert "pip uninstall -q -y pip setuptools wheel" in text
+    assert "pip uninstall -q -y pip setuptools" in text
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert "!requirements/runtime.lock" in ignore
 
