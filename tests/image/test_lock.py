@@ -93,8 +93,11 @@ def test_runtime_lock_is_the_gpu_install_and_nothing_from_sim_test_dev() -> None
 def test_test_lock_covers_every_extra_make_test_installs() -> None:
     pins = read_lock("test.lock")
     extras = PYPROJECT["project"]["optional-dependencies"]
-    for group in ("sim", "test", "dev", "ray", "gpu"):
-        for requirement in map(Requirement, extras[group]):
+    groups = {"dependencies": PYPROJECT["project"]["dependencies"]} | {
+        group: extras[group] for group in ("sim", "test", "dev", "ray", "gpu")
+    }
+    for group, requirements in groups.items():
+        for requirement in map(Requirement, requirements):
             if requirement.marker and not requirement.marker.evaluate(LINUX_311):
                 continue
             pin = pins.get(canonicalize_name(requirement.name))
