@@ -16,7 +16,7 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 ARG RUNTIME_IMAGE=${PYTHON_IMAGE}
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE} AS deps
 ARG INDEX_URL=
 # Bytecode: the image runs on a read-only root, so the .pyc made here are the only ones it will
 # ever have. pip compiles them at install; compileall then rewrites them as unchecked-hash .pyc,
@@ -26,8 +26,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements/runtime.lock requirements/build.lock ./requirements/
-# The locked dependencies, every file checked against its hash; pip and setuptools (from venv)
-# are removed afterwards so that the runtime image has no installer.
+# The locked dependencies, every file checked against its hash, into /opt/gpuscale; the build
+# tools (hatchling, pip) into /opt/build, which stays behind. The venv's own pip and setuptools
+# go, so the runtime image has no installer. The project itself comes later into
+# /opt/gpuscale/app (a .pth puts it on the path), so that a source change rebuilds and ships a
+# layer of a few MB instead of the whole environment.
 RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
     && python3 -m venv /opt/build \
@@ -36,8 +39,13 @@ RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
         --require-hashes --no-deps -r requirements/build.lock \
     && /opt/gpuscale/bin/pip install -q ${INDEX_URL:+--index-url "$INDEX_URL"} \
         --require-hashes --no-deps -r requirements/runtime.lock \
+    && /opt/gpuscale/bin/python -m pip uninstall -q -y pip setuptools \
     && /opt/gpuscale/bin/python -m compileall -q -f -j0 --invalidation-mode unchecked-hash \
-        /opt/gpuscale/lib
+        /opt/gpuscale/lib \
+    && echo /opt/gpuscale/app > "$(/opt/gpuscale/bin/python -c \
+        'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gpuscale-app.pth"
+
+FROM deps AS build
 COPY pyproject.toml README.md ./
 COPY gpuscale ./gpuscale
 COPY autoscaler ./autoscaler
@@ -45,20 +53,21 @@ COPY extender ./extender
 COPY policies ./policies
 COPY runtime ./runtime
 COPY simulations ./simulations
-# The project's own wheel, built offline by the locked hatchling, then installed without deps.
+# The project's own wheel, built offline by the locked hatchling, then installed without deps by
+# the build pip for the runtime interpreter (so the `gpuscale` script runs /opt/gpuscale's python).
 RUN /opt/build/bin/pip wheel -q --no-deps --no-build-isolation --no-index -w /tmp/dist . \
-    && /opt/gpuscale/bin/pip install -q --no-deps --no-index /tmp/dist/gpuscale-*.whl \
-    && /opt/gpuscale/bin/pip check \
-    && cd /opt/gpuscale/lib/python3*/site-packages \
+    && /opt/build/bin/pip --python /opt/gpuscale/bin/python install -q --no-deps --no-index \
+        --target /opt/gpuscale/app /tmp/dist/gpuscale-*.whl \
+    && /opt/build/bin/pip --python /opt/gpuscale/bin/python check \
     && /opt/gpuscale/bin/python -m compileall -q -f -j0 --invalidation-mode unchecked-hash \
-        $(sed -n 's#^\([a-z_]*\)/.*#\1#p' gpuscale-*.dist-info/RECORD | sort -u) \
-    && /opt/gpuscale/bin/python -m pip uninstall -q -y pip setuptools
+        /opt/gpuscale/app
 
 FROM ${RUNTIME_IMAGE}
-ENV PATH=/opt/gpuscale/bin:$PATH \
+ENV PATH=/opt/gpuscale/app/bin:/opt/gpuscale/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-COPY --from=build /opt/gpuscale /opt/gpuscale
+COPY --from=deps /opt/gpuscale /opt/gpuscale
+COPY --from=build /opt/gpuscale/app /opt/gpuscale/app
 # The same uid/gid the manifests run as (runAsUser: 65532), without useradd (not every base has
 # it); no home, no login shell. A base's own pip (python:3.11-slim has one) goes too.
 RUN echo 'gpuscale:x:65532:65532:gpuscale:/nonexistent:/usr/sbin/nologin' >> /etc/passwd \

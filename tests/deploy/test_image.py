@@ -140,12 +140,13 @@ def test_dockerfile_is_multi_stage_on_slim_python() -> None:
     """python:3.11-slim by default; `make image` passes Debian bases through the same args."""
     instructions = _instructions()
     froms = [rest for word, rest in instructions if word == "FROM"]
-    assert len(froms) == 2
+    assert len(froms) == 3
     args = dict(rest.split("=", 1) for word, rest in instructions if word == "ARG" and "=" in rest)
     assert args["PYTHON_IMAGE"] == "python:3.11-slim"
     assert args["RUNTIME_IMAGE"] == "${PYTHON_IMAGE}"
-    assert froms[0] == "${PYTHON_IMAGE} AS build"
-    assert froms[1] == "${RUNTIME_IMAGE}"
+    assert froms[0] == "${PYTHON_IMAGE} AS deps"
+    assert froms[1] == "deps AS build"
+    assert froms[2] == "${RUNTIME_IMAGE}"
 
 
 def test_dockerfile_installs_the_hashed_runtime_lock_only() -> None:
@@ -161,7 +162,11 @@ def test_dockerfile_installs_the_hashed_runtime_lock_only() -> None:
     final_pip = [rest for word, rest in final if word == "RUN" and "pip" in rest]
     assert all("pip install" not in rest for rest in final_pip)
     copies = [rest for word, rest in final if word == "COPY"]
-    assert copies == ["--from=build /opt/gpuscale /opt/gpuscale"]
+    # The locked environment, then the project apart: a source change ships a small layer.
+    assert copies == [
+        "--from=deps /opt/gpuscale /opt/gpuscale",
+        "--from=build /opt/gpuscale/app /opt/gpuscale/app",
+    ]
 
 
 def test_dockerfile_compiles_bytecode_and_drops_the_installer() -> None:
@@ -195,7 +200,7 @@ def test_final_stage_runs_gpuscale_as_non_root() -> None:
     assert json.loads(entrypoint) == ["gpuscale"]
     env = " ".join(rest for word, rest in final if word == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env
-    assert "PATH=/opt/gpuscale/bin:" in env
+    assert "PATH=/opt/gpuscale/app/bin:/opt/gpuscale/bin:" in env
     # The manifests run the same uid and rely on the entrypoint.
     for where, _spec, c in gpuscale_containers(render()):
         assert c["securityContext"]["runAsUser"] == 65532, where

@@ -36,6 +36,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 SITE = "opt/gpuscale/lib/python3.11/site-packages"
+"""The locked dependencies."""
+APP = "opt/gpuscale/app"
+"""The project, apart from its dependencies (a .pth in SITE names it)."""
 
 
 def _need(tag: str) -> None:
@@ -80,6 +83,14 @@ def test_commands_start(args: list[str]) -> None:
     assert done.stdout.startswith("Usage: gpuscale")
 
 
+def test_version_comes_from_the_installed_metadata() -> None:
+    """The project sits apart from its dependencies; its metadata must still be found."""
+    _need(GPUSCALE_TAG)
+    done = runner.run(GPUSCALE_TAG, ["--version"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "gpuscale, version 0.1.0"
+
+
 def test_simulate_says_the_image_has_no_simulator() -> None:
     _need(GPUSCALE_TAG)
     done = runner.run(GPUSCALE_TAG, ["simulate"])
@@ -110,7 +121,7 @@ def test_server_modules_import_and_load_only_precompiled_bytecode() -> None:
 
 def test_every_source_has_unchecked_hash_bytecode(rootfs: Path) -> None:
     """Hash-based, unchecked .pyc: valid whatever mtimes the sources got, no source reads."""
-    site = rootfs / SITE
+    site = rootfs / "opt/gpuscale"
     sources = [p for p in site.rglob("*.py") if "__pycache__" not in p.parts]
     assert len(sources) > 1000
     missing, stale = [], []
@@ -124,12 +135,12 @@ def test_every_source_has_unchecked_hash_bytecode(rootfs: Path) -> None:
             stale.append(str(source.relative_to(site)))
     assert not missing, missing[:20]
     assert not stale, stale[:20]
-    assert (site / "autoscaler" / "__pycache__" / "app.cpython-311.pyc").exists()
+    assert (rootfs / APP / "autoscaler" / "__pycache__" / "app.cpython-311.pyc").exists()
 
 
-def _installed(site: Path) -> dict[str, str]:
+def _installed(rootfs: Path) -> dict[str, str]:
     out: dict[str, str] = {}
-    for info in site.glob("*.dist-info"):
+    for info in [*(rootfs / SITE).glob("*.dist-info"), *(rootfs / APP).glob("*.dist-info")]:
         match = re.fullmatch(r"(.+?)-([^-]+)\.dist-info", info.name)
         assert match is not None, info.name
         out[canonicalize_name(match.group(1))] = match.group(2)
@@ -137,7 +148,7 @@ def _installed(site: Path) -> dict[str, str]:
 
 
 def test_no_installer_no_scipy_no_simulator_libraries(rootfs: Path) -> None:
-    installed = _installed(rootfs / SITE)
+    installed = _installed(rootfs)
     assert {"pip", "setuptools", "wheel"}.isdisjoint(installed)
     assert {canonicalize_name(m) for m in SIM_EXTRA_MODULES}.isdisjoint(installed)
     assert not list((rootfs / "opt/gpuscale/bin").glob("pip*"))
@@ -149,7 +160,7 @@ def test_no_installer_no_scipy_no_simulator_libraries(rootfs: Path) -> None:
 
 
 def test_installed_distributions_are_exactly_the_lock(rootfs: Path) -> None:
-    installed = _installed(rootfs / SITE)
+    installed = _installed(rootfs)
     environment = {
         "python_version": "3.11",
         "python_full_version": "3.11.2",
