@@ -113,7 +113,10 @@ image-tools:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends buildah runc mmdebstrap uidmap; }
 
-image: image-tools cluster
+# Needs only the control-plane build of `make cluster` (for kube-scheduler), not the node's.
+image: image-tools
+	@command -v go >/dev/null || { echo "make image needs Go 1.26+ on PATH (kube-scheduler)"; exit 1; }
+	python3 tests/cluster/build.py kubernetes
 	python3 -m tests.cluster.build_images
 
 # Checks on the built image (uid, read-only root, bytecode, no pip or scipy, the lock).
