@@ -1,0 +1,155 @@
+"""The devices the plugin advertises, their health, and who else hands them out (pure).
+
+Devices come from NVML through the node agent's :func:`extender.node_agent.read_devices`; for
+tests and nodes without an NVIDIA runtime, :class:`FakeNvml` answers the same calls from a JSON
+file (re-read on every call, so a test can make a GPU vanish).
+
+Coexistence with NVIDIA's device plugin: the kubelet keeps one plugin per resource name (the last
+to register wins), and two plugins under different names that both list a GPU would each hand it
+out. :func:`conflicts` reads the kubelet's own record of registered devices (the device manager's
+checkpoint file beside ``kubelet.sock``) and names either case, so the plugin refuses to register
+rather than share a GPU with a plugin that does not know the extender's choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from extender.device_plugin.matching import Device, uuid_of
+from extender.model import GpuDevice
+
+CHECKPOINT_FILE = "kubelet_internal_checkpoint"
+"""The kubelet device manager's checkpoint, in the device plugin directory."""
+
+
+class InventoryFileError(ValueError):
+    """A fake inventory file that cannot be read; the message names the entry and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class FakeGpu:
+    index: int
+    uuid: str
+    model: str
+    total_mib: int
+    used_mib: int = 0
+    healthy: bool = True
+
+
+def parse_fake_inventory(text: str | bytes) -> tuple[FakeGpu, ...]:
+    """``[{"index": 0, "uuid": "GPU-…", "model": "…", "totalMiB": 81920, "usedMiB": 0,
+    "healthy": true}, …]``; ``usedMiB`` and ``healthy`` are optional. An unhealthy entry is
+    left out of what NVML would report (the GPU fell off the bus)."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InventoryFileError(f"not JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise InventoryFileError(f"expected a JSON list, got {type(data).__name__}")
+    out: list[FakeGpu] = []
+    for i, item in enumerate(data):
+        where = f"[{i}]"
+        if not isinstance(item, dict):
+            raise InventoryFileError(f"{where}: expected an object, got {type(item).__name__}")
+        fields: dict[str, int] = {}
+        for key, default in (("index", None), ("totalMiB", None), ("usedMiB", 0)):
+            v = item.get(key, default)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InventoryFileError(f"{where}.{key}: expected a non-negative integer")
+            fields[key] = v
+        uuid, model, healthy = item.get("uuid"), item.get("model", ""), item.get("healthy", True)
+        if not isinstance(uuid, str) or not uuid or "::" in uuid or "," in uuid:
+            raise InventoryFileError(f"{where}.uuid: expected a non-empty string without :: or ,")
+        if not isinstance(model, str) or not isinstance(healthy, bool):
+            raise InventoryFileError(f"{where}: model must be a string, healthy a boolean")
+        out.append(
+            FakeGpu(fields["index"], uuid, model, fields["totalMiB"], fields["usedMiB"], healthy)
+        )
+    if len({g.index for g in out}) != len(out) or len({g.uuid for g in out}) != len(out):
+        raise InventoryFileError("device indices and uuids must not repeat")
+    return tuple(sorted(out, key=lambda g: g.index))
+
+
+class _Memory:
+    def __init__(self, total: int, used: int) -> None:
+        self.total, self.used, self.free = total, used, total - used
+
+
+class FakeNvml:
+    """The ``pynvml`` calls the node agent makes, answered from a fake inventory file (healthy
+    entries only); each ``nvmlDeviceGetCount`` re-reads the file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._gpus: tuple[FakeGpu, ...] = ()
+
+    def nvmlInit(self) -> None:
+        self.nvmlDeviceGetCount()
+
+    def nvmlShutdown(self) -> None:
+        return None
+
+    def nvmlDeviceGetCount(self) -> int:
+        with open(self.path, "rb") as f:
+            self._gpus = tuple(g for g in parse_fake_inventory(f.read()) if g.healthy)
+        return len(self._gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu:
+        return self._gpus[i]
+
+    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> _Memory:
+        return _Memory(gpu.total_mib * 2**20, gpu.used_mib * 2**20)
+
+    def nvmlDeviceGetUUID(self, gpu: FakeGpu) -> str:
+        return gpu.uuid
+
+    def nvmlDeviceGetName(self, gpu: FakeGpu) -> str:
+        return gpu.model
+
+    def nvmlDeviceGetIndex(self, gpu: FakeGpu) -> int:
+        return gpu.index
+
+
+def merge_health(previous: Sequence[Device], seen: Iterable[GpuDevice]) -> tuple[Device, ...]:
+    """The devices to advertise after a read: every GPU seen is healthy; a GPU seen before and
+    missing now stays listed as unhealthy (the kubelet stops handing it out and keeps its pods'
+    records) rather than disappearing."""
+    now = {d.uuid: Device(d.index, d.uuid, d.total_mib, True) for d in seen}
+    gone = [Device(d.index, d.uuid, d.total_mib, False) for d in previous if d.uuid not in now]
+    return tuple(sorted([*now.values(), *gone], key=lambda d: (d.index, d.uuid)))
+
+
+def conflicts(checkpoint: Mapping[str, Any], resource: str, uuids: Iterable[str]) -> list[str]:
+    """Problems in the kubelet's checkpoint (``{"Data": {"RegisteredDevices": {resource:
+    [ids]}}}``) that mean another device plugin hands out the same GPUs: ``resource`` registered
+    with IDs this plugin does not make, or one of ``uuids`` listed under another resource."""
+    data = checkpoint.get("Data")
+    registered = data.get("RegisteredDevices") if isinstance(data, Mapping) else None
+    if not isinstance(registered, Mapping):
+        return []
+    ours = set(uuids)
+    problems = []
+    for name, ids in sorted(registered.items()):
+        if not isinstance(ids, list):
+            continue
+        ids = [i for i in ids if isinstance(i, str)]
+        if name == resource:
+            foreign = [i for i in ids if uuid_of(i) not in ours]
+            if foreign:
+                problems.append(
+                    f"{resource} is registered on this node with devices gpuscale does not"
+                    f" advertise ({', '.join(sorted(foreign)[:3])}): another device plugin"
+                    " (NVIDIA's?) serves it here"
+                )
+            continue
+        shared = sorted({u for u in ours for i in ids if u in i})
+        if shared:
+            problems.append(
+                f"resource {name} is registered with GPU(s) {', '.join(shared[:3])} that gpuscale"
+                " would hand out too"
+            )
+    return problems
