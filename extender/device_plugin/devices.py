@@ -153,3 +153,18 @@ def conflicts(checkpoint: Mapping[str, Any], resource: str, uuids: Iterable[str]
                 " would hand out too"
             )
     return problems
+
+
+def checkpoint_holders(checkpoint: Mapping[str, Any], resource: str) -> dict[str, frozenset[str]]:
+    """Per pod uid, the containers the kubelet's checkpoint records as holding devices of
+    ``resource`` (``Data.PodDeviceEntries``; written by the kubelet after every allocation)."""
+    data = checkpoint.get("Data")
+    entries = data.get("PodDeviceEntries") if isinstance(data, Mapping) else None
+    out: dict[str, set[str]] = {}
+    for e in entries if isinstance(entries, list) else []:
+        if not isinstance(e, Mapping) or e.get("ResourceName") != resource:
+            continue
+        uid, name, ids = e.get("PodUID"), e.get("ContainerName"), e.get("DeviceIDs")
+        if isinstance(uid, str) and isinstance(name, str) and ids:
+            out.setdefault(uid, set()).add(name)
+    return {uid: frozenset(names) for uid, names in out.items()}

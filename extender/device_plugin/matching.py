@@ -19,8 +19,9 @@ how many of their GPU containers already hold our devices), a candidate must als
 kubelet knows and is at that container; this is what tells apart pods that wait side by side.
 
 The *offer* of a candidate is what its container would get: the GPU indices of that container's
-slice of the annotation and the memory per GPU. If every candidate has the same offer, the
-candidates are interchangeable: whichever pod the kubelet is starting, the container gets exactly
+slice of the annotation and the memory per GPU; its *plan* is the offers of all its GPU
+containers. If every candidate is at the same container and has the same plan, the candidates
+are interchangeable: whichever pod the kubelet is starting, the container gets exactly
 its own pod's choice (same devices, same share), so the annotation stays true and the extender's
 accounting holds without rewriting anything; the oldest candidate is marked served. If the offers
 differ, the plugin cannot know which pod this is and refuses (``ambiguous``) instead of guessing:
@@ -172,14 +173,33 @@ def offer_of(pod: PendingPod, position: int) -> Offer | None:
 
 
 def next_position(pod: PendingPod, served: int, kubelet: KubeletView | None) -> int:
-    """Index of the next GPU container the kubelet will allocate for ``pod``: after those this
-    process served and after the last one the kubelet reports holding devices (it allocates in
-    order; PodResources does not list plain init containers, hence "last", not "how many")."""
-    if kubelet is not None:
-        held = kubelet.holding.get(pod.key, frozenset())
-        last = max((i for i, c in enumerate(pod.containers) if c.name in held), default=-1)
-        served = max(served, last + 1)
-    return served
+    """Index of the next GPU container the kubelet will allocate for ``pod``: with the kubelet's
+    view, the one after the last container it reports holding devices (it allocates in order;
+    PodResources does not list plain init containers, hence "last", not "how many"); without
+    it, the one after those this process served."""
+    if kubelet is None:
+        return served
+    held = kubelet.holding.get(pod.key, frozenset())
+    return max((i for i, c in enumerate(pod.containers) if c.name in held), default=-1) + 1
+
+
+def served_from_holders(
+    pods: Sequence[PendingPod], holders: Mapping[str, frozenset[str]]
+) -> dict[PodKey, int]:
+    """Containers served per pod, from the kubelet's record of which containers (by pod uid)
+    hold the resource's devices (its checkpoint): how a restarted plugin knows what it served."""
+    out: dict[PodKey, int] = {}
+    for pod in pods:
+        held = holders.get(pod.uid)
+        if held:
+            last = max((i for i, c in enumerate(pod.containers) if c.name in held), default=-1)
+            out[pod.key] = last + 1
+    return out
+
+
+def plan_of(pod: PendingPod) -> tuple[Offer | None, ...]:
+    """Every GPU container's offer: two pods with the same plan are interchangeable."""
+    return tuple(offer_of(pod, i) for i in range(len(pod.containers)))
 
 
 def candidates(
@@ -200,6 +220,11 @@ def candidates(
         if pos >= len(pod.containers) or pod.containers[pos].count != count:
             continue
         out.append((pod, pos))
+    # The kubelet admits one pod at a time and allocates its containers in a row, so a pod
+    # with some containers served and more to go is the one being admitted.
+    in_progress = [(p, pos) for p, pos in out if pos > 0]
+    if in_progress:
+        out = in_progress
     out.sort(key=lambda pp: (pp[0].created, pp[0].namespace, pp[0].name, pp[1]))
     return out
 
@@ -252,8 +277,8 @@ def decide(
             " handing out GPUs the extender did not choose",
         )
     offers = {(p.key, pos): offer_of(p, pos) for p, pos in found}
-    distinct = set(offers.values())
-    if len(distinct) > 1 or None in distinct:
+    plans = {(pos, plan_of(p)) for p, pos in found}
+    if len(plans) > 1 or None in offers.values():
         listed = "; ".join(_describe(p, offers[(p.key, pos)]) for p, pos in found[:6])
         more = f" and {len(found) - 6} more" if len(found) > 6 else ""
         return Refusal(
@@ -305,10 +330,8 @@ def preferred(
     Always ``size`` IDs when ``available`` has them, ``must_include`` first."""
     chosen: list[str] = list(dict.fromkeys(must_include))[:size]
     found = candidates(pods, size, served, kubelet)
-    offers = {offer_of(p, pos) for p, pos in found}
-    if len(offers) == 1 and None not in offers:
-        (offer,) = offers
-        assert offer is not None
+    plans = {(pos, plan_of(p)) for p, pos in found}
+    if len(plans) == 1 and (offer := offer_of(*found[0])) is not None:
         uuids = {d.index: d.uuid for d in devices}
         taken = {uuid_of(i) for i in chosen}
         for index in offer.indices:

@@ -17,13 +17,18 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import grpc
 import orjson
 
-from extender.device_plugin.devices import CHECKPOINT_FILE, conflicts, merge_health
+from extender.device_plugin.devices import (
+    CHECKPOINT_FILE,
+    checkpoint_holders,
+    conflicts,
+    merge_health,
+)
 from extender.device_plugin.matching import (
     Device,
     Grant,
@@ -34,6 +39,7 @@ from extender.device_plugin.matching import (
     decide,
     device_ids,
     preferred,
+    served_from_holders,
     uuid_of,
 )
 from extender.device_plugin.pods import PodError, pending_pod
@@ -120,8 +126,6 @@ class PluginStatus:
     problem: str = ""
     allocations: int = 0
     refusals: int = 0
-    served: dict[PodKey, int] = field(default_factory=dict)
-    """Containers served per pod since the process started."""
 
 
 class DevicePlugin(pb_grpc.DevicePluginServicer):
@@ -184,7 +188,8 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
             yield pb.ListAndWatchResponse(devices=self._device_list())
             await changed.wait()
 
-    async def _inputs(self) -> tuple[list[PendingPod], KubeletView | None]:
+    async def _inputs(self) -> tuple[list[PendingPod], dict[PodKey, int], KubeletView | None]:
+        """Pods bound here, containers served per pod, the kubelet's view."""
         raw = await self._list_pods()
         pods = []
         for obj in raw:
@@ -199,16 +204,21 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
                 continue
             if pod is not None:
                 pods.append(pod)
-        return pods, await self._kubelet_view()
+        # The kubelet writes its checkpoint after every allocation, by pod uid: the record of
+        # what was served (also when interchangeable pods were started in another order than
+        # the one marked here), and what a restarted plugin starts from. None yet: nothing is.
+        holders = checkpoint_holders(self._checkpoint(), self.settings.resource)
+        served = served_from_holders(pods, holders)
+        return pods, served, await self._kubelet_view()
 
     async def GetPreferredAllocation(
         self, request: pb.PreferredAllocationRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PreferredAllocationResponse:
         try:
-            pods, view = await self._inputs()
+            pods, served, view = await self._inputs()
         except Exception as exc:
             log.warning("preferred allocation without pods", extra={"error": repr(exc)})
-            pods, view = [], None
+            pods, served, view = [], {}, None
         out = []
         for req in request.container_requests:
             ids = preferred(
@@ -217,7 +227,7 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
                 size=req.allocation_size,
                 devices=self.devices,
                 pods=pods,
-                served=self.status.served,
+                served=served,
                 kubelet=view,
             )
             out.append(pb.ContainerPreferredAllocationResponse(deviceIDs=ids))
@@ -228,7 +238,7 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
     ) -> pb.AllocateResponse:
         async with self._lock:  # one decision at a time: each one marks a pod served
             try:
-                pods, view = await self._inputs()
+                pods, served, view = await self._inputs()
             except Exception as exc:
                 self.status.refusals += 1
                 message = f"cannot read the pods bound to node {self.settings.node}: {exc!r}"
@@ -243,7 +253,7 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
                     devices=self.devices,
                     shares=self.settings.shares,
                     pods=pods,
-                    served=self.status.served,
+                    served=served,
                     kubelet=view,
                 )
                 if isinstance(decision, Refusal):
@@ -251,7 +261,7 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
                     await context.abort(grpc.StatusCode.FAILED_PRECONDITION, decision.message)
                 assert isinstance(decision, Grant)
                 key = decision.pod.key
-                self.status.served[key] = decision.position + 1
+                served[key] = decision.position + 1
                 self.status.allocations += 1
                 log.info(
                     "allocated",
@@ -307,21 +317,23 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
     def kubelet_socket(self) -> str:
         return os.path.join(self.settings.directory, KUBELET_SOCKET)
 
-    def configuration_problems(self) -> list[str]:
-        """Why registering would let two plugins hand out the same GPUs (from the kubelet's
-        checkpoint); empty when there is no checkpoint yet."""
+    def _checkpoint(self) -> dict[str, Any]:
+        """The kubelet device manager's checkpoint ({} when absent or unreadable)."""
         path = os.path.join(self.settings.directory, CHECKPOINT_FILE)
         try:
             with open(path, "rb") as f:
                 data = orjson.loads(f.read())
         except FileNotFoundError:
-            return []
+            return {}
         except (OSError, orjson.JSONDecodeError) as exc:
             log.warning("kubelet checkpoint unreadable", extra={"error": repr(exc)})
-            return []
-        if not isinstance(data, dict):
-            return []
-        return conflicts(data, self.settings.resource, (d.uuid for d in self.devices))
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def configuration_problems(self) -> list[str]:
+        """Why registering would let two plugins hand out the same GPUs (from the kubelet's
+        checkpoint); empty when there is no checkpoint yet."""
+        return conflicts(self._checkpoint(), self.settings.resource, (d.uuid for d in self.devices))
 
     async def _register(self) -> None:
         async with grpc.aio.insecure_channel(f"unix://{self.kubelet_socket}") as channel:
