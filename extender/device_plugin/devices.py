@@ -1,8 +1,9 @@
 """The devices the plugin advertises, their health, and who else hands them out (pure).
 
-Devices come from NVML through the node agent's :func:`extender.node_agent.read_devices`; for
-tests and nodes without an NVIDIA runtime, :class:`FakeNvml` answers the same calls from a JSON
-file (re-read on every call, so a test can make a GPU vanish).
+Devices come from NVML (:func:`plugin_devices` reads device by device, so that one lost GPU is
+marked unhealthy instead of failing the read); for tests and nodes without an NVIDIA runtime,
+:class:`FakeNvml` answers the same calls from a JSON file (re-read on every call, so a test can
+make a GPU fail).
 
 Coexistence with NVIDIA's device plugin: the kubelet keeps one plugin per resource name (the last
 to register wins), and two plugins under different names that both list a GPU would each hand it
@@ -20,7 +21,6 @@ from typing import Any
 import orjson
 
 from extender.device_plugin.matching import Device, uuid_of
-from extender.model import GpuDevice
 
 CHECKPOINT_FILE = "kubelet_internal_checkpoint"
 """The kubelet device manager's checkpoint, in the device plugin directory."""
@@ -79,9 +79,14 @@ class _Memory:
         self.total, self.used, self.free = total, used, total - used
 
 
+class GpuLost(RuntimeError):
+    """What NVML says of a GPU that fell off the bus (``NVML_ERROR_GPU_IS_LOST``)."""
+
+
 class FakeNvml:
-    """The ``pynvml`` calls the node agent makes, answered from a fake inventory file (healthy
-    entries only); each ``nvmlDeviceGetCount`` re-reads the file."""
+    """The ``pynvml`` calls the node agent makes, answered from a fake inventory file. Every
+    entry is enumerated (NVML keeps a lost GPU's index); an unhealthy one fails its queries as a
+    lost GPU does. ``nvmlDeviceGetCount`` re-reads the file."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -95,32 +100,47 @@ class FakeNvml:
 
     def nvmlDeviceGetCount(self) -> int:
         with open(self.path, "rb") as f:
-            self._gpus = tuple(g for g in parse_fake_inventory(f.read()) if g.healthy)
+            self._gpus = parse_fake_inventory(f.read())
         return len(self._gpus)
 
     def nvmlDeviceGetHandleByIndex(self, i: int) -> FakeGpu:
         return self._gpus[i]
 
+    def _alive(self, gpu: FakeGpu) -> FakeGpu:
+        if not gpu.healthy:
+            raise GpuLost(f"GPU {gpu.index} is lost")
+        return gpu
+
     def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> _Memory:
-        return _Memory(gpu.total_mib * 2**20, gpu.used_mib * 2**20)
+        g = self._alive(gpu)
+        return _Memory(g.total_mib * 2**20, g.used_mib * 2**20)
 
     def nvmlDeviceGetUUID(self, gpu: FakeGpu) -> str:
-        return gpu.uuid
+        return self._alive(gpu).uuid
 
     def nvmlDeviceGetName(self, gpu: FakeGpu) -> str:
-        return gpu.model
-
-    def nvmlDeviceGetIndex(self, gpu: FakeGpu) -> int:
-        return gpu.index
+        return self._alive(gpu).model
 
 
-def merge_health(previous: Sequence[Device], seen: Iterable[GpuDevice]) -> tuple[Device, ...]:
-    """The devices to advertise after a read: every GPU seen is healthy; a GPU seen before and
-    missing now stays listed as unhealthy (the kubelet stops handing it out and keeps its pods'
-    records) rather than disappearing."""
-    now = {d.uuid: Device(d.index, d.uuid, d.total_mib, True) for d in seen}
-    gone = [Device(d.index, d.uuid, d.total_mib, False) for d in previous if d.uuid not in now]
-    return tuple(sorted([*now.values(), *gone], key=lambda d: (d.index, d.uuid)))
+def plugin_devices(nvml: Any, previous: Sequence[Device]) -> tuple[Device, ...]:
+    """Read every GPU NVML enumerates; one whose queries fail is listed unhealthy under what was
+    known of it before (a GPU never read is left out), one known before and no longer enumerated
+    too. Fails (with NVML's error) only when the count itself cannot be read."""
+    known = {d.index: d for d in previous}
+    seen: dict[int, Device] = {}
+    for i in range(nvml.nvmlDeviceGetCount()):
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = nvml.nvmlDeviceGetUUID(handle)
+            total = int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // 2**20
+        except Exception:
+            if i in known:
+                seen[i] = Device(i, known[i].uuid, known[i].total_mib, healthy=False)
+            continue
+        uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+        seen[i] = Device(i, uuid, total, healthy=True)
+    gone = [Device(d.index, d.uuid, d.total_mib, False) for d in previous if d.index not in seen]
+    return tuple(sorted([*seen.values(), *gone], key=lambda d: d.index))
 
 
 def conflicts(checkpoint: Mapping[str, Any], resource: str, uuids: Iterable[str]) -> list[str]:

@@ -27,7 +27,7 @@ from extender.device_plugin.devices import (
     CHECKPOINT_FILE,
     checkpoint_holders,
     conflicts,
-    merge_health,
+    plugin_devices,
 )
 from extender.device_plugin.matching import (
     Device,
@@ -47,7 +47,7 @@ from extender.device_plugin.proto import deviceplugin_v1beta1_pb2 as pb
 from extender.device_plugin.proto import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 from extender.device_plugin.proto import podresources_v1_pb2 as pr
 from extender.device_plugin.proto import podresources_v1_pb2_grpc as pr_grpc
-from extender.model import GPU_RESOURCE, GpuDevice
+from extender.model import GPU_RESOURCE
 
 log = logging.getLogger("gpuscale.device_plugin")
 
@@ -135,14 +135,14 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
         self,
         settings: PluginSettings,
         *,
-        read_devices: Callable[[], Sequence[GpuDevice]],
+        nvml: Any,
         list_pods: PodLister,
         record_event: EventRecorder,
         kubelet_view: KubeletViewer,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
-        self._read = read_devices
+        self.nvml = nvml
         self._list_pods = list_pods
         self._record_event = record_event
         self._kubelet_view = kubelet_view
@@ -156,7 +156,7 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
 
     def refresh_devices(self) -> bool:
         """Read the devices again; True (and ListAndWatch streams wake up) when they changed."""
-        devices = merge_health(self.devices, self._read())
+        devices = plugin_devices(self.nvml, self.devices)
         if devices == self.devices:
             return False
         self.devices = devices

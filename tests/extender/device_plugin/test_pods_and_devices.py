@@ -14,13 +14,13 @@ from extender.device_plugin.devices import (
     InventoryFileError,
     checkpoint_holders,
     conflicts,
-    merge_health,
     parse_fake_inventory,
+    plugin_devices,
 )
 from extender.device_plugin.matching import Device, GpuContainer
 from extender.device_plugin.pods import PodError, pending_pod
 from extender.model import GpuDevice
-from extender.node_agent import read_devices
+from extender.node_agent import NoNvml, read_devices
 
 
 def pod_json(
@@ -132,18 +132,34 @@ def test_fake_inventory_round_trips_through_the_nvml_calls(entries: list[dict[st
     assert [g.healthy for g in parsed] == [e["healthy"] for e in entries]
 
 
-def test_fake_nvml_reports_healthy_entries_and_rereads_the_file(tmp_path: Any) -> None:
+def test_fake_nvml_fails_lost_gpus_and_rereads_the_file(tmp_path: Any) -> None:
     f = tmp_path / "gpus.json"
     items = [
         {"index": 0, "uuid": "GPU-a", "model": "H100", "totalMiB": 81559},
-        {"index": 1, "uuid": "GPU-b", "model": "H100", "totalMiB": 81559, "healthy": False},
+        {"index": 1, "uuid": "GPU-b", "model": "H100", "totalMiB": 81559},
     ]
     f.write_bytes(orjson.dumps(items))
     nvml = FakeNvml(str(f))
-    assert read_devices(nvml) == [GpuDevice(0, "GPU-a", "H100", 81559, 0)]
+    assert read_devices(nvml) == [
+        GpuDevice(0, "GPU-a", "H100", 81559, 0),
+        GpuDevice(1, "GPU-b", "H100", 81559, 0),
+    ]
+    first = plugin_devices(nvml, ())
+    assert first == (Device(0, "GPU-a", 81559), Device(1, "GPU-b", 81559))
+    # GPU 1 is lost: NVML still enumerates it, its queries fail.
+    items[1]["healthy"] = False
+    f.write_bytes(orjson.dumps(items))
+    with pytest.raises(NoNvml):
+        read_devices(nvml)
+    lost = plugin_devices(nvml, first)
+    assert lost == (Device(0, "GPU-a", 81559), Device(1, "GPU-b", 81559, healthy=False))
+    assert plugin_devices(nvml, ()) == (Device(0, "GPU-a", 81559),)  # never read: left out
+    # Gone from the enumeration altogether (driver reloaded without it): still listed, unhealthy.
+    f.write_bytes(orjson.dumps(items[:1]))
+    assert plugin_devices(nvml, first)[1] == Device(1, "GPU-b", 81559, healthy=False)
     items[1]["healthy"] = True
     f.write_bytes(orjson.dumps(items))
-    assert [d.uuid for d in read_devices(nvml)] == ["GPU-a", "GPU-b"]
+    assert plugin_devices(nvml, lost) == first
 
 
 @pytest.mark.parametrize(
@@ -175,15 +191,6 @@ def test_any_bytes_parse_or_fail_cleanly(data: bytes) -> None:
         assert str(exc)
     else:
         assert len({g.uuid for g in parsed}) == len(parsed)
-
-
-def test_a_gpu_that_vanishes_stays_listed_as_unhealthy_until_it_returns() -> None:
-    a, b = GpuDevice(0, "GPU-a", "", 10, 0), GpuDevice(1, "GPU-b", "", 10, 0)
-    first = merge_health((), [a, b])
-    assert first == (Device(0, "GPU-a", 10), Device(1, "GPU-b", 10))
-    second = merge_health(first, [a])
-    assert second == (Device(0, "GPU-a", 10), Device(1, "GPU-b", 10, healthy=False))
-    assert merge_health(second, [a, b]) == first
 
 
 # -- the kubelet's checkpoint ---------------------------------------------------------------
