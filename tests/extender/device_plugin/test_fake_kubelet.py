@@ -109,7 +109,7 @@ class FakeKubelet(pb_grpc.RegistrationServicer, pr_grpc.PodResourcesListerServic
         if self.channel is not None:
             await self.channel.close()
         self.channel = grpc.aio.insecure_channel(f"unix://{self.dir / request.endpoint}")
-        self.plugin = pb_grpc.DevicePluginAsyncStub(self.channel)
+        self.plugin = pb_grpc.DevicePluginStub(self.channel)
         self.watcher = asyncio.create_task(self._watch())
         return pb.Empty()
 
