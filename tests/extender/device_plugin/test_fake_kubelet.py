@@ -218,7 +218,9 @@ class FakeKubelet(pb_grpc.RegistrationServicer, pr_grpc.PodResourcesListerServic
         return envs
 
 
-def gpu_pod(name: str, indices: str, *, gpus: int = 1, mib: int | None = 20480) -> dict[str, Any]:
+def gpu_pod(
+    name: str, indices: str, *, gpus: int = 1, mib: int | None = 20480, node: str = NODE
+) -> dict[str, Any]:
     limits = {"nvidia.com/gpu": str(gpus)}
     if mib is not None:
         limits["gpuscale.io/gpu-memory"] = str(mib)
@@ -231,7 +233,7 @@ def gpu_pod(name: str, indices: str, *, gpus: int = 1, mib: int | None = 20480) 
             "annotations": {"gpuscale.io/gpu-indices": indices},
         },
         "spec": {
-            "nodeName": NODE,
+            "nodeName": node,
             "schedulerName": "gpuscale",
             "containers": [{"name": "vllm", "image": "x", "resources": {"limits": limits}}],
         },
