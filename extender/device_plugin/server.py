@@ -409,7 +409,8 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
                     os.unlink(self.socket_path)
 
     async def _watch(self, kubelet: tuple[int, int]) -> None:
-        """Return when the kubelet restarted (new kubelet.sock, or our socket deleted)."""
+        """Return when the kubelet restarted (new kubelet.sock, or our socket deleted) or
+        another device plugin registered for these GPUs."""
         since_read = 0.0
         while True:
             await self._sleep(self.settings.poll_interval)
@@ -430,6 +431,10 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
                         )
                 except Exception as exc:
                     log.error("device read failed", extra={"error": repr(exc)})
+                if self.configuration_problems():
+                    # Another plugin registered for these GPUs after us (the kubelet keeps the
+                    # last one per resource): stop serving; run() logs why and waits.
+                    return
 
 
 def container_response(grant: Grant, settings: PluginSettings) -> pb.ContainerAllocateResponse:

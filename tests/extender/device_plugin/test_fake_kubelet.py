@@ -437,3 +437,13 @@ async def test_a_foreign_plugin_on_the_same_gpus_blocks_registration(
         for p in directory.iterdir():
             p.unlink()
         directory.rmdir()
+
+
+async def test_a_foreign_plugin_registering_later_makes_the_plugin_step_back(setup: Setup) -> None:
+    (setup.kubelet.dir / "kubelet_internal_checkpoint").write_bytes(
+        orjson.dumps({"Data": {"RegisteredDevices": {"nvidia.com/gpu": [GPUS[2]["uuid"]]}}})
+    )
+    await until(lambda: bool(setup.plugin.status.problem))
+    assert not setup.plugin.status.registered
+    assert "another device plugin" in setup.plugin.status.problem
+    assert not (setup.kubelet.dir / "gpuscale-gpu.sock").exists()
