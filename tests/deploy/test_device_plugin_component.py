@@ -7,7 +7,9 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import yaml
 
+from extender.device_plugin.server import MEMORY_FRACTION_ENV
 from tests.deploy.manifests import DEPLOY, Obj, find, render, render_dir
 from tests.deploy.test_render_validate import VERSIONS
 
@@ -55,3 +57,13 @@ def test_off_by_default() -> None:
     (agent,) = ds["spec"]["template"]["spec"]["containers"]
     assert "--device-plugin" not in agent["args"]
     assert all("hostPath" not in v for v in ds["spec"]["template"]["spec"]["volumes"])
+
+
+def test_the_shared_gpu_example_reads_the_variable_the_plugin_sets() -> None:
+    path = DEPLOY / "examples" / "workloads" / "llama-chat-deployment-shared-gpu.yaml"
+    (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    script = " ".join(container["args"])
+    assert f'--gpu-memory-utilization "${{{MEMORY_FRACTION_ENV}:?' in script
+    assert "--served-model-name llama" in script  # the policy's model_name, as in the original
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
