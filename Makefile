@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz
+.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz protos
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -50,6 +50,10 @@ e2e: $(STAMP) prometheus cluster helm
 	$(BIN)/pytest -q -m "cluster or e2e" tests/e2e
 
 test: lint typecheck imports pytest
+
+# The kubelet device plugin and PodResources bindings (committed) from their .proto files.
+protos: $(STAMP)
+	PYTHON=$(PY) sh extender/device_plugin/proto/generate.sh
 
 # Longer fuzzing than the seeded runs of `make test`: atheris for FUZZ_SECONDS per target (the
 # corpus grows in .fuzz/<target>/, crashes land in .fuzz/ as <target>-crash-*; copy one into
