@@ -331,10 +331,14 @@ def run_extender(settings: ExtenderProcess) -> int:
     return 0
 
 
-async def _device_plugin(settings: Any, nvml: Any, api_client: Any) -> None:
-    """The device plugin of ``settings`` with the API and the kubelet's sockets as its I/O."""
+async def _device_plugin(
+    settings: Any, nvml: Any, api_client: Any, registry: CollectorRegistry
+) -> None:
+    """The device plugin of ``settings`` with the API and the kubelet's sockets as its I/O; its
+    metrics join the agent's."""
     from extender.device_plugin.server import (
         DevicePlugin,
+        PluginCollector,
         kube_event_recorder,
         kube_pod_lister,
         pod_resources_viewer,
@@ -347,7 +351,12 @@ async def _device_plugin(settings: Any, nvml: Any, api_client: Any) -> None:
         record_event=kube_event_recorder(api_client, settings.node, clock=time.time),
         kubelet_view=pod_resources_viewer(settings.pod_resources_socket, settings.resource),
     )
-    await plugin.run()
+    collector = PluginCollector(plugin)
+    registry.register(collector)
+    try:
+        await plugin.run()
+    finally:
+        registry.unregister(collector)
 
 
 async def serve_node_agent(
@@ -419,7 +428,9 @@ async def serve_node_agent(
             stopper = asyncio.create_task(stop.wait())
             tasks += [agent, stopper]
             if device_plugin is not None:
-                tasks.append(asyncio.create_task(_device_plugin(device_plugin, nvml, api_client)))
+                tasks.append(
+                    asyncio.create_task(_device_plugin(device_plugin, nvml, api_client, registry))
+                )
             log.info(
                 "node agent started",
                 extra={

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -561,3 +561,40 @@ def kube_event_recorder(api_client: Any, node: str, clock: Callable[[], float]) 
             resp.release()
 
     return record
+
+
+class PluginCollector:
+    """The plugin's :class:`PluginStatus` as Prometheus metrics, read at scrape time."""
+
+    def __init__(self, plugin: DevicePlugin) -> None:
+        self.plugin = plugin
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        st = self.plugin.status
+        yield GaugeMetricFamily(
+            "gpuscale_device_plugin_registered",
+            "1 while registered with the kubelet; 0 while not (see the log for why).",
+            value=1.0 if st.registered else 0.0,
+        )
+        yield CounterMetricFamily(
+            "gpuscale_device_plugin_registrations",
+            "Registrations with the kubelet (one more after each kubelet restart).",
+            value=st.registrations,
+        )
+        yield CounterMetricFamily(
+            "gpuscale_device_plugin_allocations",
+            "Containers handed the GPUs of their pod's gpuscale.io/gpu-indices.",
+            value=st.allocations,
+        )
+        yield CounterMetricFamily(
+            "gpuscale_device_plugin_refusals",
+            "Allocate calls refused (no or ambiguous pod, GPUs gone, API unreachable).",
+            value=st.refusals,
+        )
+        yield GaugeMetricFamily(
+            "gpuscale_device_plugin_unhealthy_gpus",
+            "GPUs advertised as unhealthy.",
+            value=sum(not d.healthy for d in self.plugin.devices),
+        )

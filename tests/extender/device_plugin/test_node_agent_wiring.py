@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -54,6 +55,7 @@ async def test_the_node_agent_publishes_and_serves_the_device_plugin(
         inventory.write_bytes(orjson.dumps(GPUS))
         await kubelet.start()
         stop = asyncio.Event()
+        ports: list[int] = []
         agent = asyncio.create_task(
             serve_node_agent(
                 "gpu-1",
@@ -63,6 +65,7 @@ async def test_the_node_agent_publishes_and_serves_the_device_plugin(
                 nvml=FakeNvml(str(inventory)),
                 api_client=kube_client,
                 stop=stop,
+                on_listening=ports.append,
                 device_plugin=PluginSettings(
                     node="gpu-1",
                     directory=str(directory),
@@ -83,6 +86,14 @@ async def test_the_node_agent_publishes_and_serves_the_device_plugin(
         pod = kube.store.create(gpu_pod("a", "3"))
         envs = await kubelet.admit(pod)
         assert envs["vllm"]["NVIDIA_VISIBLE_DEVICES"] == GPUS[3]["uuid"]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{ports[0]}/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        assert "gpuscale_device_plugin_registered 1.0" in metrics
+        assert "gpuscale_device_plugin_allocations_total 1.0" in metrics
+        assert "gpuscale_node_agent_gpus 4.0" in metrics
         stop.set()
         await asyncio.wait_for(agent, 10)
         assert not (directory / "gpuscale-gpu.sock").exists()
