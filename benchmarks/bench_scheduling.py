@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -271,7 +272,105 @@ async def breakdown(api: Api, procs: list[Process]) -> str:
             text = await r.text()
         verbs = _means(text, "gpuscale_extender_request_duration_seconds", "verb")
         parts.extend(f"extender {v} {ms:.2f} ms x{n}" for v, (ms, n) in sorted(verbs.items()))
+        for fam in text_string_to_metric_families(text):
+            if fam.name == "gpuscale_connections_accepted":
+                parts.extend(
+                    f"{s.labels['listener']} connections accepted {s.value:.0f}"
+                    for s in fam.samples
+                    if s.name.endswith("_total")
+                )
+        calls = _means(text, "gpuscale_extender_api_call_duration_seconds", "call")
+        parts.extend(f"of which API {c} {ms:.2f} ms" for c, (ms, _) in sorted(calls.items()))
+    async with api.session.get("/metrics") as r:
+        text = await r.text()
+    waits = _means(
+        text, "apiserver_flowcontrol_request_wait_duration_seconds", "flow_schema", execute="true"
+    )
+    parts.extend(
+        f"APF wait {fs} {ms:.2f} ms x{n}" for fs, (ms, n) in sorted(waits.items()) if ms >= 0.5
+    )
+    binding = _means(
+        text, "apiserver_request_duration_seconds", "verb", resource="pods", subresource="binding"
+    )
+    parts.extend(f"apiserver binding {ms:.2f} ms x{n}" for _, (ms, n) in binding.items())
     return "; ".join(parts)
+
+
+def cpu_seconds(procs: Sequence[Process]) -> dict[str, float]:
+    """User+system CPU seconds each running process has used so far (``/proc/<pid>/stat``):
+    what a pod costs each component, which the machine's load does not distort as it does
+    wall-clock figures."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for proc in procs:
+        if proc.popen is None or proc.popen.poll() is not None:
+            continue
+        try:
+            stat = Path(f"/proc/{proc.popen.pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[proc.name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_per_pod(
+    before: dict[str, float],
+    after: dict[str, float],
+    pods: int,
+    *,
+    seconds: float,
+    background: dict[str, float],
+) -> str:
+    """CPU ms per pod by component, and in brackets net of what the component uses idle
+    (``background`` per second) over the case's ``seconds``."""
+    used = {k: after[k] - before.get(k, 0.0) for k in after}
+    parts = []
+    for name, sec in sorted(used.items(), key=lambda x: -x[1]):
+        net = sec - background.get(name, 0.0) * seconds
+        parts.append(f"{name} {1000 * sec / pods:.1f} ({1000 * net / pods:.1f})")
+    total = sum(used.values())
+    net_total = total - sum(background.get(k, 0.0) for k in used) * seconds
+    parts.append(f"total {1000 * total / pods:.1f} ({1000 * net_total / pods:.1f})")
+    return ", ".join(parts)
+
+
+async def idle_cpu(inst: Installed, seconds: float = 10.0) -> dict[str, float]:
+    """CPU per second each process uses with no pod to schedule (node heartbeats, watches,
+    leases), with the scheduler and the extender running: what a case pays for its duration
+    rather than for its pods."""
+    procs = start_scheduler(inst, with_extender=True, port=free_port(), qps=None)
+    everyone = [*inst.cp.processes.values(), *procs]
+    try:
+        await asyncio.sleep(3.0)  # the scheduler's own start-up (informers) is not idle
+        before = cpu_seconds(everyone)
+        await asyncio.sleep(seconds)
+        after = cpu_seconds(everyone)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    return {k: (after[k] - before.get(k, 0.0)) / seconds for k in after}
+
+
+async def pprof(api: Api, procs: list[Process], into: Path, mode: str, seconds: int) -> None:
+    """CPU profiles (Go pprof) of kube-scheduler and kube-apiserver while the case runs."""
+    sched = next(p for p in procs if p.name == "kube-scheduler")
+    urls = {
+        "kube-scheduler": f"https://127.0.0.1:{sched.ports['secure']}/debug/pprof/profile",
+        "kube-apiserver": "/debug/pprof/profile",
+    }
+    await asyncio.sleep(1.0)
+
+    async def one(name: str, url: str) -> None:
+        params = {"seconds": str(seconds)}
+        async with api.session.get(url, params=params, ssl=False, timeout=None) as r:
+            body = await r.read()
+        if r.status == 200:
+            (into / f"{mode.replace(' ', '-')}-{name}.pprof").write_bytes(body)
+        else:
+            print(f"    pprof {name}: HTTP {r.status} {body[:200]!r}", flush=True)
+
+    await asyncio.gather(*(one(n, u) for n, u in urls.items()))
 
 
 async def run_case(
@@ -284,6 +383,8 @@ async def run_case(
     paced: int,
     rate: float,
     qps: float | None,
+    background: dict[str, float],
+    profile: Path | None = None,
 ) -> Result:
     mode = "with extender" if with_extender else "scheduler alone"
     print(f"  {nodes} nodes, {mode}: creating {pods} pods", flush=True)
@@ -294,12 +395,27 @@ async def run_case(
     watch = BindWatch(api)
     watch.start()
     procs = start_scheduler(inst, with_extender=with_extender, port=free_port(), qps=qps)
+    everyone = [*inst.cp.processes.values(), *procs]
+    before, started = cpu_seconds(everyone), time.monotonic()
+    profiling = (
+        asyncio.create_task(pprof(api, procs, profile, mode, 8)) if profile is not None else None
+    )
     try:
         await watch.wait_for(set(names), within=900)
+        if profiling is not None:
+            await profiling
+        cpu = cpu_per_pod(
+            before,
+            cpu_seconds(everyone),
+            pods,
+            seconds=time.monotonic() - started,
+            background=background,
+        )
         times = sorted(watch.bound[n] for n in names)
         throughput = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
         where = await breakdown(api, procs)
         print(f"    throughput {throughput:.1f} pods/s ({where})", flush=True)
+        print(f"    CPU ms per pod (net of idle): {cpu}", flush=True)
         print(f"    pacing {paced} pods at {rate}/s", flush=True)
         latencies = []
         for i in range(paced):
@@ -331,7 +447,15 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
     # Both modes see the same nodes and the same control plane.
     cp = ControlPlane(
         workdir,
-        apiserver_flags=("--disable-admission-plugins=TaintNodesByCondition",),
+        # The e2e's apiserver serves watches straight from etcd and audits every request
+        # synchronously (its tests need both); a production apiserver does neither, and with
+        # them every extra watcher and request costs the apiserver many times what it would.
+        apiserver_flags=(
+            "--disable-admission-plugins=TaintNodesByCondition",
+            "--watch-cache=true",
+            "--audit-log-mode=batch",
+            "--profiling=true",
+        ),
         kwok_flags=("--node-lease-duration-seconds=600",),
         kcm_flags=("--node-monitor-grace-period=20m",),
     )
@@ -363,6 +487,12 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                     f"{time.monotonic() - t0:.0f} s",
                     flush=True,
                 )
+                background = await idle_cpu(inst)
+                print(
+                    "  idle CPU ms per second: "
+                    + ", ".join(f"{k} {1000 * v:.0f}" for k, v in sorted(background.items())),
+                    flush=True,
+                )
                 for with_extender in (False, True):
                     results.append(
                         await run_case(
@@ -374,6 +504,8 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                             paced=args.paced,
                             rate=args.rate,
                             qps=args.scheduler_qps,
+                            background=background,
+                            profile=args.pprof,
                         )
                     )
         finally:
@@ -414,7 +546,15 @@ def main(argv: list[str] | None = None) -> int:
         help="kube-scheduler's API client QPS (burst twice that); default: deploy/'s, which "
         "leaves kube-scheduler's own 50/s, the limit its binds hit when it binds alone",
     )
+    parser.add_argument(
+        "--pprof",
+        type=Path,
+        help="write 8-second CPU profiles of kube-scheduler and kube-apiserver, taken while "
+        "each case schedules, into this folder (read them with `go tool pprof -top FILE`)",
+    )
     args = parser.parse_args(argv)
+    if args.pprof is not None:
+        args.pprof.mkdir(parents=True, exist_ok=True)
     missing = [k for k, c in COMPONENTS.items() if not is_built(c)]
     if missing:
         print(

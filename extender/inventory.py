@@ -30,6 +30,9 @@ from extender.fit import DeviceState, NodeGpus
 from extender.model import GfdInfo, GpuDevice, GpuReport, NodeInfo, PodRequest
 from extender.reservations import Reservation
 
+RUNNING: Final = "Running"
+"""The pod phase from which a pod's GPU memory can show in a measurement."""
+
 SOURCES: Final = ("annotation", "dcgm", "gfd")
 STALE_REASON: Final = "GPU inventory stale"
 NO_INVENTORY_REASON: Final = "node(s) had no GPU inventory"
@@ -258,6 +261,7 @@ def node_gpus(
     total = {d.index: d.total_mib for d in devices}
     measured = {d.index: d.used_mib for d in devices}
     accounted = dict.fromkeys(total, 0)
+    waiting = dict.fromkeys(total, 0)
     holders = dict.fromkeys(total, 0)
     unplaced: list[PodRequest] = []
     for pod in sorted(pods, key=lambda p: p.key):
@@ -267,21 +271,25 @@ def node_gpus(
         if not idx:
             unplaced.append(pod)
             continue
+        # A pod that is not running yet has no memory in the measurement: it counts on top of
+        # it, else its memory and what else the device holds would be booked twice.
+        into = accounted if pod.phase == RUNNING else waiting
         for i in idx:
-            accounted[i] += total[i] if pod.gpu.mib_per_gpu is None else pod.gpu.mib_per_gpu
+            into[i] += total[i] if pod.gpu.mib_per_gpu is None else pod.gpu.mib_per_gpu
             holders[i] += 1
     for pod in unplaced:
         assert pod.gpu is not None
         want = pod.gpu.mib_per_gpu
         free_now = sorted(
-            (total[i] - max(measured[i], accounted[i]), i)
+            (total[i] - max(measured[i], accounted[i]) - waiting[i], i)
             for i in total
             if (holders[i] == 0 if want is None else True)
         )
         fitting = [i for f, i in free_now if want is None or f >= want]
         chosen = (fitting or [i for _, i in reversed(free_now)])[: pod.gpu.count]
+        into = accounted if pod.phase == RUNNING else waiting
         for i in chosen:
-            accounted[i] += total[i] if want is None else want
+            into[i] += total[i] if want is None else want
             holders[i] += 1
     reserved = dict.fromkeys(total, 0)
     for r in reservations:
@@ -293,7 +301,7 @@ def node_gpus(
         DeviceState(
             index=i,
             total_mib=total[i],
-            free_mib=max(0, total[i] - max(measured[i], accounted[i]) - reserved[i]),
+            free_mib=max(0, total[i] - max(measured[i], accounted[i]) - waiting[i] - reserved[i]),
             idle=holders[i] == 0 and measured[i] <= config.idle_used_mib,
         )
         for i in sorted(total)

@@ -117,6 +117,13 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.api_duration = Histogram(
+            "gpuscale_extender_api_call_duration_seconds",
+            "Time a bind waits on the Kubernetes API, by call (part of the bind's request time).",
+            ["call"],
+            buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
         self.state = state
         self.clock = clock
         self.per_device = per_device
@@ -351,6 +358,7 @@ class Extender:
                     )
                 indices = chosen
                 self.state.reserve(pod, node, indices, now, self.settings.reservation_ttl)
+        started = time.perf_counter()
         try:
             await self.binder.bind(namespace=ns, name=name, uid=uid, node=node, gpu_indices=indices)
         except BindError as exc:
@@ -358,6 +366,7 @@ class Extender:
             return self._bind_result("api_error", key, node, f"binding {key} to {node}: {exc}")
         log.info("bound", extra={"pod": key, "node": node, "gpus": list(indices)})
         if self.metrics is not None:
+            self.metrics.api_duration.labels("bind").observe(time.perf_counter() - started)
             self.metrics.binds.labels("bound").inc()
         return {"Error": ""}
 

@@ -98,6 +98,13 @@ class ConnectionMetrics:
             ("listener", "reason"),
             registry=registry,
         )
+        self.accepted = Counter(
+            "gpuscale_connections_accepted",
+            "Connections admitted, by listener: a rate close to the request rate means clients "
+            "do not keep connections alive (each pays a TLS handshake).",
+            ("listener",),
+            registry=registry,
+        )
         self.open = Gauge(
             "gpuscale_connections_open",
             "Open connections by listener and whether they proved who they are.",
@@ -148,6 +155,7 @@ class _Guard:
         self._turn_scheduled = False
         self.closed_counts = dict.fromkeys(REASONS, 0)
         self._closed = {r: metrics.closed.labels(listener.name, r) for r in REASONS}
+        self._accepted = metrics.accepted.labels(listener.name)
         self._proven_gauge = metrics.open.labels(listener.name, "proven")
         self._unproven_gauge = metrics.open.labels(listener.name, "unproven")
         self._proven_gauge.set_function(lambda: len(self.open) - len(self.unproven))
@@ -166,6 +174,7 @@ class _Guard:
             self._close(victim, "unproven_evicted")
             self._forget(victim)  # its slot is free now, not when the loop reports the close
         conn = _Conn(raw, self.loop.time())
+        self._accepted.inc()
         self.open[conn] = None
         self.unproven[conn] = None
         self.peak = max(self.peak, len(self.open))

@@ -78,7 +78,13 @@ def test_every_tree_installs_into_gpuscale_system_or_kube_system() -> None:
     for tree in TREES:
         for obj in render(tree):
             ns = obj["metadata"].get("namespace")
-            if obj["kind"] in {"Namespace", "ClusterRole", "ClusterRoleBinding", "APIService"}:
+            if obj["kind"] in {
+                "Namespace",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "APIService",
+                "FlowSchema",
+            }:
                 assert ns is None, ident(obj)
             elif obj["kind"] == "RoleBinding" and ns == "kube-system":
                 ref = obj["roleRef"]["name"]

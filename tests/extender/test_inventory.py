@@ -110,11 +110,31 @@ def test_gfd_with_accounting() -> None:
     assert [d.idle for d in g.devices] == [True, False]
 
 
-def test_accounting_and_measurement_take_the_max() -> None:
+def test_running_pods_and_measurement_take_the_max() -> None:
+    """A running pod's memory is (or soon will be) in the measurement: the larger of the two."""
     n = NodeInfo("n", gpu_report=report(30000))
-    pod = PodRequest("ns", "a", gpu=GpuNeed(1, 50000), node_name="n", gpu_indices=(0,))
+    pod = PodRequest(
+        "ns", "a", gpu=GpuNeed(1, 50000), node_name="n", gpu_indices=(0,), phase="Running"
+    )
     g = gpus_of(node_gpus(n, config=InventoryConfig(), now=T0, pods=[pod]))
     assert g.devices[0].free_mib == 81920 - 50000
+
+
+def test_bound_pods_not_running_count_on_top_of_the_measurement() -> None:
+    """Found by the bind interleavings test (#24): a pod bound but not started has nothing in
+    the measurement, so taking the max booked its memory and the 30000 MiB the device already
+    holds twice (free 31920 instead of 1920). The same pod's reservation, a moment earlier,
+    counted on top; the watch showing it bound must not free memory."""
+    n = NodeInfo("n", gpu_report=report(30000))
+    for phase in ("", "Pending"):
+        pod = PodRequest(
+            "ns", "a", gpu=GpuNeed(1, 50000), node_name="n", gpu_indices=(0,), phase=phase
+        )
+        g = gpus_of(node_gpus(n, config=InventoryConfig(), now=T0, pods=[pod]))
+        assert g.devices[0].free_mib == 81920 - 30000 - 50000
+    reserved = Reservation("ns/a", "u", "n", (0,), 50000, T0, T0 + 300, (30000,))
+    g = gpus_of(node_gpus(n, config=InventoryConfig(), now=T0, reservations=[reserved]))
+    assert g.devices[0].free_mib == 81920 - 30000 - 50000
 
 
 def test_reservations_subtract_and_hold_devices() -> None:

@@ -1,5 +1,6 @@
-"""``benchmarks/bench_fidelity.py``: its data file reads cleanly, bad rows name their field, and a
-single request reproduces the closed form the engine tests pin down."""
+"""``benchmarks/bench_fidelity.py``: its data files read cleanly, bad rows name their field, a
+single request reproduces the closed form the engine tests pin down, and the simulated figures
+follow ``benchmark_serving.py``'s per-request definitions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from policies.profiles import load_profile
 from policies.stepmodel import step_time
@@ -66,4 +70,81 @@ def test_bad_rows_name_file_line_and_column(
     assert f"{bad}:2: load: expected a number, got 'fast'" in capsys.readouterr().err
     bad.write_text(head + "x,llama-3.1-8b-h100-tp1,sometimes,1,10,100,10,5,s\n")
     assert bench.main(["--data", str(bad)]) == 1
-    assert "load_kind: expected one of batch, rate, concurrency" in capsys.readouterr().err
+    assert "load_kind: expected one of batch, burst, rate, concurrency" in capsys.readouterr().err
+
+
+def test_per_request_lengths_are_the_points_requests() -> None:
+    points = [p for p in bench.read_points(bench.DATA) if p.lengths]
+    assert len(points) >= 8
+    for p in points:
+        assert len(p.lengths) == p.requests
+        assert all(prompt >= 1 and out >= 0 for prompt, out in p.lengths)
+
+
+def _write(tmp_path: Path, rows: str, lengths: str) -> Path:
+    data = tmp_path / "p.csv"
+    head = "id,profile,load_kind,load,requests,prompt_tokens,output_tokens,ttft_mean_ms,source\n"
+    data.write_text(head + rows)
+    (tmp_path / "p_requests.csv").write_text("id,prompt_tokens,output_tokens\n" + lengths)
+    return data
+
+
+def test_a_point_without_lengths_needs_one_row_per_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write(tmp_path, "b,llama-3.1-8b-h100-tp1,burst,3,3,,,50,s\n", "b,10,5\nb,20,0\n")
+    assert bench.main(["--data", str(data)]) == 1
+    assert "must hold 3 rows for 'b'; it holds 2" in capsys.readouterr().err
+    data = _write(tmp_path, "b,llama-3.1-8b-h100-tp1,burst,1,1,,,50,s\n", "b,0,5\n")
+    assert bench.main(["--data", str(data)]) == 1
+    assert "p_requests.csv:2: prompt_tokens: expected an integer >= 1, got '0'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_burst_replays_each_request_and_counts_unseen_output_as_ttft_zero(
+    tmp_path: Path,
+) -> None:
+    data = _write(tmp_path, "b,llama-3.1-8b-h100-tp1,burst,2,2,,,50,s\n", "b,100,11\nb,100,0\n")
+    (point,) = bench.read_points(data)
+    assert point.lengths == ((100, 11), (100, 0))
+    prof = load_profile(point.profile)
+    got = bench.simulate(point, False)
+    # both prompts share the first step; the second request's token is counted with TTFT 0
+    first = step_time(prof, 200, 0)
+    assert got["ttft_mean_ms"] == pytest.approx(first / 2 * 1e3)
+    # TPOT only over the request of more than one token: its ten later tokens, one at a time
+    # (the second request finished with its first token, so it never decodes)
+    assert got["tpot_mean_ms"] == pytest.approx(step_time(prof, 0, 1) * 1e3)
+
+
+def test_per_token_targets_take_itl_where_published_else_tpot() -> None:
+    assert bench.per_token("itl_mean_ms", {"itl_mean_ms": 1.0}) == "per_token_mean"
+    assert bench.per_token("tpot_mean_ms", {"itl_mean_ms": 1.0, "tpot_mean_ms": 1.0}) is None
+    assert bench.per_token("tpot_p99_ms", {"tpot_p99_ms": 1.0}) == "per_token_p99"
+    assert bench.per_token("ttft_p99_ms", {}) == "ttft_p99_ms"
+    assert bench.per_token("e2e_mean_ms", {}) is None
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0.0, 10.0), st.floats(0.0, 100.0), st.integers(0, 50)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_client_figures_are_benchmark_serving_definitions(
+    rows: list[tuple[float, float, int]],
+) -> None:
+    ttft = np.array([t for t, _, _ in rows])
+    e2e = ttft + np.array([d for _, d, _ in rows])
+    tokens = np.array([n for _, _, n in rows])
+    got = bench.client_figures(ttft, e2e, tokens)
+    assert got["ttft_mean_ms"] == pytest.approx(sum(ttft) / len(rows) * 1e3)
+    assert got["e2e_p99_ms"] <= max(e2e) * 1e3 + 1e-9
+    tpots = [(e - t) / (n - 1) for t, e, n in zip(ttft, e2e, tokens, strict=True) if n > 1]
+    if tpots:
+        assert got["tpot_mean_ms"] == pytest.approx(sum(tpots) / len(tpots) * 1e3)
+        assert min(tpots) * 1e3 - 1e-9 <= got["tpot_p99_ms"] <= max(tpots) * 1e3 + 1e-9
+    else:
+        assert "tpot_mean_ms" not in got
