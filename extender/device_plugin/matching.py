@@ -86,6 +86,10 @@ class PendingPod:
     """GPU-requesting containers in the kubelet's order (init containers first)."""
     started: bool = False
     """The pod's status shows the kubelet admitted it (it holds its devices already)."""
+    placed: bool = True
+    """It carries the annotation. Pods that ask for the resource without it (not placed by
+    gpuscale) are candidates too, so that the kubelet starting one is never mistaken for a
+    placed pod waiting beside it; they are refused."""
 
     @property
     def key(self) -> PodKey:
@@ -162,8 +166,10 @@ def uuid_of(device_id: str) -> str | None:
 
 
 def offer_of(pod: PendingPod, position: int) -> Offer | None:
-    """The devices container ``position`` of ``pod`` gets, or ``None`` when the annotation has
-    fewer indices than the containers ask for."""
+    """The devices container ``position`` of ``pod`` gets, or ``None`` when the pod has no
+    annotation or one with fewer indices than the containers ask for."""
+    if not pod.placed:
+        return None
     c = pod.containers[position]
     start = 0 if c.init else sum(o.count for o in pod.containers[:position] if not o.init)
     chosen = pod.indices[start : start + c.count]
@@ -209,7 +215,22 @@ def candidates(
     kubelet: KubeletView | None,
 ) -> list[tuple[PendingPod, int]]:
     """Pods (with the container position) that may be the one the kubelet is allocating
-    ``count`` devices for, oldest first."""
+    ``count`` devices for, oldest first. A kubelet view that knows none of them (a kubelet
+    whose PodResources omits the pod it is admitting) is set aside rather than trusted to
+    refuse every pod: without it the rules still never hand out another pod's choice."""
+    if kubelet is not None:
+        found = _candidates(pods, count, served, kubelet)
+        if found:
+            return found
+    return _candidates(pods, count, served, None)
+
+
+def _candidates(
+    pods: Sequence[PendingPod],
+    count: int,
+    served: Mapping[PodKey, int],
+    kubelet: KubeletView | None,
+) -> list[tuple[PendingPod, int]]:
     out: list[tuple[PendingPod, int]] = []
     for pod in pods:
         if pod.started and kubelet is None:
@@ -230,6 +251,8 @@ def candidates(
 
 
 def _describe(pod: PendingPod, offer: Offer | None) -> str:
+    if not pod.placed:
+        return f"{pod.namespace}/{pod.name} (not placed by gpuscale)"
     if offer is None:
         return f"{pod.namespace}/{pod.name} (annotation too short)"
     gpus = ",".join(map(str, offer.indices))
@@ -268,13 +291,17 @@ def decide(
         )
     count = len(requested)
     found = candidates(pods, count, served, kubelet)
-    if not found:
+    if not any(p.placed for p, _ in found):
+        unplaced = tuple(p for p, _ in found)
+        named = "; ".join(_describe(p, None) for p in unplaced[:6])
         return Refusal(
             "no-candidate",
             f"no pod bound to node {node} with annotation gpuscale.io/gpu-indices waits for "
-            f"{count} device(s) of {resource}: pods that ask for {resource} on this node must be"
-            " placed by the gpuscale scheduler (schedulerName: gpuscale); refusing rather than"
-            " handing out GPUs the extender did not choose",
+            f"{count} device(s) of {resource}{f' (waiting: {named})' if named else ''}: pods"
+            f" that ask for {resource} on this node must be placed by the gpuscale scheduler"
+            " (schedulerName: gpuscale); refusing rather than handing out GPUs the extender did"
+            " not choose",
+            unplaced,
         )
     offers = {(p.key, pos): offer_of(p, pos) for p, pos in found}
     plans = {(pos, plan_of(p)) for p, pos in found}

@@ -55,14 +55,15 @@ def _created(meta: Mapping[str, Any]) -> float:
 
 
 def pending_pod(obj: Mapping[str, Any]) -> PendingPod | None:
-    """The pod as the matching sees it; ``None`` for pods that are not the plugin's business
-    (no annotation, no GPU, finished or being deleted). Raises :class:`PodError`."""
+    """The pod as the matching sees it (``placed`` when it carries the annotation); ``None``
+    for pods that are not the plugin's business (no GPU container, finished or being deleted).
+    Raises :class:`PodError`."""
     try:
         req = pod_from_json(obj)
     except BadRequest as exc:
         raise PodError(str(exc)) from None
     meta = obj.get("metadata") or {}
-    if req.gpu is None or req.gpu_indices is None or req.terminated:
+    if req.gpu is None or req.terminated:
         return None
     if meta.get("deletionTimestamp"):
         return None
@@ -81,8 +82,9 @@ def pending_pod(obj: Mapping[str, Any]) -> PendingPod | None:
         name=req.name,
         uid=req.uid,
         created=_created(meta),
-        indices=req.gpu_indices,
+        indices=req.gpu_indices or (),
         mib_per_gpu=req.gpu.mib_per_gpu,
         containers=tuple(containers),
         started=started,
+        placed=req.gpu_indices is not None,
     )

@@ -346,6 +346,8 @@ async def test_a_pod_not_placed_by_gpuscale_is_refused_with_a_clear_error(setup:
         await setup.kubelet.admit(created)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "must be placed by the gpuscale scheduler" in (err.value.details() or "")
+    (event,) = setup.kube.store.list("events", "inference")
+    assert event["involvedObject"]["name"] == "plain" and event["reason"] == "GpuAllocationFailed"
 
 
 async def test_a_pod_whose_gpu_vanished_fails_allocate_with_an_event(setup: Setup) -> None:

@@ -9,9 +9,10 @@ container never gets anything but its own pod's annotated GPUs and memory.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from extender.device_plugin.matching import (
@@ -44,6 +45,7 @@ def pod(
     counts: tuple[int, ...] | None = None,
     created: float = 0.0,
     started: bool = False,
+    placed: bool = True,
 ) -> PendingPod:
     counts = counts or (len(indices),)
     return PendingPod(
@@ -51,10 +53,11 @@ def pod(
         name,
         f"uid-{name}",
         created,
-        indices,
+        indices if placed else (),
         mib,
         tuple(GpuContainer(f"c{i}", c) for i, c in enumerate(counts)),
         started,
+        placed,
     )
 
 
@@ -98,6 +101,25 @@ def test_no_annotated_pod_is_a_refusal_that_says_why() -> None:
     got = run(devices, [pod("a", (0,), counts=(1,))], ids_for(devices, 2))
     assert isinstance(got, Refusal) and got.kind == "no-candidate"
     assert "schedulerName: gpuscale" in got.message
+
+
+def test_a_pod_not_placed_by_gpuscale_is_never_mistaken_for_one_waiting_beside_it() -> None:
+    devices = gpus(2)
+    plain = pod("plain", (0,), placed=False, created=9)
+    placed = pod("placed", (1,))
+    # Without the kubelet's view either could be starting: refused, both named.
+    got = run(devices, [plain, placed], ids_for(devices, 1))
+    assert isinstance(got, Refusal) and got.kind == "ambiguous"
+    assert "ns/plain (not placed by gpuscale)" in got.message
+    # The kubelet's view says it is the plain pod: refused, with the Event on it.
+    view = KubeletView({("ns", "plain"): frozenset()})
+    got = run(devices, [plain, placed], ids_for(devices, 1), kubelet=view)
+    assert isinstance(got, Refusal) and got.kind == "no-candidate"
+    assert [p.name for p in got.pods] == ["plain"] and "waiting: ns/plain" in got.message
+    # A view that knows neither is set aside; the placed pod alone is then served.
+    view = KubeletView({("ns", "other"): frozenset()})
+    got = run(devices, [placed], ids_for(devices, 1), kubelet=view)
+    assert isinstance(got, Grant) and got.pod.name == "placed"
 
 
 def test_unknown_device_ids_are_refused() -> None:
@@ -210,7 +232,9 @@ def node_and_pods(draw: st.DrawFn) -> tuple[tuple[Device, ...], list[PendingPod]
             counts, total = (1,), 1
         indices = tuple(draw(st.permutations(range(n)))[:total])
         mib = draw(st.sampled_from([None, 10_000, 20_000]))
-        pods.append(pod(f"p{k}", indices, mib, counts, created=draw(st.integers(0, 3))))
+        placed = draw(st.integers(0, 5)) > 0  # now and then a pod the default scheduler placed
+        created = draw(st.integers(0, 3))
+        pods.append(pod(f"p{k}", indices, mib, counts, created=created, placed=placed))
     return devices, pods
 
 
@@ -249,28 +273,24 @@ def test_a_container_only_ever_gets_its_own_pods_choice(
             # The API's view: admitted pods show as started unless their status lags; pods the
             # kubelet rejected are Failed (gone from the candidates).
             api = [
-                PendingPod(
-                    p.namespace,
-                    p.name,
-                    p.uid,
-                    p.created,
-                    p.indices,
-                    p.mib_per_gpu,
-                    p.containers,
-                    started=p.key in admitted and not status_lag,
-                )
+                replace(p, started=p.key in admitted and not status_lag)
                 for p in pods
                 if p.key not in rejected
             ]
             view = KubeletView({k: frozenset(v) for k, v in held.items()}) if with_view else None
             got = run(devices, api, ids_for(devices, container.count, step), served, view)
             own = offer_of(actual, pos)
-            if with_view:
+            if not actual.placed:
+                # A pod gpuscale did not place never gets GPUs (nor another pod's choice).
+                assert isinstance(got, Refusal), got
+                if with_view:
+                    assert got.kind == "no-candidate" and actual in got.pods, got
+            elif with_view:
                 # The kubelet's view always finds the pod: every valid container is served.
                 assert isinstance(got, Grant), got
             if isinstance(got, Refusal):
                 # The kubelet rejects the pod (UnexpectedAdmissionError): no more containers.
-                assert got.kind == "ambiguous", got
+                assert got.kind == "ambiguous" or not actual.placed, got
                 rejected.add(actual.key)
                 del held[actual.key]
                 break
@@ -302,7 +322,9 @@ def test_pods_with_one_plan_are_all_served_without_the_kubelet_view(
     neither the kubelet's view nor any order: every replica is served, with the kubelet's
     checkpoint as the record of what was served."""
     devices, pods = world
-    first = pods[0]
+    first = next((p for p in pods if p.placed), None)
+    assume(first is not None)
+    assert first is not None
     counts = tuple(c.count for c in first.containers)
     same = [
         pod(f"r{k}", first.indices, first.mib_per_gpu, counts, created=k % 2)

@@ -87,8 +87,6 @@ def test_init_containers_come_first_and_sidecars_are_not_plain_init() -> None:
 @pytest.mark.parametrize(
     "obj",
     [
-        pod_json(indices=None),
-        pod_json(indices="x"),
         pod_json(phase="Succeeded"),
         pod_json(deleting=True),
         pod_json(containers=[{"name": "cpu"}]),
@@ -96,6 +94,13 @@ def test_init_containers_come_first_and_sidecars_are_not_plain_init() -> None:
 )
 def test_pods_that_are_not_the_plugins_business(obj: dict[str, Any]) -> None:
     assert pending_pod(obj) is None
+
+
+@pytest.mark.parametrize("indices", [None, "x", ""])
+def test_pods_without_a_readable_annotation_are_read_as_not_placed(indices: str | None) -> None:
+    p = pending_pod(pod_json(indices=indices))
+    assert p is not None and not p.placed and p.indices == ()
+    assert p.containers == (GpuContainer("vllm", 2),)
 
 
 def test_started_pods_are_marked() -> None:
