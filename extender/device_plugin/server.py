@@ -236,7 +236,7 @@ class DevicePlugin(pb_grpc.DevicePluginServicer):
     async def Allocate(
         self, request: pb.AllocateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AllocateResponse:
-        async with self._lock:  # one decision at a time: each one marks a pod served
+        async with self._lock:  # one decision at a time, each on what the last one left
             try:
                 pods, served, view = await self._inputs()
             except Exception as exc:
