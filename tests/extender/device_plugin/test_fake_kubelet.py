@@ -108,6 +108,7 @@ class FakeKubelet(pb_grpc.RegistrationServicer, pr_grpc.PodResourcesListerServic
             self.watcher.cancel()
         if self.channel is not None:
             await self.channel.close()
+        self.devices = {}
         self.channel = grpc.aio.insecure_channel(f"unix://{self.dir / request.endpoint}")
         self.plugin = pb_grpc.DevicePluginStub(self.channel)
         self.watcher = asyncio.create_task(self._watch())
@@ -156,6 +157,9 @@ class FakeKubelet(pb_grpc.RegistrationServicer, pr_grpc.PodResourcesListerServic
         self, request: pr.GetPodResourcesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pr.GetPodResourcesResponse:
         raise NotImplementedError  # the plugin does not call it
+
+    def healthy(self) -> int:
+        return sum(h == "Healthy" for h in self.devices.values())
 
     # admission
     def _free(self) -> list[str]:
@@ -253,7 +257,7 @@ class Setup:
         return created
 
 
-async def until(predicate: Any, within: float = 10.0) -> None:
+async def until(predicate: Any, within: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not predicate():
@@ -288,7 +292,7 @@ async def setup(kube: KubeStandIn, kube_client: Any) -> AsyncIterator[Setup]:
     )
     task = asyncio.create_task(plugin.run())
     try:
-        await until(lambda: len(kubelet.devices) == 16)
+        await until(lambda: kubelet.healthy() == 16)
         yield Setup(kubelet, plugin, task, inventory, kube)
     finally:
         task.cancel()
@@ -369,7 +373,7 @@ async def test_kubelet_restart_reregisters_and_keeps_allocations(setup: Setup) -
     a = setup.create(gpu_pod("a", "1"))
     before = await setup.kubelet.admit(a)
     await setup.kubelet.restart()
-    await until(lambda: len(setup.kubelet.registrations) == 2 and len(setup.kubelet.devices) == 16)
+    await until(lambda: len(setup.kubelet.registrations) == 2 and setup.kubelet.healthy() == 16)
     assert setup.plugin.status.registrations == 2
     # The kubelet kept its record of a; a second pod on another GPU is told apart from it.
     b = setup.create(gpu_pod("b", "3"))
@@ -399,7 +403,7 @@ async def test_plugin_restart_recovers_from_the_kubelets_record(
     )
     setup.task = asyncio.create_task(fresh.run())
     await until(lambda: len(setup.kubelet.registrations) == 2)
-    await until(lambda: setup.kubelet.plugin is not None and len(setup.kubelet.devices) == 16)
+    await until(lambda: setup.kubelet.healthy() == 16)
     env = await setup.kubelet.admit(b)
     assert env["vllm"]["NVIDIA_VISIBLE_DEVICES"] == GPUS[1]["uuid"]
     assert fresh.status.allocations == 1
