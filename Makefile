@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz protos
+.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz e2e-packages protos
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,13 +40,29 @@ helm:
 	else echo "make helm: no Go on PATH; tests/deploy/test_helm.py will be skipped"; fi
 
 # The real control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd,
-# kwok) built from pinned Go modules into ~/.cache/gpuscale/cluster/; builds nothing when cached.
+# kwok) and the real node (kubelet, kube-proxy, its pause and workload images) built from pinned
+# Go modules and tests/cluster/node/*.c into ~/.cache/gpuscale/cluster/; builds nothing when cached.
 cluster:
 	@command -v go >/dev/null || { echo "make cluster needs Go 1.26+ on PATH"; exit 1; }
 	python3 tests/cluster/build.py
 
-# End-to-end tests against that control plane (and the kind tests, which skip without Docker).
-e2e: $(STAMP) prometheus cluster helm
+# Debian packages the e2e needs, with one `apt-get update` for all that are missing: Prometheus,
+# and for the real node (tests/e2e/node.py) containerd, runc, the CNI plugins, iptables, iproute2
+# and musl-gcc (its two static images). Installs nothing when all are there.
+E2E_PACKAGES := prometheus containerd runc containernetworking-plugins iptables iproute2 musl-tools
+e2e-packages:
+	@missing=$$(for p in $(E2E_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make e2e: installing $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# End-to-end tests against that control plane and a real node (and the kind tests, which skip
+# without Docker).
+e2e: $(STAMP) e2e-packages prometheus cluster helm
 	$(BIN)/pytest -q -m "cluster or e2e" tests/e2e
 
 test: lint typecheck imports pytest

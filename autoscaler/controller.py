@@ -25,16 +25,8 @@ from autoscaler.store import DecisionStore, Published
 from autoscaler.targets import TargetError, TargetReplicas
 from policies.decide import decide
 from policies.decision import Decision, Snapshot, State
-from policies.schema import (
-    ArrivalRateMetric,
-    KvCacheMetric,
-    LatencyMetric,
-    Metric,
-    ModelCapacityMetric,
-    QueueDepthMetric,
-    ScalingPolicy,
-    metric_inputs,
-)
+from policies.metrics import metric_inputs, metric_target
+from policies.schema import ScalingPolicy
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +38,6 @@ class Querier(Protocol):
 class Leadership(Protocol):
     @property
     def is_leader(self) -> bool: ...
-
-
-def metric_target(metric: Metric) -> float:
-    """The per-metric figure dashboards draw next to the value."""
-    if isinstance(metric, QueueDepthMetric):
-        return metric.target_per_replica
-    if isinstance(metric, LatencyMetric):
-        return metric.slo
-    if isinstance(metric, ArrivalRateMetric):
-        return metric.service_rate_per_replica
-    if isinstance(metric, KvCacheMetric):
-        return metric.target
-    if isinstance(metric, ModelCapacityMetric):
-        return metric.slo.ttft if metric.slo.ttft is not None else metric.slo.tpot or 0.0
-    raise TypeError(type(metric).__name__)
 
 
 def status_for(

@@ -6,18 +6,28 @@ batch handed to the offline engine at once, its latency the whole batch's; ``bur
 sent to a server at once, per-request latencies; ``rate``: Poisson arrivals; ``concurrency``: a
 closed loop), the prompt and output lengths (one pair for every request, or, with both cells
 empty, one pair per request in ``vllm_published_requests.csv`` beside it, in the order they were
-sent), and the latencies that were published. The simulator runs the same load through
+sent), optionally the engine's budgets (``max_num_seqs``, ``max_num_batched_tokens``; empty: the
+profile's defaults) and its ``engine_version`` (``v0``/``v1``: the vLLM engine generation that was
+measured), and the latencies that were published. The simulator runs the same load through
 :class:`simulations.batching.BatchingReplica` on the shipped profile of the same model × GPU,
 once with the profile as shipped (steps and BLIS's alpha overheads) and once with the steps
 alone (the model before the alphas), and prints its figures beside the published ones with the
-relative error, then the median relative error per figure over the points that publish it.
+relative error, then the median relative error per figure over the points that publish it, for
+all points and for each engine version apart.
+
+A ``rate`` point is ``requests`` arrivals at ``load`` per second as inference-perf's ``constant``
+load type sends them: exponential gaps, scaled so that the last one lands at
+``requests / load`` seconds (seeded here).
 
 Simulated figures follow the definitions of vLLM's ``benchmark_serving.py``, which measured the
 published ones: TTFT, e2e and TPOT (``(e2e − TTFT) / (tokens − 1)``, requests of more than one
 token) per request, mean and 99th percentile over requests. A request whose published output
 was 0 tokens (the client saw no text, so the client recorded a TTFT of 0) is served as one token
 and counted with a TTFT of 0, as the published figures count it. ITL is per token from the
-replica's histogram.
+replica's histogram. Where a point publishes mean e2e and mean TTFT but no TPOT, and every request
+generated the same ``output_tokens`` (no per-request lengths), its mean TPOT is derived as
+``(e2e − TTFT) / (output − 1)``: exact then, because the mean of a difference over one constant is
+the difference of the means; the bench marks it ``derived``.
 
 The targets (median relative error at most 10% on mean TTFT and on the mean per-token latency,
 ITL or TPOT, and 20% at p99, over at least 8 load points covering light load, saturation and
@@ -52,6 +62,8 @@ FIGURES = (
     "e2e_p99_ms",
 )
 KINDS = ("batch", "burst", "rate", "concurrency")
+BUDGETS = ("max_num_seqs", "max_num_batched_tokens")
+VERSIONS = ("", "v0", "v1")
 TARGETS = {"ttft_mean_ms": 10, "per_token_mean": 10, "ttft_p99_ms": 20, "per_token_p99": 20}
 """Median |relative error| targets (%) of issue #22; the per-token figure is ITL where a point
 publishes it, else TPOT."""
@@ -77,6 +89,11 @@ class Point:
     lengths: tuple[tuple[int, int], ...] = ()
     """Per-request (prompt, output) tokens in sending order; empty: every request is
     ``prompt``/``output``. An output of 0 is a published fact (the client saw no text)."""
+    engine_version: str = ""
+    """``v0``, ``v1`` or empty (not stated): medians are also given per version."""
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    """The measured server's budgets where they differ from the profile's defaults."""
 
 
 def requests_file(data: Path) -> Path:
@@ -127,6 +144,13 @@ def read_points(path: Path) -> list[Point]:
         if kind not in KINDS:
             raise DataError(f"{where}: load_kind: expected one of {', '.join(KINDS)}, got {kind!r}")
         published = {k: number(k) for k in FIGURES if (row.get(k) or "").strip()}
+        budgets = {k: int(number(k)) for k in BUDGETS if (row.get(k) or "").strip()}
+        version = (row.get("engine_version") or "").strip()
+        if version not in VERSIONS:
+            raise DataError(
+                f"{where}: engine_version: expected one of {', '.join(VERSIONS[1:])} or empty,"
+                f" got {version!r}"
+            )
         pid = (row.get("id") or "").strip() or f"line {n}"
         requests = int(number("requests"))
         per: tuple[tuple[int, int], ...] = ()
@@ -156,6 +180,8 @@ def read_points(path: Path) -> list[Point]:
                 published=published,
                 source=(row.get("source") or "").strip(),
                 lengths=per,
+                engine_version=version,
+                **budgets,
             )
         )
     return points
@@ -178,6 +204,28 @@ def client_figures(ttft: np.ndarray, e2e: np.ndarray, tokens: np.ndarray) -> dic
     return out
 
 
+def rate_arrivals(rate: float, n: int, seed: int = SEED) -> np.ndarray:
+    """Arrival instants (s) of inference-perf's ``constant`` load: ``n`` exponential gaps
+    scaled to span exactly ``n / rate`` seconds."""
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, n)
+    return np.asarray(np.cumsum(gaps * (n / rate / gaps.sum())))
+
+
+def derived(point: Point) -> dict[str, float]:
+    """Figures that follow exactly from the published ones: mean TPOT from mean e2e and mean
+    TTFT when every request generated the same number of tokens."""
+    pub = point.published
+    if (
+        "tpot_mean_ms" in pub
+        or point.lengths
+        or point.kind == "batch"
+        or point.output < 2
+        or not {"e2e_mean_ms", "ttft_mean_ms"} <= pub.keys()
+    ):
+        return {}
+    return {"tpot_mean_ms": (pub["e2e_mean_ms"] - pub["ttft_mean_ms"]) / (point.output - 1)}
+
+
 def simulate(point: Point, alphas: bool) -> dict[str, float]:
     """The point's load through one simulated engine; latencies in ms."""
     from policies.profiles import load_profile
@@ -191,6 +239,11 @@ def simulate(point: Point, alphas: bool) -> dict[str, float]:
     blocks = kv_cache_blocks(
         profile.gpu_memory_bytes, profile.weights_bytes, profile.kv_bytes_per_token
     )
+    limits = EngineLimits(blocks)
+    if point.max_num_seqs is not None:
+        limits = dataclasses.replace(limits, max_num_seqs=point.max_num_seqs)
+    if point.max_num_batched_tokens is not None:
+        limits = dataclasses.replace(limits, max_num_batched_tokens=point.max_num_batched_tokens)
     n = point.requests
     if point.lengths:
         prompts = np.array([p for p, _ in point.lengths], dtype=np.float64)
@@ -200,7 +253,7 @@ def simulate(point: Point, alphas: bool) -> dict[str, float]:
         seen = np.full(n, float(point.output))
     arrival = np.zeros(n)
     if point.kind == "rate":
-        arrival = np.cumsum(np.random.default_rng(SEED).exponential(1.0 / point.load, n))
+        arrival = rate_arrivals(point.load, n)
     # a request the client saw nothing of still made a token in the engine
     log = ServingLog(arrival, prompts, np.maximum(seen, 1.0))
     engine = Engine()
@@ -215,9 +268,7 @@ def simulate(point: Point, alphas: bool) -> dict[str, float]:
             replica.admit(i)
 
     on_complete = closed_loop if point.kind == "concurrency" else None
-    replica = BatchingReplica(
-        0, engine, log, EngineConfig(profile, EngineLimits(blocks)), on_complete
-    )
+    replica = BatchingReplica(0, engine, log, EngineConfig(profile, limits), on_complete)
     if point.kind == "concurrency":
         for _ in range(min(int(point.load), n)):
             closed_loop(0)
@@ -247,6 +298,28 @@ def per_token(figure: str, published: dict[str, float]) -> str | None:
     return None
 
 
+def group_of(point: Point) -> str:
+    """The summary group a point's errors also count in, besides ``all``."""
+    return {"v0": "vLLM V0", "v1": "vLLM V1"}.get(point.engine_version, "version not stated")
+
+
+def print_targets(errors: dict[tuple[str, str, str], list[float]], group: str) -> None:
+    """The issue's verdict over one group's points; silent for a group that publishes none of
+    the target figures."""
+    if not any((group, "shipped", goal) in errors for goal in TARGETS):
+        return
+    print(f"targets, {group} (shipped profile):")
+    for goal, limit in TARGETS.items():
+        rels = errors.get((group, "shipped", goal), [])
+        if len(rels) < MIN_POINTS:
+            print(f"  {goal}: <= {limit}% over >= {MIN_POINTS} points: not evaluable,", end="")
+            print(f" {len(rels)} published point(s)")
+            continue
+        size = statistics.median(abs(e) for e in rels) * 100
+        verdict = "met" if size <= limit else "NOT met"
+        print(f"  {goal}: <= {limit}%: {verdict} ({size:.1f}% over {len(rels)} points)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -259,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if not points:
         print(f"{args.data}: no published load points")
         return 0
-    errors: dict[tuple[str, str], list[float]] = {}
+    errors: dict[tuple[str, str, str], list[float]] = {}
     print(f"{len(points)} published load points ({args.data.name}); sim = shipped profile")
     header = f"  {'point':<22} {'figure':<13} {'published':>10} {'sim':>10} {'err':>7}"
     print(header + f" {'steps only':>11} {'err':>7}")
@@ -267,8 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         sims = {"shipped": simulate(p, True), "steps only": simulate(p, False)}
         lengths = "per-request lengths, mean " if p.lengths else ""
         load = f"{p.kind} {p.load:g}, {lengths}{p.prompt}→{p.output} tokens"
-        print(f"  {p.id} ({p.profile}; {load})")
-        for figure, value in p.published.items():
+        version = f", vLLM {p.engine_version.upper()}" if p.engine_version else ""
+        print(f"  {p.id} ({p.profile}{version}; {load})")
+        extra = derived(p)
+        figures = {**p.published, **extra}
+        for figure, value in figures.items():
             cells = []
             for which, sim in sims.items():
                 got = sim.get(figure)
@@ -276,27 +352,28 @@ def main(argv: list[str] | None = None) -> int:
                     cells.append(f"{'—':>10} {'':>7}")
                     continue
                 rel = got / value - 1
-                errors.setdefault((which, figure), []).append(rel)
-                target = per_token(figure, p.published)
+                targets = [figure]
+                target = per_token(figure, figures)
                 if target is not None and target != figure:
-                    errors.setdefault((which, target), []).append(rel)
+                    targets.append(target)
+                for group in ("all", group_of(p)):
+                    for t in targets:
+                        errors.setdefault((group, which, t), []).append(rel)
                 cells.append(f"{got:10.1f} {rel * 100:+6.1f}%")
-            print(f"  {'':<22} {figure:<13} {value:10.1f} {cells[0]} {cells[1]:>19}")
-    print("\nmedian |relative error| (median signed error) per figure (points):")
-    for (which, figure), errs in sorted(errors.items()):
-        mag = statistics.median(abs(e) for e in errs) * 100
-        bias = statistics.median(errs) * 100
-        print(f"  {which:<11} {figure:<15} {mag:6.1f}%  ({bias:+6.1f}%)  ({len(errs)})")
-    print("targets (shipped profile):")
-    for goal, limit in TARGETS.items():
-        rels = errors.get(("shipped", goal), [])
-        if len(rels) < MIN_POINTS:
-            print(f"  {goal}: <= {limit}% over >= {MIN_POINTS} points: not evaluable,", end="")
-            print(f" {len(rels)} published point(s)")
-            continue
-        size = statistics.median(abs(e) for e in rels) * 100
-        verdict = "met" if size <= limit else "NOT met"
-        print(f"  {goal}: <= {limit}%: {verdict} ({size:.1f}% over {len(rels)} points)")
+            name = f"{figure}*" if figure in extra else figure
+            print(f"  {'':<22} {name:<13} {value:10.1f} {cells[0]} {cells[1]:>19}")
+    if any(derived(p) for p in points):
+        print("  * derived: (e2e mean − TTFT mean) / (output − 1), every request the same output")
+    groups = ["all", *sorted({g for g, _, _ in errors} - {"all"})]
+    for group in groups:
+        print(f"\nmedian |relative error| (median signed error) per figure (points), {group}:")
+        for (g, which, figure), errs in sorted(errors.items()):
+            if g != group:
+                continue
+            mag = statistics.median(abs(e) for e in errs) * 100
+            bias = statistics.median(errs) * 100
+            print(f"  {which:<11} {figure:<15} {mag:6.1f}%  ({bias:+6.1f}%)  ({len(errs)})")
+        print_targets(errors, group)
     if not errors:
         print("  no figure is published for any point")
     return 0

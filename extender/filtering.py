@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from extender import taints as taint_rules
-from extender.affinity import AFFINITY_REASON, compile_preferred, compile_required
-from extender.fit import NodeGpus, gpu_fit_reason, resource_fit_reasons
+from extender.affinity import compile_preferred
+from extender.fit import NodeGpus, gpu_fit_reason
+from extender.fitting import PodFit, fits
 from extender.fragmentation import NO_GPU, host_context
 from extender.inventory import InventoryConfig, node_gpus
 from extender.model import GpuReport, NodeInfo, PodRequest
@@ -109,63 +110,23 @@ def filter_nodes(
     pod: PodRequest, names: Sequence[str], view: ClusterView, now: float
 ) -> FilterResult:
     """Split ``names`` into passing, failed and unresolvable nodes (order of ``names`` kept)."""
-    required = compile_required(pod.node_selector, pod.required)
-    always_matches = required.terms is None and not required.node_selector
-    tolerations = pod.tolerations
-    need = pod.gpu
+    fit = PodFit.of(pod)
     passed: list[str] = []
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
-    not_found = tainted = unmatched = short_resources = no_inventory = short_gpu = 0
+    counts = dict.fromkeys(FAILURE_KINDS, 0)
     for name in names:
         node = view.node(name)
         if node is None:
             unresolvable[name] = NOT_FOUND_REASON
-            not_found += 1
+            counts["node_not_found"] += 1
             continue
-        if node.taints:
-            reason = taint_rules.filter_reason(node.taints, tolerations)
-            if reason is not None:
-                unresolvable[name] = reason
-                tainted += 1
-                continue
-        if not always_matches and not required.matches(node.labels, name):
-            unresolvable[name] = AFFINITY_REASON
-            unmatched += 1
+        misfit = fits(fit, node, view, now)
+        if misfit is None:
+            passed.append(name)
             continue
-        if pod.milli_cpu or pod.memory:
-            cpu, mem = view.requested(name)
-            short = resource_fit_reasons(
-                pod.milli_cpu,
-                pod.memory,
-                allocatable_milli_cpu=node.allocatable_milli_cpu,
-                allocatable_memory=node.allocatable_memory,
-                requested_milli_cpu=cpu,
-                requested_memory=mem,
-            )
-            if short:
-                failed[name] = ", ".join(short)
-                short_resources += 1
-                continue
-        if need is not None:
-            gpus = view.gpus(name, now)
-            if isinstance(gpus, str):
-                unresolvable[name] = gpus
-                no_inventory += 1
-                continue
-            reason = gpu_fit_reason(gpus, need)
-            if reason is not None:
-                failed[name] = reason
-                short_gpu += 1
-                continue
-        passed.append(name)
-    counts = dict(
-        zip(
-            FAILURE_KINDS,
-            (not_found, tainted, unmatched, short_resources, no_inventory, short_gpu),
-            strict=True,
-        )
-    )
+        (failed if misfit.resolvable else unresolvable)[name] = misfit.reason
+        counts[misfit.check] += 1
     return FilterResult(tuple(passed), failed, unresolvable, counts)
 
 

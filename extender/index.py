@@ -35,7 +35,6 @@ import numpy.typing as npt
 
 from extender import taints as taint_rules
 from extender.affinity import (
-    AFFINITY_REASON,
     PreferredAffinity,
     compile_preferred,
     compile_required,
@@ -46,6 +45,7 @@ from extender.filtering import (
     FilterResult,
 )
 from extender.fit import NodeGpus, shortage_reason
+from extender.fitting import PodFit, label_misfit
 from extender.model import GpuNeed, NodeInfo, PodRequest, Taint, Toleration
 from extender.scoring import (
     DeviceRows,
@@ -68,6 +68,8 @@ _STATE_NEEDS: Final = 64
 """Needs (pod shapes) whose per-state scores are remembered, least recently used dropped."""
 
 I64 = npt.NDArray[np.int64]
+_STATIC_KIND: Final = {"untolerated_taint": 1, "node_affinity": 2}
+"""The label and taint checks of :func:`extender.fitting.fits`, as the index's kind codes."""
 _T = TypeVar("_T")
 
 
@@ -108,6 +110,9 @@ class StateMemo:
 class _Class:
     labels: Mapping[str, str]
     taints: tuple[Taint, ...]
+    name: str = "\0class"
+    """No node's name: a class's answer holds for each of its nodes only when the pod's terms
+    do not match on fields (those pods are evaluated per node)."""
 
 
 @dataclass(slots=True)
@@ -115,7 +120,7 @@ class _Static:
     """Per-class outcome of a pod's static predicates."""
 
     version: int
-    kind: npt.NDArray[np.int8]  # 0 pass, 1 taint, 2 affinity
+    kind: npt.NDArray[np.int8]  # 0 pass, else _STATIC_KIND of the failed check
     reason: list[str]  # "" where the class passes
 
 
@@ -418,14 +423,13 @@ class NodeIndex:
         if referenced & set(self.ignored_keys):
             return None
         always = required.terms is None and not required.node_selector
+        fit = PodFit(pod.tolerations, None if always else required)
         kind = np.zeros(len(self._classes), dtype=np.int8)
         reason: list[str] = [""] * len(self._classes)
         for c, cls in enumerate(self._classes):
-            r = taint_rules.filter_reason(cls.taints, pod.tolerations) if cls.taints else None
-            if r is not None:
-                kind[c], reason[c] = 1, r
-            elif not always and not required.matches(cls.labels, "\0class"):
-                kind[c], reason[c] = 2, AFFINITY_REASON
+            misfit = label_misfit(fit, cls)
+            if misfit is not None:
+                kind[c], reason[c] = _STATIC_KIND[misfit.check], misfit.reason
         out = _Static(self.static_version, kind, reason)
         self._static[sig] = out
         while len(self._static) > _SIGNATURES:
@@ -435,19 +439,15 @@ class NodeIndex:
     def _static_per_node(
         self, pod: PodRequest, rows: I64
     ) -> tuple[npt.NDArray[np.int8], list[str]]:
-        required = compile_required(pod.node_selector, pod.required)
-        always = required.terms is None and not required.node_selector
+        fit = PodFit.of(pod)
         kind = np.zeros(len(rows), dtype=np.int8)
         reason: list[str] = [""] * len(rows)
         for j, i in enumerate(rows.tolist()):
             if i < 0:
                 continue
-            node = self.nodes[i]
-            r = taint_rules.filter_reason(node.taints, pod.tolerations) if node.taints else None
-            if r is not None:
-                kind[j], reason[j] = 1, r
-            elif not always and not required.matches(node.labels, node.name):
-                kind[j], reason[j] = 2, AFFINITY_REASON
+            misfit = label_misfit(fit, self.nodes[i])
+            if misfit is not None:
+                kind[j], reason[j] = _STATIC_KIND[misfit.check], misfit.reason
         return kind, reason
 
     # ---- filter --------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 One tick, pure and synchronous, in the order the HPA itself works (``reconcileAutoscaler``):
 
-1. Each metric proposes a replica count (:mod:`policies.proposals`); ``arrivalRate`` metrics
+1. Each metric proposes a replica count (its type's module in :mod:`policies.metrics`; the
+   entry's ``rate_sized`` marks the demand types named here); ``arrivalRate`` metrics
    with ``forecast: holt`` are sized for the rate expected ``coldStart`` seconds ahead
    (:mod:`policies.forecast`), never for less than the rate observed now. The Holt state holds
    only the policy's arrivalRate metrics (a renamed metric's state is dropped), survives a
@@ -45,20 +46,8 @@ from policies import forecast as holt
 from policies.behavior import limit_rate, record_scale_event, stabilize
 from policies.decision import BurstSample, Decision, HoltState, Proposal, Snapshot, State
 from policies.durations import format_duration
-from policies.proposals import arrival_rate, kv_cache_usage, latency, model_capacity, queue_depth
-from policies.schema import (
-    GENERATION_TOKENS,
-    PROMPT_TOKENS,
-    ArrivalRateMetric,
-    Burst,
-    KvCacheMetric,
-    LatencyMetric,
-    ModelCapacityMetric,
-    QueueDepthMetric,
-    ScalingPolicy,
-    input_key,
-)
-from policies.stepmodel import TokenMix
+from policies.metrics import KINDS
+from policies.schema import Burst, ScalingPolicy
 
 FALLBACK_AFTER_INTERVALS = 3
 """With ``fallbackReplicas``, a metric missing this many intervals triggers the fallback."""
@@ -99,12 +88,14 @@ def decide(
     winner: str | None = None
     best = -1
 
+    kinds = KINDS
     for m in policy.metrics:
+        kind = kinds[m.type]
         v = values.get(m.name)
-        mix: TokenMix | None = None
-        if isinstance(m, ModelCapacityMetric) and v is not None and _isfinite(v):
-            mix = _token_mix(m, v, values)
-            if mix is None:
+        extra = None
+        if kind.prepare is not None and v is not None and _isfinite(v):
+            extra = kind.prepare(m, v, values)
+            if extra is None:
                 v = None
         if v is None or not _isfinite(v):
             missing.append(m.name)
@@ -113,30 +104,20 @@ def decide(
                 new_holt[m.name] = holt_state[m.name]
             if new_burst is not None and m.name in burst_state:
                 new_burst[m.name] = burst_state[m.name]
-        elif isinstance(m, QueueDepthMetric):
-            p = queue_depth(m, v)
-        elif isinstance(m, LatencyMetric):
-            p = latency(m, v, current)
-        elif isinstance(m, KvCacheMetric):
-            p = kv_cache_usage(m, v, current)
-        elif isinstance(m, ArrivalRateMetric | ModelCapacityMetric):
+        elif not kind.rate_sized:
+            p = kind.propose(m, v, extra, current, hi, None)
+        else:
             sized_for = None
             if new_holt is not None:
                 fc = policy.forecast
                 hs = holt.update(holt_state.get(m.name), v, now, fc.alpha, fc.beta, max_gap)
                 new_holt[m.name] = hs
                 sized_for = holt.ahead(hs, v, policy.cold_start)
-            if isinstance(m, ArrivalRateMetric):
-                p = arrival_rate(m, v, hi, sized_for)
-            else:
-                assert mix is not None
-                p = model_capacity(m, v, mix, hi, sized_for)
+            p = kind.propose(m, v, extra, current, hi, sized_for)
             if burst is not None and new_burst is not None and p.replicas is not None:
                 samples = envelope.update(burst_state.get(m.name), now, p.replicas, burst.window)
                 new_burst[m.name] = samples
                 p = _with_envelope(p, envelope.level(samples, burst.quantile), len(samples), burst)
-        else:  # pragma: no cover - the schema admits no other type
-            raise TypeError(f"unknown metric type {type(m).__name__}")
         proposals.append(p)
         steps.append(f"{p.metric} ({p.type}): {p.reason}")
         n = p.replicas
@@ -273,26 +254,3 @@ def _summary(
     if limited_by is not None:
         why += f", limited by {limited_by}"
     return f"{head}: {why}"
-
-
-def _token_mix(
-    m: ModelCapacityMetric, rate: float, values: Mapping[str, float | None]
-) -> TokenMix | None:
-    """Mean tokens per request: token rates over the request rate, or the policy's fixed means.
-
-    ``None`` when a token-rate query is missing (the metric then counts as missing). With no
-    requests the mix does not matter (the proposal is 0), so it is the fixed means or 1 token.
-    """
-    parts = []
-    for part, query, fixed in (
-        (PROMPT_TOKENS, m.prompt_tokens_query, m.prompt_tokens),
-        (GENERATION_TOKENS, m.generation_tokens_query, m.generated_tokens),
-    ):
-        if query is None:
-            parts.append(fixed if fixed is not None else 1.0)
-            continue
-        tokens = values.get(input_key(m.name, part))
-        if tokens is None or not _isfinite(tokens):
-            return None
-        parts.append(max(tokens, 0.0) / rate if rate > 0 else 1.0)
-    return TokenMix(max(parts[0], 1.0), max(parts[1], 1.0))

@@ -16,15 +16,20 @@ from __future__ import annotations
 import re
 from typing import Any, get_args
 
-from policies.durations import _UNITS
-from policies.parse import MAX_RULE_PERIOD, MAX_STABILIZATION_WINDOW, WAKE_TYPES
+from policies.jsonschema_parts import DURATION as DURATION
+from policies.jsonschema_parts import METRIC_NAME
+from policies.jsonschema_parts import POSITIVE_DURATION as POSITIVE_DURATION
+from policies.jsonschema_parts import closed_object as _object
+from policies.jsonschema_parts import duration as _duration
+from policies.jsonschema_parts import string as _string
+from policies.metrics import KINDS, WAKE_TYPES
+from policies.parse import MAX_RULE_PERIOD, MAX_STABILIZATION_WINDOW
 from policies.schema import (
     API_VERSION,
     KIND,
     POLICY_DATA_KEY,
     POLICY_LABEL,
     ForecastMethod,
-    MetricType,
     RuleType,
     Select,
 )
@@ -32,16 +37,6 @@ from policies.schema import (
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 DOCUMENT_FILE = "scalingpolicy.json"
 CONFIGMAP_FILE = "scalingpolicy-configmap.json"
-
-# Patterns end in (?!\n)$: ECMA-262's $ (the dialect JSON Schema names) never matches before a
-# final newline, Python's does; the lookahead makes both engines read the pattern the same way.
-_UNIT = "|".join(sorted(_UNITS, key=len, reverse=True))
-DURATION = rf"^(0|([0-9]+(\.[0-9]+)?({_UNIT}))+)(?!\n)$"
-"""The grammar of :func:`policies.durations.parse_duration` (its units, longest first)."""
-POSITIVE_DURATION = rf"^(?=[^1-9]*[1-9])([0-9]+(\.[0-9]+)?({_UNIT}))+(?!\n)$"
-"""A duration with a non-zero digit: exactly the durations above zero."""
-METRIC_NAME = r"^[a-z]([-a-z0-9_]*[a-z0-9])?(?!\n)$"
-NON_EMPTY = r"\S"
 
 PARSER_ONLY: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
@@ -70,48 +65,9 @@ PARSER_ONLY: tuple[tuple[str, re.Pattern[str]], ...] = (
         "numbers are finite (YAML's .inf)",
         re.compile(r": expected a positive number, got -?inf$"),
     ),
-    (
-        "modelCapacity: the step-time profile exists (a shipped name or a file) or is a valid "
-        "inline profile, and has memory figures unless engine.kvCacheTokens is given",
-        re.compile(r"\.profile(\.[^:]*)?: |\.engine\.kvCacheTokens: profile .* has no memory"),
-    ),
-    (
-        "modelCapacity: engine.gpuMemory is bytes or a byte quantity that holds the weights",
-        re.compile(r"\.engine\.gpuMemory: "),
-    ),
+    *(rule for k in KINDS.values() for rule in k.parser_only),
 )
 """(rule, pattern of the parser's ``path: message``) for each rule the schema cannot state."""
-
-
-def _duration(description: str, *, positive: bool = False) -> dict[str, Any]:
-    return {
-        "type": "string",
-        "pattern": POSITIVE_DURATION if positive else DURATION,
-        "description": description + ' Go-style duration: "500ms", "15s", "2m", "1h30m".',
-    }
-
-
-def _string(description: str) -> dict[str, Any]:
-    return {"type": "string", "pattern": NON_EMPTY, "description": description}
-
-
-def _positive(description: str) -> dict[str, Any]:
-    return {"type": "number", "exclusiveMinimum": 0, "description": description}
-
-
-def _object(
-    properties: dict[str, Any], required: tuple[str, ...] = (), description: str = ""
-) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "properties": properties,
-        "additionalProperties": False,
-    }
-    if required:
-        schema["required"] = list(required)
-    if description:
-        schema["description"] = description
-    return schema
 
 
 def _metric_common(kind: str) -> dict[str, Any]:
@@ -126,109 +82,11 @@ def _metric_common(kind: str) -> dict[str, Any]:
     }
 
 
-_LATENCY_TARGET = _object(
-    {
-        "quantile": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "exclusiveMaximum": 1,
-            "description": "Quantile of request latency, in (0, 1).",
-        },
-        "slo": _duration("The quantile must stay within this.", positive=True),
-    },
-    ("quantile", "slo"),
-)
-
 METRIC_FIELDS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
-    "queueDepth": (
-        {"targetPerReplica": _positive("Requests waiting that one replica should hold.")},
-        ("targetPerReplica",),
-        "Requests waiting, summed over replicas.",
-    ),
-    "latency": (
-        {"slo": _duration("The observed latency quantile's objective.", positive=True)},
-        ("slo",),
-        "A latency quantile (seconds) against an SLO.",
-    ),
-    "arrivalRate": (
-        {
-            "serviceRatePerReplica": _positive("Requests/s one replica completes at full load."),
-            "latencyTarget": _LATENCY_TARGET,
-        },
-        ("serviceRatePerReplica", "latencyTarget"),
-        "Requests/s, turned into replicas by a queueing model (Erlang C).",
-    ),
-    "kvCacheUsage": (
-        {
-            "target": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "maximum": 1,
-                "description": "KV-cache usage (0..1, averaged over replicas) to hold.",
-            }
-        },
-        ("target",),
-        "KV-cache saturation (vllm:kv_cache_usage_perc), scaled in proportion.",
-    ),
-    "modelCapacity": (
-        {
-            "profile": {
-                "description": "A shipped step-time profile's name, a file, or an inline profile.",
-                "anyOf": [{"type": "string", "pattern": NON_EMPTY}, {"type": "object"}],
-            },
-            "slo": {
-                "type": "object",
-                "minProperties": 1,
-                "additionalProperties": False,
-                "properties": {
-                    "ttft": {"type": "string", "pattern": POSITIVE_DURATION},
-                    "tpot": {"type": "string", "pattern": POSITIVE_DURATION},
-                },
-                "description": "Bounds on the modelled mean TTFT and/or TPOT.",
-            },
-            "promptTokensQuery": _string("Prompt tokens/s (or give promptTokens)."),
-            "generationTokensQuery": _string("Generated tokens/s (or give generatedTokens)."),
-            "promptTokens": _positive("Mean prompt tokens per request."),
-            "generatedTokens": _positive("Mean generated tokens per request."),
-            "engine": _object(
-                {
-                    "maxNumSeqs": {"type": "integer", "minimum": 1},
-                    "maxNumBatchedTokens": {"type": "integer", "minimum": 1},
-                    "gpuMemoryUtilization": {
-                        "type": "number",
-                        "exclusiveMinimum": 0,
-                        "maximum": 1,
-                    },
-                    "gpuMemory": {
-                        "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]
-                    },
-                    "kvCacheTokens": {"type": "integer", "minimum": 1},
-                },
-                description="vLLM engine limits (defaults: vLLM's).",
-            ),
-        },
-        ("profile", "slo"),
-        "The fewest replicas whose modelled TTFT and TPOT meet slo at the observed rate.",
-    ),
+    t: (k.schema, k.required, k.description) for t, k in KINDS.items()
 }
-"""Per metric type: its own properties, which of them are required, and a description. A
-metric type added to :data:`policies.schema.MetricType` without an entry here fails
-:func:`document_schema` (and the agreement test)."""
-
-METRIC_CONSTRAINTS: dict[str, dict[str, Any]] = {
-    "modelCapacity": {
-        "allOf": [
-            {"oneOf": [{"required": ["promptTokensQuery"]}, {"required": ["promptTokens"]}]},
-            {
-                "oneOf": [
-                    {"required": ["generationTokensQuery"]},
-                    {"required": ["generatedTokens"]},
-                ]
-            },
-        ]
-    }
-}
-"""Constraints across a metric type's fields (exactly one of a query and a mean)."""
+"""Per metric type: its own properties, which of them are required, and a description (a view
+of its entry in :data:`policies.metrics.KINDS`, which :func:`document_schema` reads)."""
 
 
 def _rules(direction: str) -> dict[str, Any]:
@@ -257,17 +115,15 @@ def _rules(direction: str) -> dict[str, Any]:
 
 def document_schema() -> dict[str, Any]:
     """The schema of the ``policy.yaml`` document."""
-    types = list(get_args(MetricType))
-    unknown = set(types) - set(METRIC_FIELDS)
-    if unknown:
-        raise KeyError(f"metric types without a JSON Schema: {sorted(unknown)}")
+    types = list(KINDS)
     defs: dict[str, Any] = {}
     branches = []
-    for kind in types:
-        own, required, description = METRIC_FIELDS[kind]
+    for kind, entry in KINDS.items():
         defs[f"{kind}Metric"] = _object(
-            {**_metric_common(kind), **own}, ("name", "type", "query", *required), description
-        ) | METRIC_CONSTRAINTS.get(kind, {})
+            {**_metric_common(kind), **entry.schema},
+            ("name", "type", "query", *entry.required),
+            entry.description,
+        ) | (entry.schema_constraints or {})
         branches.append(
             {
                 "if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
@@ -361,7 +217,7 @@ def document_schema() -> dict[str, Any]:
         f"A gpuscale ScalingPolicy ({API_VERSION}), the {POLICY_DATA_KEY} key of a ConfigMap. "
         f"`gpuscale policy check` also enforces: {rules_only}.",
     )
-    # Scaled to zero, only a demand metric can see that requests wait (parse.WAKE_TYPES).
+    # Scaled to zero, only a demand metric can see that requests wait (metrics.WAKE_TYPES).
     schema["if"] = {
         "properties": {"replicas": {"properties": {"min": {"const": 0}}, "required": ["min"]}},
         "required": ["replicas"],

@@ -17,49 +17,27 @@ from typing import Any, TypeVar, cast
 import yaml
 
 from policies.durations import DurationError, format_duration, parse_duration
-from policies.profiles import (
-    ProfileError,
-    load_profile,
-    parse_bytes,
-    parse_profile,
-    profile_document,
-)
+from policies.metrics import KINDS, WAKE_TYPES
 from policies.schema import (
     API_VERSION,
     KIND,
     POLICY_DATA_KEY,
     POLICY_LABEL,
-    ArrivalRateMetric,
     Behavior,
     Burst,
     Forecast,
     ForecastMethod,
-    KvCacheMetric,
-    LatencyMetric,
-    LatencyTarget,
     Metric,
-    ModelCapacityMetric,
     OnMetricsUnavailable,
-    QueueDepthMetric,
     ReplicaBounds,
     RuleType,
     ScalingPolicy,
     ScalingRule,
     ScalingRules,
     Select,
-    ServingSlo,
     TargetRef,
     default_scale_down,
     default_scale_up,
-)
-from policies.stepmodel import (
-    BLOCK_SIZE,
-    GPU_MEMORY_UTILIZATION,
-    MAX_NUM_BATCHED_TOKENS,
-    MAX_NUM_SEQS,
-    EngineLimits,
-    StepProfile,
-    kv_cache_blocks,
 )
 
 T = TypeVar("T")
@@ -87,10 +65,6 @@ class PolicyError(ValueError):
 
     def __str__(self) -> str:
         return "\n".join(f"{self.key}: {e.path}: {e.message}" for e in self.errors)
-
-
-WAKE_TYPES = frozenset({"queueDepth", "arrivalRate", "modelCapacity"})
-"""Metric types that measure demand itself, so they can wake a target scaled to zero."""
 
 
 class NotAPolicy(ValueError):
@@ -175,38 +149,7 @@ def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
     metrics: list[dict[str, Any]] = []
     for m in policy.metrics:
         item: dict[str, Any] = {"name": m.name, "type": m.type, "query": m.query}
-        if isinstance(m, QueueDepthMetric):
-            item["targetPerReplica"] = m.target_per_replica
-        elif isinstance(m, LatencyMetric):
-            item["slo"] = format_duration(m.slo)
-        elif isinstance(m, KvCacheMetric):
-            item["target"] = m.target
-        elif isinstance(m, ModelCapacityMetric):
-            item["profile"] = (
-                m.profile_ref if m.profile_ref != "inline" else profile_document(m.profile)
-            )
-            item["slo"] = {
-                k: format_duration(v) for k, v in (("ttft", m.slo.ttft), ("tpot", m.slo.tpot)) if v
-            }
-            for key, value in (
-                ("promptTokensQuery", m.prompt_tokens_query),
-                ("generationTokensQuery", m.generation_tokens_query),
-                ("promptTokens", m.prompt_tokens),
-                ("generatedTokens", m.generated_tokens),
-            ):
-                if value is not None:
-                    item[key] = value
-            item["engine"] = {
-                "maxNumSeqs": m.limits.max_num_seqs,
-                "maxNumBatchedTokens": m.limits.max_num_batched_tokens,
-                "kvCacheTokens": m.limits.kv_tokens,
-            }
-        else:
-            item["serviceRatePerReplica"] = m.service_rate_per_replica
-            item["latencyTarget"] = {
-                "quantile": m.latency_target.quantile,
-                "slo": format_duration(m.latency_target.slo),
-            }
+        item |= KINDS[m.type].to_document(m)
         metrics.append(item)
     forecast: dict[str, Any] = {"method": policy.forecast.method}
     if policy.forecast.method == "holt":
@@ -397,6 +340,9 @@ class _Reader:
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(FieldError(path, message))
+
+    def kind_of(self, value: Any) -> str:
+        return _kind_of(value)
 
     def mapping(
         self,
@@ -616,185 +562,29 @@ class _Reader:
         return tuple(parsed) if len(parsed) == len(value) else None
 
     def metric(self, value: Any, path: str) -> Metric | None:
-        specific = {
-            "queueDepth": ("targetPerReplica",),
-            "latency": ("slo",),
-            "arrivalRate": ("serviceRatePerReplica", "latencyTarget"),
-            "kvCacheUsage": ("target",),
-            "modelCapacity": ("profile", "slo"),
-        }
-        optional = {
-            "modelCapacity": (
-                "promptTokensQuery",
-                "generationTokensQuery",
-                "promptTokens",
-                "generatedTokens",
-                "engine",
-            )
-        }
         kind = value.get("type") if isinstance(value, Mapping) else None
-        if isinstance(value, Mapping) and (not isinstance(kind, str) or kind not in specific):
+        if isinstance(value, Mapping) and (not isinstance(kind, str) or kind not in KINDS):
             self.error(
                 f"{path}.type",
-                f"expected one of {', '.join(specific)}, got {_kind_of(kind)}"
+                f"expected one of {', '.join(KINDS)}, got {_kind_of(kind)}"
                 if "type" in value
                 else "required field is missing",
             )
             return None
         assert kind is None or isinstance(kind, str)
-        extra = specific.get(kind, ()) if kind is not None else ()
+        entry = KINDS[kind] if kind is not None else None
         obj = self.mapping(
             value,
             path,
-            required=("name", "type", "query", *extra),
-            optional=optional.get(kind, ()) if kind is not None else (),
+            required=("name", "type", "query", *(entry.required if entry else ())),
+            optional=entry.optional if entry else (),
         )
-        if obj is None:
+        if obj is None or entry is None:
             return None
         name = self.get(obj, path, "name", self.metric_name)
         query = self.get(obj, path, "query", self.string)
-        if kind == "queueDepth":
-            target = self.get(obj, path, "targetPerReplica", self.positive)
-            if name and query and target:
-                return QueueDepthMetric(name, query, target)
-        elif kind == "latency":
-            slo = self.get(obj, path, "slo", lambda v, p: self.duration(v, p, positive=True))
-            if name and query and slo:
-                return LatencyMetric(name, query, slo)
-        elif kind == "kvCacheUsage":
-            target = self.get(
-                obj, path, "target", lambda v, p: self.fraction(v, p, closed_top=True)
-            )
-            if name and query and target:
-                return KvCacheMetric(name, query, target)
-        elif kind == "modelCapacity":
-            return self.model_capacity(obj, path, name, query)
-        else:
-            rate = self.get(obj, path, "serviceRatePerReplica", self.positive)
-            target_latency = self.get(obj, path, "latencyTarget", self.latency_target)
-            if name and query and rate and target_latency:
-                return ArrivalRateMetric(name, query, rate, target_latency)
-        return None
-
-    def model_capacity(
-        self, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
-    ) -> ModelCapacityMetric | None:
-        ref = obj.get("profile")
-        profile: StepProfile | None = None
-        profile_ref = "inline"
-        try:
-            if isinstance(ref, str):
-                profile, profile_ref = load_profile(ref), ref
-            elif isinstance(ref, Mapping):
-                profile = parse_profile(dict(ref), f"{path}.profile")
-            else:
-                self.error(
-                    f"{path}.profile", f"expected a profile name or mapping, got {_kind_of(ref)}"
-                )
-        except ProfileError as exc:
-            for message in exc.messages:
-                self.error(f"{path}.profile", message)
-        slo = self.get(obj, path, "slo", self.serving_slo)
-        tokens: dict[str, Any] = {}
-        for query_key, mean_key in (
-            ("promptTokensQuery", "promptTokens"),
-            ("generationTokensQuery", "generatedTokens"),
-        ):
-            if (query_key in obj) == (mean_key in obj):
-                self.error(f"{path}.{query_key}", f"give exactly one of {query_key} and {mean_key}")
-                continue
-            if query_key in obj:
-                tokens[query_key] = self.get(obj, path, query_key, self.string)
-            else:
-                tokens[mean_key] = self.get(obj, path, mean_key, self.positive)
-        limits = self.engine_limits(obj.get("engine", {}), f"{path}.engine", profile)
-        if not (name and query and profile and slo and limits) or len(tokens) != 2:
-            return None
-        if any(v is None for v in tokens.values()):
-            return None
-        return ModelCapacityMetric(
-            name,
-            query,
-            profile,
-            profile_ref,
-            limits,
-            slo,
-            prompt_tokens_query=tokens.get("promptTokensQuery"),
-            generation_tokens_query=tokens.get("generationTokensQuery"),
-            prompt_tokens=tokens.get("promptTokens"),
-            generated_tokens=tokens.get("generatedTokens"),
-        )
-
-    def serving_slo(self, value: Any, path: str) -> ServingSlo | None:
-        obj = self.mapping(value, path, optional=("ttft", "tpot"))
-        if obj is None:
-            return None
-        ttft = self.get(obj, path, "ttft", lambda v, p: self.duration(v, p, positive=True))
-        tpot = self.get(obj, path, "tpot", lambda v, p: self.duration(v, p, positive=True))
-        if ttft is None and tpot is None:
-            self.error(path, "expected ttft and/or tpot bounds")
-            return None
-        return ServingSlo(ttft, tpot)
-
-    def engine_limits(
-        self, value: Any, path: str, profile: StepProfile | None
-    ) -> EngineLimits | None:
-        obj = self.mapping(
-            value,
-            path,
-            optional=(
-                "maxNumSeqs",
-                "maxNumBatchedTokens",
-                "gpuMemoryUtilization",
-                "gpuMemory",
-                "kvCacheTokens",
-            ),
-        )
-        if obj is None:
-            return None
-        seqs = self.get(obj, path, "maxNumSeqs", self.integer_min1, MAX_NUM_SEQS)
-        budget = self.get(
-            obj, path, "maxNumBatchedTokens", self.integer_min1, MAX_NUM_BATCHED_TOKENS
-        )
-        util = self.get(
-            obj,
-            path,
-            "gpuMemoryUtilization",
-            lambda v, p: self.fraction(v, p, closed_top=True),
-            GPU_MEMORY_UTILIZATION,
-        )
-        tokens = self.get(obj, path, "kvCacheTokens", self.integer_min1)
-        memory: float | None = None
-        if "gpuMemory" in obj:
-            memory = parse_bytes(obj["gpuMemory"])
-            if memory is None:
-                self.error(
-                    f"{path}.gpuMemory",
-                    f'expected bytes or a quantity like "80Gi", got {_kind_of(obj["gpuMemory"])}',
-                )
-                return None
-        if seqs is None or budget is None or util is None or profile is None:
-            return None
-        if tokens is not None:
-            return EngineLimits(max(tokens // BLOCK_SIZE, 1), seqs, budget)
-        memory = memory or profile.gpu_memory_bytes
-        if not memory or not profile.kv_bytes_per_token:
-            self.error(
-                f"{path}.kvCacheTokens",
-                f"profile {profile.name} has no memory figures: give kvCacheTokens or gpuMemory",
-            )
-            return None
-        try:
-            blocks = kv_cache_blocks(
-                memory, profile.weights_bytes, profile.kv_bytes_per_token, utilization=util
-            )
-        except ValueError as exc:
-            self.error(f"{path}.gpuMemory", str(exc))
-            return None
-        return EngineLimits(blocks, seqs, budget)
-
-    def integer_min1(self, value: Any, path: str) -> int | None:
-        return self.integer(value, path, minimum=1)
+        metric: Metric | None = entry.parse(self, obj, path, name, query)
+        return metric
 
     def metric_name(self, value: Any, path: str) -> str | None:
         text = self.string(value, path)
@@ -806,18 +596,6 @@ class _Reader:
             )
             return None
         return text
-
-    def latency_target(self, value: Any, path: str) -> LatencyTarget | None:
-        obj = self.mapping(value, path, required=("quantile", "slo"))
-        if obj is None:
-            return None
-        quantile = self.get(
-            obj, path, "quantile", lambda v, p: self.fraction(v, p, closed_top=False)
-        )
-        slo = self.get(obj, path, "slo", lambda v, p: self.duration(v, p, positive=True))
-        if quantile is None or slo is None:
-            return None
-        return LatencyTarget(quantile, slo)
 
     def behavior(self, value: Any, path: str) -> Behavior | None:
         obj = self.mapping(value, path, optional=("scaleUp", "scaleDown"))

@@ -1,7 +1,8 @@
 """The ScalingPolicy as plain frozen data: what an SRE wrote, parsed, defaulted and validated.
 
 Field names mirror ``autoscaling/v2`` where the concept is the same (see DESIGN §2). Durations are
-float seconds. Nothing here does I/O; :mod:`policies.parse` builds these from ConfigMaps.
+float seconds. Nothing here does I/O; :mod:`policies.parse` builds these from ConfigMaps. Each
+metric type lives in its own module of :mod:`policies.metrics`; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -9,7 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, NewType
 
-from policies.stepmodel import EngineLimits, StepProfile
+# The metric types live in policies.metrics, one module each; users of a policy find them here.
+from policies.metrics import Metric as Metric
+from policies.metrics import MetricType as MetricType
+from policies.metrics import metric_inputs as metric_inputs
+from policies.metrics.arrival_rate import ArrivalRateMetric as ArrivalRateMetric
+from policies.metrics.arrival_rate import LatencyTarget as LatencyTarget
+from policies.metrics.base import input_key as input_key
+from policies.metrics.kv_cache_usage import KvCacheMetric as KvCacheMetric
+from policies.metrics.latency import LatencyMetric as LatencyMetric
+from policies.metrics.model_capacity import GENERATION_TOKENS as GENERATION_TOKENS
+from policies.metrics.model_capacity import PROMPT_TOKENS as PROMPT_TOKENS
+from policies.metrics.model_capacity import ModelCapacityMetric as ModelCapacityMetric
+from policies.metrics.model_capacity import ServingSlo as ServingSlo
+from policies.metrics.queue_depth import QueueDepthMetric as QueueDepthMetric
 
 PolicyKey = NewType("PolicyKey", str)
 """``namespace/name`` of the ConfigMap that holds a policy."""
@@ -19,7 +33,6 @@ KIND = "ScalingPolicy"
 POLICY_LABEL = "gpuscale.io/scaling-policy"
 POLICY_DATA_KEY = "policy.yaml"
 
-MetricType = Literal["queueDepth", "latency", "arrivalRate", "kvCacheUsage", "modelCapacity"]
 RuleType = Literal["Pods", "Percent"]
 Select = Literal["Max", "Min", "Disabled"]
 ForecastMethod = Literal["none", "holt"]
@@ -38,108 +51,6 @@ class TargetRef:
 class ReplicaBounds:
     min: int
     max: int
-
-
-@dataclass(frozen=True, slots=True)
-class LatencyTarget:
-    """``quantile`` of request latency (0 < q < 1) must stay within ``slo`` seconds."""
-
-    quantile: float
-    slo: float
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDepthMetric:
-    """Requests waiting, summed over replicas; each replica should hold ``target_per_replica``."""
-
-    name: str
-    query: str
-    target_per_replica: float
-    type: Literal["queueDepth"] = "queueDepth"
-
-
-@dataclass(frozen=True, slots=True)
-class LatencyMetric:
-    """An observed latency quantile (seconds) compared with ``slo`` (seconds)."""
-
-    name: str
-    query: str
-    slo: float
-    type: Literal["latency"] = "latency"
-
-
-@dataclass(frozen=True, slots=True)
-class ArrivalRateMetric:
-    """Requests/s, turned into replicas by an M/M/c model of ``service_rate_per_replica``."""
-
-    name: str
-    query: str
-    service_rate_per_replica: float
-    latency_target: LatencyTarget
-    type: Literal["arrivalRate"] = "arrivalRate"
-
-
-@dataclass(frozen=True, slots=True)
-class KvCacheMetric:
-    """KV-cache saturation: ``kv_cache_usage_perc`` (0..1, averaged over replicas) against
-    ``target``, scaled in proportion as the llm-d Workload Variant Autoscaler scales on
-    saturation."""
-
-    name: str
-    query: str
-    target: float
-    type: Literal["kvCacheUsage"] = "kvCacheUsage"
-
-
-@dataclass(frozen=True, slots=True)
-class ServingSlo:
-    """Bounds on the modelled mean time to first token and time per output token (seconds)."""
-
-    ttft: float | None = None
-    tpot: float | None = None
-
-
-PROMPT_TOKENS = "promptTokens"
-GENERATION_TOKENS = "generationTokens"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelCapacityMetric:
-    """The replicas a step-time profile says keep TTFT and TPOT within ``slo`` at the observed
-    request rate (``query``) and token mix (token-rate queries, or fixed means per request)."""
-
-    name: str
-    query: str
-    profile: StepProfile
-    profile_ref: str
-    """The profile as the policy names it (a shipped name, a path, or ``inline``)."""
-    limits: EngineLimits
-    slo: ServingSlo
-    prompt_tokens_query: str | None = None
-    generation_tokens_query: str | None = None
-    prompt_tokens: float | None = None
-    """Mean prompt tokens per request, when there is no ``prompt_tokens_query``."""
-    generated_tokens: float | None = None
-    type: Literal["modelCapacity"] = "modelCapacity"
-
-
-Metric = QueueDepthMetric | LatencyMetric | ArrivalRateMetric | KvCacheMetric | ModelCapacityMetric
-
-
-def input_key(metric: str, part: str) -> str:
-    """Snapshot key of a metric's extra input (``capacity:promptTokens``)."""
-    return f"{metric}:{part}"
-
-
-def metric_inputs(metric: Metric) -> tuple[tuple[str, str], ...]:
-    """``(snapshot key, PromQL)`` of every query a metric needs; the first key is its name."""
-    out = [(metric.name, metric.query)]
-    if isinstance(metric, ModelCapacityMetric):
-        if metric.prompt_tokens_query is not None:
-            out.append((input_key(metric.name, PROMPT_TOKENS), metric.prompt_tokens_query))
-        if metric.generation_tokens_query is not None:
-            out.append((input_key(metric.name, GENERATION_TOKENS), metric.generation_tokens_query))
-    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,29 +17,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, cast
 
+from policies.metrics import KINDS
 from policies.parse import FieldError, PolicyError
 from policies.promql import PromQLError, parse, selectors
 from policies.promql.lexer import is_label_name
 from policies.promql.literals import quote
 from policies.promql.syntax import VectorSelector
-from policies.schema import (
-    GENERATION_TOKENS,
-    PROMPT_TOKENS,
-    Metric,
-    ScalingPolicy,
-    metric_inputs,
-)
+from policies.schema import Metric, ScalingPolicy
 
 DEFAULT_LABEL = "namespace"
 """The label kube-state-metrics, the Prometheus Operator and most scrape configs put the
 namespace in."""
-
-_QUERY_FIELDS: dict[str | None, tuple[str, str]] = {
-    None: ("query", "query"),
-    PROMPT_TOKENS: ("prompt_tokens_query", "promptTokensQuery"),
-    GENERATION_TOKENS: ("generation_tokens_query", "generationTokensQuery"),
-}
-"""Input part (see :func:`policies.schema.metric_inputs`) -> (attribute, field in the YAML)."""
 
 
 class ScopeError(ValueError):
@@ -110,11 +98,11 @@ def _where(query: str, vs: VectorSelector) -> str:
 
 def query_fields(metric: Metric) -> list[tuple[str, str, str]]:
     """``(attribute, YAML field, PromQL)`` of every query ``metric`` runs."""
-    out = []
-    for key, query in metric_inputs(metric):
-        part = None if key == metric.name else key.split(":", 1)[1]
-        attr, yaml_field = _QUERY_FIELDS[part]
-        out.append((attr, yaml_field, query))
+    out = [("query", "query", metric.query)]
+    for q in KINDS[metric.type].queries:
+        promql = getattr(metric, q.attribute)
+        if promql is not None:
+            out.append((q.attribute, q.field, promql))
     return out
 
 

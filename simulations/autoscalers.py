@@ -14,13 +14,7 @@ import re
 from policies.decide import decide
 from policies.decision import Snapshot, State
 from policies.durations import DurationError, parse_duration
-from policies.schema import (
-    KvCacheMetric,
-    LatencyMetric,
-    Metric,
-    QueueDepthMetric,
-    metric_inputs,
-)
+from policies.metrics import Metric, kind_of, metric_inputs
 from simulations import promql
 from simulations.baselines.hpa import (
     HpaController,
@@ -89,22 +83,24 @@ def metric_value(store: MetricStore, metric: Metric, now: float) -> float | None
     """What the metric's PromQL would return in the simulated cluster.
 
     Queries of the shapes :mod:`simulations.promql` knows are evaluated by the metric they name
-    (vLLM V1 names). Others fall back on the metric type: ``queueDepth`` is the waiting
-    requests, ``latency`` the e2e latency quantile of the query's ``histogram_quantile(q, …)``
-    over its ``[window]``, ``arrivalRate`` the pods' success counter when the query names one
-    (``…success…``) and nothing more, else the gateway's request counter: completions plus the
-    growth of the engines' queues (``deriv(…num_requests_waiting…)``, the arrivals query of
+    (vLLM V1 names). Others fall back on what the metric type measures (its registry entry's
+    ``measures``): a queue is the waiting requests, a latency the e2e latency quantile of the
+    query's ``histogram_quantile(q, …)`` over its ``[window]``, a request rate the pods' success
+    counter when the query names one (``…success…``) and nothing more, else the gateway's
+    request counter: completions plus the growth of the engines' queues
+    (``deriv(…num_requests_waiting…)``, the arrivals query of
     ``deploy/examples/llama-chat.yaml``) is an estimate of arrivals, which the gateway counts.
     """
     understood, value = query_value(store, metric.query, now)
     if understood:
         return value
-    if isinstance(metric, QueueDepthMetric):
+    measure = kind_of(metric).measures
+    if measure == "queue":
         return store.gauge_sum(now, "waiting")
-    if isinstance(metric, KvCacheMetric):
+    if measure == "kvCacheUsage":
         return store.gauge_agg(now, "kv_cache_usage_perc", "avg")
     window = query_window(metric.query)
-    if isinstance(metric, LatencyMetric):
+    if measure == "latency":
         return store.quantile(now, query_quantile(metric.query), window)
     if "success" in metric.query and "deriv" not in metric.query:
         return store.rate_sum(now, "completed", window)

@@ -2,9 +2,9 @@
 
 Each device keeps the memory taken by the pods on it and how many pods hold it; the extender's
 :class:`extender.fit.NodeGpus` is built from that (the ``accounting`` source). The extender's own
-filter pieces (taints, node selector and required affinity, GPU fit) and scoring strategy
-(``binpack``/``spread``/``fragmentation`` choose the devices and score them; preferred affinity
-and ``PreferNoSchedule`` taints are combined and normalised to 0..10 by
+filter (:func:`extender.fitting.fits`: taints, node selector and required affinity, GPU fit) and
+scoring strategy (``binpack``/``spread``/``fragmentation`` choose the devices and score them;
+preferred affinity and ``PreferNoSchedule`` taints are combined and normalised to 0..10 by
 :func:`extender.scoring.combine`) pick the node, as ``/filter`` and ``/prioritize`` would.
 kube-scheduler's own plugins are left out; ties are broken by the run's seeded random generator,
 as ``selectHost`` breaks them at random.
@@ -23,10 +23,11 @@ from extender.affinity import (
     compile_preferred,
     compile_required,
 )
-from extender.fit import DeviceState, NodeGpus, gpu_fit_reason
+from extender.fit import DeviceState, NodeGpus
+from extender.fitting import PodFit, fits
 from extender.model import GpuNeed, Taint, Toleration
 from extender.scoring import combine, get_strategy
-from extender.taints import count_intolerable_prefer_no_schedule, filter_reason
+from extender.taints import count_intolerable_prefer_no_schedule
 
 
 @dataclass(slots=True)
@@ -48,7 +49,19 @@ class Node:
     has_image: bool = False
     """Whether the service's image has been pulled here already (later pulls are fast)."""
 
-    def gpus(self) -> NodeGpus:
+    # A node is its own host for :func:`extender.fitting.fits`; CPU and memory are not simulated.
+    @property
+    def allocatable_milli_cpu(self) -> int | None:
+        return None
+
+    @property
+    def allocatable_memory(self) -> int | None:
+        return None
+
+    def requested(self, name: str) -> tuple[int, int]:
+        return 0, 0
+
+    def gpus(self, name: str = "", now: float = 0.0) -> NodeGpus:
         return NodeGpus(
             tuple(
                 DeviceState(d.index, d.total_mib, max(0, d.total_mib - d.used_mib), d.holders == 0)
@@ -90,17 +103,13 @@ class Cluster:
         """Nodes that pass (with their GPU state) and the reason each other node failed."""
         passed: list[tuple[Node, NodeGpus]] = []
         failed: dict[str, str] = {}
+        fit = PodFit(pod.tolerations, pod.required, need=pod.gpu)
         for node in self.nodes:
-            reason = filter_reason(node.taints, pod.tolerations)
-            if reason is None and not pod.required.matches(node.labels, node.name):
-                reason = "node(s) didn't match Pod's node affinity/selector"
-            gpus = node.gpus()
-            if reason is None:
-                reason = gpu_fit_reason(gpus, pod.gpu)
-            if reason is None:
-                passed.append((node, gpus))
+            misfit = fits(fit, node, node, 0.0)
+            if misfit is None:
+                passed.append((node, node.gpus()))
             else:
-                failed[node.name] = reason
+                failed[node.name] = misfit.reason
         return passed, failed
 
     def schedule(self, pod: PodSpec, rng: np.random.Generator) -> Placement | dict[str, str]:

@@ -13,12 +13,13 @@ and for multi-GPU pods), with per-model memory from ``gpu_memory_mib``. Allocati
 the paper's unit: placed GPU thousandths over 1000 × GPUs, so it is comparable to the published
 figures; the share of GPU memory allocated is reported beside it.
 
-Every placement decision goes through the extender's pure code: :func:`extender.fit.fits` for the
-GPU fit, the scoring strategy's ``choose``/``score`` for device choice and node score, and (with
+Every placement decision goes through the extender's pure code: :func:`extender.fitting.fits`
+for the CPU, memory and GPU fit, the extender's affinity code for a ``gpu_spec``, the scoring
+strategy's ``choose``/``score`` for device choice and node score, and (with
 ``selection="scheduler"``) :func:`extender.scoring.combine` for the 0..10 scores kube-scheduler
-sees. CPU and memory are checked with the predicate of :func:`extender.fit.resource_fit_reasons`,
-evaluated for all nodes at once. Results are memoised on a node's GPU state, which many nodes
-share, so a replay of ~9,000 pods over 1,213 nodes takes seconds.
+sees. Results are memoised
+on a node's GPU state, which many nodes share, so a replay of ~9,000 pods over 1,213 nodes takes
+seconds.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from extender.fit import DeviceState, NodeGpus, fits, resource_fit_reasons
+from extender.fit import DeviceState, NodeGpus
+from extender.fitting import PodFit, fits
 from extender.fragmentation import Fragmentation, Workload, per_gpu_need, with_host
 from extender.model import GpuNeed
 from extender.scoring import MAX_EXTENDER_PRIORITY, Strategy, combine, get_strategy
@@ -209,6 +211,26 @@ class _GpuStates:
         return sid
 
 
+@dataclass(frozen=True, slots=True)
+class _Free:
+    """A node state as :func:`extender.fitting.fits` reads it: free CPU and memory, GPU state.
+    Labels are left out (a ``gpu_spec``'s affinity is decided per label set, see
+    :meth:`_Cluster.allowed`) and the trace's nodes carry no taints."""
+
+    allocatable_milli_cpu: int
+    allocatable_memory: int
+    state: NodeGpus
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[()] = ()
+
+    def requested(self, name: str) -> tuple[int, int]:
+        return 0, 0
+
+    def gpus(self, name: str, now: float) -> NodeGpus:
+        return self.state
+
+
 Verdict = tuple[float, tuple[int, ...]] | None
 """Score and devices of a pod on a node, or ``None`` when it does not fit."""
 
@@ -228,14 +250,12 @@ class _Judge:
             return self.memo[key]
         result: Verdict = None
         gpus = self.states.gpus[sid]
-        if (gpus.devices or pod.num_gpu == 0) and not resource_fit_reasons(
-            pod.cpu_milli,
-            pod.memory_mib,
-            allocatable_milli_cpu=cpu_free,
-            allocatable_memory=mem_free,
-        ):
+        if gpus.devices or pod.num_gpu == 0:
             need = need_on(gpus.devices[0].total_mib if gpus.devices else 0, pod)
-            if fits(gpus, need):
+            fit = PodFit(milli_cpu=pod.cpu_milli, memory=pod.memory_mib, need=need)
+            free = _Free(cpu_free, mem_free, gpus)
+            misfit = fits(fit, free, free, 0.0)
+            if misfit is None:
                 host_gpus, host_need = with_host(
                     gpus,
                     need,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from autoscaler.controller import metric_target
+from policies.metrics import metric_target
 from policies.parse import load_policy_file
 from policies.schema import ModelCapacityMetric, metric_inputs
 from policies.stepmodel import TokenMix, replicas_for_slo

@@ -1,7 +1,9 @@
 """Build the real control plane the end-to-end tests run against, from pinned Go modules.
 
-``python3 tests/cluster/build.py`` (what ``make cluster`` runs) builds each component below into
-``~/.cache/gpuscale/cluster/<dir>/`` (``$GPUSCALE_CLUSTER_CACHE`` overrides the root). A binary is
+``python3 tests/cluster/build.py [COMPONENT…]`` (what ``make cluster`` runs) builds each component
+below into ``~/.cache/gpuscale/cluster/<dir>/`` (``$GPUSCALE_CLUSTER_CACHE`` overrides the root):
+the control plane, and ``node`` (kubelet, kube-proxy and, through ``node_images.py``, the node's
+pause and workload images) for the real node of ``tests/e2e/node.py``. A binary is
 rebuilt only when it is missing or when the module that pins it changed (its ``go.mod`` and
 ``go.sum`` are hashed into a stamp beside the binaries), so a second run builds nothing. The first
 build compiles most of Kubernetes and takes a long while on two cores: the script says which
@@ -75,6 +77,15 @@ COMPONENTS = {
             for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
         ),
         cache_prefix="",
+        version_ldflags=_K8S_X,
+    ),
+    # The real node's binaries, from the same pinned module as the control plane (one version
+    # skew: none), in a folder of their own so the control plane's tests need not build them.
+    "node": Component(
+        module_dir="kubernetes",
+        requires="k8s.io/kubernetes",
+        packages=tuple(f"k8s.io/kubernetes/cmd/{c}" for c in ("kubelet", "kube-proxy")),
+        cache_prefix="node-",
         version_ldflags=_K8S_X,
     ),
     "etcd": Component(
@@ -196,6 +207,11 @@ def main(argv: list[str]) -> int:
             continue
         print(f"{key} {component.version()}: building into {out}", flush=True)
         build(component, out=out)
+    if "node" in wanted:  # the node's pause and workload images (C, not Go)
+        images = subprocess.run([sys.executable, str(HERE / "node_images.py"), str(cache_root())])
+        if images.returncode != 0:
+            print("building the node images failed; see above", file=sys.stderr)
+            return 1
     print(f"cluster binaries ready in {time.monotonic() - started:.1f} s", flush=True)
     return 0
 

@@ -68,6 +68,8 @@ KCM_CONTROLLERS = (
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
     "node-lifecycle-controller",
+    # A Service's EndpointSlices, which kube-proxy on the real node (node.py) programs.
+    "endpointslice-controller",
 )
 
 

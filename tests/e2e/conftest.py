@@ -4,6 +4,8 @@
 ``make cluster`` built; ``installed`` applies ``deploy/`` to it (see ``install.py``). Tests marked
 ``cluster`` need them: where the binaries are missing the test FAILS and says to run
 ``make cluster`` (these tests run wherever Go is, so a skip would hide a broken build).
+``real_node`` adds a kubelet node (``node.py``); it skips, with the reason, where this machine
+cannot run one (not root, Debian packages missing, runc refused).
 ``GPUSCALE_E2E_KEEP=1`` leaves the work folder (logs, kubeconfigs) in place and prints it.
 """
 
@@ -23,13 +25,25 @@ import pytest
 from tests.cluster.build import COMPONENTS, binary_dir, is_built
 from tests.e2e.cluster import ControlPlane
 from tests.e2e.install import Installed, install
+from tests.e2e.node import (
+    NodeUnavailable,
+    RealNode,
+    keep_node_logs,
+    node_binaries_missing,
+    unavailable_reason,
+)
 from tests.support.inference_server import InferenceServer
 from tests.support.kube_standin import make_api_client
 from tests.support.prometheus import PrometheusServer
 
 
 def _missing() -> list[str]:
-    return [f"{key} ({binary_dir(c)})" for key, c in COMPONENTS.items() if not is_built(c)]
+    # The real node's binaries are the `real_node` fixture's to check (it may skip).
+    return [
+        f"{key} ({binary_dir(c)})"
+        for key, c in COMPONENTS.items()
+        if key != "node" and not is_built(c)
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +72,37 @@ def _components_alive(request: pytest.FixtureRequest) -> Iterator[None]:
     if "control_plane" in request.fixturenames:
         cp: ControlPlane = request.getfixturevalue("control_plane")
         cp.check_alive()
+    if "real_node" in request.fixturenames:
+        node: RealNode = request.getfixturevalue("real_node")
+        node.check_alive()
+
+
+@pytest.fixture(scope="session")
+def real_node(request: pytest.FixtureRequest, control_plane: ControlPlane) -> Iterator[RealNode]:
+    """Node ``real-0`` (containerd, kubelet, kube-proxy) joined to the control plane; see
+    ``node.py`` for what it offers. Skips where it cannot run (not root, packages missing,
+    runc refused); fails where it is not built. Its logs are kept when anything failed."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    missing = node_binaries_missing()
+    if missing:
+        pytest.fail(missing)
+    node = RealNode(control_plane, control_plane.workdir / "node")
+    failed_before = request.session.testsfailed
+    try:
+        try:
+            node.start()
+        except NodeUnavailable as exc:
+            pytest.skip(str(exc))
+        except BaseException:
+            keep_node_logs(node)
+            raise
+        yield node
+        if request.session.testsfailed > failed_before:
+            keep_node_logs(node)
+    finally:
+        node.stop()
 
 
 @pytest.fixture(scope="session")

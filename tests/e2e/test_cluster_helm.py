@@ -96,7 +96,13 @@ def test_helm_install_is_stored_object_by_object(helm_cluster: ControlPlane) -> 
 
 
 def _namespaced(obj: dict[str, Any]) -> bool:
-    return obj["kind"] not in {"APIService", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+    return obj["kind"] not in {
+        "APIService",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "FlowSchema",
+        "Namespace",
+    }
 
 
 @pytest.mark.parametrize("account", ACCOUNTS)

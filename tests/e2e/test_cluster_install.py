@@ -30,6 +30,7 @@ def _path(obj: dict[str, object]) -> str:
         "ConfigMap": "configmaps",
         "DaemonSet": "daemonsets",
         "Deployment": "deployments",
+        "FlowSchema": "flowschemas",
         "Namespace": "namespaces",
         "NetworkPolicy": "networkpolicies",
         "PodDisruptionBudget": "poddisruptionbudgets",

@@ -2,8 +2,8 @@
 policies, and on random mutations of them (differences only where :data:`PARSER_ONLY` says
 the schema cannot follow).
 
-A metric type added to ``policies.schema.MetricType`` fails here until the schema
-(``METRIC_FIELDS``) and this file's generator (``METRIC_STRATEGIES``) cover it.
+A metric type added to ``policies.metrics`` fails here until this file's generator
+(``METRIC_STRATEGIES``) covers it; its schema fragment comes with its module.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_published_schema_is_current(name: str, build: Callable[[], dict[str, An
 
 def test_every_metric_type_has_a_schema_and_a_generator() -> None:
     types = set(get_args(MetricType))
-    assert set(METRIC_FIELDS) == types, "add the new metric type to policies/jsonschema.py"
+    assert set(METRIC_FIELDS) == types, "register the new type in policies/metrics"
     assert set(METRIC_STRATEGIES) == types, "add the new metric type to METRIC_STRATEGIES here"
     assert set(_METRIC_INDEX) == types, "add the new metric type to _full() and _METRIC_INDEX here"
     enum = document_schema()["properties"]["metrics"]["items"]["properties"]["type"]["enum"]

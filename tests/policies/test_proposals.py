@@ -6,7 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policies.decision import Proposal
-from policies.proposals import LATENCY_DEAD_BAND, arrival_rate, ceil_div, latency, queue_depth
+from policies.metrics.arrival_rate import arrival_rate
+from policies.metrics.base import ceil_div
+from policies.metrics.latency import LATENCY_DEAD_BAND, latency
+from policies.metrics.queue_depth import queue_depth
 from policies.schema import ArrivalRateMetric, LatencyMetric, LatencyTarget, QueueDepthMetric
 
 QUEUE = QueueDepthMetric("queue", "q", 4.0)

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from policies.decide import decide
 from policies.decision import Snapshot, State
+from policies.metrics.kv_cache_usage import kv_cache_usage
 from policies.parse import PolicyError, parse_policy_document, policy_to_document
 from policies.profiles import load_profile
-from policies.proposals import kv_cache_usage
 from policies.schema import KvCacheMetric, ModelCapacityMetric, metric_inputs
 from policies.stepmodel import TokenMix, replicas_for_slo
 

@@ -4,6 +4,7 @@ follow ``benchmark_serving.py``'s per-request definitions."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -148,3 +149,106 @@ def test_client_figures_are_benchmark_serving_definitions(
         assert min(tpots) * 1e3 - 1e-9 <= got["tpot_p99_ms"] <= max(tpots) * 1e3 + 1e-9
     else:
         assert "tpot_mean_ms" not in got
+
+
+@given(st.floats(0.5, 50.0), st.integers(1, 400), st.integers(0, 2**31))
+def test_rate_arrivals_span_exactly_the_stage(rate: float, n: int, seed: int) -> None:
+    # inference-perf's constant load: n exponential gaps scaled to last n / rate seconds
+    times = bench.rate_arrivals(rate, n, seed)
+    assert len(times) == n
+    assert np.all(np.diff(times) >= 0) and times[0] > 0
+    assert times[-1] == pytest.approx(n / rate)
+
+
+@given(
+    st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(0.0, 60.0)), min_size=1, max_size=40),
+    st.integers(2, 2000),
+)
+def test_derived_tpot_is_the_mean_tpot_when_every_output_is_the_same(
+    rows: list[tuple[float, float]], output: int
+) -> None:
+    ttft = np.array([t for t, _ in rows])
+    e2e = ttft + np.array([d for _, d in rows])
+    figures = bench.client_figures(ttft, e2e, np.full(len(rows), output))
+    point = bench.Point(
+        "d",
+        "llama-3.1-8b-h100-tp1",
+        "rate",
+        1,
+        len(rows),
+        100,
+        output,
+        {k: figures[k] for k in ("ttft_mean_ms", "e2e_mean_ms")},
+        "",
+    )
+    assert bench.derived(point)["tpot_mean_ms"] == pytest.approx(figures["tpot_mean_ms"])
+
+
+def test_tpot_is_not_derived_where_it_would_not_be_exact() -> None:
+    pub = {"ttft_mean_ms": 20.0, "e2e_mean_ms": 2000.0}
+    base = bench.Point("d", "llama-3.1-8b-h100-tp1", "rate", 1, 2, 100, 11, pub, "")
+    assert bench.derived(base) == {"tpot_mean_ms": pytest.approx(198.0)}
+    uneven = dataclasses.replace(base, lengths=((100, 11), (100, 5)))
+    published = dataclasses.replace(base, published={**pub, "tpot_mean_ms": 1.0})
+    batch = dataclasses.replace(base, kind="batch")
+    one_token = dataclasses.replace(base, output=1)
+    no_e2e = dataclasses.replace(base, published={"ttft_mean_ms": 20.0})
+    for point in (uneven, published, batch, one_token, no_e2e):
+        assert bench.derived(point) == {}
+
+
+def test_a_points_budgets_reach_the_engine() -> None:
+    both = bench.Point("b", "llama-3.1-8b-h100-tp1", "burst", 2, 2, 100, 5, {}, "")
+    one_seat = dataclasses.replace(both, max_num_seqs=1)
+    prof = load_profile(both.profile)
+    shared = bench.simulate(both, False)
+    serial = bench.simulate(one_seat, False)
+    # with one seat the second request starts once the first has finished all its tokens
+    alone = step_time(prof, 100, 0) + 4 * step_time(prof, 0, 1)
+    assert serial["ttft_mean_ms"] == pytest.approx((step_time(prof, 100, 0) + alone / 2) * 1e3)
+    assert serial["ttft_mean_ms"] > shared["ttft_mean_ms"]
+    # a token budget below the prompt splits its prefill into chunks
+    chunked = dataclasses.replace(both, requests=1, load=1, max_num_batched_tokens=64)
+    first = step_time(prof, 64, 0) + step_time(prof, 36, 0)
+    assert bench.simulate(chunked, False)["ttft_mean_ms"] == pytest.approx(first * 1e3)
+
+
+def test_engine_versions_and_budgets_are_read_and_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "p.csv"
+    head = (
+        "id,profile,engine_version,load_kind,load,requests,prompt_tokens,output_tokens,"
+        "max_num_seqs,max_num_batched_tokens,ttft_mean_ms,e2e_mean_ms,source\n"
+    )
+    data.write_text(head + "r,llama-3.1-8b-h100-tp1,v1,rate,2,20,100,10,128,1024,30,200,s\n")
+    (point,) = bench.read_points(data)
+    assert (point.engine_version, point.max_num_seqs, point.max_num_batched_tokens) == (
+        "v1",
+        128,
+        1024,
+    )
+    assert bench.main(["--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "vLLM V1" in out and "tpot_mean_ms*" in out and "targets, vLLM V1" in out
+    data.write_text(head + "r,llama-3.1-8b-h100-tp1,v2,rate,2,20,100,10,,,30,200,s\n")
+    assert bench.main(["--data", str(data)]) == 1
+    assert f"{data}:2: engine_version: expected one of v0, v1 or empty, got 'v2'" in (
+        capsys.readouterr().err
+    )
+    data.write_text(head + "r,llama-3.1-8b-h100-tp1,v1,rate,2,20,100,10,0,,30,200,s\n")
+    assert bench.main(["--data", str(data)]) == 1
+    assert "max_num_seqs: expected a number > 0, got '0'" in capsys.readouterr().err
+
+
+def test_the_shipped_v1_points_cover_the_targets_figures() -> None:
+    v1 = [p for p in bench.read_points(bench.DATA) if p.engine_version == "v1"]
+    assert len(v1) >= 8
+    for p in v1:
+        # inference-perf stages of 600 or 1200 s at a constant rate
+        assert p.kind == "rate" and p.requests / p.load in (600, 1200)
+        assert {"ttft_mean_ms", "ttft_p99_ms"} <= p.published.keys()
+        assert "tpot_mean_ms" in bench.derived(p)
+    # light load, the heaviest rate of the runs, and the longest prompts and outputs
+    assert min(p.load for p in v1) <= 5 and max(p.load for p in v1) >= 20
+    assert max(p.prompt for p in v1) > 1000 and max(p.output for p in v1) > 1000

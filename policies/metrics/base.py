@@ -1,0 +1,148 @@
+"""What one metric type is to the rest of gpuscale: the :class:`MetricKind` entry each type
+module exports, and the small helpers those modules share.
+
+A metric type is one module of :mod:`policies.metrics` (its dataclass, how it is read from YAML,
+its JSON Schema fragment, its extra PromQL inputs, its proposal, its target figure) and one line
+in the registry there. Everything that used to ask ``isinstance`` of a metric asks its entry.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from policies.decision import Proposal
+
+T = TypeVar("T")
+M = TypeVar("M")
+X = TypeVar("X")
+
+Measure = Literal["queue", "latency", "requestRate", "kvCacheUsage"]
+"""What a metric's main query measures, for a simulator that answers queries it cannot parse
+from the quantity itself (waiting requests, a latency quantile, requests/s, KV-cache use)."""
+
+DEAD_BAND = 0.1
+"""Relative distance from the objective within which a proportional rule proposes no change."""
+
+EPS = 1e-9
+"""Ceilings subtract this first, so that float noise (``12.000000000000002``) adds no replica."""
+_ceil = math.ceil
+
+
+def ceil_div(x: float, y: float) -> int:
+    """``ceil(x / y)`` forgiving float noise just above an integer."""
+    return int(_ceil(x / y - EPS))
+
+
+def input_key(metric: str, part: str) -> str:
+    """Snapshot key of a metric's extra input (``capacity:promptTokens``)."""
+    return f"{metric}:{part}"
+
+
+class FieldReader(Protocol):
+    """The typed field access of :mod:`policies.parse` that a metric type reads its own fields
+    with; every problem is recorded as ``path: message``, none stops the reading."""
+
+    def error(self, path: str, message: str) -> None: ...
+
+    def kind_of(self, value: Any) -> str: ...
+
+    def mapping(
+        self,
+        value: Any,
+        path: str,
+        *,
+        required: tuple[str, ...] = (),
+        optional: tuple[str, ...] = (),
+    ) -> Mapping[str, Any] | None: ...
+
+    def get(
+        self,
+        obj: Mapping[str, Any],
+        path: str,
+        field: str,
+        read: Callable[[Any, str], T | None],
+        default: T | None = None,
+    ) -> T | None: ...
+
+    def string(self, value: Any, path: str) -> str | None: ...
+
+    def integer(self, value: Any, path: str, minimum: int = 0) -> int | None: ...
+
+    def positive(self, value: Any, path: str) -> float | None: ...
+
+    def fraction(self, value: Any, path: str, *, closed_top: bool) -> float | None: ...
+
+    def duration(self, value: Any, path: str, *, positive: bool = False) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueryField:
+    """A PromQL input beyond the main ``query``: snapshot key part, attribute, YAML field."""
+
+    part: str
+    attribute: str
+    field: str
+
+
+@dataclass(frozen=True, slots=True)
+class MetricKind(Generic[M, X]):
+    """One metric type: the registry entry of :mod:`policies.metrics`.
+
+    ``M`` is the type's dataclass, ``X`` what :attr:`prepare` reads from the snapshot beyond the
+    main value (``None`` for types with one query).
+    """
+
+    type: str
+    """The YAML ``type``."""
+    cls: builtins.type[M]
+    description: str
+    """One line for the JSON Schema."""
+    required: tuple[str, ...]
+    """Fields of this type beyond ``name``, ``type`` and ``query`` that must be given."""
+    optional: tuple[str, ...]
+    parse: Callable[[FieldReader, Mapping[str, Any], str, str | None, str | None], M | None]
+    """``(reader, mapping, path, name, query)``: the metric, or None with errors recorded."""
+    to_document: Callable[[M], dict[str, Any]]
+    """The YAML fields of this type, every one spelled out (after name, type and query)."""
+    schema: dict[str, Any]
+    """JSON Schema of the fields in ``required`` and ``optional``."""
+    propose: Callable[[M, float, X, int, int, float | None], Proposal]
+    """``(metric, value, prepared, current, max replicas, sized for)``: its replica count."""
+    target: Callable[[M], float]
+    """The figure status and dashboards draw next to the value (``gpuscale_metric_target``)."""
+    measures: Measure
+    wakes: bool
+    """It sees demand while nothing runs, so it can scale a target up from zero."""
+    rate_sized: bool
+    """It sizes for a request rate: Holt forecasts it and the burst envelope holds its sizes."""
+    queries: tuple[QueryField, ...] = ()
+    """Optional extra PromQL inputs; an attribute that is None is not queried."""
+    prepare: Callable[[M, float, Mapping[str, float | None]], X | None] | None = None
+    """Reads the extra inputs from the snapshot values; None marks the metric missing."""
+    schema_constraints: dict[str, Any] | None = None
+    """JSON Schema keywords across this type's fields (exactly one of a query and a mean)."""
+    parser_only: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    """Rules of this type's parse that JSON Schema cannot state: (rule, error pattern)."""
+
+
+_TEXT: dict[int, tuple[object, str]] = {}
+
+
+def fixed_text(metric: M, build: Callable[[M], str]) -> str:
+    """The part of a metric's reason that only depends on the policy, formatted once.
+
+    Keyed by identity (the entry holds the metric, so the id cannot be reused while cached).
+    """
+    hit = _TEXT.get(id(metric))
+    if hit is not None and hit[0] is metric:
+        return hit[1]
+    text = build(metric)
+    if len(_TEXT) >= 4096:
+        _TEXT.clear()
+    _TEXT[id(metric)] = (metric, text)
+    return text

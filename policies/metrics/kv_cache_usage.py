@@ -1,0 +1,96 @@
+"""``kvCacheUsage``: KV-cache saturation (``vllm:kv_cache_usage_perc``, 0..1, averaged over
+replicas) against a target, scaled in proportion as the llm-d Workload Variant Autoscaler scales
+on saturation.
+
+Proportional control on saturation, ``ceil(current * usage / target)``, with the latency rule's
+±10% dead band; with no replicas, 1 when the cache is in use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from policies.decision import Proposal
+from policies.metrics.base import DEAD_BAND, EPS, FieldReader, MetricKind
+
+_ceil = math.ceil
+
+
+@dataclass(frozen=True, slots=True)
+class KvCacheMetric:
+    """KV-cache saturation: ``kv_cache_usage_perc`` (0..1, averaged over replicas) against
+    ``target``, scaled in proportion as the llm-d Workload Variant Autoscaler scales on
+    saturation."""
+
+    name: str
+    query: str
+    target: float
+    type: Literal["kvCacheUsage"] = "kvCacheUsage"
+
+
+def kv_cache_usage(metric: KvCacheMetric, usage: float, current: int) -> Proposal:
+    """Scale in proportion to KV-cache saturation (``usage`` in 0..1)."""
+    usage = min(max(usage, 0.0), 1.0)
+    ratio = usage / metric.target
+    head = f"KV cache {usage * 100:.1f}% vs target {metric.target * 100:g}% (×{ratio:.2f})"
+    if current <= 0:
+        n = 1 if usage > 0 else 0
+        why = f"{head}, no replicas running → {n}"
+    elif 1.0 - DEAD_BAND <= ratio <= 1.0 + DEAD_BAND:
+        n = current
+        why = f"{head}, within ±10% of the target → keep {n}"
+    else:
+        n = max(int(_ceil(current * ratio - EPS)), 0)
+        why = f"{head} → ceil({current} × {ratio:.2f}) = {n}"
+    return Proposal(metric.name, "kvCacheUsage", usage, n, why)
+
+
+def _propose(
+    metric: KvCacheMetric,
+    value: float,
+    _: None,
+    current: int,
+    max_replicas: int,
+    sized_for: float | None,
+) -> Proposal:
+    return kv_cache_usage(metric, value, current)
+
+
+def _parse(
+    r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
+) -> KvCacheMetric | None:
+    target = r.get(obj, path, "target", lambda v, p: r.fraction(v, p, closed_top=True))
+    if name and query and target:
+        return KvCacheMetric(name, query, target)
+    return None
+
+
+def _document(m: KvCacheMetric) -> dict[str, Any]:
+    return {"target": m.target}
+
+
+KIND: MetricKind[KvCacheMetric, None] = MetricKind(
+    type="kvCacheUsage",
+    cls=KvCacheMetric,
+    description="KV-cache saturation (vllm:kv_cache_usage_perc), scaled in proportion.",
+    required=("target",),
+    optional=(),
+    parse=_parse,
+    to_document=_document,
+    schema={
+        "target": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+            "description": "KV-cache usage (0..1, averaged over replicas) to hold.",
+        }
+    },
+    propose=_propose,
+    target=lambda m: m.target,
+    measures="kvCacheUsage",
+    wakes=False,
+    rate_sized=False,
+)

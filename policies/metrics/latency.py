@@ -1,0 +1,102 @@
+"""``latency``: an observed latency quantile (seconds) against an SLO (seconds).
+
+Proportional control, ``ceil(current * observed / slo)``. Dead band: while the observed quantile
+lies within ±10% of the SLO (``0.9 <= observed/slo <= 1.1``) the proposal is ``current``, so
+measurement noise around the target does not make the count flap. It only ever competes in the
+max, so it cannot pull the count below what the other metrics need. With ``current == 0`` there
+is nothing to scale proportionally: it proposes 1 when the observed latency is above the SLO
+(someone is being served badly, a replica is needed), else 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from policies import jsonschema_parts as js
+from policies.decision import Proposal
+from policies.durations import format_duration
+from policies.metrics.base import DEAD_BAND, EPS, FieldReader, MetricKind, fixed_text
+
+LATENCY_DEAD_BAND = DEAD_BAND
+"""Relative distance from the SLO within which the latency rule proposes no change."""
+
+_ceil = math.ceil
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyMetric:
+    """An observed latency quantile (seconds) compared with ``slo`` (seconds)."""
+
+    name: str
+    query: str
+    slo: float
+    type: Literal["latency"] = "latency"
+
+
+def _text(metric: LatencyMetric) -> str:
+    return f"s vs SLO {metric.slo:g}s (×"
+
+
+def latency(metric: LatencyMetric, observed: float, current: int) -> Proposal:
+    if observed < 0:
+        observed = 0.0
+    slo = metric.slo
+    ratio = observed / slo
+    r = f"{ratio:.2f}"
+    head = f"{observed:.3g}{fixed_text(metric, _text)}{r})"
+    if current <= 0:
+        n = 1 if observed > slo else 0
+        why = f"{head}, no replicas running → {n}"
+    elif 1.0 - LATENCY_DEAD_BAND <= ratio <= 1.0 + LATENCY_DEAD_BAND:
+        n = current
+        why = f"{head}, within ±10% of the SLO → keep {n}"
+    else:
+        n = int(_ceil(current * ratio - EPS))
+        if n < 0:
+            n = 0
+        why = f"{head} → ceil({current} × {r}) = {n}"
+    return Proposal(metric.name, "latency", observed, n, why)
+
+
+def _propose(
+    metric: LatencyMetric,
+    value: float,
+    _: None,
+    current: int,
+    max_replicas: int,
+    sized_for: float | None,
+) -> Proposal:
+    return latency(metric, value, current)
+
+
+def _parse(
+    r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
+) -> LatencyMetric | None:
+    slo = r.get(obj, path, "slo", lambda v, p: r.duration(v, p, positive=True))
+    if name and query and slo:
+        return LatencyMetric(name, query, slo)
+    return None
+
+
+def _document(m: LatencyMetric) -> dict[str, Any]:
+    return {"slo": format_duration(m.slo)}
+
+
+KIND: MetricKind[LatencyMetric, None] = MetricKind(
+    type="latency",
+    cls=LatencyMetric,
+    description="A latency quantile (seconds) against an SLO.",
+    required=("slo",),
+    optional=(),
+    parse=_parse,
+    to_document=_document,
+    schema={"slo": js.duration("The observed latency quantile's objective.", positive=True)},
+    propose=_propose,
+    target=lambda m: m.slo,
+    measures="latency",
+    wakes=False,
+    rate_sized=False,
+)

@@ -1,0 +1,84 @@
+"""``queueDepth``: requests waiting, summed over replicas; each replica should hold
+``targetPerReplica``.
+
+Proposes ``ceil(waiting / targetPerReplica)``; nothing waiting proposes 0 (the ``replicas.min``
+clamp decides the floor). It sees demand while nothing runs, so it can wake a target at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from policies import jsonschema_parts as js
+from policies.decision import Proposal
+from policies.metrics.base import EPS, FieldReader, MetricKind, fixed_text
+
+_ceil = math.ceil
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepthMetric:
+    """Requests waiting, summed over replicas; each replica should hold ``target_per_replica``."""
+
+    name: str
+    query: str
+    target_per_replica: float
+    type: Literal["queueDepth"] = "queueDepth"
+
+
+def _text(metric: QueueDepthMetric) -> str:
+    return f" waiting / {metric.target_per_replica:g} per replica → "
+
+
+def queue_depth(metric: QueueDepthMetric, waiting: float) -> Proposal:
+    if waiting < 0:
+        waiting = 0.0
+    n = int(_ceil(waiting / metric.target_per_replica - EPS))
+    if n < 0:
+        n = 0
+    text = fixed_text(metric, _text)
+    return Proposal(metric.name, "queueDepth", waiting, n, f"{waiting:g}{text}{n}")
+
+
+def _propose(
+    metric: QueueDepthMetric,
+    value: float,
+    _: None,
+    current: int,
+    max_replicas: int,
+    sized_for: float | None,
+) -> Proposal:
+    return queue_depth(metric, value)
+
+
+def _parse(
+    r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
+) -> QueueDepthMetric | None:
+    target = r.get(obj, path, "targetPerReplica", r.positive)
+    if name and query and target:
+        return QueueDepthMetric(name, query, target)
+    return None
+
+
+def _document(m: QueueDepthMetric) -> dict[str, Any]:
+    return {"targetPerReplica": m.target_per_replica}
+
+
+KIND: MetricKind[QueueDepthMetric, None] = MetricKind(
+    type="queueDepth",
+    cls=QueueDepthMetric,
+    description="Requests waiting, summed over replicas.",
+    required=("targetPerReplica",),
+    optional=(),
+    parse=_parse,
+    to_document=_document,
+    schema={"targetPerReplica": js.positive("Requests waiting that one replica should hold.")},
+    propose=_propose,
+    target=lambda m: m.target_per_replica,
+    measures="queue",
+    wakes=True,
+    rate_sized=False,
+)
