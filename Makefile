@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz \
-	e2e-packages image image-tools image-test lock
+	e2e-packages image image-tools image-test lock protos
 
 # The test venv installs the hashed lock first (`make lock` refreshes it), then the project itself
 # (editable; its dependencies are already there from the lock, and one added to pyproject but not
@@ -71,6 +71,10 @@ e2e: $(STAMP) e2e-packages prometheus cluster helm
 	$(BIN)/pytest -q -m "cluster or e2e" tests/e2e
 
 test: lint typecheck imports pytest
+
+# The kubelet device plugin and PodResources bindings (committed) from their .proto files.
+protos: $(STAMP)
+	PYTHON=$(PY) sh extender/device_plugin/proto/generate.sh
 
 # Longer fuzzing than the seeded runs of `make test`: atheris for FUZZ_SECONDS per target (the
 # corpus grows in .fuzz/<target>/, crashes land in .fuzz/ as <target>-crash-*; copy one into
