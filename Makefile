@@ -67,7 +67,7 @@ e2e-packages:
 
 # End-to-end tests against that control plane and a real node (and the kind tests, which skip
 # without Docker).
-e2e: $(STAMP) e2e-packages prometheus cluster helm
+e2e: $(STAMP) e2e-packages prometheus cluster helm image
 	$(BIN)/pytest -q -m "cluster or e2e" tests/e2e
 
 test: lint typecheck imports pytest
