@@ -6,11 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz e2e-packages
+.PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz \
+	e2e-packages image image-tools image-test lock protos
 
-$(STAMP): pyproject.toml
+# The test venv installs the hashed lock first (`make lock` refreshes it), then the project itself
+# (editable; its dependencies are already there from the lock, and one added to pyproject but not
+# yet locked still installs, while tests/image/test_lock.py fails and says to run `make lock`).
+$(STAMP): pyproject.toml requirements/test.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --require-hashes -r requirements/test.lock
 	$(PY) -m pip install -q -e '.[sim,test,dev,ray]'
 	touch $@
 
@@ -62,10 +67,14 @@ e2e-packages:
 
 # End-to-end tests against that control plane and a real node (and the kind tests, which skip
 # without Docker).
-e2e: $(STAMP) e2e-packages prometheus cluster helm
+e2e: $(STAMP) e2e-packages prometheus cluster helm image
 	$(BIN)/pytest -q -m "cluster or e2e" tests/e2e
 
 test: lint typecheck imports pytest
+
+# The kubelet device plugin and PodResources bindings (committed) from their .proto files.
+protos: $(STAMP)
+	PYTHON=$(PY) sh extender/device_plugin/proto/generate.sh
 
 # Longer fuzzing than the seeded runs of `make test`: atheris for FUZZ_SECONDS per target (the
 # corpus grows in .fuzz/<target>/, crashes land in .fuzz/ as <target>-crash-*; copy one into
@@ -85,6 +94,38 @@ demo: $(STAMP)
 
 bench: $(STAMP) prometheus cluster
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Hashed locks (uv pip compile): runtime.lock is what the image installs (`.[gpu]`), build.lock
+# the build backend that makes the wheel in the image, test.lock `make test`'s venv. A plain
+# `make lock` keeps every pin that still satisfies pyproject; `make lock UPGRADE=1` takes the
+# newest versions. Linux x86_64 and aarch64 wheels alike: the resolution is universal.
+UV ?= $(BIN)/uv
+LOCK_FLAGS = --quiet --generate-hashes --universal --python-version 3.11 \
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+lock: $(STAMP)
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml --extra gpu -o requirements/runtime.lock
+	$(UV) pip compile $(LOCK_FLAGS) requirements/build.in -o requirements/build.lock
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml --extra sim --extra test --extra dev \
+	  --extra ray --extra gpu -o requirements/test.lock
+
+# The images, without a registry (tests/cluster/build_images.py says how): build/images/gpuscale.tar
+# (localhost/gpuscale:dev) and build/images/kube-scheduler.tar (localhost/kube-scheduler:<k8s
+# version>), for `ctr -n k8s.io images import`. GPUSCALE_BUILD_CA (default: this machine's CA
+# bundle) is the CA pip trusts in the build; GPUSCALE_INDEX_URL an index to use instead of PyPI.
+image-tools:
+	@command -v buildah >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null || { \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends buildah runc mmdebstrap uidmap; }
+
+# Needs only the control-plane build of `make cluster` (for kube-scheduler), not the node's.
+image: image-tools
+	@command -v go >/dev/null || { echo "make image needs Go 1.26+ on PATH (kube-scheduler)"; exit 1; }
+	python3 tests/cluster/build.py kubernetes
+	python3 -m tests.cluster.build_images
+
+# Checks on the built image (uid, read-only root, bytecode, no pip or scipy, the lock).
+image-test: image $(STAMP)
+	$(BIN)/pytest -q tests/image
 
 clean:
 	rm -rf $(VENV) demo-report .mypy_cache .pytest_cache .ruff_cache

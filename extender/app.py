@@ -331,6 +331,34 @@ def run_extender(settings: ExtenderProcess) -> int:
     return 0
 
 
+async def _device_plugin(
+    settings: Any, nvml: Any, api_client: Any, registry: CollectorRegistry
+) -> None:
+    """The device plugin of ``settings`` with the API and the kubelet's sockets as its I/O; its
+    metrics join the agent's."""
+    from extender.device_plugin.server import (
+        DevicePlugin,
+        PluginCollector,
+        kube_event_recorder,
+        kube_pod_lister,
+        pod_resources_viewer,
+    )
+
+    plugin = DevicePlugin(
+        settings,
+        nvml=nvml,
+        list_pods=kube_pod_lister(api_client, settings.node),
+        record_event=kube_event_recorder(api_client, settings.node, clock=time.time),
+        kubelet_view=pod_resources_viewer(settings.pod_resources_socket, settings.resource),
+    )
+    collector = PluginCollector(plugin)
+    registry.register(collector)
+    try:
+        await plugin.run()
+    finally:
+        registry.unregister(collector)
+
+
 async def serve_node_agent(
     node: str,
     *,
@@ -343,10 +371,13 @@ async def serve_node_agent(
     stop: asyncio.Event | None = None,
     on_listening: Callable[[int], None] | None = None,
     limits: ConnectionLimits | None = None,
+    device_plugin: Any = None,
 ) -> None:
     """Publish this node's GPU memory until ``stop`` (or SIGTERM), serving ``/livez``,
     ``/readyz`` and ``/metrics`` on ``address``; ``stale_after`` bounds both probes. NVML is
-    loaded first, so a machine without a driver fails before anything else happens."""
+    loaded first, so a machine without a driver fails before anything else happens. With
+    ``device_plugin`` (a :class:`extender.device_plugin.server.PluginSettings`) the agent also
+    serves the kubelet device plugin that hands each pod the GPUs the extender chose."""
     from extender.node_agent import AgentHealth, kube_patcher, load_nvml, make_health_app, run
 
     host, port = parse_address(address)
@@ -396,13 +427,25 @@ async def serve_node_agent(
             )
             stopper = asyncio.create_task(stop.wait())
             tasks += [agent, stopper]
+            if device_plugin is not None:
+                tasks.append(
+                    asyncio.create_task(_device_plugin(device_plugin, nvml, api_client, registry))
+                )
             log.info(
                 "node agent started",
-                extra={"node": node, "interval_s": interval, "address": f"{host}:{actual}"},
+                extra={
+                    "node": node,
+                    "interval_s": interval,
+                    "address": f"{host}:{actual}",
+                    "device_plugin": device_plugin is not None,
+                },
             )
-            done, _ = await asyncio.wait({agent, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if agent in done:
-                agent.result()
+            done, _ = await asyncio.wait(
+                {agent, stopper, *tasks[2:]}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task is not stopper:
+                    task.result()
     finally:
         if own_client:
             await api_client.close()

@@ -225,6 +225,51 @@ def extender(
 )
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Kubeconfig; else in-cluster.")
 @click.option("--log-level", type=_LOG_LEVEL, default="info", show_default=True)
+@click.option(
+    "--device-plugin/--no-device-plugin",
+    default=False,
+    show_default=True,
+    help="Also serve the kubelet device plugin for nvidia.com/gpu that hands each pod the GPUs"
+    " in its gpuscale.io/gpu-indices annotation. Not with NVIDIA's device plugin on this node.",
+)
+@click.option(
+    "--device-plugin-dir",
+    default="/var/lib/kubelet/device-plugins",
+    show_default=True,
+    help="The kubelet's device plugin directory (kubelet.sock, checkpoint).",
+)
+@click.option(
+    "--device-plugin-shares",
+    default=16,
+    show_default=True,
+    type=int,
+    help="Device IDs advertised per GPU: how many pods may share one (memory is the real bound).",
+)
+@click.option(
+    "--pod-resources-socket",
+    default="/var/lib/kubelet/pod-resources/kubelet.sock",
+    show_default=True,
+    help="The kubelet's PodResources API (tells apart pods waiting side by side); empty: none.",
+)
+@click.option(
+    "--device-plugin-device-specs/--no-device-plugin-device-specs",
+    default=False,
+    show_default=True,
+    help="Also hand out /dev/nvidia<N> (without the NVIDIA container runtime).",
+)
+@click.option(
+    "--device-plugin-cdi/--no-device-plugin-cdi",
+    default=False,
+    show_default=True,
+    help="Also hand out CDI names nvidia.com/gpu=<uuid> (with nvidia-ctk's CDI spec).",
+)
+@click.option(
+    "--fake-inventory",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read GPUs from this JSON file instead of NVML (tests, nodes without NVIDIA runtime):"
+    ' [{"index": 0, "uuid": "GPU-…", "model": "…", "totalMiB": 81920, "usedMiB": 0}].',
+)
 @connection_limit_options
 def node_agent(
     node_name: str,
@@ -233,12 +278,21 @@ def node_agent(
     stale_after: str,
     kubeconfig: str | None,
     log_level: str,
+    device_plugin: bool,
+    device_plugin_dir: str,
+    device_plugin_shares: int,
+    pod_resources_socket: str,
+    device_plugin_device_specs: bool,
+    device_plugin_cdi: bool,
+    fake_inventory: str | None,
     limits: ConnectionLimits,
     limit_problems: list[str],
 ) -> None:
     """Publish this node's per-GPU memory (NVML) in the annotation gpuscale.io/gpus.
 
     Serves /livez, /readyz and /metrics on --address for the kubelet's probes and Prometheus.
+    With --device-plugin, also the kubelet device plugin (extender/README.md, "From score to
+    container").
     """
     import asyncio
 
@@ -268,6 +322,32 @@ def node_agent(
         problems.append(f"--address: {exc}")
     if kubeconfig and not os.path.isfile(kubeconfig):
         problems.append(f"--kubeconfig: no such file: {kubeconfig}")
+    plugin = None
+    if device_plugin:
+        from extender.device_plugin.server import PluginSettings
+
+        try:
+            plugin = PluginSettings(
+                node=node_name,
+                directory=device_plugin_dir,
+                shares=device_plugin_shares,
+                pod_resources_socket=pod_resources_socket or None,
+                device_specs=device_plugin_device_specs,
+                cdi=device_plugin_cdi,
+            )
+        except ValueError as exc:
+            problems.append(f"--device-plugin: {exc}")
+        if not os.path.isdir(device_plugin_dir):
+            problems.append(f"--device-plugin-dir: no such directory: {device_plugin_dir}")
+    nvml = None
+    if fake_inventory is not None:
+        from extender.device_plugin.devices import FakeNvml, InventoryFileError
+
+        try:
+            nvml = FakeNvml(fake_inventory)
+            nvml.nvmlInit()
+        except (OSError, InventoryFileError) as exc:
+            problems.append(f"--fake-inventory: {fake_inventory}: {exc}")
     if problems:
         _fail("node-agent", problems)
     logs.configure(log_level)
@@ -280,6 +360,8 @@ def node_agent(
                 address=address,
                 stale_after=bound,
                 limits=limits,
+                nvml=nvml,
+                device_plugin=plugin,
             )
         )
     except (NoNvml, StartupError) as exc:

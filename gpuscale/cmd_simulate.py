@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,27 @@ SUBVERBS = {
     "calibrate": ("gpuscale.cmd_calibrate", "calibrate"),
     "schema": ("gpuscale.cmd_policy", "scenario_schema"),
 }
+
+SIM_EXTRA_MODULES = ("matplotlib", "rich", "scipy")
+"""What the ``sim`` extra installs that every simulate verb but ``schema`` needs."""
+
+SIM_EXTRA_MISSING = (
+    "gpuscale {verb} needs the 'sim' extra ({missing} not installed):"
+    " pip install 'gpuscale[sim]'. The container image carries only the controller, the"
+    " extender and the node agent, not the simulator."
+)
+
+
+def missing_sim_extra() -> list[str]:
+    """The ``sim`` extra's modules that cannot be imported here (none after a dev install)."""
+    return [name for name in SIM_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+
+
+def require_sim_extra(verb: str) -> None:
+    """Fail with one clear line instead of an ImportError traceback halfway through a run."""
+    missing = missing_sim_extra()
+    if missing:
+        raise click.ClickException(SIM_EXTRA_MISSING.format(verb=verb, missing=", ".join(missing)))
 
 
 class _SimulateCommand(click.Command):
@@ -38,6 +60,9 @@ class _SimulateCommand(click.Command):
         parent: click.Context | None = None,
         **extra: Any,
     ) -> click.Context:
+        verb = args[0] if args and args[0] in SUBVERBS else None
+        if verb != "schema" and "--help" not in args:
+            require_sim_extra(f"simulate {verb}" if verb else "simulate")
         if args and args[0] in SUBVERBS:
             module, attr = SUBVERBS[args[0]]
             try:

@@ -208,6 +208,7 @@ def test_every_render_validates_strictly(values: dict[str, str], version: str) -
         ({"scheduler.extender.scoring": "best"}, "scheduler.extender.scoring: expected"),
         ({"scheduler.extender.inventory": "{nvml}"}, 'unknown source "nvml"'),
         ({"scheduler.extender.inventory": "{dcgm}"}, "prometheusUrl: required"),
+        ({"nodeAgent.devicePlugin.enabled": "true"}, "would hand out the same GPUs"),
     ],
 )
 def test_bad_values_fail_with_the_value_named(values: dict[str, str], message: str) -> None:
@@ -265,6 +266,27 @@ def test_admission_policy_is_the_component(tmp_path: Path) -> None:
         template(nodeAgent__admissionPolicy="true"),
         render_dir(tmp_path),
         without=frozenset({NS_OBJECT}),
+    )
+
+
+def test_device_plugin_is_the_component(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(DEPLOY, tmp_path)],
+                "components": [os.path.relpath(DEPLOY / "components" / "device-plugin", tmp_path)],
+            }
+        )
+    )
+    assert_same(
+        template(
+            namespace__create="true",
+            nodeAgent__devicePlugin__enabled="true",
+            nodeAgent__devicePlugin__nvidiaDevicePluginOnSameNodes="false",
+        ),
+        render_dir(tmp_path),
     )
 
 

@@ -137,25 +137,48 @@ def test_the_probe_really_blocks() -> None:
 
 
 def test_dockerfile_is_multi_stage_on_slim_python() -> None:
+    """python:3.11-slim by default; `make image` passes Debian bases through the same args."""
     instructions = _instructions()
     froms = [rest for word, rest in instructions if word == "FROM"]
-    assert len(froms) == 2
+    assert len(froms) == 3
     args = dict(rest.split("=", 1) for word, rest in instructions if word == "ARG" and "=" in rest)
     assert args["PYTHON_IMAGE"] == "python:3.11-slim"
-    assert froms[0] == "${PYTHON_IMAGE} AS build"
-    assert froms[1] == "${PYTHON_IMAGE}"
+    assert args["RUNTIME_IMAGE"] == "${PYTHON_IMAGE}"
+    assert froms[0] == "${PYTHON_IMAGE} AS deps"
+    assert froms[1] == "deps AS build"
+    assert froms[2] == "${RUNTIME_IMAGE}"
 
 
-def test_dockerfile_installs_runtime_deps_only() -> None:
+def test_dockerfile_installs_the_hashed_runtime_lock_only() -> None:
     runs = [rest for word, rest in _instructions() if word == "RUN" and "pip install" in rest]
-    assert len(runs) == 1
-    (spec,) = re.findall(r'"\.(\[[^\]]*\])?"', runs[0])
-    assert spec == "[gpu]", "install the project with the gpu extra only"
+    installs = [i for run in runs for i in re.split(r"&&", run) if "pip install" in i]
+    assert any("--require-hashes" in i and "requirements/runtime.lock" in i for i in installs)
+    assert any("--require-hashes" in i and "requirements/build.lock" in i for i in installs)
+    others = [i for i in installs if "--require-hashes" not in i]
+    # The project's own wheel, offline and without dependencies: nothing the lock did not pin.
+    assert others == [i for i in others if "--no-deps" in i and "--no-index" in i]
     assert "nvidia-ml-py" in " ".join(PYPROJECT["project"]["optional-dependencies"]["gpu"])
     final = _final_stage()
-    assert not [rest for word, rest in final if word == "RUN" and "pip" in rest]
+    final_pip = [rest for word, rest in final if word == "RUN" and "pip" in rest]
+    assert all("pip install" not in rest for rest in final_pip)
     copies = [rest for word, rest in final if word == "COPY"]
-    assert copies == ["--from=build /opt/gpuscale /opt/gpuscale"]
+    # The locked environment, then the project apart: a source change ships a small layer.
+    assert copies == [
+        "--from=deps /opt/gpuscale /opt/gpuscale",
+        "--from=build /opt/gpuscale/app /opt/gpuscale/app",
+    ]
+
+
+def test_dockerfile_compiles_bytecode_and_drops_the_installer() -> None:
+    """The image runs read-only: only bytecode compiled at build is ever used."""
+    build = _instructions()[: len(_instructions()) - len(_final_stage())]
+    text = " ".join(rest for _, rest in build)
+    assert "--no-compile" not in text
+    assert "PYTHONDONTWRITEBYTECODE" not in text
+    assert "compileall" in text and "--invalidation-mode unchecked-hash" in text
+    assert "pip uninstall -q -y pip setuptools" in text
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert "!requirements/runtime.lock" in ignore
 
 
 def test_dockerfile_copies_every_package_the_wheel_needs() -> None:
@@ -177,7 +200,7 @@ def test_final_stage_runs_gpuscale_as_non_root() -> None:
     assert json.loads(entrypoint) == ["gpuscale"]
     env = " ".join(rest for word, rest in final if word == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env
-    assert "PATH=/opt/gpuscale/bin:" in env
+    assert "PATH=/opt/gpuscale/app/bin:/opt/gpuscale/bin:" in env
     # The manifests run the same uid and rely on the entrypoint.
     for where, _spec, c in gpuscale_containers(render()):
         assert c["securityContext"]["runAsUser"] == 65532, where

@@ -7,12 +7,13 @@ without a matching RBAC rule fails here rather than with a 403 in a cluster.
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.manifests import REPO, Obj, render
+from tests.deploy.manifests import REPO, Obj, render, render_dir
 
 _VERBS = {
     "read": "get",
@@ -52,14 +53,22 @@ _NODE_AGENT = ("*node_agent*.py", "*nvml*.py")
 _CLI_ONLY = ("overview.py",)
 
 
+# The device plugin (extender/device_plugin/) runs in the node agent too, with the RBAC of
+# components/device-plugin added.
+DEVICE_PLUGIN = "gpuscale-node-agent+device-plugin"
+
+
 def _sources(account: str) -> list[Path]:
     agent = {p for pattern in _NODE_AGENT for p in (REPO / "extender").rglob(pattern)}
+    plugin = set((REPO / "extender" / "device_plugin").rglob("*.py"))
     if account == "gpuscale-controller":
         return sorted(p for p in (REPO / "autoscaler").rglob("*.py") if p.name not in _CLI_ONLY)
     if account == "gpuscale-node-agent":
         return sorted(agent)
+    if account == DEVICE_PLUGIN:
+        return sorted(agent | plugin)
     assert account == "gpuscale-scheduler"
-    return sorted(set((REPO / "extender").rglob("*.py")) - agent)
+    return sorted(set((REPO / "extender").rglob("*.py")) - agent - plugin)
 
 
 ACCOUNTS = ("gpuscale-controller", "gpuscale-scheduler", "gpuscale-node-agent")
@@ -130,11 +139,27 @@ def _allowed(objs: list[Obj], account: str) -> set[tuple[str, str, str]]:
     return allowed
 
 
-@pytest.mark.parametrize("account", ACCOUNTS)
-def test_roles_cover_the_calls_in_the_code(account: str) -> None:
-    objs = render()
-    missing = _calls(_sources(account)) - _allowed(objs, account)
+def _with_device_plugin(tmp: Path) -> list[Obj]:
+    (tmp / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(REPO / 'deploy', tmp)}]\n"
+        f"components: [{os.path.relpath(REPO / 'deploy/components/device-plugin', tmp)}]\n"
+    )
+    return render_dir(tmp)
+
+
+@pytest.mark.parametrize("account", [*ACCOUNTS, DEVICE_PLUGIN])
+def test_roles_cover_the_calls_in_the_code(account: str, tmp_path: Path) -> None:
+    objs = _with_device_plugin(tmp_path) if account == DEVICE_PLUGIN else render()
+    name = account.partition("+")[0]
+    missing = _calls(_sources(account)) - _allowed(objs, name)
+    if account == DEVICE_PLUGIN:
+        missing.discard(("watch", "", "pods"))  # it lists afresh at each Allocate, never watches
     assert not missing, f"{account} lacks RBAC for {sorted(missing)}"
+
+
+def test_call_finder_sees_the_device_plugins_calls() -> None:
+    calls = _calls(_sources(DEVICE_PLUGIN))
+    assert {("list", "", "pods"), ("create", "", "events")} <= calls
 
 
 def test_call_finder_sees_the_controllers_calls() -> None:

@@ -72,4 +72,15 @@ seccompProfile:
 {{- if and (has "dcgm" .Values.scheduler.extender.inventory) (not .Values.scheduler.extender.prometheusUrl) }}
 {{- fail "scheduler.extender.prometheusUrl: required for inventory source dcgm" }}
 {{- end }}
+{{- $plugin := .Values.nodeAgent.devicePlugin }}
+{{- if and .Values.nodeAgent.enabled $plugin.enabled $plugin.nvidiaDevicePluginOnSameNodes }}
+{{- fail "nodeAgent.devicePlugin.enabled: NVIDIA's device plugin would hand out the same GPUs on the node agent's nodes (nodeAgent.devicePlugin.nvidiaDevicePluginOnSameNodes is true); keep it off them (its DaemonSet's affinity) or uninstall it, then set nvidiaDevicePluginOnSameNodes=false" }}
+{{- end }}
+{{- end }}
+
+{{/* The node agent runs as root with the device plugin (the kubelet's sockets are root's). */}}
+{{- define "gpuscale.rootSecurity" -}}
+runAsNonRoot: false
+runAsUser: 0
+runAsGroup: 0
 {{- end }}
