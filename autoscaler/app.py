@@ -26,14 +26,13 @@ from autoscaler import authn, external_metrics, ops
 from autoscaler.controller import Controller
 from autoscaler.feedback import Feedback
 from autoscaler.hpa import HpaReconciler, supports_tolerance
-from autoscaler.kube import KubeError, call
 from autoscaler.leader import AlwaysLeader, LeaderElector
 from autoscaler.policy_source import PolicySource, SourceSettings
 from autoscaler.prometheus import PrometheusClient, PrometheusSettings
 from autoscaler.settings import ControllerSettings, parse_address
 from autoscaler.store import DecisionStore
 from autoscaler.targets import TargetReplicas
-from runtime.kube import KubeAccessError, kube_client
+from runtime.kube import KubeAccessError, KubeError, call, kube_client
 from runtime.limits import ConnectionLimits
 from runtime.serving import ConnectionMetrics, Listener, serve
 from runtime.tls import ServingTLS
