@@ -55,7 +55,7 @@ pytestmark = [pytest.mark.cluster]
 NS = "resilience"
 LEASE = "gpuscale-controller"
 LEASE_DURATION = 15.0
-PODS_LISTED = '"event":"listed","resource":"pods"'
+PODS_LISTED = '"event":"pods listed"'
 
 
 def _policy(target: str, query: str) -> dict[str, Any]:
