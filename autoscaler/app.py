@@ -11,7 +11,6 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +33,7 @@ from autoscaler.store import DecisionStore
 from autoscaler.targets import TargetReplicas
 from runtime.kube import KubeAccessError, KubeError, call, kube_client
 from runtime.limits import ConnectionLimits
+from runtime.process import stop_on_signals
 from runtime.serving import ConnectionMetrics, Listener, serve
 from runtime.tls import ServingTLS
 
@@ -410,12 +410,6 @@ async def _tolerance_supported(api: Any) -> bool:
     return supported
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-
 class StartupError(Exception):
     """The controller could not start (bad kubeconfig, certificate, busy port); says why."""
 
@@ -425,7 +419,7 @@ def main(settings: ControllerSettings) -> int:
 
     async def _main() -> int:
         stop = asyncio.Event()
-        install_signal_handlers(stop)
+        stop_on_signals(stop)
         return await run(settings, stop)
 
     try:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Mapping
 
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -24,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from autoscaler import states
 from autoscaler.states import PolicyState, gauge_label
+from runtime.ops import add_ops_routes
 
 POLICY_STATES = tuple(gauge_label(s) for s in states.POLICY_STATES)
 """``state`` label values of ``gpuscale_policies``: the shared vocabulary, snake_cased."""
@@ -174,23 +174,19 @@ def build_app(
 ) -> web.Application:
     """``ready()`` returns ``(ready, why not)``; ``/readyz`` answers 503 with the reason."""
 
-    async def livez(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    def live() -> tuple[bool, str]:
+        return True, "ok\n"
 
-    async def readyz(_: web.Request) -> web.Response:
+    def readiness() -> tuple[bool, str]:
         ok, why = ready()
-        if ok:
-            return web.Response(text="ok\n")
-        return web.Response(text=f"not ready: {why}\n", status=503)
-
-    async def scrape(_: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(metrics.registry))
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return resp
+        return (True, "ok\n") if ok else (False, f"not ready: {why}\n")
 
     app = web.Application()
-    app.router.add_get("/livez", livez)
-    app.router.add_get("/healthz", livez)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", scrape)
+    add_ops_routes(
+        app,
+        live=live,
+        ready=readiness,
+        scrape=lambda: generate_latest(metrics.registry),
+        healthz=True,
+    )
     return app

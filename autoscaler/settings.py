@@ -7,21 +7,11 @@ from typing import Literal
 
 from autoscaler.leader import LeaderSettings
 from runtime.limits import ConnectionLimits
+from runtime.process import AddressError, parse_address
+
+__all__ = ["AddressError", "ControllerSettings", "parse_address"]
 
 Actuation = Literal["hpa", "prometheus"]
-
-
-class AddressError(ValueError):
-    """A ``HOST:PORT`` flag that is not one."""
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:443`` for IPv6) into a host and a port."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise AddressError(f"expected HOST:PORT, got {text!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 @dataclass(frozen=True, slots=True)

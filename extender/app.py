@@ -11,7 +11,6 @@ import contextlib
 import gc
 import ipaddress
 import logging
-import signal
 import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from extender.inventory import InventoryConfig
 from extender.scoring import ScoreWeights
 from extender.state import ClusterState
 from runtime import kube as runtime_kube
+from runtime import process
 from runtime.limits import ConnectionLimits
 from runtime.serving import ConnectionMetrics, Listener, serve
 from runtime.tls import ServingTLS
@@ -38,12 +38,11 @@ class StartupError(Exception):
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8888`` for IPv6); port 0 picks a free port."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise StartupError(f"expected HOST:PORT, got {text!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+    """``HOST:PORT`` (:func:`runtime.process.parse_address`); a bad one stops start-up."""
+    try:
+        return process.parse_address(text)
+    except process.AddressError as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def kube_client(kubeconfig: str | None) -> Any:
@@ -52,13 +51,6 @@ async def kube_client(kubeconfig: str | None) -> Any:
         return await runtime_kube.kube_client(kubeconfig)
     except runtime_kube.KubeAccessError as exc:
         raise StartupError(str(exc)) from None
-
-
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +167,7 @@ async def serve_extender(
     if api_client is None:
         api_client = await kube_client(settings.kubeconfig)
     stop = stop or asyncio.Event()
-    _stop_on_signals(stop)
+    process.stop_on_signals(stop)
     state = ClusterState(settings.inventory)
     cluster = KubeCluster(api_client, state)
     metrics = Metrics(state, time.time, per_device=settings.per_device_metrics)
@@ -377,7 +369,7 @@ async def serve_node_agent(
     if api_client is None:
         api_client = await kube_client(kubeconfig)
     stop = stop or asyncio.Event()
-    _stop_on_signals(stop)
+    process.stop_on_signals(stop)
     health = [AgentHealth(started=time.time())]
     registry = CollectorRegistry()
     app = make_health_app(

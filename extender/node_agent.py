@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from extender.inventory import gpus_annotation
 from extender.model import GPUS_ANNOTATION, GpuDevice
+from runtime.ops import add_ops_routes
 
 log = logging.getLogger("gpuscale.node_agent")
 
@@ -247,24 +248,16 @@ def make_health_app(
     registry = registry or CollectorRegistry()
     registry.register(_HealthCollector(current))
 
-    async def livez(_: web.Request) -> web.Response:
+    def live() -> tuple[bool, str]:
         problem = live_problem(current(), clock(), bound)
-        return web.Response(text=problem or "ok", status=503 if problem else 200)
+        return problem is None, problem or "ok"
 
-    async def readyz(_: web.Request) -> web.Response:
+    def ready() -> tuple[bool, str]:
         problem = "stopping" if stopping() else ready_problem(current(), clock(), bound)
-        return web.Response(text=problem or "ok", status=503 if problem else 200)
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
+        return problem is None, problem or "ok"
 
     app = web.Application()
-    app.router.add_get("/livez", livez)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    add_ops_routes(app, live=live, ready=ready, scrape=lambda: generate_latest(registry))
     return app
 
 

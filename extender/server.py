@@ -31,6 +31,7 @@ from extender.filtering import FAILURE_KINDS, choose_devices, prioritize, strate
 from extender.model import PodRequest
 from extender.scoring import ScoreWeights, get_strategy
 from extender.state import ClusterState
+from runtime.ops import add_ops_routes
 
 log = logging.getLogger("gpuscale.extender")
 
@@ -446,20 +447,6 @@ def make_app(
     async def bind_(request: web.Request) -> web.Response:
         return await handle(request, "bind")
 
-    async def livez(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def readyz(_: web.Request) -> web.Response:
-        if ready():
-            return web.Response(text="ok")
-        return web.Response(text="not ready", status=503)
-
-    async def metrics_(_: web.Request) -> web.Response:
-        return web.Response(
-            body=await metrics.exposition(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
-
     # Bodies are inflated by _read_body, under the verb's limits and with a 400 for every
     # coding error; aiohttp's own inflating answers some of those with 500 or plain text.
     app = web.Application(
@@ -469,7 +456,10 @@ def make_app(
     app.router.add_post("/filter", filter_)
     app.router.add_post("/prioritize", prioritize_)
     app.router.add_post("/bind", bind_)
-    app.router.add_get("/livez", livez)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_)
+    add_ops_routes(
+        app,
+        live=lambda: (True, "ok"),
+        ready=lambda: (True, "ok") if ready() else (False, "not ready"),
+        scrape=metrics.exposition,
+    )
     return app
