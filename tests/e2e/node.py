@@ -20,6 +20,8 @@ Interface, for scenarios that build on it (``conftest.py``'s ``real_node`` fixtu
 - ``node.name``, ``node.pod_cidr``, ``node.service_cidr``; :data:`TAINT`, :data:`LABELS`;
 - ``node.pod_spec(containers)``: a pod spec pinned to this node, tolerating its taint;
 - ``node.import_image(archive)``: import an image archive (OCI or docker-archive) for its pods;
+- ``node.device_plugin_dir``, ``node.pod_resources_socket`` (for a device plugin run beside it),
+  ``node.forget_device_plugins(resources)`` (back to a node without them, after such a run);
 - ``node.restart_kubelet()``, ``node.proxy_mode()``, ``node.processes`` (``containerd``,
   ``kubelet``, ``kube-proxy``), ``node.check_alive()``, ``node.stop()`` (tears down containers,
   mounts, network namespaces, the bridge, iptables chains and cgroups, and restores the kernel
@@ -46,6 +48,7 @@ import time
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +174,11 @@ def archive_image_names(path: Path) -> list[str]:
     raise ClusterError(f"{path}: neither a docker-archive nor an OCI layout")
 
 
+def _epoch(stamp: str) -> float:
+    """An RFC 3339 API timestamp (``2026-12-05T09:00:00Z``) as seconds since the epoch."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def _run(argv: Sequence[str], *, timeout: float = 60, check: bool = True) -> str:
     out = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
     if check and out.returncode != 0:
@@ -207,6 +215,15 @@ class RealNode:
     @property
     def kubelet_root(self) -> Path:
         return self.workdir / "kubelet"
+
+    @property
+    def device_plugin_dir(self) -> Path:
+        """Where the kubelet serves ``kubelet.sock`` for device plugins and keeps its checkpoint."""
+        return self.kubelet_root / "device-plugins"
+
+    @property
+    def pod_resources_socket(self) -> Path:
+        return self.kubelet_root / "pod-resources" / "kubelet.sock"
 
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
@@ -281,6 +298,46 @@ class RealNode:
             within=60,
             log=proc.log,
         )
+
+    def forget_device_plugins(self, resources: Iterable[str]) -> None:
+        """Leave the node as if no device plugin had ever served ``resources`` (for scenarios
+        after one that ran a plugin, which expect a CPU-only node): restart the kubelet without
+        its device manager checkpoint, so it registers none of them again, and drop them from
+        the Node's status, where the kubelet zeroes but never removes an extended resource.
+        Run it once no pod holds those devices."""
+        proc = self.processes["kubelet"]
+        proc.stop()
+        (self.device_plugin_dir / "kubelet_internal_checkpoint").unlink(missing_ok=True)
+        restarted = time.time()
+        proc.start()
+        wait_until("kubelet /healthz after restart", self._kubelet_healthy, within=60, log=proc.log)
+        names = sorted(set(resources))
+        path = f"/api/v1/nodes/{self.name}/status"
+
+        def gone() -> bool:
+            status, node = self.cp.request("GET", f"/api/v1/nodes/{self.name}", timeout=5)
+            if status != 200:
+                return False
+            held = [
+                f"/status/{part}/{name.replace('~', '~0').replace('/', '~1')}"
+                for part in ("capacity", "allocatable")
+                for name in names
+                if name in node["status"].get(part, {})
+            ]
+            if held:
+                patch = [{"op": "remove", "path": p} for p in held]
+                self.cp.request("PATCH", path, patch, content_type="application/json-patch+json")
+                return False
+            # The restarted kubelet's first status (after its registration, which zeroes the
+            # resources) came and went without them: they stay gone.
+            beats = [
+                c["lastHeartbeatTime"]
+                for c in node["status"].get("conditions", [])
+                if c["type"] == "Ready"
+            ]
+            return bool(beats) and _epoch(beats[0]) > restarted + 2
+
+        wait_until(f"{', '.join(names)} gone from node {self.name}", gone, within=60, log=proc.log)
 
     def check_alive(self) -> None:
         dead = [p for p in self.processes.values() if p.popen is not None and not p.running]
