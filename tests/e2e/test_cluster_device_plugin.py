@@ -395,7 +395,7 @@ def test_kubelet_restart_registers_again_and_keeps_allocations(
     def registered_again() -> bool:
         m = _metrics(device_plugin)
         return (
-            m["gpuscale_device_plugin_registrations_total"] == registrations + 1
+            m["gpuscale_device_plugin_registrations_total"] > registrations
             and m["gpuscale_device_plugin_registered"] == 1
         )
 
