@@ -4,7 +4,9 @@
 pods from images imported with ``ctr -n k8s.io images import`` (nothing can be pulled). Everything
 lives in a work folder of its own (``<control plane workdir>/node``): containerd's config, root,
 state and socket; kubelet's root, certificates and pod logs; the CNI config and its IPAM store;
-every process's log. Nothing of the system's containerd or ``/var/lib/kubelet`` is touched.
+every process's log. Nothing of the system's containerd is touched, and of ``/var/lib/kubelet``
+only ``device-plugins/``, which the kubelet places there whatever its root folder (teardown
+removes what it left there).
 
 What this machine needs, found by hand (Debian 12, cgroups v1 hybrid, no systemd as PID 1, no
 CAP_SYS_RESOURCE): ``cgroupDriver: cgroupfs`` and ``failCgroupV1: false`` for the kubelet, runc
@@ -102,6 +104,9 @@ PACKAGES = {
 }
 KUBE_CHAIN_PREFIX = "KUBE-"
 LOCK = Path("/run/lock/gpuscale-e2e-real-node.lock")
+DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
+"""The kubelet's device plugin folder, the same for every kubelet on a machine (one node runs
+at a time: the lock)."""
 
 
 class NodeUnavailable(RuntimeError):
@@ -218,8 +223,9 @@ class RealNode:
 
     @property
     def device_plugin_dir(self) -> Path:
-        """Where the kubelet serves ``kubelet.sock`` for device plugins and keeps its checkpoint."""
-        return self.kubelet_root / "device-plugins"
+        """Where the kubelet serves ``kubelet.sock`` for device plugins and keeps its checkpoint:
+        fixed in the kubelet (``pluginapi.DevicePluginPath``), not under ``--root-dir``."""
+        return DEVICE_PLUGIN_DIR
 
     @property
     def pod_resources_socket(self) -> Path:
@@ -360,6 +366,7 @@ class RealNode:
             self._unmount_all,
             self._remove_log_links,
             self._remove_shim_dirs,
+            self._remove_device_plugin_files,
             self._delete_bridge,
             self._remove_kube_chains,
             self._remove_cgroups,
@@ -732,6 +739,17 @@ class RealNode:
             Path("/run/containerd/s"),
             Path("/run/containerd"),
         ):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+    def _remove_device_plugin_files(self) -> None:
+        """The kubelet's ``kubelet.sock`` and checkpoint in the fixed device plugin folder (and
+        any plugin socket left there), then the folders if that left them empty."""
+        if DEVICE_PLUGIN_DIR.is_dir():
+            for path in DEVICE_PLUGIN_DIR.iterdir():
+                if path.is_socket() or path.name == "kubelet_internal_checkpoint":
+                    path.unlink()
+        for path in (DEVICE_PLUGIN_DIR, DEVICE_PLUGIN_DIR.parent):
             with contextlib.suppress(OSError):
                 path.rmdir()
 
