@@ -8,8 +8,12 @@ import hashlib
 import io
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -92,3 +96,42 @@ def test_programs_compile_static_and_httpd_rejects_bad_arguments(tmp_path: Path)
         [tmp_path / "httpd", "70000"], capture_output=True, text=True, timeout=10, check=False
     )
     assert (bad.returncode, bad.stderr) == (2, "usage: httpd [PORT [READY_AFTER_SECONDS]]\n")
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.skipif(shutil.which("musl-gcc") is None and shutil.which("gcc") is None, reason="no C")
+def test_httpd_answers_its_environment_on_env(tmp_path: Path) -> None:
+    """``/env`` is how the device plugin e2e reads a container's environment from the host."""
+    compile_static(SOURCES / HTTP.source, tmp_path / "httpd")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    big = "x" * 20000  # more than /env's 16 KiB: left out whole, never cut mid-entry
+    env = {"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b", "A_EMPTY": "", "ZZ_BIG": big}
+    proc = subprocess.Popen([tmp_path / "httpd", str(port), "3600"], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/env")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert status == 200
+        assert body.splitlines() == ["NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b", "A_EMPTY="]
+        # The other paths behave as before: health still starting, the host name elsewhere.
+        assert _get(f"http://127.0.0.1:{port}/healthz") == (503, "starting\n")
+        assert _get(f"http://127.0.0.1:{port}/envelope")[0] == 200
+        assert not _get(f"http://127.0.0.1:{port}/envelope")[1].startswith("NVIDIA")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0

@@ -4,7 +4,9 @@
 pods from images imported with ``ctr -n k8s.io images import`` (nothing can be pulled). Everything
 lives in a work folder of its own (``<control plane workdir>/node``): containerd's config, root,
 state and socket; kubelet's root, certificates and pod logs; the CNI config and its IPAM store;
-every process's log. Nothing of the system's containerd or ``/var/lib/kubelet`` is touched.
+every process's log. Nothing of the system's containerd is touched, and of ``/var/lib/kubelet``
+only ``device-plugins/``, which the kubelet places there whatever its root folder (teardown
+removes what it left there).
 
 What this machine needs, found by hand (Debian 12, cgroups v1 hybrid, no systemd as PID 1, no
 CAP_SYS_RESOURCE): ``cgroupDriver: cgroupfs`` and ``failCgroupV1: false`` for the kubelet, runc
@@ -20,6 +22,8 @@ Interface, for scenarios that build on it (``conftest.py``'s ``real_node`` fixtu
 - ``node.name``, ``node.pod_cidr``, ``node.service_cidr``; :data:`TAINT`, :data:`LABELS`;
 - ``node.pod_spec(containers)``: a pod spec pinned to this node, tolerating its taint;
 - ``node.import_image(archive)``: import an image archive (OCI or docker-archive) for its pods;
+- ``node.device_plugin_dir``, ``node.pod_resources_socket`` (for a device plugin run beside it),
+  ``node.forget_device_plugins(resources)`` (back to a node without them, after such a run);
 - ``node.restart_kubelet()``, ``node.proxy_mode()``, ``node.processes`` (``containerd``,
   ``kubelet``, ``kube-proxy``), ``node.check_alive()``, ``node.stop()`` (tears down containers,
   mounts, network namespaces, the bridge, iptables chains and cgroups, and restores the kernel
@@ -46,6 +50,7 @@ import time
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +104,9 @@ PACKAGES = {
 }
 KUBE_CHAIN_PREFIX = "KUBE-"
 LOCK = Path("/run/lock/gpuscale-e2e-real-node.lock")
+DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
+"""The kubelet's device plugin folder, the same for every kubelet on a machine (one node runs
+at a time: the lock)."""
 
 
 class NodeUnavailable(RuntimeError):
@@ -171,6 +179,11 @@ def archive_image_names(path: Path) -> list[str]:
     raise ClusterError(f"{path}: neither a docker-archive nor an OCI layout")
 
 
+def _epoch(stamp: str) -> float:
+    """An RFC 3339 API timestamp (``2026-12-05T09:00:00Z``) as seconds since the epoch."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def _run(argv: Sequence[str], *, timeout: float = 60, check: bool = True) -> str:
     out = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
     if check and out.returncode != 0:
@@ -207,6 +220,16 @@ class RealNode:
     @property
     def kubelet_root(self) -> Path:
         return self.workdir / "kubelet"
+
+    @property
+    def device_plugin_dir(self) -> Path:
+        """Where the kubelet serves ``kubelet.sock`` for device plugins and keeps its checkpoint:
+        fixed in the kubelet (``pluginapi.DevicePluginPath``), not under ``--root-dir``."""
+        return DEVICE_PLUGIN_DIR
+
+    @property
+    def pod_resources_socket(self) -> Path:
+        return self.kubelet_root / "pod-resources" / "kubelet.sock"
 
     def log(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
@@ -282,6 +305,46 @@ class RealNode:
             log=proc.log,
         )
 
+    def forget_device_plugins(self, resources: Iterable[str]) -> None:
+        """Leave the node as if no device plugin had ever served ``resources`` (for scenarios
+        after one that ran a plugin, which expect a CPU-only node): restart the kubelet without
+        its device manager checkpoint, so it registers none of them again, and drop them from
+        the Node's status, where the kubelet zeroes but never removes an extended resource.
+        Run it once no pod holds those devices."""
+        proc = self.processes["kubelet"]
+        proc.stop()
+        (self.device_plugin_dir / "kubelet_internal_checkpoint").unlink(missing_ok=True)
+        restarted = time.time()
+        proc.start()
+        wait_until("kubelet /healthz after restart", self._kubelet_healthy, within=60, log=proc.log)
+        names = sorted(set(resources))
+        path = f"/api/v1/nodes/{self.name}/status"
+
+        def gone() -> bool:
+            status, node = self.cp.request("GET", f"/api/v1/nodes/{self.name}", timeout=5)
+            if status != 200:
+                return False
+            held = [
+                f"/status/{part}/{name.replace('~', '~0').replace('/', '~1')}"
+                for part in ("capacity", "allocatable")
+                for name in names
+                if name in node["status"].get(part, {})
+            ]
+            if held:
+                patch = [{"op": "remove", "path": p} for p in held]
+                self.cp.request("PATCH", path, patch, content_type="application/json-patch+json")
+                return False
+            # The restarted kubelet's first status (after its registration, which zeroes the
+            # resources) came and went without them: they stay gone.
+            beats = [
+                c["lastHeartbeatTime"]
+                for c in node["status"].get("conditions", [])
+                if c["type"] == "Ready"
+            ]
+            return bool(beats) and _epoch(beats[0]) > restarted + 2
+
+        wait_until(f"{', '.join(names)} gone from node {self.name}", gone, within=60, log=proc.log)
+
     def check_alive(self) -> None:
         dead = [p for p in self.processes.values() if p.popen is not None and not p.running]
         if dead:
@@ -303,6 +366,7 @@ class RealNode:
             self._unmount_all,
             self._remove_log_links,
             self._remove_shim_dirs,
+            self._remove_device_plugin_files,
             self._delete_bridge,
             self._remove_kube_chains,
             self._remove_cgroups,
@@ -675,6 +739,17 @@ class RealNode:
             Path("/run/containerd/s"),
             Path("/run/containerd"),
         ):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+    def _remove_device_plugin_files(self) -> None:
+        """The kubelet's ``kubelet.sock`` and checkpoint in the fixed device plugin folder (and
+        any plugin socket left there), then the folders if that left them empty."""
+        if DEVICE_PLUGIN_DIR.is_dir():
+            for path in DEVICE_PLUGIN_DIR.iterdir():
+                if path.is_socket() or path.name == "kubelet_internal_checkpoint":
+                    path.unlink()
+        for path in (DEVICE_PLUGIN_DIR, DEVICE_PLUGIN_DIR.parent):
             with contextlib.suppress(OSError):
                 path.rmdir()
 

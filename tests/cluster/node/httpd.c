@@ -7,7 +7,9 @@
  * GET /healthz answers 503 until READY_AFTER_SECONDS have passed since start, then 200: a test
  * can tell a readinessProbe the kubelet really ran from a pod marked Ready without one. Any other
  * path answers 200 with the host name (the pod's name), so a reply through a Service says which
- * pod served it. SIGTERM ends it at once with status 0.
+ * pod served it. GET /env answers 200 with the process's environment, one NAME=value a line (what
+ * the kubelet and a device plugin put there, read from inside the container; cut at 16 KiB).
+ * SIGTERM ends it at once with status 0.
  */
 #include <netinet/in.h>
 #include <signal.h>
@@ -19,15 +21,34 @@
 #include <time.h>
 #include <unistd.h>
 
+extern char **environ;
+
 static void reply(int fd, int status, const char *body)
 {
-	char buf[512];
-	int n = snprintf(buf, sizeof buf,
+	char head[256];
+	size_t len = strlen(body);
+	int n = snprintf(head, sizeof head,
 			 "HTTP/1.0 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-			 "Connection: close\r\n\r\n%s",
-			 status, status == 200 ? "OK" : "Service Unavailable", strlen(body), body);
-	if (n > 0 && (size_t)n < sizeof buf)
-		(void)!write(fd, buf, (size_t)n);
+			 "Connection: close\r\n\r\n",
+			 status, status == 200 ? "OK" : "Service Unavailable", len);
+	if (n > 0 && (size_t)n < sizeof head && write(fd, head, (size_t)n) == n)
+		(void)!write(fd, body, len);
+}
+
+/* The environment, NAME=value a line, whole entries only, into out (size > 0). */
+static void environment(char *out, size_t size)
+{
+	size_t used = 0;
+	out[0] = '\0';
+	for (char **e = environ; *e != NULL; e++) {
+		size_t n = strlen(*e);
+		if (used + n + 2 > size)
+			break;
+		memcpy(out + used, *e, n);
+		out[used + n] = '\n';
+		used += n + 1;
+		out[used] = '\0';
+	}
 }
 
 static void on_term(int sig)
@@ -44,6 +65,7 @@ int main(int argc, char **argv)
 	struct sockaddr_in6 addr;
 	struct timeval timeout = {2, 0};
 	char host[256] = "unknown", body[300], req[2048];
+	static char env[16384];
 	int one = 1, srv, fd;
 
 	if (port <= 0 || port > 65535 || ready_after < 0) {
@@ -93,6 +115,9 @@ int main(int argc, char **argv)
 				reply(fd, 200, "ok\n");
 			else
 				reply(fd, 503, "starting\n");
+		} else if (strncmp(req, "GET /env ", 9) == 0) {
+			environment(env, sizeof env);
+			reply(fd, 200, env);
 		} else {
 			reply(fd, 200, body);
 		}
