@@ -31,6 +31,7 @@ from policies.stepmodel import (
     MAX_NUM_SEQS,
     EngineLimits,
     StepProfile,
+    kv_blocks_for_tokens,
     kv_cache_blocks,
 )
 
@@ -209,7 +210,7 @@ class ServiceSpec:
         if spec is None:
             raise ValueError("engine: per-request has no vLLM engine limits")
         if spec.kv_cache_tokens is not None:
-            blocks = spec.kv_cache_tokens // spec.block_size
+            blocks = kv_blocks_for_tokens(spec.kv_cache_tokens, spec.block_size)
         else:
             p = spec.profile
             if not p.kv_bytes_per_token:
