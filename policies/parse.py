@@ -17,7 +17,7 @@ import yaml
 
 from policies.durations import format_duration
 from policies.metrics import KINDS, WAKE_TYPES
-from policies.reading import POLICY, Reader, describe
+from policies.reading import POLICY, Reader, describe, yaml_problem
 from policies.reading import FieldError as FieldError  # re-exported: callers raise PolicyError
 from policies.schema import (
     API_VERSION,
@@ -116,13 +116,10 @@ def parse_configmap(obj: Mapping[str, Any]) -> ScalingPolicy:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        bad = yaml_problem(exc)
+        where = f" at line {bad.line}, column {bad.column}" if bad.line is not None else ""
         raise PolicyError(
-            key, (FieldError(f"data.{POLICY_DATA_KEY}", f"{problem}{where}"),)
+            key, (FieldError(f"data.{POLICY_DATA_KEY}", f"{bad.problem}{where}"),)
         ) from None
     return parse_policy_document(document, namespace=namespace, name=name)
 
@@ -238,10 +235,9 @@ def read_policy_file(
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise PolicyFileError([f"{path}{where}: YAML syntax error: {problem}"]) from None
+        bad = yaml_problem(exc)
+        where = f":{bad.line}:{bad.column}" if bad.line is not None else ""
+        raise PolicyFileError([f"{path}{where}: YAML syntax error: {bad.problem}"]) from None
     if not documents:
         raise PolicyFileError([f"{path}: no YAML documents in the file"])
     entries: list[FileEntry] = []

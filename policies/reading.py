@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+import yaml
+
 from policies.durations import DurationError, parse_duration
 
 T = TypeVar("T")
@@ -32,6 +34,24 @@ class FieldError:
 
     path: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class YamlProblem:
+    """Why a text is not YAML, and where (1-based; ``None`` where PyYAML does not say)."""
+
+    problem: str
+    line: int | None = None
+    column: int | None = None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> YamlProblem:
+    """What a YAML error means for a user: PyYAML keeps it in optional attributes."""
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return YamlProblem(problem)
+    return YamlProblem(problem, mark.line + 1, mark.column + 1)
 
 
 def describe(value: Any) -> str:

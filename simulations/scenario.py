@@ -22,7 +22,7 @@ from extender.model import Taint, Toleration
 from extender.quantity import QuantityError, gpu_memory_mib
 from policies.parse import PolicyFileError, load_policy_file
 from policies.profiles import ProfileError, load_profile
-from policies.reading import SCENARIO, Reader, show
+from policies.reading import SCENARIO, Reader, show, yaml_problem
 from policies.schema import ScalingPolicy
 from policies.stepmodel import (
     BLOCK_SIZE,
@@ -1201,10 +1201,9 @@ def read_yaml_file(p: Path, error: type[ScenarioError] = ScenarioError) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise error([f"{p}: {where}{problem}"]) from None
+        bad = yaml_problem(exc)
+        where = f"line {bad.line}, column {bad.column}: " if bad.line is not None else ""
+        raise error([f"{p}: {where}{bad.problem}"]) from None
 
 
 def load_scenario(path: Path | str | None = None) -> Scenario:

@@ -9,11 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from policies.durations import format_duration
-from policies.reading import POLICY, ROOT, SCENARIO, FieldError, Reader, describe, join, show
+from policies.reading import (
+    POLICY,
+    ROOT,
+    SCENARIO,
+    FieldError,
+    Reader,
+    describe,
+    join,
+    show,
+    yaml_problem,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_MODULES = (
@@ -174,3 +185,25 @@ def test_configuration_modules_import_no_private_names(module: str) -> None:
         if alias.name.startswith("_")
     ]
     assert private == []
+
+
+@given(text=st.text(alphabet="ab:{}[]-'\"\n #&*!|>", max_size=20))
+def test_a_yaml_problem_says_what_and_where_when_pyyaml_knows(text: str) -> None:
+    try:
+        yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        bad = yaml_problem(exc)
+        assert bad.problem
+        mark = getattr(exc, "problem_mark", None)
+        if mark is None:
+            assert bad.line is None and bad.column is None
+        else:
+            assert (bad.line, bad.column) == (mark.line + 1, mark.column + 1)
+            assert bad.line is not None and 1 <= bad.line <= text.count("\n") + 1
+
+
+def test_a_yaml_problem_points_at_the_line_a_user_sees() -> None:
+    with pytest.raises(yaml.YAMLError) as info:
+        yaml.safe_load("a: 1\nb: [2\n")
+    bad = yaml_problem(info.value)
+    assert bad.line == 3 and bad.column == 1 and "expected ','" in bad.problem
