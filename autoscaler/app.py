@@ -21,42 +21,23 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from kubernetes.aio import client as kclient
-from kubernetes.aio import config as kconfig
 
 from autoscaler import authn, external_metrics, ops
 from autoscaler.controller import Controller
 from autoscaler.feedback import Feedback
 from autoscaler.hpa import HpaReconciler, supports_tolerance
-from autoscaler.kube import KubeError, call
 from autoscaler.leader import AlwaysLeader, LeaderElector
 from autoscaler.policy_source import PolicySource, SourceSettings
 from autoscaler.prometheus import PrometheusClient, PrometheusSettings
 from autoscaler.settings import ControllerSettings, parse_address
 from autoscaler.store import DecisionStore
 from autoscaler.targets import TargetReplicas
+from runtime.kube import KubeAccessError, KubeError, call, kube_client
 from runtime.limits import ConnectionLimits
 from runtime.serving import ConnectionMetrics, Listener, serve
 from runtime.tls import ServingTLS
 
 log = logging.getLogger(__name__)
-
-
-async def kube_client(kubeconfig: str | None) -> Any:
-    """An ``ApiClient`` from a kubeconfig file, or from the pod's service account.
-
-    ``trust_env`` is off: with it, aiohttp looks up ~/.netrc and proxy variables in a thread for
-    every request, which doubled the controller's CPU per call. A kubeconfig ``proxy-url`` still
-    applies (the client passes it per request).
-    """
-    configuration = kclient.Configuration()
-    configuration.client_session_kwargs = {"trust_env": False}
-    if kubeconfig:
-        await kconfig.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    else:
-        kconfig.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return kclient.ApiClient(configuration)
 
 
 @contextlib.asynccontextmanager
@@ -449,8 +430,8 @@ def main(settings: ControllerSettings) -> int:
 
     try:
         return asyncio.run(_main())
-    except kconfig.ConfigException as exc:
-        raise StartupError(f"cannot load Kubernetes configuration: {exc}") from exc
+    except KubeAccessError as exc:
+        raise StartupError(str(exc)) from exc
     except ssl.SSLError as exc:
         raise StartupError(f"cannot load TLS certificate or key: {exc}") from exc
     except OSError as exc:

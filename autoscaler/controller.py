@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from autoscaler.feedback import STATUS_ANNOTATION, ConfigMapRef, Feedback, PolicyStatus
 from autoscaler.hpa import HpaReconciler, NotOurs
-from autoscaler.kube import KubeError, metadata
 from autoscaler.loop import Scheduler
 from autoscaler.ops import ControllerMetrics
 from autoscaler.policy_source import PolicyEntry, PolicySource
@@ -27,6 +26,7 @@ from policies.decide import decide
 from policies.decision import Decision, Snapshot, State
 from policies.metrics import metric_inputs, metric_target
 from policies.schema import ScalingPolicy
+from runtime.kube import KubeError, metadata
 
 log = logging.getLogger(__name__)
 

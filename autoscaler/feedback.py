@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from autoscaler.kube import KubeError, call, metadata
 from autoscaler.states import POLICY_STATES, PolicyState
+from runtime.kube import KubeError, call, metadata
 
 STATUS_ANNOTATION = "gpuscale.io/status"
 COMPONENT = "gpuscale-controller"

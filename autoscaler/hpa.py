@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoscaler.external_metrics import METRIC, POLICY_LABEL
-from autoscaler.kube import KubeError, call, metadata
 from policies.schema import ScalingPolicy
+from runtime.kube import KubeError, call, metadata
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "gpuscale"

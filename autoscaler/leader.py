@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from autoscaler.kube import KubeError, call, metadata
+from runtime.kube import KubeError, call, metadata
 
 log = logging.getLogger(__name__)
 

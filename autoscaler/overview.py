@@ -18,10 +18,10 @@ from typing import Any
 
 from autoscaler.feedback import STATUS_ANNOTATION, status_from_annotation
 from autoscaler.hpa import MANAGED_BY, MANAGER, hpa_name
-from autoscaler.kube import call, metadata
 from autoscaler.states import HOLDING, PolicyState
 from policies.parse import NotAPolicy, PolicyError, parse_configmap
 from policies.schema import POLICY_LABEL
+from runtime.kube import call, metadata
 
 REQUEST_TIMEOUT = 15.0
 

@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from autoscaler.kube import metadata
-from autoscaler.reflector import Reflector, ReflectorSettings
 from policies.parse import NotAPolicy, PolicyError, is_policy_configmap, parse_configmap
 from policies.schema import POLICY_LABEL, ScalingPolicy
 from policies.tenancy import scope_policy
+from runtime.kube import metadata
+from runtime.reflector import Reflector, ReflectorSettings
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class PolicySource:
         self._reflector.resource_version = value
 
     async def run(self) -> None:
-        """List, then watch, until cancelled (see :class:`~autoscaler.reflector.Reflector`)."""
+        """List, then watch, until cancelled (see :class:`~runtime.reflector.Reflector`)."""
         await self._reflector.run()
 
     def _relisted(self, items: Sequence[Mapping[str, Any]]) -> None:

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autoscaler.kube import KubeError, call, metadata
-from autoscaler.reflector import Reflector, ReflectorSettings
+from runtime.kube import KubeError, call, metadata
+from runtime.reflector import Reflector, ReflectorSettings
 
 
 @dataclass(frozen=True, slots=True)

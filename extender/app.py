@@ -25,6 +25,7 @@ from extender import access
 from extender.inventory import InventoryConfig
 from extender.scoring import ScoreWeights
 from extender.state import ClusterState
+from runtime import kube as runtime_kube
 from runtime.limits import ConnectionLimits
 from runtime.serving import ConnectionMetrics, Listener, serve
 from runtime.tls import ServingTLS
@@ -46,21 +47,11 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 async def kube_client(kubeconfig: str | None) -> Any:
-    """A ``kubernetes.aio`` ApiClient from a kubeconfig file, else from the in-cluster service
-    account."""
-    from kubernetes.aio import client, config
-
+    """The shared client (:func:`runtime.kube.kube_client`); bad credentials stop start-up."""
     try:
-        if kubeconfig:
-            return await config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, persist_config=False
-            )
-        cfg = client.Configuration()
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return client.ApiClient(cfg)
-    except Exception as exc:
-        where = kubeconfig or "in-cluster service account"
-        raise StartupError(f"cannot configure Kubernetes access from {where}: {exc}") from None
+        return await runtime_kube.kube_client(kubeconfig)
+    except runtime_kube.KubeAccessError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

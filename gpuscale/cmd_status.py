@@ -72,8 +72,8 @@ async def _fetch(namespace: str | None, found: str | None, context: str | None) 
     import aiohttp
     from kubernetes.aio import client, config
 
-    from autoscaler.kube import KubeError
     from autoscaler.overview import fetch_rows
+    from runtime.kube import KubeError
 
     configuration = client.Configuration()
     configuration.client_session_kwargs = {"trust_env": False}

@@ -38,6 +38,22 @@ def ceil_div(x: float, y: float) -> int:
     return int(_ceil(x / y - EPS))
 
 
+def proportional(
+    current: int, ratio: float, head: str, *, wake: bool, objective: str
+) -> tuple[int, str]:
+    """The HPA's proportional rule, shared by the metrics compared with an objective (a
+    latency SLO, a KV-cache target): ``ceil(current × ratio)``, no change within
+    :data:`DEAD_BAND` of 1, and from zero replicas one when ``wake`` (the metric is above its
+    objective). Returns the count and the explanation that follows ``head``."""
+    if current <= 0:
+        n = 1 if wake else 0
+        return n, f"{head}, no replicas running → {n}"
+    if 1.0 - DEAD_BAND <= ratio <= 1.0 + DEAD_BAND:
+        return current, f"{head}, within ±10% of the {objective} → keep {current}"
+    n = max(int(_ceil(current * ratio - EPS)), 0)
+    return n, f"{head} → ceil({current} × {ratio:.2f}) = {n}"
+
+
 def input_key(metric: str, part: str) -> str:
     """Snapshot key of a metric's extra input (``capacity:promptTokens``)."""
     return f"{metric}:{part}"

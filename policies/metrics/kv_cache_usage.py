@@ -8,15 +8,12 @@ Proportional control on saturation, ``ceil(current * usage / target)``, with the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from policies.decision import Proposal
-from policies.metrics.base import DEAD_BAND, EPS, FieldReader, MetricKind
-
-_ceil = math.ceil
+from policies.metrics.base import FieldReader, MetricKind, proportional
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,15 +33,7 @@ def kv_cache_usage(metric: KvCacheMetric, usage: float, current: int) -> Proposa
     usage = min(max(usage, 0.0), 1.0)
     ratio = usage / metric.target
     head = f"KV cache {usage * 100:.1f}% vs target {metric.target * 100:g}% (×{ratio:.2f})"
-    if current <= 0:
-        n = 1 if usage > 0 else 0
-        why = f"{head}, no replicas running → {n}"
-    elif 1.0 - DEAD_BAND <= ratio <= 1.0 + DEAD_BAND:
-        n = current
-        why = f"{head}, within ±10% of the target → keep {n}"
-    else:
-        n = max(int(_ceil(current * ratio - EPS)), 0)
-        why = f"{head} → ceil({current} × {ratio:.2f}) = {n}"
+    n, why = proportional(current, ratio, head, wake=usage > 0, objective="target")
     return Proposal(metric.name, "kvCacheUsage", usage, n, why)
 
 

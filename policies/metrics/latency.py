@@ -10,7 +10,6 @@ is nothing to scale proportionally: it proposes 1 when the observed latency is a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,12 +17,10 @@ from typing import Any, Literal
 from policies import jsonschema_parts as js
 from policies.decision import Proposal
 from policies.durations import format_duration
-from policies.metrics.base import DEAD_BAND, EPS, FieldReader, MetricKind, fixed_text
+from policies.metrics.base import DEAD_BAND, FieldReader, MetricKind, fixed_text, proportional
 
 LATENCY_DEAD_BAND = DEAD_BAND
 """Relative distance from the SLO within which the latency rule proposes no change."""
-
-_ceil = math.ceil
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +44,7 @@ def latency(metric: LatencyMetric, observed: float, current: int) -> Proposal:
     ratio = observed / slo
     r = f"{ratio:.2f}"
     head = f"{observed:.3g}{fixed_text(metric, _text)}{r})"
-    if current <= 0:
-        n = 1 if observed > slo else 0
-        why = f"{head}, no replicas running → {n}"
-    elif 1.0 - LATENCY_DEAD_BAND <= ratio <= 1.0 + LATENCY_DEAD_BAND:
-        n = current
-        why = f"{head}, within ±10% of the SLO → keep {n}"
-    else:
-        n = int(_ceil(current * ratio - EPS))
-        if n < 0:
-            n = 0
-        why = f"{head} → ceil({current} × {r}) = {n}"
+    n, why = proportional(current, ratio, head, wake=observed > slo, objective="SLO")
     return Proposal(metric.name, "latency", observed, n, why)
 
 

@@ -1,9 +1,12 @@
-"""List + watch one resource through ``kubernetes.aio``, as client-go's reflector does.
+"""List + watch one resource through ``kubernetes.aio``, as client-go's reflector does; the
+controller's policies and targets and the extender's nodes and pods all follow it.
 
-The watch resumes from the last ``resourceVersion`` seen (events and bookmarks). A failed watch
-is retried from the same version with jittered backoff; only 410 Gone (as an HTTP status or an
-``ERROR`` event), or five failures in a row, cost a relist. The owner gets the full list on each
-(re)list and every event in between, and keeps its own state.
+Lists are paged (``limit``/``continue``) when ``page_size`` is set, and each page can be decoded
+before the next is read, so listing 100,000 pods never holds more than one page of raw JSON. The
+watch resumes from the last ``resourceVersion`` seen (events and bookmarks). A failed watch is
+retried from the same version with jittered backoff; only 410 Gone (as an HTTP status or an
+``ERROR`` event), or ``relist_after_failures`` failures in a row, cost a relist. The owner gets
+the full list on each (re)list and every event in between, and keeps its own state.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from autoscaler.kube import KubeError, call, metadata, raw
+from runtime.kube import KubeError, call, metadata, raw
 
 log = logging.getLogger(__name__)
 
-Relisted = Callable[[Sequence[Mapping[str, Any]]], None]
-"""Called with every item of a fresh list (items carry no ``kind``)."""
+Relisted = Callable[[Sequence[Any]], None]
+"""Called with every item of a fresh list (items carry no ``kind``), decoded when the reflector
+has a ``decode``."""
 Event = Callable[[str, Mapping[str, Any]], None]
 """Called with ``ADDED``/``MODIFIED``/``DELETED`` and the object."""
 
@@ -33,10 +37,13 @@ class ReflectorSettings:
     what: str
     """For logs: ``policies``, ``deployments``…"""
     label_selector: str | None = None
+    field_selector: str | None = None
     watch_timeout: int = 300
     """Server-side timeout of one watch request, seconds; the watch then resumes."""
     backoff_max: float = 10.0
     relist_after_failures: int = 5
+    page_size: int | None = None
+    """Items per list request (``None``: one request)."""
 
 
 class Reflector:
@@ -50,13 +57,17 @@ class Reflector:
         *,
         on_relist: Relisted,
         on_event: Event,
+        decode: Callable[[Mapping[str, Any]], Any] | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """``decode`` turns each listed item into what ``on_relist`` gets, page by page (an item
+        it maps to ``None`` is left out)."""
         self._list = list_method
         self._args = args
         self._settings = settings
         self._on_relist = on_relist
         self._on_event = on_event
+        self._decode = decode
         self._rng = rng or random.Random()
         self.listed = asyncio.Event()
         self.resource_version = ""
@@ -84,21 +95,41 @@ class Reflector:
                 await asyncio.sleep(self._rng.uniform(delay / 2, delay))
 
     def _selector(self) -> dict[str, Any]:
-        s = self._settings.label_selector
-        return {"label_selector": s} if s else {}
+        out: dict[str, Any] = {}
+        if self._settings.label_selector:
+            out["label_selector"] = self._settings.label_selector
+        if self._settings.field_selector:
+            out["field_selector"] = self._settings.field_selector
+        return out
 
     async def _relist(self) -> None:
-        body = await call(self._list, *self._args, **self._selector())
-        self._on_relist(body.get("items") or [])
-        self.resource_version = str(metadata(body).get("resourceVersion", ""))
+        items: list[Any] = []
+        token: str | None = None
+        version = ""
+        while True:
+            paging: dict[str, Any] = {}
+            if self._settings.page_size is not None:
+                paging["limit"] = self._settings.page_size
+                if token:
+                    paging["_continue"] = token
+            body = await call(self._list, *self._args, **self._selector(), **paging)
+            page = body.pop("items", None) or []
+            if self._decode is None:
+                items.extend(page)
+            else:
+                items.extend(x for x in map(self._decode, page) if x is not None)
+            meta = metadata(body)
+            version = str(meta.get("resourceVersion", "") or version)
+            token = str(meta.get("continue") or "") or None
+            if not token:
+                break
+        self._on_relist(items)
+        self.resource_version = version
         self.relists += 1
         self.listed.set()
         log.info(
             f"{self._settings.what} listed",
-            extra={
-                "items": len(body.get("items") or []),
-                "resource_version": self.resource_version,
-            },
+            extra={"items": len(items), "resource_version": self.resource_version},
         )
 
     async def _watch_once(self) -> bool:
