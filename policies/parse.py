@@ -7,17 +7,18 @@ was expected, so an SRE fixes a file in one pass. Unknown fields are errors: a t
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import yaml
 
-from policies.durations import DurationError, format_duration, parse_duration
+from policies.durations import format_duration
 from policies.metrics import KINDS, WAKE_TYPES
+from policies.reading import POLICY, Reader, describe, yaml_problem
+from policies.reading import FieldError as FieldError  # re-exported: callers raise PolicyError
 from policies.schema import (
     API_VERSION,
     KIND,
@@ -40,19 +41,11 @@ from policies.schema import (
     default_scale_up,
 )
 
-T = TypeVar("T")
-
 MAX_STABILIZATION_WINDOW = 3600.0
 """The HPA rejects stabilization windows above one hour; so do we."""
 MAX_RULE_PERIOD = 1800.0
 """The HPA rejects rate-policy periods above 30 minutes; so do we."""
 _METRIC_NAME = re.compile(r"[a-z]([-a-z0-9_]*[a-z0-9])?")
-
-
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    path: str
-    message: str
 
 
 class PolicyError(ValueError):
@@ -99,7 +92,7 @@ def configmap_key(obj: Mapping[str, Any]) -> str:
 def parse_configmap(obj: Mapping[str, Any]) -> ScalingPolicy:
     """Build a policy from a ConfigMap object (as the API or a YAML file gives it)."""
     if not isinstance(obj, Mapping):
-        raise NotAPolicy(f"expected a ConfigMap object, got {_kind_of(obj)}")
+        raise NotAPolicy(f"expected a ConfigMap object, got {describe(obj)}")
     kind = obj.get("kind")
     if kind != "ConfigMap":
         raise NotAPolicy(
@@ -123,13 +116,10 @@ def parse_configmap(obj: Mapping[str, Any]) -> ScalingPolicy:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        bad = yaml_problem(exc)
+        where = f" at line {bad.line}, column {bad.column}" if bad.line is not None else ""
         raise PolicyError(
-            key, (FieldError(f"data.{POLICY_DATA_KEY}", f"{problem}{where}"),)
+            key, (FieldError(f"data.{POLICY_DATA_KEY}", f"{bad.problem}{where}"),)
         ) from None
     return parse_policy_document(document, namespace=namespace, name=name)
 
@@ -245,10 +235,9 @@ def read_policy_file(
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise PolicyFileError([f"{path}{where}: YAML syntax error: {problem}"]) from None
+        bad = yaml_problem(exc)
+        where = f":{bad.line}:{bad.column}" if bad.line is not None else ""
+        raise PolicyFileError([f"{path}{where}: YAML syntax error: {bad.problem}"]) from None
     if not documents:
         raise PolicyFileError([f"{path}: no YAML documents in the file"])
     entries: list[FileEntry] = []
@@ -316,124 +305,11 @@ def _rules_to_document(rules: ScalingRules) -> dict[str, Any]:
     }
 
 
-def _kind_of(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, int | float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return f"a string ({value!r})"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return type(value).__name__
-
-
-class _Reader:
-    """Typed field access that records every problem instead of stopping at the first."""
+class _Reader(Reader):
+    """The shared field readers plus the policy's sections; errors in the policy style."""
 
     def __init__(self) -> None:
-        self.errors: list[FieldError] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(FieldError(path, message))
-
-    def kind_of(self, value: Any) -> str:
-        return _kind_of(value)
-
-    def mapping(
-        self,
-        value: Any,
-        path: str,
-        *,
-        required: tuple[str, ...] = (),
-        optional: tuple[str, ...] = (),
-    ) -> Mapping[str, Any] | None:
-        if not isinstance(value, Mapping):
-            self.error(path, f"expected a mapping, got {_kind_of(value)}")
-            return None
-        allowed = set(required) | set(optional)
-        prefix = f"{path}." if path != "(root)" else ""
-        for field in value:
-            if field not in allowed:
-                hint = ", ".join(sorted(allowed))
-                self.error(f"{prefix}{field}", f"unknown field (allowed here: {hint})")
-        for field in required:
-            if field not in value:
-                self.error(f"{prefix}{field}", "required field is missing")
-        return value
-
-    def get(
-        self,
-        obj: Mapping[str, Any],
-        path: str,
-        field: str,
-        read: Callable[[Any, str], T | None],
-        default: T | None = None,
-    ) -> T | None:
-        full = f"{path}.{field}" if path != "(root)" else field
-        if field not in obj:
-            return default
-        return read(obj[field], full)
-
-    def string(self, value: Any, path: str) -> str | None:
-        if not isinstance(value, str) or not value.strip():
-            self.error(path, f"expected a non-empty string, got {_kind_of(value)}")
-            return None
-        return value
-
-    def integer(self, value: Any, path: str, minimum: int = 0) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(path, f"expected an integer, got {_kind_of(value)}")
-            return None
-        if value < minimum:
-            self.error(path, f"must be at least {minimum}, got {value}")
-            return None
-        return value
-
-    def positive(self, value: Any, path: str) -> float | None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(path, f"expected a positive number, got {_kind_of(value)}")
-            return None
-        if not math.isfinite(value) or value <= 0:
-            self.error(path, f"expected a positive number, got {value!r}")
-            return None
-        return float(value)
-
-    def fraction(self, value: Any, path: str, *, closed_top: bool) -> float | None:
-        """A number in (0, 1), or (0, 1] when ``closed_top``."""
-        number = self.positive(value, path)
-        if number is None:
-            return None
-        if number > 1 or (number == 1 and not closed_top):
-            bound = "(0, 1]" if closed_top else "(0, 1)"
-            self.error(path, f"expected a number in {bound}, got {value!r}")
-            return None
-        return number
-
-    def duration(self, value: Any, path: str, *, positive: bool = False) -> float | None:
-        if not isinstance(value, str):
-            self.error(path, f'expected a duration like "2s", got {_kind_of(value)}')
-            return None
-        try:
-            seconds = parse_duration(value)
-        except DurationError:
-            self.error(path, f'expected a duration like "2s", got "{value}"')
-            return None
-        if positive and seconds <= 0:
-            self.error(path, f'expected a positive duration, got "{value}"')
-            return None
-        return seconds
-
-    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str | None:
-        if value not in choices:
-            self.error(path, f"expected one of {', '.join(choices)}, got {_kind_of(value)}")
-            return None
-        assert isinstance(value, str)
-        return value
+        super().__init__(POLICY)
 
     # -- the policy, section by section ---------------------------------------------------
 
@@ -454,9 +330,9 @@ class _Reader:
         if doc is None:
             return None
         if "apiVersion" in doc and doc["apiVersion"] != API_VERSION:
-            self.error("apiVersion", f"expected {API_VERSION}, got {_kind_of(doc['apiVersion'])}")
+            self.error("apiVersion", f"expected {API_VERSION}, got {describe(doc['apiVersion'])}")
         if "kind" in doc and doc["kind"] != KIND:
-            self.error("kind", f"expected {KIND}, got {_kind_of(doc['kind'])}")
+            self.error("kind", f"expected {KIND}, got {describe(doc['kind'])}")
         target = self.get(doc, "(root)", "target", self.target)
         replicas = self.get(doc, "(root)", "replicas", self.replicas)
         interval = self.get(
@@ -540,7 +416,7 @@ class _Reader:
 
     def metrics(self, value: Any, path: str) -> tuple[Metric, ...] | None:
         if not isinstance(value, list):
-            self.error(path, f"expected a list of metrics, got {_kind_of(value)}")
+            self.error(path, f"expected a list of metrics, got {describe(value)}")
             return None
         if not value:
             self.error(path, "expected at least one metric")
@@ -566,7 +442,7 @@ class _Reader:
         if isinstance(value, Mapping) and (not isinstance(kind, str) or kind not in KINDS):
             self.error(
                 f"{path}.type",
-                f"expected one of {', '.join(KINDS)}, got {_kind_of(kind)}"
+                f"expected one of {', '.join(KINDS)}, got {describe(kind)}"
                 if "type" in value
                 else "required field is missing",
             )
@@ -647,7 +523,7 @@ class _Reader:
 
     def rule_list(self, value: Any, path: str) -> tuple[ScalingRule, ...] | None:
         if not isinstance(value, list) or not value:
-            self.error(path, f"expected a non-empty list of rules, got {_kind_of(value)}")
+            self.error(path, f"expected a non-empty list of rules, got {describe(value)}")
             return None
         rules = [self.rule(item, f"{path}[{i}]") for i, item in enumerate(value)]
         if any(r is None for r in rules):
@@ -714,5 +590,5 @@ class _Reader:
                 obj, path, "fallbackReplicas", lambda v, p: self.integer(v, p, minimum=1)
             )
             return None if replicas is None else OnMetricsUnavailable(replicas)
-        self.error(path, f'expected "hold" or {{fallbackReplicas: N}}, got {_kind_of(value)}')
+        self.error(path, f'expected "hold" or {{fallbackReplicas: N}}, got {describe(value)}')
         return None

@@ -124,6 +124,15 @@ def decode_run_time(profile: StepProfile, seqs: int, context_tokens: float, step
     return steps * first + profile.beta3 * seqs * steps * (steps - 1) / 2
 
 
+def kv_blocks_for_tokens(tokens: int, block_size: int = BLOCK_SIZE) -> int:
+    """KV blocks holding ``tokens`` tokens of cache, at least one.
+
+    The one rule for a KV cache given in tokens (a policy's ``modelCapacity.kvCacheTokens``, a
+    scenario's ``service.kvCacheTokens``): an engine with no block could never run a request.
+    """
+    return max(tokens // block_size, 1)
+
+
 def kv_cache_blocks(
     gpu_memory_bytes: float,
     weights_bytes: float,

@@ -13,16 +13,16 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 
 import yaml
 
 import policies
 from extender.model import Taint, Toleration
 from extender.quantity import QuantityError, gpu_memory_mib
-from policies.durations import DurationError, parse_duration
 from policies.parse import PolicyFileError, load_policy_file
 from policies.profiles import ProfileError, load_profile
+from policies.reading import SCENARIO, Reader, show, yaml_problem
 from policies.schema import ScalingPolicy
 from policies.stepmodel import (
     BLOCK_SIZE,
@@ -31,10 +31,9 @@ from policies.stepmodel import (
     MAX_NUM_SEQS,
     EngineLimits,
     StepProfile,
+    kv_blocks_for_tokens,
     kv_cache_blocks,
 )
-
-T = TypeVar("T")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DATA_DIR = PACKAGE_DIR / "data"
@@ -211,7 +210,7 @@ class ServiceSpec:
         if spec is None:
             raise ValueError("engine: per-request has no vLLM engine limits")
         if spec.kv_cache_tokens is not None:
-            blocks = spec.kv_cache_tokens // spec.block_size
+            blocks = kv_blocks_for_tokens(spec.kv_cache_tokens, spec.block_size)
         else:
             p = spec.profile
             if not p.kv_bytes_per_token:
@@ -373,102 +372,14 @@ class Scenario:
 # --------------------------------------------------------------------------- reading
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"{value!r}".lower()
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
-
-
-class _Reader:
-    """Typed getters that record ``path: message`` errors and return ``None`` on bad input."""
+class ScenarioReader(Reader):
+    """The shared field readers in the scenario style, plus what only experiment files hold:
+    memory quantities, label maps, file paths (relative to ``base_dir``), random durations,
+    token counts, taints and tolerations."""
 
     def __init__(self, base_dir: Path) -> None:
-        self.errors: list[tuple[str, str]] = []
+        super().__init__(SCENARIO)
         self.base_dir = base_dir
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append((path, message))
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any] | None:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.error(path or "(top)", f"expected a mapping, got {_kind(value)}")
-            return None
-        for key in value:
-            if key not in allowed:
-                where = f"{path}.{key}" if path else str(key)
-                self.error(where, f"unknown field (expected one of: {', '.join(allowed)})")
-        return value
-
-    def get(
-        self,
-        obj: Mapping[str, Any],
-        path: str,
-        key: str,
-        conv: Callable[[Any, str], T | None],
-        default: T,
-    ) -> T:
-        if key not in obj:
-            return default
-        where = f"{path}.{key}" if path else key
-        out = conv(obj[key], where)
-        return default if out is None else out
-
-    def number(
-        self, value: Any, path: str, *, minimum: float | None = None, positive: bool = False
-    ) -> float | None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            self.error(path, f"expected a number, got {_kind(value)}")
-            return None
-        if positive and value <= 0:
-            self.error(path, f"must be greater than 0, got {value!r}")
-            return None
-        if minimum is not None and value < minimum:
-            self.error(path, f"must be at least {minimum:g}, got {value!r}")
-            return None
-        return float(value)
-
-    def integer(self, value: Any, path: str, *, minimum: int = 0) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(path, f"expected an integer, got {_kind(value)}")
-            return None
-        if value < minimum:
-            self.error(path, f"must be at least {minimum}, got {value}")
-            return None
-        return value
-
-    def duration(self, value: Any, path: str, *, positive: bool = False) -> float | None:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str):
-            try:
-                seconds = parse_duration(value)
-            except DurationError as exc:
-                self.error(path, str(exc))
-                return None
-        else:
-            self.error(path, f'expected a duration like "30s" or seconds, got {_kind(value)}')
-            return None
-        if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
-            self.error(
-                path,
-                f"must be {'greater than 0' if positive else 'at least 0'}, got {_kind(value)}",
-            )
-            return None
-        return seconds
 
     def memory(self, value: Any, path: str) -> int | None:
         try:
@@ -478,29 +389,16 @@ class _Reader:
         if mib <= 0:
             self.error(
                 path,
-                f'expected a memory quantity like "40Gi" or MiB as a number, got {_kind(value)}',
+                f'expected a memory quantity like "40Gi" or MiB as a number, got {show(value)}',
             )
             return None
         return mib
-
-    def string(self, value: Any, path: str) -> str | None:
-        if not isinstance(value, str) or not value:
-            self.error(path, f"expected a non-empty string, got {_kind(value)}")
-            return None
-        return value
-
-    def choice(self, value: Any, path: str, options: tuple[str, ...]) -> Any:
-        """``value`` when it is one of ``options`` (typed as the caller's Literal), else None."""
-        if value not in options:
-            self.error(path, f"expected one of {', '.join(options)}, got {_kind(value)}")
-            return None
-        return str(value)
 
     def labels(self, value: Any, path: str) -> dict[str, str] | None:
         if not isinstance(value, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):
-            self.error(path, f"expected a mapping of strings to strings, got {_kind(value)}")
+            self.error(path, f"expected a mapping of strings to strings, got {show(value)}")
             return None
         return dict(value)
 
@@ -525,10 +423,10 @@ class _Reader:
         if not isinstance(value, Mapping):
             seconds = self.duration(value, path)
             return None if seconds is None else Dist("fixed", seconds)
-        obj = self.mapping(value, path, ("dist", "value", "low", "high", "mean", "sigma"))
+        obj = self.mapping(value, path, optional=("dist", "value", "low", "high", "mean", "sigma"))
         if obj is None:
             return None
-        kind = self.get(
+        kind = self.field(
             obj,
             path,
             "dist",
@@ -570,42 +468,42 @@ class _Reader:
         if isinstance(value, int | float) and not isinstance(value, bool):
             n = self.number(value, path, positive=True)
             return None if n is None else TokensSpec("fixed", n)
-        obj = self.mapping(value, path, ("dist", "mean", "sigma"))
+        obj = self.mapping(value, path, optional=("dist", "mean", "sigma"))
         if obj is None:
             return None
-        kind = self.get(
+        kind = self.field(
             obj,
             path,
             "dist",
             lambda v, p: self.choice(v, p, ("fixed", "exponential", "lognormal")),
             default.dist,
         )
-        mean = self.get(
+        mean = self.field(
             obj, path, "mean", lambda v, p: self.number(v, p, positive=True), default.mean
         )
-        sigma = self.get(
+        sigma = self.field(
             obj, path, "sigma", lambda v, p: self.number(v, p, positive=True), default.sigma
         )
         return TokensSpec(kind, mean, sigma)
 
     def taints(self, value: Any, path: str) -> tuple[Taint, ...] | None:
         if not isinstance(value, list):
-            self.error(path, f"expected a list, got {_kind(value)}")
+            self.error(path, f"expected a list, got {show(value)}")
             return None
         out = []
         for i, item in enumerate(value):
             p = f"{path}[{i}]"
-            obj = self.mapping(item, p, ("key", "value", "effect"))
+            obj = self.mapping(item, p, optional=("key", "value", "effect"))
             if obj is None:
                 continue
-            key = self.get(obj, p, "key", self.string, "")
+            key = self.field(obj, p, "key", self.string, "")
             if not key:
                 self.error(f"{p}.key", "required")
                 continue
-            val = self.get(
+            val = self.field(
                 obj, p, "value", lambda v, q: v if isinstance(v, str) else self.string(v, q), ""
             )
-            effect = self.get(
+            effect = self.field(
                 obj,
                 p,
                 "effect",
@@ -617,24 +515,24 @@ class _Reader:
 
     def tolerations(self, value: Any, path: str) -> tuple[Toleration, ...] | None:
         if not isinstance(value, list):
-            self.error(path, f"expected a list, got {_kind(value)}")
+            self.error(path, f"expected a list, got {show(value)}")
             return None
         out = []
         for i, item in enumerate(value):
             p = f"{path}[{i}]"
-            obj = self.mapping(item, p, ("key", "operator", "value", "effect"))
+            obj = self.mapping(item, p, optional=("key", "operator", "value", "effect"))
             if obj is None:
                 continue
-            key = self.get(
+            key = self.field(
                 obj, p, "key", lambda v, q: v if isinstance(v, str) else self.string(v, q), ""
             )
-            op = self.get(
+            op = self.field(
                 obj, p, "operator", lambda v, q: self.choice(v, q, ("Equal", "Exists")), "Equal"
             )
-            val = self.get(
+            val = self.field(
                 obj, p, "value", lambda v, q: v if isinstance(v, str) else self.string(v, q), ""
             )
-            effect = self.get(
+            effect = self.field(
                 obj,
                 p,
                 "effect",
@@ -645,11 +543,11 @@ class _Reader:
         return tuple(out)
 
 
-def _cluster(r: _Reader, value: Any) -> ClusterSpec:
-    obj = r.mapping(value, "cluster", ("pools", "openb", "scoring"))
+def _cluster(r: ScenarioReader, value: Any) -> ClusterSpec:
+    obj = r.mapping(value, "cluster", optional=("pools", "openb", "scoring"))
     if obj is None:
         return ClusterSpec(())
-    scoring = r.get(
+    scoring = r.field(
         obj,
         "cluster",
         "scoring",
@@ -659,11 +557,13 @@ def _cluster(r: _Reader, value: Any) -> ClusterSpec:
     pools: list[PoolSpec] = []
     raw = obj.get("pools", [])
     if not isinstance(raw, list):
-        r.error("cluster.pools", f"expected a list, got {_kind(raw)}")
+        r.error("cluster.pools", f"expected a list, got {show(raw)}")
         raw = []
     for i, item in enumerate(raw):
         p = f"cluster.pools[{i}]"
-        o = r.mapping(item, p, ("name", "count", "gpus", "gpuMemory", "model", "labels", "taints"))
+        o = r.mapping(
+            item, p, optional=("name", "count", "gpus", "gpuMemory", "model", "labels", "taints")
+        )
         if o is None:
             continue
         missing = [k for k in ("count", "gpus", "gpuMemory") if k not in o]
@@ -673,24 +573,24 @@ def _cluster(r: _Reader, value: Any) -> ClusterSpec:
             continue
         pools.append(
             PoolSpec(
-                name=r.get(o, p, "name", r.string, f"pool{i}"),
-                count=r.get(o, p, "count", lambda v, q: r.integer(v, q, minimum=1), 1),
-                gpus=r.get(o, p, "gpus", lambda v, q: r.integer(v, q, minimum=1), 1),
-                gpu_memory_mib=r.get(o, p, "gpuMemory", r.memory, 1),
-                model=r.get(o, p, "model", r.string, ""),
-                labels=r.get(o, p, "labels", r.labels, {}),
-                taints=r.get(o, p, "taints", r.taints, ()),
+                name=r.field(o, p, "name", r.string, f"pool{i}"),
+                count=r.field(o, p, "count", lambda v, q: r.integer(v, q, minimum=1), 1),
+                gpus=r.field(o, p, "gpus", lambda v, q: r.integer(v, q, minimum=1), 1),
+                gpu_memory_mib=r.field(o, p, "gpuMemory", r.memory, 1),
+                model=r.field(o, p, "model", r.string, ""),
+                labels=r.field(o, p, "labels", r.labels, {}),
+                taints=r.field(o, p, "taints", r.taints, ()),
             )
         )
     openb: OpenbClusterSpec | None = None
     if "openb" in obj:
-        o = r.mapping(obj["openb"], "cluster.openb", ("nodes", "count", "gpuMemory"))
+        o = r.mapping(obj["openb"], "cluster.openb", optional=("nodes", "count", "gpuMemory"))
         if o is not None:
-            path = r.get(
+            path = r.field(
                 o, "cluster.openb", "nodes", r.path, DATA_DIR / "openb_node_list_gpu_node.csv"
             )
             count = (
-                r.get(o, "cluster.openb", "count", lambda v, q: r.integer(v, q, minimum=1), 0)
+                r.field(o, "cluster.openb", "count", lambda v, q: r.integer(v, q, minimum=1), 0)
                 or None
             )
             mem: dict[str, int] = {
@@ -703,7 +603,7 @@ def _cluster(r: _Reader, value: Any) -> ClusterSpec:
                 "G3": 32768,
             }
             if "gpuMemory" in o:
-                m = r.mapping(o["gpuMemory"], "cluster.openb.gpuMemory", (*mem, "default"))
+                m = r.mapping(o["gpuMemory"], "cluster.openb.gpuMemory", optional=(*mem, "default"))
                 for k, v in (m or {}).items():
                     got = r.memory(v, f"cluster.openb.gpuMemory.{k}")
                     if got is not None:
@@ -714,18 +614,18 @@ def _cluster(r: _Reader, value: Any) -> ClusterSpec:
     return ClusterSpec(tuple(pools), openb, scoring)
 
 
-def _background(r: _Reader, value: Any) -> BackgroundSpec:
-    obj = r.mapping(value, "background", ("pods", "podList", "gpuMemory"))
+def _background(r: ScenarioReader, value: Any) -> BackgroundSpec:
+    obj = r.mapping(value, "background", optional=("pods", "podList", "gpuMemory"))
     if obj is None:
         return BackgroundSpec()
     return BackgroundSpec(
-        pods=r.get(obj, "background", "pods", r.integer, 0),
-        path=r.get(obj, "background", "podList", r.path, BackgroundSpec().path),
-        gpu_memory_mib=r.get(obj, "background", "gpuMemory", r.memory, 0) or None,
+        pods=r.field(obj, "background", "pods", r.integer, 0),
+        path=r.field(obj, "background", "podList", r.path, BackgroundSpec().path),
+        gpu_memory_mib=r.field(obj, "background", "gpuMemory", r.memory, 0) or None,
     )
 
 
-def _service(r: _Reader, value: Any) -> ServiceSpec:
+def _service(r: ScenarioReader, value: Any) -> ServiceSpec:
     keys = (
         "name",
         "gpus",
@@ -744,11 +644,11 @@ def _service(r: _Reader, value: Any) -> ServiceSpec:
         "engine",
         *_VLLM_KEYS,
     )
-    obj = r.mapping(value, "service", keys)
+    obj = r.mapping(value, "service", optional=keys)
     d = ServiceSpec()
     if obj is None:
         obj = {}
-    engine = r.get(
+    engine = r.field(
         obj, "service", "engine", lambda v, q: r.choice(v, q, ("vllm", "per-request")), "vllm"
     )
     own = _VLLM_KEYS if engine == "per-request" else ("maxBatch", "serviceTime")
@@ -763,50 +663,52 @@ def _service(r: _Reader, value: Any) -> ServiceSpec:
         o = r.mapping(
             obj["serviceTime"],
             "service.serviceTime",
-            ("model", "seconds", "mean", "sigma", "prefillRate", "decodeRate", "overhead"),
+            optional=("model", "seconds", "mean", "sigma", "prefillRate", "decodeRate", "overhead"),
         )
         if o is not None:
             p = "service.serviceTime"
             pos = lambda v, q: r.number(v, q, positive=True)  # noqa: E731
             st = ServiceTimeSpec(
-                model=r.get(
+                model=r.field(
                     o,
                     p,
                     "model",
                     lambda v, q: r.choice(v, q, ("fixed", "exponential", "lognormal", "tokens")),
                     st.model,
                 ),
-                seconds=r.get(
+                seconds=r.field(
                     o, p, "seconds", lambda v, q: r.duration(v, q, positive=True), st.seconds
                 ),
-                mean=r.get(o, p, "mean", lambda v, q: r.duration(v, q, positive=True), st.mean),
-                sigma=r.get(o, p, "sigma", pos, st.sigma),
-                prefill_rate=r.get(o, p, "prefillRate", pos, st.prefill_rate),
-                decode_rate=r.get(o, p, "decodeRate", pos, st.decode_rate),
-                overhead=r.get(o, p, "overhead", r.duration, st.overhead),
+                mean=r.field(o, p, "mean", lambda v, q: r.duration(v, q, positive=True), st.mean),
+                sigma=r.field(o, p, "sigma", pos, st.sigma),
+                prefill_rate=r.field(o, p, "prefillRate", pos, st.prefill_rate),
+                decode_rate=r.field(o, p, "decodeRate", pos, st.decode_rate),
+                overhead=r.field(o, p, "overhead", r.duration, st.overhead),
             )
     su = d.startup
     if "startup" in obj:
         o = r.mapping(
             obj["startup"],
             "service.startup",
-            ("scheduling", "imagePull", "imagePullCached", "modelLoad", "retry"),
+            optional=("scheduling", "imagePull", "imagePullCached", "modelLoad", "retry"),
         )
         if o is not None:
             p = "service.startup"
             su = StartupSpec(
-                scheduling=r.get(o, p, "scheduling", r.dist, su.scheduling),
-                image_pull=r.get(o, p, "imagePull", r.dist, su.image_pull),
-                image_pull_cached=r.get(o, p, "imagePullCached", r.dist, su.image_pull_cached),
-                model_load=r.get(o, p, "modelLoad", r.dist, su.model_load),
-                retry=r.get(o, p, "retry", lambda v, q: r.duration(v, q, positive=True), su.retry),
+                scheduling=r.field(o, p, "scheduling", r.dist, su.scheduling),
+                image_pull=r.field(o, p, "imagePull", r.dist, su.image_pull),
+                image_pull_cached=r.field(o, p, "imagePullCached", r.dist, su.image_pull_cached),
+                model_load=r.field(o, p, "modelLoad", r.dist, su.model_load),
+                retry=r.field(
+                    o, p, "retry", lambda v, q: r.duration(v, q, positive=True), su.retry
+                ),
             )
     lo, hi = d.min_replicas, d.max_replicas
     if "replicas" in obj:
-        o = r.mapping(obj["replicas"], "service.replicas", ("min", "max"))
+        o = r.mapping(obj["replicas"], "service.replicas", optional=("min", "max"))
         if o is not None:
-            lo = r.get(o, "service.replicas", "min", r.integer, lo)
-            hi = r.get(o, "service.replicas", "max", lambda v, q: r.integer(v, q, minimum=1), hi)
+            lo = r.field(o, "service.replicas", "min", r.integer, lo)
+            hi = r.field(o, "service.replicas", "max", lambda v, q: r.integer(v, q, minimum=1), hi)
             if hi < lo:
                 r.error("service.replicas.max", f"must be at least min ({lo}), got {hi}")
     buckets: tuple[float, ...] | None = None
@@ -814,7 +716,7 @@ def _service(r: _Reader, value: Any) -> ServiceSpec:
         raw = obj["latencyBuckets"]
         if not isinstance(raw, list) or not raw:
             r.error(
-                "service.latencyBuckets", f"expected a non-empty list of seconds, got {_kind(raw)}"
+                "service.latencyBuckets", f"expected a non-empty list of seconds, got {show(raw)}"
             )
         else:
             vals = [
@@ -835,16 +737,16 @@ def _service(r: _Reader, value: Any) -> ServiceSpec:
     vllm = _engine(r, obj) if engine == "vllm" else None
     slo = _slo(r, obj["slo"]) if "slo" in obj else d.slo
     spec = ServiceSpec(
-        name=r.get(obj, "service", "name", r.string, d.name),
-        gpus=r.get(obj, "service", "gpus", lambda v, q: r.integer(v, q, minimum=1), d.gpus),
+        name=r.field(obj, "service", "name", r.string, d.name),
+        gpus=r.field(obj, "service", "gpus", lambda v, q: r.integer(v, q, minimum=1), d.gpus),
         gpu_memory_mib=gpu_mem,
-        tolerations=r.get(obj, "service", "tolerations", r.tolerations, ()),
-        node_selector=r.get(obj, "service", "nodeSelector", r.labels, {}),
-        max_batch=r.get(
+        tolerations=r.field(obj, "service", "tolerations", r.tolerations, ()),
+        node_selector=r.field(obj, "service", "nodeSelector", r.labels, {}),
+        max_batch=r.field(
             obj, "service", "maxBatch", lambda v, q: r.integer(v, q, minimum=1), d.max_batch
         ),
         service_time=st,
-        routing=r.get(
+        routing=r.field(
             obj,
             "service",
             "routing",
@@ -853,9 +755,9 @@ def _service(r: _Reader, value: Any) -> ServiceSpec:
         ),
         min_replicas=lo,
         max_replicas=hi,
-        initial_replicas=r.get(obj, "service", "initialReplicas", r.integer, d.initial_replicas),
+        initial_replicas=r.field(obj, "service", "initialReplicas", r.integer, d.initial_replicas),
         startup=su,
-        termination_grace=r.get(
+        termination_grace=r.field(
             obj, "service", "terminationGracePeriod", r.duration, d.termination_grace
         ),
         latency_buckets=buckets,
@@ -881,8 +783,8 @@ _VLLM_KEYS = (
 )
 
 
-def _engine(r: _Reader, obj: Mapping[str, Any]) -> EngineSpec | None:
-    ref = r.get(obj, "service", "profile", r.string, DEFAULT_PROFILE)
+def _engine(r: ScenarioReader, obj: Mapping[str, Any]) -> EngineSpec | None:
+    ref = r.field(obj, "service", "profile", r.string, DEFAULT_PROFILE)
     try:
         profile = load_profile(ref, r.base_dir)
     except ProfileError as exc:
@@ -890,19 +792,19 @@ def _engine(r: _Reader, obj: Mapping[str, Any]) -> EngineSpec | None:
             r.error("service.profile", m)
         return None
     p = "service"
-    util = r.get(obj, p, "gpuMemoryUtilization", lambda v, q: r.number(v, q, positive=True), 0.9)
+    util = r.field(obj, p, "gpuMemoryUtilization", lambda v, q: r.number(v, q, positive=True), 0.9)
     if util > 1:
         r.error(f"{p}.gpuMemoryUtilization", f"must be at most 1, got {util!r}")
-    kv = r.get(obj, p, "kvCacheTokens", lambda v, q: r.integer(v, q, minimum=1), 0)
-    block = r.get(obj, p, "blockSize", lambda v, q: r.integer(v, q, minimum=1), BLOCK_SIZE)
+    kv = r.field(obj, p, "kvCacheTokens", lambda v, q: r.integer(v, q, minimum=1), 0)
+    block = r.field(obj, p, "blockSize", lambda v, q: r.integer(v, q, minimum=1), BLOCK_SIZE)
     if kv and kv < block:
         r.error(f"{p}.kvCacheTokens", f"must hold at least one block ({block} tokens), got {kv}")
     return EngineSpec(
         profile=profile,
-        max_num_seqs=r.get(
+        max_num_seqs=r.field(
             obj, p, "maxNumSeqs", lambda v, q: r.integer(v, q, minimum=1), MAX_NUM_SEQS
         ),
-        max_num_batched_tokens=r.get(
+        max_num_batched_tokens=r.field(
             obj,
             p,
             "maxNumBatchedTokens",
@@ -915,12 +817,12 @@ def _engine(r: _Reader, obj: Mapping[str, Any]) -> EngineSpec | None:
     )
 
 
-def _slo(r: _Reader, value: Any) -> Slo:
+def _slo(r: ScenarioReader, value: Any) -> Slo:
     """``slo: 2s`` (end-to-end only) or ``{ttft, tpot, e2e, attainment}``."""
     if not isinstance(value, Mapping):
         seconds = r.duration(value, "service.slo", positive=True)
         return DEFAULT_SLO if seconds is None else Slo(e2e=seconds)
-    obj = r.mapping(value, "service.slo", ("ttft", "tpot", "e2e", "attainment"))
+    obj = r.mapping(value, "service.slo", optional=("ttft", "tpot", "e2e", "attainment"))
     if obj is None:
         return DEFAULT_SLO
     bounds = {}
@@ -929,7 +831,7 @@ def _slo(r: _Reader, value: Any) -> Slo:
             bounds[key] = r.duration(obj[key], f"service.slo.{key}", positive=True)
     if not any(v is not None for v in bounds.values()):
         r.error("service.slo", "give at least one of ttft, tpot, e2e")
-    attainment = r.get(
+    attainment = r.field(
         obj, "service.slo", "attainment", lambda v, q: r.number(v, q, positive=True), 0.99
     )
     if attainment > 1:
@@ -951,9 +853,9 @@ _WORKLOAD_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _workload(r: _Reader, value: Any) -> WorkloadSpec:
+def _workload(r: ScenarioReader, value: Any) -> WorkloadSpec:
     if not isinstance(value, Mapping):
-        r.error("workload", f"expected a mapping, got {_kind(value)}")
+        r.error("workload", f"expected a mapping, got {show(value)}")
         return WorkloadSpec()
     kind: Any = r.choice(value.get("type"), "workload.type", tuple(_WORKLOAD_KEYS)) or "trace"
     allowed = (
@@ -961,7 +863,7 @@ def _workload(r: _Reader, value: Any) -> WorkloadSpec:
         *_WORKLOAD_KEYS[kind],
         *(("promptTokens", "generatedTokens") if kind != "trace" else ()),
     )
-    obj = r.mapping(value, "workload", allowed)
+    obj = r.mapping(value, "workload", optional=allowed)
     if obj is None:
         return WorkloadSpec()
     d = WorkloadSpec()
@@ -980,47 +882,49 @@ def _workload(r: _Reader, value: Any) -> WorkloadSpec:
             r.error(f"{p}.{key}", f"required for type: {kind}")
     return WorkloadSpec(
         type=kind,
-        path=r.get(obj, p, "path", r.path, d.path),
-        speedup=r.get(obj, p, "speedup", pos, d.speedup),
-        scale=r.get(obj, p, "scale", pos, d.scale),
-        jitter=r.get(obj, p, "jitter", r.duration, d.jitter),
-        rate=r.get(obj, p, "rate", pos, d.rate),
-        mean=r.get(obj, p, "mean", pos, d.mean),
-        amplitude=r.get(obj, p, "amplitude", nonneg, d.amplitude),
-        period=r.get(obj, p, "period", dur, d.period),
-        phase=r.get(obj, p, "phase", r.number, d.phase),
-        noise=r.get(obj, p, "noise", nonneg, d.noise),
-        base=r.get(obj, p, "base", nonneg, d.base),
-        burst=r.get(obj, p, "burst", nonneg, d.burst),
-        on=r.get(obj, p, "on", dur, d.on),
-        off=r.get(obj, p, "off", dur, d.off),
-        start=r.get(obj, p, "start", r.duration, None)
+        path=r.field(obj, p, "path", r.path, d.path),
+        speedup=r.field(obj, p, "speedup", pos, d.speedup),
+        scale=r.field(obj, p, "scale", pos, d.scale),
+        jitter=r.field(obj, p, "jitter", r.duration, d.jitter),
+        rate=r.field(obj, p, "rate", pos, d.rate),
+        mean=r.field(obj, p, "mean", pos, d.mean),
+        amplitude=r.field(obj, p, "amplitude", nonneg, d.amplitude),
+        period=r.field(obj, p, "period", dur, d.period),
+        phase=r.field(obj, p, "phase", r.number, d.phase),
+        noise=r.field(obj, p, "noise", nonneg, d.noise),
+        base=r.field(obj, p, "base", nonneg, d.base),
+        burst=r.field(obj, p, "burst", nonneg, d.burst),
+        on=r.field(obj, p, "on", dur, d.on),
+        off=r.field(obj, p, "off", dur, d.off),
+        start=r.field(obj, p, "start", r.duration, None)
         if "start" in obj and kind == "bursts"
         else None,
-        url=r.get(obj, p, "url", r.string, d.url),
-        query=r.get(obj, p, "query", r.string, d.query),
-        range_start=r.get(obj, p, "start", r.number, 0.0) if kind == "prometheus" else 0.0,
-        range_end=r.get(obj, p, "end", r.number, 0.0) if kind == "prometheus" else 0.0,
-        step=r.get(obj, p, "step", dur, d.step),
-        prompt=r.get(obj, p, "promptTokens", lambda v, q: r.tokens(v, q, d.prompt), d.prompt),
-        generated=r.get(
+        url=r.field(obj, p, "url", r.string, d.url),
+        query=r.field(obj, p, "query", r.string, d.query),
+        range_start=r.field(obj, p, "start", r.number, 0.0) if kind == "prometheus" else 0.0,
+        range_end=r.field(obj, p, "end", r.number, 0.0) if kind == "prometheus" else 0.0,
+        step=r.field(obj, p, "step", dur, d.step),
+        prompt=r.field(obj, p, "promptTokens", lambda v, q: r.tokens(v, q, d.prompt), d.prompt),
+        generated=r.field(
             obj, p, "generatedTokens", lambda v, q: r.tokens(v, q, d.generated), d.generated
         ),
     )
 
 
-def _bounds(r: _Reader, o: Mapping[str, Any], p: str) -> tuple[int | None, int | None]:
-    lo = r.get(o, p, "minReplicas", r.integer, -1)
-    hi = r.get(o, p, "maxReplicas", lambda v, q: r.integer(v, q, minimum=1), -1)
+def _bounds(r: ScenarioReader, o: Mapping[str, Any], p: str) -> tuple[int | None, int | None]:
+    lo = r.field(o, p, "minReplicas", r.integer, -1)
+    hi = r.field(o, p, "maxReplicas", lambda v, q: r.integer(v, q, minimum=1), -1)
     return (None if lo < 0 else lo), (None if hi < 0 else hi)
 
 
-def _contender(r: _Reader, item: Any, p: str, used: set[str]) -> list[Contender]:
+def read_contender(r: ScenarioReader, item: Any, p: str) -> list[Contender]:
+    """The contenders of one ``policies:`` entry at path ``p`` (a policy file may hold several);
+    problems go to ``r``. The sweep spec reads its baseline points through this too."""
     if not isinstance(item, Mapping):
-        r.error(p, f"expected a mapping with file: or baseline:, got {_kind(item)}")
+        r.error(p, f"expected a mapping with file: or baseline:, got {show(item)}")
         return []
     if "file" in item:
-        o = r.mapping(item, p, ("file", "name"))
+        o = r.mapping(item, p, optional=("file", "name"))
         if o is None:
             return []
         path = r.path(o.get("file"), f"{p}.file")
@@ -1049,7 +953,7 @@ def _contender(r: _Reader, item: Any, p: str, used: set[str]) -> list[Contender]
         o = r.mapping(
             item,
             p,
-            (
+            optional=(
                 "baseline",
                 "name",
                 "metric",
@@ -1067,10 +971,10 @@ def _contender(r: _Reader, item: Any, p: str, used: set[str]) -> list[Contender]
         return [
             HpaContender(
                 label,
-                metric=r.get(o, p, "metric", lambda v, q: r.choice(v, q, metrics), d.metric),
-                target=r.get(o, p, "target", pos, d.target),
-                quantile=r.get(o, p, "quantile", pos, d.quantile),
-                window=r.get(
+                metric=r.field(o, p, "metric", lambda v, q: r.choice(v, q, metrics), d.metric),
+                target=r.field(o, p, "target", pos, d.target),
+                quantile=r.field(o, p, "quantile", pos, d.quantile),
+                window=r.field(
                     o, p, "window", lambda v, q: r.duration(v, q, positive=True), d.window
                 ),
                 min_replicas=lo,
@@ -1081,7 +985,7 @@ def _contender(r: _Reader, item: Any, p: str, used: set[str]) -> list[Contender]
         o = r.mapping(
             item,
             p,
-            (
+            optional=(
                 "baseline",
                 "name",
                 "metric",
@@ -1102,23 +1006,23 @@ def _contender(r: _Reader, item: Any, p: str, used: set[str]) -> list[Contender]
         return [
             KedaContender(
                 label,
-                metric=r.get(o, p, "metric", lambda v, q: r.choice(v, q, metrics), k.metric),
-                threshold=r.get(o, p, "threshold", pos, k.threshold),
-                activation_threshold=r.get(
+                metric=r.field(o, p, "metric", lambda v, q: r.choice(v, q, metrics), k.metric),
+                threshold=r.field(o, p, "threshold", pos, k.threshold),
+                activation_threshold=r.field(
                     o, p, "activationThreshold", r.number, k.activation_threshold
                 ),
-                quantile=r.get(o, p, "quantile", pos, k.quantile),
-                window=r.get(
+                quantile=r.field(o, p, "quantile", pos, k.quantile),
+                window=r.field(
                     o, p, "window", lambda v, q: r.duration(v, q, positive=True), k.window
                 ),
-                polling_interval=r.get(
+                polling_interval=r.field(
                     o,
                     p,
                     "pollingInterval",
                     lambda v, q: r.duration(v, q, positive=True),
                     k.polling_interval,
                 ),
-                cooldown_period=r.get(o, p, "cooldownPeriod", r.duration, k.cooldown_period),
+                cooldown_period=r.field(o, p, "cooldownPeriod", r.duration, k.cooldown_period),
                 min_replicas=lo,
                 max_replicas=hi,
             )
@@ -1127,7 +1031,7 @@ def _contender(r: _Reader, item: Any, p: str, used: set[str]) -> list[Contender]
         o = r.mapping(
             item,
             p,
-            (
+            optional=(
                 "baseline",
                 "name",
                 "target",
@@ -1145,46 +1049,46 @@ def _contender(r: _Reader, item: Any, p: str, used: set[str]) -> list[Contender]
             return []
         a = KpaContender(label)
         lo, hi = _bounds(r, o, p)
-        up = r.get(o, p, "maxScaleUpRate", pos, a.max_scale_up_rate)
-        down = r.get(o, p, "maxScaleDownRate", pos, a.max_scale_down_rate)
+        up = r.field(o, p, "maxScaleUpRate", pos, a.max_scale_up_rate)
+        down = r.field(o, p, "maxScaleDownRate", pos, a.max_scale_down_rate)
         for key, v in (("maxScaleUpRate", up), ("maxScaleDownRate", down)):
             if v <= 1.0:
                 r.error(f"{p}.{key}", f"{key} = {v:g}, must be greater than 1.0")
         return [
             KpaContender(
                 label,
-                target=r.get(o, p, "target", pos, a.target),
-                target_utilization=r.get(o, p, "targetUtilization", pos, a.target_utilization),
-                stable_window=r.get(
+                target=r.field(o, p, "target", pos, a.target),
+                target_utilization=r.field(o, p, "targetUtilization", pos, a.target_utilization),
+                stable_window=r.field(
                     o,
                     p,
                     "stableWindow",
                     lambda v, q: r.duration(v, q, positive=True),
                     a.stable_window,
                 ),
-                panic_window_percentage=r.get(
+                panic_window_percentage=r.field(
                     o, p, "panicWindowPercentage", pos, a.panic_window_percentage
                 ),
-                panic_threshold=r.get(o, p, "panicThreshold", pos, a.panic_threshold),
+                panic_threshold=r.field(o, p, "panicThreshold", pos, a.panic_threshold),
                 max_scale_up_rate=up,
                 max_scale_down_rate=down,
                 min_replicas=lo,
                 max_replicas=hi,
             )
         ]
-    o = r.mapping(item, p, ("baseline", "name", "replicas"))
+    o = r.mapping(item, p, optional=("baseline", "name", "replicas"))
     if o is None:
         return []
     if "replicas" not in o:
         r.error(f"{p}.replicas", "required for baseline: fixed")
         return []
-    n = r.get(o, p, "replicas", lambda v, q: r.integer(v, q, minimum=1), 1)
+    n = r.field(o, p, "replicas", lambda v, q: r.integer(v, q, minimum=1), 1)
     return [FixedContender(label if "name" in item else f"fixed-{n}", n)]
 
 
 def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
     """Build a scenario from a parsed YAML document; :class:`ScenarioError` lists every error."""
-    r = _Reader(base_dir)
+    r = ScenarioReader(base_dir)
     top = (
         "name",
         "seed",
@@ -1198,20 +1102,20 @@ def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
         "hpa",
         "policies",
     )
-    obj = r.mapping(document, "", top)
+    obj = r.mapping(document, "", optional=top)
     if obj is None or not obj:
         if obj is not None:
             r.error("(top)", "empty scenario")
-        raise ScenarioError([f"{file}: {p}: {m}" for p, m in r.errors])
+        raise ScenarioError(r.messages(file))
     for key in ("cluster", "service", "workload"):
         if key not in obj:
             r.error(key, "required")
     metrics = MetricsSpec()
     if "metrics" in obj:
-        o = r.mapping(obj["metrics"], "metrics", ("scrapeInterval",))
+        o = r.mapping(obj["metrics"], "metrics", optional=("scrapeInterval",))
         if o is not None:
             metrics = MetricsSpec(
-                r.get(
+                r.field(
                     o,
                     "metrics",
                     "scrapeInterval",
@@ -1222,23 +1126,25 @@ def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
     hpa = HpaSettings()
     if "hpa" in obj:
         o = r.mapping(
-            obj["hpa"], "hpa", ("syncPeriod", "tolerance", "gpuscaleTolerance", "staleAfter")
+            obj["hpa"],
+            "hpa",
+            optional=("syncPeriod", "tolerance", "gpuscaleTolerance", "staleAfter"),
         )
         if o is not None:
             frac = lambda v, q: r.number(v, q, minimum=0.0)  # noqa: E731
             hpa = HpaSettings(
-                sync_period=r.get(
+                sync_period=r.field(
                     o,
                     "hpa",
                     "syncPeriod",
                     lambda v, q: r.duration(v, q, positive=True),
                     hpa.sync_period,
                 ),
-                tolerance=r.get(o, "hpa", "tolerance", frac, hpa.tolerance),
-                gpuscale_tolerance=r.get(
+                tolerance=r.field(o, "hpa", "tolerance", frac, hpa.tolerance),
+                gpuscale_tolerance=r.field(
                     o, "hpa", "gpuscaleTolerance", frac, hpa.gpuscale_tolerance
                 ),
-                stale_after=r.get(
+                stale_after=r.field(
                     o,
                     "hpa",
                     "staleAfter",
@@ -1249,11 +1155,11 @@ def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
     contenders: list[Contender] = []
     raw = obj.get("policies", [])
     if not isinstance(raw, list):
-        r.error("policies", f"expected a list, got {_kind(raw)}")
+        r.error("policies", f"expected a list, got {show(raw)}")
         raw = []
     used: set[str] = set()
     for i, item in enumerate(raw):
-        for c in _contender(r, item, f"policies[{i}]", used):
+        for c in read_contender(r, item, f"policies[{i}]"):
             if c.label in used:
                 r.error(
                     f"policies[{i}]",
@@ -1265,11 +1171,11 @@ def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
     if "duration" in obj:
         duration = r.duration(obj["duration"], "duration", positive=True)
     scenario = Scenario(
-        name=r.get(obj, "", "name", r.string, Path(file).stem),
+        name=r.field(obj, "", "name", r.string, Path(file).stem),
         file=file,
-        seed=r.get(obj, "", "seed", r.integer, 1),
+        seed=r.field(obj, "", "seed", r.integer, 1),
         duration=duration,
-        timeline_interval=r.get(
+        timeline_interval=r.field(
             obj, "", "timelineInterval", lambda v, q: r.duration(v, q, positive=True), 10.0
         ),
         cluster=_cluster(r, obj.get("cluster")) if "cluster" in obj else ClusterSpec(()),
@@ -1281,7 +1187,7 @@ def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
         contenders=tuple(contenders),
     )
     if r.errors:
-        raise ScenarioError([f"{file}: {p}: {m}" for p, m in r.errors])
+        raise ScenarioError(r.messages(file))
     return scenario
 
 
@@ -1295,10 +1201,9 @@ def read_yaml_file(p: Path, error: type[ScenarioError] = ScenarioError) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise error([f"{p}: {where}{problem}"]) from None
+        bad = yaml_problem(exc)
+        where = f"line {bad.line}, column {bad.column}: " if bad.line is not None else ""
+        raise error([f"{p}: {where}{bad.problem}"]) from None
 
 
 def load_scenario(path: Path | str | None = None) -> Scenario:

@@ -27,6 +27,7 @@ from policies.parse import (
     parse_policy_document,
     policy_to_document,
 )
+from policies.reading import show
 from policies.schema import ScalingPolicy
 from simulations.scenario import (
     BASELINES,
@@ -35,10 +36,9 @@ from simulations.scenario import (
     GpuscaleContender,
     Scenario,
     ScenarioError,
-    _contender,
-    _kind,
-    _Reader,
+    ScenarioReader,
     load_scenario,
+    read_contender,
     read_yaml_file,
 )
 
@@ -165,7 +165,7 @@ _TOP = ("scenario", "duration", "seeds", "target", "bounds", "families")
 _BASELINE_FIXED = ("baseline", "name")
 
 
-def _values(r: _Reader, value: Any, path: str) -> list[Any] | None:
+def _values(r: ScenarioReader, value: Any, path: str) -> list[Any] | None:
     """A knob's values: a list, one value, or ``{from, to, step}`` (numbers, both ends in)."""
     if isinstance(value, list):
         if not value:
@@ -173,7 +173,7 @@ def _values(r: _Reader, value: Any, path: str) -> list[Any] | None:
             return None
         return list(value)
     if isinstance(value, Mapping):
-        obj = r.mapping(value, path, ("from", "to", "step"))
+        obj = r.mapping(value, path, optional=("from", "to", "step"))
         if obj is None:
             return None
         for key in ("from", "to", "step"):
@@ -198,14 +198,16 @@ def _values(r: _Reader, value: Any, path: str) -> list[Any] | None:
     return [value]
 
 
-def _grids(r: _Reader, value: Any, path: str) -> list[tuple[str, list[tuple[str, list[Any]]]]]:
+def _grids(
+    r: ScenarioReader, value: Any, path: str
+) -> list[tuple[str, list[tuple[str, list[Any]]]]]:
     """``(path, [(knob, values)])`` for each grid (a mapping, or a list of mappings)."""
     items = value if isinstance(value, list) else [value]
     out = []
     for i, item in enumerate(items):
         p = f"{path}[{i}]" if isinstance(value, list) else path
         if not isinstance(item, Mapping) or not item:
-            r.error(p, f"expected a mapping of knob: [values], got {_kind(item)}")
+            r.error(p, f"expected a mapping of knob: [values], got {show(item)}")
             continue
         knobs = []
         for knob, vals in item.items():
@@ -216,9 +218,11 @@ def _grids(r: _Reader, value: Any, path: str) -> list[tuple[str, list[tuple[str,
     return out
 
 
-def _family(r: _Reader, name: str, value: Any, scenario: Scenario, base_dir: Path) -> Family | None:
+def _family(
+    r: ScenarioReader, name: str, value: Any, scenario: Scenario, base_dir: Path
+) -> Family | None:
     p = f"families.{name}"
-    obj = r.mapping(value, p, _FAMILY_KEYS)
+    obj = r.mapping(value, p, optional=_FAMILY_KEYS)
     if obj is None:
         return None
     if ("baseline" in obj) == ("file" in obj):
@@ -226,18 +230,18 @@ def _family(r: _Reader, name: str, value: Any, scenario: Scenario, base_dir: Pat
         return None
     fixed = obj.get("set", {})
     if not isinstance(fixed, Mapping):
-        r.error(f"{p}.set", f"expected a mapping of knob: value, got {_kind(fixed)}")
+        r.error(f"{p}.set", f"expected a mapping of knob: value, got {show(fixed)}")
         fixed = {}
     grids = _grids(r, obj["grid"], f"{p}.grid") if "grid" in obj else []
     listed: list[tuple[str, dict[str, Any]]] = []
     if "points" in obj:
         pts = obj["points"]
         if not isinstance(pts, list):
-            r.error(f"{p}.points", f"expected a list of mappings, got {_kind(pts)}")
+            r.error(f"{p}.points", f"expected a list of mappings, got {show(pts)}")
         else:
             for i, item in enumerate(pts):
                 if not isinstance(item, Mapping):
-                    r.error(f"{p}.points[{i}]", f"expected a mapping, got {_kind(item)}")
+                    r.error(f"{p}.points[{i}]", f"expected a mapping, got {show(item)}")
                 else:
                     listed.append((f"{p}.points[{i}]", {str(k): v for k, v in item.items()}))
     combos: list[tuple[str, dict[str, Any]]] = []
@@ -277,7 +281,7 @@ def _family(r: _Reader, name: str, value: Any, scenario: Scenario, base_dir: Pat
     return Family(name, kind, tuple(points))
 
 
-def _baseline_builder(r: _Reader, kind: str, family: str, base_dir: Path) -> Any:
+def _baseline_builder(r: ScenarioReader, kind: str, family: str, base_dir: Path) -> Any:
     def build(knobs: Knobs, where: str, report: bool) -> Contender | None:
         for k, _ in knobs:
             if k in _BASELINE_FIXED:
@@ -285,19 +289,19 @@ def _baseline_builder(r: _Reader, kind: str, family: str, base_dir: Path) -> Any
                     r.error(f"{where}.{k}", "not a knob (set by the family)")
                 return None
         item = {"baseline": kind, "name": point_label(family, knobs), **dict(knobs)}
-        sub = _Reader(base_dir)
-        out = _contender(sub, item, where, set())
+        sub = ScenarioReader(base_dir)
+        out = read_contender(sub, item, where)
         if sub.errors:
             if report:
-                for path, message in sub.errors:
-                    r.error(path, message.replace("one of: baseline, name, ", "one of: "))
+                for e in sub.errors:
+                    r.error(e.path, e.message.replace("one of: baseline, name, ", "one of: "))
             return None
         return out[0]
 
     return build
 
 
-def _policy_builder(r: _Reader, obj: Mapping[str, Any], p: str, family: str) -> Any:
+def _policy_builder(r: ScenarioReader, obj: Mapping[str, Any], p: str, family: str) -> Any:
     path = r.path(obj.get("file"), f"{p}.file")
     if path is None:
         return None
@@ -356,12 +360,12 @@ def _policy_builder(r: _Reader, obj: Mapping[str, Any], p: str, family: str) -> 
 
 def parse_sweep(document: Any, file: str, base_dir: Path) -> SweepSpec:
     """Build a sweep from a parsed YAML document; :class:`SweepSpecError` lists every error."""
-    r = _Reader(base_dir)
-    obj = r.mapping(document, "", _TOP)
+    r = ScenarioReader(base_dir)
+    obj = r.mapping(document, "", optional=_TOP)
     if obj is None or not obj:
         if obj is not None:
             r.error("(top)", "empty sweep spec")
-        raise SweepSpecError([f"{file}: {p}: {m}" for p, m in r.errors])
+        raise SweepSpecError(r.messages(file))
     scenario: Scenario | None = None
     if "scenario" in obj:
         sc_path = r.path(obj["scenario"], "scenario")
@@ -373,7 +377,7 @@ def parse_sweep(document: Any, file: str, base_dir: Path) -> SweepSpec:
     else:
         scenario = load_scenario(None)
     if scenario is None:
-        raise SweepSpecError([f"{file}: {p}: {m}" for p, m in r.errors])
+        raise SweepSpecError(r.messages(file))
     if "duration" in obj:
         d = r.duration(obj["duration"], "duration", positive=True)
         if d is not None:
@@ -405,11 +409,11 @@ def parse_sweep(document: Any, file: str, base_dir: Path) -> SweepSpec:
     static = True
     hindsight: HindsightSpec | None = HindsightSpec()
     if "bounds" in obj:
-        b = r.mapping(obj["bounds"], "bounds", ("static", "hindsight"))
+        b = r.mapping(obj["bounds"], "bounds", optional=("static", "hindsight"))
         if b is not None:
             if "static" in b:
                 if not isinstance(b["static"], bool):
-                    r.error("bounds.static", f"expected true or false, got {_kind(b['static'])}")
+                    r.error("bounds.static", f"expected true or false, got {show(b['static'])}")
                 else:
                     static = b["static"]
             if "hindsight" in b:
@@ -417,10 +421,10 @@ def parse_sweep(document: Any, file: str, base_dir: Path) -> SweepSpec:
                 if h is False:
                     hindsight = None
                 elif h is not True:
-                    ho = r.mapping(h, "bounds.hindsight", ("interval",))
+                    ho = r.mapping(h, "bounds.hindsight", optional=("interval",))
                     if ho is not None:
                         hindsight = HindsightSpec(
-                            r.get(
+                            r.field(
                                 ho,
                                 "bounds.hindsight",
                                 "interval",
@@ -431,7 +435,7 @@ def parse_sweep(document: Any, file: str, base_dir: Path) -> SweepSpec:
     families: list[Family] = []
     raw_f = obj.get("families")
     if not isinstance(raw_f, Mapping) or not raw_f:
-        r.error("families", f"required: a mapping of family name to its knobs, got {_kind(raw_f)}")
+        r.error("families", f"required: a mapping of family name to its knobs, got {show(raw_f)}")
     else:
         for name, value in raw_f.items():
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9_.]*", name):
@@ -441,7 +445,7 @@ def parse_sweep(document: Any, file: str, base_dir: Path) -> SweepSpec:
             if fam is not None:
                 families.append(fam)
     if r.errors:
-        raise SweepSpecError(list(dict.fromkeys(f"{file}: {p}: {m}" for p, m in r.errors)))
+        raise SweepSpecError(list(dict.fromkeys(r.messages(file))))
     return SweepSpec(file, scenario, seeds, target, tuple(families), static, hindsight)
 
 

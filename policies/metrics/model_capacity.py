@@ -28,13 +28,13 @@ from policies.profiles import (
     profile_document,
 )
 from policies.stepmodel import (
-    BLOCK_SIZE,
     GPU_MEMORY_UTILIZATION,
     MAX_NUM_BATCHED_TOKENS,
     MAX_NUM_SEQS,
     EngineLimits,
     StepProfile,
     TokenMix,
+    kv_blocks_for_tokens,
     kv_cache_blocks,
     replicas_for_slo,
     steady_state,
@@ -276,7 +276,7 @@ def _engine_limits(
     if seqs is None or budget is None or util is None or profile is None:
         return None
     if tokens is not None:
-        return EngineLimits(max(tokens // BLOCK_SIZE, 1), seqs, budget)
+        return EngineLimits(kv_blocks_for_tokens(tokens), seqs, budget)
     memory = memory or profile.gpu_memory_bytes
     if not memory or not profile.kv_bytes_per_token:
         r.error(

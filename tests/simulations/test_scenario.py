@@ -9,7 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policies.metrics.model_capacity import ModelCapacityMetric
+from policies.parse import load_policy_file
+from policies.stepmodel import BLOCK_SIZE, kv_blocks_for_tokens
 from simulations.scenario import (
+    EXAMPLES_DIR,
     GpuscaleContender,
     HpaContender,
     KedaContender,
@@ -19,6 +23,7 @@ from simulations.scenario import (
     load_scenario,
     parse_scenario,
 )
+from simulations.sweep_spec import apply_policy_knobs
 
 MINIMAL: dict[str, Any] = {
     "cluster": {"pools": [{"name": "a", "count": 1, "gpus": 2, "gpuMemory": "80Gi"}]},
@@ -132,3 +137,31 @@ def test_garbage_gives_scenario_errors_only(doc: Any) -> None:
         parse_scenario(doc, "s.yaml", Path("."))
     except ScenarioError as exc:
         assert all(m.startswith("s.yaml: ") for m in exc.messages)
+
+
+_CAPACITY_POLICY = load_policy_file(EXAMPLES_DIR / "llm-serving-model.yaml")[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(tokens=st.integers(1, 2_000_000), block=st.sampled_from([1, 8, 16, 32]))
+def test_kv_cache_tokens_become_blocks_by_the_policy_s_rule(tokens: int, block: int) -> None:
+    """A scenario's ``service.kvCacheTokens`` and a policy's ``engine.kvCacheTokens`` give the
+    same KV blocks (one rule, ``kv_blocks_for_tokens``); a scenario refuses less than a block."""
+    doc = {**MINIMAL, "service": {"kvCacheTokens": tokens, "blockSize": block}}
+    if tokens < block:
+        assert any("must hold at least one block" in m for m in errors_of(doc))
+        return
+    limits = parse_scenario(doc, "s.yaml", Path(".")).service.engine_limits()
+    assert limits.kv_blocks == tokens // block == kv_blocks_for_tokens(tokens, block)
+    if block == BLOCK_SIZE:
+        engine = {"maxNumSeqs": 256, "kvCacheTokens": tokens}
+        policy = apply_policy_knobs(_CAPACITY_POLICY, (("metrics[capacity].engine", engine),))
+        [capacity] = [m for m in policy.metrics if isinstance(m, ModelCapacityMetric)]
+        assert capacity.limits.kv_blocks == limits.kv_blocks
+
+
+@given(tokens=st.integers(1, 10**7), block=st.integers(1, 64))
+def test_a_kv_cache_in_tokens_has_at_least_one_block(tokens: int, block: int) -> None:
+    blocks = kv_blocks_for_tokens(tokens, block)
+    assert blocks >= 1
+    assert blocks == tokens // block or (tokens < block and blocks == 1)
