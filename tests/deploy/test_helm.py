@@ -157,6 +157,7 @@ OPTIONS: list[dict[str, str]] = [
         "scheduler.extender.prometheusUrl": "http://prometheus.monitoring:9090",
     },
     {"controller.prometheusUrl": "http://prom.obs.svc:9090"},
+    {"controller.nodeSelector.pool": "ops", "scheduler.tolerations[0].operator": "Exists"},
 ]
 
 
@@ -401,3 +402,40 @@ def test_other_namespace_follows_everywhere() -> None:
     )
     cert = find(objs, "Certificate", "gpuscale-controller")
     assert cert["spec"]["dnsNames"][0] == "gpuscale-controller.platform.svc"
+
+
+def test_scheduling_constraints_reach_both_deployments() -> None:
+    """nodeSelector, tolerations and nodeAffinity put the controller and the second scheduler
+    where the values say (the e2e pins them to its tainted real node this way); unset, the pod
+    specs carry none of them, as the kustomize tree."""
+    for component, deployment in (("controller", "gpuscale-controller"), ("scheduler", None)):
+        name = deployment or "gpuscale-scheduler"
+        objs = template(
+            **{
+                f"{component}__nodeSelector__pool": "ops",
+                f"{component}__tolerations[0]__key": "dedicated",
+                f"{component}__tolerations[0]__operator": "Equal",
+                f"{component}__tolerations[0]__value": "ops",
+                f"{component}__tolerations[0]__effect": "NoSchedule",
+                f"{component}__nodeAffinity__requiredDuringSchedulingIgnoredDuringExecution"
+                "__nodeSelectorTerms[0]__matchExpressions[0]__key": "zone",
+                f"{component}__nodeAffinity__requiredDuringSchedulingIgnoredDuringExecution"
+                "__nodeSelectorTerms[0]__matchExpressions[0]__operator": "Exists",
+            }
+        )
+        pod = find(objs, "Deployment", name)["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"pool": "ops"}
+        assert pod["tolerations"] == [
+            {"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}
+        ]
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert terms["nodeSelectorTerms"][0]["matchExpressions"] == [
+            {"key": "zone", "operator": "Exists"}
+        ]
+        assert "podAntiAffinity" in pod["affinity"]
+        other = "gpuscale-scheduler" if component == "controller" else "gpuscale-controller"
+        untouched = find(objs, "Deployment", other)["spec"]["template"]["spec"]
+        assert "nodeSelector" not in untouched and "tolerations" not in untouched
+        assert set(untouched["affinity"]) == {"podAntiAffinity"}
+    default = find(template(), "Deployment", "gpuscale-controller")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in default and "tolerations" not in default
