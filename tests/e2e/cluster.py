@@ -53,6 +53,8 @@ KWOK_STAGES = HERE / "kwok-stages.yaml"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 FRONT_PROXY_CN = "front-proxy-client"
 SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+"""The ``kubernetes`` Service's ClusterIP: the first address of :data:`SERVICE_CIDR`."""
 HPA_SYNC = "1s"
 
 # Controllers a Deployment scaled by an HPA needs, and the node lifecycle controller: the API
@@ -181,8 +183,10 @@ class Pki:
     def __post_init__(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cluster_ca.cert_pem.write_to_path(str(self.ca_file))
+        # 10.96.0.1 is the `kubernetes` Service's ClusterIP (first of SERVICE_CIDR): pods on
+        # the real node reach the API server through it (in-cluster config checks the IP).
         serving = self.cluster_ca.issue_cert(
-            "127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"
+            "127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc", KUBERNETES_SERVICE_IP
         )
         serving.cert_chain_pems[0].write_to_path(str(self.apiserver_cert))
         serving.private_key_pem.write_to_path(str(self.apiserver_key))

@@ -24,6 +24,10 @@ Interface, for scenarios that build on it (``conftest.py``'s ``real_node`` fixtu
 - ``node.import_image(archive)``: import an image archive (OCI or docker-archive) for its pods;
 - ``node.device_plugin_dir``, ``node.pod_resources_socket`` (for a device plugin run beside it),
   ``node.forget_device_plugins(resources)`` (back to a node without them, after such a run);
+- ``node.gateway`` (the host on the pods' bridge), ``node.relay(port)`` (a host loopback port
+  offered to pods at ``node.gateway``: Prometheus), ``node.publish_apiserver()`` (the
+  ``kubernetes`` Service answers in pods, for in-cluster clients: the API server listens on
+  loopback only, so it is relayed);
 - ``node.restart_kubelet()``, ``node.proxy_mode()``, ``node.processes`` (``containerd``,
   ``kubelet``, ``kube-proxy``), ``node.check_alive()``, ``node.stop()`` (tears down containers,
   mounts, network namespaces, the bridge, iptables chains and cgroups, and restores the kernel
@@ -40,12 +44,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,6 +66,7 @@ import yaml
 from tests.cluster.build import COMPONENTS, binary, binary_dir, cache_root, is_built
 from tests.cluster.node_images import HTTP, PAUSE, archive
 from tests.e2e.cluster import (
+    KUBERNETES_SERVICE_IP,
     SERVICE_CIDR,
     ClusterError,
     ControlPlane,
@@ -191,6 +199,53 @@ def _run(argv: Sequence[str], *, timeout: float = 60, check: bool = True) -> str
     return out.stdout
 
 
+class Relay:
+    """A TCP relay from ``listen`` (the bridge's host address) to ``127.0.0.1:target``.
+
+    The control plane and the e2e's fixtures (Prometheus) listen on loopback, which a pod's
+    network namespace cannot reach; this offers one such port to pods without rebinding it
+    on every interface. One thread per direction of each connection: test traffic only."""
+
+    def __init__(self, listen: str, target: int) -> None:
+        self.target = target
+        self._server = socket.create_server((listen, 0))
+        self.address: tuple[str, int] = self._server.getsockname()[:2]
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True, name=f"relay-{target}").start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                src.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
+
+
 @dataclass
 class RealNode:
     """One kubelet node (``real-0``) of ``cp``, with its own containerd; see the module doc."""
@@ -207,6 +262,7 @@ class RealNode:
     proxy_metrics_port: int = field(default_factory=free_port)
     _tunables: dict[str, str] = field(default_factory=dict)
     _lock_fd: int | None = None
+    _relays: dict[int, Relay] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -245,6 +301,59 @@ class RealNode:
             "containers": [dict(c) for c in containers],
             **extra,
         }
+
+    @property
+    def gateway(self) -> str:
+        """This host's address on the pods' bridge (the CNI's gateway: the CIDR's first)."""
+        return str(next(ipaddress.ip_network(self.pod_cidr).hosts()))
+
+    def relay(self, port: int) -> tuple[str, int]:
+        """Offer the host's ``127.0.0.1:port`` to pods; returns the (host, port) they dial.
+        Relays last as long as the node."""
+        if port not in self._relays:
+            self._ensure_bridge()
+            self._relays[port] = Relay(self.gateway, port)
+        return self._relays[port].address
+
+    def publish_apiserver(self) -> None:
+        """Make the ``kubernetes`` Service answer in pods, as in-cluster clients expect: an
+        EndpointSlice (the control plane keeps none: it advertises loopback) to a relay of
+        the API server. Its certificate names the Service's IP."""
+        host, port = self.relay(self.cp.apiserver_port)
+        status, svc = self.cp.request("GET", "/api/v1/namespaces/default/services/kubernetes")
+        if status != 200 or svc["spec"].get("clusterIP") != KUBERNETES_SERVICE_IP:
+            raise ClusterError(f"the kubernetes Service is not at {KUBERNETES_SERVICE_IP}: {svc}")
+        port_name = svc["spec"]["ports"][0].get("name", "https")
+        slice_ = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kubernetes-e2e-relay",
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "gpuscale-e2e",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [host], "conditions": {"ready": True}}],
+            "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+        }
+        path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+        self.cp.request("DELETE", f"{path}/kubernetes-e2e-relay")  # a relay of an earlier call
+        status, body = self.cp.request("POST", path, slice_)
+        if status != 201:
+            raise ClusterError(f"EndpointSlice for the kubernetes Service: {status} {body}")
+
+    def _ensure_bridge(self) -> None:
+        """The bridge with the gateway address, before any pod made it (the CNI's bridge
+        plugin takes it as it finds it); teardown deletes it either way."""
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            return
+        prefix = ipaddress.ip_network(self.pod_cidr).prefixlen
+        _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        _run(["ip", "addr", "add", f"{self.gateway}/{prefix}", "dev", BRIDGE])
+        _run(["ip", "link", "set", BRIDGE, "up"])
 
     def ctr(self, *args: str, timeout: float = 120) -> str:
         return _run(
@@ -358,6 +467,7 @@ class RealNode:
         if self._lock_fd is None:
             return  # never started: the machine-wide state may be another node's
         steps = (
+            self._close_relays,
             self._stop_proxy,
             self._stop_kubelet,
             self._remove_containers,
@@ -398,6 +508,11 @@ class RealNode:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def _close_relays(self) -> None:
+        for relay in self._relays.values():
+            relay.close()
+        self._relays.clear()
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
