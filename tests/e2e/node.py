@@ -204,7 +204,7 @@ class Relay:
 
     The control plane and the e2e's fixtures (Prometheus) listen on loopback, which a pod's
     network namespace cannot reach; this offers one such port to pods without rebinding it
-    on every interface. One thread per direction of each connection: test traffic only."""
+    on every interface. Two threads per connection: test traffic only."""
 
     def __init__(self, listen: str, target: int) -> None:
         self.target = target
@@ -225,8 +225,18 @@ class Relay:
                 client.close()
                 continue
             upstream.settimeout(None)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client, upstream), daemon=True).start()
+
+    @classmethod
+    def _serve(cls, client: socket.socket, upstream: socket.socket) -> None:
+        """Both directions; a half-close is passed on, and both sockets close once both
+        directions have ended (a client's request-then-shutdown still gets its answer)."""
+        back = threading.Thread(target=cls._pipe, args=(upstream, client), daemon=True)
+        back.start()
+        cls._pipe(client, upstream)
+        back.join()
+        client.close()
+        upstream.close()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -235,11 +245,8 @@ class Relay:
                 dst.sendall(data)
         except OSError:
             pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-            with contextlib.suppress(OSError):
-                src.close()
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         self._closed.set()

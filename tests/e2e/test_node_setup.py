@@ -69,3 +69,44 @@ def test_a_pod_for_the_node_is_bound_to_it_and_tolerates_its_taint(tmp_path: Pat
     (toleration,) = spec["tolerations"]
     assert {k: toleration[k] for k in ("key", "value", "effect")} == dict(TAINT)
     assert toleration["operator"] == "Equal"
+
+
+def test_relay_carries_both_directions_to_a_loopback_port() -> None:
+    """What pods use to reach loopback servers (the API server, Prometheus): bytes go through
+    both ways, and each side's close reaches the other."""
+    import socket
+    import threading
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+
+    def echo_upper() -> None:
+        conn, _ = upstream.accept()
+        with conn:
+            data = b""
+            while chunk := conn.recv(1024):
+                data += chunk
+            conn.sendall(data.upper())
+
+    threading.Thread(target=echo_upper, daemon=True).start()
+    relay = node.Relay("127.0.0.1", upstream.getsockname()[1])
+    try:
+        with socket.create_connection(relay.address, timeout=5) as client:
+            client.sendall(b"through the relay")
+            client.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := client.recv(1024):
+                answer += chunk
+        assert answer == b"THROUGH THE RELAY"
+    finally:
+        relay.close()
+        upstream.close()
+    with pytest.raises(OSError):
+        socket.create_connection(relay.address, timeout=1).close()
+
+
+def test_gateway_is_the_pod_cidrs_first_address(tmp_path: Path) -> None:
+    class _Cp:
+        pass
+
+    real = RealNode(_Cp(), tmp_path)  # type: ignore[arg-type]
+    assert real.gateway == "10.199.0.1"
