@@ -250,6 +250,10 @@ class Relay:
 
     def close(self) -> None:
         self._closed.set()
+        # shutdown wakes the blocked accept(); close alone would leave the port listening
+        # until it returned.
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
 
 
