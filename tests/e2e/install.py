@@ -343,3 +343,20 @@ def raise_dead(proc: Process) -> None:
 
 def objects_of(objs: Iterable[Obj], kind: str) -> list[Mapping[str, Any]]:
     return [o for o in objs if o["kind"] == kind]
+
+
+@contextlib.contextmanager
+def second_scheduler(inst: Installed) -> Iterator[tuple[Process, Process]]:
+    """deploy/'s second scheduler with its extender, running until the block ends: the
+    extender first (ready), then kube-scheduler; stopped in the reverse order."""
+    port = free_port()
+    extender = extender_process(inst, port=port)
+    sched = scheduler_process(inst, extender_url=f"https://127.0.0.1:{port}")
+    extender.start()
+    try:
+        wait_http_ok(f"http://127.0.0.1:{extender.ports['ops']}/readyz", within=60, proc=extender)
+        sched.start()
+        yield extender, sched
+    finally:
+        sched.stop()
+        extender.stop()

@@ -44,9 +44,8 @@ from tests.e2e.install import (
     Installed,
     apply,
     delete,
-    extender_process,
     gpuscale_bin,
-    scheduler_process,
+    second_scheduler,
     wait_http_ok,
 )
 from tests.e2e.kube import namespace
@@ -215,17 +214,8 @@ def device_plugin(
 @pytest.fixture(scope="module")
 def gpu_scheduler(installed: Installed, device_plugin: Process) -> Iterator[None]:
     """deploy/'s second scheduler with its extender, as the scheduling scenario runs them."""
-    port = free_port()
-    extender = extender_process(installed, port=port)
-    sched = scheduler_process(installed, extender_url=f"https://127.0.0.1:{port}")
-    extender.start()
-    try:
-        wait_http_ok(f"http://127.0.0.1:{extender.ports['ops']}/readyz", within=60, proc=extender)
-        sched.start()
+    with second_scheduler(installed):
         yield
-    finally:
-        sched.stop()
-        extender.stop()
 
 
 @pytest.fixture(scope="module")

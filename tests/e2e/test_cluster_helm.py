@@ -32,8 +32,9 @@ CHART = REPO / "deploy" / "helm" / "gpuscale"
 RELEASE = "gpuscale"
 
 
-def _helm(cp: ControlPlane, *args: str) -> str:
-    home = cp.workdir / "helm-home"
+def helm(cp: ControlPlane, *args: str, home_name: str = "helm-home") -> str:
+    """Run the cached helm against ``cp`` as admin, with its own cache/config/data folders."""
+    home = cp.workdir / home_name
     env = {
         **os.environ,
         "KUBECONFIG": str(cp.admin_kubeconfig),
@@ -58,7 +59,7 @@ def helm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPl
         cp.start()
         cert = ServingCert.make(cp.workdir / "serving")
         ca = base64.b64encode(cert.ca.read_bytes()).decode()
-        _helm(
+        helm(
             cp,
             "install",
             RELEASE,
@@ -74,12 +75,12 @@ def helm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPl
 
 
 def _manifest(cp: ControlPlane) -> list[dict[str, Any]]:
-    text = _helm(cp, "get", "manifest", RELEASE, f"--namespace={NAMESPACE}")
+    text = helm(cp, "get", "manifest", RELEASE, f"--namespace={NAMESPACE}")
     return [d for d in yaml.safe_load_all(text) if d]
 
 
 def test_helm_install_is_stored_object_by_object(helm_cluster: ControlPlane) -> None:
-    status = _helm(helm_cluster, "status", RELEASE, f"--namespace={NAMESPACE}", "-o", "json")
+    status = helm(helm_cluster, "status", RELEASE, f"--namespace={NAMESPACE}", "-o", "json")
     assert '"status":"deployed"' in status.replace(" ", "")
     objects = _manifest(helm_cluster)
     kinds = {o["kind"] for o in objects}
@@ -120,7 +121,7 @@ def test_the_charts_rbac_allows_every_call_in_the_code(
 def test_helm_uninstall_leaves_no_cluster_object(helm_cluster: ControlPlane) -> None:
     cluster_scoped = [o for o in _manifest(helm_cluster) if not _namespaced(o)]
     assert cluster_scoped
-    _helm(helm_cluster, "uninstall", RELEASE, f"--namespace={NAMESPACE}", "--wait")
+    helm(helm_cluster, "uninstall", RELEASE, f"--namespace={NAMESPACE}", "--wait")
     for obj in cluster_scoped:
         code, _ = helm_cluster.request("GET", _path(obj))
         assert code == 404, f"{obj['kind']} {obj['metadata']['name']} left behind"

@@ -29,7 +29,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from tests.e2e.install import (
 )
 from tests.e2e.kube import api, condition, deployment, eventually, namespace, policy_configmap
 from tests.e2e.node import LABELS, TOLERATION, RealNode
+from tests.e2e.test_cluster_helm import helm
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
 
@@ -82,20 +82,7 @@ def _archive(env: str, default: Path) -> Path:
 
 
 def _helm(cp: ControlPlane, *args: str) -> str:
-    home = cp.workdir / "helm-node-home"
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(cp.admin_kubeconfig),
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
-    out = subprocess.run(
-        [str(HELM), *args], capture_output=True, text=True, env=env, timeout=300, check=False
-    )
-    if out.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({out.returncode}):\n{out.stderr}")
-    return out.stdout
+    return helm(cp, *args, home_name="helm-node-home")
 
 
 def _tls_secrets(cert: ServingCert) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from extender.model import GPUS_ANNOTATION
-from tests.e2e.cluster import ControlPlane, free_port
+from tests.e2e.cluster import ControlPlane
 from tests.e2e.gpu_nodes import GpuNode, node_agents
 from tests.e2e.install import (
     NODE_AGENT_SA,
@@ -34,9 +34,7 @@ from tests.e2e.install import (
     Installed,
     apply,
     delete,
-    extender_process,
-    scheduler_process,
-    wait_http_ok,
+    second_scheduler,
 )
 from tests.e2e.kube import api, condition, deployment, eventually, namespace
 from tests.e2e.node import HTTP_IMAGE, LABELS, TAINT, RealNode
@@ -244,17 +242,10 @@ async def test_kubelet_restart_keeps_pods_running_and_node_ready(
 @pytest.fixture(scope="module")
 def gpu_scheduler(installed: Installed) -> Iterator[None]:
     """deploy/'s second scheduler with its extender, as the scheduling scenario runs them."""
-    port = free_port()
-    extender = extender_process(installed, port=port)
-    sched = scheduler_process(installed, extender_url=f"https://127.0.0.1:{port}")
-    extender.start()
     try:
-        wait_http_ok(f"http://127.0.0.1:{extender.ports['ops']}/readyz", within=60, proc=extender)
-        sched.start()
-        yield
+        with second_scheduler(installed):
+            yield
     finally:
-        sched.stop()
-        extender.stop()
         delete(installed.cp, [GPU_NODE.manifest()])
 
 

@@ -23,16 +23,14 @@ import pytest
 
 from extender.model import GPUS_ANNOTATION
 from extender.quantity import gpu_memory_mib
-from tests.e2e.cluster import ControlPlane, Process, free_port
+from tests.e2e.cluster import ControlPlane, Process
 from tests.e2e.gpu_nodes import GpuNode, gpu_indices, node_agents
 from tests.e2e.install import (
     NODE_AGENT_SA,
     Installed,
     apply,
     delete,
-    extender_process,
-    scheduler_process,
-    wait_http_ok,
+    second_scheduler,
 )
 from tests.e2e.kube import api, condition, deployment, eventually, namespace
 
@@ -60,17 +58,10 @@ BY_NAME = {n.name: n for n in NODES}
 
 @pytest.fixture(scope="module")
 def scheduler(installed: Installed) -> Iterator[tuple[Process, Process]]:
-    port = free_port()
-    extender = extender_process(installed, port=port)
-    sched = scheduler_process(installed, extender_url=f"https://127.0.0.1:{port}")
-    extender.start()
     try:
-        wait_http_ok(f"http://127.0.0.1:{extender.ports['ops']}/readyz", within=60, proc=extender)
-        sched.start()
-        yield extender, sched
+        with second_scheduler(installed) as running:
+            yield running
     finally:
-        sched.stop()
-        extender.stop()
         delete(installed.cp, [n.manifest() for n in NODES] + [namespace(NS)])
 
 
