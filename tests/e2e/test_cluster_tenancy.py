@@ -189,10 +189,15 @@ async def test_a_team_that_reads_another_teams_series_is_refused(
         "metrics[0].query" in e and "namespace enforcement" in e and "team-a" in e
         for e in refused["errors"]
     ), refused
-    events = await api(admin_client, "CoreV1Api").list_namespaced_event(
-        "team-c", field_selector=f"involvedObject.name={NAME},involvedObject.kind=ConfigMap"
-    )
-    assert "InvalidPolicy" in [e.reason for e in events.items]
+    # The Event is written after the status (its own API call): wait for it, do not race it.
+
+    async def reasons() -> list[str]:
+        events = await api(admin_client, "CoreV1Api").list_namespaced_event(
+            "team-c", field_selector=f"involvedObject.name={NAME},involvedObject.kind=ConfigMap"
+        )
+        return [e.reason for e in events.items]
+
+    await eventually("InvalidPolicy Event", reasons, lambda r: "InvalidPolicy" in r, within=30)
     # The last good version (its own series: nothing waiting) keeps running; team-a's load of
     # 37 is never served to team-c, neither as a count nor through the status.
     servers["team-c"].set_waiting(5)
