@@ -13,9 +13,10 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from policies.decision import Proposal
+from policies.reading import Reader
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -59,41 +60,10 @@ def input_key(metric: str, part: str) -> str:
     return f"{metric}:{part}"
 
 
-class FieldReader(Protocol):
-    """The typed field access of :mod:`policies.parse` that a metric type reads its own fields
-    with; every problem is recorded as ``path: message``, none stops the reading."""
-
-    def error(self, path: str, message: str) -> None: ...
-
-    def kind_of(self, value: Any) -> str: ...
-
-    def mapping(
-        self,
-        value: Any,
-        path: str,
-        *,
-        required: tuple[str, ...] = (),
-        optional: tuple[str, ...] = (),
-    ) -> Mapping[str, Any] | None: ...
-
-    def get(
-        self,
-        obj: Mapping[str, Any],
-        path: str,
-        field: str,
-        read: Callable[[Any, str], T | None],
-        default: T | None = None,
-    ) -> T | None: ...
-
-    def string(self, value: Any, path: str) -> str | None: ...
-
-    def integer(self, value: Any, path: str, minimum: int = 0) -> int | None: ...
-
-    def positive(self, value: Any, path: str) -> float | None: ...
-
-    def fraction(self, value: Any, path: str, *, closed_top: bool) -> float | None: ...
-
-    def duration(self, value: Any, path: str, *, positive: bool = False) -> float | None: ...
+FieldReader = Reader
+"""What a metric type reads its own fields with: the configuration reader every document uses
+(:mod:`policies.reading`); every problem is recorded as ``path: message``, none stops the
+reading."""
 
 
 @dataclass(frozen=True, slots=True)
