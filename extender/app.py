@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from extender import access
@@ -27,7 +28,7 @@ from extender.state import ClusterState
 from runtime import kube as runtime_kube
 from runtime import process
 from runtime.limits import ConnectionLimits
-from runtime.serving import ConnectionMetrics, Listener, serve
+from runtime.serving import ConnectionMetrics, Listener, Served, serve
 from runtime.tls import ServingTLS
 
 log = logging.getLogger("gpuscale.extender")
@@ -185,19 +186,9 @@ async def serve_extender(
     try:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(_cancel_all, tasks)  # after the server stopped
-            try:
-                served = await stack.enter_async_context(
-                    serve(
-                        app,
-                        listeners,
-                        limits=settings.limits,
-                        metrics=ConnectionMetrics(metrics.registry),
-                        shutdown_timeout=10.0,
-                    )
-                )
-            except OSError as exc:
-                where = ", ".join(f"{x.host}:{x.port}" for x in listeners)
-                raise StartupError(f"cannot listen on {where}: {exc}") from None
+            served = await _listen(
+                stack, app, listeners, settings.limits, metrics.registry, shutdown_timeout=10.0
+            )
             actual = served.ports[access.VERBS_LISTENER]
             log.info(
                 "extender listening",
@@ -251,6 +242,31 @@ async def serve_extender(
             await session.close()
         if own_client:
             await api_client.close()
+
+
+async def _listen(
+    stack: contextlib.AsyncExitStack,
+    app: web.Application,
+    listeners: list[Listener],
+    limits: ConnectionLimits | None,
+    registry: CollectorRegistry,
+    *,
+    shutdown_timeout: float,
+) -> Served:
+    """Serve ``app`` until ``stack`` closes; a port that cannot be bound stops start-up."""
+    try:
+        return await stack.enter_async_context(
+            serve(
+                app,
+                listeners,
+                limits=limits,
+                metrics=ConnectionMetrics(registry),
+                shutdown_timeout=shutdown_timeout,
+            )
+        )
+    except OSError as exc:
+        where = ", ".join(f"{x.host}:{x.port}" for x in listeners)
+        raise StartupError(f"cannot listen on {where}: {exc}") from None
 
 
 async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
@@ -383,18 +399,9 @@ async def serve_node_agent(
     try:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(_cancel_all, tasks)  # after the server stopped
-            try:
-                served = await stack.enter_async_context(
-                    serve(
-                        app,
-                        [Listener("ops", host, port)],
-                        limits=limits,
-                        metrics=ConnectionMetrics(registry),
-                        shutdown_timeout=5.0,
-                    )
-                )
-            except OSError as exc:
-                raise StartupError(f"cannot listen on {address}: {exc}") from None
+            served = await _listen(
+                stack, app, [Listener("ops", host, port)], limits, registry, shutdown_timeout=5.0
+            )
             actual = served.ports["ops"]
             if on_listening is not None:
                 on_listening(actual)
