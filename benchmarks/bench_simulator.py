@@ -3,7 +3,7 @@ on M/M/4, and the default scenario end to end, each next to a baseline measured 
 
 0. An hour of the Azure LLM code trace (``simulations/data/azure_llm_2023_code.csv``) through 16
    vLLM engines (A100 profile) behind the least-outstanding router: simulated engine steps/s
-   and requests/s, with decode-only runs advanced in closed form (as shipped) and one step per
+   and requests/s, with decode-only runs advanced in one event (as shipped) and one step per
    event (``MAX_RUN = 1``), and the old per-request model (``engine: per-request``, 2 slots per
    replica) on the same requests.
 1. An M/M/4 queue at ρ = 0.8 fed the same pre-drawn arrival and service times, once through
@@ -182,15 +182,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nAzure code trace (57 min), 16 replicas, same requests (best of 3)")
     results = {}
-    for mode in ("closed-form runs", "single-step", "per-request"):
+    for mode in ("decode runs, one event", "single-step", "per-request"):
         results[mode] = min(trace_replay(mode) for _ in range(REPEATS))
     for mode, (wall, steps, reqs) in results.items():
         what = "vLLM engine, " + mode if mode != "per-request" else "old per-request model"
         per_step = f"{steps / wall:10,.0f} steps/s ({steps:,} steps)" if steps else " " * 32
         print(f"  {what:<34}: {wall:6.2f} s  {reqs / wall:9,.0f} requests/s  {per_step}")
-    gain = results["single-step"][0] / results["closed-form runs"][0]
+    gain = results["single-step"][0] / results["decode runs, one event"][0]
     print(
-        f"  closed-form decode runs: {gain:.1f}x faster than one step per event, same results"
+        f"  decode runs in one event: {gain:.1f}x faster than one step per event, same results"
         " (tests/simulations/test_batching.py)"
     )
     if args.skip_mmc:

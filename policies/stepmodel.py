@@ -17,9 +17,9 @@ work outside the engine step that every request pays but that never delays a ste
   ``k * alpha2`` after the step that made it, as BLIS's ``FirstTokenTime`` and ``ITL`` add it.
 
 A profile without alphas has them at 0 and behaves as the steps alone. The simulator's replicas
-call :func:`step_time` for every step and :func:`decode_run_time` for runs of decode-only steps;
-the ``modelCapacity`` policy metric sizes a service with :func:`replicas_for_slo` from the same
-coefficients. No other module has the formula.
+call :func:`step_time` for every step, runs of decode-only steps included; the ``modelCapacity``
+policy metric sizes a service with :func:`replicas_for_slo` from the same coefficients. No other
+module has the formula.
 
 Capacity model (fluid, per replica). Requests arrive at ``lam``/s with ``P`` prompt tokens and
 ``G`` generated tokens on average; the first token comes out of the last prefill step, so a
@@ -115,13 +115,6 @@ def step_time(
 def arrival_overhead(profile: StepProfile, prompt_tokens: float) -> float:
     """Seconds between a request's arrival and its entry in the engine's waiting queue."""
     return profile.alpha0 + profile.alpha1 * prompt_tokens
-
-
-def decode_run_time(profile: StepProfile, seqs: int, context_tokens: float, steps: int) -> float:
-    """Seconds of ``steps`` decode-only steps of ``seqs`` sequences whose contexts start at
-    ``context_tokens`` in all and grow by ``seqs`` tokens a step (the sum of :func:`step_time`)."""
-    first = step_time(profile, 0, seqs, context_tokens)
-    return steps * first + profile.beta3 * seqs * steps * (steps - 1) / 2
 
 
 def kv_blocks_for_tokens(tokens: int, block_size: int = BLOCK_SIZE) -> int:

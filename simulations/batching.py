@@ -21,10 +21,10 @@ engine's steps never wait for them.
 
 Step time is :func:`policies.stepmodel.step_time` of the batch. Runs of decode-only steps in
 which nothing can change the batch (no admission possible, no request finishing before the last
-step, no block allocation that could fail) are advanced in one event through
-:func:`policies.stepmodel.decode_run_time`, which gives the same times, tokens and metrics as
-stepping one by one. An arrival that could be admitted cuts such a run at the end of the step in
-progress; a scrape first brings the counters up to the last completed step.
+step, no block allocation that could fail) are advanced in one event, with the same times
+(summed step by step, so they round alike), tokens and metrics as stepping one by one. An
+arrival that could be admitted cuts such a run at the end of the step in progress; a scrape first
+brings the counters up to the last completed step.
 
 Requests are indices into the run's :class:`ServingLog` (struct of lists), as in
 :mod:`simulations.serving`, so the hot path allocates little per request.
@@ -33,10 +33,11 @@ Requests are indices into the run's :class:`ServingLog` (struct of lists), as in
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
@@ -44,7 +45,6 @@ from policies.stepmodel import (
     EngineLimits,
     StepProfile,
     arrival_overhead,
-    decode_run_time,
     step_time,
 )
 from simulations.engine import Engine
@@ -189,8 +189,8 @@ class BatchingReplica:
         "queue",
         "run_c0",
         "run_done",
+        "run_ends",
         "run_k",
-        "run_t0",
         "running",
         "sched",
         "sched_n",
@@ -242,7 +242,8 @@ class BatchingReplica:
         self.sched_n: list[int] = []
         self.run_k = 0
         self.run_done = 0
-        self.run_t0 = 0.0
+        self.run_ends: list[float] = []
+        """``run_ends[m]``: when step ``m`` of the current decode run ends (``[0]``: its start)."""
         self.run_c0 = 0
         # metrics (vLLM names in parentheses)
         self.arrived = 0
@@ -361,9 +362,9 @@ class BatchingReplica:
         if k >= 2:
             self.run_k = k
             self.run_done = 0
-            self.run_t0 = now
+            self.run_ends = self._run_ends(now, k)
             self.epoch += 1
-            self._push(now + self._run_time(k), self._run_end, self.epoch)
+            self._push(self.run_ends[k], self._run_end, self.epoch)
             return
         self.run_k = self.run_done = 0
         dt = self._schedule()
@@ -427,8 +428,18 @@ class BatchingReplica:
                 total += more
         return total
 
-    def _run_time(self, steps: int) -> float:
-        return decode_run_time(self.profile, len(self.batch), self.run_c0, steps)
+    def _run_ends(self, start: float, steps: int) -> list[float]:
+        """End times of a run's steps, summed one step at a time as single steps would be: a
+        closed form rounds differently, and an arrival that ties with a step's end must fall
+        on the same side of it either way."""
+        n = len(self.batch)
+        profile = self.profile
+        if profile.beta3 == 0.0:
+            taus = [step_time(profile, 0, n, 0)] * steps
+        else:
+            c0 = self.run_c0
+            taus = [step_time(profile, 0, n, c0 + n * s) for s in range(steps)]
+        return list(accumulate(taus, initial=start))
 
     def _schedule(self) -> float:
         """vLLM V1's ``schedule()`` for one step; returns the step's duration."""
@@ -597,16 +608,8 @@ class BatchingReplica:
 
     def _elapsed_steps(self, now: float) -> int:
         """Steps of the current run that have ended by ``now``."""
-        t0 = self.run_t0
-        m = self.run_done
-        if self.profile.beta3 == 0.0:  # constant steps: start from the quotient
-            tau = self._run_time(1)
-            m = min(max(int((now - t0) / tau), m), self.run_k)
-            while m > self.run_done and t0 + self._run_time(m) > now:
-                m -= 1
-        while m < self.run_k and t0 + self._run_time(m + 1) <= now:
-            m += 1
-        return m
+        ends = self.run_ends
+        return max(bisect_right(ends, now, 0, self.run_k + 1) - 1, self.run_done)
 
     def _advance(self, upto: int) -> None:
         """Apply steps ``run_done+1 .. upto`` of the current decode run."""
@@ -622,7 +625,7 @@ class BatchingReplica:
         bs = self.block
         done = self.run_done
         n = len(self.batch)
-        end = self.run_t0 + self._run_time(upto)
+        end = self.run_ends[upto]
         free = self.free
         profile = self.profile
         itl = self.itl
@@ -631,7 +634,7 @@ class BatchingReplica:
         if done == 0:
             # the first step's gap is the step time only for sequences that got a token in the
             # step before the run; one left out of it (token budget) waited longer
-            first_end = self.run_t0 + self._run_time(1)
+            first_end = self.run_ends[1]
             tau1 = step_time(profile, 0, n, self.run_c0)
             for i in self.batch:
                 gap = first_end - last[i]
@@ -681,12 +684,12 @@ class BatchingReplica:
         """An admissible request arrived: end the run after the step in progress."""
         now = self._engine.now
         m = self._elapsed_steps(now)
-        cut = m if m >= 1 and self.run_t0 + self._run_time(m) >= now else m + 1
+        cut = m if m >= 1 and self.run_ends[m] >= now else m + 1
         if cut >= self.run_k:
             return
         self.run_k = cut
         self.epoch += 1
-        self._push(self.run_t0 + self._run_time(cut), self._run_end, self.epoch)
+        self._push(self.run_ends[cut], self._run_end, self.epoch)
 
     def sample(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[list[float], ...]]:
         """What the engine's ``/metrics`` shows now (:class:`simulations.metrics.Scrapable`)."""

@@ -20,7 +20,6 @@ from policies.stepmodel import (
     EngineLimits,
     StepProfile,
     TokenMix,
-    decode_run_time,
     kv_cache_blocks,
     replicas_for_slo,
     saturation_rate,
@@ -33,12 +32,6 @@ P = StepProfile("t", 5e-3, 2e-5, 1e-5, 1e-7)
 
 def test_step_time_is_the_linear_model() -> None:
     assert step_time(P, 100, 10, 1000) == pytest.approx(5e-3 + 2e-3 + 1e-4 + 1e-4)
-
-
-@given(st.integers(1, 300), st.integers(0, 10_000), st.integers(1, 200))
-def test_decode_run_time_is_the_sum_of_its_steps(seqs: int, context: int, steps: int) -> None:
-    each = sum(step_time(P, 0, seqs, context + seqs * k) for k in range(steps))
-    assert decode_run_time(P, seqs, context, steps) == pytest.approx(each)
 
 
 def test_kv_cache_blocks_from_memory() -> None:
