@@ -15,15 +15,15 @@ from typing import Any, Protocol
 
 from autoscaler.feedback import STATUS_ANNOTATION, ConfigMapRef, Feedback, PolicyStatus
 from autoscaler.hpa import HpaReconciler, NotOurs
-from autoscaler.loop import Scheduler
 from autoscaler.ops import ControllerMetrics
 from autoscaler.policy_source import PolicyEntry, PolicySource
 from autoscaler.prometheus import Missing, QueryResult
 from autoscaler.states import POLICY_STATES, PolicyState
 from autoscaler.store import DecisionStore, Published
 from autoscaler.targets import TargetError, TargetReplicas
+from autoscaler.ticks import Ticker
 from policies.decide import decide
-from policies.decision import Decision, Snapshot, State
+from policies.decide_types import Decision, Snapshot, State
 from policies.metrics import metric_inputs, metric_target
 from policies.schema import ScalingPolicy
 from runtime.kube import KubeError, metadata
@@ -155,7 +155,7 @@ class Controller:
         self.wall = wall
         self.hpa_resync = hpa_resync
         self.runtime: dict[str, PolicyRuntime] = {}
-        self.scheduler = Scheduler(
+        self.scheduler = Ticker(
             self.tick,
             on_start=metrics.tick_lateness.observe,
             on_skip=metrics.ticks_skipped.inc,

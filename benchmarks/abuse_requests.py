@@ -66,11 +66,11 @@ def serve(nodes_path: str, pods_path: str, per_device: bool, port_q: Any, stop: 
 
     from aiohttp import web
 
+    from extender.cluster_state import ClusterState
     from extender.decode import node_from_json, pod_from_json
     from extender.fragmentation import learn
     from extender.inventory import InventoryConfig
     from extender.server import Extender, ExtenderSettings, Metrics, make_app
-    from extender.state import ClusterState
 
     state = ClusterState(InventoryConfig(stale_after=3600))
     state.replace_nodes(read_pages(nodes_path, node_from_json))
@@ -477,9 +477,9 @@ def scrape_holds(nodes_path: str, pods_path: str, repeat: int = 5) -> str:
     event loop (a ticker task measures the gaps between its turns), sliced as served and, as
     the same-run baseline, with slices too large to ever yield."""
     from extender import cluster_metrics
+    from extender.cluster_state import ClusterState
     from extender.decode import node_from_json, pod_from_json
     from extender.inventory import InventoryConfig
-    from extender.state import ClusterState
 
     state = ClusterState(InventoryConfig(stale_after=3600))
     state.replace_nodes(read_pages(nodes_path, node_from_json))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from policies.decide import decide
-from policies.decision import (
+from policies.decide_types import (
     Decision,
     HoltState,
     Proposal,

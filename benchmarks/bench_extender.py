@@ -37,12 +37,12 @@ import orjson
 from aiohttp import web
 
 from extender.body import RequestLimits
+from extender.cluster_state import ClusterState
 from extender.decode import node_from_json, pod_from_json
 from extender.fragmentation import learn
 from extender.inventory import InventoryConfig, gpus_annotation
-from extender.model import SCORING_ANNOTATION, GpuDevice
+from extender.objects import SCORING_ANNOTATION, GpuDevice
 from extender.server import Extender, ExtenderSettings, Metrics, make_app
-from extender.state import ClusterState
 
 STAMP = "2027-01-15T08:00:00Z"
 NOW = 1_800_000_000.0 + 10.0  # 10 s after STAMP

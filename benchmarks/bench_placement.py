@@ -50,9 +50,9 @@ from extender.filtering import prioritize
 from extender.fit import DeviceState, NodeGpus
 from extender.fragmentation import Fragmentation, Workload, clear_caches, place, score_of
 from extender.index import NodeIndex, StateMemo
-from extender.model import GpuNeed, NodeInfo, PodRequest
+from extender.objects import GpuNeed, NodeInfo, PodRequest
 from extender.scoring import DeviceRows, get_strategy, register
-from extender.states import StateArrays
+from extender.state_arrays import StateArrays
 
 GIB = 1024
 SIZES = (10 * GIB, 20 * GIB, 40 * GIB, 80 * GIB)

@@ -40,7 +40,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from extender.inventory import gpus_annotation
-from extender.model import GpuDevice
+from extender.objects import GpuDevice
 from tests.cluster.build import COMPONENTS, is_built
 from tests.e2e.cluster import ControlPlane, Process, free_port, wait_until
 from tests.e2e.gpu_nodes import GpuNode

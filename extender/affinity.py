@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from extender.model import NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PreferredTerm
+from extender.objects import NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PreferredTerm
 
 AFFINITY_REASON: Final = "node(s) didn't match Pod's node affinity/selector"
 

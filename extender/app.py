@@ -22,9 +22,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from extender import access
+from extender.cluster_state import ClusterState
 from extender.inventory import InventoryConfig
 from extender.scoring import ScoreWeights
-from extender.state import ClusterState
 from runtime import kube as runtime_kube
 from runtime import process
 from runtime.limits import ConnectionLimits

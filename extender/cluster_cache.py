@@ -1,4 +1,4 @@
-"""Keeps :class:`~extender.state.ClusterState` in step with Kubernetes, and binds pods.
+"""Keeps :class:`~extender.cluster_state.ClusterState` in step with Kubernetes, and binds pods.
 
 Nodes and pods are listed, then watched, by the reflector every gpuscale server uses
 (:mod:`runtime.reflector`): paged lists decoded page by page, watches resumed from the last
@@ -22,10 +22,10 @@ from typing import Any, Final
 
 import orjson
 
+from extender.cluster_state import ClusterState
 from extender.decode import BadRequest, node_from_json, pod_from_json
-from extender.model import GPU_INDICES_ANNOTATION, NodeInfo, PodRequest
+from extender.objects import GPU_INDICES_ANNOTATION, NodeInfo, PodRequest
 from extender.server import BindError
-from extender.state import ClusterState
 from runtime.reflector import Reflector, ReflectorSettings
 
 log = logging.getLogger("gpuscale.extender.cache")

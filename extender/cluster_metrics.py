@@ -17,9 +17,9 @@ from typing import Final
 
 import numpy as np
 
+from extender.cluster_state import ClusterState
 from extender.fit import NodeGpus
-from extender.model import NodeInfo
-from extender.state import ClusterState
+from extender.objects import NodeInfo
 
 SLICE_NODES: Final = 200
 """Nodes visited between two returns to the event loop (~1 ms of work)."""

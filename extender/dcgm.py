@@ -16,9 +16,9 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
+from extender.cluster_state import ClusterState
 from extender.inventory import reports_from_dcgm
-from extender.model import GpuReport
-from extender.state import ClusterState
+from extender.objects import GpuReport
 
 log = logging.getLogger("gpuscale.extender.dcgm")
 

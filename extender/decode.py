@@ -1,4 +1,4 @@
-"""Kubernetes JSON (already parsed into dicts) → :mod:`extender.model` objects.
+"""Kubernetes JSON (already parsed into dicts) → :mod:`extender.objects` objects.
 
 Every wrong type raises :class:`BadRequest` naming the field, so the server can answer 400.
 Node decoding reads only the fields placement needs and memoises the expensive parts (quantities,
@@ -13,7 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 from extender.inventory import InventoryError, parse_gfd, parse_gpus_annotation
-from extender.model import (
+from extender.need import ContainerResources, NeedError, pod_need
+from extender.objects import (
     EMPTY_LABELS,
     GPU_INDICES_ANNOTATION,
     GPUS_ANNOTATION,
@@ -28,7 +29,6 @@ from extender.model import (
     Taint,
     Toleration,
 )
-from extender.need import ContainerResources, NeedError, pod_need
 from extender.quantity import QuantityError, byte_count, milli_cpu
 
 

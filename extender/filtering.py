@@ -20,7 +20,7 @@ from extender.fit import NodeGpus, gpu_fit_reason
 from extender.fitting import PodFit, fits
 from extender.fragmentation import NO_GPU, host_context
 from extender.inventory import InventoryConfig, node_gpus
-from extender.model import GpuReport, NodeInfo, PodRequest
+from extender.objects import GpuReport, NodeInfo, PodRequest
 from extender.reservations import EMPTY, Book, Reservation
 from extender.scoring import ScoreWeights, Strategy, combine, get_strategy
 

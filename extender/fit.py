@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from extender.model import GpuNeed
+from extender.objects import GpuNeed
 
 
 @dataclass(frozen=True, slots=True)

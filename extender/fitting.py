@@ -20,7 +20,7 @@ from typing import Final, Protocol
 from extender import taints as taint_rules
 from extender.affinity import AFFINITY_REASON, RequiredAffinity, compile_required
 from extender.fit import NodeGpus, gpu_fit_reason, resource_fit_reasons
-from extender.model import GpuNeed, PodRequest, Taint, Toleration
+from extender.objects import GpuNeed, PodRequest, Taint, Toleration
 
 UNRESOLVABLE: Final = frozenset(
     {"node_not_found", "untolerated_taint", "node_affinity", "gpu_inventory"}

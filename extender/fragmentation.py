@@ -34,9 +34,9 @@ import numpy as np
 import numpy.typing as npt
 
 from extender.fit import DeviceState, NodeGpus
-from extender.model import GpuNeed, NodeInfo, PodRequest
+from extender.objects import GpuNeed, NodeInfo, PodRequest
 from extender.scoring import MAX_NODE_SCORE, NodeState, get_strategy, register
-from extender.states import StateArrays, canonical
+from extender.state_arrays import StateArrays, canonical
 
 MILLI: Final = 1000
 MAX_SHAPES: Final = 128

@@ -18,7 +18,7 @@ with two shortcuts:
   node's state id is recomputed only when its row changes, and scores are remembered per need, so
   a request costs array lookups plus the states not seen before.
 
-Rows are refreshed from :class:`extender.state.ClusterState` only for nodes that changed.
+Rows are refreshed from :class:`extender.cluster_state.ClusterState` only for nodes that changed.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from extender.filtering import (
 )
 from extender.fit import NodeGpus, shortage_reason
 from extender.fitting import PodFit, label_misfit
-from extender.model import GpuNeed, NodeInfo, PodRequest, Taint, Toleration
+from extender.objects import GpuNeed, NodeInfo, PodRequest, Taint, Toleration
 from extender.scoring import (
     DeviceRows,
     NodeState,
@@ -55,7 +55,7 @@ from extender.scoring import (
     Strategy,
     combine_arrays,
 )
-from extender.states import StateArrays, canonical
+from extender.state_arrays import StateArrays, canonical
 
 UNKNOWN: Final = 2**62
 """Free CPU/memory of a node whose allocatable is unknown: never short."""
@@ -76,7 +76,7 @@ _T = TypeVar("_T")
 class StateMemo:
     """Distinct node states and the scores remembered per (strategy, need, state).
 
-    Owned by :class:`~extender.state.ClusterState` and handed to every index it builds, so a
+    Owned by :class:`~extender.cluster_state.ClusterState` and handed to every index it builds, so a
     node added or deleted (which rebuilds the index) keeps what was computed for the states that
     are still there. ``arrays`` holds the states in array form for strategies that score many
     states at once (``score_arrays``), extended as states are interned.

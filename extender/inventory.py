@@ -27,7 +27,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from extender.fit import DeviceState, NodeGpus
-from extender.model import GfdInfo, GpuDevice, GpuReport, NodeInfo, PodRequest
+from extender.objects import GfdInfo, GpuDevice, GpuReport, NodeInfo, PodRequest
 from extender.reservations import Reservation
 
 RUNNING: Final = "Running"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from extender.model import GPU_MEMORY_RESOURCE, GPU_RESOURCE, GpuNeed
+from extender.objects import GPU_MEMORY_RESOURCE, GPU_RESOURCE, GpuNeed
 from extender.quantity import QuantityError, byte_count, count, gpu_memory_mib, milli_cpu
 
 _CONVERTERS: Final[dict[str, Callable[[object], int]]] = {

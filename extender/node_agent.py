@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from extender.inventory import gpus_annotation
-from extender.model import GPUS_ANNOTATION, GpuDevice
+from extender.objects import GPUS_ANNOTATION, GpuDevice
 from runtime.ops import add_ops_routes
 
 log = logging.getLogger("gpuscale.node_agent")

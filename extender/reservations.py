@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from extender.model import GpuReport
+from extender.objects import GpuReport
 
 Book = Mapping[str, "Reservation"]
 EMPTY: Book = MappingProxyType({})

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from extender.fit import NodeGpus, choose_best_fit, choose_worst_fit
-from extender.model import GpuNeed, PodRequest
+from extender.objects import GpuNeed, PodRequest
 
 MAX_NODE_SCORE: Final = 100
 """kube-scheduler's ``MaxNodeScore``: the scale of each component before weighting."""

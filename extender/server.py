@@ -26,11 +26,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from extender import cluster_metrics
 from extender.body import BodyReader, BodyRefused, RequestLimits
+from extender.cluster_state import ClusterState
 from extender.decode import BadRequest, pod_from_json
 from extender.filtering import FAILURE_KINDS, choose_devices, prioritize, strategy_for
-from extender.model import PodRequest
+from extender.objects import PodRequest
 from extender.scoring import ScoreWeights, get_strategy
-from extender.state import ClusterState
 from runtime.ops import add_ops_routes
 
 log = logging.getLogger("gpuscale.extender")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from extender.model import Taint, Toleration
+from extender.objects import Taint, Toleration
 
 FILTER_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from policies.decision import Decision
+    from policies.decide_types import Decision
     from policies.schema import ScalingPolicy
 
 
@@ -220,7 +220,7 @@ def explain(
         -m kv-cache=0.5 -m itl=0.03 --current 3
     """
     from policies.decide import decide
-    from policies.decision import Snapshot, State
+    from policies.decide_types import Snapshot, State
     from policies.parse import PolicyFileError, load_policy_file
     from policies.schema import metric_inputs
 

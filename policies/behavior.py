@@ -4,7 +4,7 @@ A port of the rules in Kubernetes ``pkg/controller/podautoscaler/horizontal.go``
 (``stabilizeRecommendationWithBehaviors``, ``convertDesiredReplicasWithBehaviorRate``,
 ``calculateScaleUpLimitWithScalingRules``, ``calculateScaleDownLimitWithBehaviors``,
 ``getReplicasChangePerPeriod``, ``storeScaleEvent``), with the controller's maps replaced by
-plain tuples carried in :class:`policies.decision.State` and ``time.Now()`` by ``now``:
+plain tuples carried in :class:`policies.decide_types.State` and ``time.Now()`` by ``now``:
 
 - Stabilization: every raw recommendation is recorded. The result is ``current`` raised to the
   *lowest* recommendation of the scale-up window and lowered to the *highest* of the scale-down
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-from policies.decision import Recommendation, ScaleEvent
+from policies.decide_types import Recommendation, ScaleEvent
 from policies.durations import format_duration
 from policies.schema import Behavior, ScalingRule, ScalingRules
 

@@ -44,7 +44,7 @@ from dataclasses import replace
 from policies import envelope
 from policies import forecast as holt
 from policies.behavior import limit_rate, record_scale_event, stabilize
-from policies.decision import BurstSample, Decision, HoltState, Proposal, Snapshot, State
+from policies.decide_types import BurstSample, Decision, HoltState, Proposal, Snapshot, State
 from policies.durations import format_duration
 from policies.metrics import KINDS
 from policies.schema import Burst, ScalingPolicy

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from policies.decision import BurstSample
+from policies.decide_types import BurstSample
 
 
 def update(

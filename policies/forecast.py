@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from policies.decision import HoltState
+from policies.decide_types import HoltState
 
 
 def update(

@@ -12,7 +12,7 @@ import math
 import re
 
 from policies.decide import decide
-from policies.decision import Snapshot, State
+from policies.decide_types import Snapshot, State
 from policies.durations import DurationError, parse_duration
 from policies.metrics import Metric, kind_of, metric_inputs
 from simulations import promql

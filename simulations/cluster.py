@@ -25,7 +25,7 @@ from extender.affinity import (
 )
 from extender.fit import DeviceState, NodeGpus
 from extender.fitting import PodFit, fits
-from extender.model import GpuNeed, Taint, Toleration
+from extender.objects import GpuNeed, Taint, Toleration
 from extender.scoring import combine, get_strategy
 from extender.taints import count_intolerable_prefer_no_schedule
 

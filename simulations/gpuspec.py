@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Final
 
 from extender.affinity import RequiredAffinity, compile_required
-from extender.model import (
+from extender.objects import (
     EMPTY_LABELS,
     GFD_PRODUCT_LABEL,
     NodeSelector,

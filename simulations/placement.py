@@ -37,7 +37,7 @@ import numpy.typing as npt
 from extender.fit import DeviceState, NodeGpus
 from extender.fitting import PodFit, fits
 from extender.fragmentation import Fragmentation, Workload, per_gpu_need, with_host
-from extender.model import GpuNeed
+from extender.objects import GpuNeed
 from extender.scoring import MAX_EXTENDER_PRIORITY, Strategy, combine, get_strategy
 from simulations import gpuspec
 from simulations.openb import MILLI, OpenbNode, OpenbPod

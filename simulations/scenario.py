@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 import yaml
 
 import policies
-from extender.model import Taint, Toleration
+from extender.objects import Taint, Toleration
 from extender.quantity import QuantityError, gpu_memory_mib
 from policies.parse import PolicyFileError, load_policy_file
 from policies.profiles import ProfileError, load_profile

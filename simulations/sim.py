@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from extender.affinity import compile_required
-from extender.model import GpuNeed, Toleration
+from extender.objects import GpuNeed, Toleration
 from simulations import arrivals, openb
 from simulations.arrivals import Workload
 from simulations.batching import BatchingReplica, EngineConfig, ServingLog

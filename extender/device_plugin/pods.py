@@ -13,8 +13,8 @@ from typing import Any
 
 from extender.decode import BadRequest, pod_from_json
 from extender.device_plugin.matching import GpuContainer, PendingPod
-from extender.model import GPU_RESOURCE
 from extender.need import ContainerResources, NeedError, pod_total
+from extender.objects import GPU_RESOURCE
 
 
 class PodError(ValueError):

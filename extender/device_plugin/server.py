@@ -47,7 +47,7 @@ from extender.device_plugin.proto import deviceplugin_v1beta1_pb2 as pb
 from extender.device_plugin.proto import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 from extender.device_plugin.proto import podresources_v1_pb2 as pr
 from extender.device_plugin.proto import podresources_v1_pb2_grpc as pr_grpc
-from extender.model import GPU_RESOURCE
+from extender.objects import GPU_RESOURCE
 
 log = logging.getLogger("gpuscale.device_plugin")
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from policies.decision import Proposal
+from policies.decide_types import Proposal
 from policies.reading import Reader
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policies.decision import Proposal
+from policies.decide_types import Proposal
 from policies.metrics.base import FieldReader, MetricKind, proportional
 
 

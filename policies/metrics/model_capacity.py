@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from policies import jsonschema_parts as js
-from policies.decision import Proposal
+from policies.decide_types import Proposal
 from policies.durations import format_duration
 from policies.metrics.base import FieldReader, MetricKind, QueryField, input_key
 from policies.profiles import (

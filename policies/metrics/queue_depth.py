@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from policies import jsonschema_parts as js
-from policies.decision import Proposal
+from policies.decide_types import Proposal
 from policies.metrics.base import EPS, FieldReader, MetricKind, fixed_text
 
 _ceil = math.ceil

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from policies.behavior import limit_rate, record_scale_event, stabilize
-from policies.decision import Recommendation, ScaleEvent
+from policies.decide_types import Recommendation, ScaleEvent
 from policies.schema import Behavior, ScalingRule, ScalingRules
 
 DEFAULT_SYNC_PERIOD = 15.0

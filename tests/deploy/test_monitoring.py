@@ -32,9 +32,9 @@ def exported_series_names() -> set[str]:
     """Sample names the code's registries would expose, read from the registries themselves."""
     from autoscaler.ops import ControllerMetrics
     from extender.cluster_metrics import FAMILIES
+    from extender.cluster_state import ClusterState
     from extender.node_agent import AgentHealth, agent_registry
     from extender.server import Metrics
-    from extender.state import ClusterState
 
     registries: list[CollectorRegistry] = [
         ControllerMetrics().registry,

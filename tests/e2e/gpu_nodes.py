@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from extender import node_agent
-from extender.model import (
+from extender.objects import (
     GFD_COUNT_LABEL,
     GFD_MEMORY_LABEL,
     GFD_PRODUCT_LABEL,

@@ -31,7 +31,7 @@ import yaml
 from extender.device_plugin.devices import CHECKPOINT_FILE
 from extender.device_plugin.matching import uuid_of
 from extender.inventory import parse_gpus_annotation
-from extender.model import (
+from extender.objects import (
     GPU_INDICES_ANNOTATION,
     GPU_MEMORY_RESOURCE,
     GPU_RESOURCE,

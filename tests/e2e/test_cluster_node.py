@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from extender.model import GPUS_ANNOTATION
+from extender.objects import GPUS_ANNOTATION
 from tests.e2e.cluster import ControlPlane
 from tests.e2e.gpu_nodes import GpuNode, node_agents
 from tests.e2e.install import (

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from extender.model import GPU_INDICES_ANNOTATION
+from extender.objects import GPU_INDICES_ANNOTATION
 from tests.autoscaler.helpers import metric_count, metric_via_api
 from tests.e2e.cluster import ControlPlane, Process, free_port
 from tests.e2e.gpu_nodes import GpuNode, gpu_indices, node_agents

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import pytest
 
-from extender.model import GPUS_ANNOTATION
+from extender.objects import GPUS_ANNOTATION
 from extender.quantity import gpu_memory_mib
 from tests.e2e.cluster import ControlPlane, Process
 from tests.e2e.gpu_nodes import GpuNode, gpu_indices, node_agents

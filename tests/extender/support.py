@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from extender.body import BodyLimit, RequestLimits
+from extender.cluster_state import ClusterState
 from extender.decode import node_from_json
 from extender.server import BindError
-from extender.state import ClusterState
 from tests.extender.test_filtering import node_json
 
 NOW = datetime(2027, 1, 15, 8, 0, 10, tzinfo=UTC).timestamp()

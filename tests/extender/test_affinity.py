@@ -12,7 +12,7 @@ from extender.affinity import (
     compile_term,
     parse_go_int64,
 )
-from extender.model import (
+from extender.objects import (
     NodeSelector,
     NodeSelectorRequirement,
     NodeSelectorTerm,

@@ -294,8 +294,8 @@ async def test_extender_process_end_to_end(kube: KubeStandIn, kube_client: Any) 
 
 
 async def test_dcgm_poller_feeds_the_state() -> None:
+    from extender.cluster_state import ClusterState
     from extender.dcgm import run_poller
-    from extender.state import ClusterState
 
     series = [{"metric": {"Hostname": "n1", "gpu": "0"}, "value": [1_800_000_000, "100"]}]
     results = {"DCGM_FI_DEV_FB_FREE": series, "DCGM_FI_DEV_FB_USED": series}

@@ -25,11 +25,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from extender.cluster_state import ClusterState
 from extender.decode import node_from_json, pod_from_json
 from extender.filtering import choose_devices
-from extender.model import GPU_INDICES_ANNOTATION
+from extender.objects import GPU_INDICES_ANNOTATION
 from extender.server import BindError, Extender, ExtenderSettings
-from extender.state import ClusterState
 from tests.extender.support import NOW
 from tests.extender.test_filtering import node_json, pod_json
 

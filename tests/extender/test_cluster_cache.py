@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from extender.cluster_cache import KubeCluster
+from extender.cluster_state import ClusterState
 from extender.server import BindError, Extender
-from extender.state import ClusterState
 from tests.extender.test_filtering import node_json, pod_json
 from tests.support.kube_standin import KubeStandIn
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from extender import cluster_metrics
+from extender.cluster_state import ClusterState
 from extender.decode import node_from_json, pod_from_json
 from extender.inventory import gpus_annotation
-from extender.model import GpuDevice
-from extender.state import ClusterState
+from extender.objects import GpuDevice
 from tests.extender.support import NOW
 from tests.extender.test_filtering import STAMP, node_json, pod_json
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from extender.decode import BadRequest, node_from_json, pod_from_json
 from extender.filtering import ClusterSnapshot, choose_devices, filter_nodes, prioritize
 from extender.inventory import gpus_annotation
-from extender.model import GpuDevice, GpuNeed
+from extender.objects import GpuDevice, GpuNeed
 
 STAMP = "2027-01-15T08:00:00Z"
 

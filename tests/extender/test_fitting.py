@@ -12,7 +12,7 @@ from extender.affinity import AFFINITY_REASON, compile_required
 from extender.filtering import FAILURE_KINDS, ClusterSnapshot
 from extender.fit import NodeGpus, gpu_fit_reason, resource_fit_reasons
 from extender.fitting import UNRESOLVABLE, PodFit, fits, label_misfit
-from extender.model import NodeInfo, PodRequest
+from extender.objects import NodeInfo, PodRequest
 from extender.taints import filter_reason
 from tests.extender.test_index import NOW, nodes, pods
 

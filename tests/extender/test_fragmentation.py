@@ -25,7 +25,7 @@ from extender.fragmentation import (
     unusable,
     with_host,
 )
-from extender.model import GfdInfo, GpuNeed, NodeInfo, PodRequest
+from extender.objects import GfdInfo, GpuNeed, NodeInfo, PodRequest
 from extender.scoring import (
     MAX_EXTENDER_PRIORITY,
     MAX_NODE_SCORE,
@@ -383,7 +383,7 @@ def test_a_permutation_of_the_devices_scores_the_same_and_places_on_the_same_dev
 ) -> None:
     """The measure sees the devices as a set: any order gives the same waste and increase, and
     the devices chosen are the same ones, found at their positions in that order."""
-    from extender.states import canonical
+    from extender.state_arrays import canonical
 
     wl = Workload(shapes=(Shape(0.6, 1, share_milli=share, milli_cpu=3000), Shape(0.4, 2)))
     need = HostNeed(count=count, mib_per_gpu=mib, milli_cpu=2000, memory=1024)
@@ -473,7 +473,7 @@ def test_array_scores_from_a_kept_basis_are_place_bit_for_bit(
     import numpy as np
 
     from extender.fragmentation import _scores, scores_arrays
-    from extender.states import StateArrays
+    from extender.state_arrays import StateArrays
 
     wl = Workload(
         shapes=(

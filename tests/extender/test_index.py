@@ -7,10 +7,11 @@ from dataclasses import replace
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from extender.cluster_state import ClusterState
 from extender.filtering import filter_nodes, prioritize, strategy_for
 from extender.fragmentation import Fragmentation, Shape, Workload, clear_caches, host_context
 from extender.inventory import InventoryConfig
-from extender.model import (
+from extender.objects import (
     GpuDevice,
     GpuNeed,
     GpuReport,
@@ -24,8 +25,7 @@ from extender.model import (
     Toleration,
 )
 from extender.scoring import register
-from extender.state import ClusterState
-from extender.states import StateArrays
+from extender.state_arrays import StateArrays
 
 NOW = 1_000_000.0
 POOLS = ("a", "b", "c")

@@ -17,7 +17,7 @@ from extender.inventory import (
     parse_gpus_annotation,
     reports_from_dcgm,
 )
-from extender.model import GfdInfo, GpuDevice, GpuNeed, GpuReport, NodeInfo, PodRequest
+from extender.objects import GfdInfo, GpuDevice, GpuNeed, GpuReport, NodeInfo, PodRequest
 from extender.reservations import (
     EMPTY,
     Reservation,

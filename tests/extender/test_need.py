@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extender.model import GpuNeed
 from extender.need import ContainerResources, NeedError, pod_need, pod_total
+from extender.objects import GpuNeed
 from extender.quantity import QuantityError, gpu_memory_mib, milli_cpu, parse_quantity
 
 

@@ -15,7 +15,7 @@ from extender.fit import (
     gpu_fit_reason,
     resource_fit_reasons,
 )
-from extender.model import GpuNeed
+from extender.objects import GpuNeed
 from extender.scoring import (
     Binpack,
     ScoreWeights,

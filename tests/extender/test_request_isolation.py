@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from extender.cluster_state import ClusterState
 from extender.decode import BadRequest, node_from_json, pod_from_json
 from extender.server import Extender, ExtenderSettings
-from extender.state import ClusterState
 from tests.extender.support import NOW, FakeBinder, make_state
 from tests.extender.test_filtering import node_json, pod_json
 

@@ -79,7 +79,7 @@ def test_prioritize_with_a_strategy_without_array_form_takes_the_per_node_path()
     still names every node in request order, with the per-node reference's scores."""
     from extender.filtering import prioritize
     from extender.fit import NodeGpus
-    from extender.model import GpuNeed
+    from extender.objects import GpuNeed
     from extender.scoring import register
 
     class FirstDeviceFree:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extender.model import Taint, Toleration
+from extender.objects import Taint, Toleration
 from extender.scoring import MAX_NODE_SCORE, normalize_scores
 from extender.taints import (
     count_intolerable_prefer_no_schedule,

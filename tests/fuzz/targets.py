@@ -19,9 +19,9 @@ import orjson
 import yaml
 
 from extender.body import BodyLimit, BodyReader, BodyRefused, decoded_estimate, structure
+from extender.cluster_state import ClusterState
 from extender.decode import BadRequest, node_from_json, pod_from_json
 from extender.server import Extender
-from extender.state import ClusterState
 from policies.parse import (
     NotAPolicy,
     PolicyError,

@@ -22,7 +22,7 @@ from policies.behavior import (
     scale_up_limit,
     stabilize,
 )
-from policies.decision import Recommendation, ScaleEvent
+from policies.decide_types import Recommendation, ScaleEvent
 from policies.schema import (
     Behavior,
     ScalingRule,

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.decide import decide
-from policies.decision import Decision, HoltState, Recommendation, ScaleEvent, Snapshot, State
+from policies.decide_types import Decision, HoltState, Recommendation, ScaleEvent, Snapshot, State
 from policies.schema import (
     ArrivalRateMetric,
     Behavior,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from policies import envelope
 from policies.decide import decide
-from policies.decision import BurstSample, Snapshot, State
+from policies.decide_types import BurstSample, Snapshot, State
 from policies.schema import (
     ArrivalRateMetric,
     Behavior,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.decision import HoltState
+from policies.decide_types import HoltState
 from policies.forecast import ahead, forecast, update
 
 

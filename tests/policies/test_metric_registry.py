@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 
 from policies.decide import decide
-from policies.decision import Proposal, Snapshot, State
+from policies.decide_types import Proposal, Snapshot, State
 from policies.jsonschema import document_schema
 from policies.metrics import KINDS, WAKE_TYPES, Metric, MetricType, metric_inputs, metric_target
 from policies.metrics.base import FieldReader, MetricKind, QueryField, ceil_div

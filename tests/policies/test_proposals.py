@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.decision import Proposal
+from policies.decide_types import Proposal
 from policies.metrics.arrival_rate import arrival_rate
 from policies.metrics.base import ceil_div
 from policies.metrics.latency import LATENCY_DEAD_BAND, latency

@@ -7,7 +7,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.decision import State
+from policies.decide_types import State
 from policies.jsonschema import document_schema
 from policies.parse import PolicyError, parse_policy_document
 from tests.policies.test_decide import FREE, LAT, LOAD, QUEUE, policy, tick

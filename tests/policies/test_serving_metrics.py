@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policies.decide import decide
-from policies.decision import Snapshot, State
+from policies.decide_types import Snapshot, State
 from policies.metrics.kv_cache_usage import kv_cache_usage
 from policies.parse import PolicyError, parse_policy_document, policy_to_document
 from policies.profiles import load_profile

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from extender.filtering import ClusterSnapshot, choose_devices
 from extender.fragmentation import Fragmentation
-from extender.model import GfdInfo, GpuNeed, NodeInfo, PodRequest
+from extender.objects import GfdInfo, GpuNeed, NodeInfo, PodRequest
 from extender.scoring import register
 from simulations.openb import MILLI, OpenbNode, OpenbPod, read_nodes, read_pods
 from simulations.placement import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from extender.affinity import compile_required
-from extender.model import GFD_PRODUCT_LABEL
+from extender.objects import GFD_PRODUCT_LABEL
 from simulations.gpuspec import (
     compiled,
     constrain,

@@ -19,8 +19,8 @@ from extender.device_plugin.devices import (
 )
 from extender.device_plugin.matching import Device, GpuContainer
 from extender.device_plugin.pods import PodError, pending_pod
-from extender.model import GpuDevice
 from extender.node_agent import NoNvml, read_devices
+from extender.objects import GpuDevice
 
 
 def pod_json(

@@ -41,7 +41,7 @@ class _Entry:
     running: bool = False
 
 
-class Scheduler:
+class Ticker:
     """Runs ``tick(key)`` for every scheduled key at its interval; one tick per key at a time.
 
     One task keeps a heap of due times and, each time it wakes, starts every tick due within

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoscaler.loop import Scheduler, next_fire, phase
+from autoscaler.ticks import Ticker, next_fire, phase
 
 
 @given(st.text(max_size=40), st.floats(min_value=0.1, max_value=3600))
@@ -50,7 +50,7 @@ async def test_each_policy_ticks_at_its_interval() -> None:
     async def tick(key: str) -> None:
         fired.append((key, loop.time()))
 
-    scheduler = Scheduler(tick)
+    scheduler = Ticker(tick)
     start = loop.time()
     scheduler.schedule("a/fast", 1.0)
     scheduler.schedule("a/slow", 5.0)
@@ -76,7 +76,7 @@ async def test_a_slow_tick_skips_instead_of_piling_up() -> None:
 
     late: list[float] = []
     skipped: list[None] = []
-    scheduler = Scheduler(tick, on_start=late.append, on_skip=lambda: skipped.append(None))
+    scheduler = Ticker(tick, on_start=late.append, on_skip=lambda: skipped.append(None))
     scheduler.schedule("a/b", 1.0)
     await asyncio.sleep(10.0)
     await scheduler.close()
@@ -94,7 +94,7 @@ async def test_interval_change_and_cancel() -> None:
     async def tick(key: str) -> None:
         fired.append(key)
 
-    scheduler = Scheduler(tick)
+    scheduler = Ticker(tick)
     scheduler.schedule("a/b", 1.0)
     await asyncio.sleep(5.0)
     scheduler.schedule("a/b", 10.0)
@@ -119,7 +119,7 @@ async def test_drain_lets_running_ticks_finish_and_starts_none() -> None:
         await asyncio.sleep(3.0)
         finished.append(loop.time())
 
-    scheduler = Scheduler(tick)
+    scheduler = Ticker(tick)
     scheduler.schedule("a/b", 1.0)
     await started.wait()
     t0 = loop.time()
@@ -140,7 +140,7 @@ async def test_drain_cancels_ticks_that_outlive_the_grace() -> None:
         await asyncio.sleep(60.0)
         finished.append(key)
 
-    scheduler = Scheduler(tick)
+    scheduler = Ticker(tick)
     scheduler.schedule("a/b", 1.0)
     await started.wait()
     t0 = loop.time()
@@ -158,7 +158,7 @@ async def test_a_failing_tick_does_not_stop_the_timer() -> None:
         calls += 1
         raise RuntimeError("boom")
 
-    scheduler = Scheduler(tick)
+    scheduler = Ticker(tick)
     scheduler.schedule("a/b", 1.0)
     await asyncio.sleep(5.0)
     await scheduler.close()
@@ -173,7 +173,7 @@ async def test_ticks_due_together_start_in_one_slot() -> None:
     async def tick(key: str) -> None:
         starts.setdefault(key, []).append(loop.time())
 
-    scheduler = Scheduler(tick, granularity=0.05)
+    scheduler = Ticker(tick, granularity=0.05)
     for i in range(200):
         scheduler.schedule(f"ns/p{i}", 1.0)
     await asyncio.sleep(10.0)

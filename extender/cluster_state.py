@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from extender.fit import NodeGpus
 from extender.index import NodeIndex, StateMemo
 from extender.inventory import InventoryConfig, baseline_used, node_gpus
-from extender.model import GpuReport, NodeInfo, PodRequest
+from extender.objects import GpuReport, NodeInfo, PodRequest
 from extender.reservations import EMPTY, Book, Reservation, expire, measured
 
 
