@@ -27,7 +27,7 @@ arrival that could be admitted cuts such a run at the end of the step in progres
 brings the counters up to the last completed step.
 
 Requests are indices into the run's :class:`ServingLog` (struct of lists), as in
-:mod:`simulations.serving`, so the hot path allocates little per request.
+:mod:`simulations.serving.replicas`, so the hot path allocates little per request.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from policies.stepmodel import (
     arrival_overhead,
     step_time,
 )
-from simulations.engine import Engine
+from simulations.serving.clock import Engine
 
 TTFT_BUCKETS: tuple[float, ...] = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -151,9 +151,9 @@ class EngineConfig:
 
 
 class BatchingReplica:
-    """One vLLM engine. Router-facing attributes match :class:`simulations.serving.Replica`:
-    ``queue`` (waiting), ``running`` (how many run), ``max_batch`` (``maxNumSeqs``),
-    ``backlog``, ``on_idle``, ``admit()``, ``outstanding``."""
+    """One vLLM engine. Router-facing attributes match :class:`~.replicas.Replica`: ``queue``
+    (waiting), ``running`` (how many run), ``max_batch`` (``maxNumSeqs``), ``backlog``,
+    ``on_idle``, ``admit()``, ``outstanding``."""
 
     __slots__ = (
         "_complete",
@@ -692,7 +692,7 @@ class BatchingReplica:
         self._push(self.run_ends[cut], self._run_end, self.epoch)
 
     def sample(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[list[float], ...]]:
-        """What the engine's ``/metrics`` shows now (:class:`simulations.metrics.Scrapable`)."""
+        """What the engine's ``/metrics`` shows now (:class:`~.metrics.Scrapable`)."""
         self.sync()
         gauges = (float(len(self.queue)), float(self.running), self.kv_usage)
         counters = (
