@@ -10,13 +10,39 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from extender.dra import (
+    ClaimTemplate,
+    DeviceClass,
+    DeviceKey,
+    DraNeed,
+    DraNode,
+    Pools,
+    ResourceClaim,
+    ResourceSlice,
+    claim_need,
+    device_indices,
+    device_misfit,
+    pool_devices,
+    taken_by_claims,
+)
 from extender.fit import NodeGpus
 from extender.index import NodeIndex, StateMemo
-from extender.inventory import InventoryConfig, baseline_used, node_gpus
-from extender.objects import GpuReport, NodeInfo, PodRequest
+from extender.inventory import RUNNING, InventoryConfig, baseline_used, node_gpus
+from extender.objects import GpuDevice, GpuReport, NodeInfo, PodRequest
 from extender.reservations import EMPTY, Book, Reservation, expire, measured
+
+
+@dataclass(slots=True)
+class _Dra:
+    slices: dict[str, ResourceSlice] = field(default_factory=dict)
+    classes: dict[str, DeviceClass] = field(default_factory=dict)
+    claims: dict[str, ResourceClaim] = field(default_factory=dict)
+    templates: dict[str, ClaimTemplate] = field(default_factory=dict)
+    pools: Pools = field(default_factory=lambda: Pools({}, {}))
+    device_node: dict[DeviceKey, str] = field(default_factory=dict)
+    claims_by_node: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -46,6 +72,8 @@ class ClusterState:
         self._dirty: set[str] = set()
         self._pending = 0
         """GPU pods not bound yet, kept as pods come and go (a scrape reads it)."""
+        self.dra = _Dra()
+        """ResourceSlices, claims, templates and classes (``--inventory dra``)."""
 
     # ---- ClusterView -------------------------------------------------------------------
     def node(self, name: str) -> NodeInfo | None:
@@ -69,6 +97,7 @@ class ClusterState:
             dcgm=self.dcgm.get(name),
             pods=self.pods_by_node.get(name, {}).values(),
             reservations=[r for r in self.reservations.values() if r.node == name],
+            dra=self._dra_node(name) if "dra" in self.config.sources else None,
         )
         self._gpus[name] = _Cached(result, self._valid_until(node, name))
         return result
@@ -245,6 +274,117 @@ class ClusterState:
 
     def pending_gpu_pods(self) -> int:
         return self._pending
+
+    # ---- DRA -------------------------------------------------------------------------------
+    def _dra_node(self, name: str) -> DraNode:
+        devices = self.dra.pools.by_node.get(name, ())
+        if not devices:
+            return DraNode()
+        claims = [self.dra.claims[k] for k in self.dra.claims_by_node.get(name, ())]
+        running = [p.key for p in self.pods_by_node.get(name, {}).values() if p.phase == RUNNING]
+        return DraNode(devices, taken_by_claims(devices, claims, running))
+
+    def _touch_claim(self, claim: ResourceClaim | None) -> None:
+        if claim is None:
+            return
+        for r in claim.results:
+            node = self.dra.device_node.get(r.key)
+            if node is not None:
+                self.dra.claims_by_node.get(node, set()).discard(claim.key)
+                self._touch(node)
+
+    def _place_claim(self, claim: ResourceClaim) -> None:
+        for r in claim.results:
+            node = self.dra.device_node.get(r.key)
+            if node is not None:
+                self.dra.claims_by_node.setdefault(node, set()).add(claim.key)
+                self._touch(node)
+
+    def _repool(self) -> None:
+        """Recount pools after a slice changed; touch the nodes whose devices changed."""
+        old = self.dra.pools.by_node
+        pools = pool_devices(self.dra.slices.values())
+        for node in old.keys() | pools.by_node.keys():
+            if old.get(node) != pools.by_node.get(node):
+                self._touch(node)
+        self.dra.pools = pools
+        self.dra.device_node = {
+            d.key: node for node, devices in pools.by_node.items() for d in devices
+        }
+        self.dra.claims_by_node = {}
+        for claim in self.dra.claims.values():
+            self._place_claim(claim)
+
+    def upsert_slice(self, s: ResourceSlice) -> None:
+        if self.dra.slices.get(s.name) != s:
+            self.dra.slices[s.name] = s
+            self._repool()
+
+    def delete_slice(self, name: str) -> None:
+        if self.dra.slices.pop(name, None) is not None:
+            self._repool()
+
+    def replace_slices(self, slices: Iterable[ResourceSlice]) -> None:
+        self.dra.slices = {s.name: s for s in slices}
+        self._repool()
+
+    def upsert_claim(self, claim: ResourceClaim) -> None:
+        old = self.dra.claims.get(claim.key)
+        if old == claim:
+            return
+        self._touch_claim(old)
+        self.dra.claims[claim.key] = claim
+        self._place_claim(claim)
+
+    def delete_claim(self, key: str) -> None:
+        self._touch_claim(self.dra.claims.pop(key, None))
+
+    def replace_claims(self, claims: Iterable[ResourceClaim]) -> None:
+        fresh = {c.key: c for c in claims}
+        for key in list(self.dra.claims):
+            if key not in fresh:
+                self.delete_claim(key)
+        for c in fresh.values():
+            self.upsert_claim(c)
+
+    def dra_need(self, pod: PodRequest) -> DraNeed | None:
+        """The GPU need of ``pod``'s claims, from the claims, templates and classes watched;
+        ``None`` when none is known to be for GPUs (kube-scheduler's DRA plugin then decides
+        alone, e.g. while a template has not been seen yet)."""
+        specs = []
+        for c in pod.claims:
+            claim = self.dra.claims.get(f"{pod.namespace}/{c.claim}") if c.claim else None
+            template = (
+                self.dra.templates.get(f"{pod.namespace}/{c.template}") if c.template else None
+            )
+            if claim is not None:
+                specs.append(claim.spec)
+            elif template is not None:
+                specs.append(template.spec)
+        return claim_need(specs, self.dra.classes) if specs else None
+
+    def dra_misfit(self, name: str, need: DraNeed, now: float) -> str | None:
+        """Why the node's own DRA devices cannot take ``need`` (selectors, room on a device that
+        passes them), or ``None``; asked after the node passed the shared GPU fit."""
+        devices = self.dra.pools.by_node.get(name, ())
+        if not devices:
+            return "node(s) had no DRA GPU devices"
+        gpus = self.gpus(name, now)
+        if isinstance(gpus, str):
+            return gpus
+        node = self.nodes[name]
+        measured: tuple[GpuDevice, ...] | None = None
+        if gpus.source == "annotation" and node.gpu_report is not None:
+            measured = node.gpu_report.devices
+        elif gpus.source == "dcgm" and name in self.dcgm:
+            measured = self.dcgm[name].devices
+        rows = {d.index: d for d in gpus.devices}
+        free: dict[DeviceKey, tuple[int, bool]] = {}
+        for key, row in device_indices(devices, measured).items():
+            d = rows.get(row)
+            if d is not None:
+                free[key] = (d.free_mib, d.idle)
+        return device_misfit(need, devices, free)
 
 
 def _pending(pod: PodRequest) -> int:

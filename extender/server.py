@@ -17,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 import orjson
@@ -28,7 +28,14 @@ from extender import cluster_metrics
 from extender.body import BodyReader, BodyRefused, RequestLimits
 from extender.cluster_state import ClusterState
 from extender.decode import BadRequest, pod_from_json
-from extender.filtering import FAILURE_KINDS, choose_devices, prioritize, strategy_for
+from extender.dra import DraNeed
+from extender.filtering import (
+    FAILURE_KINDS,
+    FilterResult,
+    choose_devices,
+    prioritize,
+    strategy_for,
+)
 from extender.objects import PodRequest
 from extender.scoring import ScoreWeights, get_strategy
 from runtime.ops import add_ops_routes
@@ -248,19 +255,29 @@ class Extender:
                 f" {len(self.state.nodes)} nodes (at most {bound})"
             )
 
-    def _pod(self, a: Mapping[str, Any]) -> PodRequest:
+    def _pod(self, a: Mapping[str, Any]) -> tuple[PodRequest, DraNeed | None]:
+        """The request's pod; a pod with DRA claims gets its GPU need from them (the need the
+        fit and scoring understand) and the per-device checks the filter adds."""
         raw = a.get("pod")
         if raw is None:
             raise BadRequest("request has no Pod")
-        return self._decode_pod(raw, "Pod")
+        pod = self._decode_pod(raw, "Pod")
+        if not pod.claims or pod.gpu is not None:
+            return pod, None
+        need = self.state.dra_need(pod)
+        if need is None:
+            return pod, None
+        return replace(pod, gpu=need.gpu), need
 
     def filter(self, args: object, now: float) -> dict[str, Any]:
         """``ExtenderArgs`` → ``ExtenderFilterResult``."""
         a = _lower_keys(args)
-        pod = self._pod(a)
+        pod, need = self._pod(a)
         names, items = self._names(a)
         self.state.expire(now)
         result = self.state.index(now).filter(pod, names, now)
+        if need is not None:
+            result = self._dra_filter(result, need, now)
         if self.metrics is not None:
             for kind, n in result.counts.items():
                 if n:
@@ -292,10 +309,25 @@ class Extender:
             reply["NodeNames"] = None
         return reply
 
+    def _dra_filter(self, result: FilterResult, need: DraNeed, now: float) -> FilterResult:
+        """Nodes that passed the shared fit, checked against their own DRA devices (selectors
+        this extender evaluates, room on a device that passes them)."""
+        passed: list[str] = []
+        failed = dict(result.failed)
+        counts = dict(result.counts)
+        for name in result.passed:
+            reason = self.state.dra_misfit(name, need, now)
+            if reason is None:
+                passed.append(name)
+            else:
+                failed[name] = reason
+                counts["insufficient_gpu"] = counts.get("insufficient_gpu", 0) + 1
+        return FilterResult(tuple(passed), failed, result.unresolvable, counts)
+
     def prioritize(self, args: object, now: float) -> list[dict[str, Any]]:
         """``ExtenderArgs`` → ``HostPriorityList``."""
         a = _lower_keys(args)
-        pod = self._pod(a)
+        pod, _ = self._pod(a)
         names, _ = self._names(a)
         scores = self.state.index(now).priorities(
             pod, names, now, strategy_for(pod, self.settings.scoring), self.settings.weights
