@@ -290,6 +290,23 @@ class KubeCluster:
         except (OSError, TimeoutError) as exc:
             raise BindError(f"API unreachable: {exc!r}") from None
 
+    async def get_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        from kubernetes.aio import client
+        from kubernetes.aio.client.exceptions import ApiException
+
+        api = client.ResourceV1Api(self.core.api_client)
+        try:
+            resp = await api.read_namespaced_resource_claim_without_preload_content(name, namespace)
+        except (ApiException, OSError, TimeoutError):
+            return None
+        try:
+            if resp.status != 200:
+                return None
+            data = orjson.loads(await resp.read())
+        finally:
+            resp.release()
+        return data if isinstance(data, dict) else None
+
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         from kubernetes.aio.client.exceptions import ApiException
 

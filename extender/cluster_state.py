@@ -363,6 +363,72 @@ class ClusterState:
                 specs.append(template.spec)
         return claim_need(specs, self.dra.classes) if specs else None
 
+    def _rows(self, name: str, gpus: NodeGpus) -> dict[DeviceKey, int]:
+        """Which row of ``gpus`` each of the node's DRA devices is (as the inventory matched
+        them: by uuid to the measurement that won, else the static order)."""
+        devices = self.dra.pools.by_node.get(name, ())
+        node = self.nodes[name]
+        measured: tuple[GpuDevice, ...] | None = None
+        if gpus.source == "annotation" and node.gpu_report is not None:
+            measured = node.gpu_report.devices
+        elif gpus.source == "dcgm" and name in self.dcgm:
+            measured = self.dcgm[name].devices
+        return device_indices(devices, measured)
+
+    def dra_rows(self, name: str, now: float) -> frozenset[int]:
+        """Rows of the node's GPU state that a DRA driver publishes (not the device plugin's)."""
+        if "dra" not in self.config.sources or name not in self.nodes:
+            return frozenset()
+        gpus = self.gpus(name, now)
+        return frozenset() if isinstance(gpus, str) else frozenset(self._rows(name, gpus).values())
+
+    def admit_claim(self, claim: ResourceClaim, now: float) -> str | None:
+        """Count ``claim``'s allocation now (as a reservation would: the watch may show it
+        later), and say why the devices it was given cannot hold it by the extender's books
+        (NVML, pods, the other claims), or ``None`` when they can. The DRA allocator's books
+        know nothing of memory used outside Kubernetes, and a filter may have run before an
+        earlier claim's allocation was written."""
+        self.delete_claim(claim.key)
+        problems: list[str] = []
+        want: dict[DeviceKey, tuple[int, bool]] = {}
+        for r in claim.results:
+            mib, whole = want.get(r.key, (0, False))
+            want[r.key] = (mib + (r.consumed_mib or 0), whole or r.consumed_mib is None)
+        for key, (mib, whole) in sorted(want.items()):
+            node = self.dra.device_node.get(key)
+            if node is None or node not in self.nodes:
+                continue
+            gpus = self.gpus(node, now)
+            if isinstance(gpus, str):
+                problems.append(f"{node}: {gpus}")
+                continue
+            row = self._rows(node, gpus).get(key)
+            d = next((d for d in gpus.devices if d.index == row), None)
+            if d is None:
+                continue
+            if whole and not d.idle:
+                problems.append(f"{key[2]} on {node} is not idle")
+            elif not whole and d.free_mib < mib:
+                problems.append(
+                    f"{key[2]} on {node} has {d.free_mib} MiB free, claim takes {mib} MiB"
+                )
+        self.upsert_claim(claim)
+        return "; ".join(problems) or None
+
+    def allocated_claims(self, pod: PodRequest) -> list[ResourceClaim]:
+        """The pod's claims that are allocated already (e.g. after a bind the extender
+        refused: kube-scheduler's Unreserve drops the pod from ``reservedFor`` but keeps the
+        allocation, so the pod can only go where its devices are)."""
+        out = []
+        for c in pod.claims:
+            claim = self.dra.claims.get(f"{pod.namespace}/{c.claim}") if c.claim else None
+            if claim is not None and claim.results:
+                out.append(claim)
+        return out
+
+    def claim_nodes(self, claim: ResourceClaim) -> set[str]:
+        return {n for r in claim.results if (n := self.dra.device_node.get(r.key)) is not None}
+
     def dra_misfit(self, name: str, need: DraNeed, now: float) -> str | None:
         """Why the node's own DRA devices cannot take ``need`` (selectors, room on a device that
         passes them), or ``None``; asked after the node passed the shared GPU fit."""
@@ -372,15 +438,9 @@ class ClusterState:
         gpus = self.gpus(name, now)
         if isinstance(gpus, str):
             return gpus
-        node = self.nodes[name]
-        measured: tuple[GpuDevice, ...] | None = None
-        if gpus.source == "annotation" and node.gpu_report is not None:
-            measured = node.gpu_report.devices
-        elif gpus.source == "dcgm" and name in self.dcgm:
-            measured = self.dcgm[name].devices
         rows = {d.index: d for d in gpus.devices}
         free: dict[DeviceKey, tuple[int, bool]] = {}
-        for key, row in device_indices(devices, measured).items():
+        for key, row in self._rows(name, gpus).items():
             d = rows.get(row)
             if d is not None:
                 free[key] = (d.free_mib, d.idle)

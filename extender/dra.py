@@ -498,11 +498,16 @@ def taken_by_claims(
     devices: Sequence[DraDevice], claims: Iterable[ResourceClaim], running: Iterable[str]
 ) -> dict[DeviceKey, Taken]:
     """What allocated claims hold on ``devices``. ``running`` are the keys (``ns/name``) of
-    running pods: a claim reserved for one of them counts as running."""
+    running pods: a claim reserved for one of them counts as running. A claim reserved for no
+    pod holds nothing here: kube-scheduler reserves a claim in the same write that allocates it,
+    so such a claim is left over (its pod's bind failed, or its pods finished) and no workload
+    uses its memory; the DRA allocator still keeps it off the device by its own books."""
     on = {d.key for d in devices}
     run = set(running)
     out: dict[DeviceKey, Taken] = {}
     for c in claims:
+        if not c.reserved_for:
+            continue
         is_running = any(f"{c.namespace}/{p}" in run for p in c.reserved_for)
         for r in c.results:
             if r.key not in on:

@@ -28,7 +28,7 @@ from extender import cluster_metrics
 from extender.body import BodyReader, BodyRefused, RequestLimits
 from extender.cluster_state import ClusterState
 from extender.decode import BadRequest, pod_from_json
-from extender.dra import DraNeed
+from extender.dra import DraError, DraNeed, ResourceClaim, claim_from_json
 from extender.filtering import (
     FAILURE_KINDS,
     FilterResult,
@@ -68,6 +68,11 @@ class Binder(Protocol):
 
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """The pod object, for a bind of a pod the extender has not seen; ``None`` if absent."""
+        ...
+
+    async def get_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """A ResourceClaim as the API has it now (kube-scheduler's DRA plugin writes its
+        allocation just before the bind); ``None`` if absent or unreadable."""
         ...
 
 
@@ -275,9 +280,13 @@ class Extender:
         pod, need = self._pod(a)
         names, items = self._names(a)
         self.state.expire(now)
-        result = self.state.index(now).filter(pod, names, now)
-        if need is not None:
-            result = self._dra_filter(result, need, now)
+        allocated = self.state.allocated_claims(pod) if need is not None else []
+        if allocated:
+            result = self._allocated_filter(replace(pod, gpu=None), names, allocated, now)
+        else:
+            result = self.state.index(now).filter(pod, names, now)
+            if need is not None:
+                result = self._dra_filter(result, need, now)
         if self.metrics is not None:
             for kind, n in result.counts.items():
                 if n:
@@ -308,6 +317,34 @@ class Extender:
             }
             reply["NodeNames"] = None
         return reply
+
+    def _allocated_filter(
+        self, pod: PodRequest, names: list[str], claims: list[ResourceClaim], now: float
+    ) -> FilterResult:
+        """A pod whose claims are allocated can only go where its devices are, and only while
+        they have room for them by the extender's books (the claims themselves not counted)."""
+        result = self.state.index(now).filter(pod, names, now)
+        passed: list[str] = []
+        failed = dict(result.failed)
+        counts = dict(result.counts)
+        for name in result.passed:
+            reason = None
+            for claim in claims:
+                where = self.state.claim_nodes(claim)
+                if name not in where:
+                    reason = f"claim {claim.name} is allocated on {', '.join(sorted(where))}"
+                else:
+                    problem = self.state.admit_claim(claim, now)
+                    if problem is not None:
+                        reason = f"insufficient GPU memory: claim {claim.name}: {problem}"
+                if reason is not None:
+                    break
+            if reason is None:
+                passed.append(name)
+            else:
+                failed[name] = reason
+                counts["insufficient_gpu"] = counts.get("insufficient_gpu", 0) + 1
+        return FilterResult(tuple(passed), failed, result.unresolvable, counts)
 
     def _dra_filter(self, result: FilterResult, need: DraNeed, now: float) -> FilterResult:
         """Nodes that passed the shared fit, checked against their own DRA devices (selectors
@@ -379,12 +416,26 @@ class Extender:
             return self._bind_result(
                 "unknown_pod", key, node, f"pod {key} has uid {pod.uid}, binding asks for {uid}"
             )
+        claims = await self._allocated_claims(pod) if pod.claims and pod.gpu is None else []
         indices: tuple[int, ...] = ()
         async with self.lock:
             self.state.release(key)
             self.state.expire(now)
+            for claim in claims:
+                problem = self.state.admit_claim(claim, now)
+                if problem is not None:
+                    return self._bind_result(
+                        "no_fit", key, node, f"cannot bind to {node}: claim {claim.name}: {problem}"
+                    )
             if pod.gpu is not None:
-                chosen = choose_devices(pod, node, self.state, now, strategy=self.settings.scoring)
+                chosen = choose_devices(
+                    pod,
+                    node,
+                    self.state,
+                    now,
+                    strategy=self.settings.scoring,
+                    exclude=self.state.dra_rows(node, now),
+                )
                 if isinstance(chosen, str):
                     return self._bind_result(
                         "no_fit", key, node, f"cannot bind to {node}: {chosen}"
@@ -402,6 +453,26 @@ class Extender:
             self.metrics.api_duration.labels("bind").observe(time.perf_counter() - started)
             self.metrics.binds.labels("bound").inc()
         return {"Error": ""}
+
+    async def _allocated_claims(self, pod: PodRequest) -> list[ResourceClaim]:
+        """The pod's claims as allocated now (read from the API: the watch may not have them
+        yet), with ``--inventory dra`` only."""
+        if self.binder is None or "dra" not in self.state.config.sources:
+            return []
+        out = []
+        for c in pod.claims:
+            if not c.claim:
+                continue
+            raw = await self.binder.get_claim(pod.namespace, c.claim)
+            if raw is None:
+                continue
+            try:
+                claim = claim_from_json(raw)
+            except DraError:
+                continue
+            if claim.results:
+                out.append(claim)
+        return out
 
     def _bind_result(self, result: str, pod: str, node: str, error: str) -> dict[str, Any]:
         log.warning("bind failed", extra={"pod": pod, "node": node, "error": error})

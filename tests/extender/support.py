@@ -48,6 +48,9 @@ class FakeBinder:
             raise BindError("conflict")
         self.bound.append((f"{namespace}/{name}", node, gpu_indices))
 
+    async def get_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return None
+
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         return self.pods.get(f"{namespace}/{name}")
 

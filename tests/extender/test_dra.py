@@ -354,3 +354,12 @@ def test_measurement_wins_when_it_sees_more_use_than_claims() -> None:
         _node(report=measured), config=InventoryConfig(("annotation", "dra")), now=T0, dra=dra
     )
     assert not isinstance(gpus, str) and gpus.devices[0].free_mib == 81000 - 50000 - 10240
+
+
+def test_a_claim_reserved_for_no_pod_holds_nothing_here() -> None:
+    """Left over after a refused bind (kube-scheduler's Unreserve keeps the allocation) or after
+    its pods finished: no workload uses its memory."""
+    devices = slice_from_json(two_gpus()).devices
+    left = claim_from_json(allocated_claim("ns", "a", "n1", [("gpu-0", None)], reserved_for=()))
+    held = claim_from_json(allocated_claim("ns", "b", "n1", [("gpu-1", "10Gi")]))
+    assert set(taken_by_claims(devices, [left, held], running=())) == {devices[1].key}

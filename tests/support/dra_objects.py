@@ -104,11 +104,11 @@ def allocated_claim(
     node: str,
     devices: list[tuple[str, str | None]],
     *,
-    reserved_for: tuple[str, ...] = (),
+    reserved_for: tuple[str, ...] = ("holder",),
     **spec: Any,
 ) -> dict[str, Any]:
-    """A claim allocated on ``node``'s pool: ``devices`` are (device name, consumed memory or
-    ``None`` for the whole device)."""
+    """A claim allocated on ``node``'s pool and reserved for ``reserved_for`` (pod names):
+    ``devices`` are (device name, consumed memory or ``None`` for the whole device)."""
     results = []
     for device, consumed in devices:
         r: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": node, "device": device}
