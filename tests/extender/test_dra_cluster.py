@@ -9,12 +9,14 @@ from typing import Any
 
 from extender.cluster_cache import KubeCluster
 from extender.cluster_state import ClusterState
-from extender.decode import pod_from_json
+from extender.decode import node_from_json, pod_from_json
 from extender.dra import claim_from_json, device_class_from_json, slice_from_json
 from extender.inventory import InventoryConfig
 from extender.objects import NodeInfo, PodClaim
 from extender.server import Extender
+from tests.extender.support import FakeBinder
 from tests.extender.test_cluster_cache import wait_until
+from tests.extender.test_filtering import node_json, pod_json
 from tests.support.dra_objects import (
     allocated_claim,
     claim_spec,
@@ -161,3 +163,64 @@ async def test_cache_watches_slices_claims_and_classes(kube: KubeStandIn, kube_c
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _measured_state() -> ClusterState:
+    """Node n1: NVML says GPU 1 has 50000 MiB used outside Kubernetes; both GPUs published."""
+    state = ClusterState(InventoryConfig(("annotation", "dra")))
+    state.upsert_node(node_from_json(node_json("n1", [0, 50000])))
+    state.upsert_slice(slice_from_json(dra_slice("n1")))
+    state.dra.classes["gpu.nvidia.com"] = device_class_from_json(device_class())
+    return state
+
+
+async def test_bind_refuses_an_allocation_nvml_has_no_room_for() -> None:
+    state = _measured_state()
+    state.upsert_pod(pod_from_json(claim_pod("c-fit", name="a")))
+    state.upsert_pod(pod_from_json(claim_pod("c-over", name="b")))
+    binder = FakeBinder()
+    # kube-scheduler's DRA plugin wrote these allocations just before calling bind.
+    binder.claims["ns/c-fit"] = allocated_claim("ns", "c-fit", "n1", [("gpu-1", "30000Mi")])
+    binder.claims["ns/c-over"] = allocated_claim("ns", "c-over", "n1", [("gpu-1", "30000Mi")])
+    ext = Extender(state, binder=binder)
+    args = {"PodName": "a", "PodNamespace": "ns", "PodUID": "uid-a", "Node": "n1"}
+    assert await ext.bind(args, NOW) == {"Error": ""}
+    # The first allocation counts at once, before the watch shows it.
+    gpus = state.gpus("n1", NOW)
+    assert not isinstance(gpus, str) and gpus.devices[1].free_mib == 81920 - 50000 - 30000
+    args = {"PodName": "b", "PodNamespace": "ns", "PodUID": "uid-b", "Node": "n1"}
+    reply = await ext.bind(args, NOW)
+    assert reply["Error"] == (
+        "cannot bind to n1: claim c-over: gpu-1 on n1 has 1920 MiB free, claim takes 30000 MiB"
+    )
+    assert [b[0] for b in binder.bound] == ["ns/a"]
+    # Its pod now can only go where its claim is, and the filter says why it cannot.
+    reply = Extender(state).filter({"Pod": claim_pod("c-over", name="b"), "NodeNames": ["n1"]}, NOW)
+    assert reply["FailedNodes"]["n1"] == (
+        "insufficient GPU memory: claim c-over: gpu-1 on n1 has 1920 MiB free, "
+        "claim takes 30000 MiB"
+    )
+
+
+async def test_device_plugin_pod_never_gets_a_dra_device_at_bind() -> None:
+    state = ClusterState(InventoryConfig(("annotation", "dra")))
+    state.upsert_node(node_from_json(node_json("n1", [0, 0, 0])))
+    # The DRA driver publishes NVML's GPU 0 and 2 (uuids GPU-n1-0, GPU-n1-2); GPU 1 is the
+    # device plugin's.
+    raw = resource_slice(
+        "n1",
+        [
+            gpu_device(i, uuid=f"GPU-n1-{i}", product=A100, memory_mib=81920, shared=True)
+            for i in (0, 2)
+        ],
+    )
+    state.upsert_slice(slice_from_json(raw))
+    pod = pod_json(mib=1000)
+    pod["metadata"]["name"] = "dp"
+    state.upsert_pod(pod_from_json(pod))
+    binder = FakeBinder()
+    ext = Extender(state, binder=binder)
+    args = {"PodName": "dp", "PodNamespace": "ns", "PodUID": "u1", "Node": "n1"}
+    assert await ext.bind(args, NOW) == {"Error": ""}
+    assert binder.bound == [("ns/dp", "n1", (1,))]
+    assert state.dra_rows("n1", NOW) == frozenset({0, 2})
