@@ -16,9 +16,9 @@ from extender.dra import (
     ClaimTemplate,
     DeviceClass,
     DeviceKey,
+    DraDevice,
     DraNeed,
     DraNode,
-    Pools,
     ResourceClaim,
     ResourceSlice,
     claim_need,
@@ -33,16 +33,26 @@ from extender.inventory import RUNNING, InventoryConfig, baseline_used, node_gpu
 from extender.objects import GpuDevice, GpuReport, NodeInfo, PodRequest
 from extender.reservations import EMPTY, Book, Reservation, expire, measured
 
+PoolKey = tuple[str, str]
+
 
 @dataclass(slots=True)
 class _Dra:
+    """DRA objects, and the devices of complete pools kept per pool and per node so that a
+    slice event recounts its own pool only (5,000 nodes are 5,000 pools)."""
+
     slices: dict[str, ResourceSlice] = field(default_factory=dict)
     classes: dict[str, DeviceClass] = field(default_factory=dict)
     claims: dict[str, ResourceClaim] = field(default_factory=dict)
     templates: dict[str, ClaimTemplate] = field(default_factory=dict)
-    pools: Pools = field(default_factory=lambda: Pools({}, {}))
+    by_pool: dict[PoolKey, dict[str, ResourceSlice]] = field(default_factory=dict)
+    pool_nodes: dict[PoolKey, Mapping[str, tuple[DraDevice, ...]]] = field(default_factory=dict)
+    node_pools: dict[str, set[PoolKey]] = field(default_factory=dict)
+    by_node: dict[str, tuple[DraDevice, ...]] = field(default_factory=dict)
+    incomplete: dict[PoolKey, str] = field(default_factory=dict)
+    """Pools left out, and why (newest generation not all seen)."""
     device_node: dict[DeviceKey, str] = field(default_factory=dict)
-    claims_by_node: dict[str, set[str]] = field(default_factory=dict)
+    claims_by_device: dict[DeviceKey, set[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -277,69 +287,107 @@ class ClusterState:
 
     # ---- DRA -------------------------------------------------------------------------------
     def _dra_node(self, name: str) -> DraNode:
-        devices = self.dra.pools.by_node.get(name, ())
+        devices = self.dra.by_node.get(name, ())
         if not devices:
             return DraNode()
-        claims = [self.dra.claims[k] for k in self.dra.claims_by_node.get(name, ())]
+        keys = set().union(*(self.dra.claims_by_device.get(d.key, set()) for d in devices))
+        claims = [self.dra.claims[k] for k in sorted(keys)]
         running = [p.key for p in self.pods_by_node.get(name, {}).values() if p.phase == RUNNING]
         return DraNode(devices, taken_by_claims(devices, claims, running))
 
-    def _touch_claim(self, claim: ResourceClaim | None) -> None:
-        if claim is None:
-            return
+    def _claim_touches(self, claim: ResourceClaim) -> None:
         for r in claim.results:
             node = self.dra.device_node.get(r.key)
             if node is not None:
-                self.dra.claims_by_node.get(node, set()).discard(claim.key)
                 self._touch(node)
 
-    def _place_claim(self, claim: ResourceClaim) -> None:
-        for r in claim.results:
-            node = self.dra.device_node.get(r.key)
-            if node is not None:
-                self.dra.claims_by_node.setdefault(node, set()).add(claim.key)
-                self._touch(node)
-
-    def _repool(self) -> None:
-        """Recount pools after a slice changed; touch the nodes whose devices changed."""
-        old = self.dra.pools.by_node
-        pools = pool_devices(self.dra.slices.values())
-        for node in old.keys() | pools.by_node.keys():
-            if old.get(node) != pools.by_node.get(node):
-                self._touch(node)
-        self.dra.pools = pools
-        self.dra.device_node = {
-            d.key: node for node, devices in pools.by_node.items() for d in devices
-        }
-        self.dra.claims_by_node = {}
-        for claim in self.dra.claims.values():
-            self._place_claim(claim)
+    def _repool(self, key: PoolKey) -> None:
+        """Recount one pool after one of its slices changed; nodes whose devices changed are
+        touched (their GPU state is computed again)."""
+        old = self.dra.pool_nodes.pop(key, {})
+        counted = pool_devices(self.dra.by_pool.get(key, {}).values())
+        self.dra.incomplete.pop(key, None)
+        self.dra.incomplete.update(counted.incomplete)
+        if counted.by_node:
+            self.dra.pool_nodes[key] = counted.by_node
+        for node in old.keys() | counted.by_node.keys():
+            pools = self.dra.node_pools.setdefault(node, set())
+            if node in counted.by_node:
+                pools.add(key)
+            else:
+                pools.discard(key)
+            merged = tuple(d for k in sorted(pools) for d in self.dra.pool_nodes[k].get(node, ()))
+            before = self.dra.by_node.get(node, ())
+            if merged == before:
+                continue
+            for d in before:
+                self.dra.device_node.pop(d.key, None)
+            for d in merged:
+                self.dra.device_node[d.key] = node
+            if merged:
+                self.dra.by_node[node] = merged
+            else:
+                self.dra.by_node.pop(node, None)
+                self.dra.node_pools.pop(node, None)
+            self._touch(node)
 
     def upsert_slice(self, s: ResourceSlice) -> None:
-        if self.dra.slices.get(s.name) != s:
-            self.dra.slices[s.name] = s
-            self._repool()
+        old = self.dra.slices.get(s.name)
+        if old == s:
+            return
+        self.dra.slices[s.name] = s
+        if old is not None and (old.driver, old.pool) != (s.driver, s.pool):
+            self._drop_slice(old)
+        self.dra.by_pool.setdefault((s.driver, s.pool), {})[s.name] = s
+        self._repool((s.driver, s.pool))
+
+    def _drop_slice(self, s: ResourceSlice) -> None:
+        key = (s.driver, s.pool)
+        group = self.dra.by_pool.get(key, {})
+        group.pop(s.name, None)
+        if not group:
+            self.dra.by_pool.pop(key, None)
+        self._repool(key)
 
     def delete_slice(self, name: str) -> None:
-        if self.dra.slices.pop(name, None) is not None:
-            self._repool()
+        old = self.dra.slices.pop(name, None)
+        if old is not None:
+            self._drop_slice(old)
 
     def replace_slices(self, slices: Iterable[ResourceSlice]) -> None:
-        self.dra.slices = {s.name: s for s in slices}
-        self._repool()
+        """After a relist: exactly these slices."""
+        fresh = {s.name: s for s in slices}
+        for name in list(self.dra.slices):
+            if name not in fresh:
+                self.delete_slice(name)
+        for s in fresh.values():
+            self.upsert_slice(s)
 
     def upsert_claim(self, claim: ResourceClaim) -> None:
         old = self.dra.claims.get(claim.key)
         if old == claim:
             return
-        self._touch_claim(old)
+        if old is not None:
+            self.delete_claim(old.key)
         self.dra.claims[claim.key] = claim
-        self._place_claim(claim)
+        for r in claim.results:
+            self.dra.claims_by_device.setdefault(r.key, set()).add(claim.key)
+        self._claim_touches(claim)
 
     def delete_claim(self, key: str) -> None:
-        self._touch_claim(self.dra.claims.pop(key, None))
+        old = self.dra.claims.pop(key, None)
+        if old is None:
+            return
+        for r in old.results:
+            holders = self.dra.claims_by_device.get(r.key)
+            if holders is not None:
+                holders.discard(key)
+                if not holders:
+                    del self.dra.claims_by_device[r.key]
+        self._claim_touches(old)
 
     def replace_claims(self, claims: Iterable[ResourceClaim]) -> None:
+        """After a relist: exactly these claims."""
         fresh = {c.key: c for c in claims}
         for key in list(self.dra.claims):
             if key not in fresh:
@@ -366,7 +414,7 @@ class ClusterState:
     def _rows(self, name: str, gpus: NodeGpus) -> dict[DeviceKey, int]:
         """Which row of ``gpus`` each of the node's DRA devices is (as the inventory matched
         them: by uuid to the measurement that won, else the static order)."""
-        devices = self.dra.pools.by_node.get(name, ())
+        devices = self.dra.by_node.get(name, ())
         node = self.nodes[name]
         measured: tuple[GpuDevice, ...] | None = None
         if gpus.source == "annotation" and node.gpu_report is not None:
@@ -432,7 +480,7 @@ class ClusterState:
     def dra_misfit(self, name: str, need: DraNeed, now: float) -> str | None:
         """Why the node's own DRA devices cannot take ``need`` (selectors, room on a device that
         passes them), or ``None``; asked after the node passed the shared GPU fit."""
-        devices = self.dra.pools.by_node.get(name, ())
+        devices = self.dra.by_node.get(name, ())
         if not devices:
             return "node(s) had no DRA GPU devices"
         gpus = self.gpus(name, now)

@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from extender.cluster_cache import KubeCluster
 from extender.cluster_state import ClusterState
 from extender.decode import node_from_json, pod_from_json
-from extender.dra import claim_from_json, device_class_from_json, slice_from_json
+from extender.dra import claim_from_json, device_class_from_json, pool_devices, slice_from_json
 from extender.inventory import InventoryConfig
 from extender.objects import NodeInfo, PodClaim
 from extender.server import Extender
@@ -224,3 +227,42 @@ async def test_device_plugin_pod_never_gets_a_dra_device_at_bind() -> None:
     assert await ext.bind(args, NOW) == {"Error": ""}
     assert binder.bound == [("ns/dp", "n1", (1,))]
     assert state.dra_rows("n1", NOW) == frozenset({0, 2})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["upsert", "delete"]),
+            st.sampled_from(["n1", "n2"]),  # pool (and node)
+            st.integers(0, 1),  # slice part
+            st.integers(1, 3),  # generation
+            st.integers(1, 2),  # slices in the generation
+        ),
+        max_size=12,
+    )
+)
+def test_incremental_pools_equal_a_full_recount(ops: list[tuple[str, str, int, int, int]]) -> None:
+    """The state recounts only the pool a slice event touches; any sequence of events leaves it
+    where a recount of all slices would."""
+    state = ClusterState(DRA)
+    for op, node, part, gen, count in ops:
+        name = f"{node}-{part}"
+        if op == "delete":
+            state.delete_slice(name)
+            continue
+        raw = resource_slice(
+            node,
+            [gpu_device(part, uuid=f"u-{node}-{part}-{gen}", product=A100, memory_mib=1024)],
+            generation=gen,
+            count=count,
+            part=part,
+        )
+        raw["metadata"]["name"] = name
+        state.upsert_slice(slice_from_json(raw))
+    full = pool_devices(state.dra.slices.values())
+    assert state.dra.by_node == dict(full.by_node)
+    assert state.dra.incomplete == dict(full.incomplete)
+    assert state.dra.device_node == {
+        d.key: n for n, devices in full.by_node.items() for d in devices
+    }
