@@ -9,10 +9,12 @@ its measurement turns stale.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from extender.dra import (
+    Check,
     ClaimTemplate,
     DeviceClass,
     DeviceKey,
@@ -24,6 +26,7 @@ from extender.dra import (
     claim_need,
     device_indices,
     device_misfit,
+    matches,
     pool_devices,
     taken_by_claims,
 )
@@ -53,6 +56,11 @@ class _Dra:
     """Pools left out, and why (newest generation not all seen)."""
     device_node: dict[DeviceKey, str] = field(default_factory=dict)
     claims_by_device: dict[DeviceKey, set[str]] = field(default_factory=dict)
+    rows_memo: dict[str, tuple[NodeGpus, dict[DeviceKey, int]]] = field(default_factory=dict)
+    match_memo: dict[tuple[str, int], tuple[tuple[DraDevice, ...], int]] = field(
+        default_factory=dict
+    )
+    check_ids: dict[tuple[Check, ...], int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -413,7 +421,11 @@ class ClusterState:
 
     def _rows(self, name: str, gpus: NodeGpus) -> dict[DeviceKey, int]:
         """Which row of ``gpus`` each of the node's DRA devices is (as the inventory matched
-        them: by uuid to the measurement that won, else the static order)."""
+        them: by uuid to the measurement that won, else the static order); remembered while
+        the node's GPU state is the same object."""
+        memo = self.dra.rows_memo.get(name)
+        if memo is not None and memo[0] is gpus:
+            return memo[1]
         devices = self.dra.by_node.get(name, ())
         node = self.nodes[name]
         measured: tuple[GpuDevice, ...] | None = None
@@ -421,7 +433,21 @@ class ClusterState:
             measured = node.gpu_report.devices
         elif gpus.source == "dcgm" and name in self.dcgm:
             measured = self.dcgm[name].devices
-        return device_indices(devices, measured)
+        rows = device_indices(devices, measured)
+        self.dra.rows_memo[name] = (gpus, rows)
+        return rows
+
+    def _matching(
+        self, name: str, cid: int, devices: tuple[DraDevice, ...], checks: tuple[Check, ...]
+    ) -> int:
+        """How many of the node's devices pass ``checks`` (id ``cid``), remembered while the
+        node's devices are the same."""
+        memo = self.dra.match_memo.get((name, cid))
+        if memo is not None and memo[0] is devices:
+            return memo[1]
+        n = sum(1 for d in devices if matches(checks, d))
+        self.dra.match_memo[(name, cid)] = (devices, n)
+        return n
 
     def dra_rows(self, name: str, now: float) -> frozenset[int]:
         """Rows of the node's GPU state that a DRA driver publishes (not the device plugin's)."""
@@ -477,19 +503,53 @@ class ClusterState:
     def claim_nodes(self, claim: ResourceClaim) -> set[str]:
         return {n for r in claim.results if (n := self.dra.device_node.get(r.key)) is not None}
 
-    def dra_misfit(self, name: str, need: DraNeed, now: float) -> str | None:
-        """Why the node's own DRA devices cannot take ``need`` (selectors, room on a device that
-        passes them), or ``None``; asked after the node passed the shared GPU fit."""
+    def dra_misfits(self, names: Sequence[str], need: DraNeed, now: float) -> dict[str, str]:
+        """Of ``names`` (nodes that passed the shared GPU fit), those whose own DRA devices
+        cannot take ``need`` (selectors, room on a device that passes them), with the reason.
+        The shared fit already decided nodes whose every GPU is published and passes the
+        checks; what is asked per node is remembered while its devices stay the same."""
+        if len(self.dra.check_ids) > 4096:  # distinct selector sets seen; forget, not grow
+            self.dra.check_ids.clear()
+            self.dra.match_memo.clear()
+        wanted = [
+            (self.dra.check_ids.setdefault(c, len(self.dra.check_ids)), c, n)
+            for c, n in Counter(need.checks).items()
+        ]
+        no_match = device_misfit(need, (), {}) or "node(s) had too few DRA GPU devices"
+        out = {}
+        for name in names:
+            reason = self._dra_misfit(name, need, now, wanted, no_match)
+            if reason is not None:
+                out[name] = reason
+        return out
+
+    def _dra_misfit(
+        self,
+        name: str,
+        need: DraNeed,
+        now: float,
+        wanted: list[tuple[int, tuple[Check, ...], int]],
+        no_match: str | None,
+    ) -> str | None:
         devices = self.dra.by_node.get(name, ())
         if not devices:
             return "node(s) had no DRA GPU devices"
         gpus = self.gpus(name, now)
         if isinstance(gpus, str):
             return gpus
-        rows = {d.index: d for d in gpus.devices}
+        all_pass = True
+        for cid, checks, n in wanted:
+            passing = self._matching(name, cid, devices, checks)
+            if passing < n:
+                return no_match  # too few devices pass the checks, whatever their room
+            all_pass = all_pass and passing == len(devices)
+        rows = self._rows(name, gpus)
+        if all_pass and len(rows) == len(gpus.devices) == len(devices):
+            return None  # every GPU published and passing: the shared fit decided it
+        by_row = {d.index: d for d in gpus.devices}
         free: dict[DeviceKey, tuple[int, bool]] = {}
-        for key, row in self._rows(name, gpus).items():
-            d = rows.get(row)
+        for key, row in rows.items():
+            d = by_row.get(row)
             if d is not None:
                 free[key] = (d.free_mib, d.idle)
         return device_misfit(need, devices, free)

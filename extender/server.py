@@ -349,17 +349,17 @@ class Extender:
     def _dra_filter(self, result: FilterResult, need: DraNeed, now: float) -> FilterResult:
         """Nodes that passed the shared fit, checked against their own DRA devices (selectors
         this extender evaluates, room on a device that passes them)."""
-        passed: list[str] = []
-        failed = dict(result.failed)
+        misfits = self.state.dra_misfits(result.passed, need, now)
+        if not misfits:
+            return result
         counts = dict(result.counts)
-        for name in result.passed:
-            reason = self.state.dra_misfit(name, need, now)
-            if reason is None:
-                passed.append(name)
-            else:
-                failed[name] = reason
-                counts["insufficient_gpu"] = counts.get("insufficient_gpu", 0) + 1
-        return FilterResult(tuple(passed), failed, result.unresolvable, counts)
+        counts["insufficient_gpu"] = counts.get("insufficient_gpu", 0) + len(misfits)
+        return FilterResult(
+            tuple(n for n in result.passed if n not in misfits),
+            {**result.failed, **misfits},
+            result.unresolvable,
+            counts,
+        )
 
     def prioritize(self, args: object, now: float) -> list[dict[str, Any]]:
         """``ExtenderArgs`` → ``HostPriorityList``."""
