@@ -646,29 +646,39 @@ def matches(checks: Sequence[Check], device: DraDevice) -> bool:
     return True
 
 
+def _describe(checks: Sequence[Check]) -> str:
+    return " && ".join(f"{c.attribute or 'driver'} == {c.value!r}" for c in checks) or "any device"
+
+
 def device_misfit(
     need: DraNeed, devices: Sequence[DraDevice], free: Mapping[DeviceKey, tuple[int, bool]]
 ) -> str | None:
     """``None`` when each request of ``need`` can get a distinct device of the node that passes
-    its checks and has room (``free``: MiB free and idle, per device key), else the reason."""
+    its checks and has room (``free``: MiB free and idle, per device key), else the reason.
+
+    A bipartite matching (augmenting paths; a node has a few devices and a pod a few requests),
+    so a device that two requests could use never makes a feasible node look full."""
     mib = need.gpu.mib_per_gpu
     usable = [
         d
         for d in devices
         if d.key in free and (free[d.key][1] if mib is None else free[d.key][0] >= mib)
     ]
-    taken: set[DeviceKey] = set()
-    # Most constrained requests first; greedy is exact for the equality sets used in practice
-    # (one class per pod) and never refuses a node the plugin would accept when checks are empty.
-    for checks in sorted(need.checks, key=len, reverse=True):
-        pick = next((d for d in usable if d.key not in taken and matches(checks, d)), None)
-        if pick is None:
-            wanted = (
-                " && ".join(f"{c.attribute or 'driver'} == {c.value!r}" for c in checks)
-                or "any device"
-            )
-            room = "idle" if mib is None else f"with {mib} MiB free"
-            note = " (other CEL left to the DRA plugin)" if need.left_to_plugin else ""
-            return f"no DRA device {room} matching {wanted}{note}"
-        taken.add(pick.key)
+    room = "idle" if mib is None else f"with {mib} MiB free"
+    note = " (other CEL left to the DRA plugin)" if need.left_to_plugin else ""
+    options = [[j for j, d in enumerate(usable) if matches(c, d)] for c in need.checks]
+    owner: dict[int, int] = {}  # device position -> request
+
+    def assign(i: int, seen: set[int]) -> bool:
+        for j in options[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in owner or assign(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    for i in sorted(range(len(options)), key=lambda i: len(options[i])):
+        if not assign(i, set()):
+            return f"no DRA device {room} matching {_describe(need.checks[i])}{note}"
     return None

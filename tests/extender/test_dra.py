@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from extender.dra import (
     Check,
     DraError,
+    DraNeed,
     DraNode,
     claim_from_json,
     claim_need,
@@ -363,3 +364,47 @@ def test_a_claim_reserved_for_no_pod_holds_nothing_here() -> None:
     left = claim_from_json(allocated_claim("ns", "a", "n1", [("gpu-0", None)], reserved_for=()))
     held = claim_from_json(allocated_claim("ns", "b", "n1", [("gpu-1", "10Gi")]))
     assert set(taken_by_claims(devices, [left, held], running=())) == {devices[1].key}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 3)), min_size=1, max_size=5),
+    st.lists(st.lists(st.sampled_from(["A", "B", "0", "1"]), max_size=2), min_size=1, max_size=4),
+    st.integers(1, 4),
+)
+def test_device_misfit_is_exact_matching(
+    devices_spec: list[tuple[str, int]], requests: list[list[str]], mib: int
+) -> None:
+    """Refuses exactly when no assignment of distinct devices (passing checks, with room) to
+    the requests exists, as a brute force over all assignments finds."""
+    import itertools
+
+    devices = [
+        slice_from_json(
+            resource_slice(
+                "n1",
+                [
+                    {
+                        "name": f"gpu-{i}",
+                        "attributes": {"kind": {"string": k}, "slot": {"int": slot}},
+                        "capacity": {"memory": {"value": "4Mi"}},
+                    }
+                    for i, (k, slot) in enumerate(devices_spec)
+                ],
+            )
+        ).devices
+    ][0]
+    free = {d.key: (int(d.attributes[f"{DRIVER}/slot"]), False) for d in devices}
+
+    def check(token: str) -> Check:
+        if token.isdigit():
+            return Check(f"{DRIVER}/slot", int(token))
+        return Check(f"{DRIVER}/kind", token)
+
+    checks = tuple(tuple(check(t) for t in r) for r in requests)
+    need = DraNeed(GpuNeed(len(checks), mib), checks)
+    fits = any(
+        all(matches(c, d) and free[d.key][0] >= mib for c, d in zip(checks, perm, strict=True))
+        for perm in itertools.permutations(devices, len(checks))
+    )
+    assert (device_misfit(need, devices, free) is None) == fits
