@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from extender.dra import (
     Check,
@@ -61,6 +62,9 @@ class _Dra:
         default_factory=dict
     )
     check_ids: dict[tuple[Check, ...], int] = field(default_factory=dict)
+    decided: dict[tuple[int, ...], set[str]] = field(default_factory=dict)
+    """Per set of check ids, the nodes whose every GPU is published and passes them: the
+    shared fit decides those alone (a node leaves every set when anything on it changes)."""
 
 
 @dataclass(slots=True)
@@ -130,6 +134,8 @@ class ClusterState:
     def _touch(self, name: str) -> None:
         self._gpus.pop(name, None)
         self._dirty.add(name)
+        for decided in self.dra.decided.values():
+            decided.discard(name)
 
     def index(self, now: float) -> NodeIndex:
         """The columnar index over the current nodes (see :mod:`extender.index`), brought up to
@@ -511,15 +517,21 @@ class ClusterState:
         if len(self.dra.check_ids) > 4096:  # distinct selector sets seen; forget, not grow
             self.dra.check_ids.clear()
             self.dra.match_memo.clear()
+            self.dra.decided.clear()
         wanted = [
             (self.dra.check_ids.setdefault(c, len(self.dra.check_ids)), c, n)
             for c, n in Counter(need.checks).items()
         ]
         no_match = device_misfit(need, (), {}) or "node(s) had too few DRA GPU devices"
+        decided = self.dra.decided.setdefault(tuple(sorted(cid for cid, _, _ in wanted)), set())
         out = {}
         for name in names:
+            if name in decided:
+                continue
             reason = self._dra_misfit(name, need, now, wanted, no_match)
-            if reason is not None:
+            if reason is _DECIDED:
+                decided.add(name)
+            elif reason is not None:
                 out[name] = reason
         return out
 
@@ -545,7 +557,7 @@ class ClusterState:
             all_pass = all_pass and passing == len(devices)
         rows = self._rows(name, gpus)
         if all_pass and len(rows) == len(gpus.devices) == len(devices):
-            return None  # every GPU published and passing: the shared fit decided it
+            return _DECIDED  # every GPU published and passing: the shared fit decided it
         by_row = {d.index: d for d in gpus.devices}
         free: dict[DeviceKey, tuple[int, bool]] = {}
         for key, row in rows.items():
@@ -553,6 +565,9 @@ class ClusterState:
             if d is not None:
                 free[key] = (d.free_mib, d.idle)
         return device_misfit(need, devices, free)
+
+
+_DECIDED: Final = "decided by the shared fit"
 
 
 def _pending(pod: PodRequest) -> int:

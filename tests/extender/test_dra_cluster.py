@@ -34,13 +34,16 @@ A100 = "NVIDIA A100-SXM4-80GB"
 DRA = InventoryConfig(("dra",))
 
 
-def dra_slice(node: str, n: int = 2, memory_mib: int = 81920) -> dict[str, Any]:
+def dra_slice(
+    node: str, n: int = 2, memory_mib: int = 81920, generation: int = 1
+) -> dict[str, Any]:
     return resource_slice(
         node,
         [
             gpu_device(i, uuid=f"GPU-{node}-{i}", product=A100, memory_mib=memory_mib, shared=True)
             for i in range(n)
         ],
+        generation=generation,
     )
 
 
@@ -266,3 +269,29 @@ def test_incremental_pools_equal_a_full_recount(ops: list[tuple[str, str, int, i
     assert state.dra.device_node == {
         d.key: n for n, devices in full.by_node.items() for d in devices
     }
+
+
+def test_what_the_filter_remembers_per_node_follows_slice_changes() -> None:
+    state = state_with("n1")
+    product = f"device.attributes['gpu.nvidia.com'].productName == '{A100}'"
+    state.upsert_claim(claim_from_json(unallocated("new", memory="10Gi", selectors=[product])))
+    ext = Extender(state)
+    body = {"Pod": claim_pod("new"), "NodeNames": ["n1"]}
+    assert ext.filter(body, NOW)["NodeNames"] == ["n1"]
+    assert ext.filter(body, NOW)["NodeNames"] == ["n1"]  # now from what was remembered
+    other = resource_slice(
+        "n1",
+        [gpu_device(i, uuid=f"GPU-n1-{i}", product="NVIDIA L4", memory_mib=23034) for i in (0, 1)],
+        generation=2,
+    )
+    state.upsert_slice(slice_from_json(other))
+    reason = ext.filter(body, NOW)["FailedNodes"]["n1"]
+    assert reason.startswith("no DRA device with 10240 MiB free matching") and A100 in reason
+    # And a full device still fails by the shared fit, remembered node or not.
+    state.upsert_slice(slice_from_json(dra_slice("n1", generation=3)))
+    assert ext.filter(body, NOW)["NodeNames"] == ["n1"]
+    for i in range(2):
+        state.upsert_claim(
+            claim_from_json(allocated_claim("ns", f"full{i}", "n1", [(f"gpu-{i}", "75Gi")]))
+        )
+    assert ext.filter(body, NOW)["FailedNodes"]["n1"].startswith("insufficient GPU memory")
