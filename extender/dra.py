@@ -682,3 +682,34 @@ def device_misfit(
         if not assign(i, set()):
             return f"no DRA device {room} matching {_describe(need.checks[i])}{note}"
     return None
+
+
+def allocator_choice(
+    need: DraNeed, devices: Sequence[DraDevice], free: Mapping[DeviceKey, tuple[int, bool]]
+) -> tuple[DeviceKey, ...] | None:
+    """The devices kube-scheduler's DRA allocator would give ``need`` on one node: it scores
+    nothing, and takes for each request, in order, the first device in slice and device order
+    (``gpu-0``, ``gpu-1``, ...) that passes the request's checks and has room (idle for a whole
+    device, ``free`` MiB for a share), not already taken by this claim. ``None`` when a request
+    finds none (the allocator would then backtrack; for requests without cross-request
+    constraints, as here, backtracking finds nothing first fit missed unless checks overlap).
+    This is what node-level scoring cannot change: the replay's "gpuscale node scoring with the
+    allocator's own device choice" places pods this way inside the chosen node."""
+    mib = need.gpu.mib_per_gpu
+    taken: list[DeviceKey] = []
+    for checks in need.checks:
+        pick = next(
+            (
+                d.key
+                for d in devices
+                if d.key in free
+                and d.key not in taken
+                and (free[d.key][1] if mib is None else free[d.key][0] >= mib)
+                and matches(checks, d)
+            ),
+            None,
+        )
+        if pick is None:
+            return None
+        taken.append(pick)
+    return tuple(taken)

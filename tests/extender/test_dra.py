@@ -14,6 +14,7 @@ from extender.dra import (
     DraError,
     DraNeed,
     DraNode,
+    allocator_choice,
     claim_from_json,
     claim_need,
     device_class_from_json,
@@ -408,3 +409,19 @@ def test_device_misfit_is_exact_matching(
         for perm in itertools.permutations(devices, len(checks))
     )
     assert (device_misfit(need, devices, free) is None) == fits
+
+
+def test_allocator_takes_the_first_device_with_room_not_the_best() -> None:
+    """gpu-0 has 30 GiB free, gpu-1 has 12 GiB: a best fit for 10 GiB is gpu-1, the allocator
+    takes gpu-0 (first in slice order), leaving the 30 GiB hole fragmented."""
+    classes = {DRIVER: device_class_from_json(device_class())}
+    need = claim_need([template_from_json(claim_template("ns", "t", memory="10Gi")).spec], classes)
+    assert need is not None
+    devices = slice_from_json(two_gpus()).devices
+    free = {devices[0].key: (30720, False), devices[1].key: (12288, False)}
+    assert allocator_choice(need, devices, free) == (devices[0].key,)
+    whole = claim_need([template_from_json(claim_template("ns", "w", count=2)).spec], classes)
+    assert whole is not None
+    assert allocator_choice(whole, devices, free) is None  # neither is idle
+    idle = {devices[0].key: (81920, True), devices[1].key: (81920, True)}
+    assert allocator_choice(whole, devices, idle) == (devices[0].key, devices[1].key)
