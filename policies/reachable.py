@@ -32,8 +32,8 @@ def effective_bound(name: str, bound: float, floor: float) -> Bound:
     return Bound(
         near,
         f"{name} bound {_ms(bound)} is below {_ms(floor)}, what a request takes on an idle"
-        f" replica: no count meets it; sized for {_ms(near)} (within {NEAR_FLOOR:.0%} of that"
-        " floor), not max",
+        f" replica, so no count meets it: sized for {_ms(near)} instead (within"
+        f" {NEAR_FLOOR:.0%} of that floor)",
     )
 
 
