@@ -23,6 +23,7 @@ from kubernetes.aio import client as kclient
 
 from autoscaler import authn, external_metrics, ops
 from autoscaler.controller import Controller
+from autoscaler.deletion_costs import DeletionCosts
 from autoscaler.feedback import Feedback
 from autoscaler.hpa import HpaReconciler, supports_tolerance
 from autoscaler.leader import AlwaysLeader, LeaderElector
@@ -156,6 +157,7 @@ async def run(
             wall=time.time,
             hpa_resync=settings.hpa_resync,
             pods=pods,
+            costs=DeletionCosts(core, querier),
         )
         holder.append(controller)
         metrics.policy_states = controller.policy_states

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from autoscaler.deletion_costs import DeletionCosts
 from autoscaler.feedback import STATUS_ANNOTATION, ConfigMapRef, Feedback, PolicyStatus
 from autoscaler.hpa import HpaReconciler, NotOurs
 from autoscaler.ops import ControllerMetrics
@@ -157,8 +158,10 @@ class Controller:
         wall: Callable[[], float],
         hpa_resync: float = 300.0,
         pods: UnschedulablePods | None = None,
+        costs: DeletionCosts | None = None,
     ) -> None:
-        """``pods``: the unschedulable pods (``None``: never counted, as before #26)."""
+        """``pods``: the unschedulable pods (``None``: never counted, as before #26);
+        ``costs``: writes pod deletion costs for policies with ``deletionCost``."""
         self.core_api = core_api
         self.targets = targets
         self.querier = querier
@@ -172,6 +175,7 @@ class Controller:
         self.wall = wall
         self.hpa_resync = hpa_resync
         self.pods = pods
+        self.costs = costs
         self.runtime: dict[str, PolicyRuntime] = {}
         self.scheduler = Ticker(
             self.tick,
@@ -193,6 +197,8 @@ class Controller:
             self.store.remove(namespace, name)
             self.metrics.forget(namespace, name, runtime.metrics if runtime else ())
             self.feedback.forget(key)
+            if self.costs is not None:
+                self.costs.forget(key)
             self._enqueue_hpa(key)
             return
         if entry.policy is not None:
@@ -311,6 +317,8 @@ class Controller:
         runtime.last_desired = decision.desired_replicas
         if self.leadership.is_leader:
             await self._report(entry, ref, decision, missing)
+            if policy.deletion_cost is not None and self.costs is not None:
+                await self.costs.update(key, entry.namespace, policy.deletion_cost)
 
     async def _current_replicas(self, policy: ScalingPolicy) -> int:
         t = policy.target
