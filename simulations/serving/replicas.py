@@ -19,8 +19,8 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from simulations.batching import ITL_BUCKETS, TTFT_BUCKETS
-from simulations.engine import Engine
+from simulations.serving.clock import Engine
+from simulations.serving.vllm import ITL_BUCKETS, TTFT_BUCKETS
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -224,7 +224,7 @@ class Replica:
         return self.take_queue()
 
     def sample(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[list[float], ...]]:
-        """What the pod's ``/metrics`` shows (see :class:`simulations.metrics.Scrapable`); this
+        """What the pod's ``/metrics`` shows (:class:`~simulations.serving.metrics.Scrapable`); this
         model has no tokens, KV cache or inter-token latency, and its TTFT is its latency."""
         acc = 0.0
         cumulative = []
@@ -247,7 +247,7 @@ _EMPTY_ITL = [0.0] * (len(ITL_BUCKETS) + 2)
 
 
 class Routable(Protocol):
-    """What the router needs of a replica (this module's and :mod:`simulations.batching`'s)."""
+    """What the router needs of a replica (this module's and :mod:`simulations.serving.vllm`'s)."""
 
     id: int
     queue: deque[int]

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from simulations.batching import ITL_BUCKETS, TTFT_BUCKETS
+from simulations.serving.vllm import ITL_BUCKETS, TTFT_BUCKETS
 
 LOOKBACK = 300.0
 """Prometheus' default lookback delta for instant vector selectors (seconds)."""

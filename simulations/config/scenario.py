@@ -35,7 +35,8 @@ from policies.stepmodel import (
     kv_cache_blocks,
 )
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+"""``simulations/``, which holds the data, scenarios and sweeps."""
 DATA_DIR = PACKAGE_DIR / "data"
 EXAMPLES_DIR = Path(policies.__file__).resolve().parent / "examples"
 DEFAULT_SCENARIO = PACKAGE_DIR / "scenarios" / "default.yaml"

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.bounds import startup_seconds
-from simulations.hindsight import allocate, monotone, schedule
-from simulations.pareto import Point, frontier, gpu_hours_at
-from simulations.report import _clean
-from simulations.sweep import SweepRun
+from simulations.experiments.bounds import startup_seconds
+from simulations.experiments.hindsight import allocate, monotone, schedule
+from simulations.experiments.pareto import Point, frontier, gpu_hours_at
+from simulations.experiments.report import json_safe
+from simulations.experiments.sweep import SweepRun
 
 SCHEMA = "gpuscale.io/sweep-pareto/v1"
 BASELINE_KINDS = ("hpa", "keda", "kpa")
@@ -183,7 +183,7 @@ def pareto_dict(run: SweepRun) -> dict[str, Any]:
         "bounds": {"static": static, "static_probes": static_probes, "hindsight": hindsight},
         "summary": summary,
     }
-    return dict(_clean(doc))
+    return dict(json_safe(doc))
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:

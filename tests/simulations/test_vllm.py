@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.stepmodel import EngineLimits, StepProfile, TokenMix, saturation_rate, step_time
-from simulations import batching
-from simulations.batching import BatchingReplica, EngineConfig, ServingLog
-from simulations.engine import Engine
+from simulations.serving import vllm
+from simulations.serving.clock import Engine
+from simulations.serving.vllm import BatchingReplica, EngineConfig, ServingLog
 
 H100 = StepProfile("h100", 5.753e-3, 17.25e-6, 6.0e-6)
 """The shipped H100 fit's coefficients."""
@@ -171,7 +171,7 @@ def test_decode_runs_give_the_same_results_as_single_steps(w: tuple[Any, ...]) -
     arrival = sorted(arrival)
     limits = EngineLimits(kv_blocks, max_num_seqs=seqs, max_num_batched_tokens=budget)
     fast, rf, _, _ = serve(arrival, prompt, gen, limits)
-    with mock.patch.object(batching, "MAX_RUN", 1):
+    with mock.patch.object(vllm, "MAX_RUN", 1):
         slow, rs, _, _ = serve(arrival, prompt, gen, limits)
     assert rf.steps == rs.steps and rf.preemptions == rs.preemptions
     np.testing.assert_allclose(fast.first_token, slow.first_token, rtol=0, atol=1e-9)

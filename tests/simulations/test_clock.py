@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulations.engine import LATE, URGENT, EmptySchedule, Engine
+from simulations.serving.clock import LATE, URGENT, EmptySchedule, Engine
 
 
 def test_events_run_in_time_then_priority_then_schedule_order() -> None:

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.stepmodel import EngineLimits, step_time
-from simulations.batching import BatchingReplica, EngineConfig, ServingLog
-from simulations.engine import Engine
-from tests.simulations.test_batching import H100, serve
+from simulations.serving.clock import Engine
+from simulations.serving.vllm import BatchingReplica, EngineConfig, ServingLog
+from tests.simulations.test_vllm import H100, serve
 
 A0, A1, A2 = 232.5e-6, 1.752e-6, 3357.4e-6
 """The shipped H100 profile's alphas (BLIS defaults.yaml, Llama-3.1-8B TP1, vLLM 0.8.4)."""

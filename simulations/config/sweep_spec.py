@@ -29,7 +29,7 @@ from policies.parse import (
 )
 from policies.reading import show
 from policies.schema import ScalingPolicy
-from simulations.scenario import (
+from simulations.config.scenario import (
     BASELINES,
     PACKAGE_DIR,
     Contender,

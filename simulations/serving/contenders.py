@@ -15,20 +15,7 @@ from policies.decide import decide
 from policies.decide_types import Snapshot, State
 from policies.durations import DurationError, parse_duration
 from policies.metrics import Metric, kind_of, metric_inputs
-from simulations import promql
-from simulations.baselines.hpa import (
-    HpaController,
-    NoMetrics,
-    PodSample,
-    Tolerance,
-    external_per_pod_replicas,
-    permissive_behavior,
-    pods_metric_replicas,
-)
-from simulations.baselines.kpa import TICK, ConcurrencyWindows, KpaDecider, KpaSpec
-from simulations.engine import LATE
-from simulations.metrics import MetricStore
-from simulations.scenario import (
+from simulations.config.scenario import (
     BaselineMetric,
     Contender,
     FixedContender,
@@ -38,7 +25,20 @@ from simulations.scenario import (
     KedaContender,
     KpaContender,
 )
-from simulations.sim import Controller, Run
+from simulations.serving import promql
+from simulations.serving.baselines.hpa import (
+    HpaController,
+    NoMetrics,
+    PodSample,
+    Tolerance,
+    external_per_pod_replicas,
+    permissive_behavior,
+    pods_metric_replicas,
+)
+from simulations.serving.baselines.kpa import TICK, ConcurrencyWindows, KpaDecider, KpaSpec
+from simulations.serving.clock import LATE
+from simulations.serving.metrics import MetricStore
+from simulations.serving.run import Controller, Run
 
 DECIDE_PHASE = 1.0
 HPA_PHASE = 2.0
@@ -82,8 +82,8 @@ def query_value(store: MetricStore, query: str, now: float) -> tuple[bool, float
 def metric_value(store: MetricStore, metric: Metric, now: float) -> float | None:
     """What the metric's PromQL would return in the simulated cluster.
 
-    Queries of the shapes :mod:`simulations.promql` knows are evaluated by the metric they name
-    (vLLM V1 names). Others fall back on what the metric type measures (its registry entry's
+    Queries of the shapes :mod:`~simulations.serving.promql` knows are evaluated by the metric they
+    name (vLLM V1 names). Others fall back on what the metric type measures (its registry entry's
     ``measures``): a queue is the waiting requests, a latency the e2e latency quantile of the
     query's ``histogram_quantile(q, …)`` over its ``[window]``, a request rate the pods' success
     counter when the query names one (``…success…``) and nothing more, else the gateway's
@@ -146,7 +146,16 @@ def _periodic(run: Run, first: float, period: float, fn: object) -> None:
     engine.schedule_at(first, tick, None, LATE)
 
 
-class GpuscaleController:
+class ControllerDefaults:
+    """What :class:`~simulations.serving.run.Controller` asks that most contenders answer alike."""
+
+    needs_concurrency = False
+
+    def desired(self) -> int | None:
+        return None
+
+
+class GpuscaleController(ControllerDefaults):
     """``decide()`` every ``policy.interval``; the HPA it owns turns the served
     ``gpuscale_desired_replicas`` (External, ``AverageValue: 1``) into the scale every sync."""
 
@@ -166,9 +175,12 @@ class GpuscaleController:
 
     def start(self, run: Run) -> None:
         self.run = run
-        run.desired_hint = lambda: int(self.value) if self.value is not None else run.spec_replicas
         _periodic(run, DECIDE_PHASE, self.policy.interval, self._decide)
         _periodic(run, HPA_PHASE, self.settings.sync_period, self._sync)
+
+    def desired(self) -> int | None:
+        """What the last decision served (the HPA turns it into the scale at its next sync)."""
+        return None if self.value is None else int(self.value)
 
     def _decide(self) -> None:
         run = self.run
@@ -198,7 +210,7 @@ class GpuscaleController:
         run.scale_to(self.hpa.reconcile(run.spec_replicas, proposal, now))
 
 
-class HpaBaseline:
+class HpaBaseline(ControllerDefaults):
     """Upstream HPA with a ``Pods`` metric (``AverageValue: target``) and default behavior."""
 
     def __init__(self, contender: HpaContender, hpa: HpaSettings, lo: int, hi: int) -> None:
@@ -229,7 +241,7 @@ class HpaBaseline:
         run.scale_to(self.hpa.reconcile(run.spec_replicas, proposal, now))
 
 
-class KedaBaseline:
+class KedaBaseline(ControllerDefaults):
     """KEDA: the HPA on an External ``AverageValue: threshold`` metric (the query's value), and
     the operator's loop every ``pollingInterval`` that activates from zero and, with
     ``minReplicaCount: 0``, scales to zero ``cooldownPeriod`` after the last active poll."""
@@ -276,7 +288,7 @@ class KedaBaseline:
                 run.scale_to(0)
 
 
-class KpaBaseline:
+class KpaBaseline(ControllerDefaults):
     """Knative KPA: per-second concurrency buckets, a decision every 2 s, written directly."""
 
     needs_concurrency = True
@@ -304,8 +316,7 @@ class KpaBaseline:
 
     def _collect(self) -> None:
         run = self.run
-        run._area()
-        area = run.inflight_area
+        area = run.concurrency_area()
         self.windows.record(area - self._last_area)
         self._last_area = area
 
@@ -322,7 +333,7 @@ class KpaBaseline:
         run.scale_to(min(max(desired, self.lo), self.hi))
 
 
-class FixedReplicas:
+class FixedReplicas(ControllerDefaults):
     def __init__(self, replicas: int) -> None:
         self.replicas = replicas
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from simulations.autoscalers import FixedReplicas
-from simulations.compare import prepare, random_streams, run_one
-from simulations.scenario import Scenario, parse_scenario
-from simulations.sim import DRAINING, GONE, READY, Run, build_cluster
+from simulations.config.scenario import Scenario, parse_scenario
+from simulations.experiments.compare import prepare, random_streams, run_one
+from simulations.serving.contenders import FixedReplicas
+from simulations.serving.run import DRAINING, GONE, READY, Run, build_cluster
 
 
 def scenario(**overrides: Any) -> Scenario:

@@ -39,8 +39,8 @@ from extender.fitting import PodFit, fits
 from extender.fragmentation import Fragmentation, Workload, per_gpu_need, with_host
 from extender.objects import GpuNeed
 from extender.scoring import MAX_EXTENDER_PRIORITY, Strategy, combine, get_strategy
-from simulations import gpuspec
-from simulations.openb import MILLI, OpenbNode, OpenbPod
+from simulations.placement import gpuspec
+from simulations.placement.openb import MILLI, OpenbNode, OpenbPod
 
 DEFAULT_GPU_MEMORY_MIB: Final[Mapping[str, int]] = {
     "V100M16": 16 * 1024,
@@ -215,7 +215,7 @@ class _GpuStates:
 class _Free:
     """A node state as :func:`extender.fitting.fits` reads it: free CPU and memory, GPU state.
     Labels are left out (a ``gpu_spec``'s affinity is decided per label set, see
-    :meth:`_Cluster.allowed`) and the trace's nodes carry no taints."""
+    :meth:`ReplayCluster.allowed`) and the trace's nodes carry no taints."""
 
     allocatable_milli_cpu: int
     allocatable_memory: int
@@ -235,7 +235,7 @@ Verdict = tuple[float, tuple[int, ...]] | None
 """Score and devices of a pod on a node, or ``None`` when it does not fit."""
 
 
-class _Judge:
+class Judge:
     """The extender's verdict for a pod shape on a node state, computed once per distinct
     (GPU state, free CPU, free memory, pod shape)."""
 
@@ -290,9 +290,9 @@ class _ShapeScores:
 
 
 @dataclass(slots=True)
-class _Cluster:
+class ReplayCluster:
     nodes: Sequence[OpenbNode]
-    judge: _Judge
+    judge: Judge
     devs: list[list[tuple[int, int, bool]]]
     sid: IntArray
     cpu_free: IntArray
@@ -305,8 +305,8 @@ class _Cluster:
 
     @classmethod
     def build(
-        cls, nodes: Sequence[OpenbNode], judge: _Judge, gpu_memory: Mapping[str, int]
-    ) -> _Cluster:
+        cls, nodes: Sequence[OpenbNode], judge: Judge, gpu_memory: Mapping[str, int]
+    ) -> ReplayCluster:
         devs: list[list[tuple[int, int, bool]]] = []
         for n in nodes:
             if n.gpus > 0 and n.model not in gpu_memory:
@@ -420,7 +420,7 @@ class _Cluster:
 Progress = Callable[[str], None]
 
 
-def _select(
+def select_node(
     rng: random.Random, candidates: IntArray, scores: FloatArray, selection: Selection
 ) -> int:
     if selection == "scheduler":
@@ -429,10 +429,10 @@ def _select(
         )
     else:
         final = scores
-    return _pick(rng, candidates[final >= final.max()])
+    return pick_tie(rng, candidates[final >= final.max()])
 
 
-def _pick(rng: random.Random, best: IntArray) -> int:
+def pick_tie(rng: random.Random, best: IntArray) -> int:
     """One of ``best`` at random (kube-scheduler breaks score ties at random)."""
     return int(best[rng.randrange(len(best))]) if len(best) > 1 else int(best[0])
 
@@ -445,14 +445,14 @@ def replay(
     rng: random.Random,
     config: ReplayConfig = ReplayConfig(),
     trace: str = "",
-    judge: _Judge | None = None,
+    judge: Judge | None = None,
     record: list[tuple[str, str, tuple[int, ...]]] | None = None,
 ) -> RunResult:
     """Place ``arrivals`` in order with ``strategy``; never removes a pod.
 
     A pod goes to the best-scored node that fits (CPU, memory and GPU) and that its
     ``gpu_spec`` accepts (a required node affinity on the GPU product label, see
-    :mod:`simulations.gpuspec`). Pods without GPUs are scored by host-aware strategies
+    :mod:`simulations.placement.gpuspec`). Pods without GPUs are scored by host-aware strategies
     (``fragmentation``) like the extender's ``prioritize`` does; the others give every node
     the same score for them, so they go where kube-scheduler's default LeastAllocated score is
     highest. ``record``, when given, receives
@@ -460,8 +460,8 @@ def replay(
     """
     start = time.perf_counter()
     if judge is None or judge.strategy is not strategy:
-        judge = _Judge(strategy)
-    cluster = _Cluster.build(nodes, judge, config.gpu_memory_mib)
+        judge = Judge(strategy)
+    cluster = ReplayCluster.build(nodes, judge, config.gpu_memory_mib)
     host_aware = bool(getattr(strategy, "host_aware", False))
     capacity = sum(n.gpus for n in nodes)
     if capacity == 0:
@@ -492,13 +492,13 @@ def replay(
                 la = np.where(allowed, la, -np.inf)
             top = la.max()
             if np.isfinite(top):
-                target = _pick(rng, np.flatnonzero(la == top))
+                target = pick_tie(rng, np.flatnonzero(la == top))
         else:
             cache = cluster.gpu_scores(pod)
             ok = np.isfinite(cache.score)
             cand = np.flatnonzero(ok if allowed is None else ok & allowed)
             if len(cand):
-                target = _select(rng, cand, cache.score[cand], config.selection)
+                target = select_node(rng, cand, cache.score[cand], config.selection)
                 chosen = cache.chosen[target]
         if target is None:
             skipped += 1
@@ -602,7 +602,7 @@ def run_trace(
     if capacity == 0:
         raise PlacementError("the node list has no GPUs")
     strategies = [make_strategy(name, pods) for name in scorings]
-    memo = {s.name: _Judge(s) for s in strategies}
+    memo = {s.name: Judge(s) for s in strategies}
     runs: dict[str, list[RunResult]] = {s.name: [] for s in strategies}
     for r in range(config.repeats):
         seed = config.seed + r

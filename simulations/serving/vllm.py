@@ -27,7 +27,7 @@ arrival that could be admitted cuts such a run at the end of the step in progres
 brings the counters up to the last completed step.
 
 Requests are indices into the run's :class:`ServingLog` (struct of lists), as in
-:mod:`simulations.serving`, so the hot path allocates little per request.
+:mod:`simulations.serving.replicas`, so the hot path allocates little per request.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from policies.stepmodel import (
     arrival_overhead,
     step_time,
 )
-from simulations.engine import Engine
+from simulations.serving.clock import Engine
 
 TTFT_BUCKETS: tuple[float, ...] = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -142,6 +142,11 @@ class ServingLog:
         self.decoding: list[bool] = [False] * n
 
 
+def blocks_for(tokens: int, block_size: int) -> int:
+    """KV blocks that hold ``tokens`` tokens: a block partly filled is taken whole."""
+    return -(-tokens // block_size)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """One replica's engine: its step-time profile and scheduler budgets."""
@@ -151,9 +156,9 @@ class EngineConfig:
 
 
 class BatchingReplica:
-    """One vLLM engine. Router-facing attributes match :class:`simulations.serving.Replica`:
-    ``queue`` (waiting), ``running`` (how many run), ``max_batch`` (``maxNumSeqs``),
-    ``backlog``, ``on_idle``, ``admit()``, ``outstanding``."""
+    """One vLLM engine. Router-facing attributes match :class:`~.replicas.Replica`: ``queue``
+    (waiting), ``running`` (how many run), ``max_batch`` (``maxNumSeqs``), ``backlog``,
+    ``on_idle``, ``admit()``, ``outstanding``."""
 
     __slots__ = (
         "_complete",
@@ -192,8 +197,6 @@ class BatchingReplica:
         "run_ends",
         "run_k",
         "running",
-        "sched",
-        "sched_n",
         "steps",
         "ttft",
     )
@@ -238,8 +241,6 @@ class BatchingReplica:
         self._drop = on_drop
         self.busy = False
         self.epoch = 0
-        self.sched: list[int] = []
-        self.sched_n: list[int] = []
         self.run_k = 0
         self.run_done = 0
         self.run_ends: list[float] = []
@@ -271,7 +272,7 @@ class BatchingReplica:
         """Request ``i`` reaches this replica; it is queued after the arrival overhead."""
         self.arrived += 1
         log = self._log
-        if -(-(log.prompt[i] + log.generated[i] - 1) // self.block) > self.blocks_total:
+        if blocks_for(log.prompt[i] + log.generated[i] - 1, self.block) > self.blocks_total:
             # vLLM rejects a request that could never fit in the cache
             if self._drop is not None:
                 self._drop(i)
@@ -367,9 +368,9 @@ class BatchingReplica:
             self._push(self.run_ends[k], self._run_end, self.epoch)
             return
         self.run_k = self.run_done = 0
-        dt = self._schedule()
+        dt, served, tokens = self._schedule()
         self.epoch += 1
-        self._push(now + dt, self._step_end, self.epoch)
+        self._push(now + dt, self._step_end, (self.epoch, served, tokens))
 
     def _run_length(self) -> int:
         """Decode steps that can be advanced at once from now (0 or 1: take a single step)."""
@@ -410,7 +411,7 @@ class BatchingReplica:
         if queue and n < self.max_batch and n < self.budget:
             head = queue[0]
             first = min(log.length[head] - computed[head], self.budget - n)
-            if -(-first // self.block) <= free - self._blocks_needed(1):
+            if blocks_for(first, self.block) <= free - self._blocks_needed(1):
                 return 0  # the head could be admitted at the next step
         self.run_c0 = context
         return left
@@ -423,7 +424,7 @@ class BatchingReplica:
         blocks = log.blocks
         total = 0
         for i in self.batch:
-            more = -(-(computed[i] + steps) // bs) - blocks[i]
+            more = blocks_for(computed[i] + steps, bs) - blocks[i]
             if more > 0:
                 total += more
         return total
@@ -441,8 +442,9 @@ class BatchingReplica:
             taus = [step_time(profile, 0, n, c0 + n * s) for s in range(steps)]
         return list(accumulate(taus, initial=start))
 
-    def _schedule(self) -> float:
-        """vLLM V1's ``schedule()`` for one step; returns the step's duration."""
+    def _schedule(self) -> tuple[float, list[int], list[int]]:
+        """vLLM V1's ``schedule()`` for one step: its duration, the requests it serves and how
+        many tokens each gets."""
         log = self._log
         length = log.length
         computed = log.computed
@@ -465,7 +467,7 @@ class BatchingReplica:
             n = length[i] - computed[i]
             if n > budget:
                 n = budget
-            need = -(-(computed[i] + n) // bs) - blocks[i]
+            need = blocks_for(computed[i] + n, bs) - blocks[i]
             if need > free:
                 lost_self = False
                 while need > free:
@@ -504,7 +506,7 @@ class BatchingReplica:
                 n = length[i] - computed[i]
                 if n > budget:
                     n = budget
-                need = -(-n // bs)
+                need = blocks_for(n, bs)
                 if need > free:
                     break
                 queue.popleft()
@@ -519,10 +521,8 @@ class BatchingReplica:
                     start[i] = now
         self.free = free
         self.running = len(batch)
-        self.sched = sched
-        self.sched_n = sched_n
         self.steps += 1
-        return step_time(self.profile, prefill, ndec, context)
+        return step_time(self.profile, prefill, ndec, context), sched, sched_n
 
     # ------------------------------------------------------------------ step ends
 
@@ -530,7 +530,8 @@ class BatchingReplica:
         if epoch == self.epoch:
             self._next()
 
-    def _step_end(self, epoch: int) -> None:
+    def _step_end(self, step: tuple[int, list[int], list[int]]) -> None:
+        epoch, served, scheduled = step
         if epoch != self.epoch:
             return
         log = self._log
@@ -548,7 +549,7 @@ class BatchingReplica:
         gaps: dict[float, int] = {}
         """Inter-token gaps of this step; most sequences share one (the step time)."""
         tokens = 0
-        for i, n in zip(self.sched, self.sched_n, strict=True):
+        for i, n in zip(served, scheduled, strict=True):
             c = computed[i] + n
             computed[i] = c
             if c < length[i]:
@@ -574,8 +575,6 @@ class BatchingReplica:
         itl = self.itl
         for gap, count in gaps.items():
             itl.observe(gap + a2, count)
-        self.sched = []
-        self.sched_n = []
         if finished:
             self._retire()
         self._next()
@@ -646,7 +645,7 @@ class BatchingReplica:
             computed[i] = c
             length[i] += m
             out[i] += m
-            b = -(-c // bs)
+            b = blocks_for(c, bs)
             free -= b - blocks[i]
             blocks[i] = b
             last[i] = end
@@ -692,7 +691,7 @@ class BatchingReplica:
         self._push(self.run_ends[cut], self._run_end, self.epoch)
 
     def sample(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[list[float], ...]]:
-        """What the engine's ``/metrics`` shows now (:class:`simulations.metrics.Scrapable`)."""
+        """What the engine's ``/metrics`` shows now (:class:`~.metrics.Scrapable`)."""
         self.sync()
         gauges = (float(len(self.queue)), float(self.running), self.kv_usage)
         counters = (

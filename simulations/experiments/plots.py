@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulations.compare import Comparison, RunResult
+from simulations.experiments.compare import Comparison, RunResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -195,7 +195,7 @@ def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float,
 def _tradeoff(comparison: Comparison, out: Path, plt: Any) -> Path:
     from matplotlib.ticker import PercentFormatter
 
-    from simulations.report import aggregate, by_label
+    from simulations.experiments.report import aggregate, by_label
 
     slo = comparison.scenario.service.slo
     groups = by_label(comparison)

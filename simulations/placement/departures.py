@@ -1,7 +1,7 @@
 """The openb replay with departures: pods arrive and leave at their trace times.
 
-The published protocol (:mod:`simulations.placement`) never removes a pod. Here each pod of the
-trace arrives at ``creation_time / compress`` and, once placed, runs for its traced run time
+The published protocol (:mod:`simulations.placement.replay`) never removes a pod. Here each pod of
+the trace arrives at ``creation_time / compress`` and, once placed, runs for its traced run time
 ``deletion_time - creation_time`` (not compressed). Compressing arrivals and not run times
 multiplies the offered load by about ``compress``: the openb lists cover 150 days of one team's
 pods on a cluster of 6,212 GPUs, which on its own loads that cluster to about 1%. ``copies``
@@ -31,14 +31,14 @@ from typing import Final
 import numpy as np
 
 from extender.scoring import Strategy
-from simulations.openb import MILLI, OpenbNode, OpenbPod
-from simulations.placement import (
+from simulations.placement.openb import MILLI, OpenbNode, OpenbPod
+from simulations.placement.replay import (
+    Judge,
     PlacementError,
+    ReplayCluster,
     ReplayConfig,
-    _Cluster,
-    _Judge,
-    _pick,
-    _select,
+    pick_tie,
+    select_node,
 )
 
 COMPRESS: Final = 1000.0
@@ -140,8 +140,8 @@ def replay_departures(
     start = time.perf_counter()
     ordered = _timed(pods)
     rng = random.Random(config.replay.seed * 7919 + 1)
-    judge = _Judge(strategy)
-    cluster = _Cluster.build(nodes, judge, config.replay.gpu_memory_mib)
+    judge = Judge(strategy)
+    cluster = ReplayCluster.build(nodes, judge, config.replay.gpu_memory_mib)
     capacity = sum(n.gpus for n in nodes)
     if capacity == 0:
         raise PlacementError("the node list has no GPUs")
@@ -179,13 +179,13 @@ def replay_departures(
             top = la.max()
             if not np.isfinite(top):
                 return None
-            return _pick(rng, np.flatnonzero(la == top)), ()
+            return pick_tie(rng, np.flatnonzero(la == top)), ()
         cache = cluster.gpu_scores(pod)
         ok = np.isfinite(cache.score)
         cand = np.flatnonzero(ok if allowed is None else ok & allowed)
         if not len(cand):
             return None
-        target = _select(rng, cand, cache.score[cand], selection)
+        target = select_node(rng, cand, cache.score[cand], selection)
         return target, cache.chosen[target]
 
     def fits_on(pod: OpenbPod, i: int) -> tuple[int, ...] | None:

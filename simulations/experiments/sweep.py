@@ -27,10 +27,10 @@ from typing import Any, Literal, Protocol
 import extender
 import policies
 import simulations
-from simulations.bounds import fitting_replicas, interval_curves, static_scenario
-from simulations.compare import run_one
-from simulations.scenario import Scenario
-from simulations.sweep_spec import SweepSpec, all_points
+from simulations.config.scenario import Scenario
+from simulations.config.sweep_spec import SweepSpec, all_points
+from simulations.experiments.bounds import fitting_replicas, interval_curves, static_scenario
+from simulations.experiments.compare import run_one
 
 RESULTS_FILE = "results.jsonl"
 FORMAT = "gpuscale.io/sweep-results/v1"

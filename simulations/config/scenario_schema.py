@@ -1,11 +1,11 @@
 """JSON Schema (draft 2020-12) for scenario files, published as simulations/schemas/scenario.json.
 
 Editors check a scenario while it is typed (``# yaml-language-server: $schema=…``);
-:func:`simulations.scenario.parse_scenario` stays the authority. Field names and choices follow
-the parser; ``tests/simulations/test_scenario_schema.py`` reads the parser's allowed fields back
-from its own "unknown field (expected one of: …)" errors and fails while the two differ, so a
-field added to the parser fails loudly until it is here. What JSON Schema cannot check (files
-exist, ``min <= max``, strictly increasing buckets, a quantity's value) the parser still does.
+:func:`simulations.config.scenario.parse_scenario` stays the authority. Field names and choices
+follow the parser; ``tests/simulations/test_scenario_schema.py`` reads the parser's allowed fields
+back from its own "unknown field (expected one of: …)" errors and fails while the two differ, so a
+field added to the parser fails loudly until it is here. What JSON Schema cannot check (files exist,
+``min <= max``, strictly increasing buckets, a quantity's value) the parser still does.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The hindsight bound's arithmetic: which replica count each interval gets, and what the
-schedule costs once every start-up is paid for. Pure; :mod:`simulations.bounds` measures the
-inputs with the simulator.
+schedule costs once every start-up is paid for. Pure; :mod:`simulations.experiments.bounds`
+measures the inputs with the simulator.
 
 Two steps, each optimal for what it is given:
 

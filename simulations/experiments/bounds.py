@@ -3,16 +3,16 @@
 - **Static provisioning**: ``N`` replicas, all Ready from the start and never changed
   (:func:`static_contender`); the sweep searches the fewest ``N`` whose mean attainment over the
   seeds reaches the target.
-- **Hindsight bound** (:func:`interval_curves`, then :mod:`simulations.hindsight`): time is cut
-  into intervals of ``interval`` seconds; each interval's arrivals are replayed *alone* on
-  ``n = 1, 2, …`` warm replicas of the scenario's cluster (same serving model, router and SLO
-  as every contender, through :class:`simulations.sim.Run`), giving the requests it misses with
-  ``n`` replicas, up to the first ``n`` that misses none or the most replicas that fit. That is
+- **Hindsight bound** (:func:`interval_curves`, then :mod:`~simulations.experiments.hindsight`):
+  time is cut into intervals of ``interval`` seconds; each interval's arrivals are replayed *alone*
+  on ``n = 1, 2, …`` warm replicas of the scenario's cluster (same serving model, router and SLO as
+  every contender, through :class:`~simulations.serving.run.Run`), giving the requests it misses
+  with ``n`` replicas, up to the first ``n`` that misses none or the most replicas that fit. That is
   what each interval really needs when the future is known: no queue is left over from earlier
   intervals and nobody waits for a replica to start. The miss budget of the target is then spent
   where it saves the most replicas, and every start-up is paid for at the cheapest start-up the
-  scenario allows (a cached image pull plus the mean model load; the scheduling delay holds no
-  GPU). The bound is that schedule's GPU-hours.
+  scenario allows (a cached image pull plus the mean model load; the scheduling delay holds no GPU).
+  The bound is that schedule's GPU-hours.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from simulations.arrivals import Workload
-from simulations.autoscalers import FixedReplicas
-from simulations.cluster import Placement
-from simulations.compare import prepare, random_streams, request_times
-from simulations.scenario import FixedContender, Scenario
-from simulations.sim import Run, build_cluster
+from simulations.config.scenario import FixedContender, Scenario
+from simulations.experiments.compare import prepare, random_streams, request_times
+from simulations.serving.arrivals import Workload
+from simulations.serving.cluster import Placement
+from simulations.serving.contenders import FixedReplicas
+from simulations.serving.run import Run, build_cluster
 
 
 def static_scenario(scenario: Scenario, replicas: int) -> Scenario:

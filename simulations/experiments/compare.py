@@ -18,17 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from simulations import arrivals
-from simulations.autoscalers import GpuscaleController, KpaBaseline, controller_for
-from simulations.batching import ServingLog
-from simulations.scenario import (
+from simulations.config.scenario import (
     Contender,
     GpuscaleContender,
     Scenario,
     ServiceTimeSpec,
     WorkloadSpec,
 )
-from simulations.sim import Run, build_cluster, make_workload, service_model_of
+from simulations.serving import arrivals
+from simulations.serving.contenders import GpuscaleController, KpaBaseline, controller_for
+from simulations.serving.run import Run, build_cluster, make_workload, service_model_of
+from simulations.serving.vllm import ServingLog
 
 BURST_BIN = 60.0
 BURST_FACTOR = 1.5

@@ -2,8 +2,8 @@
 
 The run owns the modelled world: the Deployment's ``spec.replicas``, its pods and their life
 (Pending → scheduled onto GPUs → image pull → model load → Ready → draining → gone), the router,
-the metrics pipeline and the clock. Autoscalers (:mod:`simulations.autoscalers`) read what they
-would read in a cluster (scraped metrics, pod phases, counts) and write ``spec.replicas``.
+the metrics pipeline and the clock. Autoscalers (:mod:`simulations.serving.contenders`) read what
+they would read in a cluster (scraped metrics, pod phases, counts) and write ``spec.replicas``.
 
 Pod life follows Kubernetes: a pod is ``Pending`` until scheduled and while its image is pulled
 (the first pull on a node is slow, later ones use the cached image), ``Running`` but not Ready
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,14 +25,14 @@ import numpy as np
 
 from extender.affinity import compile_required
 from extender.objects import GpuNeed, Toleration
-from simulations import arrivals, openb
-from simulations.arrivals import Workload
-from simulations.batching import BatchingReplica, EngineConfig, ServingLog
-from simulations.cluster import Cluster, Device, Node, Placement, PodSpec
-from simulations.engine import LATE, Engine
-from simulations.metrics import MetricStore
-from simulations.scenario import Scenario, ServiceSpec, ServiceTimeSpec, WorkloadSpec
-from simulations.serving import (
+from simulations.config.scenario import Scenario, ServiceSpec, ServiceTimeSpec, WorkloadSpec
+from simulations.placement import openb
+from simulations.serving import arrivals
+from simulations.serving.arrivals import Workload
+from simulations.serving.clock import LATE, Engine
+from simulations.serving.cluster import Cluster, Device, Node, Placement, PodSpec
+from simulations.serving.metrics import MetricStore
+from simulations.serving.replicas import (
     DEFAULT_LATENCY_BUCKETS,
     ExponentialService,
     FixedService,
@@ -44,6 +43,7 @@ from simulations.serving import (
     ServiceModel,
     TokenService,
 )
+from simulations.serving.vllm import BatchingReplica, EngineConfig, ServingLog
 
 UNSCHEDULED, PULLING, LOADING, READY, DRAINING, GONE = range(6)
 STATE_NAMES = ("Pending", "ContainerCreating", "Loading", "Ready", "Terminating", "Gone")
@@ -61,9 +61,20 @@ class Pod:
 
 
 class Controller(Protocol):
-    """An autoscaler: schedules its own ticks on the run's engine and writes the scale."""
+    """An autoscaler: schedules its own ticks on the run's engine and writes the scale.
+
+    What it may use of the :class:`Run`: ``engine`` (the clock), ``metrics`` (scraped series),
+    the pod counts (``n_active``, ``ready_replicas``, ...), ``spec_replicas`` (which it writes)
+    and :meth:`Run.concurrency_area`. The run asks it only for :meth:`desired`, for the timeline.
+    """
+
+    needs_concurrency: bool
+    """Whether it reads :meth:`Run.concurrency_area` (tracking it costs every request a call)."""
 
     def start(self, run: Run) -> None: ...
+
+    def desired(self) -> int | None:
+        """The count it wants now, where that differs from what it wrote (``None``: as written)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -277,7 +288,7 @@ class Run:
         self.n_ready = 0
         self.n_gpu_pods = 0
         self.timeline = Timeline()
-        self.desired_hint: Callable[[], int] | None = None
+        self.controller: Controller | None = None
         self._retry_pending = False
         self._retry_timer = False
 
@@ -306,6 +317,13 @@ class Run:
         now = self.engine.now
         self.inflight_area += self.in_system * (now - self._area_t)
         self._area_t = now
+
+    def concurrency_area(self) -> float:
+        """Request-seconds spent in the system from the start until now (tracked only for a
+        controller that ``needs_concurrency``): its growth over a window is the window's mean
+        concurrency times its length, what Knative's activator reports."""
+        self._area()
+        return self.inflight_area
 
     # ------------------------------------------------------------------ requests
 
@@ -519,7 +537,8 @@ class Run:
     def _sample(self, _: None) -> None:
         tl = self.timeline
         tl.time.append(self.engine.now)
-        tl.desired.append(self.desired_hint() if self.desired_hint else self.spec_replicas)
+        wanted = self.controller.desired() if self.controller is not None else None
+        tl.desired.append(self.spec_replicas if wanted is None else wanted)
         tl.replicas.append(self.n_active)
         tl.ready.append(self.n_ready)
         tl.pending.append(self.n_unscheduled)
@@ -540,7 +559,8 @@ class Run:
     # ------------------------------------------------------------------ running
 
     def start(self, controller: Controller) -> None:
-        self.track_concurrency = bool(getattr(controller, "needs_concurrency", False))
+        self.controller = controller
+        self.track_concurrency = controller.needs_concurrency
         initial = self.service.initial_replicas
         self.spec_replicas = initial
         for _ in range(initial):

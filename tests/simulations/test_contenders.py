@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from simulations.autoscalers import query_quantile, query_window
-from simulations.compare import run_one
-from simulations.scenario import parse_scenario
+from simulations.config.scenario import parse_scenario
+from simulations.experiments.compare import run_one
+from simulations.serving.contenders import query_quantile, query_window
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 

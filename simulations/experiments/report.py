@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.compare import Comparison, RunResult
+from simulations.experiments.compare import Comparison, RunResult
 
 SCHEMA = "gpuscale.io/simulation-report/v2"
 AGGREGATED = (
@@ -67,16 +67,16 @@ TIMELINE_COLUMNS = (
 )
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe and stable: NaN/inf become null, floats keep 6 significant digits."""
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
         return float(f"{value:.6g}")
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -137,7 +137,7 @@ def report_dict(comparison: Comparison) -> dict[str, Any]:
         },
         "policies": policies,
     }
-    return dict(_clean(doc))
+    return dict(json_safe(doc))
 
 
 def write_json(comparison: Comparison, path: Path) -> None:
@@ -280,7 +280,7 @@ def write_all(comparison: Comparison, out: Path, *, plots: bool = True) -> list[
     write_json(comparison, written[0])
     write_timeline(comparison, written[1])
     if plots:
-        from simulations.plots import write_plots
+        from simulations.experiments.plots import write_plots
 
         written += write_plots(comparison, out)
     return written

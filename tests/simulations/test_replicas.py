@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulations.engine import Engine
-from simulations.serving import (
+from simulations.serving.clock import Engine
+from simulations.serving.replicas import (
     ExponentialService,
     FixedService,
     LognormalService,

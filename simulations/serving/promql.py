@@ -2,14 +2,14 @@
 
 A query written for a real vLLM deployment works unchanged: the metric name in it (``vllm:`` and
 labels ignored; the simulated service is the only one) picks the series, the outer function picks
-the evaluation, as Prometheus would do it (:mod:`simulations.metrics`). Recognised shapes::
+the evaluation, as Prometheus would do it (:mod:`simulations.serving.metrics`). Recognised shapes::
 
     sum|avg|max|min(GAUGE{…})               GAUGE{…}
     sum(rate(COUNTER{…}[w]))                 rate(COUNTER[w])
     histogram_quantile(q, sum by (le) (rate(HIST_bucket{…}[w])))
     sum(rate(HIST_sum[w])) / sum(rate(HIST_count[w]))          (a mean)
 
-with the gauges, counters and histograms of :mod:`simulations.metrics` (vLLM V1 names:
+with the gauges, counters and histograms of :mod:`simulations.serving.metrics` (vLLM V1 names:
 ``num_requests_waiting``, ``kv_cache_usage_perc``, ``request_success_total``,
 ``prompt_tokens_total``, ``time_to_first_token_seconds``, …). ``gateway_requests_total`` is the
 request counter at the service's ingress, which exists with no pods. :func:`parse` returns
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from policies.durations import DurationError, parse_duration
-from simulations.metrics import COUNTERS, GAUGES, HISTOGRAMS, MetricStore
+from simulations.serving.metrics import COUNTERS, GAUGES, HISTOGRAMS, MetricStore
 
 _NAME = r"(?:vllm:)?([a-zA-Z_][a-zA-Z0-9_]*)"
 _LABELS = r"(?:\{[^}]*\})?"

@@ -26,7 +26,7 @@ from extender.objects import (
     NodeSelectorRequirement,
     NodeSelectorTerm,
 )
-from simulations.openb import OpenbNode, OpenbPod
+from simulations.placement.openb import OpenbNode, OpenbPod
 
 TWO_MODELS: Final = 0.5
 """Share of constrained pods that accept two models rather than one (the published examples
