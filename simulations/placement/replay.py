@@ -39,7 +39,7 @@ from extender.fitting import PodFit, fits
 from extender.fragmentation import Fragmentation, Workload, per_gpu_need, with_host
 from extender.objects import GpuNeed
 from extender.scoring import MAX_EXTENDER_PRIORITY, Strategy, combine, get_strategy
-from simulations.placement import gpuspec
+from simulations.placement import dra, gpuspec
 from simulations.placement.openb import MILLI, OpenbNode, OpenbPod
 
 DEFAULT_GPU_MEMORY_MIB: Final[Mapping[str, int]] = {
@@ -141,7 +141,12 @@ def _shape_key(p: OpenbPod) -> tuple[int, int | None, int | None, int, int]:
 
 
 def make_strategy(name: str, pods: Sequence[OpenbPod]) -> Strategy:
-    """The extender's strategy ``name``; ``fragmentation`` learns the trace's workload."""
+    """The extender's strategy ``name``; ``fragmentation`` learns the trace's workload.
+    ``dra-upstream`` and ``dra-<strategy>`` replay in DRA form (:mod:`.dra`)."""
+    if name == dra.UPSTREAM:
+        return dra.AllocatorDevices(None)
+    if name.startswith(dra.PREFIX):
+        return dra.AllocatorDevices(make_strategy(name.removeprefix(dra.PREFIX), pods))
     if name == "fragmentation":
         return Fragmentation(workload=workload_of(pods))
     return get_strategy(name)
@@ -450,12 +455,12 @@ def replay(
 ) -> RunResult:
     """Place ``arrivals`` in order with ``strategy``; never removes a pod.
 
-    A pod goes to the best-scored node that fits (CPU, memory and GPU) and that its
-    ``gpu_spec`` accepts (a required node affinity on the GPU product label, see
+    A pod goes to the best-scored node that fits (CPU, memory and GPU) and that its ``gpu_spec``
+    accepts (a required node affinity on the GPU product label, see
     :mod:`simulations.placement.gpuspec`). Pods without GPUs are scored by host-aware strategies
-    (``fragmentation``) like the extender's ``prioritize`` does; the others give every node
-    the same score for them, so they go where kube-scheduler's default LeastAllocated score is
-    highest. ``record``, when given, receives
+    (``fragmentation``) like the extender's ``prioritize`` does; the others give every node the same
+    score for them, so they go where kube-scheduler's default LeastAllocated score is highest, as
+    every pod does with ``dra-upstream`` (no GPU-aware scoring). ``record``, when given, receives
     ``(pod, node, devices)`` for every placement.
     """
     start = time.perf_counter()
@@ -463,6 +468,7 @@ def replay(
         judge = Judge(strategy)
     cluster = ReplayCluster.build(nodes, judge, config.gpu_memory_mib)
     host_aware = bool(getattr(strategy, "host_aware", False))
+    upstream = bool(getattr(strategy, "upstream", False))
     capacity = sum(n.gpus for n in nodes)
     if capacity == 0:
         raise PlacementError("the node list has no GPUs")
@@ -497,7 +503,11 @@ def replay(
             cache = cluster.gpu_scores(pod)
             ok = np.isfinite(cache.score)
             cand = np.flatnonzero(ok if allowed is None else ok & allowed)
-            if len(cand):
+            if len(cand) and upstream:
+                la = cluster.least_allocated(pod)[cand]
+                target = pick_tie(rng, cand[la >= la.max()])
+                chosen = cache.chosen[target]
+            elif len(cand):
                 target = select_node(rng, cand, cache.score[cand], config.selection)
                 chosen = cache.chosen[target]
         if target is None:

@@ -39,6 +39,9 @@ _RESOURCES = {
     "pod": ("", "pods"),
     "binding": ("", "pods/binding"),
     "pod_binding": ("", "pods/binding"),
+    "resource_slice": ("resource.k8s.io", "resourceslices"),
+    "resource_claim": ("resource.k8s.io", "resourceclaims"),
+    "device_class": ("resource.k8s.io", "deviceclasses"),
 }
 _CALL = re.compile(
     r"(read|list|create|patch|replace|delete)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?"
@@ -84,6 +87,7 @@ def _api_methods() -> set[str]:
         client.AutoscalingV2Api,
         client.CoordinationV1Api,
         client.EventsV1Api,
+        client.ResourceV1Api,
     )
     return {name for cls in classes for name in dir(cls) if _CALL.fullmatch(name)}
 
