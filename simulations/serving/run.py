@@ -28,6 +28,7 @@ import numpy as np
 
 from extender.affinity import compile_required
 from extender.objects import GpuNeed, Toleration
+from policies.deletion_cost import cost as deletion_cost
 from simulations.config.scenario import Scenario, ServiceSpec, ServiceTimeSpec, WorkloadSpec
 from simulations.placement import openb
 from simulations.serving import arrivals
@@ -62,8 +63,9 @@ class Pod:
     ready_at: float = math.nan
     scheduled_at: float = math.nan
     deletion_cost: int = 0
-    """``controller.kubernetes.io/pod-deletion-cost`` as last written (``service.deletionCost``):
-    the requests the pod held at the last scrape."""
+    """``controller.kubernetes.io/pod-deletion-cost`` as the controller writes it
+    (:func:`policies.deletion_cost.cost`) from the requests the pod held at the last scrape
+    (``service.deletionCost``)."""
 
 
 class Controller(Protocol):
@@ -546,7 +548,7 @@ class Run:
         if self.service.deletion_cost:
             for pod in self.pods:
                 if pod.state == READY and pod.replica is not None:
-                    pod.deletion_cost = pod.replica.outstanding
+                    pod.deletion_cost = deletion_cost(pod.replica.outstanding)
         self.metrics.scrape(now, self.scraped_replicas())
         self.metrics.scrape_gateway(now, bisect_right(self.log.arrival, now))
         self.engine.schedule(self.scenario.metrics.scrape_interval, self._scrape, None, LATE)
