@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.cluster_cache import KubeCluster
 from extender.cluster_state import ClusterState
-from extender.decode import node_from_json, pod_from_json
+from extender.decode import BadRequest, node_from_json, pod_from_json
 from extender.dra import claim_from_json, device_class_from_json, pool_devices, slice_from_json
 from extender.inventory import InventoryConfig
 from extender.objects import NodeInfo, PodClaim
@@ -295,3 +296,22 @@ def test_what_the_filter_remembers_per_node_follows_slice_changes() -> None:
             claim_from_json(allocated_claim("ns", f"full{i}", "n1", [(f"gpu-{i}", "75Gi")]))
         )
     assert ext.filter(body, NOW)["FailedNodes"]["n1"].startswith("insufficient GPU memory")
+
+
+def test_pod_claims_bad_input_is_a_bad_request_naming_the_field() -> None:
+    both = claim_pod("c")
+    both["spec"]["resourceClaims"][0]["resourceClaimName"] = "x"
+    with pytest.raises(BadRequest, match=r"spec\.resourceClaims\[0\]: expected exactly one"):
+        pod_from_json(both)
+    wrong = claim_pod("c")
+    wrong["status"]["resourceClaimStatuses"] = [{"name": "gpu", "resourceClaimName": 3}]
+    with pytest.raises(BadRequest, match=r"resourceClaimStatuses\[0\]\.resourceClaimName"):
+        pod_from_json(wrong)
+    listless = claim_pod("c")
+    listless["spec"]["resourceClaims"] = {"name": "gpu"}
+    with pytest.raises(BadRequest, match=r"spec\.resourceClaims: expected a list"):
+        pod_from_json(listless)
+    # A claim not generated yet (no status) is kept by its template; the need waits for it.
+    fresh = claim_pod("c")
+    del fresh["status"]
+    assert pod_from_json(fresh).claims == (PodClaim("gpu", "", "t"),)
