@@ -14,7 +14,18 @@ cached binary, the control plane's ``system:kube-scheduler`` user) places the ch
    ``kubectl get --raw`` of a policy's external metric answers with the policy's count, read
    by the controller pod from the e2e's Prometheus (relayed to the bridge: pods cannot reach
    host loopback).
-3. ``helm uninstall`` leaves none of the chart's objects behind.
+3. A Deployment of a vLLM stand-in (``vllm_standin.py`` in the gpuscale image, real pods on
+   ``real-0``) is found by Prometheus through Kubernetes service discovery
+   (``deploy/examples``' scrape config with a kubeconfig; ``vllm_pods.py``); its policy is
+   served 1, then 3 once one pod's queue is set to 12, and the real HPA takes it to 3 pods
+   that start and become Ready there, each scraped as it appears.
+5. ``helm upgrade --reuse-values --set controller.logLevel=debug`` rolls both controllers;
+   meanwhile the external metric is read every 0.1 s and is never unanswered for longer than
+   one HPA sync (1 s here: ``cluster.HPA_SYNC``), the Lease moves only when its holder stops,
+   and never do two Ready pods report ``gpuscale_is_leader 1`` (``rollout.py``).
+6. ``helm uninstall`` leaves none of the chart's objects behind.
+
+(Step 6 of the issue, the same with kustomize, is ``test_cluster_kustomize_node.py``.)
 
 What differs from a cluster, and why: the API server listens on loopback only, so pods reach
 it through the ``kubernetes`` Service and a relay on the bridge (``RealNode.publish_apiserver``);
@@ -29,7 +40,9 @@ import contextlib
 import ipaddress
 import json
 import os
+import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +53,15 @@ import yaml
 from kubernetes.aio import client as kclient
 
 from tests.cluster.build import binary
-from tests.cluster.images import GPUSCALE_ARCHIVE, KUBE_SCHEDULER_ARCHIVE, kube_scheduler_tag
+from tests.cluster.images import (
+    GPUSCALE_ARCHIVE,
+    GPUSCALE_TAG,
+    KUBE_SCHEDULER_ARCHIVE,
+    kube_scheduler_tag,
+)
 from tests.deploy.test_helm import HELM
-from tests.e2e.cluster import ControlPlane, Process, free_port, wait_until
+from tests.e2e import vllm_pods
+from tests.e2e.cluster import HPA_SYNC, ControlPlane, Process, free_port, wait_until
 from tests.e2e.install import (
     NAMESPACE,
     REPO,
@@ -52,9 +71,26 @@ from tests.e2e.install import (
     apply,
     kubectl,
 )
-from tests.e2e.kube import api, condition, deployment, eventually, namespace, policy_configmap
-from tests.e2e.node import LABELS, TOLERATION, RealNode
+from tests.e2e.kube import (
+    api,
+    condition,
+    deployment,
+    eventually,
+    namespace,
+    policy_configmap,
+    spec_replicas,
+)
+from tests.e2e.node import LABELS, TOLERATION, RealNode, archive_image_names
+from tests.e2e.rollout import RolloutWatch, double_claims, holders, outages
 from tests.e2e.test_cluster_helm import helm
+from tests.e2e.vllm_pods import (
+    SCRAPE_JOB,
+    discovery_kubeconfig,
+    discovery_rbac,
+    pod_scrape_config,
+    prometheus_sd_binary,
+    standin_objects,
+)
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
 
@@ -71,14 +107,43 @@ EXPECTED = 3
 """ceil(WAITING / PER_REPLICA): what the controller pod serves for the policy."""
 CONTROLLER_LABELS = "app.kubernetes.io/name=gpuscale,app.kubernetes.io/component=controller"
 SCHEDULER_LABELS = "app.kubernetes.io/name=gpuscale,app.kubernetes.io/component=scheduler"
-METRIC_PATH = (
-    f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{NS}/gpuscale_desired_replicas"
-    "?labelSelector=" + urllib.parse.quote(f"gpuscale.io/policy={APP}", safe="")
-)
+
+
+def metric_path(ns: str, policy: str) -> str:
+    """The external metric the HPA of ``policy`` reads, as ``kubectl get --raw`` asks for it."""
+    return (
+        f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/gpuscale_desired_replicas"
+        "?labelSelector=" + urllib.parse.quote(f"gpuscale.io/policy={policy}", safe="")
+    )
+
+
+METRIC_PATH = metric_path(NS, APP)
+PODS_NS = "helm-node-vllm"
+"""Step 3's namespace: the stand-in's pods, found by Prometheus' service discovery."""
+PODS_APP, PODS_MODEL = "opt-standin", "opt"
+PODS_QUEUE = f'sum(vllm:num_requests_waiting{{model_name="{PODS_MODEL}"}})'
+PODS_EXPECTED = 3
+"""ceil(12 / 4) with one pod reporting 12 waiting and the HPA's new pods none."""
 
 
 def _archive(env: str, default: Path) -> Path:
     return Path(os.environ.get(env) or default)
+
+
+def import_images(node: RealNode) -> None:
+    """``make image``'s two archives into the node's containerd, unless an earlier module did
+    (a 360 MB import takes a while); skips the module where they are not built."""
+    archives = [
+        _archive("GPUSCALE_IMAGE_ARCHIVE", GPUSCALE_ARCHIVE),
+        _archive("GPUSCALE_SCHEDULER_IMAGE_ARCHIVE", KUBE_SCHEDULER_ARCHIVE),
+    ]
+    missing = [str(a) for a in archives if not a.exists()]
+    if missing:
+        pytest.skip(f"images not built: {', '.join(missing)} (`make image`)")
+    have = set(node.images())
+    for path in archives:
+        if not set(archive_image_names(path)) <= have:
+            node.import_image(path)
 
 
 def _helm(cp: ControlPlane, *args: str) -> str:
@@ -142,6 +207,37 @@ def default_scheduler(cp: ControlPlane) -> Process:
     return Process("default-scheduler", argv, cp.workdir / "default-scheduler.log")
 
 
+@pytest.fixture(scope="module")
+def prometheus(
+    control_plane: ControlPlane,
+    vllm_server: InferenceServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PrometheusServer]:
+    """Prometheus with Kubernetes discovery (``make prometheus-sd``: Debian's has none) and two
+    jobs: the host's vLLM-style server for step 2 (labelled
+    with ``NS`` as discovery would), and step 3's pods in ``PODS_NS`` through Kubernetes
+    service discovery, as a ServiceAccount that may only list and watch that namespace's pods.
+    """
+    binary = prometheus_sd_binary()
+    if not binary.is_file():
+        pytest.fail(f"{binary} not built: run `make prometheus-sd`")
+    apply(control_plane, [namespace(PODS_NS), *discovery_rbac(PODS_NS)])
+    kubeconfig = discovery_kubeconfig(control_plane, PODS_NS)
+    server = PrometheusServer(
+        tmp_path_factory.mktemp("prometheus"),
+        [vllm_server.target],
+        labels={"namespace": NS},
+        extra_scrape_configs=[pod_scrape_config(kubeconfig, PODS_NS, PODS_APP)],
+        binary=str(binary),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        kubectl(control_plane, "delete", "--ignore-not-found", "--wait=false", "ns", PODS_NS)
+
+
 @dataclass
 class Release:
     cp: ControlPlane
@@ -174,15 +270,7 @@ def release(
 ) -> Iterator[Release]:
     if not HELM.is_file():
         pytest.fail(f"{HELM} not built: run `make helm`")
-    archives = [
-        _archive("GPUSCALE_IMAGE_ARCHIVE", GPUSCALE_ARCHIVE),
-        _archive("GPUSCALE_SCHEDULER_IMAGE_ARCHIVE", KUBE_SCHEDULER_ARCHIVE),
-    ]
-    missing = [str(a) for a in archives if not a.exists()]
-    if missing:
-        pytest.skip(f"images not built: {', '.join(missing)} (`make image`)")
-    for path in archives:
-        real_node.import_image(path)
+    import_images(real_node)
     real_node.publish_apiserver()
     prom_host, prom_port = real_node.relay(prometheus.port)
     vllm_server.set_waiting(WAITING)
@@ -345,6 +433,211 @@ async def test_aggregator_reaches_the_controller_through_the_charts_service(
     [item] = body["items"]
     assert item["metricName"] == "gpuscale_desired_replicas"
     assert item["value"] == str(EXPECTED)
+
+
+def _served(cp: ControlPlane, path: str) -> tuple[bool, str, list[dict[str, Any]]]:
+    """One read of an external metric through the aggregator: (answered, why not, items)."""
+    status, body = cp.request("GET", path, timeout=5)
+    if status != 200:
+        return False, f"{status}: {str(body)[:300]}", []
+    return True, "", list(body.get("items") or [])
+
+
+def _served_value(cp: ControlPlane, path: str) -> str | None:
+    ok, _, items = _served(cp, path)
+    return str(items[0]["value"]) if ok and len(items) == 1 else None
+
+
+def _put_waiting(pod_ip: str, waiting: int) -> None:
+    """Set the stand-in's queue depth, from this host to the pod's IP (the bridge is ours)."""
+    url = f"http://{pod_ip}:{vllm_pods.PORT}/waiting"
+    req = urllib.request.Request(url, data=str(waiting).encode(), method="PUT")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 204
+
+
+async def _standin_pods(admin_client: Any) -> list[Any]:
+    pods = await api(admin_client, "CoreV1Api").list_namespaced_pod(
+        PODS_NS, label_selector=f"app={PODS_APP}"
+    )
+    return [p for p in pods.items if p.metadata.deletion_timestamp is None]
+
+
+async def test_a_policy_scales_real_pods_that_prometheus_found_by_service_discovery(
+    admin_client: Any, release: Release, prometheus: PrometheusServer
+) -> None:
+    """Step 3: the stand-in's pods, found by ``kubernetes_sd_configs``, scaled 1 -> 3 by the
+    real HPA when one pod's queue grows; the new pods start on ``real-0`` and become Ready."""
+    cp = release.cp
+    apply(cp, standin_objects(PODS_APP, PODS_NS, image=GPUSCALE_TAG, model=PODS_MODEL, replicas=1))
+    [first] = await eventually(
+        "the stand-in's first pod Ready",
+        lambda: _standin_pods(admin_client),
+        lambda ps: _all_ready(ps, 1),
+        within=120,
+    )
+    assert first.spec.node_name == release.node.name
+    series_query = f'vllm:num_requests_waiting{{model_name="{PODS_MODEL}"}}'
+    await prometheus.wait_for_value(series_query, lambda v: v == 0, within=60)
+    [series] = await prometheus.query(series_query)
+    # Discovered, not configured: the target is the pod's IP, the labels its metadata.
+    assert series["metric"]["job"] == SCRAPE_JOB
+    assert series["metric"]["namespace"] == PODS_NS
+    assert series["metric"]["pod"] == first.metadata.name
+    assert series["metric"]["instance"] == f"{first.status.pod_ip}:{vllm_pods.PORT}"
+
+    policy = {
+        "apiVersion": "gpuscale.io/v1alpha1",
+        "kind": "ScalingPolicy",
+        "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": PODS_APP},
+        "replicas": {"min": 1, "max": 6},
+        "interval": "1s",
+        "metrics": [
+            {"name": "queue", "type": "queueDepth", "query": PODS_QUEUE, "targetPerReplica": 4}
+        ],
+    }
+    apply(cp, [policy_configmap(PODS_APP, PODS_NS, policy)])
+    path = metric_path(PODS_NS, PODS_APP)
+    wait_until(f"{path} = 1 (empty queue)", lambda: _served_value(cp, path) == "1", within=120)
+    assert await spec_replicas(admin_client, PODS_NS, PODS_APP) == 1
+
+    _put_waiting(first.status.pod_ip, WAITING)
+    await prometheus.wait_for_value(PODS_QUEUE, lambda v: v == WAITING, within=30)
+    wait_until(
+        f"{path} = {PODS_EXPECTED}",
+        lambda: _served_value(cp, path) == str(PODS_EXPECTED),
+        within=60,
+    )
+    pods = await eventually(
+        f"{PODS_EXPECTED} stand-in pods Ready",
+        lambda: _standin_pods(admin_client),
+        lambda ps: _all_ready(ps, PODS_EXPECTED),
+        within=120,
+    )
+    assert {p.spec.node_name for p in pods} == {release.node.name}
+    assert first.metadata.name in {p.metadata.name for p in pods}
+    hpa = await eventually(
+        "the HPA at 3",
+        lambda: api(admin_client, "AutoscalingV2Api").read_namespaced_horizontal_pod_autoscaler(
+            f"gpuscale-{PODS_APP}", PODS_NS
+        ),
+        lambda h: (
+            h.status.current_replicas == PODS_EXPECTED
+            and h.status.desired_replicas == PODS_EXPECTED
+        ),
+        within=60,
+    )
+    assert hpa.spec.metrics[0].external.metric.name == "gpuscale_desired_replicas"
+    # The new pods are scraped too (found by discovery as they started), and report no queue:
+    # the sum stays at what the first pod reports, so the count settles at 3.
+    up = f'count(up{{job="{SCRAPE_JOB}",namespace="{PODS_NS}"}} == 1)'
+    await prometheus.wait_for_value(up, lambda v: v == PODS_EXPECTED, within=30)
+    assert await prometheus.query_value(PODS_QUEUE) == WAITING
+    assert await spec_replicas(admin_client, PODS_NS, PODS_APP) == PODS_EXPECTED
+
+
+def _controller_pods(cp: ControlPlane) -> list[dict[str, Any]]:
+    path = f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=" + urllib.parse.quote(
+        CONTROLLER_LABELS, safe=""
+    )
+    status, body = cp.request("GET", path)
+    assert status == 200, body
+    return [p for p in body["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def _ready_ips(cp: ControlPlane) -> dict[str, str]:
+    return {
+        p["metadata"]["name"]: p["status"]["podIP"]
+        for p in _controller_pods(cp)
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p["status"].get("conditions", [])
+        )
+    }
+
+
+def _lease_holder(cp: ControlPlane) -> str:
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/gpuscale-controller"
+    status, body = cp.request("GET", path)
+    if status != 200:
+        raise AssertionError(f"lease: {status}")
+    return str(body["spec"].get("holderIdentity") or "")
+
+
+SYNC_PERIOD = float(HPA_SYNC.removesuffix("s"))
+"""The e2e's HPA sync period (kube-controller-manager's
+``--horizontal-pod-autoscaler-sync-period``; 15 s by default in a cluster): the longest the
+served metric may be unanswered during a rollout without the HPA missing a sync."""
+
+
+def test_helm_upgrade_rolls_the_controller_without_a_gap_or_two_leaders(
+    release: Release,
+) -> None:
+    """Step 5: a changed value (``controller.logLevel``) rolls both controller pods; all along,
+    the external metric of step 3's policy answers (never unanswered for longer than one HPA
+    sync) and at most one Ready pod claims leadership."""
+    cp = release.cp
+    old = {p["metadata"]["name"] for p in _controller_pods(cp)}
+    assert len(old) == 2
+    path = metric_path(PODS_NS, PODS_APP)
+
+    def read_metric() -> tuple[bool, str]:
+        ok, why, items = _served(cp, path)
+        if ok and not (len(items) == 1 and items[0]["value"] == str(PODS_EXPECTED)):
+            return False, f"items {items}"
+        return ok, why
+
+    def rolled() -> bool:
+        pods = _ready_ips(cp)
+        return (
+            len(pods) == 2
+            and not (set(pods) & old)
+            and not ({p["metadata"]["name"] for p in _controller_pods(cp)} & old)
+            and _lease_holder(cp) in pods
+        )
+
+    started = time.monotonic()
+    with RolloutWatch(read_metric, lambda: _lease_holder(cp), lambda: _ready_ips(cp)) as watch:
+        time.sleep(1)
+        _helm(
+            cp,
+            "upgrade",
+            RELEASE,
+            str(CHART),
+            f"--namespace={NAMESPACE}",
+            "--reuse-values",
+            "--set=controller.logLevel=debug",
+            "--wait",
+            "--timeout=4m",
+        )
+        wait_until("old controllers gone, the Lease held by a new one", rolled, within=120)
+        time.sleep(2)
+    took = time.monotonic() - started
+    new = {p["metadata"]["name"]: p for p in _controller_pods(cp)}
+    for pod in new.values():
+        [container] = pod["spec"]["containers"]
+        assert "--log-level=debug" in container["args"], container["args"]
+
+    answers, found = watch.answers, outages(watch.answers)
+    summary = f"{len(answers)} reads in {took:.1f} s, outages (observed/bound s): " + ", ".join(
+        f"{o.observed:.2f}/{o.bound:.2f} ({o.failures}: {o.detail})" for o in found
+    )
+    print(f"\nrollout: {summary}; holders {holders(watch.looks)}, {len(watch.looks)} looks")
+    assert len(answers) > 20 and answers[-1].ok, summary
+    worst = max((o.bound for o in found), default=0.0)
+    assert worst <= SYNC_PERIOD, summary
+
+    order = holders(watch.looks)
+    assert order and order[0] in old and order[-1] in new, order
+    # Each holder holds one term (never back to a pod that lost it), and the Lease moves only
+    # when its holder stops: at most once per old pod. Twice happens when the ReplicaSet stops
+    # the leader first (the other old pod takes over, then stops too); nothing tells it which
+    # pod leads.
+    assert len(order) == len(set(order)) <= len(old) + 1, order
+    assert set(order) <= old | set(new), order
+    # The pods' own gauges were read (the leader's said so), and never two at once.
+    assert any(look.claimants == {look.holder} for look in watch.looks), watch.looks[-3:]
+    assert double_claims(watch.looks) == [], double_claims(watch.looks)
 
 
 async def test_helm_uninstall_leaves_nothing_behind(release: Release) -> None:
