@@ -62,6 +62,7 @@ from tests.cluster.images import (
 from tests.deploy.test_helm import HELM
 from tests.e2e import vllm_pods
 from tests.e2e.cluster import HPA_SYNC, ControlPlane, Process, free_port, wait_until
+from tests.e2e.gpu_nodes import GpuNode, gpu_indices
 from tests.e2e.install import (
     NAMESPACE,
     REPO,
@@ -69,6 +70,7 @@ from tests.e2e.install import (
     ServingCert,
     adapt_for_local_processes,
     apply,
+    delete,
     kubectl,
 )
 from tests.e2e.kube import (
@@ -150,34 +152,39 @@ def _helm(cp: ControlPlane, *args: str) -> str:
     return helm(cp, *args, home_name="helm-node-home")
 
 
-def _tls_secrets(cert: ServingCert) -> list[dict[str, Any]]:
-    """The three kubernetes.io/tls Secrets the chart's caBundle mode asks the user for."""
+TLS_SECRETS = (
+    "gpuscale-controller-tls",
+    "gpuscale-extender-tls",
+    "gpuscale-scheduler-client-tls",
+)
 
-    def secret(name: str, crt: str, key: str, ca: bool) -> dict[str, Any]:
-        data = {
-            "tls.crt": (cert.dir / crt).read_bytes(),
-            "tls.key": (cert.dir / key).read_bytes(),
-        }
-        if ca:
-            data["ca.crt"] = cert.ca.read_bytes()
-        return {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/tls",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
-        }
 
+def tls_secret_commands(cert: ServingCert) -> list[list[str]]:
+    """The three ``kubectl create secret`` commands the README's caBundle install gives, with
+    the PEM files of ``cert`` (deploy/README.md's names): the controller's serving pair, the
+    extender's serving pair and kube-scheduler's client pair, the last two with ``ca.crt``."""
+    d, ns = cert.dir, f"--namespace={NAMESPACE}"
+    ca = f"--from-file=ca.crt={cert.ca}"
     return [
-        secret("gpuscale-controller-tls", "tls.crt", "tls.key", False),
-        secret("gpuscale-extender-tls", "extender.crt", "extender.key", True),
-        secret(
-            "gpuscale-scheduler-client-tls", "scheduler-client.crt", "scheduler-client.key", True
+        ["create", "secret", "tls", TLS_SECRETS[0], ns, f"--cert={cert.cert}", f"--key={cert.key}"],
+        *(
+            [
+                "create",
+                "secret",
+                "generic",
+                name,
+                ns,
+                "--type=kubernetes.io/tls",
+                f"--from-file=tls.crt={d / f'{stem}.crt'}",
+                f"--from-file=tls.key={d / f'{stem}.key'}",
+                ca,
+            ]
+            for name, stem in zip(TLS_SECRETS[1:], ("extender", "scheduler-client"), strict=True)
         ),
     ]
 
 
-def _values(node: RealNode, prometheus_url: str) -> dict[str, Any]:
+def helm_values(prometheus_url: str) -> dict[str, Any]:
     """Local images, never pulled, and both Deployments on the real node."""
     repository, tag = "localhost/gpuscale", "dev"
     placement = {"nodeSelector": dict(LABELS), "tolerations": [dict(TOLERATION)]}
@@ -278,12 +285,15 @@ def release(
     cert = ServingCert.make(control_plane.workdir / "helm-node-serving")
     ca = base64.b64encode(cert.ca.read_bytes()).decode()
     values = control_plane.workdir / "helm-node-values.yaml"
-    values.write_text(yaml.safe_dump(_values(real_node, f"http://{prom_host}:{prom_port}")))
+    values.write_text(yaml.safe_dump(helm_values(f"http://{prom_host}:{prom_port}")))
     kept = _take_out(installed)
     sched = default_scheduler(control_plane)
     sched.start()
     try:
-        apply(control_plane, [namespace(NAMESPACE), *_tls_secrets(cert)])
+        # The namespace is there already (the session's install's); a user creates it.
+        apply(control_plane, [namespace(NAMESPACE)])
+        for command in tls_secret_commands(cert):
+            kubectl(control_plane, *command)
         _helm(
             control_plane,
             "install",
@@ -307,7 +317,7 @@ def release(
             "--ignore-not-found",
             f"--namespace={NAMESPACE}",
             "secret",
-            *(s["metadata"]["name"] for s in _tls_secrets(cert)),
+            *TLS_SECRETS,
         )
         kubectl(control_plane, "delete", "--ignore-not-found", "--wait=false", "ns", NS)
         _put_back(installed, kept)
@@ -536,6 +546,79 @@ async def test_a_policy_scales_real_pods_that_prometheus_found_by_service_discov
     assert await spec_replicas(admin_client, PODS_NS, PODS_APP) == PODS_EXPECTED
 
 
+GPU_NS = "helm-node-gpu"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+GPU_NODE = GpuNode("gpu-beside-chart", "NVIDIA-L4", 23034, (0, 0), taints=(GPU_TAINT,))
+"""A kwok node with two 24 GB GPUs, tainted as GPU pools are (the other pods stay off it)."""
+
+
+async def test_the_charts_scheduler_pod_places_gpu_pods_through_its_extender(
+    admin_client: Any, release: Release
+) -> None:
+    """Step 4: pods with ``schedulerName: gpuscale`` go to a kwok GPU node, bound by the
+    chart's second-scheduler pod through its extender sidecar (``gpuscale.io/gpu-indices``,
+    which only the extender's bind writes); one asking for more GPU memory than a device has
+    stays Pending with the extender's reason. No node agent: the extender reads the node's
+    GPU Feature Discovery labels (``inventory: [annotation, gfd]``)."""
+    cp = release.cp
+    core = api(admin_client, "CoreV1Api")
+    gpu_pod = {"tolerations": [{"operator": "Equal", **GPU_TAINT}]}
+    fits = deployment(
+        "gpu-fits", GPU_NS, 2, scheduler="gpuscale", gpus=1, gpu_memory_mib=8000, pod_spec=gpu_pod
+    )
+    too_big = deployment(
+        "gpu-too-big",
+        GPU_NS,
+        1,
+        scheduler="gpuscale",
+        gpus=1,
+        gpu_memory_mib=40000,
+        pod_spec=gpu_pod,
+    )
+    schedulers = {p.metadata.name for p in await _pods(admin_client, SCHEDULER_LABELS)}
+    try:
+        apply(cp, [GPU_NODE.manifest(), namespace(GPU_NS), fits, too_big])
+
+        async def placed(app: str) -> list[Any]:
+            pods = await core.list_namespaced_pod(GPU_NS, label_selector=f"app={app}")
+            return list(pods.items)
+
+        bound = await eventually(
+            "the fitting GPU pods bound",
+            lambda: placed("gpu-fits"),
+            lambda ps: len(ps) == 2 and all(p.spec.node_name for p in ps),
+            within=90,
+        )
+        for pod in bound:
+            assert pod.spec.node_name == GPU_NODE.name
+            assert gpu_indices(pod) in ([0], [1]), pod.metadata.annotations
+
+        async def scheduled_by() -> set[str]:
+            events = await api(admin_client, "EventsV1Api").list_namespaced_event(
+                GPU_NS, field_selector="reason=Scheduled"
+            )
+            return {e.reporting_instance or "" for e in events.items}
+
+        # kube-scheduler reports as <scheduler name>-<host name>; a pod's host name is its name.
+        reporters = await eventually("the Scheduled events", scheduled_by, bool, within=30)
+        assert {r.removeprefix("gpuscale-") for r in reporters} <= schedulers, reporters
+
+        async def refusals() -> list[str]:
+            (pod,) = await placed("gpu-too-big")
+            assert pod.spec.node_name is None, f"bound to {pod.spec.node_name}"
+            events = await core.list_namespaced_event(
+                GPU_NS,
+                field_selector=f"involvedObject.name={pod.metadata.name},reason=FailedScheduling",
+            )
+            return [e.message for e in events.items]
+
+        messages = await eventually("FailedScheduling", refusals, bool, within=60)
+        assert any("GPU" in m or "gpu" in m for m in messages), messages
+    finally:
+        delete(cp, [fits, too_big, GPU_NODE.manifest()])
+        kubectl(cp, "delete", "--ignore-not-found", "--wait=false", "ns", GPU_NS)
+
+
 def _controller_pods(cp: ControlPlane) -> list[dict[str, Any]]:
     path = f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=" + urllib.parse.quote(
         CONTROLLER_LABELS, safe=""
@@ -564,6 +647,8 @@ def _lease_holder(cp: ControlPlane) -> str:
     return str(body["spec"].get("holderIdentity") or "")
 
 
+UPGRADE_SET = "controller.logLevel=debug"
+"""The changed value of step 5's ``helm upgrade`` (the README's upgrade command)."""
 SYNC_PERIOD = float(HPA_SYNC.removesuffix("s"))
 """The e2e's HPA sync period (kube-controller-manager's
 ``--horizontal-pod-autoscaler-sync-period``; 15 s by default in a cluster): the longest the
@@ -606,7 +691,7 @@ def test_helm_upgrade_rolls_the_controller_without_a_gap_or_two_leaders(
             str(CHART),
             f"--namespace={NAMESPACE}",
             "--reuse-values",
-            "--set=controller.logLevel=debug",
+            f"--set={UPGRADE_SET}",
             "--wait",
             "--timeout=4m",
         )
