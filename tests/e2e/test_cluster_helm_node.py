@@ -1,4 +1,4 @@
-"""The Helm chart's pods on the real node (issue #23, scenario steps 1-2, and uninstall).
+"""The Helm chart's pods on the real node (issue #23, scenario steps 1-5, and uninstall).
 
 ``helm install`` of ``deploy/helm/gpuscale`` into the session's control plane, with a CA bundle
 of our own (``tls.source=caBundle``, the three TLS Secrets made here as a user would), the
@@ -19,6 +19,9 @@ cached binary, the control plane's ``system:kube-scheduler`` user) places the ch
    (``deploy/examples``' scrape config with a kubeconfig; ``vllm_pods.py``); its policy is
    served 1, then 3 once one pod's queue is set to 12, and the real HPA takes it to 3 pods
    that start and become Ready there, each scraped as it appears.
+4. Pods with ``schedulerName: gpuscale`` go to a kwok GPU node, bound by the chart's
+   second-scheduler pod through its extender sidecar (the extender's ``gpu-indices``, the
+   ``Scheduled`` Events reported by that pod); one too big for any GPU stays Pending.
 5. ``helm upgrade --reuse-values --set controller.logLevel=debug`` rolls both controllers;
    meanwhile the external metric is read every 0.1 s and is never unanswered for longer than
    one HPA sync (1 s here: ``cluster.HPA_SYNC``), the Lease moves only when its holder stops,
