@@ -9,7 +9,7 @@ empty, one pair per request in ``vllm_published_requests.csv`` beside it, in the
 sent), optionally the engine's budgets (``max_num_seqs``, ``max_num_batched_tokens``; empty: the
 profile's defaults) and its ``engine_version`` (``v0``/``v1``: the vLLM engine generation that was
 measured), and the latencies that were published. The simulator runs the same load through
-:class:`simulations.batching.BatchingReplica` on the shipped profile of the same model × GPU,
+:class:`simulations.serving.vllm.BatchingReplica` on the shipped profile of the same model × GPU,
 once with the profile as shipped (steps and BLIS's alpha overheads) and once with the steps
 alone (the model before the alphas), and prints its figures beside the published ones with the
 relative error, then the median relative error per figure over the points that publish it, for
@@ -60,7 +60,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from policies.stepmodel import StepProfile
-    from simulations.calibrate import Fit
+    from simulations.experiments.calibrate import Fit
 
 DATA = Path(__file__).resolve().parents[1] / "simulations" / "data" / "vllm_published.csv"
 FIGURES = (
@@ -251,8 +251,8 @@ def simulate(point: Point, alphas: bool, profile: StepProfile | None = None) -> 
     latencies in ms."""
     from policies.profiles import load_profile
     from policies.stepmodel import EngineLimits, kv_cache_blocks
-    from simulations.batching import BatchingReplica, EngineConfig, ServingLog
-    from simulations.engine import Engine
+    from simulations.serving.clock import Engine
+    from simulations.serving.vllm import BatchingReplica, EngineConfig, ServingLog
 
     if profile is None:
         profile = load_profile(point.profile)
@@ -321,13 +321,13 @@ def is_v1_fit_point(point: Point) -> bool:
 def fit_v1(points: list[Point], base: StepProfile) -> Fit:
     """The V1 profile from ``points``: ``base``'s betas, ``beta3`` from the KV bytes each
     context token reads at the H100's memory bandwidth, and the alphas fitted by
-    :func:`simulations.calibrate.fit_alphas` to the points' mean TTFT and mean TPOT.
+    :func:`simulations.experiments.calibrate.fit_alphas` to the points' mean TTFT and mean TPOT.
 
     ``beta3`` is not fitted: on the short-prompt fit points it trades off against ``alpha2``
     (``context=True`` on them gives 66 ns with ``alpha2`` 73 us, which saturates the held-out
     long-context point in simulation: TTFT x500, TPOT +43%)."""
     from policies.stepmodel import EngineLimits, kv_cache_blocks
-    from simulations.calibrate import CalibrationError, Level, fit_alphas
+    from simulations.experiments.calibrate import CalibrationError, Level, fit_alphas
 
     levels = []
     for p in points:
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from policies.profiles import ProfileError, load_profile
-    from simulations.calibrate import CalibrationError
+    from simulations.experiments.calibrate import CalibrationError
 
     try:
         points = read_points(args.data)

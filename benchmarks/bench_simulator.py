@@ -50,8 +50,8 @@ def draw(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ours(arrivals: np.ndarray, service: np.ndarray) -> tuple[float, float]:
-    from simulations.engine import Engine
-    from simulations.serving import Replica, RequestLog
+    from simulations.serving.clock import Engine
+    from simulations.serving.replicas import Replica, RequestLog
 
     log = RequestLog(arrivals, service)
     engine = Engine()
@@ -96,11 +96,11 @@ def trace_replay(mode: str, replicas: int = 16) -> tuple[float, int, int]:
     """(wall s, engine steps, requests) of the code trace through ``replicas`` engines."""
     from policies.profiles import load_profile
     from policies.stepmodel import EngineLimits, kv_cache_blocks
-    from simulations import arrivals, batching
-    from simulations.batching import BatchingReplica, EngineConfig, ServingLog
-    from simulations.engine import Engine
-    from simulations.scenario import DATA_DIR
-    from simulations.serving import Replica, RequestLog, Router, TokenService
+    from simulations.config.scenario import DATA_DIR
+    from simulations.serving import arrivals, vllm
+    from simulations.serving.clock import Engine
+    from simulations.serving.replicas import Replica, RequestLog, Router, TokenService
+    from simulations.serving.vllm import BatchingReplica, EngineConfig, ServingLog
 
     trace = arrivals.read_trace(DATA_DIR / "azure_llm_2023_code.csv")
     w = arrivals.replay(trace, np.random.default_rng(1))
@@ -124,21 +124,21 @@ def trace_replay(mode: str, replicas: int = 16) -> tuple[float, int, int]:
     engines = [BatchingReplica(k, engine, slog, config) for k in range(replicas)]
     for r in engines:
         router.add(r)
-    saved = batching.MAX_RUN
+    saved = vllm.MAX_RUN
     if mode == "single-step":
-        batching.MAX_RUN = 1
+        vllm.MAX_RUN = 1
     try:
         engine.feed(slog.arrival, router.route)
         engine.run()
     finally:
-        batching.MAX_RUN = saved
+        vllm.MAX_RUN = saved
     return time.perf_counter() - start, sum(r.steps for r in engines), len(w)
 
 
 SCENARIO_CHILD = """
 import sys, time, resource, dataclasses
-from simulations.scenario import load_scenario, FixedContender, ServiceTimeSpec, Slo
-from simulations.compare import compare
+from simulations.config.scenario import load_scenario, FixedContender, ServiceTimeSpec, Slo
+from simulations.experiments.compare import compare
 sc = load_scenario()
 if sys.argv[1] == "fixed":
     sc = dataclasses.replace(sc, contenders=(FixedContender("fixed-8", 8),))
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     gain = results["single-step"][0] / results["decode runs, one event"][0]
     print(
         f"  decode runs in one event: {gain:.1f}x faster than one step per event, same results"
-        " (tests/simulations/test_batching.py)"
+        " (tests/simulations/test_vllm.py)"
     )
     if args.skip_mmc:
         return _scenarios(args)

@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from simulations.sweep import ProcessBackend, SerialBackend, read_results, run_sweep
-from simulations.sweep_report import pareto_dict
-from simulations.sweep_spec import SweepSpec, load_sweep, parse_sweep
+from simulations.config.sweep_spec import SweepSpec, load_sweep, parse_sweep
+from simulations.experiments.sweep import ProcessBackend, SerialBackend, read_results, run_sweep
+from simulations.experiments.sweep_report import pareto_dict
 
 SMALL = {
     "duration": "30m",

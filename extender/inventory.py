@@ -83,35 +83,52 @@ def _parse_time(value: object) -> float:
     raise InventoryError(f"time: expected RFC 3339 or Unix seconds, got {type(value).__name__}")
 
 
-def _int_field(item: Mapping[str, Any], key: str, where: str) -> int:
-    v = item.get(key)
+def count_field(
+    item: Mapping[str, Any],
+    key: str,
+    where: str,
+    default: int | None = None,
+    error: type[InventoryError] = InventoryError,
+) -> int:
+    """``item[key]`` as a non-negative integer (``default`` when absent, if one is given)."""
+    v = item.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise InventoryError(f"{where}.{key}: expected a non-negative integer, got {v!r}")
+        raise error(f"{where}.{key}: expected a non-negative integer, got {v!r}")
     return v
+
+
+def device_objects(
+    text: str | bytes, error: type[InventoryError] = InventoryError
+) -> list[tuple[str, dict[str, Any]]]:
+    """The entries of a JSON list of device objects, each with its path (``[i]``): the shape of
+    the ``gpuscale.io/gpus`` annotation and of the node agent's fake inventory file."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise error(f"not JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise error(f"expected a JSON list, got {type(data).__name__}")
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise error(f"[{i}]: expected an object, got {type(item).__name__}")
+        out.append((f"[{i}]", item))
+    return out
 
 
 def parse_gpus_annotation(text: str) -> GpuReport:
     """Parse ``gpuscale.io/gpus``: a JSON list of ``{index, uuid, model, totalMiB, usedMiB,
     time}``. The report's time is the oldest device reading."""
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise InventoryError(f"not JSON: {exc}") from None
-    if not isinstance(data, list):
-        raise InventoryError(f"expected a JSON list, got {type(data).__name__}")
     devices: list[GpuDevice] = []
     times: list[float] = []
-    for i, item in enumerate(data):
-        where = f"[{i}]"
-        if not isinstance(item, dict):
-            raise InventoryError(f"{where}: expected an object, got {type(item).__name__}")
-        total = _int_field(item, "totalMiB", where)
-        used = _int_field(item, "usedMiB", where)
+    for where, item in device_objects(text):
+        total = count_field(item, "totalMiB", where)
+        used = count_field(item, "usedMiB", where)
         uuid = item.get("uuid", "")
         model = item.get("model", "")
         if not isinstance(uuid, str) or not isinstance(model, str):
             raise InventoryError(f"{where}: uuid and model must be strings")
-        devices.append(GpuDevice(_int_field(item, "index", where), uuid, model, total, used))
+        devices.append(GpuDevice(count_field(item, "index", where), uuid, model, total, used))
         if "time" not in item:
             raise InventoryError(f"{where}.time: missing")
         try:

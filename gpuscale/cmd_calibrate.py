@@ -101,7 +101,7 @@ def calibrate(
     """
     from policies.profiles import NAME_PATTERN, parse_bytes, profile_document
     from policies.stepmodel import EngineLimits
-    from simulations import calibrate as cal
+    from simulations.experiments import calibrate as cal
 
     given = [x for x in (steps_file, levels_file, prometheus_url) if x is not None]
     if not given or (levels_file is not None and prometheus_url is not None):

@@ -54,7 +54,8 @@ def _gpu_memory(text: str | None) -> dict[str, int]:
     show_default=True,
     type=float,
     help="Also replay each pod list with this fraction of its GPU pods constrained to one or "
-    "two GPU models (gpu_spec, seeded from --seed; see simulations/gpuspec.py), as LIST+specNN.",
+    "two GPU models (gpu_spec, seeded from --seed; see simulations/placement/gpuspec.py), "
+    "as LIST+specNN.",
 )
 @click.option(
     "--scoring",
@@ -92,7 +93,8 @@ def _gpu_memory(text: str | None) -> dict[str, int]:
     is_flag=True,
     help="With --order trace: pods arrive at creation_time / --compress and leave after their "
     "traced run time; pods that fit nowhere wait and are retried as pods leave. Reports "
-    "allocation over time and how many GPU pods waited, how long (simulations/departures.py).",
+    "allocation over time and how many GPU pods waited, how long "
+    "(simulations/placement/departures.py).",
 )
 @click.option(
     "--compress",
@@ -146,9 +148,9 @@ def placement(
     a required node affinity on nvidia.com/gpu.product, enforced by the extender's own code.
     """
     from extender.scoring import strategy_names
-    from simulations.gpuspec import constrain
-    from simulations.openb import OpenbFormatError, read_nodes, read_pods
-    from simulations.placement import (
+    from simulations.placement.gpuspec import constrain
+    from simulations.placement.openb import OpenbFormatError, read_nodes, read_pods
+    from simulations.placement.replay import (
         DEFAULT_GPU_MEMORY_MIB,
         PlacementError,
         ReplayConfig,
@@ -261,16 +263,16 @@ def _departures(
     out_dir: Path,
 ) -> None:
     """``--order trace --departures``: one run per pod list × strategy."""
-    from simulations.departures import (
+    from simulations.placement.departures import (
         DeparturesConfig,
         departures_curve_csv,
         departures_json,
         departures_table,
         replay_departures,
     )
-    from simulations.gpuspec import constrain
-    from simulations.openb import OpenbFormatError, read_nodes, read_pods
-    from simulations.placement import PlacementError, ReplayConfig, make_strategy
+    from simulations.placement.gpuspec import constrain
+    from simulations.placement.openb import OpenbFormatError, read_nodes, read_pods
+    from simulations.placement.replay import PlacementError, ReplayConfig, make_strategy
 
     assert isinstance(config, ReplayConfig)
     dep = DeparturesConfig(compress=compress, copies=copies, replay=config)

@@ -149,7 +149,7 @@ def scenario_schema() -> None:
 
     `gpuscale simulate` stays the full check (files exist, min <= max, …).
     """
-    from simulations.scenario_schema import scenario_schema as build
+    from simulations.config.scenario_schema import scenario_schema as build
 
     click.echo(json.dumps(build(), indent=2))
 

@@ -147,9 +147,7 @@ def simulate(
     """
     from policies.durations import DurationError, parse_duration
     from policies.parse import PolicyFileError, load_policy_file
-    from simulations.arrivals import TraceError
-    from simulations.openb import OpenbFormatError
-    from simulations.scenario import (
+    from simulations.config.scenario import (
         BASELINES,
         Contender,
         GpuscaleContender,
@@ -159,6 +157,8 @@ def simulate(
         ScenarioError,
         load_scenario,
     )
+    from simulations.placement.openb import OpenbFormatError
+    from simulations.serving.arrivals import TraceError
 
     wanted = _baselines(baseline_text)
     try:
@@ -223,8 +223,8 @@ def simulate(
     first = sc.seed if seed is None else seed
     seed_list = list(range(first, first + seeds))
 
-    from simulations.compare import compare
-    from simulations.report import plain_table, write_all
+    from simulations.experiments.compare import compare
+    from simulations.experiments.report import plain_table, write_all
 
     total = len(seed_list) * len(contenders)
     try:

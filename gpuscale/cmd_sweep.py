@@ -42,9 +42,9 @@ def sweep(
     """
     import os
 
-    from simulations.sweep import RayUnavailable, make_backend, run_sweep
-    from simulations.sweep_report import pareto_dict, table, write_json, write_plot
-    from simulations.sweep_spec import SweepSpecError, load_sweep
+    from simulations.config.sweep_spec import SweepSpecError, load_sweep
+    from simulations.experiments.sweep import RayUnavailable, make_backend, run_sweep
+    from simulations.experiments.sweep_report import pareto_dict, table, write_json, write_plot
 
     try:
         parsed = load_sweep(spec)

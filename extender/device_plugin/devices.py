@@ -18,15 +18,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from extender.device_plugin.matching import Device, uuid_of
+from extender.inventory import InventoryError, count_field, device_objects
 
 CHECKPOINT_FILE = "kubelet_internal_checkpoint"
 """The kubelet device manager's checkpoint, in the device plugin directory."""
 
 
-class InventoryFileError(ValueError):
+class InventoryFileError(InventoryError):
     """A fake inventory file that cannot be read; the message names the entry and field."""
 
 
@@ -44,23 +43,13 @@ def parse_fake_inventory(text: str | bytes) -> tuple[FakeGpu, ...]:
     """``[{"index": 0, "uuid": "GPU-…", "model": "…", "totalMiB": 81920, "usedMiB": 0,
     "healthy": true}, …]``; ``usedMiB`` and ``healthy`` are optional. An unhealthy entry is
     left out of what NVML would report (the GPU fell off the bus)."""
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise InventoryFileError(f"not JSON: {exc}") from None
-    if not isinstance(data, list):
-        raise InventoryFileError(f"expected a JSON list, got {type(data).__name__}")
     out: list[FakeGpu] = []
-    for i, item in enumerate(data):
-        where = f"[{i}]"
-        if not isinstance(item, dict):
-            raise InventoryFileError(f"{where}: expected an object, got {type(item).__name__}")
-        fields: dict[str, int] = {}
-        for key, default in (("index", None), ("totalMiB", None), ("usedMiB", 0)):
-            v = item.get(key, default)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InventoryFileError(f"{where}.{key}: expected a non-negative integer")
-            fields[key] = v
+    error = InventoryFileError
+    for where, item in device_objects(text, error):
+        fields = {
+            key: count_field(item, key, where, default, error)
+            for key, default in (("index", None), ("totalMiB", None), ("usedMiB", 0))
+        }
         uuid, model, healthy = item.get("uuid"), item.get("model", ""), item.get("healthy", True)
         if not isinstance(uuid, str) or not uuid or "::" in uuid or "," in uuid:
             raise InventoryFileError(f"{where}.uuid: expected a non-empty string without :: or ,")

@@ -91,13 +91,13 @@ class MetricKind(Generic[M, X]):
     required: tuple[str, ...]
     """Fields of this type beyond ``name``, ``type`` and ``query`` that must be given."""
     optional: tuple[str, ...]
-    parse: Callable[[FieldReader, Mapping[str, Any], str, str | None, str | None], M | None]
+    parse: Parse[M]
     """``(reader, mapping, path, name, query)``: the metric, or None with errors recorded."""
     to_document: Callable[[M], dict[str, Any]]
     """The YAML fields of this type, every one spelled out (after name, type and query)."""
     schema: dict[str, Any]
     """JSON Schema of the fields in ``required`` and ``optional``."""
-    propose: Callable[[M, float, X, int, int, float | None], Proposal]
+    propose: Propose[M, X]
     """``(metric, value, prepared, current, max replicas, sized for)``: its replica count."""
     target: Callable[[M], float]
     """The figure status and dashboards draw next to the value (``gpuscale_metric_target``)."""
@@ -114,6 +114,41 @@ class MetricKind(Generic[M, X]):
     """JSON Schema keywords across this type's fields (exactly one of a query and a mean)."""
     parser_only: tuple[tuple[str, re.Pattern[str]], ...] = ()
     """Rules of this type's parse that JSON Schema cannot state: (rule, error pattern)."""
+
+
+Parse = Callable[[FieldReader, Mapping[str, Any], str, str | None, str | None], M | None]
+Propose = Callable[[M, float, X, int, int, float | None], Proposal]
+
+
+def one_field(
+    field: str,
+    read: Callable[[FieldReader], Callable[[Any, str], T | None]],
+    make: Callable[[str, str, T], M],
+) -> Parse[M]:
+    """``parse`` of a type with one field of its own beyond ``name`` and ``query``: ``read``
+    gives the reader's check for the field, ``make`` builds the metric."""
+
+    def parse(
+        r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
+    ) -> M | None:
+        value = r.get(obj, path, field, read(r))
+        if name and query and value is not None:
+            return make(name, query, value)
+        return None
+
+    return parse
+
+
+def on_value(rule: Callable[[M, float, int], Proposal]) -> Propose[M, None]:
+    """``propose`` of a type whose count depends on its observed value and the current count
+    only (no extra inputs, no ceiling, no sizing)."""
+
+    def propose(
+        metric: M, value: float, _: None, current: int, max_replicas: int, sized: float | None
+    ) -> Proposal:
+        return rule(metric, value, current)
+
+    return propose
 
 
 _TEXT: dict[int, tuple[object, str]] = {}

@@ -8,12 +8,11 @@ Proportional control on saturation, ``ceil(current * usage / target)``, with the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from policies.decide_types import Proposal
-from policies.metrics.base import FieldReader, MetricKind, proportional
+from policies.metrics.base import MetricKind, on_value, one_field, proportional
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,26 +36,6 @@ def kv_cache_usage(metric: KvCacheMetric, usage: float, current: int) -> Proposa
     return Proposal(metric.name, "kvCacheUsage", usage, n, why)
 
 
-def _propose(
-    metric: KvCacheMetric,
-    value: float,
-    _: None,
-    current: int,
-    max_replicas: int,
-    sized_for: float | None,
-) -> Proposal:
-    return kv_cache_usage(metric, value, current)
-
-
-def _parse(
-    r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
-) -> KvCacheMetric | None:
-    target = r.get(obj, path, "target", lambda v, p: r.fraction(v, p, closed_top=True))
-    if name and query and target:
-        return KvCacheMetric(name, query, target)
-    return None
-
-
 def _document(m: KvCacheMetric) -> dict[str, Any]:
     return {"target": m.target}
 
@@ -67,7 +46,9 @@ KIND: MetricKind[KvCacheMetric, None] = MetricKind(
     description="KV-cache saturation (vllm:kv_cache_usage_perc), scaled in proportion.",
     required=("target",),
     optional=(),
-    parse=_parse,
+    parse=one_field(
+        "target", lambda r: lambda v, p: r.fraction(v, p, closed_top=True), KvCacheMetric
+    ),
     to_document=_document,
     schema={
         "target": {
@@ -77,7 +58,7 @@ KIND: MetricKind[KvCacheMetric, None] = MetricKind(
             "description": "KV-cache usage (0..1, averaged over replicas) to hold.",
         }
     },
-    propose=_propose,
+    propose=on_value(kv_cache_usage),
     target=lambda m: m.target,
     measures="kvCacheUsage",
     wakes=False,

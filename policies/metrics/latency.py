@@ -10,14 +10,20 @@ is nothing to scale proportionally: it proposes 1 when the observed latency is a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from policies import jsonschema_parts as js
 from policies.decide_types import Proposal
 from policies.durations import format_duration
-from policies.metrics.base import DEAD_BAND, FieldReader, MetricKind, fixed_text, proportional
+from policies.metrics.base import (
+    DEAD_BAND,
+    MetricKind,
+    fixed_text,
+    on_value,
+    one_field,
+    proportional,
+)
 
 LATENCY_DEAD_BAND = DEAD_BAND
 """Relative distance from the SLO within which the latency rule proposes no change."""
@@ -48,26 +54,6 @@ def latency(metric: LatencyMetric, observed: float, current: int) -> Proposal:
     return Proposal(metric.name, "latency", observed, n, why)
 
 
-def _propose(
-    metric: LatencyMetric,
-    value: float,
-    _: None,
-    current: int,
-    max_replicas: int,
-    sized_for: float | None,
-) -> Proposal:
-    return latency(metric, value, current)
-
-
-def _parse(
-    r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
-) -> LatencyMetric | None:
-    slo = r.get(obj, path, "slo", lambda v, p: r.duration(v, p, positive=True))
-    if name and query and slo:
-        return LatencyMetric(name, query, slo)
-    return None
-
-
 def _document(m: LatencyMetric) -> dict[str, Any]:
     return {"slo": format_duration(m.slo)}
 
@@ -78,10 +64,10 @@ KIND: MetricKind[LatencyMetric, None] = MetricKind(
     description="A latency quantile (seconds) against an SLO.",
     required=("slo",),
     optional=(),
-    parse=_parse,
+    parse=one_field("slo", lambda r: lambda v, p: r.duration(v, p, positive=True), LatencyMetric),
     to_document=_document,
     schema={"slo": js.duration("The observed latency quantile's objective.", positive=True)},
-    propose=_propose,
+    propose=on_value(latency),
     target=lambda m: m.slo,
     measures="latency",
     wakes=False,

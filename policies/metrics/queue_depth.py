@@ -8,13 +8,12 @@ clamp decides the floor). It sees demand while nothing runs, so it can wake a ta
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from policies import jsonschema_parts as js
 from policies.decide_types import Proposal
-from policies.metrics.base import EPS, FieldReader, MetricKind, fixed_text
+from policies.metrics.base import EPS, MetricKind, fixed_text, on_value, one_field
 
 _ceil = math.ceil
 
@@ -43,26 +42,6 @@ def queue_depth(metric: QueueDepthMetric, waiting: float) -> Proposal:
     return Proposal(metric.name, "queueDepth", waiting, n, f"{waiting:g}{text}{n}")
 
 
-def _propose(
-    metric: QueueDepthMetric,
-    value: float,
-    _: None,
-    current: int,
-    max_replicas: int,
-    sized_for: float | None,
-) -> Proposal:
-    return queue_depth(metric, value)
-
-
-def _parse(
-    r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
-) -> QueueDepthMetric | None:
-    target = r.get(obj, path, "targetPerReplica", r.positive)
-    if name and query and target:
-        return QueueDepthMetric(name, query, target)
-    return None
-
-
 def _document(m: QueueDepthMetric) -> dict[str, Any]:
     return {"targetPerReplica": m.target_per_replica}
 
@@ -73,10 +52,10 @@ KIND: MetricKind[QueueDepthMetric, None] = MetricKind(
     description="Requests waiting, summed over replicas.",
     required=("targetPerReplica",),
     optional=(),
-    parse=_parse,
+    parse=one_field("targetPerReplica", lambda r: r.positive, QueueDepthMetric),
     to_document=_document,
     schema={"targetPerReplica": js.positive("Requests waiting that one replica should hold.")},
-    propose=_propose,
+    propose=on_value(lambda m, v, _: queue_depth(m, v)),
     target=lambda m: m.target_per_replica,
     measures="queue",
     wakes=True,

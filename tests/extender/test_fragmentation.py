@@ -472,7 +472,8 @@ def test_array_scores_from_a_kept_basis_are_place_bit_for_bit(
     score is that of one :func:`place` per state."""
     import numpy as np
 
-    from extender.fragmentation import _scores, scores_arrays
+    from extender.fragmentation import scores_arrays
+    from extender.fragmentation.stranding import scores_of_increases
     from extender.state_arrays import StateArrays
 
     wl = Workload(
@@ -503,6 +504,6 @@ def test_array_scores_from_a_kept_basis_are_place_bit_for_bit(
                 taken = taken.without_hosts()
             assert scores_arrays(taken, need, wl) == expected
             assert strategy.score_arrays(arrays.take(rows), need) == expected
-    one = np.array([score_of_float])
-    assert _scores(one, np.array([True])) == [score_of(score_of_float)]  # NaN and inf too
-    assert _scores(one, np.array([False])) == [0.0]
+    one = np.array([score_of_float])  # NaN and inf too
+    assert scores_of_increases(one, np.array([True])) == [score_of(score_of_float)]
+    assert scores_of_increases(one, np.array([False])) == [0.0]

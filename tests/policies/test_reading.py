@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG_MODULES = (
     "policies/parse.py",
     "policies/reading.py",
-    "simulations/scenario.py",
-    "simulations/sweep_spec.py",
+    "simulations/config/scenario.py",
+    "simulations/config/sweep_spec.py",
 )
 
 yaml_scalars = st.one_of(

@@ -8,8 +8,8 @@ import pytest
 
 from policies.parse import load_policy_file
 from policies.schema import ArrivalRateMetric, LatencyTarget
-from simulations.autoscalers import metric_value
-from simulations.metrics import MetricStore
+from simulations.serving.contenders import metric_value
+from simulations.serving.metrics import MetricStore
 from tests.deploy.manifests import DEPLOY
 
 BOUNDS = (0.1, 1.0, 10.0)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulations import arrivals
-from simulations.scenario import DATA_DIR, parse_scenario
-from simulations.sim import make_workload
+from simulations.config.scenario import DATA_DIR, parse_scenario
+from simulations.serving import arrivals
+from simulations.serving.run import make_workload
 from tests.support.fixtures import PrometheusFactory
 
 

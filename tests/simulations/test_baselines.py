@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulations.baselines.hpa import (
+from simulations.serving.baselines.hpa import (
     HpaController,
     NoMetrics,
     PodSample,
@@ -24,7 +24,7 @@ from simulations.baselines.hpa import (
     permissive_behavior,
     pods_metric_replicas,
 )
-from simulations.baselines.kpa import ConcurrencyWindows, KpaDecider, KpaSpec
+from simulations.serving.baselines.kpa import ConcurrencyWindows, KpaDecider, KpaSpec
 
 TOL = Tolerance()
 

@@ -308,7 +308,7 @@ def test_v1_points_also_run_on_the_v1_profile(
 
 
 def test_fitting_needs_rate_points_with_mean_ttft_and_tpot() -> None:
-    from simulations.calibrate import CalibrationError
+    from simulations.experiments.calibrate import CalibrationError
 
     batch = bench.Point("x", bench.V1_BASE, "batch", 8, 8, 32, 128, {"e2e_mean_ms": 900.0}, "")
     with pytest.raises(CalibrationError, match="x: fitting needs a rate point"):

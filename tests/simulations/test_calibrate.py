@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from gpuscale.cli import main
 from policies.profiles import load_profile
 from policies.stepmodel import EngineLimits, StepProfile, TokenMix, steady_state, step_time
-from simulations.batching import BatchingReplica, EngineConfig, ServingLog
-from simulations.calibrate import (
+from simulations.experiments.calibrate import (
     CONTEXT_FITTED,
     CalibrationError,
     Level,
@@ -27,7 +26,8 @@ from simulations.calibrate import (
     fit_levels,
     read_steps,
 )
-from simulations.engine import Engine
+from simulations.serving.clock import Engine
+from simulations.serving.vllm import BatchingReplica, EngineConfig, ServingLog
 from tests.support.fixtures import PrometheusFactory
 
 SHIPPED = load_profile("llama-3.1-8b-h100-tp1")
@@ -82,7 +82,7 @@ def test_bad_measurements_exit_1_naming_file_line_and_field(
     assert "missing column(s) prefill_tokens, step_seconds" in capsys.readouterr().err
     bad.write_text("prefill_tokens,decode_seqs,step_seconds\n" + "100,4,0.01\n" * 10)
     with pytest.raises(CalibrationError, match="do not vary enough"):
-        from simulations.calibrate import fit_steps
+        from simulations.experiments.calibrate import fit_steps
 
         fit_steps(read_steps(bad), "b")
     assert main(["simulate", "calibrate", "--name", "b"]) == 1

@@ -8,7 +8,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulations.hindsight import allocate, monotone, schedule, schedule_cost
+from simulations.experiments.hindsight import allocate, monotone, schedule, schedule_cost
 
 
 @st.composite

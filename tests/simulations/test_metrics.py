@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulations.engine import Engine
-from simulations.metrics import MetricStore, bucket_quantile, extrapolated_rate
-from simulations.serving import Replica, RequestLog
+from simulations.serving.clock import Engine
+from simulations.serving.metrics import MetricStore, bucket_quantile, extrapolated_rate
+from simulations.serving.replicas import Replica, RequestLog
 
 STEP = 15.0
 BOUNDS = (0.5, 1.0, 2.0)

@@ -8,7 +8,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulations.pareto import Point, frontier, gpu_hours_at
+from simulations.experiments.pareto import Point, frontier, gpu_hours_at
 
 coords = st.tuples(
     st.floats(0.0, 1.0, allow_nan=False), st.floats(0.0, 100.0, allow_nan=False)

@@ -15,8 +15,8 @@ from extender.filtering import ClusterSnapshot, choose_devices
 from extender.fragmentation import Fragmentation
 from extender.objects import GfdInfo, GpuNeed, NodeInfo, PodRequest
 from extender.scoring import register
-from simulations.openb import MILLI, OpenbNode, OpenbPod, read_nodes, read_pods
-from simulations.placement import (
+from simulations.placement.openb import MILLI, OpenbNode, OpenbPod, read_nodes, read_pods
+from simulations.placement.replay import (
     PlacementError,
     ReplayConfig,
     make_strategy,

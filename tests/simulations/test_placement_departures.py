@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from simulations.departures import DeparturesConfig, quantile, replay_departures
-from simulations.openb import OpenbNode, OpenbPod
-from simulations.placement import ReplayConfig, make_strategy
+from simulations.placement.departures import DeparturesConfig, quantile, replay_departures
+from simulations.placement.openb import OpenbNode, OpenbPod
+from simulations.placement.replay import ReplayConfig, make_strategy
 
 MEM = {"T4": 16384}
 

@@ -11,7 +11,7 @@ import pytest
 
 from extender.affinity import compile_required
 from extender.objects import GFD_PRODUCT_LABEL
-from simulations.gpuspec import (
+from simulations.placement.gpuspec import (
     compiled,
     constrain,
     constrained_share,
@@ -19,8 +19,8 @@ from simulations.gpuspec import (
     node_labels,
     required_affinity,
 )
-from simulations.openb import OpenbNode, OpenbPod, read_nodes, read_pods
-from simulations.placement import ReplayConfig, make_strategy, replay, sample_pods
+from simulations.placement.openb import OpenbNode, OpenbPod, read_nodes, read_pods
+from simulations.placement.replay import ReplayConfig, make_strategy, replay, sample_pods
 
 DATA = Path(__file__).resolve().parents[2] / "simulations" / "data"
 MEM = {"T4": 16384, "V100M32": 32768, "A10": 24576}

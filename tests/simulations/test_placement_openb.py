@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulations.openb import OpenbFormatError, OpenbPod, read_nodes, read_pods, total_gpus
+from simulations.placement.openb import (
+    OpenbFormatError,
+    OpenbPod,
+    read_nodes,
+    read_pods,
+    total_gpus,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "simulations" / "data"
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gpuscale.cli import main
-from simulations.compare import RunResult
-from simulations.plots import MAX_JOINED_GAP_S, _style, legend_label, through_gaps
+from simulations.experiments.compare import RunResult
+from simulations.experiments.plots import MAX_JOINED_GAP_S, _style, legend_label, through_gaps
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_names_of_close_points_do_not_overlap() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from simulations.plots import place_labels
+    from simulations.experiments.plots import place_labels
 
     fig, ax = plt.subplots(figsize=(6, 4))
     points = [("hpa", 1.17, 41.7), ("keda", 1.18, 41.7), ("kpa", 1.19, 41.8), ("far", 3.0, 60.0)]

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations.autoscalers import FixedReplicas
-from simulations.compare import prepare, random_streams
-from simulations.scenario import parse_scenario
-from simulations.sim import Run, build_cluster
+from simulations.config.scenario import parse_scenario
+from simulations.experiments.compare import prepare, random_streams
+from simulations.serving.contenders import FixedReplicas
+from simulations.serving.run import Run, build_cluster
 
 RHO = 0.8
 CUSTOMERS = 2_000_000

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from simulations.compare import Comparison, RunResult
-from simulations.report import _recovery, failures
+from simulations.experiments.compare import Comparison, RunResult
+from simulations.experiments.report import _recovery, failures
 
 
 def _run(label: str, seed: int, **summary: Any) -> RunResult:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from policies.metrics.model_capacity import ModelCapacityMetric
 from policies.parse import load_policy_file
 from policies.stepmodel import BLOCK_SIZE, kv_blocks_for_tokens
-from simulations.scenario import (
+from simulations.config.scenario import (
     EXAMPLES_DIR,
     GpuscaleContender,
     HpaContender,
@@ -23,7 +23,7 @@ from simulations.scenario import (
     load_scenario,
     parse_scenario,
 )
-from simulations.sweep_spec import apply_policy_knobs
+from simulations.config.sweep_spec import apply_policy_knobs
 
 MINIMAL: dict[str, Any] = {
     "cluster": {"pools": [{"name": "a", "count": 1, "gpus": 2, "gpuMemory": "80Gi"}]},

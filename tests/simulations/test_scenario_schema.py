@@ -1,8 +1,8 @@
 """The published scenario JSON Schema and the scenario parser agree.
 
 The parser's allowed fields at every level are read back from its own errors ("unknown field
-(expected one of: …)"), so a field added to ``simulations/scenario.py`` fails here until
-``simulations/scenario_schema.py`` has it. Then every scenario file passes both, and random
+(expected one of: …)"), so a field added to ``simulations/config/scenario.py`` fails here until
+``simulations/config/scenario_schema.py`` has it. Then every scenario file passes both, and random
 replacements of the default scenario's values get the same verdict from both, except for the
 checks JSON Schema cannot make (listed in PARSER_ONLY).
 """
@@ -23,8 +23,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulations.scenario import DEFAULT_SCENARIO, ScenarioError, parse_scenario
-from simulations.scenario_schema import (
+from simulations.config.scenario import DEFAULT_SCENARIO, ScenarioError, parse_scenario
+from simulations.config.scenario_schema import (
     BASELINE_FIELDS,
     SCENARIO_FILE,
     VLLM_FIELDS,

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gpuscale.cli import main
-from simulations.sweep import RESULTS_FILE, StaticSearch, read_results
+from simulations.experiments.sweep import RESULTS_FILE, StaticSearch, read_results
 
 SPEC = {
     "scenario": str(Path("simulations/scenarios/default.yaml").resolve()),

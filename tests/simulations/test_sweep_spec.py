@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from simulations.scenario import GpuscaleContender, HpaContender, KedaContender
-from simulations.sweep_spec import (
+from simulations.config.scenario import GpuscaleContender, HpaContender, KedaContender
+from simulations.config.sweep_spec import (
     SweepSpecError,
     load_sweep,
     parse_sweep,

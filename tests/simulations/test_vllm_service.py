@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from simulations import promql
-from simulations.autoscalers import FixedReplicas
-from simulations.batching import BatchingReplica, ServingLog
-from simulations.compare import prepare, random_streams, request_times, summarise
-from simulations.scenario import ScenarioError, Slo, parse_scenario
-from simulations.sim import Run, build_cluster
+from simulations.config.scenario import ScenarioError, Slo, parse_scenario
+from simulations.experiments.compare import prepare, random_streams, request_times, summarise
+from simulations.serving import promql
+from simulations.serving.contenders import FixedReplicas
+from simulations.serving.run import Run, build_cluster
+from simulations.serving.vllm import BatchingReplica, ServingLog
 
 
 def doc(**service: Any) -> dict[str, Any]:
