@@ -23,9 +23,11 @@ from kubernetes.aio import client as kclient
 
 from autoscaler import authn, external_metrics, ops
 from autoscaler.controller import Controller
+from autoscaler.deletion_costs import DeletionCosts
 from autoscaler.feedback import Feedback
 from autoscaler.hpa import HpaReconciler, supports_tolerance
 from autoscaler.leader import AlwaysLeader, LeaderElector
+from autoscaler.pending import UnschedulablePods
 from autoscaler.policy_source import PolicySource, SourceSettings
 from autoscaler.prometheus import PrometheusClient, PrometheusSettings
 from autoscaler.settings import ControllerSettings, parse_address
@@ -139,6 +141,8 @@ async def run(
             )
         else:
             leadership = AlwaysLeader()
+        pods = UnschedulablePods(core, namespace=settings.namespace)
+        pods.start()
         controller = Controller(
             core_api=core,
             targets=TargetReplicas(apps, namespace=settings.namespace),
@@ -152,6 +156,8 @@ async def run(
             monotonic=loop.time,
             wall=time.time,
             hpa_resync=settings.hpa_resync,
+            pods=pods,
+            costs=DeletionCosts(core, querier),
         )
         holder.append(controller)
         metrics.policy_states = controller.policy_states
@@ -243,6 +249,8 @@ async def run(
             await controller.scheduler.close()
             await controller.close()
             await controller.targets.close()
+            if controller.pods is not None:
+                await controller.pods.close()
         await session.close()
         if own_client:
             await api.close()

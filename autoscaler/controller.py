@@ -13,9 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from autoscaler.deletion_costs import DeletionCosts
 from autoscaler.feedback import STATUS_ANNOTATION, ConfigMapRef, Feedback, PolicyStatus
 from autoscaler.hpa import HpaReconciler, NotOurs
 from autoscaler.ops import ControllerMetrics
+from autoscaler.pending import UnschedulablePods
 from autoscaler.policy_source import PolicyEntry, PolicySource
 from autoscaler.prometheus import Missing, QueryResult
 from autoscaler.states import POLICY_STATES, PolicyState
@@ -51,13 +53,21 @@ def status_for(
             reason="policy is invalid and no earlier version was valid; nothing runs",
             errors=errors,
         )
+    reason = decision.reason
+    unreachable = [p for p in decision.proposals if p.unreachable is not None]
+    if unreachable:
+        notes = "; ".join(f"{p.metric}: {p.unreachable}" for p in unreachable)
+        reason += f"; SLO unreachable: {notes}"
+    pending = decision.unschedulable
     base = PolicyStatus(
-        state="Active",
-        reason=decision.reason,
+        state="CapacityLimited" if pending > 0 else "Active",
+        reason=f"{_pods(pending)} of the target unschedulable: {reason}" if pending else reason,
         desired_replicas=decision.desired_replicas,
         current_replicas=decision.current_replicas,
         winner=decision.winner,
         metrics_missing=decision.metrics_missing,
+        unschedulable=pending,
+        slo_unreachable=tuple(p.metric for p in unreachable),
     )
     if entry.error is not None:
         return replace(
@@ -77,6 +87,10 @@ def status_for(
     return base
 
 
+def _pods(n: int) -> str:
+    return f"{n} pod{'s' if n != 1 else ''}"
+
+
 @dataclass(slots=True)
 class PolicyRuntime:
     """What one policy carries between ticks, in memory."""
@@ -89,6 +103,8 @@ class PolicyRuntime:
     """``(name, type)`` of the policy's metrics, to drop their series when it goes away."""
     series: _Series | None = None
     """The policy's metric children, looked up once (``labels()`` costs ~10 µs a call)."""
+    unschedulable: int = 0
+    """The target's unschedulable pods at the last tick (state ``CapacityLimited``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +157,11 @@ class Controller:
         monotonic: Callable[[], float],
         wall: Callable[[], float],
         hpa_resync: float = 300.0,
+        pods: UnschedulablePods | None = None,
+        costs: DeletionCosts | None = None,
     ) -> None:
+        """``pods``: the unschedulable pods (``None``: never counted, as before #26);
+        ``costs``: writes pod deletion costs for policies with ``deletionCost``."""
         self.core_api = core_api
         self.targets = targets
         self.querier = querier
@@ -154,6 +174,8 @@ class Controller:
         self.monotonic = monotonic
         self.wall = wall
         self.hpa_resync = hpa_resync
+        self.pods = pods
+        self.costs = costs
         self.runtime: dict[str, PolicyRuntime] = {}
         self.scheduler = Ticker(
             self.tick,
@@ -175,6 +197,8 @@ class Controller:
             self.store.remove(namespace, name)
             self.metrics.forget(namespace, name, runtime.metrics if runtime else ())
             self.feedback.forget(key)
+            if self.costs is not None:
+                self.costs.forget(key)
             self._enqueue_hpa(key)
             return
         if entry.policy is not None:
@@ -219,6 +243,8 @@ class Controller:
                 counts["Pending"] += 1
             elif self._unavailable(entry.key):
                 counts["MetricsUnavailable"] += 1
+            elif runtime.unschedulable > 0:
+                counts["CapacityLimited"] += 1
             else:
                 counts["Active"] += 1
         return counts
@@ -278,14 +304,21 @@ class Controller:
                         series.values[input_name] = child
                     child.set(result)
         runtime.target_error = False
-        decision, runtime.state = decide(
-            policy, Snapshot(values, current), runtime.state, self.monotonic()
-        )
+        pending = 0
+        if self.pods is not None:
+            t = policy.target
+            selector = self.targets.selector(t.kind, entry.namespace, t.name)
+            pending = self.pods.count(entry.namespace, selector)
+        runtime.unschedulable = pending
+        snapshot = Snapshot(values, current, unschedulable=pending)
+        decision, runtime.state = decide(policy, snapshot, runtime.state, self.monotonic())
         self._publish(entry, policy, series, decision, missing)
         self.metrics.cycle_duration.observe(self.monotonic() - start)
         runtime.last_desired = decision.desired_replicas
         if self.leadership.is_leader:
             await self._report(entry, ref, decision, missing)
+            if policy.deletion_cost is not None and self.costs is not None:
+                await self.costs.update(key, entry.namespace, policy.deletion_cost)
 
     async def _current_replicas(self, policy: ScalingPolicy) -> int:
         t = policy.target
@@ -368,11 +401,35 @@ class Controller:
                     message=f"metrics are back: {decision.reason}",
                     dedup="ok",
                 )
+            await self._capacity_event(ref, decision, status)
             if entry.error is not None:
                 await self._invalid_event(entry, ref)
         except KubeError as exc:
             self.metrics.errors.labels("kube_api").inc()
             log.warning("status not written", extra={"policy": entry.key, "error": str(exc)})
+
+    async def _capacity_event(
+        self, ref: ConfigMapRef, decision: Decision, status: PolicyStatus
+    ) -> None:
+        """One Event when pods become unschedulable and one when none are left, not per tick."""
+        if decision.unschedulable > 0:
+            await self.feedback.event(
+                ref,
+                kind="capacity",
+                type_="Warning",
+                reason="CapacityLimited",
+                message=status.reason,
+                dedup="limited",
+            )
+        elif self.feedback.last(ref, "capacity") not in (None, "ok"):
+            await self.feedback.event(
+                ref,
+                kind="capacity",
+                type_="Normal",
+                reason="CapacityAvailable",
+                message=f"no pod of the target is unschedulable any more: {decision.reason}",
+                dedup="ok",
+            )
 
     async def _write_status(
         self, entry: PolicyEntry, ref: ConfigMapRef, status: PolicyStatus

@@ -39,6 +39,10 @@ class PolicyStatus:
     errors: tuple[str, ...] = ()
     running_resource_version: str | None = None
     """With ``Invalid``: the ConfigMap version whose policy still runs (the last good one)."""
+    unschedulable: int = 0
+    """The target's pods the scheduler has no room for (``CapacityLimited`` while above 0)."""
+    slo_unreachable: tuple[str, ...] = ()
+    """Metrics whose latency bound no replica count meets (sized near their floor instead)."""
 
     def signature(self) -> tuple[object, ...]:
         """What must change for a rewrite: everything but ``reason``.
@@ -54,6 +58,8 @@ class PolicyStatus:
             self.metrics_missing,
             self.errors,
             self.running_resource_version,
+            self.unschedulable,
+            self.slo_unreachable,
         )
 
     def to_json(self, since: float) -> str:
@@ -70,6 +76,10 @@ class PolicyStatus:
             body["errors"] = list(self.errors)
         if self.running_resource_version is not None:
             body["runningResourceVersion"] = self.running_resource_version
+        if self.unschedulable:
+            body["unschedulablePods"] = self.unschedulable
+        if self.slo_unreachable:
+            body["sloUnreachable"] = list(self.slo_unreachable)
         body["since"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
@@ -91,6 +101,8 @@ def status_from_annotation(text: str | None) -> PolicyStatus | None:
             metrics_missing=tuple(body.get("metricsMissing", ())),
             errors=tuple(body.get("errors", ())),
             running_resource_version=body.get("runningResourceVersion"),
+            unschedulable=int(body.get("unschedulablePods", 0)),
+            slo_unreachable=tuple(body.get("sloUnreachable", ())),
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -45,6 +45,10 @@ class PolicyRow:
     since: str | None
     hpa: str | None
     """Name of the HPA the controller owns for this policy, when it exists."""
+    unschedulable: int = 0
+    """The target's pods with no room in the cluster, as the annotation says."""
+    slo_unreachable: tuple[str, ...] = ()
+    """Metrics whose latency bound no replica count meets, as the annotation says."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +65,8 @@ class PolicyRow:
             "reason": self.reason,
             "since": self.since,
             "hpa": self.hpa,
+            "unschedulablePods": self.unschedulable,
+            "sloUnreachable": list(self.slo_unreachable),
         }
 
 
@@ -152,7 +158,7 @@ def policy_row(
     if errors:
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         last_error = errors[0] + more
-    elif state in HOLDING:
+    elif state in HOLDING or state == "CapacityLimited":
         last_error = reason
     else:
         hpa_problem = _hpa_problem(hpa) if hpa is not None else None
@@ -176,6 +182,8 @@ def policy_row(
         reason=reason,
         since=since,
         hpa=str(metadata(hpa).get("name")) if hpa is not None else None,
+        unschedulable=status.unschedulable if status is not None else 0,
+        slo_unreachable=status.slo_unreachable if status is not None else (),
     )
 
 

@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -31,6 +31,9 @@ class Missing:
 
 
 QueryResult = float | Missing
+_T = TypeVar("_T")
+ByLabel = dict[str, float]
+"""One finite value per value of a label (``pod`` → requests in flight)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,34 @@ def interpret(body: Any) -> QueryResult:
             return Missing("Prometheus series is not an object")
         return _sample(series.get("value"))
     return Missing(f"query returned a {kind!r} result, expected an instant vector or scalar")
+
+
+def interpret_by(body: Any, label: str) -> ByLabel | Missing:
+    """A vector answer as ``{series[label]: value}``; series without ``label``, or with a value
+    that is not finite, are left out. Two series with the same ``label`` make it Missing (the
+    query must aggregate by it)."""
+    if not isinstance(body, Mapping) or body.get("status") != "success":
+        failed = interpret(body)
+        return failed if isinstance(failed, Missing) else Missing("Prometheus query failed")
+    data = body.get("data")
+    result = data.get("result") if isinstance(data, Mapping) else None
+    if not isinstance(data, Mapping) or data.get("resultType") != "vector":
+        return Missing("query must return an instant vector, one series per " + label)
+    if not isinstance(result, list):
+        return Missing("Prometheus vector result is not a list")
+    out: ByLabel = {}
+    for series in result:
+        metric = series.get("metric") if isinstance(series, Mapping) else None
+        key = metric.get(label) if isinstance(metric, Mapping) else None
+        if not isinstance(key, str) or not isinstance(series, Mapping):
+            continue
+        value = _sample(series.get("value"))
+        if isinstance(value, Missing):
+            continue
+        if key in out:
+            return Missing(f"query returned several series for {label}={key!r} (sum by ({label}))")
+        out[key] = value
+    return out
 
 
 def _sample(pair: Any) -> QueryResult:
@@ -135,6 +166,15 @@ class PrometheusClient:
 
     async def query(self, promql: str, tenant: str = "") -> QueryResult:
         """One instant query on behalf of ``tenant``, within ``timeout`` from the call."""
+        return await self._run(promql, tenant, interpret)
+
+    async def query_by(self, promql: str, label: str, tenant: str = "") -> ByLabel | Missing:
+        """One instant query whose series are told apart by ``label`` (:func:`interpret_by`)."""
+        return await self._run(promql, tenant, functools.partial(interpret_by, label=label))
+
+    async def _run(
+        self, promql: str, tenant: str, decode: Callable[[Any], _T | Missing]
+    ) -> _T | Missing:
         start = time.perf_counter()
         outcome = "error"
         started = False
@@ -142,8 +182,8 @@ class PrometheusClient:
             async with asyncio.timeout(self._settings.timeout):
                 async with self.slots.slot(tenant):
                     started = True
-                    result = await self._with_retries(promql)
-            outcome = "ok" if isinstance(result, float) else "missing"
+                    result = await self._with_retries(promql, decode)
+            outcome = "missing" if isinstance(result, Missing) else "ok"
             return result
         except TimeoutError:
             if not started:
@@ -165,11 +205,13 @@ class PrometheusClient:
             if self._observe is not None:
                 self._observe(time.perf_counter() - start, outcome)
 
-    async def _with_retries(self, promql: str) -> QueryResult:
+    async def _with_retries(
+        self, promql: str, decode: Callable[[Any], _T | Missing]
+    ) -> _T | Missing:
         delay = self._settings.backoff
         for attempt in range(1, self._settings.attempts + 1):
             try:
-                return await self._once(promql)
+                return await self._once(promql, decode)
             except _Retryable:
                 if attempt == self._settings.attempts:
                     raise
@@ -177,7 +219,7 @@ class PrometheusClient:
             delay *= 2
         raise AssertionError("unreachable")
 
-    async def _once(self, promql: str) -> QueryResult:
+    async def _once(self, promql: str, decode: Callable[[Any], _T | Missing]) -> _T | Missing:
         try:
             async with self._session.post(
                 self._url, data=_form(promql), headers=_FORM_HEADERS
@@ -192,7 +234,7 @@ class PrometheusClient:
             body = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return Missing(f"Prometheus answered HTTP {status} with a body that is not JSON")
-        return interpret(body)
+        return decode(body)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         """The body, or :class:`_TooLarge` as soon as it passes the limit (never read whole)."""

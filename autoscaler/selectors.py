@@ -108,3 +108,35 @@ def _check_value(value: str, text: str) -> str:
     if not _VALUE_RE.fullmatch(value) or len(value) > 63:
         raise SelectorError(f"invalid label value {value!r} in selector {text!r}")
     return value
+
+
+_EXPRESSION_OPERATORS: dict[str, Operator] = {
+    "In": "in",
+    "NotIn": "notin",
+    "Exists": "exists",
+    "DoesNotExist": "!",
+}
+
+
+def from_label_selector(obj: Mapping[str, object] | None) -> Selector | None:
+    """A workload's ``spec.selector`` (``matchLabels``/``matchExpressions``) as a Selector.
+
+    ``None`` for a missing selector or an operator Kubernetes does not define: which pods belong
+    to the workload is then unknown, and counting all of a namespace's pods would be wrong.
+    """
+    if not isinstance(obj, Mapping):
+        return None
+    requirements: list[Requirement] = []
+    labels = obj.get("matchLabels") or {}
+    expressions = obj.get("matchExpressions") or []
+    if not isinstance(labels, Mapping) or not isinstance(expressions, list):
+        return None
+    for key, value in labels.items():
+        requirements.append(Requirement(str(key), "=", frozenset([str(value)])))
+    for e in expressions:
+        op = _EXPRESSION_OPERATORS.get(str(e.get("operator"))) if isinstance(e, Mapping) else None
+        if op is None:
+            return None
+        values = frozenset(str(v) for v in (e.get("values") or ()))
+        requirements.append(Requirement(str(e.get("key")), op, values))
+    return Selector(tuple(requirements)) if requirements else None

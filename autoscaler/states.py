@@ -11,13 +11,19 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
-PolicyState = Literal["Pending", "Active", "MetricsUnavailable", "TargetUnavailable", "Invalid"]
+PolicyState = Literal[
+    "Pending", "Active", "CapacityLimited", "MetricsUnavailable", "TargetUnavailable", "Invalid"
+]
 
 POLICY_STATES: tuple[PolicyState, ...] = get_args(PolicyState)
 
 STATE_MEANINGS: dict[PolicyState, str] = {
     "Pending": "no decision yet (the controller has not ticked this policy, or is not running)",
     "Active": "deciding from its metrics",
+    "CapacityLimited": (
+        "some of the target's pods are unschedulable (no room in the cluster): deciding, but the"
+        " count does not grow until they are placed; scale-down goes on"
+    ),
     "MetricsUnavailable": "no metric could be read; replicas held (or fallbackReplicas)",
     "TargetUnavailable": "the scaled workload cannot be read; replicas held",
     "Invalid": "the latest version does not parse; the last good version, if any, keeps running",

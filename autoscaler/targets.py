@@ -3,7 +3,8 @@
 Reading ``/scale`` for every policy on every tick is one API request per policy per interval
 (67 requests/s at 1,000 policies and 15 s) and a third of the controller's CPU. Instead we
 list + watch each workload kind that some policy targets (Deployment, StatefulSet, ReplicaSet;
-only the kinds in use), keeping just ``spec.replicas`` per object. A target the cache does not
+only the kinds in use), keeping just ``spec.replicas`` and ``spec.selector`` per object (the
+selector says which pods are the target's, :mod:`autoscaler.pending`). A target the cache does not
 hold (the watch lags a fresh object, or the cache is not listed yet) is read once through its
 ``scale`` subresource.
 """
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from autoscaler.selectors import Selector, SelectorError, from_label_selector, parse_selector
 from runtime.kube import KubeError, call, metadata
 from runtime.reflector import Reflector, ReflectorSettings
 
@@ -60,18 +62,28 @@ def spec_replicas(obj: Mapping[str, Any]) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 1
 
 
+def spec_selector(obj: Mapping[str, Any]) -> Selector | None:
+    """``spec.selector``: which pods are the workload's (``None`` when it has none we can read)."""
+    return from_label_selector((obj.get("spec") or {}).get("selector"))
+
+
 class _Cache:
     def __init__(self) -> None:
         self.replicas: dict[tuple[str, str], int] = {}
+        self.selectors: dict[tuple[str, str], Selector | None] = {}
 
     def relisted(self, items: Sequence[Mapping[str, Any]]) -> None:
         self.replicas = {_key(item): spec_replicas(item) for item in items}
+        self.selectors = {_key(item): spec_selector(item) for item in items}
 
     def event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        key = _key(obj)
         if kind == "DELETED":
-            self.replicas.pop(_key(obj), None)
+            self.replicas.pop(key, None)
+            self.selectors.pop(key, None)
         else:
-            self.replicas[_key(obj)] = spec_replicas(obj)
+            self.replicas[key] = spec_replicas(obj)
+            self.selectors[key] = spec_selector(obj)
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -87,6 +99,8 @@ class TargetReplicas:
         self._namespace = namespace
         self._watch = watch
         self._caches: dict[str, tuple[_Cache, Reflector, asyncio.Task[None]]] = {}
+        self._scale_selectors: dict[tuple[str, str, str], Selector | None] = {}
+        """From ``/scale`` reads (``status.selector``), for targets the watch does not hold."""
         self.reads = 0
         """Scale subresource reads (cache misses), for tests and the benchmark."""
 
@@ -104,6 +118,13 @@ class TargetReplicas:
                 if known is not None:
                     return known
         return await self._read_scale(spec, kind, namespace, name)
+
+    def selector(self, kind: str, namespace: str, name: str) -> Selector | None:
+        """The target's pod selector, as last seen by the watch or a scale read; no API call."""
+        entry = self._caches.get(kind)
+        if entry is not None and (namespace, name) in entry[0].selectors:
+            return entry[0].selectors[(namespace, name)]
+        return self._scale_selectors.get((kind, namespace, name))
 
     def _cache_for(self, kind: str, spec: _Kind) -> tuple[_Cache, Reflector]:
         entry = self._caches.get(kind)
@@ -135,6 +156,12 @@ class TargetReplicas:
             raise TargetError(f"reading the target's scale failed: {exc}") from exc
         except (OSError, TimeoutError) as exc:
             raise TargetError(f"reading the target's scale failed: {exc}") from exc
+        text = (scale.get("status") or {}).get("selector")
+        try:
+            chosen = parse_selector(text) if isinstance(text, str) and text else None
+        except SelectorError:
+            chosen = None
+        self._scale_selectors[(kind, namespace, name)] = chosen
         return spec_replicas(scale)
 
     async def close(self) -> None:

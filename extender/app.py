@@ -170,7 +170,7 @@ async def serve_extender(
     stop = stop or asyncio.Event()
     process.stop_on_signals(stop)
     state = ClusterState(settings.inventory)
-    cluster = KubeCluster(api_client, state)
+    cluster = KubeCluster(api_client, state, dra="dra" in settings.inventory.sources)
     metrics = Metrics(state, time.time, per_device=settings.per_device_metrics)
     extender = Extender(state, ext_settings, binder=cluster, metrics=metrics)
     draining = False

@@ -17,13 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 
 from extender.cluster_state import ClusterState
 from extender.decode import BadRequest, node_from_json, pod_from_json
+from extender.dra import (
+    DraError,
+    ResourceClaim,
+    ResourceSlice,
+    claim_from_json,
+    device_class_from_json,
+    slice_from_json,
+)
 from extender.objects import GPU_INDICES_ANNOTATION, NodeInfo, PodRequest
 from extender.server import BindError
 from runtime.reflector import Reflector, ReflectorSettings
@@ -58,7 +66,10 @@ class KubeCluster:
         watch_timeout: int = 300,
         max_backoff: float = 30.0,
         page_size: int = 500,
+        dra: bool = False,
     ) -> None:
+        """``dra`` adds ResourceSlices, ResourceClaims and DeviceClasses
+        (``resource.k8s.io/v1``, read-only) to what is watched."""
         from kubernetes.aio import client
 
         self.core = client.CoreV1Api(api_client)
@@ -97,6 +108,99 @@ class KubeCluster:
                 decode=self._pod,
             ),
         }
+        if dra:
+            self._watch_dra(client.ResourceV1Api(api_client), settings)
+
+    def _watch_dra(self, api: Any, settings: Callable[[str], ReflectorSettings]) -> None:
+        """Slices and claims go into the state (they change GPU accounting); classes are kept
+        by name for the needs of pods' claims. A claim's spec is the template's copy, and the
+        request's pod names its generated claim in ``status.resourceClaimStatuses`` (the DRA
+        plugin schedules a pod only once that claim exists), so templates are not watched."""
+        state = self.state
+        for kind in ("resourceslices", "resourceclaims", "deviceclasses"):
+            self.synced[kind] = asyncio.Event()
+
+        def listed(
+            kind: str, apply: Callable[[Sequence[Any]], None]
+        ) -> Callable[[Sequence[Any]], None]:
+            def on_relist(items: Sequence[Any]) -> None:
+                apply(items)
+                self.synced[kind].set()
+                self.changed.set()
+
+            return on_relist
+
+        def event(
+            upsert: Callable[[Any], None],
+            delete: Callable[[str, str], None],
+            decode: Callable[[Any], Any],
+        ) -> Callable[[str, Mapping[str, Any]], None]:
+            def on_event(etype: str, obj: Mapping[str, Any]) -> None:
+                meta = obj.get("metadata") or {}
+                if etype == "DELETED":
+                    delete(str(meta.get("namespace") or "default"), str(meta.get("name")))
+                elif (item := decode(obj)) is not None:
+                    upsert(item)
+                self.changed.set()
+
+            return on_event
+
+        def classes(items: Sequence[Any]) -> None:
+            state.dra.classes = {c.name: c for c in items}
+
+        def upsert_class(c: Any) -> None:
+            state.dra.classes[c.name] = c
+
+        def delete_class(_ns: str, name: str) -> None:
+            state.dra.classes.pop(name, None)
+
+        self._reflectors["resourceslices"] = Reflector(
+            api.list_resource_slice,
+            (),
+            settings("resourceslices"),
+            on_relist=listed("resourceslices", state.replace_slices),
+            on_event=event(
+                state.upsert_slice, lambda _ns, name: state.delete_slice(name), self._slice
+            ),
+            decode=self._slice,
+        )
+        self._reflectors["resourceclaims"] = Reflector(
+            api.list_resource_claim_for_all_namespaces,
+            (),
+            settings("resourceclaims"),
+            on_relist=listed("resourceclaims", state.replace_claims),
+            on_event=event(
+                state.upsert_claim, lambda ns, name: state.delete_claim(f"{ns}/{name}"), self._claim
+            ),
+            decode=self._claim,
+        )
+        self._reflectors["deviceclasses"] = Reflector(
+            api.list_device_class,
+            (),
+            settings("deviceclasses"),
+            on_relist=listed("deviceclasses", classes),
+            on_event=event(upsert_class, delete_class, self._class),
+            decode=self._class,
+        )
+
+    @staticmethod
+    def _dra_decode(decode: Callable[[Any], Any], raw: Any, what: str) -> Any:
+        try:
+            return decode(raw)
+        except DraError as exc:
+            log.warning(f"{what} skipped", extra={"error": str(exc)})
+            return None
+
+    def _slice(self, raw: Any) -> ResourceSlice | None:
+        out: ResourceSlice | None = self._dra_decode(slice_from_json, raw, "resourceslice")
+        return out
+
+    def _claim(self, raw: Any) -> ResourceClaim | None:
+        out: ResourceClaim | None = self._dra_decode(claim_from_json, raw, "resourceclaim")
+        return out
+
+    def _class(self, raw: Any) -> Any:
+        return self._dra_decode(device_class_from_json, raw, "deviceclass")
 
     @property
     def ready(self) -> bool:
@@ -185,6 +289,23 @@ class KubeCluster:
             raise BindError(f"HTTP {exc.status}: {exc.reason}") from None
         except (OSError, TimeoutError) as exc:
             raise BindError(f"API unreachable: {exc!r}") from None
+
+    async def get_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        from kubernetes.aio import client
+        from kubernetes.aio.client.exceptions import ApiException
+
+        api = client.ResourceV1Api(self.core.api_client)
+        try:
+            resp = await api.read_namespaced_resource_claim_without_preload_content(name, namespace)
+        except (ApiException, OSError, TimeoutError):
+            return None
+        try:
+            if resp.status != 200:
+                return None
+            data = orjson.loads(await resp.read())
+        finally:
+            resp.release()
+        return data if isinstance(data, dict) else None
 
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         from kubernetes.aio.client.exceptions import ApiException

@@ -24,6 +24,7 @@ from extender.objects import (
     NodeSelector,
     NodeSelectorRequirement,
     NodeSelectorTerm,
+    PodClaim,
     PodRequest,
     PreferredTerm,
     Taint,
@@ -142,6 +143,31 @@ def _gpu_indices(text: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
+def _pod_claims(
+    spec: Mapping[str, Any], status: Mapping[str, Any], path: str
+) -> tuple[PodClaim, ...]:
+    generated: dict[str, str] = {}
+    sp = f"{path}.status.resourceClaimStatuses"
+    for i, s in enumerate(_list(status.get("resourceClaimStatuses"), sp)):
+        m = _obj(s, f"{sp}[{i}]", optional=False)
+        generated[_str(m.get("name"), f"{sp}[{i}].name")] = _str(
+            m.get("resourceClaimName"), f"{sp}[{i}].resourceClaimName"
+        )
+    out: list[PodClaim] = []
+    cp = f"{path}.spec.resourceClaims"
+    for i, c in enumerate(_list(spec.get("resourceClaims"), cp)):
+        m = _obj(c, f"{cp}[{i}]", optional=False)
+        name = _str(m.get("name"), f"{cp}[{i}].name")
+        claim = _str(m.get("resourceClaimName"), f"{cp}[{i}].resourceClaimName")
+        template = _str(m.get("resourceClaimTemplateName"), f"{cp}[{i}].resourceClaimTemplateName")
+        if bool(claim) == bool(template):
+            raise BadRequest(
+                f"{cp}[{i}]: expected exactly one of resourceClaimName, resourceClaimTemplateName"
+            )
+        out.append(PodClaim(name, claim or generated.get(name, ""), template))
+    return tuple(out)
+
+
 def pod_from_json(obj: object, path: str = "Pod") -> PodRequest:
     """Decode a v1.Pod; raises :class:`BadRequest` on wrong types or unreadable quantities."""
     pod = _obj(obj, path, optional=False)
@@ -209,6 +235,7 @@ def pod_from_json(obj: object, path: str = "Pod") -> PodRequest:
         node_name=_str(spec.get("nodeName"), f"{path}.spec.nodeName"),
         gpu_indices=_gpu_indices(indices_raw) if indices_raw is not None else None,
         phase=_str(status.get("phase"), f"{path}.status.phase"),
+        claims=_pod_claims(spec, status, path) if "resourceClaims" in spec else (),
     )
 
 

@@ -187,9 +187,17 @@ def prioritize(
 
 
 def choose_devices(
-    pod: PodRequest, name: str, view: ClusterView, now: float, *, strategy: str = "binpack"
+    pod: PodRequest,
+    name: str,
+    view: ClusterView,
+    now: float,
+    *,
+    strategy: str = "binpack",
+    exclude: frozenset[int] = frozenset(),
 ) -> tuple[int, ...] | str:
-    """Devices ``pod`` should take on node ``name`` (for bind), or why it cannot go there now."""
+    """Devices ``pod`` should take on node ``name`` (for bind), or why it cannot go there now.
+    ``exclude``: devices it may not have (those a DRA driver hands out, for a device-plugin
+    pod)."""
     if pod.gpu is None:
         return ()
     node = view.node(name)
@@ -198,6 +206,8 @@ def choose_devices(
     gpus = view.gpus(name, now)
     if isinstance(gpus, str):
         return gpus
+    if exclude:
+        gpus = NodeGpus(tuple(d for d in gpus.devices if d.index not in exclude), gpus.source)
     reason = gpu_fit_reason(gpus, pod.gpu)
     if reason is not None:
         return reason

@@ -24,8 +24,7 @@ Rows are refreshed from :class:`extender.cluster_state.ClusterState` only for no
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import itemgetter
 from typing import Final, TypeVar, cast
@@ -33,20 +32,14 @@ from typing import Final, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from extender import taints as taint_rules
-from extender.affinity import (
-    PreferredAffinity,
-    compile_preferred,
-    compile_required,
-)
 from extender.filtering import (
     FAILURE_KINDS,
     NOT_FOUND_REASON,
     FilterResult,
 )
 from extender.fit import NodeGpus, shortage_reason
-from extender.fitting import PodFit, label_misfit
-from extender.objects import GpuNeed, NodeInfo, PodRequest, Taint, Toleration
+from extender.node_classes import NodeClasses, Static
+from extender.objects import GpuNeed, NodeInfo, PodRequest
 from extender.scoring import (
     DeviceRows,
     NodeState,
@@ -59,7 +52,6 @@ from extender.state_arrays import StateArrays, canonical
 
 UNKNOWN: Final = 2**62
 """Free CPU/memory of a node whose allocatable is unknown: never short."""
-_SIGNATURES: Final = 512
 _STATIC_FAILED: Final = 16
 _UNKNOWN_SLACK: Final = 64
 """Names a remembered node list may have beyond the cluster's nodes (watch lag)."""
@@ -68,8 +60,6 @@ _STATE_NEEDS: Final = 64
 """Needs (pod shapes) whose per-state scores are remembered, least recently used dropped."""
 
 I64 = npt.NDArray[np.int64]
-_STATIC_KIND: Final = {"untolerated_taint": 1, "node_affinity": 2}
-"""The label and taint checks of :func:`extender.fitting.fits`, as the index's kind codes."""
 _T = TypeVar("_T")
 
 
@@ -104,24 +94,6 @@ class StateMemo:
         if len(self._arrays) < len(self.states):
             self._arrays = self._arrays.extended(self.states[len(self._arrays) :])
         return self._arrays
-
-
-@dataclass(frozen=True, slots=True)
-class _Class:
-    labels: Mapping[str, str]
-    taints: tuple[Taint, ...]
-    name: str = "\0class"
-    """No node's name: a class's answer holds for each of its nodes only when the pod's terms
-    do not match on fields (those pods are evaluated per node)."""
-
-
-@dataclass(slots=True)
-class _Static:
-    """Per-class outcome of a pod's static predicates."""
-
-    version: int
-    kind: npt.NDArray[np.int8]  # 0 pass, else _STATIC_KIND of the failed check
-    reason: list[str]  # "" where the class passes
 
 
 def _take(seq: Sequence[_T], positions: list[int]) -> list[_T]:
@@ -170,22 +142,15 @@ class NodeIndex:
         self.valid_until = np.zeros(n, dtype=np.float64)
         self.cpu_free: I64 = np.full(n, UNKNOWN, dtype=np.int64)
         self.mem_free: I64 = np.full(n, UNKNOWN, dtype=np.int64)
-        self.static_version = 0
-        self._classes: list[_Class] = []
-        self._class_of: I64 = np.zeros(n, dtype=np.int64)
-        self._class_keys: tuple[str, ...] | None = None
-        self._static: OrderedDict[object, _Static] = OrderedDict()
         self._recent_positions: list[tuple[list[str], I64]] = []
-        self._static_failed: OrderedDict[tuple[int, int], tuple[_Static, I64, dict[str, str]]]
+        self._static_failed: OrderedDict[tuple[int, int], tuple[Static, I64, dict[str, str]]]
         self._static_failed = OrderedDict()
-        self._taint_counts: dict[tuple[Toleration, ...], tuple[int, I64]] = {}
-        self._preferred_by_terms: dict[object, tuple[int, I64]] = {}
         self._gpu_rows: list[NodeGpus | None] = [None] * n
         self._state_id: I64 = np.full(n, -1, dtype=np.int64)
         self.memo = memo if memo is not None else StateMemo()
         self.memo.max_states = max(self.memo.max_states, 2 * n + 1024)
         self._generation = self.memo.generation
-        self.classify()
+        self.classes = NodeClasses(self.nodes)
         carried = self._carry_rows(previous, now) if previous is not None else set()
         for i in range(n):
             if i not in carried:
@@ -232,90 +197,18 @@ class NodeIndex:
         return set(mine)
 
     # ---- classes -------------------------------------------------------------------------
-    def classify(self) -> None:
-        """Group nodes by taints and labels, leaving out labels whose values are all distinct
-        (hostname and the like: pods that refer to them are evaluated per node)."""
-        self._label_values: dict[str, dict[str, int]] = {}
-        self._shared_values: dict[str, int] = {}
-        for node in self.nodes:
-            self._count_labels(node.labels, 1)
-        self._assign_classes()
-
-    def _count_labels(self, labels: Mapping[str, str], delta: int) -> None:
-        """Per label key, how many nodes carry each value (and how many values are shared by
-        more than one node), so that the per-node keys can be told after one node's change."""
-        for key, value in labels.items():
-            values = self._label_values.setdefault(key, {})
-            before = values.get(value, 0)
-            after = before + delta
-            if after:
-                values[value] = after
-            else:
-                del values[value]
-                if not values:
-                    del self._label_values[key]
-            shared = (after > 1) - (before > 1)
-            if shared:
-                self._shared_values[key] = self._shared_values.get(key, 0) + shared
-
-    def _unique_keys(self) -> tuple[str, ...]:
-        return tuple(
-            sorted(
-                key
-                for key, values in self._label_values.items()
-                if len(values) > 1 and not self._shared_values.get(key)
-            )
-        )
-
-    def _class_key(self, node: NodeInfo) -> tuple[object, ...]:
-        unique = self._class_keys or ()
-        labels = tuple(sorted((k, v) for k, v in node.labels.items() if k not in unique))
-        return (labels, node.taints)
-
-    def _assign_classes(self) -> None:
-        self._class_keys = self._unique_keys()
-        self._class_ids: dict[tuple[object, ...], int] = {}
-        self._classes = []
-        class_of = np.zeros(len(self.nodes), dtype=np.int64)
-        for i, node in enumerate(self.nodes):
-            class_of[i] = self._class_id(node)
-        self._class_of = class_of
-        self._static.clear()
-        self._static_failed.clear()
-        self.static_version += 1
-
-    def _class_id(self, node: NodeInfo) -> int:
-        key = self._class_key(node)
-        c = self._class_ids.get(key)
-        if c is None:
-            c = self._class_ids[key] = len(self._classes)
-            labels, _ = key
-            self._classes.append(
-                _Class(dict(cast(tuple[tuple[str, str], ...], labels)), node.taints)
-            )
-        return c
-
     def reclassify_node(self, i: int, node: NodeInfo) -> None:
-        """A node's labels or taints changed: move it to its class, creating the class if it is
-        new. Only when the change makes a label key per-node or shared (a second node with the
-        same hostname value, say) are all nodes regrouped."""
-        self._count_labels(self.nodes[i].labels, -1)
-        self._count_labels(node.labels, 1)
-        self.nodes[i] = node
-        if self._unique_keys() != self._class_keys:
-            self._assign_classes()
-            return
-        classes = len(self._classes)
-        self._class_of[i] = self._class_id(node)
+        """A node's labels or taints changed (:meth:`NodeClasses.reclassify`)."""
+        self.classes.reclassify(i, node)
         self._static_failed.clear()  # they were built from the classes of the nodes
-        if len(self._classes) != classes:
-            # per-class answers cached for the old classes do not cover the new one
-            self._static.clear()
-            self.static_version += 1
+
+    @property
+    def static_version(self) -> int:
+        return self.classes.static_version
 
     @property
     def ignored_keys(self) -> tuple[str, ...]:
-        return self._class_keys or ()
+        return self.classes.ignored_keys
 
     # ---- rows ----------------------------------------------------------------------------
     def update_node(self, i: int, node: NodeInfo) -> None:
@@ -403,53 +296,6 @@ class NodeIndex:
     def _remembered(self, idx: I64) -> bool:
         return any(cached is idx for _, cached in self._recent_positions)
 
-    # ---- static predicates ---------------------------------------------------------------
-    def _static_for(self, pod: PodRequest) -> _Static | None:
-        """Per-class predicate outcome, or ``None`` when the pod needs per-node evaluation
-        (it matches on fields, or refers to per-node labels). Only per-class outcomes are
-        remembered, and the per-node labels change only with the version, so a remembered one
-        is returned before anything is compiled."""
-        sig = (pod.tolerations, tuple(sorted(pod.node_selector.items())), pod.required)
-        hit = self._static.get(sig)
-        if hit is not None and hit.version == self.static_version:
-            self._static.move_to_end(sig)
-            return hit
-        required = compile_required(pod.node_selector, pod.required)
-        if required.uses_fields:
-            return None
-        referenced = set(pod.node_selector)
-        for term in pod.required.terms if pod.required else ():
-            referenced.update(r.key for r in term.match_expressions)
-        if referenced & set(self.ignored_keys):
-            return None
-        always = required.terms is None and not required.node_selector
-        fit = PodFit(pod.tolerations, None if always else required)
-        kind = np.zeros(len(self._classes), dtype=np.int8)
-        reason: list[str] = [""] * len(self._classes)
-        for c, cls in enumerate(self._classes):
-            misfit = label_misfit(fit, cls)
-            if misfit is not None:
-                kind[c], reason[c] = _STATIC_KIND[misfit.check], misfit.reason
-        out = _Static(self.static_version, kind, reason)
-        self._static[sig] = out
-        while len(self._static) > _SIGNATURES:
-            self._static.popitem(last=False)
-        return out
-
-    def _static_per_node(
-        self, pod: PodRequest, rows: I64
-    ) -> tuple[npt.NDArray[np.int8], list[str]]:
-        fit = PodFit.of(pod)
-        kind = np.zeros(len(rows), dtype=np.int8)
-        reason: list[str] = [""] * len(rows)
-        for j, i in enumerate(rows.tolist()):
-            if i < 0:
-                continue
-            misfit = label_misfit(fit, self.nodes[i])
-            if misfit is not None:
-                kind[j], reason[j] = _STATIC_KIND[misfit.check], misfit.reason
-        return kind, reason
-
     # ---- filter --------------------------------------------------------------------------
     def filter(self, pod: PodRequest, names: Sequence[str], now: float) -> FilterResult:
         """Same result as :func:`extender.filtering.filter_nodes` over the state."""
@@ -462,11 +308,11 @@ class NodeIndex:
         idx = self.positions(names)
         known = idx >= 0
         rows = np.where(known, idx, 0)
-        static = self._static_for(pod)
+        static = self.classes.static_for(pod)
         if static is None:
-            kind, per_node_reason = self._static_per_node(pod, idx)
+            kind, per_node_reason = self.classes.static_per_node(pod, idx)
         else:
-            kind = static.kind[self._class_of[rows]]
+            kind = static.kind[self.classes.class_of[rows]]
             per_node_reason = None
         kind = np.where(known, kind, 0)
         ok = known & (kind == 0)
@@ -517,7 +363,7 @@ class NodeIndex:
 
     def _static_failures(
         self,
-        static: _Static | None,
+        static: Static | None,
         idx: I64,
         names: Sequence[str],
         known: npt.NDArray[np.bool_],
@@ -539,7 +385,7 @@ class NodeIndex:
         bad = np.flatnonzero(kind > 0)
         if static is not None:
             rows = np.where(known, idx, 0)
-            reasons = _take(static.reason, self._class_of[rows[bad]].tolist())
+            reasons = _take(static.reason, self.classes.class_of[rows[bad]].tolist())
         else:
             assert per_node_reason is not None
             reasons = _take(per_node_reason, bad.tolist())
@@ -631,9 +477,9 @@ class NodeIndex:
         gpu = self._gpu_scores(pod, names, rows, known, now, strategy)
         if gpu is None:
             return None
-        affinity = self._preferred_of(pod, rows, known)
-        counts = self._intolerable_by_class(pod.tolerations)
-        intolerable = np.where(known, counts[self._class_of[rows]], 0)
+        affinity = self.classes.preferred_of(pod, rows, known)
+        counts = self.classes.intolerable_by_class(pod.tolerations)
+        intolerable = np.where(known, counts[self.classes.class_of[rows]], 0)
         scores: list[int] = combine_arrays(gpu, affinity, intolerable, weights).tolist()
         return scores
 
@@ -779,63 +625,3 @@ class NodeIndex:
         for need in needs:
             self.memo_scores(scorer, need, ids)
         return len(needs)
-
-    def _intolerable_by_class(self, tolerations: tuple[Toleration, ...]) -> I64:
-        """Untolerated PreferNoSchedule taints per class, cached per toleration list."""
-        hit = self._taint_counts.get(tolerations)
-        if hit is not None and hit[0] == self.static_version:
-            return hit[1]
-        relevant = taint_rules.prefer_no_schedule_tolerations(tolerations)
-        counts = np.array(
-            [
-                taint_rules.count_intolerable_prefer_no_schedule(c.taints, relevant)
-                if c.taints
-                else 0
-                for c in self._classes
-            ]
-            or [0],
-            dtype=np.int64,
-        )
-        if len(self._taint_counts) >= _SIGNATURES:
-            self._taint_counts.clear()
-        self._taint_counts[tolerations] = (self.static_version, counts)
-        return counts
-
-    def _preferred_of(self, pod: PodRequest, rows: I64, known: npt.NDArray[np.bool_]) -> I64:
-        """:meth:`_preferred` with the per-class weights remembered per preferred-term list
-        (pods of one Deployment share it) until labels change."""
-        if not pod.preferred:
-            return np.zeros(len(rows), dtype=np.int64)
-        hit = self._preferred_by_terms.get(pod.preferred)
-        if hit is not None and hit[0] == self.static_version:
-            return np.where(known, hit[1][self._class_of[rows]], 0)
-        preferred = compile_preferred(pod.preferred)
-        referenced = {r.key for _, t in preferred.terms for r in (t.labels or ())}
-        if preferred.uses_fields or (referenced & set(self.ignored_keys)):
-            return self._preferred(rows, known, preferred)
-        by_class = np.array(
-            [preferred.score(c.labels, "\0class") for c in self._classes] or [0], dtype=np.int64
-        )
-        if len(self._preferred_by_terms) >= _SIGNATURES:
-            self._preferred_by_terms.clear()
-        self._preferred_by_terms[pod.preferred] = (self.static_version, by_class)
-        return np.where(known, by_class[self._class_of[rows]], 0)
-
-    def _preferred(
-        self, rows: I64, known: npt.NDArray[np.bool_], preferred: PreferredAffinity
-    ) -> I64:
-        """Preferred-affinity weight per node, per class where the terms allow it."""
-        if not preferred.terms:
-            return np.zeros(len(rows), dtype=np.int64)
-        referenced = {r.key for _, t in preferred.terms for r in (t.labels or ())}
-        if not preferred.uses_fields and not (referenced & set(self.ignored_keys)):
-            by_class = np.array(
-                [preferred.score(c.labels, "\0class") for c in self._classes], dtype=np.int64
-            )
-            return np.where(known, by_class[self._class_of[rows]], 0)
-        out = np.zeros(len(rows), dtype=np.int64)
-        for j, i in enumerate(rows.tolist()):
-            if known[j]:
-                node = self.nodes[i]
-                out[j] = preferred.score(node.labels, node.name)
-        return out

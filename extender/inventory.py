@@ -5,7 +5,17 @@ Sources (DESIGN §4), tried in the configured order:
 - ``annotation``: the ``gpuscale.io/gpus`` node annotation written by ``gpuscale node-agent``;
 - ``dcgm``: DCGM exporter series ``DCGM_FI_DEV_FB_FREE``/``_USED`` (MiB) from Prometheus;
 - ``gfd``: GPU Feature Discovery labels (``nvidia.com/gpu.count``, ``nvidia.com/gpu.memory``),
-  static, so only request accounting says what is used.
+  static, so only request accounting says what is used;
+- ``dra``: the node's devices in complete ResourceSlice pools (:mod:`extender.dra`), static
+  like GFD, and the ResourceClaims allocated on them as accounting.
+
+With ``dra`` on, claims are counted on the devices they hold whichever source measured the node:
+a DRA device is the measured device of the same ``uuid``. Measurement wins where the two
+disagree: the total is NVML's (DRA publishes what the driver read at start), and used memory is
+``max(measured, accounted)`` as for pods, so neither source can make a device look freer than
+the other says it is. Device-plugin pods without recorded indices are placed only on devices no
+ResourceSlice publishes (the device plugin cannot hand those out), so no device is counted free
+for both mechanisms.
 
 The first measurement that is fresh (not older than ``stale_after``) wins. A node whose only
 measurements are stale fails with ``GPU inventory stale``, unless ``stale_mode="accounting"``:
@@ -26,6 +36,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from extender.dra import DraNode, device_indices, static_devices
 from extender.fit import DeviceState, NodeGpus
 from extender.objects import GfdInfo, GpuDevice, GpuReport, NodeInfo, PodRequest
 from extender.reservations import Reservation
@@ -33,7 +44,7 @@ from extender.reservations import Reservation
 RUNNING: Final = "Running"
 """The pod phase from which a pod's GPU memory can show in a measurement."""
 
-SOURCES: Final = ("annotation", "dcgm", "gfd")
+SOURCES: Final = ("annotation", "dcgm", "gfd", "dra")
 STALE_REASON: Final = "GPU inventory stale"
 NO_INVENTORY_REASON: Final = "node(s) had no GPU inventory"
 
@@ -218,7 +229,11 @@ def reports_from_dcgm(
 
 
 def _base_devices(
-    node: NodeInfo, dcgm: GpuReport | None, config: InventoryConfig, now: float
+    node: NodeInfo,
+    dcgm: GpuReport | None,
+    config: InventoryConfig,
+    now: float,
+    dra: DraNode | None = None,
 ) -> tuple[list[GpuDevice], str] | str:
     """Devices with measured use (zero use for static sources) and the source's name, or the
     reason there are none. GFD labels only count when no measurement is fresh, and a stale
@@ -239,13 +254,18 @@ def _base_devices(
             return list(report.devices), report.source
         stale = stale or report
     use_gfd = "gfd" in config.sources and node.gfd is not None
+    published = static_devices(dra.devices) if dra is not None and "dra" in config.sources else []
     if stale is not None:
         if config.stale_mode == "fail":
             return STALE_REASON
+        if published:
+            return published, "accounting"
         if node.gfd is not None:
             return _gfd_devices(node.gfd), "accounting"
         zeroed = [GpuDevice(d.index, d.uuid, d.model, d.total_mib, 0) for d in stale.devices]
         return zeroed, "accounting"
+    if published and (not use_gfd or config.sources.index("dra") < config.sources.index("gfd")):
+        return published, "dra"
     if use_gfd and node.gfd is not None:
         return _gfd_devices(node.gfd), "gfd"
     if invalid is not None:
@@ -265,21 +285,38 @@ def node_gpus(
     dcgm: GpuReport | None = None,
     pods: Iterable[PodRequest] = (),
     reservations: Iterable[Reservation] = (),
+    dra: DraNode | None = None,
 ) -> NodeGpus | str:
     """Effective GPU state of ``node``, or the reason it cannot take GPU pods.
 
     ``pods`` are the pods bound to this node (finished ones are ignored); ``reservations`` those
-    held on it.
+    held on it; ``dra`` its published devices and the claims allocated on them.
     """
-    base = _base_devices(node, dcgm, config, now)
+    base = _base_devices(node, dcgm, config, now, dra)
     if isinstance(base, str):
         return base
     devices, source = base
+    use_dra = dra is not None and "dra" in config.sources and bool(dra.devices)
+    rows = (
+        device_indices(dra.devices, None if source in ("dra", "accounting") else devices)
+        if use_dra and dra is not None
+        else {}
+    )
     total = {d.index: d.total_mib for d in devices}
     measured = {d.index: d.used_mib for d in devices}
     accounted = dict.fromkeys(total, 0)
     waiting = dict.fromkeys(total, 0)
     holders = dict.fromkeys(total, 0)
+    for key, row in rows.items():
+        assert dra is not None
+        taken = dra.taken.get(key)
+        if taken is None or row not in total:
+            continue
+        # As for pods: a claim whose pod runs can show in the measurement, the others cannot.
+        accounted[row] += total[row] if taken.whole_running else taken.running_mib
+        waiting[row] += total[row] if taken.whole_waiting else taken.waiting_mib
+        holders[row] += taken.holders
+    published = set(rows.values())
     unplaced: list[PodRequest] = []
     for pod in sorted(pods, key=lambda p: p.key):
         if pod.gpu is None or pod.terminated:
@@ -300,7 +337,7 @@ def node_gpus(
         free_now = sorted(
             (total[i] - max(measured[i], accounted[i]) - waiting[i], i)
             for i in total
-            if (holders[i] == 0 if want is None else True)
+            if i not in published and (holders[i] == 0 if want is None else True)
         )
         fitting = [i for f, i in free_now if want is None or f >= want]
         chosen = (fitting or [i for _, i in reversed(free_now)])[: pod.gpu.count]

@@ -141,6 +141,17 @@ class GpuNeed:
 
 
 @dataclass(frozen=True, slots=True)
+class PodClaim:
+    """One ``spec.resourceClaims[]`` entry: the ResourceClaim it names, or the template one is
+    made from (``claim`` is then the generated claim's name from ``status.resourceClaimStatuses``,
+    empty until the controller has made it)."""
+
+    name: str
+    claim: str = ""
+    template: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PodRequest:
     """What the extender needs of a Pod.
 
@@ -162,6 +173,9 @@ class PodRequest:
     node_name: str = ""
     gpu_indices: tuple[int, ...] | None = None
     phase: str = ""
+    claims: tuple[PodClaim, ...] = ()
+    """DRA claims (``spec.resourceClaims``); their GPU need is resolved against the cluster's
+    claims, templates and classes (:meth:`extender.cluster_state.ClusterState.dra_need`)."""
 
     @property
     def key(self) -> str:

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 import orjson
@@ -28,7 +28,14 @@ from extender import cluster_metrics
 from extender.body import BodyReader, BodyRefused, RequestLimits
 from extender.cluster_state import ClusterState
 from extender.decode import BadRequest, pod_from_json
-from extender.filtering import FAILURE_KINDS, choose_devices, prioritize, strategy_for
+from extender.dra import DraError, DraNeed, ResourceClaim, claim_from_json
+from extender.filtering import (
+    FAILURE_KINDS,
+    FilterResult,
+    choose_devices,
+    prioritize,
+    strategy_for,
+)
 from extender.objects import PodRequest
 from extender.scoring import ScoreWeights, get_strategy
 from runtime.ops import add_ops_routes
@@ -61,6 +68,11 @@ class Binder(Protocol):
 
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """The pod object, for a bind of a pod the extender has not seen; ``None`` if absent."""
+        ...
+
+    async def get_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """A ResourceClaim as the API has it now (kube-scheduler's DRA plugin writes its
+        allocation just before the bind); ``None`` if absent or unreadable."""
         ...
 
 
@@ -248,19 +260,33 @@ class Extender:
                 f" {len(self.state.nodes)} nodes (at most {bound})"
             )
 
-    def _pod(self, a: Mapping[str, Any]) -> PodRequest:
+    def _pod(self, a: Mapping[str, Any]) -> tuple[PodRequest, DraNeed | None]:
+        """The request's pod; a pod with DRA claims gets its GPU need from them (the need the
+        fit and scoring understand) and the per-device checks the filter adds."""
         raw = a.get("pod")
         if raw is None:
             raise BadRequest("request has no Pod")
-        return self._decode_pod(raw, "Pod")
+        pod = self._decode_pod(raw, "Pod")
+        if not pod.claims or pod.gpu is not None:
+            return pod, None
+        need = self.state.dra_need(pod)
+        if need is None:
+            return pod, None
+        return replace(pod, gpu=need.gpu), need
 
     def filter(self, args: object, now: float) -> dict[str, Any]:
         """``ExtenderArgs`` → ``ExtenderFilterResult``."""
         a = _lower_keys(args)
-        pod = self._pod(a)
+        pod, need = self._pod(a)
         names, items = self._names(a)
         self.state.expire(now)
-        result = self.state.index(now).filter(pod, names, now)
+        allocated = self.state.allocated_claims(pod) if need is not None else []
+        if allocated:
+            result = self._allocated_filter(replace(pod, gpu=None), names, allocated, now)
+        else:
+            result = self.state.index(now).filter(pod, names, now)
+            if need is not None:
+                result = self._dra_filter(result, need, now)
         if self.metrics is not None:
             for kind, n in result.counts.items():
                 if n:
@@ -292,10 +318,53 @@ class Extender:
             reply["NodeNames"] = None
         return reply
 
+    def _allocated_filter(
+        self, pod: PodRequest, names: list[str], claims: list[ResourceClaim], now: float
+    ) -> FilterResult:
+        """A pod whose claims are allocated can only go where its devices are, and only while
+        they have room for them by the extender's books (the claims themselves not counted)."""
+        result = self.state.index(now).filter(pod, names, now)
+        passed: list[str] = []
+        failed = dict(result.failed)
+        counts = dict(result.counts)
+        for name in result.passed:
+            reason = None
+            for claim in claims:
+                where = self.state.claim_nodes(claim)
+                if name not in where:
+                    reason = f"claim {claim.name} is allocated on {', '.join(sorted(where))}"
+                else:
+                    problem = self.state.admit_claim(claim, now)
+                    if problem is not None:
+                        reason = f"insufficient GPU memory: claim {claim.name}: {problem}"
+                if reason is not None:
+                    break
+            if reason is None:
+                passed.append(name)
+            else:
+                failed[name] = reason
+                counts["insufficient_gpu"] = counts.get("insufficient_gpu", 0) + 1
+        return FilterResult(tuple(passed), failed, result.unresolvable, counts)
+
+    def _dra_filter(self, result: FilterResult, need: DraNeed, now: float) -> FilterResult:
+        """Nodes that passed the shared fit, checked against their own DRA devices (selectors
+        this extender evaluates, room on a device that passes them)."""
+        misfits = self.state.dra_misfits(result.passed, need, now)
+        if not misfits:
+            return result
+        counts = dict(result.counts)
+        counts["insufficient_gpu"] = counts.get("insufficient_gpu", 0) + len(misfits)
+        return FilterResult(
+            tuple(n for n in result.passed if n not in misfits),
+            {**result.failed, **misfits},
+            result.unresolvable,
+            counts,
+        )
+
     def prioritize(self, args: object, now: float) -> list[dict[str, Any]]:
         """``ExtenderArgs`` → ``HostPriorityList``."""
         a = _lower_keys(args)
-        pod = self._pod(a)
+        pod, _ = self._pod(a)
         names, _ = self._names(a)
         scores = self.state.index(now).priorities(
             pod, names, now, strategy_for(pod, self.settings.scoring), self.settings.weights
@@ -347,12 +416,26 @@ class Extender:
             return self._bind_result(
                 "unknown_pod", key, node, f"pod {key} has uid {pod.uid}, binding asks for {uid}"
             )
+        claims = await self._allocated_claims(pod) if pod.claims and pod.gpu is None else []
         indices: tuple[int, ...] = ()
         async with self.lock:
             self.state.release(key)
             self.state.expire(now)
+            for claim in claims:
+                problem = self.state.admit_claim(claim, now)
+                if problem is not None:
+                    return self._bind_result(
+                        "no_fit", key, node, f"cannot bind to {node}: claim {claim.name}: {problem}"
+                    )
             if pod.gpu is not None:
-                chosen = choose_devices(pod, node, self.state, now, strategy=self.settings.scoring)
+                chosen = choose_devices(
+                    pod,
+                    node,
+                    self.state,
+                    now,
+                    strategy=self.settings.scoring,
+                    exclude=self.state.dra_rows(node, now),
+                )
                 if isinstance(chosen, str):
                     return self._bind_result(
                         "no_fit", key, node, f"cannot bind to {node}: {chosen}"
@@ -370,6 +453,26 @@ class Extender:
             self.metrics.api_duration.labels("bind").observe(time.perf_counter() - started)
             self.metrics.binds.labels("bound").inc()
         return {"Error": ""}
+
+    async def _allocated_claims(self, pod: PodRequest) -> list[ResourceClaim]:
+        """The pod's claims as allocated now (read from the API: the watch may not have them
+        yet), with ``--inventory dra`` only."""
+        if self.binder is None or "dra" not in self.state.config.sources:
+            return []
+        out = []
+        for c in pod.claims:
+            if not c.claim:
+                continue
+            raw = await self.binder.get_claim(pod.namespace, c.claim)
+            if raw is None:
+                continue
+            try:
+                claim = claim_from_json(raw)
+            except DraError:
+                continue
+            if claim.results:
+                out.append(claim)
+        return out
 
     def _bind_result(self, result: str, pod: str, node: str, error: str) -> dict[str, Any]:
         log.warning("bind failed", extra={"pod": pod, "node": node, "error": error})

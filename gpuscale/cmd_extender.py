@@ -65,7 +65,10 @@ def _fail(command: str, problems: list[str]) -> None:
     "--inventory",
     default="annotation,gfd",
     show_default=True,
-    help="GPU memory sources in order of preference: comma list of dcgm, annotation, gfd.",
+    help=(
+        "GPU memory sources in order of preference: comma list of dcgm, annotation, gfd, dra"
+        " (ResourceSlices as inventory, allocated ResourceClaims as accounting)."
+    ),
 )
 @click.option("--prometheus-url", default=None, help="Prometheus base URL (for --inventory dcgm).")
 @click.option(

@@ -61,7 +61,9 @@ def _gpu_memory(text: str | None) -> dict[str, int]:
     "--scoring",
     default="binpack,spread,fragmentation",
     show_default=True,
-    help="Comma list of the extender's scoring strategies to compare.",
+    help="Comma list of the extender's scoring strategies to compare; in DRA form, "
+    "dra-upstream (no GPU-aware scoring, LeastAllocated) and dra-STRATEGY (the strategy's node "
+    "score, the DRA allocator's devices).",
 )
 @click.option("--repeats", default=10, show_default=True, type=int, help="Seeded runs each.")
 @click.option("--seed", default=42, show_default=True, type=int, help="Seed of the first run.")
@@ -148,6 +150,7 @@ def placement(
     a required node affinity on nvidia.com/gpu.product, enforced by the extender's own code.
     """
     from extender.scoring import strategy_names
+    from simulations.placement.dra import dra_names
     from simulations.placement.gpuspec import constrain
     from simulations.placement.openb import OpenbFormatError, read_nodes, read_pods
     from simulations.placement.replay import (
@@ -163,7 +166,7 @@ def placement(
     )
 
     names = [n.strip() for n in scoring.split(",") if n.strip()]
-    known = strategy_names()
+    known = [*strategy_names(), *dra_names(strategy_names())]
     bad = [n for n in names if n not in known]
     if not names or bad:
         click.echo(

@@ -193,6 +193,13 @@ def _parse_metric(text: str) -> tuple[str, float | None]:
 )
 @click.option("--current", type=click.IntRange(min=0), required=True, help="Replicas running now.")
 @click.option("--ready", type=click.IntRange(min=0), help="Replicas Ready now (default: current).")
+@click.option(
+    "--unschedulable",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The target's pods the scheduler has no room for (the count then does not grow).",
+)
 @click.option("--name", help="Which policy of FILE to explain (namespace/name or name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def explain(
@@ -200,6 +207,7 @@ def explain(
     metrics: tuple[str, ...],
     current: int,
     ready: int | None,
+    unschedulable: int,
     name: str | None,
     as_json: bool,
 ) -> None:
@@ -250,6 +258,7 @@ def explain(
         values={key: values.get(key) for key in inputs},
         current_replicas=current,
         ready_replicas=current if ready is None else ready,
+        unschedulable=unschedulable,
     )
     decision, _ = decide(p, snapshot, State(), 0.0)
     if as_json:
@@ -268,7 +277,8 @@ def _decision_text(p: ScalingPolicy, d: Decision) -> str:
     lines = [
         f"Policy {p.key} scales {p.target.kind}/{p.target.name} "
         f"between {p.replicas.min} and {p.replicas.max} replicas.",
-        f"Now: {d.current_replicas} replicas.",
+        f"Now: {d.current_replicas} replicas"
+        + (f", {d.unschedulable} of them unschedulable." if d.unschedulable else "."),
         "",
         "Proposals:",
     ]
@@ -284,6 +294,9 @@ def _decision_text(p: ScalingPolicy, d: Decision) -> str:
         else:  # a model's arithmetic, one step a line
             lines.append(f"{head}{mark}")
             lines += [f"      {part}" for part in parts]
+    for pr in d.proposals:
+        if pr.unreachable is not None:
+            lines += ["", f"SLO unreachable ({pr.metric}): {pr.unreachable}."]
     per_metric = {f"{pr.metric} ({pr.type}): {pr.reason}" for pr in d.proposals}
     lines += ["", "Then:"]
     lines += [f"  {i}. {step}" for i, step in enumerate(_without(d.steps, per_metric), 1)]

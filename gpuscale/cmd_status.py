@@ -41,8 +41,10 @@ def status(namespace: str | None, output: str, kubeconfig: str | None, context: 
 
     Read from what the controller writes (the gpuscale.io/status annotation, the HPA it owns,
     Events on the policy ConfigMap). STATE is the annotation's: Pending (no report from the
-    controller yet), Active (deciding), MetricsUnavailable or TargetUnavailable (replicas
-    held), or Invalid (the policy does not parse; an earlier good version may still run).
+    controller yet), Active (deciding), CapacityLimited (some of the target's pods are
+    unschedulable: the count does not grow until they are placed), MetricsUnavailable or
+    TargetUnavailable (replicas held), or Invalid (the policy does not parse; an earlier good
+    version may still run).
     """
     import asyncio
 

@@ -19,6 +19,12 @@ One tick, pure and synchronous, in the order the HPA itself works (``reconcileAu
    ``current > max`` goes straight to ``max``, ``current < min`` straight to ``min``.
 3. Otherwise the largest proposal wins and :mod:`policies.behavior` applies the stabilization
    windows, the rate policies and ``replicas.min/max``.
+4. While some of the target's pods are unschedulable (``snapshot.unschedulable``: the cluster
+   has no room for them), the count may not grow beyond ``current``, the count already asked
+   for: more pods would only wait beside them, and a metric sized on the replicas that do run
+   (latency, queue per replica) would ratchet the count up to ``max`` (ai-dynamo/dynamo#14251).
+   Scale-down is unaffected, and the recommendation is still recorded, so the count grows again
+   on the first tick after the pods are placed.
 
 Missing metrics (absent, ``None`` or not finite):
 
@@ -63,6 +69,7 @@ def decide(
 ) -> tuple[Decision, State]:
     """The replica count to run at ``now``, why, and the state for the next tick."""
     current = snapshot.current_replicas
+    pending = snapshot.unschedulable
     bounds = policy.replicas
     lo, hi = bounds.min, bounds.max
     # Scale events are the moves of the target's count seen tick to tick (upstream's HPA records
@@ -196,6 +203,13 @@ def decide(
             if rate_rule is not None:
                 limited_by = rate_rule
                 steps.append(f"{rate_rule}: {stabilized} → {desired}")
+            if pending > 0 and desired > current:
+                limited_by = f"capacity ({pending} unschedulable)"
+                steps.append(
+                    f"{_pods(pending)} of the target cannot be scheduled: no more than the"
+                    f" {current} already asked for ({desired} wanted)"
+                )
+                desired = current
             summary = _summary(current, desired, winner, recommended, limited_by, fallback_on)
 
     steps.append(summary)
@@ -208,6 +222,7 @@ def decide(
         limited_by,
         tuple(steps),
         tuple(missing),
+        pending,
     )
     new_state = State(
         recommendations,
@@ -219,6 +234,10 @@ def decide(
         new_burst if new_burst is not None else burst_state,
     )
     return decision, new_state
+
+
+def _pods(n: int) -> str:
+    return f"{n} pod{'s' if n != 1 else ''}"
 
 
 def _with_envelope(p: Proposal, level: int, n: int, burst: Burst) -> Proposal:

@@ -22,6 +22,9 @@ class Snapshot:
     values: Mapping[str, float | None]
     current_replicas: int
     ready_replicas: int | None = None
+    unschedulable: int = 0
+    """The target's pods the scheduler found no room for (``PodScheduled=False``, reason
+    ``Unschedulable``): while there are any, the count may fall but not grow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,9 @@ class Proposal:
     """For ``arrivalRate`` with ``forecast: holt``: the rate the proposal was sized for."""
     burst: int | None = None
     """With ``burst``: the envelope of the metric's recent sizes (``replicas`` is at least it)."""
+    unreachable: str | None = None
+    """No count meets the metric's latency bound: the bound it was sized for instead, and why
+    (:mod:`policies.reachable`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +106,18 @@ class Decision:
     limited_by: str | None
     steps: tuple[str, ...]
     metrics_missing: tuple[str, ...] = ()
+    unschedulable: int = 0
+    """The snapshot's unschedulable pods; above 0 the policy is capacity-limited."""
 
     @property
     def saturated(self) -> bool:
         """Some ``arrivalRate`` metric cannot meet its target even at ``replicas.max``."""
         return any(p.saturated for p in self.proposals)
+
+    @property
+    def unreachable(self) -> tuple[str, ...]:
+        """The metrics whose latency bound no replica count meets (sized near their floor)."""
+        return tuple(p.metric for p in self.proposals if p.unreachable is not None)
 
     @property
     def reason(self) -> str:

@@ -202,6 +202,22 @@ def document_schema() -> dict[str, Any]:
                 "Size arrivalRate and modelCapacity metrics for the quantile of their sizes over"
                 " the last window (default: off).",
             ),
+            "deletionCost": _object(
+                {
+                    "query": _string(
+                        "Requests in flight per pod, one series per pod label, e.g. sum by"
+                        " (pod) (vllm:num_requests_running + vllm:num_requests_waiting)."
+                    ),
+                    "maxWritesPerTick": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Pod patches per tick at most (default 10).",
+                    },
+                },
+                ("query",),
+                "Keep controller.kubernetes.io/pod-deletion-cost on the target's pods so that"
+                " idle replicas are removed first (default: off; needs RBAC to patch pods).",
+            ),
             "onMetricsUnavailable": {
                 "oneOf": [
                     {"const": "hold"},

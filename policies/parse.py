@@ -26,6 +26,7 @@ from policies.schema import (
     POLICY_LABEL,
     Behavior,
     Burst,
+    DeletionCost,
     Forecast,
     ForecastMethod,
     Metric,
@@ -172,6 +173,11 @@ def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
         document["burst"] = {
             "window": format_duration(policy.burst.window),
             "quantile": policy.burst.quantile,
+        }
+    if policy.deletion_cost is not None:
+        document["deletionCost"] = {
+            "query": policy.deletion_cost.query,
+            "maxWritesPerTick": policy.deletion_cost.max_writes_per_tick,
         }
     return document
 
@@ -325,6 +331,7 @@ class _Reader(Reader):
                 "forecast",
                 "burst",
                 "onMetricsUnavailable",
+                "deletionCost",
             ),
         )
         if doc is None:
@@ -343,6 +350,7 @@ class _Reader(Reader):
         cold_start = self.get(doc, "(root)", "coldStart", self.duration, 120.0)
         forecast = self.get(doc, "(root)", "forecast", self.forecast, Forecast())
         burst = self.get(doc, "(root)", "burst", self.burst)
+        deletion_cost = self.get(doc, "(root)", "deletionCost", self.deletion_cost)
         unavailable = self.get(
             doc, "(root)", "onMetricsUnavailable", self.on_unavailable, OnMetricsUnavailable()
         )
@@ -373,6 +381,7 @@ class _Reader(Reader):
             or cold_start is None
             or forecast is None
             or ("burst" in doc and burst is None)
+            or ("deletionCost" in doc and deletion_cost is None)
             or unavailable is None
         ):
             return None
@@ -388,6 +397,7 @@ class _Reader(Reader):
             forecast=forecast,
             burst=burst,
             on_metrics_unavailable=unavailable,
+            deletion_cost=deletion_cost,
         )
 
     def target(self, value: Any, path: str) -> TargetRef | None:
@@ -571,6 +581,18 @@ class _Reader(Reader):
         if window is None or quantile is None:
             return None
         return Burst(window, quantile)
+
+    def deletion_cost(self, value: Any, path: str) -> DeletionCost | None:
+        obj = self.mapping(value, path, required=("query",), optional=("maxWritesPerTick",))
+        if obj is None:
+            return None
+        query = self.get(obj, path, "query", self.string)
+        most = self.get(
+            obj, path, "maxWritesPerTick", lambda v, p: self.integer(v, p, minimum=1), 10
+        )
+        if query is None or most is None:
+            return None
+        return DeletionCost(query, most)
 
     def burst_window(self, value: Any, path: str) -> float | None:
         seconds = self.duration(value, path, positive=True)

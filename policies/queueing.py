@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from policies.reachable import effective_bound
+
 _exp = math.exp
 _expm1 = math.expm1
 
@@ -120,6 +122,8 @@ class Sizing:
     replicas: int
     saturated: bool = False
     why: str = ""
+    unreachable: str | None = None
+    """Set when service time alone misses the target: the target sized for instead."""
 
 
 def replicas_for_latency(lam: float, mu: float, quantile: float, slo: float, max_c: int) -> Sizing:
@@ -139,13 +143,10 @@ def _replicas_for_latency(lam: float, mu: float, quantile: float, slo: float, ma
     if max_c < 1:
         raise ValueError(f"max_c must be >= 1, got {max_c}")
     eps = 1.0 - quantile
-    if _exp(-mu * slo) > eps:
-        return Sizing(
-            max_c,
-            True,
-            f"service time alone exceeds the SLO: p{quantile * 100:g} of service is "
-            f"{-math.log(eps) / mu:.3g}s > {slo:g}s",
-        )
+    # With many replicas nobody waits: the quantile falls to the service time's own.
+    bound = effective_bound(f"p{quantile * 100:g}", slo, -math.log(eps) / mu)
+    slo = bound.value
+    unreachable = bound.unreachable
     a = lam / mu
     b = 1.0
     exp_mu = _exp(-mu * slo)
@@ -160,10 +161,12 @@ def _replicas_for_latency(lam: float, mu: float, quantile: float, slo: float, ma
         phi = 1.0 if d == 0 else -_expm1(-d) / d
         slow = theta if theta < mu else mu
         if exp_mu + c_wait * mu * slo * _exp(-slow * slo) * phi <= eps:
-            return Sizing(k)
+            return Sizing(k, unreachable=unreachable)
     if a >= max_c:
-        return Sizing(max_c, True, f"arrivals {lam:g}/s >= capacity {max_c * mu:g}/s at max")
-    return Sizing(max_c, True, f"p{quantile * 100:g} > {slo:g}s even at {max_c} replicas")
+        why = f"arrivals {lam:g}/s >= capacity {max_c * mu:g}/s at max"
+        return Sizing(max_c, True, why, unreachable)
+    why = f"p{quantile * 100:g} > {slo:.4g}s even at {max_c} replicas"
+    return Sizing(max_c, True, why, unreachable)
 
 
 def _check_rates(lam: float, mu: float) -> None:

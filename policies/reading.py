@@ -200,6 +200,12 @@ class Reader:
             return None
         return value
 
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if not isinstance(value, bool):
+            self.error(path, f"expected true or false, got {self.kind_of(value)}")
+            return None
+        return value
+
     def integer(self, value: Any, path: str, minimum: int = 0) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int):
             self.error(path, f"expected an integer, got {self.kind_of(value)}")

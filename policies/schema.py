@@ -123,6 +123,17 @@ class OnMetricsUnavailable:
 
 
 @dataclass(frozen=True, slots=True)
+class DeletionCost:
+    """Keep ``controller.kubernetes.io/pod-deletion-cost`` on the target's pods from ``query``
+    (requests in flight per pod: one series per ``pod`` label), so that when the count goes
+    down the ReplicaSet removes idle replicas first (:mod:`policies.deletion_cost`)."""
+
+    query: str
+    max_writes_per_tick: int = 10
+    """At most this many pod patches per tick; the rest wait for the next tick."""
+
+
+@dataclass(frozen=True, slots=True)
 class ScalingPolicy:
     namespace: str
     name: str
@@ -136,6 +147,8 @@ class ScalingPolicy:
     burst: Burst | None = None
     """``None``: size demand metrics for the load now (and its forecast) only."""
     on_metrics_unavailable: OnMetricsUnavailable = field(default_factory=OnMetricsUnavailable)
+    deletion_cost: DeletionCost | None = None
+    """``None``: the pods' deletion cost is left alone (patching pods needs opt-in RBAC)."""
 
     @property
     def key(self) -> PolicyKey:

@@ -48,6 +48,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from policies.reachable import effective_bound
+
 BLOCK_SIZE = 16
 """vLLM's default KV-cache block size on CUDA (tokens per block)."""
 MAX_NUM_SEQS = 256
@@ -243,6 +245,8 @@ class Sizing:
     state: SteadyState | None
     """The per-replica steady state at ``replicas`` (``None`` with no load)."""
     why: str
+    unreachable: str | None = None
+    """Set when no count meets a bound: which one, and the bound sized for instead."""
 
 
 def replicas_for_slo(
@@ -258,10 +262,22 @@ def replicas_for_slo(
 
     Both estimates fall as replicas are added, so a bisection over ``1..max_replicas`` finds the
     smallest count; when even ``max_replicas`` misses, the answer is ``max_replicas`` and
-    ``saturated``.
+    ``saturated``. A bound below the latency of an idle replica (no count meets it) is replaced
+    by one just above that floor (:mod:`policies.reachable`), and ``unreachable`` says so.
     """
     if rate <= 0:
         return Sizing(0, False, None, "no load → 0")
+    floor = steady_state(profile, limits, 0.0, mix)
+    notes: list[str] = []
+    if floor.limit is None and ttft is not None:
+        b = effective_bound("TTFT", ttft, floor.ttft)
+        ttft = b.value
+        notes += [b.unreachable] if b.unreachable else []
+    if floor.limit is None and tpot is not None:
+        b = effective_bound("TPOT", tpot, floor.tpot)
+        tpot = b.value
+        notes += [b.unreachable] if b.unreachable else []
+    unreachable = "; ".join(notes) or None
 
     def ok(n: int) -> tuple[bool, SteadyState]:
         s = steady_state(profile, limits, rate / n, mix)
@@ -271,7 +287,8 @@ def replicas_for_slo(
 
     good, state = ok(max_replicas)
     if not good:
-        return Sizing(max_replicas, True, state, _explain(max_replicas, state, ttft, tpot))
+        why = _explain(max_replicas, state, ttft, tpot)
+        return Sizing(max_replicas, True, state, why, unreachable)
     lo, hi = 0, max_replicas  # ok(hi) holds; ok(lo) does not (or lo == 0)
     best = state
     while hi - lo > 1:
@@ -281,7 +298,7 @@ def replicas_for_slo(
             hi, best = mid, s
         else:
             lo = mid
-    return Sizing(hi, False, best, _explain(hi, best, ttft, tpot))
+    return Sizing(hi, False, best, _explain(hi, best, ttft, tpot), unreachable)
 
 
 def _explain(n: int, s: SteadyState, ttft: float | None, tpot: float | None) -> str:

@@ -128,6 +128,15 @@ def scope_policy(policy: ScalingPolicy, *, label: str = DEFAULT_LABEL) -> Scalin
         # replace() cannot be typed over a union of dataclasses; the fields are str on each.
         scoped: Metric = replace(cast(Any, metric), **changes)
         metrics.append(scoped)
+    deletion_cost = policy.deletion_cost
+    if deletion_cost is not None:
+        try:
+            scoped_cost = scope_query(deletion_cost.query, label=label, namespace=policy.namespace)
+            deletion_cost = replace(deletion_cost, query=scoped_cost)
+        except PromQLError as exc:
+            errors.append(FieldError("deletionCost.query", f"invalid PromQL at {exc}"))
+        except ScopeError as exc:
+            errors.append(FieldError("deletionCost.query", f"namespace enforcement: {exc}"))
     if errors:
         raise PolicyError(policy.key, tuple(errors))
-    return replace(policy, metrics=tuple(metrics))
+    return replace(policy, metrics=tuple(metrics), deletion_cost=deletion_cost)

@@ -3,8 +3,10 @@ rate.
 
 Proposes the smallest ``c`` whose M/M/c response-time quantile meets the target
 (:func:`policies.queueing.replicas_for_latency`); 0 req/s proposes 0; when even ``max``
-replicas cannot meet it, ``max`` with ``saturated=True``. With ``forecast: holt`` it sizes for
-the rate expected ``coldStart`` ahead, and ``burst`` holds its sizes (see :mod:`policies.decide`).
+replicas cannot meet it, ``max`` with ``saturated=True``; when service time alone misses it, the
+target just above the service time's own quantile (``unreachable``, :mod:`policies.reachable`).
+With ``forecast: holt`` it sizes for the rate expected ``coldStart`` ahead, and ``burst`` holds
+its sizes (see :mod:`policies.decide`).
 """
 
 from __future__ import annotations
@@ -65,11 +67,22 @@ def arrival_rate(
             metric.name, "arrivalRate", observed, 0, f"{rate}: no load → 0", False, sized_for
         )
     s = replicas_for_latency(lam, mu, target.quantile, target.slo, max_replicas)
+    if s.unreachable is not None:
+        goal = f"{goal}; unreachable: {s.unreachable}"
     if s.saturated:
         why = f"{rate}, {goal}: saturated, {s.why} → max {s.replicas}"
     else:
         why = f"{rate}, {goal} → M/M/c needs {s.replicas}"
-    return Proposal(metric.name, "arrivalRate", observed, s.replicas, why, s.saturated, sized_for)
+    return Proposal(
+        metric.name,
+        "arrivalRate",
+        observed,
+        s.replicas,
+        why,
+        s.saturated,
+        sized_for,
+        unreachable=s.unreachable,
+    )
 
 
 def _propose(

@@ -4,8 +4,11 @@ the observed request rate and token mix.
 Proposes the smallest count whose modelled mean TTFT and TPOT at the observed request rate and
 token mix meet the bounds (:func:`policies.stepmodel.replicas_for_slo`, the same step-time
 profile the simulator runs); the reason shows the arithmetic at that count and why one replica
-fewer would not do. The token mix comes from two more queries (token rates over the request
-rate) or from fixed means per request; a missing token query makes the metric missing.
+fewer would not do. A bound that no count meets (a prompt whose prefill alone exceeds the TTFT
+bound) is sized just above what an idle replica achieves instead of at ``max``, and the
+proposal says so (``unreachable``, :mod:`policies.reachable`). The token mix comes from two
+more queries (token rates over the request rate) or from fixed means per request; a missing
+token query makes the metric missing.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ def model_capacity(
         f" + {p.beta2 * 1e6:.3g}µs·decoding"
     )
     why = f"{mixed}; {model}; {s.why}"
+    if s.unreachable is not None:
+        why = f"{mixed}; {model}; unreachable: {s.unreachable}; {s.why}"
     st = s.state
     if st is not None and st.limit is None and s.replicas > 0:
         d = mix.decode_steps
@@ -126,7 +131,16 @@ def model_capacity(
                     f" TPOT {fewer.tpot * 1e3:.1f}ms"
                 )
         why += f"; → {s.replicas}"
-    return Proposal(metric.name, "modelCapacity", rate, s.replicas, why, s.saturated, sized_for)
+    return Proposal(
+        metric.name,
+        "modelCapacity",
+        rate,
+        s.replicas,
+        why,
+        s.saturated,
+        sized_for,
+        unreachable=s.unreachable,
+    )
 
 
 def token_mix(

@@ -200,6 +200,13 @@ class ServiceSpec:
     initial_replicas: int = 2
     startup: StartupSpec = field(default_factory=StartupSpec)
     termination_grace: float = 30.0
+    drain: bool = True
+    """A removed replica finishes what it holds within ``termination_grace`` (a ``preStop``
+    drain); without one, what it holds is cut when it is deleted."""
+    deletion_cost: bool = False
+    """Scale-down removes the Ready replicas that held the fewest requests at the last scrape
+    first (``controller.kubernetes.io/pod-deletion-cost`` kept up to date from
+    ``vllm:num_requests_running + waiting``), instead of the newest."""
     latency_buckets: tuple[float, ...] | None = None
     engine: EngineKind = "vllm"
     vllm: EngineSpec | None = None
@@ -641,6 +648,8 @@ def _service(r: ScenarioReader, value: Any) -> ServiceSpec:
         "initialReplicas",
         "startup",
         "terminationGracePeriod",
+        "drainOnTermination",
+        "deletionCost",
         "latencyBuckets",
         "engine",
         *_VLLM_KEYS,
@@ -761,6 +770,8 @@ def _service(r: ScenarioReader, value: Any) -> ServiceSpec:
         termination_grace=r.field(
             obj, "service", "terminationGracePeriod", r.duration, d.termination_grace
         ),
+        drain=r.field(obj, "service", "drainOnTermination", r.boolean, d.drain),
+        deletion_cost=r.field(obj, "service", "deletionCost", r.boolean, d.deletion_cost),
         latency_buckets=buckets,
         engine=cast(EngineKind, engine),
         vllm=vllm,

@@ -335,6 +335,8 @@ def scenario_schema() -> dict[str, Any]:
                 }
             ),
             "terminationGracePeriod": _duration(),
+            "drainOnTermination": {"type": "boolean"},
+            "deletionCost": {"type": "boolean"},
             "latencyBuckets": {
                 "type": "array",
                 "minItems": 1,

@@ -259,6 +259,7 @@ def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float
         "requests": int(log.n),
         "completed": int(done.sum()),
         "dropped": int(dropped.sum()),
+        "cut_by_scale_down": run.cut_by_scale_down,
         "unfinished": int(open_.sum()),
         "slo": {
             "ttft_s": slo.ttft,

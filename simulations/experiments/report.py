@@ -41,6 +41,7 @@ AGGREGATED = (
     "recovery_mean_s",
     "bursts_unrecovered",
     "dropped",
+    "cut_by_scale_down",
     "unfinished",
     "preemptions",
     "kv_cache_usage_mean",
@@ -232,6 +233,7 @@ def failures(comparison: Comparison) -> list[str]:
     for label, group in by_label(comparison).items():
         unfinished = sum(int(r.summary["unfinished"]) for r in group)
         dropped = sum(int(r.summary["dropped"]) for r in group)
+        cut = sum(int(r.summary.get("cut_by_scale_down", 0)) for r in group)
         never = sum(int(r.summary["bursts_unrecovered"]) for r in group)
         total = sum(len(r.summary["bursts"]) for r in group)
         parts = []
@@ -239,6 +241,8 @@ def failures(comparison: Comparison) -> list[str]:
             parts.append(f"{unfinished:,} requests still unfinished when the run ended")
         if dropped:
             parts.append(f"{dropped:,} dropped")
+        if cut:
+            parts.append(f"{cut:,} of them cut by scale-down")
         if never:
             parts.append(f"{never} of {total} bursts never recovered")
         if parts:

@@ -33,6 +33,7 @@ POINT_FIGURES = (
     "replicas_max",
     "scale_events",
     "dropped",
+    "cut_by_scale_down",
 )
 
 

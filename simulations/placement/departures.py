@@ -37,8 +37,7 @@ from simulations.placement.replay import (
     PlacementError,
     ReplayCluster,
     ReplayConfig,
-    pick_tie,
-    select_node,
+    choose_node,
 )
 
 COMPRESS: Final = 1000.0
@@ -171,22 +170,7 @@ def replay_departures(
     s = 0
 
     def candidates(pod: OpenbPod) -> tuple[int, tuple[int, ...]] | None:
-        allowed = cluster.allowed(pod.gpu_spec)
-        if pod.num_gpu == 0 and not host_aware:
-            la = cluster.least_allocated(pod)
-            if allowed is not None:
-                la = np.where(allowed, la, -np.inf)
-            top = la.max()
-            if not np.isfinite(top):
-                return None
-            return pick_tie(rng, np.flatnonzero(la == top)), ()
-        cache = cluster.gpu_scores(pod)
-        ok = np.isfinite(cache.score)
-        cand = np.flatnonzero(ok if allowed is None else ok & allowed)
-        if not len(cand):
-            return None
-        target = select_node(rng, cand, cache.score[cand], selection)
-        return target, cache.chosen[target]
+        return choose_node(cluster, pod, strategy, rng, selection)
 
     def fits_on(pod: OpenbPod, i: int) -> tuple[int, ...] | None:
         allowed = cluster.allowed(pod.gpu_spec)

@@ -39,7 +39,7 @@ from extender.fitting import PodFit, fits
 from extender.fragmentation import Fragmentation, Workload, per_gpu_need, with_host
 from extender.objects import GpuNeed
 from extender.scoring import MAX_EXTENDER_PRIORITY, Strategy, combine, get_strategy
-from simulations.placement import gpuspec
+from simulations.placement import dra, gpuspec
 from simulations.placement.openb import MILLI, OpenbNode, OpenbPod
 
 DEFAULT_GPU_MEMORY_MIB: Final[Mapping[str, int]] = {
@@ -141,7 +141,12 @@ def _shape_key(p: OpenbPod) -> tuple[int, int | None, int | None, int, int]:
 
 
 def make_strategy(name: str, pods: Sequence[OpenbPod]) -> Strategy:
-    """The extender's strategy ``name``; ``fragmentation`` learns the trace's workload."""
+    """The extender's strategy ``name``; ``fragmentation`` learns the trace's workload.
+    ``dra-upstream`` and ``dra-<strategy>`` replay in DRA form (:mod:`.dra`)."""
+    if name == dra.UPSTREAM:
+        return dra.AllocatorDevices(None)
+    if name.startswith(dra.PREFIX):
+        return dra.AllocatorDevices(make_strategy(name.removeprefix(dra.PREFIX), pods))
     if name == "fragmentation":
         return Fragmentation(workload=workload_of(pods))
     return get_strategy(name)
@@ -432,6 +437,40 @@ def select_node(
     return pick_tie(rng, candidates[final >= final.max()])
 
 
+def choose_node(
+    cluster: ReplayCluster,
+    pod: OpenbPod,
+    strategy: Strategy,
+    rng: random.Random,
+    selection: Selection,
+) -> tuple[int, tuple[int, ...]] | None:
+    """The node and devices ``pod`` gets, or ``None`` when it fits nowhere its ``gpu_spec``
+    allows. Pods without GPUs are scored by host-aware strategies (``fragmentation``) as the
+    extender's ``prioritize`` does; for the others every node scores the same, so they go where
+    kube-scheduler's default LeastAllocated score is highest, as every pod does with
+    ``dra-upstream`` (no GPU-aware scoring)."""
+    allowed = cluster.allowed(pod.gpu_spec)
+    if pod.num_gpu == 0 and not getattr(strategy, "host_aware", False):
+        la = cluster.least_allocated(pod)
+        if allowed is not None:
+            la = np.where(allowed, la, -np.inf)
+        top = la.max()
+        if not np.isfinite(top):
+            return None
+        return pick_tie(rng, np.flatnonzero(la == top)), ()
+    cache = cluster.gpu_scores(pod)
+    ok = np.isfinite(cache.score)
+    cand = np.flatnonzero(ok if allowed is None else ok & allowed)
+    if not len(cand):
+        return None
+    if getattr(strategy, "upstream", False):
+        la = cluster.least_allocated(pod)[cand]
+        target = pick_tie(rng, cand[la >= la.max()])
+    else:
+        target = select_node(rng, cand, cache.score[cand], selection)
+    return target, cache.chosen[target]
+
+
 def pick_tie(rng: random.Random, best: IntArray) -> int:
     """One of ``best`` at random (kube-scheduler breaks score ties at random)."""
     return int(best[rng.randrange(len(best))]) if len(best) > 1 else int(best[0])
@@ -450,19 +489,15 @@ def replay(
 ) -> RunResult:
     """Place ``arrivals`` in order with ``strategy``; never removes a pod.
 
-    A pod goes to the best-scored node that fits (CPU, memory and GPU) and that its
-    ``gpu_spec`` accepts (a required node affinity on the GPU product label, see
-    :mod:`simulations.placement.gpuspec`). Pods without GPUs are scored by host-aware strategies
-    (``fragmentation``) like the extender's ``prioritize`` does; the others give every node
-    the same score for them, so they go where kube-scheduler's default LeastAllocated score is
-    highest. ``record``, when given, receives
-    ``(pod, node, devices)`` for every placement.
+    A pod goes to the best-scored node that fits (CPU, memory and GPU) and that its ``gpu_spec``
+    accepts (a required node affinity on the GPU product label, see
+    :mod:`simulations.placement.gpuspec`), as :func:`choose_node` decides. ``record``, when
+    given, receives ``(pod, node, devices)`` for every placement.
     """
     start = time.perf_counter()
     if judge is None or judge.strategy is not strategy:
         judge = Judge(strategy)
     cluster = ReplayCluster.build(nodes, judge, config.gpu_memory_mib)
-    host_aware = bool(getattr(strategy, "host_aware", False))
     capacity = sum(n.gpus for n in nodes)
     if capacity == 0:
         raise PlacementError("the node list has no GPUs")
@@ -483,30 +518,15 @@ def replay(
         while g < len(grid) and grid[g] < load - 1e-12:
             curve[g] = placed_milli / denom
             g += 1
-        target: int | None = None
-        chosen: tuple[int, ...] = ()
-        allowed = cluster.allowed(pod.gpu_spec)
-        if pod.num_gpu == 0 and not host_aware:
-            la = cluster.least_allocated(pod)
-            if allowed is not None:
-                la = np.where(allowed, la, -np.inf)
-            top = la.max()
-            if np.isfinite(top):
-                target = pick_tie(rng, np.flatnonzero(la == top))
-        else:
-            cache = cluster.gpu_scores(pod)
-            ok = np.isfinite(cache.score)
-            cand = np.flatnonzero(ok if allowed is None else ok & allowed)
-            if len(cand):
-                target = select_node(rng, cand, cache.score[cand], config.selection)
-                chosen = cache.chosen[target]
-        if target is None:
+        found = choose_node(cluster, pod, strategy, rng, config.selection)
+        if found is None:
             skipped += 1
             gpu_skipped += pod.num_gpu > 0
             share = pod.num_gpu == 1 and pod.gpu_milli < MILLI
             if share and (smallest_refused is None or pod.gpu_milli < smallest_refused.gpu_milli):
                 smallest_refused = pod
         else:
+            target, chosen = found
             placed += 1
             placed_mib += cluster.place(target, pod, chosen)
             if record is not None:

@@ -191,7 +191,9 @@ class GpuscaleController(ControllerDefaults):
             values[m.name] = metric_value(store, m, now)
             for key, query in metric_inputs(m)[1:]:
                 values[key] = query_value(store, query, now)[1]
-        snapshot = Snapshot(values, run.spec_replicas, run.ready_replicas)
+        snapshot = Snapshot(
+            values, run.spec_replicas, run.ready_replicas, unschedulable=len(run.unschedulable)
+        )
         decision, self.state = decide(self.policy, snapshot, self.state, now)
         self.decisions += 1
         if decision.limited_by:

@@ -124,6 +124,7 @@ class Replica:
         "bucket_counts",
         "completed",
         "id",
+        "in_service",
         "latency_sum",
         "max_batch",
         "on_idle",
@@ -151,6 +152,8 @@ class Replica:
         self.backlog: deque[int] | None = None
         """The gateway's queue while this replica is in rotation: a free slot pulls from it."""
         self.running = 0
+        self.in_service: set[int] = set()
+        """The requests holding a slot (``running`` of them), lost if the pod is killed."""
         self.pending = 0
         """Always 0: this model queues a request the moment it arrives."""
         self.arrived = 0
@@ -176,11 +179,16 @@ class Replica:
             self.running += 1
             now = self._engine.now
             self._log.start[i] = now
+            self.in_service.add(i)
             self._push(now + self._log.service[i], self._finish_cb, i)
         else:
             self.queue.append(i)
 
     def _finish(self, i: int) -> None:
+        serving = self.in_service
+        if i not in serving:
+            return  # cut: its pod was killed
+        serving.remove(i)
         engine = self._engine
         log = self._log
         now = engine.now
@@ -193,11 +201,13 @@ class Replica:
         if self.queue:
             j = self.queue.popleft()
             log.start[j] = now
+            serving.add(j)
             self._push(now + log.service[j], self._finish_cb, j)
         elif self.backlog:
             j = self.backlog.popleft()
             self.arrived += 1
             log.start[j] = now
+            serving.add(j)
             self._push(now + log.service[j], self._finish_cb, j)
         else:
             self.running -= 1
@@ -206,10 +216,12 @@ class Replica:
 
     def _finish_and_notify(self, on_complete: Callable[[int], None]) -> Callable[[int], None]:
         finish = self._finish
+        serving = self.in_service
 
         def finish_and_notify(i: int) -> None:
-            finish(i)
-            on_complete(i)
+            if i in serving:
+                finish(i)
+                on_complete(i)
 
         return finish_and_notify
 
@@ -220,8 +232,11 @@ class Replica:
         return items
 
     def evict(self) -> list[int]:
-        """Grace period over: the requests still queued are lost (running ones finish)."""
-        return self.take_queue()
+        """The pod is killed: every request it still holds is lost."""
+        items = sorted(self.in_service) + self.take_queue()
+        self.in_service.clear()
+        self.running = 0
+        return items
 
     def sample(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[list[float], ...]]:
         """What the pod's ``/metrics`` shows (:class:`~simulations.serving.metrics.Scrapable`); this

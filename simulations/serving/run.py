@@ -10,8 +10,11 @@ Pod life follows Kubernetes: a pod is ``Pending`` until scheduled and while its 
 while the model loads, and Ready when it can serve. Pods that cannot be placed stay Pending and
 are retried whenever GPU memory is released and every ``startup.retry`` seconds. Scale-down picks
 pods in the ReplicaSet controller's order (unscheduled, then scheduled but not running, then not
-Ready, then the most recently Ready); a Ready pod stops getting requests, finishes what it holds
-within ``terminationGracePeriod`` (requests still queued then are dropped) and frees its GPU.
+Ready, then, with ``service.deletionCost``, the lowest pod-deletion-cost, then the most recently
+Ready); a Ready pod stops getting requests, finishes what it holds within
+``terminationGracePeriod`` (what it still holds then is cut) and frees its GPU; without
+``service.drainOnTermination`` what it holds is cut at once. Cut requests count as dropped and
+as ``cut_by_scale_down``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from extender.affinity import compile_required
 from extender.objects import GpuNeed, Toleration
+from policies.deletion_cost import cost as deletion_cost
 from simulations.config.scenario import Scenario, ServiceSpec, ServiceTimeSpec, WorkloadSpec
 from simulations.placement import openb
 from simulations.serving import arrivals
@@ -58,6 +62,10 @@ class Pod:
     replica: Replica | BatchingReplica | None = None
     ready_at: float = math.nan
     scheduled_at: float = math.nan
+    deletion_cost: int = 0
+    """``controller.kubernetes.io/pod-deletion-cost`` as the controller writes it
+    (:func:`policies.deletion_cost.cost`) from the requests the pod held at the last scrape
+    (``service.deletionCost``)."""
 
 
 class Controller(Protocol):
@@ -254,6 +262,8 @@ class Run:
         """Every replica that ever served (for per-run engine totals)."""
         self.dropped: list[int] = []
         self.dropped_at: list[float] = []
+        self.cut_by_scale_down = 0
+        """Requests a removed replica still held when it went away (also in ``dropped``)."""
         self.bounds = svc.latency_buckets or DEFAULT_LATENCY_BUCKETS
         self.metrics = MetricStore(self.bounds)
         self.router = Router(svc.routing)
@@ -357,7 +367,8 @@ class Run:
             for _ in range(self.spec_replicas - len(active)):
                 self._create_pod()
         elif len(active) > self.spec_replicas:
-            for pod in sorted(active, key=_deletion_rank)[: len(active) - self.spec_replicas]:
+            rank = _cost_rank if self.service.deletion_cost else _deletion_rank
+            for pod in sorted(active, key=rank)[: len(active) - self.spec_replicas]:
                 self._delete_pod(pod)
         self.max_replicas_seen = max(self.max_replicas_seen, self.n_active)
         self.max_pending = max(self.max_pending, self.n_unscheduled)
@@ -476,18 +487,22 @@ class Run:
         pod.state = DRAINING
         replica = pod.replica
         self.router.remove(replica)
-        if replica.outstanding == 0:
-            self._finish_drain(pod)
+        if replica.outstanding == 0 or not self.service.drain:
+            self._cut(pod)
             return
         replica.on_idle = lambda _r: self._finish_drain(pod)
         self.engine.schedule(self.service.termination_grace, self._grace_over, pod)
 
     def _grace_over(self, pod: Pod) -> None:
-        if pod.state != DRAINING:
-            return
+        if pod.state == DRAINING:
+            self._cut(pod)
+
+    def _cut(self, pod: Pod) -> None:
+        """The replica goes now: what it still holds is lost."""
         assert pod.replica is not None
         for i in pod.replica.evict():
             self._reject(i)
+            self.cut_by_scale_down += 1
         self._finish_drain(pod)
 
     def _reject(self, i: int) -> None:
@@ -530,6 +545,10 @@ class Run:
 
     def _scrape(self, _: None) -> None:
         now = self.engine.now
+        if self.service.deletion_cost:
+            for pod in self.pods:
+                if pod.state == READY and pod.replica is not None:
+                    pod.deletion_cost = deletion_cost(pod.replica.outstanding)
         self.metrics.scrape(now, self.scraped_replicas())
         self.metrics.scrape_gateway(now, bisect_right(self.log.arrival, now))
         self.engine.schedule(self.scenario.metrics.scrape_interval, self._scrape, None, LATE)
@@ -584,6 +603,12 @@ def _deletion_rank(pod: Pod) -> tuple[int, float]:
     order = {UNSCHEDULED: 0, PULLING: 1, LOADING: 2, READY: 3}[pod.state]
     newest = -(pod.ready_at if pod.state == READY else pod.created)
     return order, newest
+
+
+def _cost_rank(pod: Pod) -> tuple[int, int, float]:
+    """ReplicaSet's order with pod-deletion-cost: after readiness, the lowest cost first."""
+    order, newest = _deletion_rank(pod)
+    return order, pod.deletion_cost, newest
 
 
 def _summarise(failed: dict[str, str]) -> str:

@@ -12,7 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoscaler.prometheus import Missing, PrometheusClient, PrometheusSettings, interpret
+from autoscaler.prometheus import (
+    Missing,
+    PrometheusClient,
+    PrometheusSettings,
+    interpret,
+    interpret_by,
+)
 from tests.autoscaler.helpers import FakePrometheus
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
@@ -191,13 +197,13 @@ async def test_concurrency_is_bounded(fake_prometheus: FakePrometheus) -> None:
     peak = 0
     original = client._once
 
-    async def counting(promql: str) -> Any:
+    async def counting(promql: str, decode: Any) -> Any:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
         try:
             await asyncio.sleep(0.01)
-            return await original(promql)
+            return await original(promql, decode)
         finally:
             in_flight -= 1
 
@@ -225,3 +231,28 @@ async def test_real_prometheus_answers_for_vllm_series(
         assert isinstance(several, Missing) and "series" in several.reason
         bad = await client.query("sum(")
         assert isinstance(bad, Missing) and "bad_data" in bad.reason
+
+
+def _by_pod(*series: tuple[dict[str, str], str]) -> dict[str, Any]:
+    result = [{"metric": m, "value": [1.0, v]} for m, v in series]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+def test_interpret_by_keys_series_by_the_label_and_drops_what_it_cannot_use() -> None:
+    body = _by_pod(({"pod": "a"}, "3"), ({"pod": "b"}, "0"), ({}, "7"), ({"pod": "c"}, "NaN"))
+    assert interpret_by(body, "pod") == {"a": 3.0, "b": 0.0}
+    assert interpret_by(_by_pod(), "pod") == {}
+    twice = interpret_by(_by_pod(({"pod": "a"}, "1"), ({"pod": "a"}, "2")), "pod")
+    assert isinstance(twice, Missing) and "sum by (pod)" in twice.reason
+    scalar = {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "2"]}}
+    assert isinstance(interpret_by(scalar, "pod"), Missing)
+    failed = interpret_by({"status": "error", "errorType": "bad_data", "error": "x"}, "pod")
+    assert isinstance(failed, Missing) and "bad_data" in failed.reason
+
+
+async def test_query_by_reads_a_by_pod(fake_prometheus: FakePrometheus) -> None:
+    fake_prometheus.answers["q"] = _by_pod(({"pod": "a"}, "2"), ({"pod": "b"}, "5"))
+    async with aiohttp.ClientSession() as session:
+        client = PrometheusClient(session, PrometheusSettings(fake_prometheus.url))
+        assert await client.query_by("q", "pod") == {"a": 2.0, "b": 5.0}
+        assert isinstance(await client.query("q"), Missing)  # two series: not one value

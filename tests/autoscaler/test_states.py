@@ -12,6 +12,7 @@ import pytest
 from autoscaler import feedback, ops
 from autoscaler.feedback import STATUS_ANNOTATION, PolicyStatus, status_from_annotation
 from autoscaler.overview import policy_row
+from autoscaler.selectors import Selector, parse_selector
 from autoscaler.states import POLICY_STATES, PolicyState, gauge_label
 from autoscaler.targets import TargetError
 from gpuscale import cmd_status
@@ -87,6 +88,20 @@ class _TargetsWithAGap(_Targets):
             raise TargetError(f"{kind} {namespace}/{name} not found")
         return await super().replicas(api_version, kind, namespace, name)
 
+    def selector(self, kind: str, namespace: str, name: str) -> Selector:
+        return parse_selector(f"app={name}")
+
+
+class _Pods:
+    """Unschedulable pods per namespace, whatever the selector."""
+
+    def __init__(self, pending: dict[str, int]) -> None:
+        self.pending = pending
+
+    def count(self, namespace: str, selector: Selector | None) -> int:
+        assert selector == parse_selector("app=chat")
+        return self.pending.get(namespace, 0)
+
 
 async def test_the_gauge_counts_every_state_the_controller_reaches() -> None:
     h = Harness(targets=_TargetsWithAGap())
@@ -97,16 +112,19 @@ async def test_the_gauge_counts_every_state_the_controller_reaches() -> None:
             ("MetricsUnavailable", "team-b"),
             ("TargetUnavailable", "team-c"),
             ("Pending", "team-d"),
+            ("CapacityLimited", "team-e"),
         )
     }
+    h.controller.pods = _Pods({"team-e": 3})  # type: ignore[assignment]
     for p in policies.values():
         h.put(p)
     await h.tick(policies["Active"], 1000.0, {'sum(q{namespace="team-a"})': 8.0}, current=2)
     await h.tick(policies["MetricsUnavailable"], 1001.0, {}, current=2)
     assert isinstance(h.targets, _TargetsWithAGap)
+    await h.tick(policies["CapacityLimited"], 1002.0, {'sum(q{namespace="team-e"})': 8.0}, 2)
     h.targets.gone.add(("team-c", "chat"))
     await h.controller.tick(policies["TargetUnavailable"].key)
     counts = h.controller.policy_states()
-    assert counts == {"Pending": 1, "Active": 1, "MetricsUnavailable": 1,
+    assert counts == {"Pending": 1, "Active": 1, "CapacityLimited": 1, "MetricsUnavailable": 1,
                       "TargetUnavailable": 1, "Invalid": 0}  # fmt: skip
     assert tuple(counts) == POLICY_STATES

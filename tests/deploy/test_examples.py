@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from tests.deploy.manifests import DEPLOY
 from tests.deploy.promql import metric_names, needs_promtool, promtool_check_rules
 from tests.deploy.test_monitoring import exported_series_names
 from tests.deploy.test_render_validate import VERSIONS
+from tests.support.inference_server import InferenceServer
 
 EXAMPLES = sorted((DEPLOY / "examples").glob("*.yaml"))
 WORKLOADS = sorted((DEPLOY / "examples" / "workloads").glob("*.yaml"))
@@ -120,3 +123,33 @@ def test_adapter_queries_are_valid_promql(tmp_path: Path) -> None:
     }
     out = promtool_check_rules(tmp_path, [group])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _prestop(port: int) -> str:
+    """The drain example's preStop script, aimed at a test server and without its first wait."""
+    doc = _docs(DEPLOY / "examples" / "workloads" / "llama-drain-deployment.yaml")[0]
+    hook = doc["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+    script = str(hook["exec"]["command"][-1])
+    assert "time.sleep(5)" in script and "127.0.0.1:8000" in script
+    return script.replace("time.sleep(5)", "pass").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+
+
+async def test_the_drain_hook_waits_for_running_requests_and_then_lets_go(
+    inference_server: InferenceServer,
+) -> None:
+    """Run the preStop script against a server that speaks vLLM's metrics: it keeps waiting
+    while a request runs and returns within one poll once none runs or waits."""
+    inference_server.set_running(2)
+    inference_server.set_waiting(1)
+    hook = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _prestop(inference_server.port)
+    )
+    await asyncio.sleep(3)
+    assert hook.returncode is None  # still draining
+    inference_server.set_waiting(0)
+    inference_server.set_running(0)
+    async with asyncio.timeout(10):
+        assert await hook.wait() == 0
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", _prestop(1))  # no server
+    async with asyncio.timeout(10):
+        assert await gone.wait() == 0

@@ -291,6 +291,26 @@ def test_device_plugin_is_the_component(tmp_path: Path) -> None:
     )
 
 
+def test_pod_deletion_cost_is_the_component(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(DEPLOY, tmp_path)],
+                "components": [
+                    os.path.relpath(DEPLOY / "components" / "pod-deletion-cost", tmp_path)
+                ],
+            }
+        )
+    )
+    assert_same(
+        template(controller__podDeletionCost="true"),
+        render_dir(tmp_path),
+        without=frozenset({NS_OBJECT}),
+    )
+
+
 def test_ca_bundle_trusts_the_given_ca_and_needs_no_cert_manager() -> None:
     ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
     objs = template(tls__source="caBundle", tls__caBundle=ca)

@@ -39,6 +39,9 @@ _RESOURCES = {
     "pod": ("", "pods"),
     "binding": ("", "pods/binding"),
     "pod_binding": ("", "pods/binding"),
+    "resource_slice": ("resource.k8s.io", "resourceslices"),
+    "resource_claim": ("resource.k8s.io", "resourceclaims"),
+    "device_class": ("resource.k8s.io", "deviceclasses"),
 }
 _CALL = re.compile(
     r"(read|list|create|patch|replace|delete)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?"
@@ -84,6 +87,7 @@ def _api_methods() -> set[str]:
         client.AutoscalingV2Api,
         client.CoordinationV1Api,
         client.EventsV1Api,
+        client.ResourceV1Api,
     )
     return {name for cls in classes for name in dir(cls) if _CALL.fullmatch(name)}
 
@@ -147,6 +151,10 @@ def _with_device_plugin(tmp: Path) -> list[Obj]:
     return render_dir(tmp)
 
 
+# Calls the controller makes only for policies that opt in, with RBAC from an opt-in component.
+_OPT_IN = {("patch", "", "pods"): "pod-deletion-cost"}
+
+
 @pytest.mark.parametrize("account", [*ACCOUNTS, DEVICE_PLUGIN])
 def test_roles_cover_the_calls_in_the_code(account: str, tmp_path: Path) -> None:
     objs = _with_device_plugin(tmp_path) if account == DEVICE_PLUGIN else render()
@@ -154,7 +162,22 @@ def test_roles_cover_the_calls_in_the_code(account: str, tmp_path: Path) -> None
     missing = _calls(_sources(account)) - _allowed(objs, name)
     if account == DEVICE_PLUGIN:
         missing.discard(("watch", "", "pods"))  # it lists afresh at each Allocate, never watches
+    if account == "gpuscale-controller":
+        missing -= set(_OPT_IN)
     assert not missing, f"{account} lacks RBAC for {sorted(missing)}"
+
+
+@pytest.mark.parametrize(("call", "component"), sorted(_OPT_IN.items()))
+def test_opt_in_calls_are_granted_by_their_component_only(
+    call: tuple[str, str, str], component: str, tmp_path: Path
+) -> None:
+    assert call in _calls(_sources("gpuscale-controller"))
+    assert call not in _allowed(render(), "gpuscale-controller")
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(REPO / 'deploy', tmp_path)}]\n"
+        f"components: [{os.path.relpath(REPO / 'deploy/components' / component, tmp_path)}]\n"
+    )
+    assert call in _allowed(render_dir(tmp_path), "gpuscale-controller")
 
 
 def test_call_finder_sees_the_device_plugins_calls() -> None:

@@ -72,6 +72,8 @@ KCM_CONTROLLERS = (
     "node-lifecycle-controller",
     # A Service's EndpointSlices, which kube-proxy on the real node (node.py) programs.
     "endpointslice-controller",
+    # ResourceClaims made from a pod's ResourceClaimTemplates (DRA, test_cluster_dra.py).
+    "resourceclaim-controller",
 )
 
 

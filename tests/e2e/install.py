@@ -267,7 +267,12 @@ def extender_process(inst: Installed, *, port: int, extra: Iterable[str] = ()) -
 
 
 def scheduler_process(
-    inst: Installed, *, extender_url: str, with_extender: bool = True, qps: float | None = None
+    inst: Installed,
+    *,
+    extender_url: str,
+    with_extender: bool = True,
+    qps: float | None = None,
+    dra: bool = False,
 ) -> Process:
     """kube-scheduler with deploy/'s configuration; only the extender URL, the paths of its
     client certificate files and the kubeconfig (the pod's in-cluster credentials, here a
@@ -289,6 +294,8 @@ def scheduler_process(
         # scenario would test nothing. Here a slow call is a retry, never a silent bypass.
         ext["ignorable"] = False
         ext["httpTimeout"] = "30s"
+        if dra:  # as deploy/components/dra/kube-scheduler-config.yaml
+            ext.pop("managedResources", None)
     if not with_extender:
         # The same pods must fit the same nodes: kube-scheduler alone is told to ignore the
         # memory resource, as the extender's managedResources tell it with the extender.
@@ -346,12 +353,16 @@ def objects_of(objs: Iterable[Obj], kind: str) -> list[Mapping[str, Any]]:
 
 
 @contextlib.contextmanager
-def second_scheduler(inst: Installed) -> Iterator[tuple[Process, Process]]:
+def second_scheduler(inst: Installed, *, dra: bool = False) -> Iterator[tuple[Process, Process]]:
     """deploy/'s second scheduler with its extender, running until the block ends: the
-    extender first (ready), then kube-scheduler; stopped in the reverse order."""
+    extender first (ready), then kube-scheduler; stopped in the reverse order. ``dra`` runs
+    them as deploy/components/dra does (``--inventory annotation,dra,gfd``, no
+    managedResources)."""
     port = free_port()
-    extender = extender_process(inst, port=port)
-    sched = scheduler_process(inst, extender_url=f"https://127.0.0.1:{port}")
+    extender = extender_process(
+        inst, port=port, extra=["--inventory=annotation,dra,gfd"] if dra else ()
+    )
+    sched = scheduler_process(inst, extender_url=f"https://127.0.0.1:{port}", dra=dra)
     extender.start()
     try:
         wait_http_ok(f"http://127.0.0.1:{extender.ports['ops']}/readyz", within=60, proc=extender)

@@ -33,6 +33,7 @@ class FakeBinder:
         self.gate.set()
         self.fail: set[str] = set()
         self.pods: dict[str, Mapping[str, Any]] = {}
+        self.claims: dict[str, Mapping[str, Any]] = {}
         self.entered = 0
         self.wait_for = 1
         self.entered_enough = asyncio.Event()
@@ -47,6 +48,9 @@ class FakeBinder:
         if name in self.fail:
             raise BindError("conflict")
         self.bound.append((f"{namespace}/{name}", node, gpu_indices))
+
+    async def get_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.claims.get(f"{namespace}/{name}")
 
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         return self.pods.get(f"{namespace}/{name}")

@@ -63,6 +63,9 @@ class HeldBinder:
         if not await call.answer:
             raise BindError("HTTP 409: the object has been modified")
 
+    async def get_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return None
+
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         return None
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -311,3 +312,34 @@ def test_explain_says_what_a_first_decision_leaves_out(capsys: pytest.CaptureFix
     assert "Desired replicas: 1" in out
     assert "behavior.scaleDown.stabilizationWindow 5m: only to the highest recommendation" in out
     assert "behavior.scaleUp.stabilizationWindow 0s: off" in out
+
+
+def test_explain_shows_an_unreachable_slo_and_unschedulable_pods(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TTFT bound below one prompt's prefill is sized near that floor, and said so; pods
+    with no room hold the count at the current one."""
+    from dataclasses import replace
+
+    from policies.parse import load_policy_file, policy_to_configmap
+    from policies.schema import ModelCapacityMetric, ServingSlo
+
+    [p] = load_policy_file(Path(__file__).parents[2] / "policies/examples/llm-serving-model.yaml")
+    metrics = tuple(
+        replace(m, slo=ServingSlo(ttft=0.01)) if isinstance(m, ModelCapacityMetric) else m
+        for m in p.metrics
+    )
+    path = tmp_path / "unreachable.yaml"
+    path.write_text(yaml.safe_dump(policy_to_configmap(replace(p, metrics=metrics))))
+    load = ["-m", "capacity=40", "-m", "capacity:promptTokens=80000"]
+    load += ["-m", "capacity:generationTokens=8000", "-m", "kv-cache=0.5", "-m", "itl=0.03"]
+    assert main(["policy", "explain", str(path), *load, "--current", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "SLO unreachable (capacity): TTFT bound 10ms is below" in out
+    # 12 replicas bring TTFT within 10% of an idle replica's; more would not help, so not max 32
+    assert re.search(r"capacity\s+modelCapacity\s+value 40\s+proposes\s+12\s", out)
+    args = ["policy", "explain", str(path), *load, "--current", "3", "--unschedulable", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Now: 3 replicas, 2 of them unschedulable." in out
+    assert "Desired replicas: 3" in out

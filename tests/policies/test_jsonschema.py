@@ -250,6 +250,10 @@ def valid_policies(draw: st.DrawFn) -> dict[str, Any]:
             st.fixed_dictionaries({}, optional={"quantile": st.floats(0.01, 1.0)})
         )
     if draw(st.booleans()):
+        doc["deletionCost"] = {"query": "sum by (pod) (vllm:num_requests_running)"} | draw(
+            st.fixed_dictionaries({}, optional={"maxWritesPerTick": st.integers(1, 100)})
+        )
+    if draw(st.booleans()):
         doc["onMetricsUnavailable"] = draw(
             st.just("hold") | st.builds(lambda n: {"fallbackReplicas": n}, st.integers(low, high))
         )
@@ -418,6 +422,9 @@ def test_the_schema_rejects_what_editors_should_flag() -> None:
         lambda d: d.update(burst={"window": "5m", "quantile": 0}),
         lambda d: d.update(burst={"quantile": 0.5}),
         lambda d: d.update(onMetricsUnavailable="drop"),
+        lambda d: d.update(deletionCost={"maxWritesPerTick": 5}),
+        lambda d: d.update(deletionCost={"query": "x", "maxWritesPerTick": 0}),
+        lambda d: d.update(deletionCost=True),
         lambda d: d["metrics"][0].update(name="Queue"),
         lambda d: d["target"].update(name="  "),
     ]

@@ -24,6 +24,7 @@ from policies.schema import (
     ArrivalRateMetric,
     Behavior,
     Burst,
+    DeletionCost,
     Forecast,
     LatencyMetric,
     LatencyTarget,
@@ -153,6 +154,14 @@ def test_all_errors_are_collected_not_just_the_first() -> None:
         ),
         (lambda d: d.update(burst={"window": "5m", "q": 1}), "burst.q: unknown field"),
         (lambda d: d.update(burst="10m"), "burst: expected a mapping, got a string"),
+        (
+            lambda d: d.update(deletionCost={"maxWritesPerTick": 5}),
+            "deletionCost.query: required field is missing",
+        ),
+        (
+            lambda d: d.update(deletionCost={"query": "x", "maxWritesPerTick": 0}),
+            "deletionCost.maxWritesPerTick: must be at least 1, got 0",
+        ),
     ],
 )
 def test_each_rule_reports_its_field(mutate: Any, expected: str) -> None:
@@ -279,6 +288,9 @@ def policies(draw: st.DrawFn) -> ScalingPolicy:
         ),
         on_metrics_unavailable=OnMetricsUnavailable(
             draw(st.one_of(st.none(), st.integers(low, high)))
+        ),
+        deletion_cost=draw(
+            st.none() | st.builds(DeletionCost, st.just("sum by (pod) (x)"), st.integers(1, 50))
         ),
     )
 

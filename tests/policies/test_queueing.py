@@ -20,6 +20,7 @@ from policies.queueing import (
     response_time_quantile,
     response_time_tail,
 )
+from policies.reachable import NEAR_FLOOR
 
 
 def exact_erlang_c(c: int, a: Fraction) -> Fraction:
@@ -120,11 +121,19 @@ def test_saturated_when_capacity_is_short() -> None:
     assert "capacity" in s.why
 
 
-def test_saturated_when_service_alone_is_too_slow() -> None:
-    # p99 of an Exp(1) service time is 4.6s > 1s, whatever the replica count.
+def test_a_target_service_time_alone_misses_is_sized_near_its_floor_not_max() -> None:
+    # p99 of an Exp(1) service time is 4.6s > 1s, whatever the replica count: no count meets
+    # it, so the count is the fewest whose p99 is within NEAR_FLOOR of 4.6s, not max.
+    floor = -math.log(0.01)
     s = replicas_for_latency(0.1, 1.0, 0.99, 1.0, 10)
-    assert s.saturated and s.replicas == 10
-    assert "service time" in s.why
+    assert not s.saturated and s.replicas < 10
+    assert s.unreachable is not None and "no count meets it" in s.unreachable
+    assert response_time_quantile(s.replicas, 0.1, 1.0, 0.99) <= floor * (1 + NEAR_FLOOR)
+    assert s.replicas == 1 or response_time_quantile(s.replicas - 1, 0.1, 1.0, 0.99) > floor * (
+        1 + NEAR_FLOOR
+    )
+    heavy = replicas_for_latency(30.0, 1.0, 0.99, 1.0, 200)
+    assert heavy.replicas > 30 and not heavy.saturated  # the load still counts
 
 
 def test_saturated_when_stable_but_too_slow_at_max() -> None:
@@ -148,6 +157,10 @@ def test_replicas_for_latency_is_the_smallest_that_meets_the_target(
     s = replicas_for_latency(lam, mu, q, slo, max_c)
     assert 1 <= s.replicas <= max_c
     eps = 1 - q
+    floor = -math.log(eps) / mu  # the quantile of service alone, the best any count does
+    assert (s.unreachable is not None) == (floor > slo)
+    if floor > slo:
+        slo = floor * (1 + NEAR_FLOOR)
     if not s.saturated:
         assert response_time_tail(s.replicas, lam, mu, slo) <= eps + 1e-12
     else:

@@ -16,6 +16,7 @@ from policies.profiles import (
     profile_document,
     shipped_profiles,
 )
+from policies.reachable import NEAR_FLOOR
 from policies.stepmodel import (
     EngineLimits,
     StepProfile,
@@ -78,6 +79,12 @@ def test_replicas_for_slo_is_the_smallest_count_that_meets_it(
     limits = EngineLimits(50_000)
     mix = TokenMix(prompt, gen)
     sizing = replicas_for_slo(P, limits, rate, mix, ttft, tpot, most)
+    # A bound below an idle replica's latency is sized for just above that floor instead.
+    idle = steady_state(P, limits, 0.0, mix)
+    unreachable = idle.ttft > ttft or idle.tpot > tpot
+    assert (sizing.unreachable is not None) == unreachable
+    ttft = idle.ttft * (1 + NEAR_FLOOR) if idle.ttft > ttft else ttft
+    tpot = idle.tpot * (1 + NEAR_FLOOR) if idle.tpot > tpot else tpot
 
     def meets(n: int) -> bool:
         s = steady_state(P, limits, rate / n, mix)
@@ -88,6 +95,33 @@ def test_replicas_for_slo_is_the_smallest_count_that_meets_it(
     else:
         assert meets(sizing.replicas)
         assert sizing.replicas == 1 or not meets(sizing.replicas - 1)
+
+
+@settings(max_examples=200)
+@given(st.floats(0.01, 200), st.floats(2000, 60_000), st.floats(1, 500), st.integers(2, 64))
+def test_an_unreachable_ttft_caps_where_more_replicas_stop_helping(
+    rate: float, prompt: float, gen: float, most: int
+) -> None:
+    """A prompt whose prefill alone exceeds the TTFT bound: no count meets it, so the count is
+    the fewest within NEAR_FLOOR of the idle replica's TTFT (or the load's), not ``max``."""
+    limits = EngineLimits(500_000, max_num_batched_tokens=8192)
+    mix = TokenMix(prompt, gen)
+    bound = 0.03  # below the prefill of 2000 tokens at 20 µs each (40 ms)
+    sizing = replicas_for_slo(P, limits, rate, mix, bound, None, most)
+    idle = steady_state(P, limits, 0.0, mix)
+    assert idle.ttft > bound and sizing.unreachable is not None
+    assert "TTFT bound 30ms" in sizing.unreachable
+    near = idle.ttft * (1 + NEAR_FLOOR)
+
+    def helps(n: int) -> bool:
+        s = steady_state(P, limits, rate / n, mix)
+        return s.limit is None and s.ttft <= near
+
+    if sizing.saturated:
+        assert sizing.replicas == most and not helps(most)
+    else:
+        assert helps(sizing.replicas) and (sizing.replicas == 1 or not helps(sizing.replicas - 1))
+        assert sizing.replicas < most or not helps(most - 1)
 
 
 def test_no_load_needs_no_replicas() -> None:

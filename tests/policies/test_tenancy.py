@@ -295,3 +295,21 @@ def test_policy_errors_name_each_field() -> None:
         f"inference/llama-serving: metrics[{capacity}].query: invalid PromQL at 1:16: "
         "unclosed left parenthesis"
     )
+
+
+def test_the_deletion_cost_query_is_scoped_like_the_metrics() -> None:
+    from policies.schema import DeletionCost
+
+    policy = dataclasses.replace(
+        _capacity_policy(), deletion_cost=DeletionCost("sum by (pod) (vllm:num_requests_running)")
+    )
+    scoped = scope_policy(policy).deletion_cost
+    assert scoped is not None
+    assert (
+        scoped.query
+        == f'sum by (pod) (vllm:num_requests_running{{namespace="{policy.namespace}"}})'
+    )
+    other = DeletionCost('sum by (pod) (running{namespace="billing"})')
+    with pytest.raises(PolicyError) as caught:
+        scope_policy(dataclasses.replace(policy, deletion_cost=other))
+    assert [e.path for e in caught.value.errors] == ["deletionCost.query"]

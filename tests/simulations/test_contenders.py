@@ -21,9 +21,12 @@ def test_quantile_and_window_come_from_the_query() -> None:
     assert query_window("sum(x)") == 60.0
 
 
-def bursty(policies: list[dict[str, Any]], **service: Any) -> Any:
+def bursty(
+    policies: list[dict[str, Any]], cluster: dict[str, Any] | None = None, **service: Any
+) -> Any:
     doc = {
-        "cluster": {"pools": [{"name": "a", "count": 4, "gpus": 4, "gpuMemory": "80Gi"}]},
+        "cluster": cluster
+        or {"pools": [{"name": "a", "count": 4, "gpus": 4, "gpuMemory": "80Gi"}]},
         "service": {
             "serviceTime": {"model": "fixed", "seconds": 0.5},
             "engine": "per-request",
@@ -68,6 +71,25 @@ def test_gpuscale_policy_scales_up_for_a_burst_and_back_down() -> None:
     before = [d for x, d in zip(t, desired, strict=True) if x < 590]
     assert max(before) <= 2  # nothing to do before the first burst
     assert desired[-1] < s["replicas_max"]  # came back down after the last burst
+
+
+def test_gpuscale_holds_its_count_while_pods_cannot_be_scheduled() -> None:
+    """Room for four replicas, a burst that wants more: the policy's count stops at the five its
+    first scale-up asked for (4 pods per 15 s) once one of them is Pending, while the HPA on the
+    same queue climbs to max."""
+    small = {"pools": [{"name": "a", "count": 1, "gpus": 2, "gpuMemory": "80Gi"}]}
+    sc = bursty(
+        [{"file": str(EXAMPLES / "llm-chat-vllm.yaml")},
+         {"baseline": "hpa", "metric": "queue", "target": 1}],
+        cluster=small,
+        replicas={"min": 1, "max": 16},
+    )  # fmt: skip
+    gpuscale, hpa = run_one(sc, 0, 1), run_one(sc, 1, 1)
+    limited = gpuscale.summary["limited_by"]
+    assert sum(n for why, n in limited.items() if why.startswith("capacity (")) > 0
+    assert gpuscale.summary["replicas_max"] == 5
+    assert hpa.summary["replicas_max"] == 16
+    assert gpuscale.summary["pending_pod_seconds"] < hpa.summary["pending_pod_seconds"] / 5
 
 
 def test_hpa_on_per_pod_latency_and_kpa_on_concurrency_scale_for_bursts() -> None:

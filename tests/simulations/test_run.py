@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from simulations.config.scenario import Scenario, parse_scenario
+from simulations.config.scenario import Scenario, ScenarioError, parse_scenario
 from simulations.experiments.compare import prepare, random_streams, run_one
+from simulations.serving.arrivals import Workload
 from simulations.serving.contenders import FixedReplicas
 from simulations.serving.run import DRAINING, GONE, READY, Run, build_cluster
 
@@ -106,6 +107,72 @@ def test_start_up_uses_the_image_cache_and_scale_down_takes_newest_after_drainin
     run.engine.run(until=260.0)
     assert busy.state == GONE and run.pods[0].state == READY
     assert run.n_gpu_pods == 1
+
+
+def three_ready(**service: Any) -> Run:
+    """Three Ready replicas, the oldest (warm) one idle and the two newest each serving."""
+    sc = scenario(
+        cluster={"pools": [{"name": "a", "count": 1, "gpus": 4, "gpuMemory": "80Gi"}]},
+        service={
+            "maxBatch": 4,
+            "terminationGracePeriod": "30s",
+            **service,
+        },
+    )
+    # four requests of 100 s that arrive after the test: it hands them to the replicas itself
+    late = np.full(4, 10_000.0)
+    workload = Workload(late, np.ones(4), np.ones(4))
+    _, _, c_rng, r_rng = random_streams(1)
+    cluster, _ = build_cluster(sc, c_rng)
+    run = Run(sc, workload, np.full(4, 100.0), cluster, r_rng, 600.0)
+    run.start(FixedReplicas(1))
+    run.engine.run(until=10.0)
+    run.scale_to(2)
+    run.engine.run(until=50.0)
+    run.scale_to(3)  # so that the third pod is the newest
+    run.engine.run(until=100.0)
+    assert [p.state for p in run.pods] == [READY] * 3
+    for k, pod in enumerate(run.pods[1:]):
+        assert pod.replica is not None
+        pod.replica.admit(2 * k)
+        pod.replica.admit(2 * k + 1)
+    return run
+
+
+def test_scale_down_cuts_what_a_replica_holds_without_a_drain() -> None:
+    run = three_ready(drainOnTermination=False)
+    run.scale_to(2)
+    assert run.pods[2].state == GONE  # the newest, with its two requests
+    assert run.cut_by_scale_down == 2 and sorted(run.dropped) == [2, 3]
+
+
+def test_a_drain_keeps_what_ends_within_the_grace_period_and_cuts_the_rest() -> None:
+    run = three_ready()
+    run.scale_to(2)
+    assert run.pods[2].state == DRAINING and run.cut_by_scale_down == 0
+    run.engine.run(until=run.engine.now + 31.0)
+    assert run.pods[2].state == GONE
+    assert run.cut_by_scale_down == 2  # 100 s of service does not fit in 30 s of grace
+
+
+def test_deletion_cost_removes_the_idle_replica_first() -> None:
+    run = three_ready(drainOnTermination=False, deletionCost=True)
+    run.engine.run(until=run.engine.now + 20.0)  # a scrape writes the costs
+    assert [p.deletion_cost for p in run.pods] == [0, 2, 2]
+    run.scale_to(2)
+    assert run.pods[0].state == GONE  # the oldest, but idle
+    assert run.cut_by_scale_down == 0 and not run.dropped
+
+
+def test_scale_down_flags_must_be_booleans() -> None:
+    try:
+        scenario(service={"drainOnTermination": "yes", "deletionCost": 1})
+    except ScenarioError as exc:
+        text = str(exc)
+    else:
+        raise AssertionError("accepted a string and a number as booleans")
+    assert "service.drainOnTermination: expected true or false, got" in text
+    assert "service.deletionCost: expected true or false, got" in text
 
 
 def test_openb_nodes_and_background_pods_take_gpu_memory() -> None:

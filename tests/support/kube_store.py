@@ -66,6 +66,11 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
     ResourceType("apps", "v1", "deployments", "Deployment", True, frozenset({"status", "scale"})),
     ResourceType("apiregistration.k8s.io", "v1", "apiservices", "APIService", False),
+    ResourceType("resource.k8s.io", "v1", "resourceslices", "ResourceSlice", False),
+    ResourceType(
+        "resource.k8s.io", "v1", "resourceclaims", "ResourceClaim", True, frozenset({"status"})
+    ),
+    ResourceType("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", False),
 )
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -65,8 +65,8 @@ seccompProfile:
 {{- fail (printf "scheduler.extender.scoring: expected binpack, spread or fragmentation, got %q" .Values.scheduler.extender.scoring) }}
 {{- end }}
 {{- range .Values.scheduler.extender.inventory }}
-{{- if not (has . (list "annotation" "dcgm" "gfd")) }}
-{{- fail (printf "scheduler.extender.inventory: unknown source %q (expected annotation, dcgm, gfd)" .) }}
+{{- if not (has . (list "annotation" "dcgm" "gfd" "dra")) }}
+{{- fail (printf "scheduler.extender.inventory: unknown source %q (expected annotation, dcgm, gfd, dra)" .) }}
 {{- end }}
 {{- end }}
 {{- if and (has "dcgm" .Values.scheduler.extender.inventory) (not .Values.scheduler.extender.prometheusUrl) }}

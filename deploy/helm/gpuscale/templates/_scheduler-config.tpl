@@ -27,9 +27,14 @@ extenders:
     httpTimeout: 5s
     nodeCacheCapable: true
     ignorable: true
+    {{- if has "dra" .Values.scheduler.extender.inventory }}
+    # DRA pods request no resource, so with managedResources kube-scheduler would never call
+    # the extender for them: without the list, every pod of this profile is sent.
+    {{- else }}
     managedResources:
       - name: gpuscale.io/gpu-memory
         ignoredByScheduler: true
       - name: nvidia.com/gpu
         ignoredByScheduler: false
+    {{- end }}
 {{- end }}
