@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test e2e cluster demo lint typecheck imports pytest bench prometheus clean helm fuzz \
-	e2e-packages image image-tools image-test lock protos
+	e2e-packages image image-tools image-test lock protos prometheus-sd
 
 # The test venv installs the hashed lock first (`make lock` refreshes it), then the project itself
 # (editable; its dependencies are already there from the lock, and one added to pyproject but not
@@ -65,9 +65,16 @@ e2e-packages:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# Prometheus with Kubernetes service discovery (Debian's has none), built from its pinned Go
+# module (tests/cluster/build_prometheus.sh) into ~/.cache/gpuscale/cluster/prometheus-<version>/
+# for the chart scenario's scrape of real pods; builds nothing when cached.
+prometheus-sd:
+	@command -v go >/dev/null || { echo "make prometheus-sd needs Go 1.26+ on PATH"; exit 1; }
+	@sh tests/cluster/build_prometheus.sh >/dev/null
+
 # End-to-end tests against that control plane and a real node (and the kind tests, which skip
 # without Docker).
-e2e: $(STAMP) e2e-packages prometheus cluster helm image
+e2e: $(STAMP) e2e-packages prometheus cluster helm image prometheus-sd
 	$(BIN)/pytest -q -m "cluster or e2e" tests/e2e
 
 test: lint typecheck imports pytest

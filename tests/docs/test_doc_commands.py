@@ -106,16 +106,30 @@ def test_the_readme_installs_with_helm() -> None:
     assert any(doc == "README.md" for doc, _ in HELM_INSTALLS)
 
 
+def _values_file(doc: str, name: str, tmp_path: Path) -> str:
+    """A ``--values`` file the doc shows as a ```yaml block whose first line is ``# <name>``,
+    written out; a file the doc names but does not show fails the test."""
+    text = (ROOT / doc).read_text()
+    blocks = re.findall(rf"```yaml\n(# {re.escape(name)}\n.*?)```", text, flags=re.S)
+    assert len(blocks) == 1, f"{doc}: --values {name}, but no ```yaml block '# {name}'"
+    path = tmp_path / name
+    path.write_text(blocks[0])
+    return str(path)
+
+
 @pytest.mark.parametrize(("doc", "command"), HELM_INSTALLS, ids=[d for d, _ in HELM_INSTALLS])
-def test_helm_install_commands_render(doc: str, command: str) -> None:
+def test_helm_install_commands_render(doc: str, command: str, tmp_path: Path) -> None:
     """``helm install`` as shown, rendered with ``helm template`` (no cluster): the values the
-    docs set exist and reach the objects."""
+    docs set (and the values files they show) exist and reach the objects."""
     from tests.deploy.test_helm import HELM, helm
 
     if not HELM.is_file():
         pytest.skip(f"{HELM} not built: run `make helm`")
     args = [a for a in shlex.split(command)[2:] if a != "--create-namespace"]
     args = [str(ROOT / a) if a.startswith("deploy/") else a for a in args]
+    for i, arg in enumerate(args[:-1]):
+        if arg in ("--values", "-f") and not (ROOT / args[i + 1]).exists():
+            args[i + 1] = _values_file(doc, args[i + 1], tmp_path)
     out = helm("template", *args)
     assert out.returncode == 0, f"{doc}: {command}\n{out.stderr}"
     for value in re.findall(r"--set [\w.]+=(\S+)", command):

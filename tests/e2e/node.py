@@ -613,7 +613,10 @@ class RealNode:
         def up() -> bool:
             if not proc.running:
                 raise ClusterError(f"containerd exited{proc.tail()}")
-            self.ctr("version", timeout=5)
+            try:
+                self.ctr("version", timeout=5)
+            except ClusterError:
+                return False  # not listening yet (ctr's refusal is a ClusterError: no retry)
             return True
 
         wait_until("containerd", up, within=30, log=proc.log)
