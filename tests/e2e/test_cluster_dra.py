@@ -17,6 +17,7 @@ never books a device for both.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -231,9 +232,10 @@ async def test_memory_shares_fit_what_nvml_leaves_free_and_the_rest_wait_with_th
     # it ran before the second claim was written, the DRA plugin gave gpu-1 to the third pod and
     # the extender refused its bind; kube-scheduler keeps that allocation (Unreserve only drops
     # reservedFor), and the filter then says why the allocated device cannot hold it.
-    for r in reasons:
+    for r in reasons:  # the cluster may hold other modules' nodes: their count varies
         assert any(
-            m.startswith("0/3 nodes are available: 1 insufficient GPU memory: ") and "MiB free" in m
+            re.match(r"0/\d+ nodes are available: 1 insufficient GPU memory: ", m)
+            and "MiB free" in m
             for m in r
         ), r
     assert any(

@@ -104,6 +104,10 @@ pytestmark = [pytest.mark.cluster]
 CHART = REPO / "deploy" / "helm" / "gpuscale"
 RELEASE = "gpuscale"
 NS = "helm-node-app"
+UNSERVED = "unserved"
+"""The target's scheduler: none serves it, so its pods stay Pending without an Unschedulable
+verdict (the default kube-scheduler here has no node for them, and the controller would rightly
+hold the count while they are unschedulable; this test is about the metric's path)."""
 """The workload's namespace (the Prometheus fixture labels its series with it)."""
 APP = "llama-helm"
 QUEUE = 'sum(vllm:num_requests_waiting{model_name="llama"})'
@@ -426,7 +430,14 @@ async def test_aggregator_reaches_the_controller_through_the_charts_service(
         "interval": "1s",
         "metrics": [{"name": "queue", "type": "queueDepth", "query": QUEUE, "targetPerReplica": 4}],
     }
-    apply(cp, [namespace(NS), deployment(APP, NS, 1), policy_configmap(APP, NS, policy)])
+    apply(
+        cp,
+        [
+            namespace(NS),
+            deployment(APP, NS, 1, scheduler=UNSERVED),
+            policy_configmap(APP, NS, policy),
+        ],
+    )
 
     def served() -> dict[str, Any]:
         out = kubectl(cp, "get", "--raw", METRIC_PATH)

@@ -64,6 +64,10 @@ from tests.support.prometheus import PrometheusServer
 pytestmark = [pytest.mark.cluster]
 
 NS = "kustomize-node-app"
+UNSERVED = "unserved"
+"""The target's scheduler: none serves it, so its pods stay Pending without an Unschedulable
+verdict (the default kube-scheduler here has no node for them, and the controller would rightly
+hold the count while they are unschedulable; this test is about the metric's path)."""
 """The workload's namespace (the Prometheus fixture labels its series with it)."""
 APP = "llama-kustomize"
 QUEUE = 'sum(vllm:num_requests_waiting{model_name="llama"})'
@@ -236,7 +240,14 @@ async def test_apiservice_has_the_overlays_ca_and_the_metric_answers(
         ],
     }
     cp = overlay.cp
-    apply(cp, [namespace(NS), deployment(APP, NS, 1), policy_configmap(APP, NS, policy)])
+    apply(
+        cp,
+        [
+            namespace(NS),
+            deployment(APP, NS, 1, scheduler=UNSERVED),
+            policy_configmap(APP, NS, policy),
+        ],
+    )
     path = metric_path(NS, APP)
     wait_until(f"{path} = {EXPECTED}", lambda: _served_value(cp, path) == str(EXPECTED), within=120)
 
