@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -292,32 +292,31 @@ class KubeCluster:
 
     async def get_claim(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         from kubernetes.aio import client
-        from kubernetes.aio.client.exceptions import ApiException
 
         api = client.ResourceV1Api(self.core.api_client)
-        try:
-            resp = await api.read_namespaced_resource_claim_without_preload_content(name, namespace)
-        except (ApiException, OSError, TimeoutError):
-            return None
-        try:
-            if resp.status != 200:
-                return None
-            data = orjson.loads(await resp.read())
-        finally:
-            resp.release()
-        return data if isinstance(data, dict) else None
+        return await _object_or_none(
+            api.read_namespaced_resource_claim_without_preload_content(name, namespace)
+        )
 
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        from kubernetes.aio.client.exceptions import ApiException
+        return await _object_or_none(
+            self.core.read_namespaced_pod_without_preload_content(name, namespace)
+        )
 
-        try:
-            resp = await self.core.read_namespaced_pod_without_preload_content(name, namespace)
-        except (ApiException, OSError, TimeoutError):
+
+async def _object_or_none(call: Awaitable[Any]) -> Mapping[str, Any] | None:
+    """The object a GET returns, or ``None`` when it fails or finds nothing (callers decide
+    without it: a bind check, a fresh read of a pod)."""
+    from kubernetes.aio.client.exceptions import ApiException
+
+    try:
+        resp = await call
+    except (ApiException, OSError, TimeoutError):
+        return None
+    try:
+        if resp.status != 200:
             return None
-        try:
-            if resp.status != 200:
-                return None
-            data = orjson.loads(await resp.read())
-        finally:
-            resp.release()
-        return data if isinstance(data, dict) else None
+        data = orjson.loads(await resp.read())
+    finally:
+        resp.release()
+    return data if isinstance(data, dict) else None
