@@ -49,10 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from extender.filtering import prioritize
 from extender.fit import DeviceState, NodeGpus
 from extender.fragmentation import Fragmentation, Workload, clear_caches, place, score_of
-from extender.index import NodeIndex, StateMemo
+from extender.index import NodeIndex
 from extender.objects import GpuNeed, NodeInfo, PodRequest
 from extender.scoring import DeviceRows, get_strategy, register
 from extender.state_arrays import StateArrays
+from extender.state_memo import StateMemo
 
 GIB = 1024
 SIZES = (10 * GIB, 20 * GIB, 40 * GIB, 80 * GIB)

@@ -32,10 +32,11 @@ from extender.dra import (
     taken_by_claims,
 )
 from extender.fit import NodeGpus
-from extender.index import NodeIndex, StateMemo
+from extender.index import NodeIndex
 from extender.inventory import RUNNING, InventoryConfig, baseline_used, node_gpus
 from extender.objects import GpuDevice, GpuReport, NodeInfo, PodRequest
 from extender.reservations import EMPTY, Book, Reservation, expire, measured
+from extender.state_memo import StateMemo
 
 PoolKey = tuple[str, str]
 
