@@ -70,7 +70,7 @@ async def test_readiness_waits_for_the_policy_list_and_fails_first_on_stop(
             seen["livez"] = await _get(session, running.ops_port, "/livez")
 
         task = asyncio.create_task(app.run(settings, stop, on_running=on_running))
-        await wait_until(lambda: "before_list" in seen)
+        await wait_until(lambda: "livez" in seen)  # on_running asks /readyz, then /livez
         running: app.Running = seen["running"]
         assert seen["before_list"] == (503, "not ready: policies not listed yet\n")
         assert seen["livez"][0] == 200
