@@ -97,6 +97,20 @@ def status_annotation(configmap: Any) -> dict[str, Any]:
     return dict(json.loads(text)) if text else {}
 
 
+async def policy_status(admin_client: Any, ns: str, name: str) -> dict[str, Any]:
+    """The controller's status of policy ConfigMap ``ns/name`` (:func:`status_annotation`)."""
+    cm = await api(admin_client, "CoreV1Api").read_namespaced_config_map(name, ns)
+    return status_annotation(cm)
+
+
+async def policy_event_reasons(admin_client: Any, ns: str, name: str) -> list[str]:
+    """The reasons of the Events the controller wrote about policy ConfigMap ``ns/name``."""
+    events = await api(admin_client, "CoreV1Api").list_namespaced_event(
+        ns, field_selector=f"involvedObject.name={name},involvedObject.kind=ConfigMap"
+    )
+    return [e.reason for e in events.items]
+
+
 def condition(obj: Any, kind: str) -> Any:
     for c in obj.status.conditions or []:
         if c.type == kind:

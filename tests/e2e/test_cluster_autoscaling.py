@@ -30,8 +30,9 @@ from tests.e2e.kube import (
     eventually,
     namespace,
     policy_configmap,
+    policy_event_reasons,
+    policy_status,
     spec_replicas,
-    status_annotation,
 )
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
@@ -103,18 +104,6 @@ async def _hpa(admin_client: Any) -> Any:
         raise
 
 
-async def _status(admin_client: Any) -> dict[str, Any]:
-    cm = await api(admin_client, "CoreV1Api").read_namespaced_config_map(NAME, NS)
-    return status_annotation(cm)
-
-
-async def _event_reasons(admin_client: Any) -> list[str]:
-    events = await api(admin_client, "CoreV1Api").list_namespaced_event(
-        NS, field_selector=f"involvedObject.name={NAME},involvedObject.kind=ConfigMap"
-    )
-    return [e.reason for e in events.items]
-
-
 async def test_the_apiservice_becomes_available(
     control_plane: ControlPlane, controller: Process, admin_client: Any
 ) -> None:
@@ -177,13 +166,13 @@ async def test_the_hpa_scales_the_deployment_to_the_policys_count(
     )
     status = await eventually(
         "status Active 10",
-        lambda: _status(admin_client),
+        lambda: policy_status(admin_client, NS, NAME),
         lambda s: s.get("desiredReplicas") == 10,
         within=30,
     )
     assert status["state"] == "Active"
     assert status["winner"] == "queue"
-    assert "DesiredReplicas" in await _event_reasons(admin_client)
+    assert "DesiredReplicas" in await policy_event_reasons(admin_client, NS, NAME)
 
 
 async def test_a_jump_is_limited_by_the_scale_up_rule(
@@ -227,7 +216,7 @@ async def test_prometheus_down_holds_and_recovers(
         vllm_server.set_waiting(0)
         status = await eventually(
             "status MetricsUnavailable",
-            lambda: _status(admin_client),
+            lambda: policy_status(admin_client, NS, NAME),
             lambda s: s["state"] == "MetricsUnavailable",
             within=30,
         )
@@ -236,12 +225,12 @@ async def test_prometheus_down_holds_and_recovers(
         while time.monotonic() - held_since < 8:
             assert await _replicas(admin_client) == 32
             await asyncio.sleep(0.5)
-        assert "MetricsUnavailable" in await _event_reasons(admin_client)
+        assert "MetricsUnavailable" in await policy_event_reasons(admin_client, NS, NAME)
     finally:
         prometheus.start()
     # Back: the empty queue is seen and the count falls to the minimum.
     await eventually("recovered to 1", lambda: _replicas(admin_client), lambda n: n == 1, within=60)
-    status = await _status(admin_client)
+    status = await policy_status(admin_client, NS, NAME)
     assert status["state"] == "Active"
 
 
@@ -258,7 +247,7 @@ async def test_an_invalid_edit_keeps_the_last_good_version(
 
     status = await eventually(
         "status Invalid",
-        lambda: _status(admin_client),
+        lambda: policy_status(admin_client, NS, NAME),
         lambda s: s["state"] == "Invalid",
         within=30,
     )
@@ -268,7 +257,7 @@ async def test_an_invalid_edit_keeps_the_last_good_version(
     running = int(status["runningResourceVersion"])
     assert running <= int(good.metadata.resource_version) < int(current.metadata.resource_version)
     assert any("targetPerReplica" in e for e in status["errors"]), status
-    assert "InvalidPolicy" in await _event_reasons(admin_client)
+    assert "InvalidPolicy" in await policy_event_reasons(admin_client, NS, NAME)
     # The good version (4 per replica) still drives the HPA: 21 waiting → 6 replicas.
     vllm_server.set_waiting(21)
     await eventually("6 replicas", lambda: _replicas(admin_client), lambda n: n == 6, within=60)

@@ -26,13 +26,13 @@ from tests.e2e.install import (
     second_scheduler,
 )
 from tests.e2e.kube import (
-    api,
     deployment,
     eventually,
     namespace,
     policy_configmap,
+    policy_event_reasons,
+    policy_status,
     spec_replicas,
-    status_annotation,
 )
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
@@ -82,18 +82,6 @@ def controller(installed: Installed, prometheus: PrometheusServer) -> Iterator[P
         yield proc
 
 
-async def _status(admin_client: Any) -> dict[str, Any]:
-    cm = await api(admin_client, "CoreV1Api").read_namespaced_config_map(NAME, NS)
-    return status_annotation(cm)
-
-
-async def _reasons(admin_client: Any) -> list[str]:
-    events = await api(admin_client, "CoreV1Api").list_namespaced_event(
-        NS, field_selector=f"involvedObject.name={NAME},involvedObject.kind=ConfigMap"
-    )
-    return [e.reason for e in events.items]
-
-
 async def test_no_room_holds_the_count_and_room_lets_it_grow(
     control_plane: ControlPlane,
     installed: Installed,
@@ -115,7 +103,7 @@ async def test_no_room_holds_the_count_and_room_lets_it_grow(
         # 1 → 5 by the scale-up rule; one pod fits, four find no GPU.
         status = await eventually(
             "status CapacityLimited",
-            lambda: _status(admin_client),
+            lambda: policy_status(admin_client, NS, NAME),
             lambda s: s.get("state") == "CapacityLimited" and s.get("unschedulablePods") == 4,
             within=90,
         )
@@ -125,7 +113,7 @@ async def test_no_room_holds_the_count_and_room_lets_it_grow(
         for _ in range(int(3 * PERIOD / 0.5)):
             assert await spec_replicas(admin_client, NS, NAME) == 5
             await asyncio.sleep(0.5)
-        assert (await _reasons(admin_client)).count("CapacityLimited") == 1
+        assert (await policy_event_reasons(admin_client, NS, NAME)).count("CapacityLimited") == 1
 
         apply(control_plane, [BIG.manifest()])  # GPUs free up
         async with node_agents([BIG], agents):
@@ -137,9 +125,9 @@ async def test_no_room_holds_the_count_and_room_lets_it_grow(
             )
             status = await eventually(
                 "status Active",
-                lambda: _status(admin_client),
+                lambda: policy_status(admin_client, NS, NAME),
                 lambda s: s.get("state") == "Active" and s.get("desiredReplicas") == 10,
                 within=90,
             )
             assert "unschedulablePods" not in status
-            assert "CapacityAvailable" in await _reasons(admin_client)
+            assert "CapacityAvailable" in await policy_event_reasons(admin_client, NS, NAME)

@@ -343,9 +343,10 @@ def _all_ready(pods: list[Any], count: int) -> bool:
     )
 
 
-async def test_chart_pods_become_ready_on_the_real_node(
-    admin_client: Any, release: Release
-) -> None:
+async def ready_chart_pods(admin_client: Any) -> list[tuple[set[str], list[Any]]]:
+    """The controller's and the scheduler's two pods each, once all are Ready, with the
+    containers each pod should run."""
+    out = []
     for selector, containers in (
         (CONTROLLER_LABELS, {"controller"}),
         (SCHEDULER_LABELS, {"kube-scheduler", "extender"}),
@@ -356,6 +357,14 @@ async def test_chart_pods_become_ready_on_the_real_node(
             lambda ps: _all_ready(ps, 2),
             within=240,
         )
+        out.append((containers, pods))
+    return out
+
+
+async def test_chart_pods_become_ready_on_the_real_node(
+    admin_client: Any, release: Release
+) -> None:
+    for containers, pods in await ready_chart_pods(admin_client):
         for pod in pods:
             assert pod.spec.node_name == release.node.name
             statuses = {s.name: s for s in pod.status.container_statuses}

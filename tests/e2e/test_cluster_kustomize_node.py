@@ -47,16 +47,14 @@ from tests.e2e.install import (
 from tests.e2e.kube import api, condition, deployment, eventually, namespace, policy_configmap
 from tests.e2e.node import LABELS, TOLERATION, RealNode
 from tests.e2e.test_cluster_helm_node import (
-    CONTROLLER_LABELS,
     PER_REPLICA,
-    SCHEDULER_LABELS,
+    UNSERVED,
     WAITING,
-    _all_ready,
-    _pods,
     _served_value,
     default_scheduler,
     import_images,
     metric_path,
+    ready_chart_pods,
 )
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
@@ -64,10 +62,6 @@ from tests.support.prometheus import PrometheusServer
 pytestmark = [pytest.mark.cluster]
 
 NS = "kustomize-node-app"
-UNSERVED = "unserved"
-"""The target's scheduler: none serves it, so its pods stay Pending without an Unschedulable
-verdict (the default kube-scheduler here has no node for them, and the controller would rightly
-hold the count while they are unschedulable; this test is about the metric's path)."""
 """The workload's namespace (the Prometheus fixture labels its series with it)."""
 APP = "llama-kustomize"
 QUEUE = 'sum(vllm:num_requests_waiting{model_name="llama"})'
@@ -189,16 +183,7 @@ def overlay(
 async def test_overlay_pods_become_ready_on_the_real_node(
     admin_client: Any, overlay: Overlay
 ) -> None:
-    for selector, containers in (
-        (CONTROLLER_LABELS, {"controller"}),
-        (SCHEDULER_LABELS, {"kube-scheduler", "extender"}),
-    ):
-        pods = await eventually(
-            f"2 pods of {selector} Ready",
-            lambda s=selector: _pods(admin_client, s),  # type: ignore[misc]
-            lambda ps: _all_ready(ps, 2),
-            within=240,
-        )
+    for containers, pods in await ready_chart_pods(admin_client):
         for pod in pods:
             assert pod.spec.node_name == overlay.node.name
             assert {c.name for c in pod.spec.containers} == containers

@@ -27,6 +27,8 @@ from tests.e2e.kube import (
     eventually,
     namespace,
     policy_configmap,
+    policy_event_reasons,
+    policy_status,
     spec_replicas,
     status_annotation,
 )
@@ -178,12 +180,11 @@ async def test_a_team_that_reads_another_teams_series_is_refused(
     nosy = 'sum(vllm:num_requests_waiting{namespace="team-a", model_name="llama"})'
     apply(control_plane, [policy_configmap(NAME, "team-c", _policy(nosy))], manager="sre")
 
-    async def status() -> dict[str, Any]:
-        cm = await api(admin_client, "CoreV1Api").read_namespaced_config_map(NAME, "team-c")
-        return status_annotation(cm)
-
     refused = await eventually(
-        "team-c Invalid", status, lambda s: s.get("state") == "Invalid", within=30
+        "team-c Invalid",
+        lambda: policy_status(admin_client, "team-c", NAME),
+        lambda s: s.get("state") == "Invalid",
+        within=30,
     )
     assert any(
         "metrics[0].query" in e and "namespace enforcement" in e and "team-a" in e
@@ -191,13 +192,12 @@ async def test_a_team_that_reads_another_teams_series_is_refused(
     ), refused
     # The Event is written after the status (its own API call): wait for it, do not race it.
 
-    async def reasons() -> list[str]:
-        events = await api(admin_client, "CoreV1Api").list_namespaced_event(
-            "team-c", field_selector=f"involvedObject.name={NAME},involvedObject.kind=ConfigMap"
-        )
-        return [e.reason for e in events.items]
-
-    await eventually("InvalidPolicy Event", reasons, lambda r: "InvalidPolicy" in r, within=30)
+    await eventually(
+        "InvalidPolicy Event",
+        lambda: policy_event_reasons(admin_client, "team-c", NAME),
+        lambda r: "InvalidPolicy" in r,
+        within=30,
+    )
     # The last good version (its own series: nothing waiting) keeps running; team-a's load of
     # 37 is never served to team-c, neither as a count nor through the status.
     servers["team-c"].set_waiting(5)
@@ -209,4 +209,4 @@ async def test_a_team_that_reads_another_teams_series_is_refused(
     )
     code, body = await metric_via_api(admin_client, "team-c", NAME)
     assert code == 200 and metric_count(body) == 2
-    assert "37" not in str((await status()).get("reason", ""))
+    assert "37" not in str((await policy_status(admin_client, "team-c", NAME)).get("reason", ""))
