@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,22 @@ def render_dir(path: Path) -> list[Obj]:
     if out.returncode != 0:
         raise AssertionError(f"kubectl kustomize {path} failed:\n{out.stderr}")
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def render_with_component(component: str, workdir: Path) -> list[Obj]:
+    """deploy/ with ``deploy/components/<component>`` added, as an admin's kustomization in
+    ``workdir`` would write it."""
+    (workdir / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(DEPLOY, workdir)],
+                "components": [os.path.relpath(DEPLOY / "components" / component, workdir)],
+            }
+        )
+    )
+    return render_dir(workdir)
 
 
 @functools.cache

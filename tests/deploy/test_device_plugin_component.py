@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import kubernetes_validate
@@ -10,18 +9,12 @@ import pytest
 import yaml
 
 from extender.device_plugin.server import MEMORY_FRACTION_ENV
-from tests.deploy.manifests import DEPLOY, Obj, find, render, render_dir
+from tests.deploy.manifests import DEPLOY, Obj, find, render, render_with_component
 from tests.deploy.test_render_validate import VERSIONS
 
 
 def _render(tmp_path: Path) -> list[Obj]:
-    shutil.copytree(DEPLOY, tmp_path / "deploy")
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        "resources: [../deploy]\ncomponents: [../deploy/components/device-plugin]\n"
-    )
-    return render_dir(overlay)
+    return render_with_component("device-plugin", tmp_path)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -3,31 +3,19 @@ chart's ``scheduler.extender.inventory`` with ``dra`` renders the same."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
-import yaml
 
-from tests.deploy.manifests import DEPLOY, Obj, find, render, render_dir
+from tests.deploy.manifests import Obj, find, render, render_with_component
 from tests.deploy.test_helm import assert_same, template
 from tests.deploy.test_render_validate import VERSIONS
 from tests.e2e.install import scheduler_config
 
 
 def _render(tmp_path: Path) -> list[Obj]:
-    (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(DEPLOY, tmp_path)],
-                "components": [os.path.relpath(DEPLOY / "components" / "dra", tmp_path)],
-            }
-        )
-    )
-    return render_dir(tmp_path)
+    return render_with_component("dra", tmp_path)
 
 
 def _extender_args(objs: list[Obj]) -> list[str]:

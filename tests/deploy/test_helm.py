@@ -31,7 +31,7 @@ from tests.deploy.manifests import (
     find,
     ident,
     render,
-    render_dir,
+    render_with_component,
 )
 from tests.deploy.test_render_validate import VERSIONS
 
@@ -251,62 +251,31 @@ def test_prometheus_actuation_is_its_overlay() -> None:
 
 
 def test_admission_policy_is_the_component(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(DEPLOY, tmp_path)],
-                "components": [
-                    os.path.relpath(DEPLOY / "components" / "node-agent-admission", tmp_path)
-                ],
-            }
-        )
-    )
+    rendered = render_with_component("node-agent-admission", tmp_path)
     assert_same(
         template(nodeAgent__admissionPolicy="true"),
-        render_dir(tmp_path),
+        rendered,
         without=frozenset({NS_OBJECT}),
     )
 
 
 def test_device_plugin_is_the_component(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(DEPLOY, tmp_path)],
-                "components": [os.path.relpath(DEPLOY / "components" / "device-plugin", tmp_path)],
-            }
-        )
-    )
+    rendered = render_with_component("device-plugin", tmp_path)
     assert_same(
         template(
             namespace__create="true",
             nodeAgent__devicePlugin__enabled="true",
             nodeAgent__devicePlugin__nvidiaDevicePluginOnSameNodes="false",
         ),
-        render_dir(tmp_path),
+        rendered,
     )
 
 
 def test_pod_deletion_cost_is_the_component(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(DEPLOY, tmp_path)],
-                "components": [
-                    os.path.relpath(DEPLOY / "components" / "pod-deletion-cost", tmp_path)
-                ],
-            }
-        )
-    )
+    rendered = render_with_component("pod-deletion-cost", tmp_path)
     assert_same(
         template(controller__podDeletionCost="true"),
-        render_dir(tmp_path),
+        rendered,
         without=frozenset({NS_OBJECT}),
     )
 
