@@ -72,8 +72,9 @@ class Controller(Protocol):
     """An autoscaler: schedules its own ticks on the run's engine and writes the scale.
 
     What it may use of the :class:`Run`: ``engine`` (the clock), ``metrics`` (scraped series),
-    the pod counts (``n_active``, ``ready_replicas``, ...), ``spec_replicas`` (which it writes)
-    and :meth:`Run.concurrency_area`. The run asks it only for :meth:`desired`, for the timeline.
+    ``spec_replicas``, ``status_replicas``, ``ready_replicas``, ``unschedulable`` (the pods that
+    found no room), :meth:`Run.pod_phases` and :meth:`Run.concurrency_area`; it writes the scale
+    with :meth:`Run.scale_to`. The run asks it only for :meth:`desired`, for the timeline.
     """
 
     needs_concurrency: bool
