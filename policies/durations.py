@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(us|µs|ms|s|m|h)", re.ASCII)
 _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:us|µs|ms|s|m|h))+", re.ASCII)
 
@@ -25,7 +25,7 @@ def parse_duration(text: str) -> float:
         return 0.0
     if not _WHOLE.fullmatch(text):
         raise DurationError(f'expected a duration like "2s", got {text!r}')
-    return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+    return sum(float(n) * UNITS[u] for n, u in _PART.findall(text))
 
 
 def format_duration(seconds: float) -> str:

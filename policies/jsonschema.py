@@ -2,10 +2,10 @@
 
 Editors validate with it while an SRE types (yaml-language-server reads the
 ``# yaml-language-server: $schema=…`` line of the examples); :mod:`policies.parse` stays the
-authority. The schema is built here from the parser's own constants (API version, kind, bounds,
-the duration and metric-name grammars) and published as ``policies/schemas/*.json`` by
-``gpuscale policy schema``; a test checks that the files are current and that schema and parser
-agree on every example and on a generated corpus.
+authority. The schema derives from the declaration the parser reads with
+(:data:`policies.parse.POLICY_DOCUMENT`, :mod:`policies.declare`) and is published as
+``policies/schemas/*.json`` by ``gpuscale policy schema``; a test checks that the files are
+current and that schema and parser agree on every example and on a generated corpus.
 
 JSON Schema cannot express a few of the parser's rules; they are listed in :data:`PARSER_ONLY`
 (and in the schema's description), and the agreement test allows exactly those differences.
@@ -14,25 +14,13 @@ JSON Schema cannot express a few of the parser's rules; they are listed in :data
 from __future__ import annotations
 
 import re
-from typing import Any, get_args
+from typing import Any
 
-from policies.jsonschema_parts import DURATION as DURATION
-from policies.jsonschema_parts import METRIC_NAME
-from policies.jsonschema_parts import POSITIVE_DURATION as POSITIVE_DURATION
-from policies.jsonschema_parts import closed_object as _object
-from policies.jsonschema_parts import duration as _duration
-from policies.jsonschema_parts import string as _string
+from policies.declare import DURATION as DURATION
+from policies.declare import POSITIVE_DURATION as POSITIVE_DURATION
 from policies.metrics import KINDS, WAKE_TYPES
-from policies.parse import MAX_RULE_PERIOD, MAX_STABILIZATION_WINDOW
-from policies.schema import (
-    API_VERSION,
-    KIND,
-    POLICY_DATA_KEY,
-    POLICY_LABEL,
-    ForecastMethod,
-    RuleType,
-    Select,
-)
+from policies.parse import MAX_RULE_PERIOD, MAX_STABILIZATION_WINDOW, POLICY_DOCUMENT
+from policies.schema import API_VERSION, KIND, POLICY_DATA_KEY, POLICY_LABEL
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 DOCUMENT_FILE = "scalingpolicy.json"
@@ -70,168 +58,21 @@ PARSER_ONLY: tuple[tuple[str, re.Pattern[str]], ...] = (
 """(rule, pattern of the parser's ``path: message``) for each rule the schema cannot state."""
 
 
-def _metric_common(kind: str) -> dict[str, Any]:
-    return {
-        "name": {
-            "type": "string",
-            "pattern": METRIC_NAME,
-            "description": "Unique within the policy: lower-case letters, digits, - and _.",
-        },
-        "type": {"const": kind},
-        "query": _string("PromQL returning one number."),
-    }
-
-
 METRIC_FIELDS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
     t: (k.schema, k.required, k.description) for t, k in KINDS.items()
 }
 """Per metric type: its own properties, which of them are required, and a description (a view
-of its entry in :data:`policies.metrics.KINDS`, which :func:`document_schema` reads)."""
-
-
-def _rules(direction: str) -> dict[str, Any]:
-    return _object(
-        {
-            "stabilizationWindow": _duration(
-                f"Window over which {direction} recommendations are combined (at most 1h)."
-            ),
-            "select": {"enum": list(get_args(Select))},
-            "policies": {
-                "type": "array",
-                "minItems": 1,
-                "items": _object(
-                    {
-                        "type": {"enum": list(get_args(RuleType))},
-                        "value": {"type": "integer", "minimum": 1},
-                        "period": _duration("At most 30m.", positive=True),
-                    },
-                    ("type", "value", "period"),
-                ),
-            },
-        },
-        description=f"As the HPA's behavior.{direction}.",
-    )
+of its entry in :data:`policies.metrics.KINDS`)."""
 
 
 def document_schema() -> dict[str, Any]:
-    """The schema of the ``policy.yaml`` document."""
-    types = list(KINDS)
+    """The schema of the ``policy.yaml`` document, derived from :data:`POLICY_DOCUMENT`."""
     defs: dict[str, Any] = {}
-    branches = []
-    for kind, entry in KINDS.items():
-        defs[f"{kind}Metric"] = _object(
-            {**_metric_common(kind), **entry.schema},
-            ("name", "type", "query", *entry.required),
-            entry.description,
-        ) | (entry.schema_constraints or {})
-        branches.append(
-            {
-                "if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
-                "then": {"$ref": f"#/$defs/{kind}Metric"},
-            }
-        )
-    metric = {
-        "type": "object",
-        "required": ["type"],
-        "properties": {"type": {"enum": types}},
-        "allOf": branches,
-    }
-    forecast = _object(
-        {
-            "method": {"enum": list(get_args(ForecastMethod))},
-            "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-            "beta": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        },
-        ("method",),
-        "holt: Holt's linear trend (alpha: level, beta: trend smoothing, in (0, 1]).",
-    )
-    forecast["if"] = {"properties": {"method": {"const": "none"}}}
-    forecast["then"] = {"properties": {"alpha": False, "beta": False}}
+    schema = POLICY_DOCUMENT.schema(defs)
     rules_only = "; ".join(rule for rule, _ in PARSER_ONLY)
-    schema = _object(
-        {
-            "apiVersion": {"const": API_VERSION},
-            "kind": {"const": KIND},
-            "target": _object(
-                {
-                    "apiVersion": _string("e.g. apps/v1"),
-                    "kind": _string("e.g. Deployment"),
-                    "name": _string("In the ConfigMap's namespace."),
-                },
-                ("apiVersion", "kind", "name"),
-                "The workload to scale.",
-            ),
-            "replicas": _object(
-                {
-                    "min": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "description": "0 scales to zero (Kubernetes 1.37+, or HPAScaleToZero"
-                        " on): needs a queueDepth, arrivalRate or modelCapacity metric.",
-                    },
-                    "max": {"type": "integer", "minimum": 1},
-                },
-                ("min", "max"),
-            ),
-            "interval": _duration("Decision period (default 15s).", positive=True),
-            "metrics": {
-                "type": "array",
-                "minItems": 1,
-                "items": metric,
-                "description": "Each metric proposes a replica count; the largest wins.",
-            },
-            "behavior": _object({"scaleUp": _rules("scaleUp"), "scaleDown": _rules("scaleDown")}),
-            "coldStart": _duration("Time a new replica needs to become Ready (default 120s)."),
-            "forecast": forecast,
-            "burst": _object(
-                {
-                    "window": _duration(
-                        "Look-back window of the burst envelope (at most 1h; at least coldStart"
-                        " is advised).",
-                        positive=True,
-                    ),
-                    "quantile": {
-                        "type": "number",
-                        "exclusiveMinimum": 0,
-                        "maximum": 1,
-                        "description": "Of the demand metrics' sizes over the window (default"
-                        " 1: the maximum).",
-                    },
-                },
-                ("window",),
-                "Size arrivalRate and modelCapacity metrics for the quantile of their sizes over"
-                " the last window (default: off).",
-            ),
-            "deletionCost": _object(
-                {
-                    "query": _string(
-                        "Requests in flight per pod, one series per pod label, e.g. sum by"
-                        " (pod) (vllm:num_requests_running + vllm:num_requests_waiting)."
-                    ),
-                    "maxWritesPerTick": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "description": "Pod patches per tick at most (default 10).",
-                    },
-                },
-                ("query",),
-                "Keep controller.kubernetes.io/pod-deletion-cost on the target's pods so that"
-                " idle replicas are removed first (default: off; needs RBAC to patch pods).",
-            ),
-            "onMetricsUnavailable": {
-                "oneOf": [
-                    {"const": "hold"},
-                    _object(
-                        {"fallbackReplicas": {"type": "integer", "minimum": 1}},
-                        ("fallbackReplicas",),
-                    ),
-                ],
-                "description": "hold (never scale down on missing data) or {fallbackReplicas: N}.",
-            },
-        },
-        ("apiVersion", "kind", "target", "replicas", "metrics"),
+    schema["description"] = (
         f"A gpuscale ScalingPolicy ({API_VERSION}), the {POLICY_DATA_KEY} key of a ConfigMap. "
-        f"`gpuscale policy check` also enforces: {rules_only}.",
+        f"`gpuscale policy check` also enforces: {rules_only}."
     )
     # Scaled to zero, only a demand metric can see that requests wait (metrics.WAKE_TYPES).
     schema["if"] = {

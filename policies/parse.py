@@ -7,17 +7,29 @@ was expected, so an SRE fixes a file in one pass. Unknown fields are errors: a t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, get_args
 
 import yaml
 
+from policies.declare import (
+    Choice,
+    Const,
+    Custom,
+    Duration,
+    Field,
+    Fraction,
+    Integer,
+    ListOf,
+    Section,
+    Tagged,
+    Text,
+)
 from policies.durations import format_duration
 from policies.metrics import KINDS, WAKE_TYPES
-from policies.reading import POLICY, Reader, describe, yaml_problem
+from policies.reading import POLICY, ROOT, Reader, describe, yaml_problem
 from policies.reading import FieldError as FieldError  # re-exported: callers raise PolicyError
 from policies.schema import (
     API_VERSION,
@@ -29,7 +41,6 @@ from policies.schema import (
     DeletionCost,
     Forecast,
     ForecastMethod,
-    Metric,
     OnMetricsUnavailable,
     ReplicaBounds,
     RuleType,
@@ -46,7 +57,6 @@ MAX_STABILIZATION_WINDOW = 3600.0
 """The HPA rejects stabilization windows above one hour; so do we."""
 MAX_RULE_PERIOD = 1800.0
 """The HPA rejects rate-policy periods above 30 minutes; so do we."""
-_METRIC_NAME = re.compile(r"[a-z]([-a-z0-9_]*[a-z0-9])?")
 
 
 class PolicyError(ValueError):
@@ -127,12 +137,12 @@ def parse_configmap(obj: Mapping[str, Any]) -> ScalingPolicy:
 
 def parse_policy_document(document: Any, *, namespace: str, name: str) -> ScalingPolicy:
     """Validate the ``policy.yaml`` document of ConfigMap ``namespace/name``."""
-    reader = _Reader()
-    policy = reader.policy(document, namespace, name)
-    if reader.errors or policy is None:
-        errors = reader.errors or [FieldError("(root)", "invalid policy")]
+    reader = Reader(POLICY)
+    values = POLICY_DOCUMENT.read(reader, document, ROOT)
+    if reader.errors or values is None:
+        errors = reader.errors or [FieldError(ROOT, "invalid policy")]
         raise PolicyError(f"{namespace}/{name}", tuple(errors))
-    return policy
+    return ScalingPolicy(namespace=namespace, name=name, **values)
 
 
 def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
@@ -311,306 +321,265 @@ def _rules_to_document(rules: ScalingRules) -> dict[str, Any]:
     }
 
 
-class _Reader(Reader):
-    """The shared field readers plus the policy's sections; errors in the policy style."""
+# -- the document, declared once (policies.jsonschema publishes the same declaration) ---------
 
-    def __init__(self) -> None:
-        super().__init__(POLICY)
 
-    # -- the policy, section by section ---------------------------------------------------
-
-    def policy(self, document: Any, namespace: str, name: str) -> ScalingPolicy | None:
-        doc = self.mapping(
-            document,
-            "(root)",
-            required=("apiVersion", "kind", "target", "replicas", "metrics"),
-            optional=(
-                "interval",
-                "behavior",
-                "coldStart",
-                "forecast",
-                "burst",
-                "onMetricsUnavailable",
-                "deletionCost",
+def _rules(direction: str, default: ScalingRules) -> Section[ScalingRules]:
+    return Section(
+        (
+            Field(
+                "stabilizationWindow",
+                Duration(at_most=(MAX_STABILIZATION_WINDOW, "1h (as for the HPA)")),
+                default=default.stabilization_window,
+                description=f"Window over which {direction} recommendations are combined"
+                " (at most 1h).",
             ),
-        )
-        if doc is None:
-            return None
-        if "apiVersion" in doc and doc["apiVersion"] != API_VERSION:
-            self.error("apiVersion", f"expected {API_VERSION}, got {describe(doc['apiVersion'])}")
-        if "kind" in doc and doc["kind"] != KIND:
-            self.error("kind", f"expected {KIND}, got {describe(doc['kind'])}")
-        target = self.get(doc, "(root)", "target", self.target)
-        replicas = self.get(doc, "(root)", "replicas", self.replicas)
-        interval = self.get(
-            doc, "(root)", "interval", lambda v, p: self.duration(v, p, positive=True), 15.0
-        )
-        metrics = self.get(doc, "(root)", "metrics", self.metrics)
-        behavior = self.get(doc, "(root)", "behavior", self.behavior, Behavior())
-        cold_start = self.get(doc, "(root)", "coldStart", self.duration, 120.0)
-        forecast = self.get(doc, "(root)", "forecast", self.forecast, Forecast())
-        burst = self.get(doc, "(root)", "burst", self.burst)
-        deletion_cost = self.get(doc, "(root)", "deletionCost", self.deletion_cost)
-        unavailable = self.get(
-            doc, "(root)", "onMetricsUnavailable", self.on_unavailable, OnMetricsUnavailable()
-        )
-        wakes = metrics is not None and any(m.type in WAKE_TYPES for m in metrics)
-        if replicas is not None and replicas.min == 0 and metrics is not None and not wakes:
-            self.error(
-                "replicas.min",
-                "0 needs a metric that sees demand while nothing runs (queueDepth, arrivalRate"
-                " or modelCapacity) to scale 0 → 1; latency and kvCacheUsage have no samples"
-                " without replicas",
-            )
-        if replicas is not None and unavailable is not None and not unavailable.hold:
-            fallback = unavailable.fallback_replicas
-            assert fallback is not None
-            if not replicas.min <= fallback <= replicas.max:
-                self.error(
-                    "onMetricsUnavailable.fallbackReplicas",
-                    f"must lie within replicas.min..max ({replicas.min}..{replicas.max}), "
-                    f"got {fallback}",
-                )
-        if (
-            self.errors
-            or target is None
-            or replicas is None
-            or interval is None
-            or metrics is None
-            or behavior is None
-            or cold_start is None
-            or forecast is None
-            or ("burst" in doc and burst is None)
-            or ("deletionCost" in doc and deletion_cost is None)
-            or unavailable is None
-        ):
-            return None
-        return ScalingPolicy(
-            namespace=namespace,
-            name=name,
-            target=target,
-            replicas=replicas,
-            metrics=metrics,
-            interval=interval,
-            behavior=behavior,
-            cold_start=cold_start,
-            forecast=forecast,
-            burst=burst,
-            on_metrics_unavailable=unavailable,
-            deletion_cost=deletion_cost,
-        )
+            Field("select", Choice(get_args(Select)), default=default.select),
+            Field(
+                "policies",
+                ListOf(
+                    Section(
+                        (
+                            Field("type", Choice(get_args(RuleType)), required=True),
+                            Field("value", Integer(1), required=True),
+                            Field(
+                                "period",
+                                Duration(
+                                    positive=True, at_most=(MAX_RULE_PERIOD, "30m (as for the HPA)")
+                                ),
+                                required=True,
+                                description="At most 30m.",
+                            ),
+                        ),
+                        ScalingRule,
+                    ),
+                    "a non-empty list of rules",
+                ),
+                default=default.policies,
+            ),
+        ),
+        ScalingRules,
+        description=f"As the HPA's behavior.{direction}.",
+    )
 
-    def target(self, value: Any, path: str) -> TargetRef | None:
-        obj = self.mapping(value, path, required=("apiVersion", "kind", "name"))
-        if obj is None:
-            return None
-        api_version = self.get(obj, path, "apiVersion", self.string)
-        kind = self.get(obj, path, "kind", self.string)
-        name = self.get(obj, path, "name", self.string)
-        if api_version is None or kind is None or name is None:
-            return None
-        return TargetRef(api_version, kind, name)
 
-    def replicas(self, value: Any, path: str) -> ReplicaBounds | None:
-        obj = self.mapping(value, path, required=("min", "max"))
-        if obj is None:
-            return None
-        low = self.get(obj, path, "min", lambda v, p: self.integer(v, p, minimum=0))
-        high = self.get(obj, path, "max", lambda v, p: self.integer(v, p, minimum=1))
-        if low is None or high is None:
-            return None
-        if low > high:
-            self.error(f"{path}.min", f"must not exceed replicas.max ({high}), got {low}")
-            return None
-        return ReplicaBounds(low, high)
-
-    def metrics(self, value: Any, path: str) -> tuple[Metric, ...] | None:
-        if not isinstance(value, list):
-            self.error(path, f"expected a list of metrics, got {describe(value)}")
-            return None
-        if not value:
-            self.error(path, "expected at least one metric")
-            return None
-        parsed: list[Metric] = []
-        seen: dict[str, int] = {}
-        for i, item in enumerate(value):
-            metric = self.metric(item, f"{path}[{i}]")
-            if metric is None:
-                continue
-            if metric.name in seen:
-                self.error(
-                    f"{path}[{i}].name",
-                    f"duplicate metric name {metric.name!r} (also metrics[{seen[metric.name]}])",
-                )
-                continue
-            seen[metric.name] = i
-            parsed.append(metric)
-        return tuple(parsed) if len(parsed) == len(value) else None
-
-    def metric(self, value: Any, path: str) -> Metric | None:
-        kind = value.get("type") if isinstance(value, Mapping) else None
-        if isinstance(value, Mapping) and (not isinstance(kind, str) or kind not in KINDS):
-            self.error(
-                f"{path}.type",
-                f"expected one of {', '.join(KINDS)}, got {describe(kind)}"
-                if "type" in value
-                else "required field is missing",
-            )
-            return None
-        assert kind is None or isinstance(kind, str)
-        entry = KINDS[kind] if kind is not None else None
-        obj = self.mapping(
-            value,
-            path,
-            required=("name", "type", "query", *(entry.required if entry else ())),
-            optional=entry.optional if entry else (),
-        )
-        if obj is None or entry is None:
-            return None
-        name = self.get(obj, path, "name", self.metric_name)
-        query = self.get(obj, path, "query", self.string)
-        metric: Metric | None = entry.parse(self, obj, path, name, query)
-        return metric
-
-    def metric_name(self, value: Any, path: str) -> str | None:
-        text = self.string(value, path)
-        if text is not None and not _METRIC_NAME.fullmatch(text):
-            self.error(
-                path,
-                f"expected lower-case letters, digits, '-' or '_', starting with a letter, "
-                f"got {text!r}",
-            )
-            return None
-        return text
-
-    def behavior(self, value: Any, path: str) -> Behavior | None:
-        obj = self.mapping(value, path, optional=("scaleUp", "scaleDown"))
-        if obj is None:
-            return None
-        up = self.get(
-            obj,
-            path,
-            "scaleUp",
-            lambda v, p: self.rules(v, p, default_scale_up()),
-            default_scale_up(),
-        )
-        down = self.get(
-            obj,
-            path,
-            "scaleDown",
-            lambda v, p: self.rules(v, p, default_scale_down()),
-            default_scale_down(),
-        )
-        if up is None or down is None:
-            return None
-        return Behavior(up, down)
-
-    def rules(self, value: Any, path: str, default: ScalingRules) -> ScalingRules | None:
-        obj = self.mapping(value, path, optional=("stabilizationWindow", "select", "policies"))
-        if obj is None:
-            return None
-        window = self.get(
-            obj, path, "stabilizationWindow", self.window, default.stabilization_window
-        )
-        select = self.get(
-            obj,
-            path,
-            "select",
-            lambda v, p: self.choice(v, p, ("Max", "Min", "Disabled")),
-            default.select,
-        )
-        policies = self.get(obj, path, "policies", self.rule_list, default.policies)
-        if window is None or select is None or policies is None:
-            return None
-        return ScalingRules(window, cast(Select, select), policies)
-
-    def window(self, value: Any, path: str) -> float | None:
-        seconds = self.duration(value, path)
-        if seconds is not None and seconds > MAX_STABILIZATION_WINDOW:
-            self.error(path, f'must be at most 1h (as for the HPA), got "{value}"')
-            return None
-        return seconds
-
-    def rule_list(self, value: Any, path: str) -> tuple[ScalingRule, ...] | None:
-        if not isinstance(value, list) or not value:
-            self.error(path, f"expected a non-empty list of rules, got {describe(value)}")
-            return None
-        rules = [self.rule(item, f"{path}[{i}]") for i, item in enumerate(value)]
-        if any(r is None for r in rules):
-            return None
-        return tuple(r for r in rules if r is not None)
-
-    def rule(self, value: Any, path: str) -> ScalingRule | None:
-        obj = self.mapping(value, path, required=("type", "value", "period"))
-        if obj is None:
-            return None
-        kind = self.get(obj, path, "type", lambda v, p: self.choice(v, p, ("Pods", "Percent")))
-        amount = self.get(obj, path, "value", lambda v, p: self.integer(v, p, minimum=1))
-        period = self.get(obj, path, "period", lambda v, p: self.duration(v, p, positive=True))
-        if period is not None and period > MAX_RULE_PERIOD:
-            self.error(
-                f"{path}.period", f'must be at most 30m (as for the HPA), got "{obj["period"]}"'
-            )
-            return None
-        if kind is None or amount is None or period is None:
-            return None
-        return ScalingRule(cast(RuleType, kind), amount, period)
-
-    def forecast(self, value: Any, path: str) -> Forecast | None:
-        obj = self.mapping(value, path, required=("method",), optional=("alpha", "beta"))
-        if obj is None:
-            return None
-        method = self.get(obj, path, "method", lambda v, p: self.choice(v, p, ("none", "holt")))
-        alpha = self.get(obj, path, "alpha", lambda v, p: self.fraction(v, p, closed_top=True), 0.5)
-        beta = self.get(obj, path, "beta", lambda v, p: self.fraction(v, p, closed_top=True), 0.3)
-        if method == "none" and ("alpha" in obj or "beta" in obj):
-            self.error(path, "alpha and beta apply only to method: holt")
-            return None
-        if method is None or alpha is None or beta is None:
-            return None
-        return Forecast(cast(ForecastMethod, method), alpha, beta)
-
-    def burst(self, value: Any, path: str) -> Burst | None:
-        obj = self.mapping(value, path, required=("window",), optional=("quantile",))
-        if obj is None:
-            return None
-        window = self.get(obj, path, "window", self.burst_window)
-        quantile = self.get(
-            obj, path, "quantile", lambda v, p: self.fraction(v, p, closed_top=True), 1.0
-        )
-        if window is None or quantile is None:
-            return None
-        return Burst(window, quantile)
-
-    def deletion_cost(self, value: Any, path: str) -> DeletionCost | None:
-        obj = self.mapping(value, path, required=("query",), optional=("maxWritesPerTick",))
-        if obj is None:
-            return None
-        query = self.get(obj, path, "query", self.string)
-        most = self.get(
-            obj, path, "maxWritesPerTick", lambda v, p: self.integer(v, p, minimum=1), 10
-        )
-        if query is None or most is None:
-            return None
-        return DeletionCost(query, most)
-
-    def burst_window(self, value: Any, path: str) -> float | None:
-        seconds = self.duration(value, path, positive=True)
-        if seconds is not None and seconds > MAX_STABILIZATION_WINDOW:
-            self.error(path, f'must be at most 1h (as a stabilization window), got "{value}"')
-            return None
-        return seconds
-
-    def on_unavailable(self, value: Any, path: str) -> OnMetricsUnavailable | None:
-        if value == "hold":
-            return OnMetricsUnavailable()
-        if isinstance(value, Mapping):
-            obj = self.mapping(value, path, required=("fallbackReplicas",))
-            if obj is None:
-                return None
-            replicas = self.get(
-                obj, path, "fallbackReplicas", lambda v, p: self.integer(v, p, minimum=1)
-            )
-            return None if replicas is None else OnMetricsUnavailable(replicas)
-        self.error(path, f'expected "hold" or {{fallbackReplicas: N}}, got {describe(value)}')
+def _replicas_in_order(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    low, high = values["min"], values["max"]
+    if low is not None and high is not None and low > high:
+        r.error(f"{path}.min", f"must not exceed replicas.max ({high}), got {low}")
         return None
+    return values
+
+
+def _holt_only(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    if values["method"] == "none" and ("alpha" in obj or "beta" in obj):
+        r.error(path, "alpha and beta apply only to method: holt")
+        return None
+    return values
+
+
+_FALLBACK = Section((Field("fallbackReplicas", Integer(1), required=True),), OnMetricsUnavailable)
+
+
+def _read_unavailable(r: Reader, value: Any, path: str) -> OnMetricsUnavailable | None:
+    if value == "hold":
+        return OnMetricsUnavailable()
+    if isinstance(value, Mapping):
+        return _FALLBACK.read(r, value, path)
+    r.error(path, f'expected "hold" or {{fallbackReplicas: N}}, got {describe(value)}')
+    return None
+
+
+def _across_sections(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    """Scaled to zero only a demand metric wakes the target; the fallback lies within bounds."""
+    replicas, metrics = values["replicas"], values["metrics"]
+    unavailable = values["on_metrics_unavailable"]
+    wakes = metrics is not None and any(m.type in WAKE_TYPES for m in metrics)
+    if replicas is not None and replicas.min == 0 and metrics is not None and not wakes:
+        r.error(
+            "replicas.min",
+            "0 needs a metric that sees demand while nothing runs (queueDepth, arrivalRate"
+            " or modelCapacity) to scale 0 → 1; latency and kvCacheUsage have no samples"
+            " without replicas",
+        )
+    if replicas is not None and unavailable is not None and not unavailable.hold:
+        fallback = unavailable.fallback_replicas
+        if not replicas.min <= fallback <= replicas.max:
+            r.error(
+                "onMetricsUnavailable.fallbackReplicas",
+                f"must lie within replicas.min..max ({replicas.min}..{replicas.max}), "
+                f"got {fallback}",
+            )
+    return values
+
+
+METRIC = Tagged("type", lambda: {t: k.section for t, k in KINDS.items()}, "{}Metric")
+"""One metric: its ``type`` picks the registry entry whose fields are read."""
+
+POLICY_DOCUMENT: Section[dict[str, Any]] = Section(
+    (
+        Field("apiVersion", Const(API_VERSION), required=True, attr=""),
+        Field("kind", Const(KIND), required=True, attr=""),
+        Field(
+            "target",
+            Section(
+                (
+                    Field("apiVersion", Text(), required=True, description="e.g. apps/v1"),
+                    Field("kind", Text(), required=True, description="e.g. Deployment"),
+                    Field(
+                        "name", Text(), required=True, description="In the ConfigMap's namespace."
+                    ),
+                ),
+                TargetRef,
+            ),
+            required=True,
+            description="The workload to scale.",
+        ),
+        Field(
+            "replicas",
+            Section(
+                (
+                    Field(
+                        "min",
+                        Integer(0),
+                        required=True,
+                        description="0 scales to zero (Kubernetes 1.37+, or HPAScaleToZero"
+                        " on): needs a queueDepth, arrivalRate or modelCapacity metric.",
+                    ),
+                    Field("max", Integer(1), required=True),
+                ),
+                ReplicaBounds,
+                check=_replicas_in_order,
+            ),
+            required=True,
+        ),
+        Field(
+            "interval",
+            Duration(positive=True),
+            default=15.0,
+            description="Decision period (default 15s).",
+        ),
+        Field(
+            "metrics",
+            ListOf(
+                METRIC,
+                "a list of metrics",
+                empty="expected at least one metric",
+                unique=("name", "metric name"),
+            ),
+            required=True,
+            description="Each metric proposes a replica count; the largest wins.",
+        ),
+        Field(
+            "behavior",
+            Section(
+                (
+                    Field(
+                        "scaleUp", _rules("scaleUp", default_scale_up()), default=default_scale_up()
+                    ),
+                    Field(
+                        "scaleDown",
+                        _rules("scaleDown", default_scale_down()),
+                        default=default_scale_down(),
+                    ),
+                ),
+                Behavior,
+            ),
+            default=Behavior(),
+        ),
+        Field(
+            "coldStart",
+            Duration(),
+            default=120.0,
+            description="Time a new replica needs to become Ready (default 120s).",
+        ),
+        Field(
+            "forecast",
+            Section(
+                (
+                    Field("method", Choice(get_args(ForecastMethod)), required=True),
+                    Field("alpha", Fraction(), default=0.5),
+                    Field("beta", Fraction(), default=0.3),
+                ),
+                Forecast,
+                check=_holt_only,
+                extra={
+                    "if": {"properties": {"method": {"const": "none"}}},
+                    "then": {"properties": {"alpha": False, "beta": False}},
+                },
+            ),
+            default=Forecast(),
+            description="holt: Holt's linear trend (alpha: level, beta: trend smoothing,"
+            " in (0, 1]).",
+        ),
+        Field(
+            "burst",
+            Section(
+                (
+                    Field(
+                        "window",
+                        Duration(
+                            positive=True,
+                            at_most=(MAX_STABILIZATION_WINDOW, "1h (as a stabilization window)"),
+                        ),
+                        required=True,
+                        description="Look-back window of the burst envelope (at most 1h; at"
+                        " least coldStart is advised).",
+                    ),
+                    Field(
+                        "quantile",
+                        Fraction(),
+                        default=1.0,
+                        description="Of the demand metrics' sizes over the window (default"
+                        " 1: the maximum).",
+                    ),
+                ),
+                Burst,
+            ),
+            description="Size arrivalRate and modelCapacity metrics for the quantile of their"
+            " sizes over the last window (default: off).",
+        ),
+        Field(
+            "deletionCost",
+            Section(
+                (
+                    Field(
+                        "query",
+                        Text(),
+                        required=True,
+                        description="Requests in flight per pod, one series per pod label, e.g."
+                        " sum by (pod) (vllm:num_requests_running + vllm:num_requests_waiting).",
+                    ),
+                    Field(
+                        "maxWritesPerTick",
+                        Integer(1),
+                        default=10,
+                        description="Pod patches per tick at most (default 10).",
+                    ),
+                ),
+                DeletionCost,
+            ),
+            description="Keep controller.kubernetes.io/pod-deletion-cost on the target's pods so"
+            " that idle replicas are removed first (default: off; needs RBAC to patch pods).",
+        ),
+        Field(
+            "onMetricsUnavailable",
+            Custom(
+                _read_unavailable,
+                lambda defs: {"oneOf": [{"const": "hold"}, _FALLBACK.schema(defs)]},
+            ),
+            default=OnMetricsUnavailable(),
+            description="hold (never scale down on missing data) or {fallbackReplicas: N}.",
+        ),
+    ),
+    dict,
+    check=_across_sections,
+)
+"""The ``policy.yaml`` document: read into the fields of a :class:`ScalingPolicy` (all but its
+namespace and name, which the ConfigMap gives)."""

@@ -11,14 +11,13 @@ its sizes (see :mod:`policies.decide`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policies import jsonschema_parts as js
 from policies.decide_types import Proposal
+from policies.declare import Duration, Field, Fraction, Positive, Section
 from policies.durations import format_duration
-from policies.metrics.base import FieldReader, MetricKind, fixed_text
+from policies.metrics.base import MetricKind, fixed_text
 from policies.queueing import replicas_for_latency
 
 
@@ -96,27 +95,6 @@ def _propose(
     return arrival_rate(metric, value, max_replicas, sized_for)
 
 
-def read_latency_target(r: FieldReader, value: Any, path: str) -> LatencyTarget | None:
-    obj = r.mapping(value, path, required=("quantile", "slo"))
-    if obj is None:
-        return None
-    quantile = r.get(obj, path, "quantile", lambda v, p: r.fraction(v, p, closed_top=False))
-    slo = r.get(obj, path, "slo", lambda v, p: r.duration(v, p, positive=True))
-    if quantile is None or slo is None:
-        return None
-    return LatencyTarget(quantile, slo)
-
-
-def _parse(
-    r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
-) -> ArrivalRateMetric | None:
-    rate = r.get(obj, path, "serviceRatePerReplica", r.positive)
-    target = r.get(obj, path, "latencyTarget", lambda v, p: read_latency_target(r, v, p))
-    if name and query and rate and target:
-        return ArrivalRateMetric(name, query, rate, target)
-    return None
-
-
 def _document(m: ArrivalRateMetric) -> dict[str, Any]:
     return {
         "serviceRatePerReplica": m.service_rate_per_replica,
@@ -127,31 +105,38 @@ def _document(m: ArrivalRateMetric) -> dict[str, Any]:
     }
 
 
-_LATENCY_TARGET = js.closed_object(
-    {
-        "quantile": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "exclusiveMaximum": 1,
-            "description": "Quantile of request latency, in (0, 1).",
-        },
-        "slo": js.duration("The quantile must stay within this.", positive=True),
-    },
-    ("quantile", "slo"),
+LATENCY_TARGET = Section(
+    (
+        Field(
+            "quantile",
+            Fraction(closed_top=False),
+            required=True,
+            description="Quantile of request latency, in (0, 1).",
+        ),
+        Field(
+            "slo",
+            Duration(positive=True),
+            required=True,
+            description="The quantile must stay within this.",
+        ),
+    ),
+    LatencyTarget,
 )
 
 KIND: MetricKind[ArrivalRateMetric, None] = MetricKind(
     type="arrivalRate",
     cls=ArrivalRateMetric,
     description="Requests/s, turned into replicas by a queueing model (Erlang C).",
-    required=("serviceRatePerReplica", "latencyTarget"),
-    optional=(),
-    parse=_parse,
+    fields=(
+        Field(
+            "serviceRatePerReplica",
+            Positive(),
+            required=True,
+            description="Requests/s one replica completes at full load.",
+        ),
+        Field("latencyTarget", LATENCY_TARGET, required=True),
+    ),
     to_document=_document,
-    schema={
-        "serviceRatePerReplica": js.positive("Requests/s one replica completes at full load."),
-        "latencyTarget": _LATENCY_TARGET,
-    },
     propose=_propose,
     target=lambda m: m.service_rate_per_replica,
     measures="requestRate",

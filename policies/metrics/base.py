@@ -1,9 +1,10 @@
 """What one metric type is to the rest of gpuscale: the :class:`MetricKind` entry each type
 module exports, and the small helpers those modules share.
 
-A metric type is one module of :mod:`policies.metrics` (its dataclass, how it is read from YAML,
-its JSON Schema fragment, its extra PromQL inputs, its proposal, its target figure) and one line
-in the registry there. Everything that used to ask ``isinstance`` of a metric asks its entry.
+A metric type is one module of :mod:`policies.metrics` (its dataclass, its declared fields, from
+which the reader and the JSON Schema derive, its extra PromQL inputs, its proposal, its target
+figure) and one line in the registry there. Everything that used to ask ``isinstance`` of a
+metric asks its entry.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Generic, Literal, TypeVar
 
 from policies.decide_types import Proposal
-from policies.reading import Reader
+from policies.declare import Check, Const, Field, Section, Text
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -60,12 +62,6 @@ def input_key(metric: str, part: str) -> str:
     return f"{metric}:{part}"
 
 
-FieldReader = Reader
-"""What a metric type reads its own fields with: the configuration reader every document uses
-(:mod:`policies.reading`); every problem is recorded as ``path: message``, none stops the
-reading."""
-
-
 @dataclass(frozen=True, slots=True)
 class QueryField:
     """A PromQL input beyond the main ``query``: snapshot key part, attribute, YAML field."""
@@ -88,15 +84,11 @@ class MetricKind(Generic[M, X]):
     cls: builtins.type[M]
     description: str
     """One line for the JSON Schema."""
-    required: tuple[str, ...]
-    """Fields of this type beyond ``name``, ``type`` and ``query`` that must be given."""
-    optional: tuple[str, ...]
-    parse: Parse[M]
-    """``(reader, mapping, path, name, query)``: the metric, or None with errors recorded."""
+    fields: tuple[Field, ...]
+    """Its fields beyond ``name``, ``type`` and ``query``: the reader and the JSON Schema both
+    derive from them (:mod:`policies.declare`); ``cls`` is built from what they read."""
     to_document: Callable[[M], dict[str, Any]]
     """The YAML fields of this type, every one spelled out (after name, type and query)."""
-    schema: dict[str, Any]
-    """JSON Schema of the fields in ``required`` and ``optional``."""
     propose: Propose[M, X]
     """``(metric, value, prepared, current, max replicas, sized for)``: its replica count."""
     target: Callable[[M], float]
@@ -110,33 +102,47 @@ class MetricKind(Generic[M, X]):
     """Optional extra PromQL inputs; an attribute that is None is not queried."""
     prepare: Callable[[M, float, Mapping[str, float | None]], X | None] | None = None
     """Reads the extra inputs from the snapshot values; None marks the metric missing."""
-    schema_constraints: dict[str, Any] | None = None
+    check: Check | None = None
+    """Rules across this type's fields, run after they are read (:class:`Section`)."""
+    constraints: Mapping[str, Any] = dataclass_field(default_factory=dict)
     """JSON Schema keywords across this type's fields (exactly one of a query and a mean)."""
     parser_only: tuple[tuple[str, re.Pattern[str]], ...] = ()
-    """Rules of this type's parse that JSON Schema cannot state: (rule, error pattern)."""
+    """Rules of this type's check that JSON Schema cannot state: (rule, error pattern)."""
+
+    @property
+    def section(self) -> Section[M]:
+        """The whole metric as one declared section: the common fields, then the type's."""
+        common = (
+            Field("name", METRIC_NAME, required=True, description=METRIC_NAME_TEXT),
+            Field("type", Const(self.type), required=True),
+            Field("query", Text(), required=True, description="PromQL returning one number."),
+        )
+        return Section(
+            (*common, *self.fields), self.cls, self.description, self.check, self.constraints
+        )
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Fields of this type beyond ``name``, ``type`` and ``query`` that must be given."""
+        return tuple(f.name for f in self.fields if f.required)
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if not f.required)
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """JSON Schema of the fields in ``required`` and ``optional``."""
+        return {f.name: f.schema({}) for f in self.fields}
 
 
-Parse = Callable[[FieldReader, Mapping[str, Any], str, str | None, str | None], M | None]
+METRIC_NAME = Text(
+    r"[a-z]([-a-z0-9_]*[a-z0-9])?", "lower-case letters, digits, '-' or '_', starting with a letter"
+)
+"""A metric's ``name``: it becomes a snapshot key and a Prometheus label value."""
+METRIC_NAME_TEXT = "Unique within the policy: lower-case letters, digits, - and _."
+
 Propose = Callable[[M, float, X, int, int, float | None], Proposal]
-
-
-def one_field(
-    field: str,
-    read: Callable[[FieldReader], Callable[[Any, str], T | None]],
-    make: Callable[[str, str, T], M],
-) -> Parse[M]:
-    """``parse`` of a type with one field of its own beyond ``name`` and ``query``: ``read``
-    gives the reader's check for the field, ``make`` builds the metric."""
-
-    def parse(
-        r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
-    ) -> M | None:
-        value = r.get(obj, path, field, read(r))
-        if name and query and value is not None:
-            return make(name, query, value)
-        return None
-
-    return parse
 
 
 def on_value(rule: Callable[[M, float, int], Proposal]) -> Propose[M, None]:

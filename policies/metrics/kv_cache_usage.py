@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from policies.decide_types import Proposal
-from policies.metrics.base import MetricKind, on_value, one_field, proportional
+from policies.declare import Field, Fraction
+from policies.metrics.base import MetricKind, on_value, proportional
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,20 +45,15 @@ KIND: MetricKind[KvCacheMetric, None] = MetricKind(
     type="kvCacheUsage",
     cls=KvCacheMetric,
     description="KV-cache saturation (vllm:kv_cache_usage_perc), scaled in proportion.",
-    required=("target",),
-    optional=(),
-    parse=one_field(
-        "target", lambda r: lambda v, p: r.fraction(v, p, closed_top=True), KvCacheMetric
+    fields=(
+        Field(
+            "target",
+            Fraction(),
+            required=True,
+            description="KV-cache usage (0..1, averaged over replicas) to hold.",
+        ),
     ),
     to_document=_document,
-    schema={
-        "target": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 1,
-            "description": "KV-cache usage (0..1, averaged over replicas) to hold.",
-        }
-    },
     propose=on_value(kv_cache_usage),
     target=lambda m: m.target,
     measures="kvCacheUsage",

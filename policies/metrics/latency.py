@@ -13,15 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policies import jsonschema_parts as js
 from policies.decide_types import Proposal
+from policies.declare import Duration, Field
 from policies.durations import format_duration
 from policies.metrics.base import (
     DEAD_BAND,
     MetricKind,
     fixed_text,
     on_value,
-    one_field,
     proportional,
 )
 
@@ -62,11 +61,15 @@ KIND: MetricKind[LatencyMetric, None] = MetricKind(
     type="latency",
     cls=LatencyMetric,
     description="A latency quantile (seconds) against an SLO.",
-    required=("slo",),
-    optional=(),
-    parse=one_field("slo", lambda r: lambda v, p: r.duration(v, p, positive=True), LatencyMetric),
+    fields=(
+        Field(
+            "slo",
+            Duration(positive=True),
+            required=True,
+            description="The observed latency quantile's objective.",
+        ),
+    ),
     to_document=_document,
-    schema={"slo": js.duration("The observed latency quantile's objective.", positive=True)},
     propose=on_value(latency),
     target=lambda m: m.slo,
     measures="latency",

@@ -19,10 +19,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policies import jsonschema_parts as js
 from policies.decide_types import Proposal
+from policies.declare import (
+    NON_EMPTY,
+    Custom,
+    Duration,
+    Field,
+    Fraction,
+    Integer,
+    Positive,
+    Section,
+    Text,
+)
 from policies.durations import format_duration
-from policies.metrics.base import FieldReader, MetricKind, QueryField, input_key
+from policies.metrics.base import MetricKind, QueryField, input_key
 from policies.profiles import (
     ProfileError,
     load_profile,
@@ -30,6 +40,7 @@ from policies.profiles import (
     parse_profile,
     profile_document,
 )
+from policies.reading import Reader
 from policies.stepmodel import (
     GPU_MEMORY_UTILIZATION,
     MAX_NUM_BATCHED_TOKENS,
@@ -179,133 +190,140 @@ def _propose(
 
 # -- reading ---------------------------------------------------------------------------------
 
-_OPTIONAL = (
-    "promptTokensQuery",
-    "generationTokensQuery",
-    "promptTokens",
-    "generatedTokens",
-    "engine",
-)
 
-
-def _parse(
-    r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
-) -> ModelCapacityMetric | None:
-    ref = obj.get("profile")
-    profile: StepProfile | None = None
-    profile_ref = "inline"
+def _read_profile(r: Reader, value: Any, path: str) -> tuple[StepProfile, str] | None:
+    """A shipped profile's name or a file (loaded now), or an inline profile; with how the
+    policy names it (``inline`` for a mapping), so a policy writes back as it was read."""
     try:
-        if isinstance(ref, str):
-            profile, profile_ref = load_profile(ref), ref
-        elif isinstance(ref, Mapping):
-            profile = parse_profile(dict(ref), f"{path}.profile")
-        else:
-            r.error(f"{path}.profile", f"expected a profile name or mapping, got {r.kind_of(ref)}")
+        if isinstance(value, str):
+            return load_profile(value), value
+        if isinstance(value, Mapping):
+            return parse_profile(dict(value), path), "inline"
     except ProfileError as exc:
         for message in exc.messages:
-            r.error(f"{path}.profile", message)
-    slo = r.get(obj, path, "slo", lambda v, p: _serving_slo(r, v, p))
-    tokens: dict[str, Any] = {}
-    for query_key, mean_key in (
-        ("promptTokensQuery", "promptTokens"),
-        ("generationTokensQuery", "generatedTokens"),
-    ):
-        if (query_key in obj) == (mean_key in obj):
-            r.error(f"{path}.{query_key}", f"give exactly one of {query_key} and {mean_key}")
-            continue
-        if query_key in obj:
-            tokens[query_key] = r.get(obj, path, query_key, r.string)
-        else:
-            tokens[mean_key] = r.get(obj, path, mean_key, r.positive)
-    limits = _engine_limits(r, obj.get("engine", {}), f"{path}.engine", profile)
-    if not (name and query and profile and slo and limits) or len(tokens) != 2:
+            r.error(path, message)
         return None
-    if any(v is None for v in tokens.values()):
-        return None
-    return ModelCapacityMetric(
-        name,
-        query,
-        profile,
-        profile_ref,
-        limits,
-        slo,
-        prompt_tokens_query=tokens.get("promptTokensQuery"),
-        generation_tokens_query=tokens.get("generationTokensQuery"),
-        prompt_tokens=tokens.get("promptTokens"),
-        generated_tokens=tokens.get("generatedTokens"),
-    )
+    r.error(path, f"expected a profile name or mapping, got {r.kind_of(value)}")
+    return None
 
 
-def _serving_slo(r: FieldReader, value: Any, path: str) -> ServingSlo | None:
-    obj = r.mapping(value, path, optional=("ttft", "tpot"))
-    if obj is None:
-        return None
-    ttft = r.get(obj, path, "ttft", lambda v, p: r.duration(v, p, positive=True))
-    tpot = r.get(obj, path, "tpot", lambda v, p: r.duration(v, p, positive=True))
-    if ttft is None and tpot is None:
+def _read_bytes(r: Reader, value: Any, path: str) -> float | None:
+    memory = parse_bytes(value)
+    if memory is None:
+        r.error(path, f'expected bytes or a quantity like "80Gi", got {r.kind_of(value)}')
+    return memory
+
+
+def _some_bound(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    if values["ttft"] is None and values["tpot"] is None:
         r.error(path, "expected ttft and/or tpot bounds")
         return None
-    return ServingSlo(ttft, tpot)
+    return values
+
+
+_TOKENS = (("promptTokensQuery", "promptTokens"), ("generationTokensQuery", "generatedTokens"))
+
+
+def _check(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    """Exactly one of a token query and a fixed mean; the engine's KV cache from the profile."""
+    ok = True
+    for query_key, mean_key in _TOKENS:
+        if (query_key in obj) == (mean_key in obj):
+            r.error(f"{path}.{query_key}", f"give exactly one of {query_key} and {mean_key}")
+            ok = False
+    profile = values.pop("profile")
+    limits = _engine_limits(r, values.pop("engine"), f"{path}.engine", profile)
+    if not ok or profile is None or limits is None:
+        return None
+    return values | {"profile": profile[0], "profile_ref": profile[1], "limits": limits}
 
 
 def _engine_limits(
-    r: FieldReader, value: Any, path: str, profile: StepProfile | None
+    r: Reader, engine: dict[str, Any] | None, path: str, profile: tuple[StepProfile, str] | None
 ) -> EngineLimits | None:
-    obj = r.mapping(
-        value,
-        path,
-        optional=(
-            "maxNumSeqs",
-            "maxNumBatchedTokens",
-            "gpuMemoryUtilization",
-            "gpuMemory",
-            "kvCacheTokens",
-        ),
-    )
-    if obj is None:
+    if engine is None or profile is None:
         return None
-
-    def at_least_1(v: Any, p: str) -> int | None:
-        return r.integer(v, p, minimum=1)
-
-    seqs = r.get(obj, path, "maxNumSeqs", at_least_1, MAX_NUM_SEQS)
-    budget = r.get(obj, path, "maxNumBatchedTokens", at_least_1, MAX_NUM_BATCHED_TOKENS)
-    util = r.get(
-        obj,
-        path,
-        "gpuMemoryUtilization",
-        lambda v, p: r.fraction(v, p, closed_top=True),
-        GPU_MEMORY_UTILIZATION,
-    )
-    tokens = r.get(obj, path, "kvCacheTokens", at_least_1)
-    memory: float | None = None
-    if "gpuMemory" in obj:
-        memory = parse_bytes(obj["gpuMemory"])
-        if memory is None:
-            r.error(
-                f"{path}.gpuMemory",
-                f'expected bytes or a quantity like "80Gi", got {r.kind_of(obj["gpuMemory"])}',
-            )
-            return None
-    if seqs is None or budget is None or util is None or profile is None:
-        return None
-    if tokens is not None:
-        return EngineLimits(kv_blocks_for_tokens(tokens), seqs, budget)
-    memory = memory or profile.gpu_memory_bytes
-    if not memory or not profile.kv_bytes_per_token:
+    seqs, budget = engine["max_num_seqs"], engine["max_num_batched_tokens"]
+    if engine["kv_cache_tokens"] is not None:
+        return EngineLimits(kv_blocks_for_tokens(engine["kv_cache_tokens"]), seqs, budget)
+    p = profile[0]
+    memory = engine["gpu_memory"] or p.gpu_memory_bytes
+    if not memory or not p.kv_bytes_per_token:
         r.error(
             f"{path}.kvCacheTokens",
-            f"profile {profile.name} has no memory figures: give kvCacheTokens or gpuMemory",
+            f"profile {p.name} has no memory figures: give kvCacheTokens or gpuMemory",
         )
         return None
     try:
         blocks = kv_cache_blocks(
-            memory, profile.weights_bytes, profile.kv_bytes_per_token, utilization=util
+            memory,
+            p.weights_bytes,
+            p.kv_bytes_per_token,
+            utilization=engine["gpu_memory_utilization"],
         )
     except ValueError as exc:
         r.error(f"{path}.gpuMemory", str(exc))
         return None
     return EngineLimits(blocks, seqs, budget)
+
+
+_ENGINE: Section[dict[str, Any]] = Section(
+    (
+        Field("maxNumSeqs", Integer(1), default=MAX_NUM_SEQS),
+        Field("maxNumBatchedTokens", Integer(1), default=MAX_NUM_BATCHED_TOKENS),
+        Field("gpuMemoryUtilization", Fraction(), default=GPU_MEMORY_UTILIZATION),
+        Field(
+            "gpuMemory",
+            Custom(
+                _read_bytes,
+                lambda _: {
+                    "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]
+                },
+            ),
+        ),
+        Field("kvCacheTokens", Integer(1)),
+    ),
+    dict,
+)
+_ENGINE_DEFAULTS = {f.key: f.default for f in _ENGINE.fields}
+
+_SLO = Section(
+    (Field("ttft", Duration(positive=True)), Field("tpot", Duration(positive=True))),
+    ServingSlo,
+    check=_some_bound,
+    extra={"minProperties": 1},
+)
+
+_FIELDS = (
+    Field(
+        "profile",
+        Custom(
+            _read_profile,
+            lambda _: {"anyOf": [{"type": "string", "pattern": NON_EMPTY}, {"type": "object"}]},
+        ),
+        required=True,
+        description="A shipped step-time profile's name, a file, or an inline profile.",
+    ),
+    Field("slo", _SLO, required=True, description="Bounds on the modelled mean TTFT and/or TPOT."),
+    Field("promptTokensQuery", Text(), description="Prompt tokens/s (or give promptTokens)."),
+    Field(
+        "generationTokensQuery",
+        Text(),
+        description="Generated tokens/s (or give generatedTokens).",
+    ),
+    Field("promptTokens", Positive(), description="Mean prompt tokens per request."),
+    Field("generatedTokens", Positive(), description="Mean generated tokens per request."),
+    Field(
+        "engine",
+        _ENGINE,
+        default=_ENGINE_DEFAULTS,
+        description="vLLM engine limits (defaults: vLLM's).",
+    ),
+)
 
 
 def _document(m: ModelCapacityMetric) -> dict[str, Any]:
@@ -336,50 +354,12 @@ def _target(m: ModelCapacityMetric) -> float:
     return m.slo.ttft if m.slo.ttft is not None else m.slo.tpot or 0.0
 
 
-_SCHEMA: dict[str, Any] = {
-    "profile": {
-        "description": "A shipped step-time profile's name, a file, or an inline profile.",
-        "anyOf": [{"type": "string", "pattern": js.NON_EMPTY}, {"type": "object"}],
-    },
-    "slo": {
-        "type": "object",
-        "minProperties": 1,
-        "additionalProperties": False,
-        "properties": {
-            "ttft": {"type": "string", "pattern": js.POSITIVE_DURATION},
-            "tpot": {"type": "string", "pattern": js.POSITIVE_DURATION},
-        },
-        "description": "Bounds on the modelled mean TTFT and/or TPOT.",
-    },
-    "promptTokensQuery": js.string("Prompt tokens/s (or give promptTokens)."),
-    "generationTokensQuery": js.string("Generated tokens/s (or give generatedTokens)."),
-    "promptTokens": js.positive("Mean prompt tokens per request."),
-    "generatedTokens": js.positive("Mean generated tokens per request."),
-    "engine": js.closed_object(
-        {
-            "maxNumSeqs": {"type": "integer", "minimum": 1},
-            "maxNumBatchedTokens": {"type": "integer", "minimum": 1},
-            "gpuMemoryUtilization": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "maximum": 1,
-            },
-            "gpuMemory": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]},
-            "kvCacheTokens": {"type": "integer", "minimum": 1},
-        },
-        description="vLLM engine limits (defaults: vLLM's).",
-    ),
-}
-
 KIND: MetricKind[ModelCapacityMetric, TokenMix] = MetricKind(
     type="modelCapacity",
     cls=ModelCapacityMetric,
     description="The fewest replicas whose modelled TTFT and TPOT meet slo at the observed rate.",
-    required=("profile", "slo"),
-    optional=_OPTIONAL,
-    parse=_parse,
+    fields=_FIELDS,
     to_document=_document,
-    schema=_SCHEMA,
     propose=_propose,
     target=_target,
     measures="requestRate",
@@ -390,7 +370,8 @@ KIND: MetricKind[ModelCapacityMetric, TokenMix] = MetricKind(
         QueryField(GENERATION_TOKENS, "generation_tokens_query", "generationTokensQuery"),
     ),
     prepare=token_mix,
-    schema_constraints={
+    check=_check,
+    constraints={
         "allOf": [
             {"oneOf": [{"required": ["promptTokensQuery"]}, {"required": ["promptTokens"]}]},
             {

@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policies import jsonschema_parts as js
 from policies.decide_types import Proposal
-from policies.metrics.base import EPS, MetricKind, fixed_text, on_value, one_field
+from policies.declare import Field, Positive
+from policies.metrics.base import EPS, MetricKind, fixed_text, on_value
 
 _ceil = math.ceil
 
@@ -50,11 +50,15 @@ KIND: MetricKind[QueueDepthMetric, None] = MetricKind(
     type="queueDepth",
     cls=QueueDepthMetric,
     description="Requests waiting, summed over replicas.",
-    required=("targetPerReplica",),
-    optional=(),
-    parse=one_field("targetPerReplica", lambda r: r.positive, QueueDepthMetric),
+    fields=(
+        Field(
+            "targetPerReplica",
+            Positive(),
+            required=True,
+            description="Requests waiting that one replica should hold.",
+        ),
+    ),
     to_document=_document,
-    schema={"targetPerReplica": js.positive("Requests waiting that one replica should hold.")},
     propose=on_value(lambda m, v, _: queue_depth(m, v)),
     target=lambda m: m.target_per_replica,
     measures="queue",

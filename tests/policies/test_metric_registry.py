@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 
 from policies.decide import decide
 from policies.decide_types import Proposal, Snapshot, State
+from policies.declare import Field, Positive, Text
 from policies.jsonschema import document_schema
 from policies.metrics import KINDS, WAKE_TYPES, Metric, MetricType, metric_inputs, metric_target
-from policies.metrics.base import FieldReader, MetricKind, QueryField, ceil_div
+from policies.metrics.base import MetricKind, QueryField, ceil_div
 from policies.parse import PolicyError, parse_policy_document, policy_to_document
 from policies.tenancy import query_fields, scope_policy
 from tests.policies.test_jsonschema import valid_policies
@@ -63,16 +64,6 @@ class InFlightMetric:
     type: Literal["inFlight"] = "inFlight"
 
 
-def _parse(
-    r: FieldReader, obj: Mapping[str, Any], path: str, name: str | None, query: str | None
-) -> InFlightMetric | None:
-    per_replica = r.get(obj, path, "perReplica", r.positive)
-    limit = r.get(obj, path, "limitQuery", r.string)
-    if name and query and per_replica:
-        return InFlightMetric(name, query, per_replica, limit)
-    return None
-
-
 def _prepare(m: InFlightMetric, value: float, values: Mapping[str, float | None]) -> float | None:
     return values.get(f"{m.name}:limit") if m.limit_query else 0.0
 
@@ -88,13 +79,13 @@ IN_FLIGHT: MetricKind[InFlightMetric, float] = MetricKind(
     type="inFlight",
     cls=InFlightMetric,
     description="Requests in flight.",
-    required=("perReplica",),
-    optional=("limitQuery",),
-    parse=_parse,
+    fields=(
+        Field("perReplica", Positive(), required=True),
+        Field("limitQuery", Text()),
+    ),
     to_document=lambda m: (
         {"perReplica": m.per_replica} | ({"limitQuery": m.limit_query} if m.limit_query else {})
     ),
-    schema={"perReplica": {"type": "number"}, "limitQuery": {"type": "string"}},
     propose=_propose,
     target=lambda m: m.per_replica,
     measures="queue",
