@@ -345,7 +345,9 @@ class Tagged:
         branches = []
         for tag, section in variants.items():
             name = self.def_name.format(tag)
-            defs[name] = section.schema(defs)
+            fragment = section.schema(defs)
+            if defs.setdefault(name, fragment) != fragment:
+                raise ValueError(f"two declarations of one document share $defs/{name}")
             branches.append(
                 {
                     "if": {"properties": {self.tag: {"const": tag}}, "required": [self.tag]},
