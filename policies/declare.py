@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from policies.durations import UNITS
-from policies.reading import Reader, join
+from policies.reading import Reader, Style, join
 
 T = TypeVar("T")
 
@@ -38,8 +38,15 @@ NON_EMPTY = r"\S"
 DURATION_HINT = ' Go-style duration: "500ms", "15s", "2m", "1h30m".'
 """What a duration's description ends with, so an editor's hover shows the spelling."""
 
-Defs = dict[str, Any]
-"""Named schema fragments a kind registers for the document's ``$defs`` (tagged unions)."""
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a schema fragment depends on besides its declaration: the document's :class:`Style`
+    (a duration may be bare seconds, an empty section means all defaults) and the ``$defs`` the
+    document's tagged unions register their variants in."""
+
+    style: Style
+    defs: dict[str, Any] = field(default_factory=dict)
 
 
 class Kind(Protocol):
@@ -49,7 +56,7 @@ class Kind(Protocol):
         """The value, or None with the problem recorded on ``r``."""
         ...
 
-    def schema(self, defs: Defs) -> dict[str, Any]: ...
+    def schema(self, ctx: Context) -> dict[str, Any]: ...
 
 
 def _attr(name: str) -> str:
@@ -73,8 +80,8 @@ class Field:
     def key(self) -> str:
         return _attr(self.name) if self.attr is None else self.attr
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
-        out = self.kind.schema(defs)
+    def schema(self, ctx: Context) -> dict[str, Any]:
+        out = self.kind.schema(ctx)
         if self.description:
             explain = getattr(self.kind, "explain", None)
             out["description"] = explain(self.description) if explain else self.description
@@ -91,7 +98,7 @@ class Integer:
     def read(self, r: Reader, value: Any, path: str) -> int | None:
         return r.integer(value, path, minimum=self.minimum)
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
+    def schema(self, ctx: Context) -> dict[str, Any]:
         return {"type": "integer", "minimum": self.minimum}
 
 
@@ -102,7 +109,7 @@ class Positive:
     def read(self, r: Reader, value: Any, path: str) -> float | None:
         return r.positive(value, path)
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
+    def schema(self, ctx: Context) -> dict[str, Any]:
         return {"type": "number", "exclusiveMinimum": 0}
 
 
@@ -115,9 +122,57 @@ class Fraction:
     def read(self, r: Reader, value: Any, path: str) -> float | None:
         return r.fraction(value, path, closed_top=self.closed_top)
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
+    def schema(self, ctx: Context) -> dict[str, Any]:
         top = "maximum" if self.closed_top else "exclusiveMaximum"
         return {"type": "number", "exclusiveMinimum": 0, top: 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Number:
+    """A finite number, at least ``minimum`` or above 0 when ``positive`` (``must be greater
+    than 0``, the scenario's wording; a policy says ``expected a positive number``: Positive),
+    and at most ``at_most``."""
+
+    minimum: float | None = None
+    positive: bool = False
+    at_most: float | None = None
+
+    def read(self, r: Reader, value: Any, path: str) -> float | None:
+        number = r.number(value, path, minimum=self.minimum, positive=self.positive)
+        if number is not None and self.at_most is not None and number > self.at_most:
+            r.error(path, f"must be at most {self.at_most:g}, got {value!r}")
+            return None
+        return number
+
+    def schema(self, ctx: Context) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "number"}
+        if self.positive:
+            out["exclusiveMinimum"] = 0
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.at_most is not None:
+            out["maximum"] = self.at_most
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Boolean:
+    def read(self, r: Reader, value: Any, path: str) -> bool | None:
+        return r.boolean(value, path)
+
+    def schema(self, ctx: Context) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """Anything, read as its text (a contender's ``name``: ``name: 2`` is the label ``"2"``)."""
+
+    def read(self, r: Reader, value: Any, path: str) -> str:
+        return str(value)
+
+    def schema(self, ctx: Context) -> dict[str, Any]:
+        return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +193,12 @@ class Duration:
             return None
         return seconds
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
-        pattern = POSITIVE_DURATION if self.positive else DURATION
-        return {"type": "string", "pattern": pattern}
+    def schema(self, ctx: Context) -> dict[str, Any]:
+        text = {"type": "string", "pattern": POSITIVE_DURATION if self.positive else DURATION}
+        if not ctx.style.seconds:
+            return text
+        low = {"exclusiveMinimum": 0} if self.positive else {"minimum": 0}
+        return {"anyOf": [text, {"type": "number", **low}]}
 
     def explain(self, description: str) -> str:
         return description + DURATION_HINT
@@ -152,15 +210,21 @@ class Text:
 
     pattern: str | None = None
     says: str = ""
+    blank: bool = False
+    """Any string at all, even an empty one (a taint's value)."""
 
     def read(self, r: Reader, value: Any, path: str) -> str | None:
+        if self.blank and isinstance(value, str):
+            return value
         text = r.string(value, path)
         if text is not None and self.pattern and not re.fullmatch(self.pattern, text):
             r.error(path, f"expected {self.says}, got {text!r}")
             return None
         return text
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
+    def schema(self, ctx: Context) -> dict[str, Any]:
+        if self.blank:
+            return {"type": "string"}
         if self.pattern is None:
             return {"type": "string", "pattern": NON_EMPTY}
         return {"type": "string", "pattern": f"^{self.pattern}(?!\\n)$"}
@@ -175,7 +239,7 @@ class Choice:
     def read(self, r: Reader, value: Any, path: str) -> Any:
         return r.choice(value, path, self.choices)
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
+    def schema(self, ctx: Context) -> dict[str, Any]:
         return {"enum": list(self.choices)}
 
 
@@ -191,7 +255,7 @@ class Const:
             return None
         return self.value
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
+    def schema(self, ctx: Context) -> dict[str, Any]:
         return {"const": self.value}
 
 
@@ -200,13 +264,13 @@ class Custom:
     """The escape hatch: a field with its own read function and schema fragment."""
 
     reader: Callable[[Reader, Any, str], Any]
-    fragment: Callable[[Defs], dict[str, Any]]
+    fragment: Callable[[Context], dict[str, Any]]
 
     def read(self, r: Reader, value: Any, path: str) -> Any:
         return self.reader(r, value, path)
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
-        return self.fragment(defs)
+    def schema(self, ctx: Context) -> dict[str, Any]:
+        return self.fragment(ctx)
 
 
 # -- structure -------------------------------------------------------------------------------
@@ -226,6 +290,12 @@ class Section(Generic[T]):
     check: Check | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     """JSON Schema keywords across the fields (``if``/``then``, ``minProperties``)."""
+    missing: str | None = None
+    """The message for a required field left out, where the document words it its own way
+    (``required for type: poisson``); default: the reader's ``required field is missing``."""
+    nullable: bool | None = None
+    """The schema admits ``null`` (read as all defaults, where the style says so); default:
+    when no field is required."""
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -236,9 +306,16 @@ class Section(Generic[T]):
         return tuple(f.name for f in self.fields if not f.required)
 
     def read(self, r: Reader, value: Any, path: str) -> T | None:
-        obj = r.mapping(value, path, required=self.required, optional=self.optional)
+        if self.missing is None:
+            obj = r.mapping(value, path, required=self.required, optional=self.optional)
+        else:
+            obj = r.mapping(value, path, optional=(*self.required, *self.optional))
         if obj is None:
             return None
+        if self.missing is not None:
+            for name in self.required:
+                if name not in obj:
+                    r.error(join(path, name), self.missing)
         values: dict[str, Any] = {}
         failed = False  # a field given and invalid, or required and missing
         for f in self.fields:
@@ -255,10 +332,11 @@ class Section(Generic[T]):
             return None
         return self.build(**built)
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
-        properties = {f.name: f.schema(defs) for f in self.fields}
+    def schema(self, ctx: Context) -> dict[str, Any]:
+        properties = {f.name: f.schema(ctx) for f in self.fields}
+        nullable = not self.required if self.nullable is None else self.nullable
         out: dict[str, Any] = {
-            "type": "object",
+            "type": ["object", "null"] if nullable and ctx.style.empty_is_default else "object",
             "properties": properties,
             "additionalProperties": False,
         }
@@ -273,14 +351,18 @@ class Section(Generic[T]):
 class ListOf:
     """A list of ``item``; ``what`` names it in the message for a non-list (``a list of
     metrics``). ``empty`` is the message for an empty list, or None where one message says
-    both. ``unique`` is ``(attribute, what it is)`` for items whose attribute must differ."""
+    both; with ``allow_empty`` an empty list is fine. ``unique`` is ``(attribute, what it is)``
+    for items whose attribute must differ."""
 
     item: Kind
     what: str
     empty: str | None = None
     unique: tuple[str, str] | None = None
+    allow_empty: bool = False
 
     def read(self, r: Reader, value: Any, path: str) -> tuple[Any, ...] | None:
+        if isinstance(value, list) and not value and self.allow_empty:
+            return ()
         if not isinstance(value, list) or (not value and self.empty is None):
             r.error(path, f"expected {self.what}, got {r.kind_of(value)}")
             return None
@@ -307,8 +389,17 @@ class ListOf:
             parsed.append(item)
         return tuple(parsed) if len(parsed) == len(value) else None
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
-        return {"type": "array", "minItems": 1, "items": self.item.schema(defs)}
+    def schema(self, ctx: Context) -> dict[str, Any]:
+        items = {"items": self.item.schema(ctx)}
+        return (
+            {"type": "array", **items}
+            if self.allow_empty
+            else {
+                "type": "array",
+                "minItems": 1,
+                **items,
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,19 +408,21 @@ class Tagged:
 
     ``variants`` is called at each use, so a registry that gains an entry (a test's toy metric
     type) is read and published without rebuilding the declaration. Each variant's schema goes
-    into ``$defs`` as ``def_name.format(tag)``.
+    into ``$defs`` as ``def_name.format(tag)``, or inline where ``def_name`` is None. A union
+    with a ``default`` reads a mapping without the tag as that variant.
     """
 
     tag: str
     variants: Callable[[], Mapping[str, Section[Any]]]
-    def_name: str = "{}"
+    def_name: str | None = "{}"
+    default: str | None = None
 
     def read(self, r: Reader, value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
-            r.mapping(value, path)
+            r.error(path or r.style.root, f"expected a mapping, got {r.kind_of(value)}")
             return None
         variants = self.variants()
-        tag = value.get(self.tag)
+        tag = value.get(self.tag, self.default)
         if not isinstance(tag, str) or tag not in variants:
             r.error(
                 join(path, self.tag),
@@ -340,23 +433,21 @@ class Tagged:
             return None
         return variants[tag].read(r, value, path)
 
-    def schema(self, defs: Defs) -> dict[str, Any]:
+    def schema(self, ctx: Context) -> dict[str, Any]:
         variants = self.variants()
         branches = []
         for tag, section in variants.items():
-            name = self.def_name.format(tag)
-            fragment = section.schema(defs)
-            if defs.setdefault(name, fragment) != fragment:
-                raise ValueError(f"two declarations of one document share $defs/{name}")
-            branches.append(
-                {
-                    "if": {"properties": {self.tag: {"const": tag}}, "required": [self.tag]},
-                    "then": {"$ref": f"#/$defs/{name}"},
-                }
-            )
-        return {
-            "type": "object",
-            "required": [self.tag],
-            "properties": {self.tag: {"enum": list(variants)}},
-            "allOf": branches,
-        }
+            fragment = section.schema(ctx)
+            if self.def_name is not None:
+                name = self.def_name.format(tag)
+                if ctx.defs.setdefault(name, fragment) != fragment:
+                    raise ValueError(f"two declarations of one document share $defs/{name}")
+                fragment = {"$ref": f"#/$defs/{name}"}
+            when: dict[str, Any] = {"properties": {self.tag: {"const": tag}}}
+            if tag != self.default:  # without the tag, "properties" holds: the default applies
+                when["required"] = [self.tag]
+            branches.append({"if": when, "then": fragment})
+        out: dict[str, Any] = {"type": "object"}
+        if self.default is None:
+            out["required"] = [self.tag]
+        return out | {"properties": {self.tag: {"enum": list(variants)}}, "allOf": branches}

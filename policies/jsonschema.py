@@ -18,8 +18,10 @@ from typing import Any
 
 from policies.declare import DURATION as DURATION
 from policies.declare import POSITIVE_DURATION as POSITIVE_DURATION
+from policies.declare import Context
 from policies.metrics import KINDS, WAKE_TYPES
 from policies.parse import MAX_RULE_PERIOD, MAX_STABILIZATION_WINDOW, POLICY_DOCUMENT
+from policies.reading import POLICY
 from policies.schema import API_VERSION, KIND, POLICY_DATA_KEY, POLICY_LABEL
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -67,8 +69,8 @@ of its entry in :data:`policies.metrics.KINDS`)."""
 
 def document_schema() -> dict[str, Any]:
     """The schema of the ``policy.yaml`` document, derived from :data:`POLICY_DOCUMENT`."""
-    defs: dict[str, Any] = {}
-    schema = POLICY_DOCUMENT.schema(defs)
+    ctx = Context(POLICY)
+    schema = POLICY_DOCUMENT.schema(ctx)
     rules_only = "; ".join(rule for rule, _ in PARSER_ONLY)
     schema["description"] = (
         f"A gpuscale ScalingPolicy ({API_VERSION}), the {POLICY_DATA_KEY} key of a ConfigMap. "
@@ -84,7 +86,7 @@ def document_schema() -> dict[str, Any]:
             "metrics": {"contains": {"properties": {"type": {"enum": sorted(WAKE_TYPES)}}}}
         }
     }
-    return {"$schema": DRAFT, "$id": DOCUMENT_FILE, "title": KIND, **schema, "$defs": defs}
+    return {"$schema": DRAFT, "$id": DOCUMENT_FILE, "title": KIND, **schema, "$defs": ctx.defs}
 
 
 def configmap_schema() -> dict[str, Any]:

@@ -572,7 +572,7 @@ POLICY_DOCUMENT: Section[dict[str, Any]] = Section(
             "onMetricsUnavailable",
             Custom(
                 _read_unavailable,
-                lambda defs: {"oneOf": [{"const": "hold"}, _FALLBACK.schema(defs)]},
+                lambda ctx: {"oneOf": [{"const": "hold"}, _FALLBACK.schema(ctx)]},
             ),
             default=OnMetricsUnavailable(),
             description="hold (never scale down on missing data) or {fallbackReplicas: N}.",

@@ -18,7 +18,8 @@ from dataclasses import field as dataclass_field
 from typing import Any, Generic, Literal, TypeVar
 
 from policies.decide_types import Proposal
-from policies.declare import Check, Const, Field, Section, Text
+from policies.declare import Check, Const, Context, Field, Section, Text
+from policies.reading import POLICY
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -133,7 +134,7 @@ class MetricKind(Generic[M, X]):
     @property
     def schema(self) -> dict[str, Any]:
         """JSON Schema of the fields in ``required`` and ``optional``."""
-        return {f.name: f.schema({}) for f in self.fields}
+        return {f.name: f.schema(Context(POLICY)) for f in self.fields}
 
 
 METRIC_NAME = Text(

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from policies.declare import (
     Choice,
     Const,
+    Context,
     Custom,
     Duration,
     Field,
@@ -202,9 +203,9 @@ def _read(declaration: Section[Any], document: Any) -> tuple[Any, Reader]:
 
 
 def _schema(declaration: Section[Any]) -> jsonschema.Draft202012Validator:
-    defs: dict[str, Any] = {}
-    schema = declaration.schema(defs)
-    return jsonschema.Draft202012Validator({**schema, "$defs": defs})
+    ctx = Context(POLICY)
+    schema = declaration.schema(ctx)
+    return jsonschema.Draft202012Validator({**schema, "$defs": ctx.defs})
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
