@@ -140,7 +140,7 @@ class Number:
     def read(self, r: Reader, value: Any, path: str) -> float | None:
         number = r.number(value, path, minimum=self.minimum, positive=self.positive)
         if number is not None and self.at_most is not None and number > self.at_most:
-            r.error(path, f"must be at most {self.at_most:g}, got {value!r}")
+            r.error(path, f"must be at most {self.at_most:g}, got {number!r}")
             return None
         return number
 
@@ -332,6 +332,10 @@ class Section(Generic[T]):
             return None
         return self.build(**built)
 
+    def all_read(self, obj: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+        """In a ``check``: every field given was read (a rule that needs all can run)."""
+        return all(values.get(f.key) is not None for f in self.fields if f.key and f.name in obj)
+
     def schema(self, ctx: Context) -> dict[str, Any]:
         properties = {f.name: f.schema(ctx) for f in self.fields}
         nullable = not self.required if self.nullable is None else self.nullable
@@ -408,28 +412,26 @@ class Tagged:
 
     ``variants`` is called at each use, so a registry that gains an entry (a test's toy metric
     type) is read and published without rebuilding the declaration. Each variant's schema goes
-    into ``$defs`` as ``def_name.format(tag)``, or inline where ``def_name`` is None. A union
-    with a ``default`` reads a mapping without the tag as that variant.
+    into ``$defs`` as ``def_name.format(tag)``, or inline where ``def_name`` is None.
+    ``missing`` is the message for a mapping without the tag (None: the one for a wrong tag,
+    ``expected one of …, got nothing``).
     """
 
     tag: str
     variants: Callable[[], Mapping[str, Section[Any]]]
     def_name: str | None = "{}"
-    default: str | None = None
+    missing: str | None = "required field is missing"
 
     def read(self, r: Reader, value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             r.error(path or r.style.root, f"expected a mapping, got {r.kind_of(value)}")
             return None
         variants = self.variants()
-        tag = value.get(self.tag, self.default)
+        tag = value.get(self.tag)
         if not isinstance(tag, str) or tag not in variants:
-            r.error(
-                join(path, self.tag),
-                f"expected one of {', '.join(variants)}, got {r.kind_of(tag)}"
-                if self.tag in value
-                else "required field is missing",
-            )
+            wrong = f"expected one of {', '.join(variants)}, got {r.kind_of(tag)}"
+            absent = self.tag not in value and self.missing is not None
+            r.error(join(path, self.tag), self.missing if absent and self.missing else wrong)
             return None
         return variants[tag].read(r, value, path)
 
@@ -443,11 +445,15 @@ class Tagged:
                 if ctx.defs.setdefault(name, fragment) != fragment:
                     raise ValueError(f"two declarations of one document share $defs/{name}")
                 fragment = {"$ref": f"#/$defs/{name}"}
-            when: dict[str, Any] = {"properties": {self.tag: {"const": tag}}}
-            if tag != self.default:  # without the tag, "properties" holds: the default applies
-                when["required"] = [self.tag]
-            branches.append({"if": when, "then": fragment})
-        out: dict[str, Any] = {"type": "object"}
-        if self.default is None:
-            out["required"] = [self.tag]
-        return out | {"properties": {self.tag: {"enum": list(variants)}}, "allOf": branches}
+            branches.append(
+                {
+                    "if": {"properties": {self.tag: {"const": tag}}, "required": [self.tag]},
+                    "then": fragment,
+                }
+            )
+        return {
+            "type": "object",
+            "required": [self.tag],
+            "properties": {self.tag: {"enum": list(variants)}},
+            "allOf": branches,
+        }

@@ -11,18 +11,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, get_args
 
 import yaml
 
 import policies
 from extender.objects import Taint, Toleration
 from extender.quantity import QuantityError, gpu_memory_mib
+from policies.declare import (
+    NON_EMPTY,
+    Boolean,
+    Choice,
+    Const,
+    Context,
+    Custom,
+    Duration,
+    Field,
+    Integer,
+    Label,
+    ListOf,
+    Number,
+    Section,
+    Tagged,
+    Text,
+)
 from policies.parse import PolicyFileError, load_policy_file
 from policies.profiles import ProfileError, load_profile
-from policies.reading import SCENARIO, Reader, show, yaml_problem
+from policies.reading import ROOT, SCENARIO, Reader, show, yaml_problem
 from policies.schema import ScalingPolicy
 from policies.stepmodel import (
     BLOCK_SIZE,
@@ -382,8 +399,8 @@ class Scenario:
 
 class ScenarioReader(Reader):
     """The shared field readers in the scenario style, plus what only experiment files hold:
-    memory quantities, label maps, file paths (relative to ``base_dir``), random durations,
-    token counts, taints and tolerations."""
+    memory quantities, label maps, file paths (relative to ``base_dir``), random durations and
+    token counts. The declared fields (:data:`SCENARIO_DOCUMENT`) read through it."""
 
     def __init__(self, base_dir: Path) -> None:
         super().__init__(SCENARIO)
@@ -494,439 +511,543 @@ class ScenarioReader(Reader):
         )
         return TokensSpec(kind, mean, sigma)
 
-    def taints(self, value: Any, path: str) -> tuple[Taint, ...] | None:
-        if not isinstance(value, list):
-            self.error(path, f"expected a list, got {show(value)}")
-            return None
-        out = []
-        for i, item in enumerate(value):
-            p = f"{path}[{i}]"
-            obj = self.mapping(item, p, optional=("key", "value", "effect"))
-            if obj is None:
-                continue
-            key = self.field(obj, p, "key", self.string, "")
-            if not key:
-                self.error(f"{p}.key", "required")
-                continue
-            val = self.field(
-                obj, p, "value", lambda v, q: v if isinstance(v, str) else self.string(v, q), ""
-            )
-            effect = self.field(
-                obj,
-                p,
-                "effect",
-                lambda v, q: self.choice(v, q, ("NoSchedule", "PreferNoSchedule", "NoExecute")),
-                "NoSchedule",
-            )
-            out.append(Taint(key, val, effect))
-        return tuple(out)
 
-    def tolerations(self, value: Any, path: str) -> tuple[Toleration, ...] | None:
-        if not isinstance(value, list):
-            self.error(path, f"expected a list, got {show(value)}")
-            return None
-        out = []
-        for i, item in enumerate(value):
-            p = f"{path}[{i}]"
-            obj = self.mapping(item, p, optional=("key", "operator", "value", "effect"))
-            if obj is None:
-                continue
-            key = self.field(
-                obj, p, "key", lambda v, q: v if isinstance(v, str) else self.string(v, q), ""
-            )
-            op = self.field(
-                obj, p, "operator", lambda v, q: self.choice(v, q, ("Equal", "Exists")), "Equal"
-            )
-            val = self.field(
-                obj, p, "value", lambda v, q: v if isinstance(v, str) else self.string(v, q), ""
-            )
-            effect = self.field(
-                obj,
-                p,
-                "effect",
-                lambda v, q: self.choice(v, q, ("", "NoSchedule", "PreferNoSchedule", "NoExecute")),
-                "",
-            )
-            out.append(Toleration(key, op, val, effect))
-        return tuple(out)
+def _sr(r: Reader) -> ScenarioReader:
+    """The scenario's own readers (memory, paths, random durations) behind a declared field."""
+    assert isinstance(r, ScenarioReader)
+    return r
 
 
-def _cluster(r: ScenarioReader, value: Any) -> ClusterSpec:
-    obj = r.mapping(value, "cluster", optional=("pools", "openb", "scoring"))
-    if obj is None:
-        return ClusterSpec(())
-    scoring = r.field(
-        obj,
-        "cluster",
-        "scoring",
-        lambda v, p: r.choice(v, p, ("binpack", "spread", "fragmentation")),
-        "binpack",
-    )
-    pools: list[PoolSpec] = []
-    raw = obj.get("pools", [])
-    if not isinstance(raw, list):
-        r.error("cluster.pools", f"expected a list, got {show(raw)}")
-        raw = []
-    for i, item in enumerate(raw):
-        p = f"cluster.pools[{i}]"
-        o = r.mapping(
-            item, p, optional=("name", "count", "gpus", "gpuMemory", "model", "labels", "taints")
-        )
-        if o is None:
-            continue
-        missing = [k for k in ("count", "gpus", "gpuMemory") if k not in o]
-        for k in missing:
-            r.error(f"{p}.{k}", "required")
-        if missing:
-            continue
-        pools.append(
-            PoolSpec(
-                name=r.field(o, p, "name", r.string, f"pool{i}"),
-                count=r.field(o, p, "count", lambda v, q: r.integer(v, q, minimum=1), 1),
-                gpus=r.field(o, p, "gpus", lambda v, q: r.integer(v, q, minimum=1), 1),
-                gpu_memory_mib=r.field(o, p, "gpuMemory", r.memory, 1),
-                model=r.field(o, p, "model", r.string, ""),
-                labels=r.field(o, p, "labels", r.labels, {}),
-                taints=r.field(o, p, "taints", r.taints, ()),
-            )
-        )
-    openb: OpenbClusterSpec | None = None
-    if "openb" in obj:
-        o = r.mapping(obj["openb"], "cluster.openb", optional=("nodes", "count", "gpuMemory"))
-        if o is not None:
-            path = r.field(
-                o, "cluster.openb", "nodes", r.path, DATA_DIR / "openb_node_list_gpu_node.csv"
-            )
-            count = (
-                r.field(o, "cluster.openb", "count", lambda v, q: r.integer(v, q, minimum=1), 0)
-                or None
-            )
-            mem: dict[str, int] = {
-                "V100M16": 16384,
-                "V100M32": 32768,
-                "T4": 16384,
-                "P100": 16384,
-                "A10": 24576,
-                "G2": 16384,
-                "G3": 32768,
-            }
-            if "gpuMemory" in o:
-                m = r.mapping(o["gpuMemory"], "cluster.openb.gpuMemory", optional=(*mem, "default"))
-                for k, v in (m or {}).items():
-                    got = r.memory(v, f"cluster.openb.gpuMemory.{k}")
-                    if got is not None:
-                        mem[str(k)] = got
-            openb = OpenbClusterSpec(path, count, mem)
-    if not pools and openb is None:
-        r.error("cluster", "needs pools or openb (a cluster without nodes cannot run replicas)")
-    return ClusterSpec(tuple(pools), openb, scoring)
+def _duration(*, positive: bool = False) -> dict[str, Any]:
+    return Duration(positive=positive).schema(Context(SCENARIO))
 
 
-def _background(r: ScenarioReader, value: Any) -> BackgroundSpec:
-    obj = r.mapping(value, "background", optional=("pods", "podList", "gpuMemory"))
-    if obj is None:
-        return BackgroundSpec()
-    return BackgroundSpec(
-        pods=r.field(obj, "background", "pods", r.integer, 0),
-        path=r.field(obj, "background", "podList", r.path, BackgroundSpec().path),
-        gpu_memory_mib=r.field(obj, "background", "gpuMemory", r.memory, 0) or None,
-    )
-
-
-def _service(r: ScenarioReader, value: Any) -> ServiceSpec:
-    keys = (
-        "name",
-        "gpus",
-        "gpuMemory",
-        "tolerations",
-        "nodeSelector",
-        "maxBatch",
-        "serviceTime",
-        "routing",
-        "slo",
-        "replicas",
-        "initialReplicas",
-        "startup",
-        "terminationGracePeriod",
-        "drainOnTermination",
-        "deletionCost",
-        "latencyBuckets",
-        "engine",
-        *_VLLM_KEYS,
-    )
-    obj = r.mapping(value, "service", optional=keys)
-    d = ServiceSpec()
-    if obj is None:
-        obj = {}
-    engine = r.field(
-        obj, "service", "engine", lambda v, q: r.choice(v, q, ("vllm", "per-request")), "vllm"
-    )
-    own = _VLLM_KEYS if engine == "per-request" else ("maxBatch", "serviceTime")
-    other = "vllm" if engine == "per-request" else "per-request"
-    for key in own:
-        if key in obj:
-            r.error(
-                f"service.{key}", f"applies only to engine: {other} (this service has {engine})"
-            )
-    st = d.service_time
-    if "serviceTime" in obj:
-        o = r.mapping(
-            obj["serviceTime"],
-            "service.serviceTime",
-            optional=("model", "seconds", "mean", "sigma", "prefillRate", "decodeRate", "overhead"),
-        )
-        if o is not None:
-            p = "service.serviceTime"
-            pos = lambda v, q: r.number(v, q, positive=True)  # noqa: E731
-            st = ServiceTimeSpec(
-                model=r.field(
-                    o,
-                    p,
-                    "model",
-                    lambda v, q: r.choice(v, q, ("fixed", "exponential", "lognormal", "tokens")),
-                    st.model,
-                ),
-                seconds=r.field(
-                    o, p, "seconds", lambda v, q: r.duration(v, q, positive=True), st.seconds
-                ),
-                mean=r.field(o, p, "mean", lambda v, q: r.duration(v, q, positive=True), st.mean),
-                sigma=r.field(o, p, "sigma", pos, st.sigma),
-                prefill_rate=r.field(o, p, "prefillRate", pos, st.prefill_rate),
-                decode_rate=r.field(o, p, "decodeRate", pos, st.decode_rate),
-                overhead=r.field(o, p, "overhead", r.duration, st.overhead),
-            )
-    su = d.startup
-    if "startup" in obj:
-        o = r.mapping(
-            obj["startup"],
-            "service.startup",
-            optional=("scheduling", "imagePull", "imagePullCached", "modelLoad", "retry"),
-        )
-        if o is not None:
-            p = "service.startup"
-            su = StartupSpec(
-                scheduling=r.field(o, p, "scheduling", r.dist, su.scheduling),
-                image_pull=r.field(o, p, "imagePull", r.dist, su.image_pull),
-                image_pull_cached=r.field(o, p, "imagePullCached", r.dist, su.image_pull_cached),
-                model_load=r.field(o, p, "modelLoad", r.dist, su.model_load),
-                retry=r.field(
-                    o, p, "retry", lambda v, q: r.duration(v, q, positive=True), su.retry
-                ),
-            )
-    lo, hi = d.min_replicas, d.max_replicas
-    if "replicas" in obj:
-        o = r.mapping(obj["replicas"], "service.replicas", optional=("min", "max"))
-        if o is not None:
-            lo = r.field(o, "service.replicas", "min", r.integer, lo)
-            hi = r.field(o, "service.replicas", "max", lambda v, q: r.integer(v, q, minimum=1), hi)
-            if hi < lo:
-                r.error("service.replicas.max", f"must be at least min ({lo}), got {hi}")
-    buckets: tuple[float, ...] | None = None
-    if "latencyBuckets" in obj:
-        raw = obj["latencyBuckets"]
-        if not isinstance(raw, list) or not raw:
-            r.error(
-                "service.latencyBuckets", f"expected a non-empty list of seconds, got {show(raw)}"
-            )
-        else:
-            vals = [
-                r.duration(v, f"service.latencyBuckets[{i}]", positive=True)
-                for i, v in enumerate(raw)
-            ]
-            if all(v is not None for v in vals):
-                fl = [v for v in vals if v is not None]
-                if fl != sorted(set(fl)):
-                    r.error("service.latencyBuckets", "must be strictly increasing")
-                else:
-                    buckets = tuple(fl)
-    gpu_mem: int | None = d.gpu_memory_mib
-    if "gpuMemory" in obj:
-        gpu_mem = (
-            None if obj["gpuMemory"] == "whole" else r.memory(obj["gpuMemory"], "service.gpuMemory")
-        )
-    vllm = _engine(r, obj) if engine == "vllm" else None
-    slo = _slo(r, obj["slo"]) if "slo" in obj else d.slo
-    spec = ServiceSpec(
-        name=r.field(obj, "service", "name", r.string, d.name),
-        gpus=r.field(obj, "service", "gpus", lambda v, q: r.integer(v, q, minimum=1), d.gpus),
-        gpu_memory_mib=gpu_mem,
-        tolerations=r.field(obj, "service", "tolerations", r.tolerations, ()),
-        node_selector=r.field(obj, "service", "nodeSelector", r.labels, {}),
-        max_batch=r.field(
-            obj, "service", "maxBatch", lambda v, q: r.integer(v, q, minimum=1), d.max_batch
-        ),
-        service_time=st,
-        routing=r.field(
-            obj,
-            "service",
-            "routing",
-            lambda v, q: r.choice(v, q, ("least-outstanding", "round-robin")),
-            d.routing,
-        ),
-        min_replicas=lo,
-        max_replicas=hi,
-        initial_replicas=r.field(obj, "service", "initialReplicas", r.integer, d.initial_replicas),
-        startup=su,
-        termination_grace=r.field(
-            obj, "service", "terminationGracePeriod", r.duration, d.termination_grace
-        ),
-        drain=r.field(obj, "service", "drainOnTermination", r.boolean, d.drain),
-        deletion_cost=r.field(obj, "service", "deletionCost", r.boolean, d.deletion_cost),
-        latency_buckets=buckets,
-        engine=cast(EngineKind, engine),
-        vllm=vllm,
-        slo=slo,
-    )
-    if vllm is not None:
-        try:
-            spec.engine_limits()
-        except ValueError as exc:
-            r.error("service.gpuMemory", f"{exc} (profile {vllm.profile.name})")
-    return spec
-
-
-_VLLM_KEYS = (
-    "profile",
-    "maxNumSeqs",
-    "maxNumBatchedTokens",
-    "gpuMemoryUtilization",
-    "kvCacheTokens",
-    "blockSize",
+_MEMORY_SCHEMA = {
+    "description": 'A memory quantity ("40Gi", "24576Mi") or MiB as a number.',
+    "anyOf": [
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[kmun])?(?!\n)$"},
+        {"type": "number", "exclusiveMinimum": 0},
+    ],
+}
+MEMORY = Custom(lambda r, v, p: _sr(r).memory(v, p), lambda ctx: dict(_MEMORY_SCHEMA))
+"""A GPU memory quantity (``"40Gi"``) or MiB as a number."""
+LABELS = Custom(
+    lambda r, v, p: _sr(r).labels(v, p),
+    lambda ctx: {"type": "object", "additionalProperties": {"type": "string"}},
 )
+FILE = Custom(
+    lambda r, v, p: _sr(r).path(v, p), lambda ctx: {"type": "string", "pattern": NON_EMPTY}
+)
+"""A file that must exist: ``data:…``, ``examples:…``, or a path relative to the scenario."""
 
-
-def _engine(r: ScenarioReader, obj: Mapping[str, Any]) -> EngineSpec | None:
-    ref = r.field(obj, "service", "profile", r.string, DEFAULT_PROFILE)
-    try:
-        profile = load_profile(ref, r.base_dir)
-    except ProfileError as exc:
-        for m in exc.messages:
-            r.error("service.profile", m)
-        return None
-    p = "service"
-    util = r.field(obj, p, "gpuMemoryUtilization", lambda v, q: r.number(v, q, positive=True), 0.9)
-    if util > 1:
-        r.error(f"{p}.gpuMemoryUtilization", f"must be at most 1, got {util!r}")
-    kv = r.field(obj, p, "kvCacheTokens", lambda v, q: r.integer(v, q, minimum=1), 0)
-    block = r.field(obj, p, "blockSize", lambda v, q: r.integer(v, q, minimum=1), BLOCK_SIZE)
-    if kv and kv < block:
-        r.error(f"{p}.kvCacheTokens", f"must hold at least one block ({block} tokens), got {kv}")
-    return EngineSpec(
-        profile=profile,
-        max_num_seqs=r.field(
-            obj, p, "maxNumSeqs", lambda v, q: r.integer(v, q, minimum=1), MAX_NUM_SEQS
-        ),
-        max_num_batched_tokens=r.field(
-            obj,
-            p,
-            "maxNumBatchedTokens",
-            lambda v, q: r.integer(v, q, minimum=1),
-            MAX_NUM_BATCHED_TOKENS,
-        ),
-        gpu_memory_utilization=min(util, 1.0),
-        kv_cache_tokens=kv or None,
-        block_size=block,
-    )
-
-
-def _slo(r: ScenarioReader, value: Any) -> Slo:
-    """``slo: 2s`` (end-to-end only) or ``{ttft, tpot, e2e, attainment}``."""
-    if not isinstance(value, Mapping):
-        seconds = r.duration(value, "service.slo", positive=True)
-        return DEFAULT_SLO if seconds is None else Slo(e2e=seconds)
-    obj = r.mapping(value, "service.slo", optional=("ttft", "tpot", "e2e", "attainment"))
-    if obj is None:
-        return DEFAULT_SLO
-    bounds = {}
-    for key in ("ttft", "tpot", "e2e"):
-        if key in obj:
-            bounds[key] = r.duration(obj[key], f"service.slo.{key}", positive=True)
-    if not any(v is not None for v in bounds.values()):
-        r.error("service.slo", "give at least one of ttft, tpot, e2e")
-    attainment = r.field(
-        obj, "service.slo", "attainment", lambda v, q: r.number(v, q, positive=True), 0.99
-    )
-    if attainment > 1:
-        r.error("service.slo.attainment", f"must be at most 1, got {attainment!r}")
-    return Slo(
-        ttft=bounds.get("ttft"),
-        tpot=bounds.get("tpot"),
-        e2e=bounds.get("e2e"),
-        attainment=min(attainment, 1.0),
-    )
-
-
-_WORKLOAD_KEYS: dict[str, tuple[str, ...]] = {
-    "trace": ("path", "speedup", "scale", "jitter"),
-    "poisson": ("rate",),
-    "diurnal": ("mean", "amplitude", "period", "phase", "noise"),
-    "bursts": ("base", "burst", "on", "off", "start"),
-    "prometheus": ("url", "query", "start", "end", "step", "speedup", "scale"),
+DIST_REQUIRED = {
+    "fixed": ("value",),
+    "uniform": ("low", "high"),
+    "exponential": ("mean",),
+    "lognormal": ("mean", "sigma"),
 }
 
 
-def _workload(r: ScenarioReader, value: Any) -> WorkloadSpec:
-    if not isinstance(value, Mapping):
-        r.error("workload", f"expected a mapping, got {show(value)}")
-        return WorkloadSpec()
-    kind: Any = r.choice(value.get("type"), "workload.type", tuple(_WORKLOAD_KEYS)) or "trace"
-    allowed = (
-        "type",
-        *_WORKLOAD_KEYS[kind],
-        *(("promptTokens", "generatedTokens") if kind != "trace" else ()),
-    )
-    obj = r.mapping(value, "workload", optional=allowed)
-    if obj is None:
-        return WorkloadSpec()
-    d = WorkloadSpec()
-    p = "workload"
-    pos = lambda v, q: r.number(v, q, positive=True)  # noqa: E731
-    nonneg = lambda v, q: r.number(v, q, minimum=0.0)  # noqa: E731
-    dur = lambda v, q: r.duration(v, q, positive=True)  # noqa: E731
-    required = {
-        "poisson": ("rate",),
-        "diurnal": ("mean",),
-        "bursts": ("base", "burst"),
-        "prometheus": ("url", "query", "start", "end"),
-    }.get(kind, ())
-    for key in required:
-        if key not in obj:
-            r.error(f"{p}.{key}", f"required for type: {kind}")
-    return WorkloadSpec(
-        type=kind,
-        path=r.field(obj, p, "path", r.path, d.path),
-        speedup=r.field(obj, p, "speedup", pos, d.speedup),
-        scale=r.field(obj, p, "scale", pos, d.scale),
-        jitter=r.field(obj, p, "jitter", r.duration, d.jitter),
-        rate=r.field(obj, p, "rate", pos, d.rate),
-        mean=r.field(obj, p, "mean", pos, d.mean),
-        amplitude=r.field(obj, p, "amplitude", nonneg, d.amplitude),
-        period=r.field(obj, p, "period", dur, d.period),
-        phase=r.field(obj, p, "phase", r.number, d.phase),
-        noise=r.field(obj, p, "noise", nonneg, d.noise),
-        base=r.field(obj, p, "base", nonneg, d.base),
-        burst=r.field(obj, p, "burst", nonneg, d.burst),
-        on=r.field(obj, p, "on", dur, d.on),
-        off=r.field(obj, p, "off", dur, d.off),
-        start=r.field(obj, p, "start", r.duration, None)
-        if "start" in obj and kind == "bursts"
-        else None,
-        url=r.field(obj, p, "url", r.string, d.url),
-        query=r.field(obj, p, "query", r.string, d.query),
-        range_start=r.field(obj, p, "start", r.number, 0.0) if kind == "prometheus" else 0.0,
-        range_end=r.field(obj, p, "end", r.number, 0.0) if kind == "prometheus" else 0.0,
-        step=r.field(obj, p, "step", dur, d.step),
-        prompt=r.field(obj, p, "promptTokens", lambda v, q: r.tokens(v, q, d.prompt), d.prompt),
-        generated=r.field(
-            obj, p, "generatedTokens", lambda v, q: r.tokens(v, q, d.generated), d.generated
+def _dist_schema(ctx: Context) -> dict[str, Any]:
+    any_duration = Duration().schema(ctx)
+    dist: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "dist": {"enum": list(DIST_REQUIRED)},
+            "value": any_duration,
+            "low": any_duration,
+            "high": any_duration,
+            "mean": Duration(positive=True).schema(ctx),
+            "sigma": Number(positive=True).schema(ctx),
+        },
+        "additionalProperties": False,
+        "required": ["dist"],
+        "allOf": [
+            {"if": {"properties": {"dist": {"const": k}}}, "then": {"required": list(v)}}
+            for k, v in DIST_REQUIRED.items()
+        ],
+    }
+    return {
+        "description": "A duration, or {dist: fixed|uniform|exponential|lognormal, …}.",
+        "anyOf": [any_duration, dist],
+    }
+
+
+DIST = Custom(lambda r, v, p: _sr(r).dist(v, p), _dist_schema)
+"""A random duration: a duration, or ``{dist: uniform, low: 30s, high: 60s}`` and the like."""
+
+
+def _tokens(default: TokensSpec) -> Custom:
+    """Tokens per request: a fixed count, or a distribution (``default`` fills what is left)."""
+    mapping = Section(
+        (
+            Field("dist", Choice(("fixed", "exponential", "lognormal"))),
+            Field("mean", Number(positive=True)),
+            Field("sigma", Number(positive=True)),
         ),
+        TokensSpec,
+    )
+    return Custom(
+        lambda r, v, p: _sr(r).tokens(v, p, default),
+        lambda ctx: {"anyOf": [Number(positive=True).schema(ctx), mapping.schema(ctx)]},
     )
 
 
-def _bounds(r: ScenarioReader, o: Mapping[str, Any], p: str) -> tuple[int | None, int | None]:
-    lo = r.field(o, p, "minReplicas", r.integer, -1)
-    hi = r.field(o, p, "maxReplicas", lambda v, q: r.integer(v, q, minimum=1), -1)
-    return (None if lo < 0 else lo), (None if hi < 0 else hi)
+# -- cluster and background ----------------------------------------------------------------------
+
+_TAINT = Section(
+    (
+        Field("key", Text(), required=True),
+        Field("value", Text(blank=True), default=""),
+        Field(
+            "effect", Choice(("NoSchedule", "PreferNoSchedule", "NoExecute")), default="NoSchedule"
+        ),
+    ),
+    Taint,
+    missing="required",
+)
+_TOLERATION = Section(
+    (
+        Field("key", Text(blank=True), default=""),
+        Field("operator", Choice(("Equal", "Exists")), default="Equal"),
+        Field("value", Text(blank=True), default=""),
+        Field("effect", Choice(("", "NoSchedule", "PreferNoSchedule", "NoExecute")), default=""),
+    ),
+    Toleration,
+)
+_POOL = Section(
+    (
+        Field("name", Text(), default=""),
+        Field("count", Integer(1), required=True),
+        Field("gpus", Integer(1), required=True),
+        Field("gpuMemory", MEMORY, required=True, attr="gpu_memory_mib"),
+        Field("model", Text(), default=""),
+        Field("labels", LABELS, default={}),
+        Field("taints", ListOf(_TAINT, "a list", allow_empty=True), default=()),
+    ),
+    PoolSpec,
+    missing="required",
+)
+OPENB_GPU_MEMORY = {
+    "V100M16": 16384,
+    "V100M32": 32768,
+    "T4": 16384,
+    "P100": 16384,
+    "A10": 24576,
+    "G2": 16384,
+    "G3": 32768,
+}
+"""MiB per GPU of the openb node list's GPU models; a scenario may set these and ``default``."""
+_OPENB_MEMORY = Section(
+    tuple(Field(k, MEMORY, attr=k) for k in (*OPENB_GPU_MEMORY, "default")),
+    lambda **mib: {k: v for k, v in mib.items() if v is not None},
+)
+_OPENB = Section(
+    (
+        Field("nodes", FILE, default=DATA_DIR / "openb_node_list_gpu_node.csv", attr="path"),
+        Field("count", Integer(1)),
+        Field("gpuMemory", _OPENB_MEMORY, default={}, attr="gpu_memory_mib"),
+    ),
+    lambda path, count, gpu_memory_mib: OpenbClusterSpec(
+        path, count, OPENB_GPU_MEMORY | gpu_memory_mib
+    ),
+)
+
+
+def _has_nodes(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    if not obj.get("pools") and "openb" not in obj:
+        r.error(path, "needs pools or openb (a cluster without nodes cannot run replicas)")
+        return None
+    pools = values["pools"] or ()
+    named = tuple(replace(p, name=p.name or f"pool{i}") for i, p in enumerate(pools))
+    return values | {"pools": named}
+
+
+_CLUSTER = Section(
+    (
+        Field("pools", ListOf(_POOL, "a list", allow_empty=True), default=()),
+        Field("openb", _OPENB),
+        Field("scoring", Choice(("binpack", "spread", "fragmentation")), default="binpack"),
+    ),
+    ClusterSpec,
+    check=_has_nodes,
+    nullable=False,
+    extra={
+        "anyOf": [
+            {"required": ["pools"], "properties": {"pools": {"minItems": 1}}},
+            {"required": ["openb"]},
+        ]
+    },
+)
+_BACKGROUND = Section(
+    (
+        Field("pods", Integer(0), default=0),
+        Field("podList", FILE, default=BackgroundSpec().path, attr="path"),
+        Field("gpuMemory", MEMORY, attr="gpu_memory_mib"),
+    ),
+    BackgroundSpec,
+)
+
+# -- service ---------------------------------------------------------------------------------
+
+
+def _some_bound(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    if all(values[k] is None for k in ("ttft", "tpot", "e2e")):
+        r.error(path, "give at least one of ttft, tpot, e2e")
+        return None
+    return values
+
+
+_SLO = Section(
+    (
+        Field("ttft", Duration(positive=True)),
+        Field("tpot", Duration(positive=True)),
+        Field("e2e", Duration(positive=True)),
+        Field("attainment", Number(positive=True, at_most=1), default=0.99),
+    ),
+    Slo,
+    check=_some_bound,
+    nullable=False,
+    extra={"anyOf": [{"required": ["ttft"]}, {"required": ["tpot"]}, {"required": ["e2e"]}]},
+)
+
+
+def _read_slo(r: Reader, value: Any, path: str) -> Slo | None:
+    """``slo: 2s`` (end-to-end only) or ``{ttft, tpot, e2e, attainment}``."""
+    if isinstance(value, Mapping):
+        return _SLO.read(r, value, path)
+    seconds = r.duration(value, path, positive=True)
+    return None if seconds is None else Slo(e2e=seconds)
+
+
+def _read_gpu_memory(r: Reader, value: Any, path: str) -> int | str | None:
+    """MiB, or ``"whole"``: the replica takes whole GPUs (``None`` in the spec)."""
+    return value if value == "whole" else _sr(r).memory(value, path)
+
+
+def _in_order(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    low, high = values["min"], values["max"]
+    if low is not None and high is not None and high < low:
+        r.error(f"{path}.max", f"must be at least min ({low}), got {high}")
+        return None
+    return values
+
+
+_SERVICE_DEFAULT = ServiceSpec()
+_TIME_DEFAULT = ServiceTimeSpec()
+_STARTUP_DEFAULT = StartupSpec()
+_SERVICE_TIME = Section(
+    (
+        Field("model", Choice(get_args(ServiceTimeKind)), default=_TIME_DEFAULT.model),
+        Field("seconds", Duration(positive=True), default=_TIME_DEFAULT.seconds),
+        Field("mean", Duration(positive=True), default=_TIME_DEFAULT.mean),
+        Field("sigma", Number(positive=True), default=_TIME_DEFAULT.sigma),
+        Field("prefillRate", Number(positive=True), default=_TIME_DEFAULT.prefill_rate),
+        Field("decodeRate", Number(positive=True), default=_TIME_DEFAULT.decode_rate),
+        Field("overhead", Duration(), default=_TIME_DEFAULT.overhead),
+    ),
+    ServiceTimeSpec,
+)
+_STARTUP = Section(
+    (
+        Field("scheduling", DIST, default=_STARTUP_DEFAULT.scheduling),
+        Field("imagePull", DIST, default=_STARTUP_DEFAULT.image_pull),
+        Field("imagePullCached", DIST, default=_STARTUP_DEFAULT.image_pull_cached),
+        Field("modelLoad", DIST, default=_STARTUP_DEFAULT.model_load),
+        Field("retry", Duration(positive=True), default=_STARTUP_DEFAULT.retry),
+    ),
+    StartupSpec,
+)
+ENGINE_FIELDS = (
+    Field("profile", Text(), default=DEFAULT_PROFILE),
+    Field("maxNumSeqs", Integer(1), default=MAX_NUM_SEQS),
+    Field("maxNumBatchedTokens", Integer(1), default=MAX_NUM_BATCHED_TOKENS),
+    Field("gpuMemoryUtilization", Number(positive=True, at_most=1), default=GPU_MEMORY_UTILIZATION),
+    Field("kvCacheTokens", Integer(1)),
+    Field("blockSize", Integer(1), default=BLOCK_SIZE),
+)
+"""The service's fields for ``engine: vllm`` (step-time profile and vLLM's limits)."""
+_VLLM_KEYS = tuple(f.name for f in ENGINE_FIELDS)
+_PER_REQUEST_KEYS = ("maxBatch", "serviceTime")
+
+
+def _engine_spec(r: ScenarioReader, values: dict[str, Any], path: str) -> EngineSpec | None:
+    """The vLLM engine from the service's flat fields; None (recorded) when it cannot be."""
+    engine = {f.key: values.pop(f.key) for f in ENGINE_FIELDS}
+    ref, profile = engine.pop("profile"), None
+    try:
+        profile = None if ref is None else load_profile(ref, r.base_dir)
+    except ProfileError as exc:
+        for m in exc.messages:
+            r.error(f"{path}.profile", m)
+    kv, block = engine["kv_cache_tokens"], engine["block_size"]
+    if kv is not None and block is not None and kv < block:
+        r.error(f"{path}.kvCacheTokens", f"must hold at least one block ({block} tokens), got {kv}")
+        return None
+    if profile is None or any(engine[k] is None for k in engine if k != "kv_cache_tokens"):
+        return None
+    return EngineSpec(profile=profile, **engine)
+
+
+def _service_rules(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    """Fields of the other engine are errors; buckets increase; the vLLM engine's KV cache fits."""
+    engine = values["engine"] or "vllm"
+    own = _VLLM_KEYS if engine == "per-request" else _PER_REQUEST_KEYS
+    other = "vllm" if engine == "per-request" else "per-request"
+    ok = True
+    for key in own:
+        if key in obj:
+            r.error(f"{path}.{key}", f"applies only to engine: {other} (this service has {engine})")
+            ok = False
+    buckets = values["latency_buckets"]
+    if buckets is not None and list(buckets) != sorted(set(buckets)):
+        r.error(f"{path}.latencyBuckets", "must be strictly increasing")
+        ok = False
+    all_read = _SERVICE.all_read(obj, values)
+    bounds = values.pop("replicas")
+    vllm = _engine_spec(_sr(r), values, path) if engine == "vllm" else None
+    for f in ENGINE_FIELDS:
+        values.pop(f.key, None)
+    memory = values["gpu_memory_mib"]
+    if not ok or bounds is None or memory is None or (engine == "vllm" and vllm is None):
+        return None
+    values |= {
+        "gpu_memory_mib": None if memory == "whole" else memory,
+        "min_replicas": bounds[0],
+        "max_replicas": bounds[1],
+        "vllm": vllm,
+    }
+    if vllm is not None and all_read:
+        try:
+            ServiceSpec(**values).engine_limits()
+        except ValueError as exc:
+            r.error(f"{path}.gpuMemory", f"{exc} (profile {vllm.profile.name})")
+            return None
+    return values
+
+
+_SERVICE = Section(
+    (
+        Field("name", Text(), default=_SERVICE_DEFAULT.name),
+        Field("gpus", Integer(1), default=_SERVICE_DEFAULT.gpus),
+        Field(
+            "gpuMemory",
+            Custom(
+                _read_gpu_memory, lambda ctx: {"anyOf": [{"const": "whole"}, dict(_MEMORY_SCHEMA)]}
+            ),
+            default=_SERVICE_DEFAULT.gpu_memory_mib,
+            attr="gpu_memory_mib",
+        ),
+        Field("tolerations", ListOf(_TOLERATION, "a list", allow_empty=True), default=()),
+        Field("nodeSelector", LABELS, default={}),
+        Field("maxBatch", Integer(1), default=_SERVICE_DEFAULT.max_batch),
+        Field("serviceTime", _SERVICE_TIME, default=_SERVICE_DEFAULT.service_time),
+        Field(
+            "routing",
+            Choice(("least-outstanding", "round-robin")),
+            default=_SERVICE_DEFAULT.routing,
+        ),
+        Field(
+            "slo",
+            Custom(
+                _read_slo,
+                lambda ctx: {"anyOf": [Duration(positive=True).schema(ctx), _SLO.schema(ctx)]},
+            ),
+            default=_SERVICE_DEFAULT.slo,
+        ),
+        Field(
+            "replicas",
+            Section(
+                (
+                    Field("min", Integer(0), default=_SERVICE_DEFAULT.min_replicas),
+                    Field("max", Integer(1), default=_SERVICE_DEFAULT.max_replicas),
+                ),
+                lambda min, max: (min, max),
+                check=_in_order,
+            ),
+            default=(_SERVICE_DEFAULT.min_replicas, _SERVICE_DEFAULT.max_replicas),
+        ),
+        Field("initialReplicas", Integer(0), default=_SERVICE_DEFAULT.initial_replicas),
+        Field("startup", _STARTUP, default=_SERVICE_DEFAULT.startup),
+        Field(
+            "terminationGracePeriod",
+            Duration(),
+            default=_SERVICE_DEFAULT.termination_grace,
+            attr="termination_grace",
+        ),
+        Field("drainOnTermination", Boolean(), default=_SERVICE_DEFAULT.drain, attr="drain"),
+        Field("deletionCost", Boolean(), default=_SERVICE_DEFAULT.deletion_cost),
+        Field("latencyBuckets", ListOf(Duration(positive=True), "a non-empty list of seconds")),
+        Field("engine", Choice(get_args(EngineKind)), default=_SERVICE_DEFAULT.engine),
+        *ENGINE_FIELDS,
+    ),
+    ServiceSpec,
+    check=_service_rules,
+    extra={
+        # Fields of the other engine are errors: vllm (the default) has no maxBatch/serviceTime.
+        "if": {"properties": {"engine": {"const": "per-request"}}, "required": ["engine"]},
+        "then": {"properties": dict.fromkeys(_VLLM_KEYS, False)},
+        "else": {"properties": dict.fromkeys(_PER_REQUEST_KEYS, False)},
+    },
+)
+
+# -- workload --------------------------------------------------------------------------------
+
+_WORKLOAD_DEFAULT = WorkloadSpec()
+_POSITIVE = Number(positive=True)
+_NON_NEGATIVE = Number(minimum=0)
+WORKLOAD_FIELDS: dict[str, tuple[Field, ...]] = {
+    "trace": (
+        Field("path", FILE, default=_WORKLOAD_DEFAULT.path),
+        Field("speedup", _POSITIVE, default=_WORKLOAD_DEFAULT.speedup),
+        Field("scale", _POSITIVE, default=_WORKLOAD_DEFAULT.scale),
+        Field("jitter", Duration(), default=_WORKLOAD_DEFAULT.jitter),
+    ),
+    "poisson": (Field("rate", _POSITIVE, required=True),),
+    "diurnal": (
+        Field("mean", _POSITIVE, required=True),
+        Field("amplitude", _NON_NEGATIVE, default=_WORKLOAD_DEFAULT.amplitude),
+        Field("period", Duration(positive=True), default=_WORKLOAD_DEFAULT.period),
+        Field("phase", Number(), default=_WORKLOAD_DEFAULT.phase),
+        Field("noise", _NON_NEGATIVE, default=_WORKLOAD_DEFAULT.noise),
+    ),
+    "bursts": (
+        Field("base", _NON_NEGATIVE, required=True),
+        Field("burst", _NON_NEGATIVE, required=True),
+        Field("on", Duration(positive=True), default=_WORKLOAD_DEFAULT.on),
+        Field("off", Duration(positive=True), default=_WORKLOAD_DEFAULT.off),
+        Field("start", Duration()),
+    ),
+    "prometheus": (
+        Field("url", Text(), required=True),
+        Field("query", Text(), required=True),
+        Field("start", Number(), required=True, attr="range_start"),
+        Field("end", Number(), required=True, attr="range_end"),
+        Field("step", Duration(positive=True), default=_WORKLOAD_DEFAULT.step),
+        Field("speedup", _POSITIVE, default=_WORKLOAD_DEFAULT.speedup),
+        Field("scale", _POSITIVE, default=_WORKLOAD_DEFAULT.scale),
+    ),
+}
+"""Each workload type's own fields (all but ``trace`` also take promptTokens and
+generatedTokens)."""
+_TOKEN_FIELDS = (
+    Field(
+        "promptTokens",
+        _tokens(_WORKLOAD_DEFAULT.prompt),
+        default=_WORKLOAD_DEFAULT.prompt,
+        attr="prompt",
+    ),
+    Field(
+        "generatedTokens",
+        _tokens(_WORKLOAD_DEFAULT.generated),
+        default=_WORKLOAD_DEFAULT.generated,
+        attr="generated",
+    ),
+)
+_WORKLOADS = {
+    kind: Section(
+        (
+            Field("type", Const(kind), required=True),
+            *fields,
+            *(_TOKEN_FIELDS if kind != "trace" else ()),
+        ),
+        WorkloadSpec,
+        missing=f"required for type: {kind}",
+        nullable=False,
+    )
+    for kind, fields in WORKLOAD_FIELDS.items()
+}
+_WORKLOAD = Tagged("type", lambda: _WORKLOADS, def_name=None, missing=None)
+
+# -- contenders ------------------------------------------------------------------------------
+
+
+def _more_than_one(r: Reader, value: Any, path: str) -> float | None:
+    """KPA's rates: above 1 (as Knative's config validation says it)."""
+    rate = r.number(value, path, positive=True)
+    if rate is not None and rate <= 1.0:
+        r.error(path, f"{path.rsplit('.', 1)[-1]} = {rate:g}, must be greater than 1.0")
+        return None
+    return rate
+
+
+_RATE = Custom(_more_than_one, lambda ctx: {"type": "number", "exclusiveMinimum": 1})
+_METRIC = Choice(get_args(BaselineMetric))
+_BOUNDS = (Field("minReplicas", Integer(0)), Field("maxReplicas", Integer(1)))
+_hpa, _keda, _kpa = HpaContender(""), KedaContender(""), KpaContender("")
+BASELINE_FIELDS: dict[str, tuple[Field, ...]] = {
+    "hpa": (
+        Field("metric", _METRIC, default=_hpa.metric),
+        Field("target", _POSITIVE, default=_hpa.target),
+        Field("quantile", _POSITIVE, default=_hpa.quantile),
+        Field("window", Duration(positive=True), default=_hpa.window),
+        *_BOUNDS,
+    ),
+    "keda": (
+        Field("metric", _METRIC, default=_keda.metric),
+        Field("threshold", _POSITIVE, default=_keda.threshold),
+        Field("activationThreshold", Number(), default=_keda.activation_threshold),
+        Field("quantile", _POSITIVE, default=_keda.quantile),
+        Field("window", Duration(positive=True), default=_keda.window),
+        Field("pollingInterval", Duration(positive=True), default=_keda.polling_interval),
+        Field("cooldownPeriod", Duration(), default=_keda.cooldown_period),
+        *_BOUNDS,
+    ),
+    "kpa": (
+        Field("target", _POSITIVE, default=_kpa.target),
+        Field("targetUtilization", _POSITIVE, default=_kpa.target_utilization),
+        Field("stableWindow", Duration(positive=True), default=_kpa.stable_window),
+        Field("panicWindowPercentage", _POSITIVE, default=_kpa.panic_window_percentage),
+        Field("panicThreshold", _POSITIVE, default=_kpa.panic_threshold),
+        Field("maxScaleUpRate", _RATE, default=_kpa.max_scale_up_rate),
+        Field("maxScaleDownRate", _RATE, default=_kpa.max_scale_down_rate),
+        *_BOUNDS,
+    ),
+    "fixed": (Field("replicas", Integer(1), required=True),),
+}
+"""Each baseline's knobs, beside ``baseline`` and ``name``."""
+_BASELINE_CLASSES: dict[str, Callable[..., Contender]] = {
+    "hpa": HpaContender,
+    "keda": KedaContender,
+    "kpa": KpaContender,
+    "fixed": lambda label, replicas: FixedContender(label or f"fixed-{replicas}", replicas),
+}
+
+
+def _baseline_section(kind: str) -> Section[Contender]:
+    make = _BASELINE_CLASSES[kind]
+    default_label = "" if kind == "fixed" else kind
+
+    def build(name: str | None, **knobs: Any) -> Contender:
+        return make(default_label if name is None else name, **knobs)
+
+    return Section(
+        (
+            Field("baseline", Const(kind), required=True, attr=""),
+            Field("name", Label()),
+            *BASELINE_FIELDS[kind],
+        ),
+        build,
+        missing=f"required for baseline: {kind}",
+        nullable=False,
+    )
+
+
+_BASELINES = {kind: _baseline_section(kind) for kind in (*BASELINES, "fixed")}
+_BASELINE = Tagged("baseline", lambda: _BASELINES, def_name=None, missing=None)
+_POLICY_FILE = Section(
+    (Field("file", FILE, required=True), Field("name", Label())),
+    lambda file, name: (file, name),
+    nullable=False,
+)
 
 
 def read_contender(r: ScenarioReader, item: Any, p: str) -> list[Contender]:
@@ -935,243 +1056,40 @@ def read_contender(r: ScenarioReader, item: Any, p: str) -> list[Contender]:
     if not isinstance(item, Mapping):
         r.error(p, f"expected a mapping with file: or baseline:, got {show(item)}")
         return []
-    if "file" in item:
-        o = r.mapping(item, p, optional=("file", "name"))
-        if o is None:
-            return []
-        path = r.path(o.get("file"), f"{p}.file")
-        if path is None:
-            return []
-        try:
-            policies = load_policy_file(path)
-        except PolicyFileError as exc:
-            for m in exc.messages:
-                r.error(f"{p}.file", m)
-            return []
-        if not policies:
-            r.error(f"{p}.file", f"{path}: no ScalingPolicy in the file")
-        out: list[Contender] = []
-        for pol in policies:
-            label = str(o.get("name")) if "name" in o and len(policies) == 1 else pol.name
-            out.append(GpuscaleContender(label, pol, str(path)))
-        return out
-    kind = r.choice(item.get("baseline"), f"{p}.baseline", (*BASELINES, "fixed"))
-    if kind is None:
+    if "file" not in item:
+        baseline = _BASELINE.read(r, item, p)
+        return [] if baseline is None else [baseline]
+    got = _POLICY_FILE.read(r, item, p)
+    if got is None:
         return []
-    label = str(item.get("name", kind))
-    metrics = ("queue", "concurrency", "latency", "rate")
-    pos = lambda v, q: r.number(v, q, positive=True)  # noqa: E731
-    if kind == "hpa":
-        o = r.mapping(
-            item,
-            p,
-            optional=(
-                "baseline",
-                "name",
-                "metric",
-                "target",
-                "quantile",
-                "window",
-                "minReplicas",
-                "maxReplicas",
-            ),
-        )
-        if o is None:
-            return []
-        d = HpaContender(label)
-        lo, hi = _bounds(r, o, p)
-        return [
-            HpaContender(
-                label,
-                metric=r.field(o, p, "metric", lambda v, q: r.choice(v, q, metrics), d.metric),
-                target=r.field(o, p, "target", pos, d.target),
-                quantile=r.field(o, p, "quantile", pos, d.quantile),
-                window=r.field(
-                    o, p, "window", lambda v, q: r.duration(v, q, positive=True), d.window
-                ),
-                min_replicas=lo,
-                max_replicas=hi,
-            )
-        ]
-    if kind == "keda":
-        o = r.mapping(
-            item,
-            p,
-            optional=(
-                "baseline",
-                "name",
-                "metric",
-                "threshold",
-                "activationThreshold",
-                "quantile",
-                "window",
-                "pollingInterval",
-                "cooldownPeriod",
-                "minReplicas",
-                "maxReplicas",
-            ),
-        )
-        if o is None:
-            return []
-        k = KedaContender(label)
-        lo, hi = _bounds(r, o, p)
-        return [
-            KedaContender(
-                label,
-                metric=r.field(o, p, "metric", lambda v, q: r.choice(v, q, metrics), k.metric),
-                threshold=r.field(o, p, "threshold", pos, k.threshold),
-                activation_threshold=r.field(
-                    o, p, "activationThreshold", r.number, k.activation_threshold
-                ),
-                quantile=r.field(o, p, "quantile", pos, k.quantile),
-                window=r.field(
-                    o, p, "window", lambda v, q: r.duration(v, q, positive=True), k.window
-                ),
-                polling_interval=r.field(
-                    o,
-                    p,
-                    "pollingInterval",
-                    lambda v, q: r.duration(v, q, positive=True),
-                    k.polling_interval,
-                ),
-                cooldown_period=r.field(o, p, "cooldownPeriod", r.duration, k.cooldown_period),
-                min_replicas=lo,
-                max_replicas=hi,
-            )
-        ]
-    if kind == "kpa":
-        o = r.mapping(
-            item,
-            p,
-            optional=(
-                "baseline",
-                "name",
-                "target",
-                "targetUtilization",
-                "stableWindow",
-                "panicWindowPercentage",
-                "panicThreshold",
-                "maxScaleUpRate",
-                "maxScaleDownRate",
-                "minReplicas",
-                "maxReplicas",
-            ),
-        )
-        if o is None:
-            return []
-        a = KpaContender(label)
-        lo, hi = _bounds(r, o, p)
-        up = r.field(o, p, "maxScaleUpRate", pos, a.max_scale_up_rate)
-        down = r.field(o, p, "maxScaleDownRate", pos, a.max_scale_down_rate)
-        for key, v in (("maxScaleUpRate", up), ("maxScaleDownRate", down)):
-            if v <= 1.0:
-                r.error(f"{p}.{key}", f"{key} = {v:g}, must be greater than 1.0")
-        return [
-            KpaContender(
-                label,
-                target=r.field(o, p, "target", pos, a.target),
-                target_utilization=r.field(o, p, "targetUtilization", pos, a.target_utilization),
-                stable_window=r.field(
-                    o,
-                    p,
-                    "stableWindow",
-                    lambda v, q: r.duration(v, q, positive=True),
-                    a.stable_window,
-                ),
-                panic_window_percentage=r.field(
-                    o, p, "panicWindowPercentage", pos, a.panic_window_percentage
-                ),
-                panic_threshold=r.field(o, p, "panicThreshold", pos, a.panic_threshold),
-                max_scale_up_rate=up,
-                max_scale_down_rate=down,
-                min_replicas=lo,
-                max_replicas=hi,
-            )
-        ]
-    o = r.mapping(item, p, optional=("baseline", "name", "replicas"))
-    if o is None:
+    path, name = got
+    try:
+        policies = load_policy_file(path)
+    except PolicyFileError as exc:
+        for m in exc.messages:
+            r.error(f"{p}.file", m)
         return []
-    if "replicas" not in o:
-        r.error(f"{p}.replicas", "required for baseline: fixed")
-        return []
-    n = r.field(o, p, "replicas", lambda v, q: r.integer(v, q, minimum=1), 1)
-    return [FixedContender(label if "name" in item else f"fixed-{n}", n)]
+    if not policies:
+        r.error(f"{p}.file", f"{path}: no ScalingPolicy in the file")
+    label = name if name is not None and len(policies) == 1 else None
+    return [GpuscaleContender(label or pol.name, pol, str(path)) for pol in policies]
 
 
-def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
-    """Build a scenario from a parsed YAML document; :class:`ScenarioError` lists every error."""
-    r = ScenarioReader(base_dir)
-    top = (
-        "name",
-        "seed",
-        "duration",
-        "timelineInterval",
-        "cluster",
-        "background",
-        "service",
-        "workload",
-        "metrics",
-        "hpa",
-        "policies",
-    )
-    obj = r.mapping(document, "", optional=top)
-    if obj is None or not obj:
-        if obj is not None:
-            r.error("(top)", "empty scenario")
-        raise ScenarioError(r.messages(file))
-    for key in ("cluster", "service", "workload"):
-        if key not in obj:
-            r.error(key, "required")
-    metrics = MetricsSpec()
-    if "metrics" in obj:
-        o = r.mapping(obj["metrics"], "metrics", optional=("scrapeInterval",))
-        if o is not None:
-            metrics = MetricsSpec(
-                r.field(
-                    o,
-                    "metrics",
-                    "scrapeInterval",
-                    lambda v, q: r.duration(v, q, positive=True),
-                    15.0,
-                )
-            )
-    hpa = HpaSettings()
-    if "hpa" in obj:
-        o = r.mapping(
-            obj["hpa"],
-            "hpa",
-            optional=("syncPeriod", "tolerance", "gpuscaleTolerance", "staleAfter"),
-        )
-        if o is not None:
-            frac = lambda v, q: r.number(v, q, minimum=0.0)  # noqa: E731
-            hpa = HpaSettings(
-                sync_period=r.field(
-                    o,
-                    "hpa",
-                    "syncPeriod",
-                    lambda v, q: r.duration(v, q, positive=True),
-                    hpa.sync_period,
-                ),
-                tolerance=r.field(o, "hpa", "tolerance", frac, hpa.tolerance),
-                gpuscale_tolerance=r.field(
-                    o, "hpa", "gpuscaleTolerance", frac, hpa.gpuscale_tolerance
-                ),
-                stale_after=r.field(
-                    o,
-                    "hpa",
-                    "staleAfter",
-                    lambda v, q: r.duration(v, q, positive=True),
-                    hpa.stale_after,
-                ),
-            )
+_CONTENDER = Custom(
+    lambda r, v, p: read_contender(_sr(r), v, p),
+    lambda ctx: {
+        "oneOf": [_POLICY_FILE.schema(ctx), *(s.schema(ctx) for s in _BASELINES.values())]
+    },
+)
+
+
+def _unique_labels(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
     contenders: list[Contender] = []
-    raw = obj.get("policies", [])
-    if not isinstance(raw, list):
-        r.error("policies", f"expected a list, got {show(raw)}")
-        raw = []
     used: set[str] = set()
-    for i, item in enumerate(raw):
-        for c in read_contender(r, item, f"policies[{i}]"):
+    for i, entry in enumerate(values["contenders"] or ()):
+        for c in entry:
             if c.label in used:
                 r.error(
                     f"policies[{i}]",
@@ -1179,28 +1097,65 @@ def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
                 )
             used.add(c.label)
             contenders.append(c)
-    duration = None
-    if "duration" in obj:
-        duration = r.duration(obj["duration"], "duration", positive=True)
-    scenario = Scenario(
-        name=r.field(obj, "", "name", r.string, Path(file).stem),
-        file=file,
-        seed=r.field(obj, "", "seed", r.integer, 1),
-        duration=duration,
-        timeline_interval=r.field(
-            obj, "", "timelineInterval", lambda v, q: r.duration(v, q, positive=True), 10.0
+    return values | {"contenders": tuple(contenders)}
+
+
+SCENARIO_DOCUMENT: Section[dict[str, Any]] = Section(
+    (
+        Field("name", Text()),
+        Field("seed", Integer(0), default=1),
+        Field("duration", Duration(positive=True)),
+        Field("timelineInterval", Duration(positive=True), default=10.0),
+        Field("cluster", _CLUSTER, required=True),
+        Field("background", _BACKGROUND, default=BackgroundSpec()),
+        Field("service", _SERVICE, required=True),
+        Field("workload", _WORKLOAD, required=True),
+        Field(
+            "metrics",
+            Section((Field("scrapeInterval", Duration(positive=True), default=15.0),), MetricsSpec),
+            default=MetricsSpec(),
         ),
-        cluster=_cluster(r, obj.get("cluster")) if "cluster" in obj else ClusterSpec(()),
-        background=_background(r, obj.get("background")),
-        service=_service(r, obj.get("service")),
-        workload=_workload(r, obj.get("workload")) if "workload" in obj else WorkloadSpec(),
-        metrics=metrics,
-        hpa=hpa,
-        contenders=tuple(contenders),
-    )
-    if r.errors:
+        Field(
+            "hpa",
+            Section(
+                (
+                    Field("syncPeriod", Duration(positive=True), default=15.0),
+                    Field("tolerance", _NON_NEGATIVE, default=0.1),
+                    Field("gpuscaleTolerance", _NON_NEGATIVE, default=0.0),
+                    Field("staleAfter", Duration(positive=True), default=120.0),
+                ),
+                HpaSettings,
+            ),
+            default=HpaSettings(),
+        ),
+        Field(
+            "policies",
+            ListOf(_CONTENDER, "a list", allow_empty=True),
+            default=(),
+            attr="contenders",
+        ),
+    ),
+    dict,
+    check=_unique_labels,
+    missing="required",
+    nullable=False,
+    extra={"minProperties": 1},
+)
+"""A scenario file: read into the fields of a :class:`Scenario` (all but its file, and its
+name where the file gives none)."""
+
+
+def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
+    """Build a scenario from a parsed YAML document; :class:`ScenarioError` lists every error."""
+    r = ScenarioReader(base_dir)
+    if document is None or (isinstance(document, Mapping) and not document):
+        r.error(ROOT, "empty scenario")
         raise ScenarioError(r.messages(file))
-    return scenario
+    values = SCENARIO_DOCUMENT.read(r, document, ROOT)
+    if r.errors or values is None:
+        raise ScenarioError(r.messages(file) or [f"{file}: invalid scenario"])
+    name = values.pop("name") or Path(file).stem
+    return Scenario(name=name, file=file, **values)
 
 
 def read_yaml_file(p: Path, error: type[ScenarioError] = ScenarioError) -> Any:
