@@ -75,6 +75,9 @@ class Field:
     default: Any = None
     description: str = ""
     attr: str | None = None
+    missing: str | None = None
+    """The message when this required field is left out, where it says more than the
+    section's (``required: the attainment to reach, e.g. 0.99``)."""
 
     @property
     def key(self) -> str:
@@ -306,16 +309,17 @@ class Section(Generic[T]):
         return tuple(f.name for f in self.fields if not f.required)
 
     def read(self, r: Reader, value: Any, path: str) -> T | None:
-        if self.missing is None:
+        worded = self.missing is not None or any(f.missing for f in self.fields)
+        if not worded:
             obj = r.mapping(value, path, required=self.required, optional=self.optional)
         else:
             obj = r.mapping(value, path, optional=(*self.required, *self.optional))
         if obj is None:
             return None
-        if self.missing is not None:
-            for name in self.required:
-                if name not in obj:
-                    r.error(join(path, name), self.missing)
+        for f in self.fields if worded else ():
+            if f.required and f.name not in obj:
+                missing = f.missing or self.missing or "required field is missing"
+                r.error(join(path, f.name), missing)
         values: dict[str, Any] = {}
         failed = False  # a field given and invalid, or required and missing
         for f in self.fields:

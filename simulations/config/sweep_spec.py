@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from policies.declare import Boolean, Custom, Duration, Field, Number, Section
 from policies.parse import (
     PolicyError,
     PolicyFileError,
@@ -27,7 +28,7 @@ from policies.parse import (
     parse_policy_document,
     policy_to_document,
 )
-from policies.reading import show
+from policies.reading import ROOT, Reader, show
 from policies.schema import ScalingPolicy
 from simulations.config.scenario import (
     BASELINES,
@@ -161,7 +162,6 @@ def apply_policy_knobs(policy: ScalingPolicy, knobs: Knobs) -> ScalingPolicy:
 # --------------------------------------------------------------------------- reading
 
 _FAMILY_KEYS = ("baseline", "file", "policy", "set", "grid", "points")
-_TOP = ("scenario", "duration", "seeds", "target", "bounds", "families")
 _BASELINE_FIXED = ("baseline", "name")
 
 
@@ -218,9 +218,7 @@ def _grids(
     return out
 
 
-def _family(
-    r: ScenarioReader, name: str, value: Any, scenario: Scenario, base_dir: Path
-) -> Family | None:
+def _family(r: ScenarioReader, name: str, value: Any) -> Family | None:
     p = f"families.{name}"
     obj = r.mapping(value, p, optional=_FAMILY_KEYS)
     if obj is None:
@@ -256,7 +254,7 @@ def _family(
         kind = r.choice(obj["baseline"], f"{p}.baseline", BASELINES)
         if kind is None:
             return None
-        build = _baseline_builder(r, kind, name, base_dir)
+        build = _baseline_builder(r, kind, name, r.base_dir)
     else:
         kind = "gpuscale"
         build = _policy_builder(r, obj, p, name)
@@ -358,95 +356,135 @@ def _policy_builder(r: ScenarioReader, obj: Mapping[str, Any], p: str, family: s
     return build
 
 
+def _read_scenario(r: Reader, value: Any, path: str) -> Scenario | None:
+    """The scenario file the sweep runs; its own errors are passed on under ``scenario:``."""
+    assert isinstance(r, ScenarioReader)
+    sc_path = r.path(value, path)
+    if sc_path is None:
+        return None
+    try:
+        return load_scenario(sc_path)
+    except ScenarioError as exc:
+        for m in exc.messages:
+            r.error(path, m)
+        return None
+
+
+def _read_seeds(r: Reader, value: Any, path: str) -> tuple[int, ...] | int | None:
+    """Seeds listed (distinct), or how many to run from the scenario's own seed on."""
+    if not isinstance(value, list):
+        return r.integer(value, path, minimum=1)
+    got = [r.integer(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not value:
+        r.error(path, "expected at least one seed")
+        return None
+    if len(set(value)) != len(value):
+        r.error(path, "seeds must be distinct")
+        return None
+    return None if any(s is None for s in got) else tuple(s for s in got if s is not None)
+
+
+def _read_hindsight(r: Reader, value: Any, path: str) -> HindsightSpec | bool | None:
+    """``true`` (the defaults), ``false`` (no hindsight bound) or ``{interval}``."""
+    if isinstance(value, bool):
+        return value
+    return _HINDSIGHT.read(r, value, path)
+
+
+_HINDSIGHT = Section(
+    (Field("interval", Duration(positive=True), default=HindsightSpec().interval),),
+    HindsightSpec,
+)
+_FAMILY_NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]*")
+
+
+def _read_families(r: Reader, value: Any, path: str) -> tuple[Family, ...] | None:
+    assert isinstance(r, ScenarioReader)
+    if not isinstance(value, Mapping) or not value:
+        r.error(path, f"required: a mapping of family name to its knobs, got {show(value)}")
+        return None
+    families = []
+    for name, knobs in value.items():
+        if not isinstance(name, str) or not _FAMILY_NAME.fullmatch(name):
+            r.error(f"{path}.{name}", "family names are letters, digits, -, _ and .")
+            continue
+        family = _family(r, name, knobs)
+        if family is not None:
+            families.append(family)
+    return tuple(families)
+
+
+def _scenario_for_the_sweep(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    """The scenario (the built-in one by default) with the sweep's duration and no contenders;
+    a count of seeds counts from the scenario's seed."""
+    scenario = values["scenario"] if "scenario" in obj else load_scenario(None)
+    if scenario is None:
+        return None
+    if values["duration"] is not None:
+        scenario = replace(scenario, duration=values["duration"])
+    seeds = values["seeds"]
+    if seeds is None and "seeds" not in obj:
+        seeds = (scenario.seed,)
+    elif isinstance(seeds, int):
+        seeds = tuple(range(scenario.seed, scenario.seed + seeds))
+    bounds = values.pop("bounds")
+    if bounds is None:
+        return None
+    return values | {"scenario": replace(scenario, contenders=()), "seeds": seeds, **bounds}
+
+
+SWEEP_DOCUMENT: Section[dict[str, Any]] = Section(
+    (
+        Field("scenario", Custom(_read_scenario, lambda ctx: {"type": "string"})),
+        Field("duration", Duration(positive=True)),
+        Field("seeds", Custom(_read_seeds, lambda ctx: {})),
+        Field(
+            "target",
+            Number(positive=True, at_most=1),
+            required=True,
+            missing="required: the attainment to reach, e.g. 0.99",
+        ),
+        Field(
+            "bounds",
+            Section(
+                (
+                    Field("static", Boolean(), default=True),
+                    Field("hindsight", Custom(_read_hindsight, lambda ctx: {}), default=True),
+                ),
+                lambda static, hindsight: {
+                    "static": static,
+                    "hindsight": HindsightSpec() if hindsight is True else hindsight or None,
+                },
+            ),
+            default={"static": True, "hindsight": HindsightSpec()},
+        ),
+        Field(
+            "families",
+            Custom(_read_families, lambda ctx: {"type": "object"}),
+            required=True,
+            missing="required: a mapping of family name to its knobs, got nothing",
+        ),
+    ),
+    dict,
+    check=_scenario_for_the_sweep,
+)
+"""A sweep spec: the scenario, seeds, target and bounds declared; each family's knobs are
+checked by the scenario's and the policy's own declarations as its points are built."""
+
+
 def parse_sweep(document: Any, file: str, base_dir: Path) -> SweepSpec:
     """Build a sweep from a parsed YAML document; :class:`SweepSpecError` lists every error."""
     r = ScenarioReader(base_dir)
-    obj = r.mapping(document, "", optional=_TOP)
-    if obj is None or not obj:
-        if obj is not None:
-            r.error("(top)", "empty sweep spec")
+    if document is None or (isinstance(document, Mapping) and not document):
+        r.error(ROOT, "empty sweep spec")
         raise SweepSpecError(r.messages(file))
-    scenario: Scenario | None = None
-    if "scenario" in obj:
-        sc_path = r.path(obj["scenario"], "scenario")
-        if sc_path is not None:
-            try:
-                scenario = load_scenario(sc_path)
-            except ScenarioError as exc:
-                raise SweepSpecError([f"{file}: scenario: {m}" for m in exc.messages]) from None
-    else:
-        scenario = load_scenario(None)
-    if scenario is None:
-        raise SweepSpecError(r.messages(file))
-    if "duration" in obj:
-        d = r.duration(obj["duration"], "duration", positive=True)
-        if d is not None:
-            scenario = replace(scenario, duration=d)
-    scenario = replace(scenario, contenders=())
-    seeds: tuple[int, ...] = (scenario.seed,)
-    if "seeds" in obj:
-        raw = obj["seeds"]
-        if isinstance(raw, list):
-            got = [r.integer(v, f"seeds[{i}]") for i, v in enumerate(raw)]
-            if not raw:
-                r.error("seeds", "expected at least one seed")
-            elif len(set(raw)) != len(raw):
-                r.error("seeds", "seeds must be distinct")
-            seeds = tuple(s for s in got if s is not None)
-        else:
-            n = r.integer(raw, "seeds", minimum=1)
-            if n is not None:
-                seeds = tuple(range(scenario.seed, scenario.seed + n))
-    target = 0.99
-    if "target" not in obj:
-        r.error("target", "required: the attainment to reach, e.g. 0.99")
-    else:
-        t = r.number(obj["target"], "target", positive=True)
-        if t is not None and t > 1:
-            r.error("target", f"must be at most 1, got {t:g}")
-        elif t is not None:
-            target = t
-    static = True
-    hindsight: HindsightSpec | None = HindsightSpec()
-    if "bounds" in obj:
-        b = r.mapping(obj["bounds"], "bounds", optional=("static", "hindsight"))
-        if b is not None:
-            if "static" in b:
-                if not isinstance(b["static"], bool):
-                    r.error("bounds.static", f"expected true or false, got {show(b['static'])}")
-                else:
-                    static = b["static"]
-            if "hindsight" in b:
-                h = b["hindsight"]
-                if h is False:
-                    hindsight = None
-                elif h is not True:
-                    ho = r.mapping(h, "bounds.hindsight", optional=("interval",))
-                    if ho is not None:
-                        hindsight = HindsightSpec(
-                            r.field(
-                                ho,
-                                "bounds.hindsight",
-                                "interval",
-                                lambda v, q: r.duration(v, q, positive=True),
-                                HindsightSpec().interval,
-                            )
-                        )
-    families: list[Family] = []
-    raw_f = obj.get("families")
-    if not isinstance(raw_f, Mapping) or not raw_f:
-        r.error("families", f"required: a mapping of family name to its knobs, got {show(raw_f)}")
-    else:
-        for name, value in raw_f.items():
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9_.]*", name):
-                r.error(f"families.{name}", "family names are letters, digits, -, _ and .")
-                continue
-            fam = _family(r, name, value, scenario, base_dir)
-            if fam is not None:
-                families.append(fam)
-    if r.errors:
-        raise SweepSpecError(list(dict.fromkeys(r.messages(file))))
-    return SweepSpec(file, scenario, seeds, target, tuple(families), static, hindsight)
+    values = SWEEP_DOCUMENT.read(r, document, ROOT)
+    if r.errors or values is None:
+        raise SweepSpecError(list(dict.fromkeys(r.messages(file))) or [f"{file}: invalid"])
+    values.pop("duration")
+    return SweepSpec(file=file, **values)
 
 
 def load_sweep(path: Path | str | None = None) -> SweepSpec:
