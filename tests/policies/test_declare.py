@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies.declare import (
+    Boolean,
     Choice,
     Const,
     Context,
@@ -27,13 +28,14 @@ from policies.declare import (
     Integer,
     Kind,
     ListOf,
+    Number,
     Positive,
     Section,
     Tagged,
     Text,
 )
 from policies.metrics import KINDS
-from policies.reading import POLICY, ROOT, Reader, join
+from policies.reading import POLICY, ROOT, SCENARIO, Reader, Style, join
 
 WORDS = st.sampled_from(["alpha", "beta", "gamma", "delta", "omega", "zeta"])
 FIELD_NAMES = st.sampled_from(["a", "b", "cName", "dValue", "e", "fooBar", "g"])
@@ -49,7 +51,15 @@ scalar_kinds: st.SearchStrategy[Kind] = st.one_of(
         st.booleans(),
         st.none() | st.sampled_from([(60.0, "1m"), (3600.0, "1h")]),
     ),
+    st.builds(
+        Number,
+        st.none() | st.sampled_from([0, -2, 1.5]),
+        st.booleans(),
+        st.none() | st.sampled_from([2, 100]),
+    ),
+    st.just(Boolean()),
     st.just(Text()),
+    st.just(Text(blank=True)),
     st.just(Text("[a-z][a-z0-9]*", "lower-case letters and digits")),
     st.builds(Choice, st.lists(WORDS, min_size=1, max_size=4, unique=True).map(tuple)),
     st.builds(Const, WORDS),
@@ -63,8 +73,13 @@ def sections(inner: st.SearchStrategy[Kind]) -> st.SearchStrategy[Section[Any]]:
         max_size=4,
         unique_by=lambda t: t[0],
     )
-    return fields.map(
-        lambda fs: Section(tuple(Field(n, k, required=req) for n, k, req in fs), dict)
+    missing = st.none() | st.just("required")
+    return st.builds(
+        lambda fs, m: Section(
+            tuple(Field(n, k, required=req) for n, k, req in fs), dict, missing=m
+        ),
+        fields,
+        missing,
     )
 
 
@@ -87,7 +102,13 @@ kinds: st.SearchStrategy[Kind] = st.recursive(
     scalar_kinds,
     lambda inner: st.one_of(
         sections(inner),
-        st.builds(ListOf, inner, st.just("a list of things"), st.none() | st.just("empty")),
+        st.builds(
+            ListOf,
+            inner,
+            st.just("a list of things"),
+            st.none() | st.just("empty"),
+            allow_empty=st.booleans(),
+        ),
         tagged(inner),
     ),
     max_leaves=8,
@@ -108,12 +129,19 @@ def valid(draw: st.DrawFn, kind: Kind) -> Any:
     match kind:
         case Integer(minimum=low):
             return draw(st.integers(low, low + 1000))
+        case Number(minimum=low, positive=positive, at_most=top):
+            bottom = max(low if low is not None else -1e6, 1e-3 if positive else -1e6)
+            return draw(st.floats(bottom, top if top is not None else 1e6))
+        case Boolean():
+            return draw(st.booleans())
         case Positive():
             return draw(st.floats(1e-3, 1e6) | st.integers(1, 10**6))
         case Fraction(closed_top=closed):
             return draw(st.floats(1e-3, 1.0 if closed else 0.999))
         case Duration():
             return _duration_text(draw, kind)
+        case Text(blank=True):
+            return draw(st.text(string.printable, max_size=5))
         case Text(pattern=None):
             alphabet = string.ascii_letters + string.digits + " -_/"
             return draw(st.text(alphabet, min_size=1, max_size=8).filter(str.strip))
@@ -130,8 +158,8 @@ def valid(draw: st.DrawFn, kind: Kind) -> Any:
                 for f in kind.fields
                 if f.required or draw(st.booleans())
             }
-        case ListOf(item=item):
-            return draw(st.lists(valid(item), min_size=1, max_size=3))
+        case ListOf(item=item, allow_empty=empty):
+            return draw(st.lists(valid(item), min_size=0 if empty else 1, max_size=3))
         case Tagged():
             variants = kind.variants()
             return draw(valid(variants[draw(st.sampled_from(sorted(variants)))]))
@@ -141,11 +169,19 @@ def valid(draw: st.DrawFn, kind: Kind) -> Any:
 # -- values every declaration refuses, and documents broken in one place ----------------------
 
 
-def invalid(kind: Kind) -> st.SearchStrategy[Any]:
-    """Values that break ``kind`` in a way JSON Schema can state (no 2.0 for an integer, no
-    inf: those are the parser's own rules, listed in ``PARSER_ONLY``)."""
+def invalid(kind: Kind, style: Style) -> st.SearchStrategy[Any]:
+    """Values that break ``kind`` in ``style`` in a way JSON Schema can state (no 2.0 for an
+    integer, no inf: those are the parser's own rules, listed in ``PARSER_ONLY``)."""
     wrong_type = st.sampled_from([None, [], [1], True])
     match kind:
+        case Number(minimum=low, positive=positive, at_most=top):
+            below = [*([low - 1] if low is not None else []), *([0, -1] if positive else [])]
+            above = [top + 1] if top is not None else []
+            return wrong_type | st.sampled_from(["1", *below, *above])
+        case Boolean():
+            return st.sampled_from([None, "true", 1, [], 0.0])
+        case Text(blank=True):
+            return st.sampled_from([None, 3, [], True])
         case Integer(minimum=low):
             return wrong_type | st.sampled_from([low - 1, low - 7, "1", 1.5])
         case Positive():
@@ -153,8 +189,10 @@ def invalid(kind: Kind) -> st.SearchStrategy[Any]:
         case Fraction(closed_top=closed):
             return wrong_type | st.sampled_from([0, -0.1, 1.5, "0.5", *([] if closed else [1])])
         case Duration(positive=positive):
-            bad = [15, "15", "", "-1s", "1 s", "1.s", "abc", "1s\n"]
-            return wrong_type | st.sampled_from([*bad, *(["0s", "0"] if positive else [])])
+            bad: list[Any] = ["15", "", "-1s", "1 s", "1.s", "abc", "1s\n"]
+            bad += [-1] if style.seconds else [15]
+            bad += ["0s", "0", *([0] if style.seconds else [])] if positive else []
+            return wrong_type | st.sampled_from(bad)
         case Text(pattern=pattern):
             return wrong_type | st.sampled_from(["", "   ", 3, *(["A!", "9x"] if pattern else [])])
         case Choice():
@@ -163,16 +201,17 @@ def invalid(kind: Kind) -> st.SearchStrategy[Any]:
             return wrong_type | st.sampled_from(["nope", 1])
         case Section():
             required = bool(kind.required)
-            return wrong_type | st.sampled_from(["x", 3, *([{}] if required else [])])
-        case ListOf():
-            return wrong_type | st.sampled_from([[], {}, "x"])
+            nothing = [None] if required or not style.empty_is_default else []
+            return st.sampled_from([[], [1], True, "x", 3, *nothing, *([{}] if required else [])])
+        case ListOf(allow_empty=empty):
+            return st.sampled_from([None, True, 3, {}, "x", *([] if empty else [[]])])
         case Tagged():
             return wrong_type | st.sampled_from([{}, {"kind": "nope"}, {"kind": 3}])
     raise AssertionError(f"no breaker for {kind!r}")
 
 
 @st.composite
-def broken(draw: st.DrawFn, kind: Kind, value: Any, path: str) -> tuple[Any, str]:
+def broken(draw: st.DrawFn, kind: Kind, value: Any, path: str, style: Style) -> tuple[Any, str]:
     """``value`` broken in one place; returns it and that place's path."""
     match kind:
         case Section() if isinstance(value, dict):
@@ -186,48 +225,53 @@ def broken(draw: st.DrawFn, kind: Kind, value: Any, path: str) -> tuple[Any, str
                 return {k: v for k, v in value.items() if k != f.name}, join(path, f.name)
             if how == "descend" and present:
                 f = draw(st.sampled_from(present))
-                inner, where = draw(broken(f.kind, value[f.name], join(path, f.name)))
+                inner, where = draw(broken(f.kind, value[f.name], join(path, f.name), style))
                 return {**value, f.name: inner}, where
-        case ListOf() if isinstance(value, list) and draw(st.booleans()):
+        case ListOf() if isinstance(value, list) and value and draw(st.booleans()):
             i = draw(st.integers(0, len(value) - 1))
-            inner, where = draw(broken(kind.item, value[i], f"{path}[{i}]"))
+            inner, where = draw(broken(kind.item, value[i], f"{path}[{i}]", style))
             return [*value[:i], inner, *value[i + 1 :]], where
         case Tagged() if isinstance(value, dict) and draw(st.booleans()):
-            return draw(broken(kind.variants()[value["kind"]], value, path))
-    return draw(invalid(kind)), path
+            return draw(broken(kind.variants()[value["kind"]], value, path, style))
+    return draw(invalid(kind, style)), path
 
 
-def _read(declaration: Section[Any], document: Any) -> tuple[Any, Reader]:
-    r = Reader(POLICY)
+def _read(declaration: Section[Any], document: Any, style: Style = POLICY) -> tuple[Any, Reader]:
+    r = Reader(style)
     return declaration.read(r, document, ROOT), r
 
 
-def _schema(declaration: Section[Any]) -> jsonschema.Draft202012Validator:
-    ctx = Context(POLICY)
+def _schema(declaration: Section[Any], style: Style = POLICY) -> jsonschema.Draft202012Validator:
+    ctx = Context(style)
     schema = declaration.schema(ctx)
     return jsonschema.Draft202012Validator({**schema, "$defs": ctx.defs})
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.data(), documents)
+STYLES = pytest.mark.parametrize("style", [POLICY, SCENARIO], ids=["policy", "scenario"])
+
+
+@STYLES
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), declaration=documents)
 def test_a_document_built_from_a_declaration_passes_reader_and_schema(
-    data: st.DataObject, declaration: Section[Any]
+    style: Style, data: st.DataObject, declaration: Section[Any]
 ) -> None:
     document = data.draw(valid(declaration))
-    value, r = _read(declaration, document)
+    value, r = _read(declaration, document, style)
     assert r.errors == [] and value is not None, (r.errors, document)
-    assert list(_schema(declaration).iter_errors(document)) == []
+    assert list(_schema(declaration, style).iter_errors(document)) == []
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.data(), documents)
+@STYLES
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), declaration=documents)
 def test_a_document_broken_in_one_place_is_refused_by_both_there(
-    data: st.DataObject, declaration: Section[Any]
+    style: Style, data: st.DataObject, declaration: Section[Any]
 ) -> None:
-    document, where = data.draw(broken(declaration, data.draw(valid(declaration)), ""))
-    _, r = _read(declaration, document)
+    document, where = data.draw(broken(declaration, data.draw(valid(declaration)), "", style))
+    _, r = _read(declaration, document, style)
     assert r.errors, document  # every caller refuses a document with an error recorded
-    assert list(_schema(declaration).iter_errors(document)), (document, r.errors)
+    assert list(_schema(declaration, style).iter_errors(document)), (document, r.errors)
     if where:
         for e in r.errors:
             assert e.path == where or e.path.startswith((f"{where}.", f"{where}[")), (
@@ -263,7 +307,7 @@ def test_each_metric_type_s_declaration_agrees_with_its_schema(
     good = data.draw(valid(section))
     assert _read(section, good)[0] is not None
     assert list(_schema(section).iter_errors(good)) == []
-    bad, _ = data.draw(broken(section, good, ""))
+    bad, _ = data.draw(broken(section, good, "", POLICY))
     assert _read(section, bad)[1].errors
     assert list(_schema(section).iter_errors(bad))
 
