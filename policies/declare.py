@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Generic, Protocol, TypeVar
 
 from policies.durations import UNITS
@@ -59,6 +60,7 @@ class Kind(Protocol):
     def schema(self, ctx: Context) -> dict[str, Any]: ...
 
 
+@cache
 def _attr(name: str) -> str:
     """``targetPerReplica`` → ``target_per_replica``: the dataclass attribute of a YAML field."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -112,15 +112,21 @@ class MetricKind(Generic[M, X]):
 
     @property
     def section(self) -> Section[M]:
-        """The whole metric as one declared section: the common fields, then the type's."""
+        """The whole metric as one declared section: the common fields, then the type's
+        (built once per entry: every metric of every policy read asks for it)."""
+        hit = _SECTIONS.get(id(self))
+        if hit is not None and hit[0] is self:
+            return hit[1]
         common = (
             Field("name", METRIC_NAME, required=True, description=METRIC_NAME_TEXT),
             Field("type", Const(self.type), required=True),
             Field("query", Text(), required=True, description="PromQL returning one number."),
         )
-        return Section(
+        section = Section(
             (*common, *self.fields), self.cls, self.description, self.check, self.constraints
         )
+        _SECTIONS[id(self)] = (self, section)
+        return section
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -144,6 +150,8 @@ METRIC_NAME = Text(
 METRIC_NAME_TEXT = "Unique within the policy: lower-case letters, digits, - and _."
 
 Propose = Callable[[M, float, X, int, int, float | None], Proposal]
+_SECTIONS: dict[int, tuple[Any, Section[Any]]] = {}
+"""Each entry's section by identity (the entry is kept, so its id is not reused)."""
 
 
 def on_value(rule: Callable[[M, float, int], Proposal]) -> Propose[M, None]:
