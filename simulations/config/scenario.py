@@ -9,6 +9,7 @@ at once. Unknown fields are errors, so a typo never silently falls back to a def
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from policies.stepmodel import (
     kv_blocks_for_tokens,
     kv_cache_blocks,
 )
+from simulations.config.variants import VariantsSpec, read_variants
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 """``simulations/``, which holds the data, scenarios and sweeps."""
@@ -375,6 +377,8 @@ class Scenario:
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
     hpa: HpaSettings = field(default_factory=HpaSettings)
     contenders: tuple[Contender, ...] = ()
+    variants: VariantsSpec | None = None
+    """One model on several Deployments (GPU types): :mod:`simulations.config.variants`."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -1113,6 +1117,7 @@ def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
         "metrics",
         "hpa",
         "policies",
+        "variants",
     )
     obj = r.mapping(document, "", optional=top)
     if obj is None or not obj:
@@ -1198,6 +1203,9 @@ def parse_scenario(document: Any, file: str, base_dir: Path) -> Scenario:
         hpa=hpa,
         contenders=tuple(contenders),
     )
+    if "variants" in obj:
+        variants = read_variants(r, obj["variants"], scenario.service)
+        scenario = dataclasses.replace(scenario, variants=variants)
     if r.errors:
         raise ScenarioError(r.messages(file))
     return scenario

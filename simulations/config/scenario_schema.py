@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from policies.jsonschema import DRAFT, DURATION, POSITIVE_DURATION
+from simulations.config.variants import variants_schema
 
 SCENARIO_FILE = "scenario.json"
 
@@ -370,6 +371,7 @@ def scenario_schema() -> dict[str, Any]:
                 }
             ),
             "policies": {"type": "array", "items": _contender()},
+            "variants": variants_schema(),
         },
         ("cluster", "service", "workload"),
         nullable=False,
