@@ -8,7 +8,9 @@ termination stay the service's. Contenders (``contenders:``) are
 - ``kind: gpuscale``: :func:`policies.variants.decide_mix` every ``interval`` on the scraped
   rates, each variant's count served to its own HPA (as one External metric per variant);
 - ``kind: hpa``: one upstream HPA per variant on a per-pod metric, as a team would deploy it
-  (a variant whose ``max`` is 0 is left at 0: "everything on the preferred type").
+  (a variant whose ``max`` is 0 is left at 0: "everything on the preferred type");
+- ``kind: fixed``: each variant held at its ``min`` (a static mix, the bound a sweep of them
+  gives for autoscaling at all).
 
 Errors name the field (``scenario.yaml: variants.deployments[1].price: ...``), as the rest of
 the scenario's do; ``simulations/README.md`` documents the fields.
@@ -72,7 +74,7 @@ class VariantSpec:
 @dataclass(frozen=True, slots=True)
 class VariantContender:
     label: str
-    kind: Literal["gpuscale", "hpa"]
+    kind: Literal["gpuscale", "hpa", "fixed"]
     bounds: Mapping[str, tuple[int, int]]
     """Per variant ``(min, max)``: the deployment's bounds with the contender's overrides."""
     interval: float = 15.0
@@ -226,7 +228,7 @@ def read_variant_contender(
     if o is None:
         return None
     label = r.get(o, p, "name", r.string)
-    kind = r.get(o, p, "kind", lambda v, q: r.choice(v, q, ("gpuscale", "hpa")))
+    kind = r.get(o, p, "kind", lambda v, q: r.choice(v, q, ("gpuscale", "hpa", "fixed")))
     names = [d.name for d in deployments]
     bounds = {d.name: (d.service.min_replicas, d.service.max_replicas) for d in deployments}
     if "replicas" in o:
@@ -243,10 +245,11 @@ def read_variant_contender(
             bounds[n] = (lo, hi)
     if sum(hi for _, hi in bounds.values()) < 1:
         r.error(f"{p}.replicas", "every variant has max 0: nothing could serve")
-    own = (
-        ("interval", "window", "slo", "preferWithin", "burstWindow")
-        if kind == "hpa"
-        else ("metric", "target")
+    if kind == "fixed" and sum(lo for lo, _ in bounds.values()) < 1:
+        r.error(f"{p}.replicas", "a fixed mix holds each variant at its min: every min is 0")
+    gpuscale_only = ("interval", "window", "slo", "preferWithin", "burstWindow")
+    own = {"hpa": gpuscale_only, "gpuscale": ("metric", "target")}.get(
+        kind or "", (*gpuscale_only, "metric", "target")
     )
     for key in own:
         if key in o:
@@ -330,7 +333,7 @@ def variants_schema() -> dict[str, Any]:
         "required": ["name", "kind"],
         "properties": {
             "name": {"type": "string", "minLength": 1},
-            "kind": {"enum": ["gpuscale", "hpa"]},
+            "kind": {"enum": ["gpuscale", "hpa", "fixed"]},
             "replicas": {"type": "object", "additionalProperties": bounds},
             "interval": duration,
             "window": duration,

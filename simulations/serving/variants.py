@@ -17,7 +17,8 @@ Contenders (:class:`~simulations.config.variants.VariantContender`):
   (one External metric per variant) with the policy's default behavior (no scale-up window, 100 %
   or 4 pods per 15 s; 300 s scale-down window), which the HPA applies at each sync.
 - *hpa*: one upstream HPA per variant (:class:`~simulations.serving.contenders.HpaBaseline`) on a
-  per-pod metric; a variant with ``max: 0`` stays at 0.
+  per-pod metric; a variant with ``max: 0`` stays at 0;
+- *fixed*: each variant held at its ``min``.
 
 The gateway's own backlog (requests held while no replica of any variant is Ready) is counted in
 every variant's ``waiting`` timeline.
@@ -81,7 +82,9 @@ class VariantWorld:
                 d.service,
                 min_replicas=lo,
                 max_replicas=hi,
-                initial_replicas=min(max(d.service.initial_replicas, lo), hi),
+                initial_replicas=lo
+                if contender.kind == "fixed"
+                else min(max(d.service.initial_replicas, lo), hi),
             )
             run = Run(
                 replace(scenario, service=service), workload, no_times, cluster, rng, duration
@@ -102,6 +105,8 @@ class VariantWorld:
         if c.kind == "gpuscale":
             top = VariantController(self, c)
             members = [top.member(k) for k in range(len(self.runs))]
+        elif c.kind == "fixed":
+            members = [FixedReplicas(c.bounds[d.name][0]) for d in self.spec.deployments]
         else:
             members = []
             for d in self.spec.deployments:

@@ -87,6 +87,10 @@ def test_the_shipped_scenario_reads() -> None:
             "variants.contenders[1].replicas.l4: unknown field",
         ),
         (lambda v: v.update(deployments=[]), "variants.deployments: expected a non-empty list"),
+        (
+            lambda v: v["contenders"][1].update(kind="fixed"),
+            "variants.contenders[1].metric: does not apply to kind: fixed",
+        ),
     ],
 )
 def test_bad_variants_name_the_field(change: Any, expected: str) -> None:
@@ -132,6 +136,16 @@ def test_both_variants_serve_requests_through_the_shared_router() -> None:
         for run in world.runs
     ]
     assert all(n > 0 for n in finished), finished
+
+
+def test_a_fixed_mix_holds_every_variant_at_its_min() -> None:
+    doc = copy.deepcopy(DOC)
+    doc["variants"]["contenders"] = [
+        {"name": "static", "kind": "fixed", "replicas": {"a100": {"min": 3}, "h100": {"min": 1}}}
+    ]
+    s = scenario_of(doc, minutes=2)
+    per = run_variants(s, _contender(s, "static"), 1).summary["variants"]
+    assert per["a100"]["replicas_max"] == 3 and per["h100"]["replicas_max"] == 1
 
 
 def test_preferred_only_keeps_the_other_variant_at_zero() -> None:
