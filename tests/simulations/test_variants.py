@@ -175,9 +175,9 @@ def test_gpuscale_spills_to_the_next_variant_when_the_preferred_is_full() -> Non
 def test_the_variants_sweep_reads_and_reports(tmp_path: Path) -> None:
     _, spec = load_variant_sweep(REPO / "simulations" / "sweeps" / "variants.yaml")
     names = [name for name, _ in spec.families]
-    assert names == ["gpuscale-variants", "hpa-per-variant", "hpa-h100-only", "hpa-a100-only"]
+    assert names[:4] == ["gpuscale-variants", "hpa-per-variant", "hpa-h100-only", "hpa-a100-only"]
     points = dict(spec.families)["hpa-h100-only"]
-    assert len(points) == 9
+    assert len(points) == 4
     assert all(p.contender.bounds["a100"] == (0, 0) for p in points)
     # the report picks the cheapest point that reaches the target
     fam = [("f", points[:2])]
