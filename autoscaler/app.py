@@ -13,12 +13,11 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from kubernetes.aio import client as kclient
 
 from autoscaler import authn, external_metrics, ops
@@ -30,36 +29,16 @@ from autoscaler.leader import AlwaysLeader, LeaderElector
 from autoscaler.pending import UnschedulablePods
 from autoscaler.policy_source import PolicySource, SourceSettings
 from autoscaler.prometheus import PrometheusClient, PrometheusSettings
-from autoscaler.settings import ControllerSettings, parse_address
+from autoscaler.settings import ControllerSettings
 from autoscaler.store import DecisionStore
 from autoscaler.targets import TargetReplicas
-from runtime.kube import KubeAccessError, KubeError, call, kube_client
-from runtime.limits import ConnectionLimits
+from runtime.kube import KubeError, call
 from runtime.process import stop_on_signals
-from runtime.serving import ConnectionMetrics, Listener, serve
+from runtime.serving import ConnectionMetrics
+from runtime.startup import Background, StartupError, kube_client, serving
 from runtime.tls import ServingTLS
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    app: web.Application,
-    address: str,
-    ssl_context: ssl.SSLContext | None = None,
-    *,
-    name: str = "http",
-    limits: ConnectionLimits | None = None,
-    metrics: ConnectionMetrics | None = None,
-) -> AsyncIterator[int]:
-    """Serve ``app`` on ``HOST:PORT`` until the block exits; yields the bound port (for ``:0``).
-
-    Connections are bounded as :mod:`runtime.serving` describes; ``name`` labels their counters.
-    """
-    host, port = parse_address(address)
-    listener = Listener(name, host, port, ssl_context)
-    async with serve(app, [listener], limits=limits, metrics=metrics) as served:
-        yield served.ports[name]
 
 
 @dataclass(slots=True)
@@ -96,8 +75,16 @@ async def run(
     on_running: Callable[[Running], Awaitable[None] | None] | None = None,
 ) -> int:
     """Run the controller until ``stop`` is set; return the exit code."""
-    own_client = api_client is None
-    api = api_client if api_client is not None else await kube_client(settings.kubeconfig)
+    async with kube_client(settings.kubeconfig, api_client) as api:
+        return await _run(settings, stop, api, on_running)
+
+
+async def _run(
+    settings: ControllerSettings,
+    stop: asyncio.Event,
+    api: Any,
+    on_running: Callable[[Running], Awaitable[None] | None] | None,
+) -> int:
     api.user_agent = f"gpuscale-controller/{settings.leader.identity}"
     core = kclient.CoreV1Api(api)
     apps = kclient.AppsV1Api(api)
@@ -105,7 +92,7 @@ async def run(
     store = DecisionStore()
     readiness = _Readiness()
     loop = asyncio.get_running_loop()
-    tasks: list[asyncio.Task[Any]] = []
+    background = Background()
     # No session-wide timeout: each query's own deadline (slot wait included) bounds it, and a
     # second timer per request cost CPU on every query.
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
@@ -195,11 +182,11 @@ async def run(
                         metrics=connections,
                     )
                 )
-                tasks.append(asyncio.create_task(guard.run(), name="tls refresh"))
+                background.start(guard.run(), "tls refresh")
             readiness.tls_up = True
-            tasks.append(asyncio.create_task(source.run(), name="policy source"))
-            tasks.append(asyncio.create_task(leadership.run(), name="leader election"))
-            tasks.append(asyncio.create_task(controller.run_hpa_worker(), name="hpa worker"))
+            background.start(source.run(), "policy source")
+            background.start(leadership.run(), "leader election")
+            background.start(controller.run_hpa_worker(), "hpa worker")
             log.info(
                 "controller started",
                 extra={
@@ -217,7 +204,7 @@ async def run(
                     await maybe
             listed = asyncio.create_task(source.listed.wait())
             stopping = asyncio.create_task(stop.wait())
-            failed = asyncio.create_task(_first_failure(tasks))
+            failed = asyncio.create_task(background.first_failure())
             await asyncio.wait({listed, stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
             if listed.done():
                 readiness.listed = True
@@ -235,16 +222,11 @@ async def run(
             log.info("stopping: draining ticks")
             await controller.scheduler.drain(settings.drain_timeout)
             # Release the lease before the servers go, so a standby takes over at once.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            tasks.clear()
+            await background.cancel()
         log.info("controller stopped")
         return 0
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await background.cancel()
         if controller is not None:
             await controller.scheduler.close()
             await controller.close()
@@ -252,18 +234,6 @@ async def run(
             if controller.pods is not None:
                 await controller.pods.close()
         await session.close()
-        if own_client:
-            await api.close()
-
-
-async def _first_failure(tasks: list[asyncio.Task[Any]]) -> None:
-    """Return when a long-running task ends by itself (a bug): re-raise its error."""
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            raise error
-    raise RuntimeError(f"task {next(iter(done)).get_name()} ended unexpectedly")
 
 
 class _FrontProxyGuard:
@@ -418,10 +388,6 @@ async def _tolerance_supported(api: Any) -> bool:
     return supported
 
 
-class StartupError(Exception):
-    """The controller could not start (bad kubeconfig, certificate, busy port); says why."""
-
-
 def main(settings: ControllerSettings) -> int:
     """Run until SIGTERM/SIGINT; the CLI's entry point."""
 
@@ -432,8 +398,6 @@ def main(settings: ControllerSettings) -> int:
 
     try:
         return asyncio.run(_main())
-    except KubeAccessError as exc:
-        raise StartupError(str(exc)) from exc
     except ssl.SSLError as exc:
         raise StartupError(f"cannot load TLS certificate or key: {exc}") from exc
     except OSError as exc:

@@ -13,45 +13,24 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from extender import access
 from extender.cluster_state import ClusterState
 from extender.inventory import InventoryConfig
 from extender.scoring import ScoreWeights
-from runtime import kube as runtime_kube
 from runtime import process
 from runtime.limits import ConnectionLimits
-from runtime.serving import ConnectionMetrics, Listener, Served, serve
+from runtime.serving import Listener
+from runtime.startup import Background, StartupError, kube_client, listen, parse_address
 from runtime.tls import ServingTLS
 
 log = logging.getLogger("gpuscale.extender")
-
-
-class StartupError(Exception):
-    """The process cannot start (bad address, no Kubernetes access, no NVML…)."""
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (:func:`runtime.process.parse_address`); a bad one stops start-up."""
-    try:
-        return process.parse_address(text)
-    except process.AddressError as exc:
-        raise StartupError(str(exc)) from None
-
-
-async def kube_client(kubeconfig: str | None) -> Any:
-    """The shared client (:func:`runtime.kube.kube_client`); bad credentials stop start-up."""
-    try:
-        return await runtime_kube.kube_client(kubeconfig)
-    except runtime_kube.KubeAccessError as exc:
-        raise StartupError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,117 +143,81 @@ async def serve_extender(
         )
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    own_client = api_client is None
-    if api_client is None:
-        api_client = await kube_client(settings.kubeconfig)
     stop = stop or asyncio.Event()
     process.stop_on_signals(stop)
-    state = ClusterState(settings.inventory)
-    cluster = KubeCluster(api_client, state, dra="dra" in settings.inventory.sources)
-    metrics = Metrics(state, time.time, per_device=settings.per_device_metrics)
-    extender = Extender(state, ext_settings, binder=cluster, metrics=metrics)
-    draining = False
-    app = make_app(extender, metrics=metrics, ready=lambda: cluster.ready and not draining)
-    app.middlewares.append(access.middleware(access.AccessPolicy.of(settings.allowed_client_names)))
-    listeners = [
-        Listener(access.VERBS_LISTENER, host, port, tls.listening if tls is not None else None)
-    ]
-    if ops is not None:
-        listeners.append(Listener(access.OPS_LISTENER, *ops))
-    tasks: list[asyncio.Task[None]] = []
+    background = Background()
     session: aiohttp.ClientSession | None = None
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(_cancel_all, tasks)  # after the server stopped
-            served = await _listen(
-                stack, app, listeners, settings.limits, metrics.registry, shutdown_timeout=10.0
-            )
-            actual = served.ports[access.VERBS_LISTENER]
-            log.info(
-                "extender listening",
-                extra={
-                    "address": f"{host}:{actual}",
-                    "tls": tls is not None,
-                    "ops_port": served.ports.get(access.OPS_LISTENER),
-                    "scoring": settings.scoring,
-                    "inventory": ",".join(settings.inventory.sources),
-                },
-            )
-            if on_listening is not None:
-                on_listening(actual)
-            if tls is not None:
-                tasks.append(
-                    asyncio.create_task(tls.watch_files(settings.tls_reload_interval), name="tls")
-                )
-            tasks.append(asyncio.create_task(cluster.run(), name="kube-watch"))
-            learned = asyncio.Event()
-            tasks.append(
-                asyncio.create_task(_when_synced(cluster.synced.values(), learned, ready, state))
-            )
-            tasks.append(
-                asyncio.create_task(
-                    _learn_workload(learned, state, settings.relearn_interval),
-                    name="learn-workload",
-                )
-            )
-            if "dcgm" in settings.inventory.sources and settings.prometheus_url:
-                session = aiohttp.ClientSession()
-                tasks.append(
-                    asyncio.create_task(
-                        run_poller(
-                            session,
-                            settings.prometheus_url,
-                            state,
-                            node_label=settings.dcgm_node_label,
-                            interval=settings.dcgm_interval,
-                        ),
-                        name="dcgm",
-                    )
-                )
-            try:
-                await stop.wait()
-                log.info("stopping: readiness off, draining requests")
-            finally:
-                draining = True
-                gc.unfreeze()
-    finally:
-        if session is not None:
-            await session.close()
-        if own_client:
-            await api_client.close()
-
-
-async def _listen(
-    stack: contextlib.AsyncExitStack,
-    app: web.Application,
-    listeners: list[Listener],
-    limits: ConnectionLimits | None,
-    registry: CollectorRegistry,
-    *,
-    shutdown_timeout: float,
-) -> Served:
-    """Serve ``app`` until ``stack`` closes; a port that cannot be bound stops start-up."""
-    try:
-        return await stack.enter_async_context(
-            serve(
-                app,
-                listeners,
-                limits=limits,
-                metrics=ConnectionMetrics(registry),
-                shutdown_timeout=shutdown_timeout,
-            )
+    async with contextlib.AsyncExitStack() as stack:
+        api_client = await stack.enter_async_context(kube_client(settings.kubeconfig, api_client))
+        state = ClusterState(settings.inventory)
+        cluster = KubeCluster(api_client, state, dra="dra" in settings.inventory.sources)
+        metrics = Metrics(state, time.time, per_device=settings.per_device_metrics)
+        extender = Extender(state, ext_settings, binder=cluster, metrics=metrics)
+        draining = False
+        app = make_app(extender, metrics=metrics, ready=lambda: cluster.ready and not draining)
+        app.middlewares.append(
+            access.middleware(access.AccessPolicy.of(settings.allowed_client_names))
         )
-    except OSError as exc:
-        where = ", ".join(f"{x.host}:{x.port}" for x in listeners)
-        raise StartupError(f"cannot listen on {where}: {exc}") from None
-
-
-async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
+        listeners = [
+            Listener(access.VERBS_LISTENER, host, port, tls.listening if tls is not None else None)
+        ]
+        if ops is not None:
+            listeners.append(Listener(access.OPS_LISTENER, *ops))
+        dcgm_url = settings.prometheus_url if "dcgm" in settings.inventory.sources else None
+        if dcgm_url is not None:
+            session = aiohttp.ClientSession()
+            stack.push_async_callback(session.close)
+        stack.push_async_callback(background.cancel)  # after the server stopped
+        served = await listen(
+            stack,
+            app,
+            listeners,
+            limits=settings.limits,
+            registry=metrics.registry,
+            shutdown_timeout=10.0,
+        )
+        actual = served.ports[access.VERBS_LISTENER]
+        log.info(
+            "extender listening",
+            extra={
+                "address": f"{host}:{actual}",
+                "tls": tls is not None,
+                "ops_port": served.ports.get(access.OPS_LISTENER),
+                "scoring": settings.scoring,
+                "inventory": ",".join(settings.inventory.sources),
+            },
+        )
+        if on_listening is not None:
+            on_listening(actual)
+        if tls is not None:
+            background.start(tls.watch_files(settings.tls_reload_interval), "tls")
+        background.start(cluster.run(), "kube-watch")
+        learned = asyncio.Event()
+        background.start(
+            _when_synced(cluster.synced.values(), learned, ready, state),
+            "first-sync",
+            forever=False,
+        )
+        background.start(
+            _learn_workload(learned, state, settings.relearn_interval), "learn-workload"
+        )
+        if session is not None and dcgm_url is not None:
+            background.start(
+                run_poller(
+                    session,
+                    dcgm_url,
+                    state,
+                    node_label=settings.dcgm_node_label,
+                    interval=settings.dcgm_interval,
+                ),
+                "dcgm",
+            )
+        try:
+            await background.until_stopped(stop)
+            log.info("stopping: readiness off, draining requests")
+        finally:
+            draining = True
+            gc.unfreeze()
 
 
 async def _when_synced(
@@ -381,9 +324,6 @@ async def serve_node_agent(
 
     host, port = parse_address(address)
     nvml = nvml if nvml is not None else load_nvml()
-    own_client = api_client is None
-    if api_client is None:
-        api_client = await kube_client(kubeconfig)
     stop = stop or asyncio.Event()
     process.stop_on_signals(stop)
     health = [AgentHealth(started=time.time())]
@@ -395,17 +335,23 @@ async def serve_node_agent(
         stopping=stop.is_set,
         registry=registry,
     )
-    tasks: list[asyncio.Task[Any]] = []
+    background = Background()
     try:
         async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(_cancel_all, tasks)  # after the server stopped
-            served = await _listen(
-                stack, app, [Listener("ops", host, port)], limits, registry, shutdown_timeout=5.0
+            api_client = await stack.enter_async_context(kube_client(kubeconfig, api_client))
+            stack.push_async_callback(background.cancel)  # after the server stopped
+            served = await listen(
+                stack,
+                app,
+                [Listener("ops", host, port)],
+                limits=limits,
+                registry=registry,
+                shutdown_timeout=5.0,
             )
             actual = served.ports["ops"]
             if on_listening is not None:
                 on_listening(actual)
-            agent = asyncio.create_task(
+            background.start(
                 run(
                     nvml,
                     node,
@@ -413,13 +359,12 @@ async def serve_node_agent(
                     interval=interval,
                     clock=time.time,
                     report=lambda h: health.__setitem__(0, h),
-                )
+                ),
+                "node-agent",
             )
-            stopper = asyncio.create_task(stop.wait())
-            tasks += [agent, stopper]
             if device_plugin is not None:
-                tasks.append(
-                    asyncio.create_task(_device_plugin(device_plugin, nvml, api_client, registry))
+                background.start(
+                    _device_plugin(device_plugin, nvml, api_client, registry), "device-plugin"
                 )
             log.info(
                 "node agent started",
@@ -430,14 +375,7 @@ async def serve_node_agent(
                     "device_plugin": device_plugin is not None,
                 },
             )
-            done, _ = await asyncio.wait(
-                {agent, stopper, *tasks[2:]}, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                if task is not stopper:
-                    task.result()
+            await background.until_stopped(stop)
     finally:
-        if own_client:
-            await api_client.close()
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()

@@ -154,6 +154,7 @@ def controller(
     from autoscaler.settings import AddressError, ControllerSettings, parse_address
     from gpuscale import logs
     from policies.durations import DurationError, parse_duration
+    from runtime.startup import StartupError
 
     problems: list[str] = list(limit_problems)
     try:
@@ -233,7 +234,7 @@ def controller(
     logs.configure(log_level)
     try:
         code = app.main(settings)
-    except app.StartupError as exc:
+    except StartupError as exc:
         click.echo(f"gpuscale controller: {exc}", err=True)
         raise SystemExit(1) from None
     raise SystemExit(code)

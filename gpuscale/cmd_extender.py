@@ -133,10 +133,11 @@ def extender(
     log_level: str,
 ) -> None:
     """Run the kube-scheduler extender: place GPU pods by free GPU memory."""
-    from extender.app import ExtenderProcess, StartupError, parse_address, run_extender
+    from extender.app import ExtenderProcess, run_extender
     from extender.inventory import InventoryConfig
     from gpuscale import logs
     from policies.durations import DurationError, parse_duration
+    from runtime.startup import StartupError, parse_address
 
     problems: list[str] = list(limit_problems)
     durations: dict[str, float] = {}
@@ -299,10 +300,11 @@ def node_agent(
     """
     import asyncio
 
-    from extender.app import StartupError, parse_address, serve_node_agent
+    from extender.app import serve_node_agent
     from extender.node_agent import NoNvml
     from gpuscale import logs
     from policies.durations import DurationError, parse_duration
+    from runtime.startup import StartupError, parse_address
 
     problems: list[str] = list(limit_problems)
     durations: dict[str, float] = {}

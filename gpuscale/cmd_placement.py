@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from simulations.placement.openb import OpenbNode, OpenbPod
 
 _DATA = Path(__file__).resolve().parent.parent / "simulations" / "data"
 
@@ -151,8 +156,7 @@ def placement(
     """
     from extender.scoring import strategy_names
     from simulations.placement.dra import dra_names
-    from simulations.placement.gpuspec import constrain
-    from simulations.placement.openb import OpenbFormatError, read_nodes, read_pods
+    from simulations.placement.openb import OpenbFormatError, read_nodes
     from simulations.placement.replay import (
         DEFAULT_GPU_MEMORY_MIB,
         PlacementError,
@@ -218,21 +222,10 @@ def placement(
     summaries = []
     try:
         nodes = read_nodes(nodes_path)
-        for path in paths:
-            pods = read_pods(path)
-            trace = path.stem.removeprefix("openb_pod_list_")
-            variants = [(trace, pods)]
-            if constrain_fraction > 0:
-                variants.append(
-                    (
-                        f"{trace}+spec{round(100 * constrain_fraction)}",
-                        constrain(pods, nodes, constrain_fraction, seed),
-                    )
-                )
-            for label, listed in variants:
-                summaries.extend(
-                    run_trace(nodes, listed, names, config=config, trace=label, progress=progress)
-                )
+        for label, listed in _pod_lists(nodes, paths, constrain_fraction, seed):
+            summaries.extend(
+                run_trace(nodes, listed, names, config=config, trace=label, progress=progress)
+            )
     except (OpenbFormatError, PlacementError) as exc:
         click.echo(f"gpuscale simulate placement: {exc}", err=True)
         raise SystemExit(1) from None
@@ -255,6 +248,23 @@ def placement(
     )
 
 
+def _pod_lists(
+    nodes: list[OpenbNode], paths: tuple[Path, ...], constrain_fraction: float, seed: int
+) -> Iterator[tuple[str, list[OpenbPod]]]:
+    """Each pod list under its trace's name, and with ``constrain_fraction`` also a copy in
+    which that share of the GPU pods asks for a GPU model (``TRACE+specNN``)."""
+    from simulations.placement.gpuspec import constrain
+    from simulations.placement.openb import read_pods
+
+    for path in paths:
+        pods = read_pods(path)
+        trace = path.stem.removeprefix("openb_pod_list_")
+        yield trace, pods
+        if constrain_fraction > 0:
+            label = f"{trace}+spec{round(100 * constrain_fraction)}"
+            yield label, constrain(pods, nodes, constrain_fraction, seed)
+
+
 def _departures(
     nodes_path: Path,
     paths: tuple[Path, ...],
@@ -273,8 +283,7 @@ def _departures(
         departures_table,
         replay_departures,
     )
-    from simulations.placement.gpuspec import constrain
-    from simulations.placement.openb import OpenbFormatError, read_nodes, read_pods
+    from simulations.placement.openb import OpenbFormatError, read_nodes
     from simulations.placement.replay import PlacementError, ReplayConfig, make_strategy
 
     assert isinstance(config, ReplayConfig)
@@ -283,28 +292,17 @@ def _departures(
     results = []
     try:
         nodes = read_nodes(nodes_path)
-        for path in paths:
-            pods = read_pods(path)
-            trace = path.stem.removeprefix("openb_pod_list_")
-            variants = [(trace, pods)]
-            if constrain_fraction > 0:
-                variants.append(
-                    (
-                        f"{trace}+spec{round(100 * constrain_fraction)}",
-                        constrain(pods, nodes, constrain_fraction, config.seed),
-                    )
+        for label, listed in _pod_lists(nodes, paths, constrain_fraction, config.seed):
+            for name in names:
+                r = replay_departures(
+                    nodes, listed, make_strategy(name, listed), config=dep, trace=label
                 )
-            for label, listed in variants:
-                for name in names:
-                    r = replay_departures(
-                        nodes, listed, make_strategy(name, listed), config=dep, trace=label
-                    )
-                    results.append(r)
-                    click.echo(
-                        f"{label} {name:<13} {r.waited}/{r.gpu_pods} GPU pods waited, "
-                        f"{100 * r.allocated_peak:.1f}% peak allocation ({r.seconds:.1f} s)",
-                        err=True,
-                    )
+                results.append(r)
+                click.echo(
+                    f"{label} {name:<13} {r.waited}/{r.gpu_pods} GPU pods waited, "
+                    f"{100 * r.allocated_peak:.1f}% peak allocation ({r.seconds:.1f} s)",
+                    err=True,
+                )
     except (OpenbFormatError, PlacementError) as exc:
         click.echo(f"gpuscale simulate placement: {exc}", err=True)
         raise SystemExit(1) from None

@@ -8,8 +8,8 @@ from typing import Any
 import trustme
 from aiohttp import web
 
-from autoscaler.app import serving
 from autoscaler.authn import common_name
+from runtime.startup import serving
 from tests.autoscaler.helpers import (
     CONTROLLER_SERVICE,
     Certs,

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoscaler import app
 from autoscaler.authn import (
     AuthnConfigError,
     FrontProxy,
@@ -22,6 +21,7 @@ from autoscaler.authn import (
     common_name,
     from_configmap,
 )
+from runtime.startup import StartupError
 from tests.autoscaler.helpers import (
     Certs,
     FakePrometheus,
@@ -189,7 +189,7 @@ async def test_no_front_proxy_ca_anywhere_refuses_to_start_unless_told(
     settings = controller_settings(
         fake_prometheus.url, kube.kubeconfig_path, certs, requestheader_client_ca_file=None
     )
-    with pytest.raises(app.StartupError, match=r"no front-proxy CA.*--insecure-allow-any-client"):
+    with pytest.raises(StartupError, match=r"no front-proxy CA.*--insecure-allow-any-client"):
         async with run_controller(settings):
             pass
     insecure = controller_settings(

@@ -16,7 +16,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from autoscaler.app import serving
+from runtime.startup import serving
 from runtime.tls import ServingTLS, self_signed_pem
 from tests.autoscaler.helpers import (
     Certs,

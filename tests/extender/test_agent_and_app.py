@@ -13,19 +13,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from extender.app import (
-    ExtenderProcess,
-    StartupError,
-    parse_address,
-    serve_extender,
-    serve_node_agent,
-)
+from extender.app import ExtenderProcess, serve_extender, serve_node_agent
 from extender.dcgm import DcgmError, poll_once
 from extender.fragmentation import Fragmentation
 from extender.inventory import InventoryConfig, parse_gpus_annotation
 from extender.node_agent import NoNvml, publish_once, read_devices, run
 from extender.scoring import get_strategy, register
 from gpuscale.cli import main
+from runtime.startup import StartupError, parse_address
 from tests.extender.test_cluster_cache import pod_obj
 from tests.support.kube_standin import KubeStandIn
 

@@ -20,9 +20,10 @@ import pytest
 import trustme
 
 from extender.access import AccessPolicy, refusal
-from extender.app import ExtenderProcess, StartupError, serve_extender
+from extender.app import ExtenderProcess, serve_extender
 from extender.inventory import InventoryConfig
 from runtime.serving import Peer
+from runtime.startup import StartupError
 from tests.extender.test_cluster_cache import pod_obj
 from tests.support.kube_standin import KubeStandIn
 
