@@ -172,6 +172,25 @@ def test_gpuscale_spills_to_the_next_variant_when_the_preferred_is_full() -> Non
     assert result.summary["decisions"] > 0
 
 
+def test_gpuscale_spills_over_when_the_preferred_gpus_are_taken() -> None:
+    """Free GPUs bound the preferred variant: no H100 pod is left Pending, the rest spills."""
+    doc = copy.deepcopy(DOC)
+    doc["background"] = {"pods": 0}
+    for pool in doc["cluster"]["pools"]:
+        if pool["name"] == "h100":
+            pool["gpus"] = 1
+    doc["variants"]["deployments"][1]["initialReplicas"] = 1
+    doc["variants"]["contenders"] = [
+        {"name": "free", "kind": "gpuscale", "slo": {"ttft": "500ms", "tpot": "26ms"}}
+    ]
+    s = scenario_of(doc, minutes=10)
+    per = run_variants(s, _contender(s, "free"), 1).summary["variants"]
+    assert per["h100"]["replicas_max"] == 1
+    # only the 1 s scheduling delay of each new pod, never a pod waiting for a GPU
+    assert per["h100"]["pending_pod_seconds"] < 10
+    assert per["a100"]["replica_hours"] > 0
+
+
 def test_the_variants_sweep_reads_and_reports(tmp_path: Path) -> None:
     _, spec = load_variant_sweep(REPO / "simulations" / "sweeps" / "variants.yaml")
     names = [name for name, _ in spec.families]
