@@ -51,6 +51,7 @@ from policies.stepmodel import (
     kv_blocks_for_tokens,
     kv_cache_blocks,
 )
+from simulations.config.variants import VariantsSpec, read_variants, variants_schema
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 """``simulations/``, which holds the data, scenarios and sweeps."""
@@ -392,6 +393,8 @@ class Scenario:
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
     hpa: HpaSettings = field(default_factory=HpaSettings)
     contenders: tuple[Contender, ...] = ()
+    variants: VariantsSpec | None = None
+    """One model on several Deployments (GPU types): :mod:`simulations.config.variants`."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -615,6 +618,8 @@ _TOLERATION = Section(
     ),
     Toleration,
 )
+TOLERATIONS = ListOf(_TOLERATION, "a list", allow_empty=True)
+"""A pod's tolerations, as the service and each variant give them."""
 _POOL = Section(
     (
         Field("name", Text(), default=""),
@@ -846,7 +851,7 @@ _SERVICE = Section(
             default=_SERVICE_DEFAULT.gpu_memory_mib,
             attr="gpu_memory_mib",
         ),
-        Field("tolerations", ListOf(_TOLERATION, "a list", allow_empty=True), default=()),
+        Field("tolerations", TOLERATIONS, default=()),
         Field("nodeSelector", LABELS, default={}),
         Field("maxBatch", Integer(1), default=_SERVICE_DEFAULT.max_batch),
         Field("serviceTime", _SERVICE_TIME, default=_SERVICE_DEFAULT.service_time),
@@ -1100,6 +1105,17 @@ def _unique_labels(
     return values | {"contenders": tuple(contenders)}
 
 
+def _scenario_check(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    """Contender labels are unique; ``variants:`` is read against the service it varies."""
+    checked = _unique_labels(r, obj, values, path)
+    if checked is None or "variants" not in obj or values["service"] is None:
+        return checked
+    assert isinstance(r, ScenarioReader)
+    return checked | {"variants": read_variants(r, obj["variants"], values["service"])}
+
+
 SCENARIO_DOCUMENT: Section[dict[str, Any]] = Section(
     (
         Field("name", Text()),
@@ -1134,9 +1150,14 @@ SCENARIO_DOCUMENT: Section[dict[str, Any]] = Section(
             default=(),
             attr="contenders",
         ),
+        Field(
+            "variants",
+            Custom(lambda r, value, path: value, lambda ctx: variants_schema()),
+            description="One model on several Deployments (GPU types), read against service.",
+        ),
     ),
     dict,
-    check=_unique_labels,
+    check=_scenario_check,
     missing="required",
     nullable=False,
     extra={"minProperties": 1},

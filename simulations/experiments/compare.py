@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,12 +22,14 @@ from simulations.config.scenario import (
     Contender,
     GpuscaleContender,
     Scenario,
+    ServiceSpec,
     ServiceTimeSpec,
     WorkloadSpec,
 )
 from simulations.serving import arrivals
 from simulations.serving.contenders import GpuscaleController, KpaBaseline, controller_for
-from simulations.serving.run import Run, build_cluster, make_workload, service_model_of
+from simulations.serving.replicas import RequestLog
+from simulations.serving.run import Run, Timeline, build_cluster, make_workload, service_model_of
 from simulations.serving.vllm import ServingLog
 
 BURST_BIN = 60.0
@@ -36,6 +38,46 @@ HEALTHY_FOR = 60.0
 HEALTHY_SHARE = 0.95
 """A timeline bin is healthy when this share of the requests arriving in it meet the SLO."""
 _NEVER = 1e18
+
+
+class FinishedRun(Protocol):
+    """What the report reads of a finished run: a :class:`Run`, or the variants of one model
+    summed up (:class:`simulations.serving.variants.MergedRun`)."""
+
+    @property
+    def log(self) -> RequestLog | ServingLog: ...
+    @property
+    def service(self) -> ServiceSpec: ...
+    @property
+    def scenario(self) -> Scenario: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def dropped(self) -> list[int]: ...
+    @property
+    def dropped_at(self) -> list[float]: ...
+    @property
+    def cut_by_scale_down(self) -> int: ...
+    @property
+    def timeline(self) -> Timeline: ...
+    @property
+    def gpu_seconds(self) -> float: ...
+    @property
+    def replica_seconds(self) -> float: ...
+    @property
+    def ready_seconds(self) -> float: ...
+    @property
+    def pending_seconds(self) -> float: ...
+    @property
+    def max_replicas_seen(self) -> int: ...
+    @property
+    def max_pending(self) -> int: ...
+    @property
+    def scale_ups(self) -> int: ...
+    @property
+    def scale_downs(self) -> int: ...
+    @property
+    def unschedulable_reasons(self) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +181,7 @@ class RequestTimes:
     """Counted in attainment: completed, dropped, or still open but already past a bound."""
 
 
-def request_times(run: Run) -> RequestTimes:
+def request_times(run: FinishedRun) -> RequestTimes:
     """TTFT, TPOT, e2e latency and SLO verdict of every request of a finished run.
 
     Attainment follows DistServe: the share of requests that meet every bound given. Dropped
@@ -183,7 +225,9 @@ def request_times(run: Run) -> RequestTimes:
     return RequestTimes(arrival, done, dropped, ttft, tpot, e2e, meets, counted)
 
 
-def summarise(run: Run, label: str, kind: str, seed: int, bursts: Sequence[float]) -> RunResult:
+def summarise(
+    run: FinishedRun, label: str, kind: str, seed: int, bursts: Sequence[float]
+) -> RunResult:
     """The report's per-run figures and timeline."""
     log = run.log
     end = run.duration

@@ -302,6 +302,9 @@ class Run:
         self.controller: Controller | None = None
         self._retry_pending = False
         self._retry_timer = False
+        self.pod_id_base = 0
+        """Added to pod ids, so that the Deployments of one model's variants, which share a
+        router, have distinct replica ids (:mod:`simulations.serving.variants`)."""
 
     # ------------------------------------------------------------------ counts
 
@@ -375,7 +378,7 @@ class Run:
         self.max_pending = max(self.max_pending, self.n_unscheduled)
 
     def _create_pod(self, *, warm: bool = False) -> Pod:
-        pod = Pod(len(self.pods), self.engine.now)
+        pod = Pod(self.pod_id_base + len(self.pods), self.engine.now)
         self.pods.append(pod)
         self.n_active += 1
         self.n_unscheduled += 1
@@ -578,7 +581,9 @@ class Run:
 
     # ------------------------------------------------------------------ running
 
-    def start(self, controller: Controller) -> None:
+    def start(self, controller: Controller, *, feed: bool = True) -> None:
+        """Create the initial pods and start the clocked parts; ``feed=False`` for a Deployment
+        whose requests another run's router (shared) receives."""
         self.controller = controller
         self.track_concurrency = controller.needs_concurrency
         initial = self.service.initial_replicas
@@ -586,15 +591,21 @@ class Run:
         for _ in range(initial):
             self._create_pod(warm=True)
         self.max_replicas_seen = self.n_active
-        self.engine.feed(
-            self.log.arrival, self._arrive_tracked if self.track_concurrency else self.router.route
-        )
+        if feed:
+            self.engine.feed(
+                self.log.arrival,
+                self._arrive_tracked if self.track_concurrency else self.router.route,
+            )
         self.engine.schedule(0.0, self._scrape, None, LATE)
         self.engine.schedule(0.0, self._sample, None, LATE)
         controller.start(self)
 
     def run(self) -> None:
         self.engine.run(until=self.duration)
+        self.finish()
+
+    def finish(self) -> None:
+        """Bring the time integrals up to the clock (a run sharing another's clock calls it)."""
         self._account()
         self._area()
 
