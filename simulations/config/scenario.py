@@ -51,7 +51,12 @@ from policies.stepmodel import (
     kv_blocks_for_tokens,
     kv_cache_blocks,
 )
-from simulations.config.variants import VariantsSpec, read_variants, variants_schema
+from simulations.config.variants import (
+    SharedKinds,
+    VariantsSpec,
+    resolve_variants,
+    variants_section,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 """``simulations/``, which holds the data, scenarios and sweeps."""
@@ -734,6 +739,11 @@ def _read_gpu_memory(r: Reader, value: Any, path: str) -> int | str | None:
     return value if value == "whole" else _sr(r).memory(value, path)
 
 
+_GPU_MEMORY = Custom(
+    _read_gpu_memory, lambda ctx: {"anyOf": [{"const": "whole"}, dict(_MEMORY_SCHEMA)]}
+)
+
+
 def _in_order(
     r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
 ) -> dict[str, Any] | None:
@@ -845,9 +855,7 @@ _SERVICE = Section(
         Field("gpus", Integer(1), default=_SERVICE_DEFAULT.gpus),
         Field(
             "gpuMemory",
-            Custom(
-                _read_gpu_memory, lambda ctx: {"anyOf": [{"const": "whole"}, dict(_MEMORY_SCHEMA)]}
-            ),
+            _GPU_MEMORY,
             default=_SERVICE_DEFAULT.gpu_memory_mib,
             attr="gpu_memory_mib",
         ),
@@ -1105,15 +1113,21 @@ def _unique_labels(
     return values | {"contenders": tuple(contenders)}
 
 
+_VARIANTS = variants_section(SharedKinds(LABELS, TOLERATIONS, _GPU_MEMORY))
+"""``variants:`` as written (:mod:`simulations.config.variants`); the check resolves it against
+the service, whose values its fields default to."""
+
+
 def _scenario_check(
     r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
 ) -> dict[str, Any] | None:
     """Contender labels are unique; ``variants:`` is read against the service it varies."""
     checked = _unique_labels(r, obj, values, path)
-    if checked is None or "variants" not in obj or values["service"] is None:
+    decl = values["variants"]
+    if checked is None or decl is None or values["service"] is None:
         return checked
-    assert isinstance(r, ScenarioReader)
-    return checked | {"variants": read_variants(r, obj["variants"], values["service"])}
+    resolved = resolve_variants(_sr(r), decl, values["service"])
+    return None if resolved is None else checked | {"variants": resolved}
 
 
 SCENARIO_DOCUMENT: Section[dict[str, Any]] = Section(
@@ -1150,11 +1164,7 @@ SCENARIO_DOCUMENT: Section[dict[str, Any]] = Section(
             default=(),
             attr="contenders",
         ),
-        Field(
-            "variants",
-            Custom(lambda r, value, path: value, lambda ctx: variants_schema()),
-            description="One model on several Deployments (GPU types), read against service.",
-        ),
+        Field("variants", _VARIANTS),
     ),
     dict,
     check=_scenario_check,

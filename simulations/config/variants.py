@@ -2,7 +2,7 @@
 and the contenders that scale them together.
 
 Each variant is the scenario's ``service`` with its own step-time profile, engine limits, node
-selector, tolerations, replica bounds and price per replica-hour; the SLO, start-up, routing and
+selector, tolerations, replica bounds and price per replica-hour; the SLO, start-up and
 termination stay the service's. Contenders (``contenders:``) are
 
 - ``kind: gpuscale``: :func:`policies.variants.decide_mix` every ``interval`` on the scraped
@@ -12,8 +12,12 @@ termination stay the service's. Contenders (``contenders:``) are
 - ``kind: fixed``: each variant held at its ``min`` (a static mix, the bound a sweep of them
   gives for autoscaling at all).
 
-Errors name the field (``scenario.yaml: variants.deployments[1].price: ...``), as the rest of
-the scenario's do; ``simulations/README.md`` documents the fields.
+The fields are declared once (:mod:`policies.declare`): :func:`variants_section` reads what the
+document says, with ``None`` where a field is left to the service, and :func:`resolve_variants`
+(run by the scenario's check, since a variant's defaults are the service's) fills those in and
+applies the rules across fields. Errors name the field
+(``scenario.yaml: variants.deployments[1].price: ...``), as the rest of the scenario's do;
+``simulations/README.md`` documents the fields.
 """
 
 from __future__ import annotations
@@ -25,40 +29,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from policies.jsonschema import DURATION, POSITIVE_DURATION
+from policies.declare import (
+    Choice,
+    Custom,
+    Duration,
+    Field,
+    Fraction,
+    Integer,
+    Kind,
+    ListOf,
+    Number,
+    Positive,
+    Section,
+    Text,
+)
 from policies.metrics.model_capacity import ServingSlo
 from policies.profiles import ProfileError, load_profile
-from policies.reading import show
+from policies.reading import Reader, join, show
+from policies.stepmodel import StepProfile
 
 if TYPE_CHECKING:
-    from simulations.config.scenario import BaselineMetric, ScenarioReader, ServiceSpec
+    from extender.objects import Toleration
+    from simulations.config.scenario import (
+        BaselineMetric,
+        ScenarioReader,
+        ServiceSpec,
+    )
 
-_DEPLOYMENT_KEYS = (
-    "name",
-    "profile",
-    "price",
-    "nodeSelector",
-    "tolerations",
-    "gpuMemory",
-    "replicas",
-    "initialReplicas",
-    "maxNumSeqs",
-    "maxNumBatchedTokens",
-    "gpuMemoryUtilization",
-    "kvCacheTokens",
-)
-_CONTENDER_KEYS = (
-    "name",
-    "kind",
-    "replicas",
-    "interval",
-    "window",
-    "slo",
-    "preferWithin",
-    "burstWindow",
-    "metric",
-    "target",
-)
+RoutingPolicy = Literal["least-outstanding", "capacity-weighted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +67,9 @@ class VariantSpec:
     service: ServiceSpec
     price: float
     """Price of one replica per hour (GPUs per replica × price per GPU-hour)."""
+    weight: float | None = None
+    """The router's capacity weight of one replica (``capacity-weighted``); None: computed from
+    the profile at the service's SLO when the run starts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,277 +99,344 @@ class VariantsSpec:
     prefer: tuple[str, ...] = ()
     """Most preferred first (the gpuscale contenders' preference order)."""
     contenders: tuple[VariantContender, ...] = ()
+    routing: RoutingPolicy = "least-outstanding"
+    """How the gateway spreads requests over the replicas of every variant
+    (:class:`simulations.serving.replicas.Router`)."""
 
     def names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.deployments)
 
 
-def read_variants(r: ScenarioReader, value: Any, service: ServiceSpec) -> VariantsSpec | None:
-    """``variants:`` at the top of a scenario; problems go to ``r``."""
-    obj = r.mapping(value, "variants", required=("deployments",), optional=("prefer", "contenders"))
-    if obj is None:
-        return None
-    if service.engine != "vllm" or service.vllm is None:
-        r.error("variants", "needs service.engine: vllm (each variant runs its own profile)")
-        return None
-    deployments: list[VariantSpec] = []
-    raw = obj.get("deployments", [])
-    if not isinstance(raw, list) or not raw:
-        r.error("variants.deployments", f"expected a non-empty list, got {show(raw)}")
-        raw = []
-    for i, item in enumerate(raw):
-        d = _deployment(r, item, f"variants.deployments[{i}]", service)
-        if d is not None:
-            if d.name in {x.name for x in deployments}:
-                r.error(f"variants.deployments[{i}].name", f"duplicate variant {d.name!r}")
-            deployments.append(d)
-    names = tuple(d.name for d in deployments)
-    prefer: tuple[str, ...] = ()
-    if "prefer" in obj:
-        listed = obj["prefer"]
-        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
-            r.error("variants.prefer", f"expected a list of variant names, got {show(listed)}")
-        else:
-            for n in listed:
-                if n not in names:
-                    r.error("variants.prefer", f"unknown variant {n!r} (variants: {list(names)})")
-            if len(set(listed)) != len(listed):
-                r.error("variants.prefer", f"lists a variant twice: {listed}")
-            prefer = tuple(listed)
-    contenders: list[VariantContender] = []
-    raw = obj.get("contenders", [])
-    if not isinstance(raw, list):
-        r.error("variants.contenders", f"expected a list, got {show(raw)}")
-        raw = []
-    for i, item in enumerate(raw):
-        c = read_variant_contender(r, item, f"variants.contenders[{i}]", deployments, service)
-        if c is not None:
-            contenders.append(c)
-    return VariantsSpec(tuple(deployments), prefer, tuple(contenders))
+# --------------------------------------------------------------------------- as written
 
 
-def _deployment(r: ScenarioReader, item: Any, p: str, service: ServiceSpec) -> VariantSpec | None:
-    o = r.mapping(item, p, required=("name", "profile", "price"), optional=_DEPLOYMENT_KEYS)
-    if o is None or not {"name", "profile", "price"} <= set(o):
+@dataclass(frozen=True, slots=True)
+class DeploymentDecl:
+    """A ``deployments[]`` entry as written; ``None``: the service's value."""
+
+    name: str
+    profile: StepProfile
+    price: float
+    node_selector: Mapping[str, str] | None = None
+    tolerations: tuple[Toleration, ...] | None = None
+    gpu_memory: int | str | None = None
+    """MiB, ``"whole"``, or None (the service's)."""
+    replicas: tuple[int | None, int | None] = (None, None)
+    initial_replicas: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float | None = None
+    kv_cache_tokens: int | None = None
+    routing_weight: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContenderDecl:
+    """A ``contenders[]`` entry as written; its bounds and SLO are resolved against the
+    deployments and the service."""
+
+    name: str
+    kind: Literal["gpuscale", "hpa", "fixed"]
+    replicas: Mapping[str, tuple[int | None, int | None]]
+    interval: float
+    window: float
+    slo: tuple[float | None, float | None] | None
+    prefer_within: float
+    burst_window: float
+    metric: str
+    target: float
+
+
+@dataclass(frozen=True, slots=True)
+class VariantsDecl:
+    deployments: tuple[DeploymentDecl, ...]
+    prefer: tuple[str, ...]
+    contenders: tuple[ContenderDecl, ...]
+    routing: RoutingPolicy = "least-outstanding"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedKinds:
+    """The scenario's own field kinds a variant repeats (scenario.py imports this module, so
+    they are handed in rather than imported)."""
+
+    labels: Kind
+    tolerations: Kind
+    gpu_memory: Kind
+
+
+_BOUNDS: Section[tuple[int | None, int | None]] = Section(
+    (Field("min", Integer(0)), Field("max", Integer(0))),
+    lambda min, max: (min, max),
+    nullable=False,
+)
+
+
+def _profile(r: Reader, value: Any, path: str) -> StepProfile | None:
+    ref = r.string(value, path)
+    if ref is None:
         return None
-    assert service.vllm is not None
-    name = r.get(o, p, "name", r.string)
-    price = r.get(o, p, "price", r.positive)
-    ref = r.get(o, p, "profile", r.string)
-    profile = None
-    if ref is not None:
-        try:
-            profile = load_profile(ref, r.base_dir)
-        except ProfileError as exc:
-            for m in exc.messages:
-                r.error(f"{p}.profile", m)
-    lo, hi = service.min_replicas, service.max_replicas
-    if "replicas" in o:
-        b = r.mapping(o["replicas"], f"{p}.replicas", optional=("min", "max"))
-        if b is not None:
-            lo = r.field(b, f"{p}.replicas", "min", r.integer, lo)
-            hi = r.field(b, f"{p}.replicas", "max", r.integer, hi)
-            if hi < lo:
-                r.error(f"{p}.replicas.max", f"must be at least min ({lo}), got {hi}")
-    memory = service.gpu_memory_mib
-    if "gpuMemory" in o:
-        memory = None if o["gpuMemory"] == "whole" else r.memory(o["gpuMemory"], f"{p}.gpuMemory")
-    util = r.field(
-        o, p, "gpuMemoryUtilization", lambda v, q: r.fraction(v, q, closed_top=True), None
+    try:
+        return load_profile(ref, cast("ScenarioReader", r).base_dir)
+    except ProfileError as exc:
+        for m in exc.messages:
+            r.error(path, m)
+        return None
+
+
+def _per_variant(r: Reader, value: Any, path: str) -> dict[str, tuple[int | None, int | None]]:
+    """``{VARIANT: {min, max}}``; the names are checked against the deployments later."""
+    obj = r.mapping(value, path, optional=tuple(value) if isinstance(value, Mapping) else ())
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for name, bounds in (obj or {}).items():
+        got = _BOUNDS.read(r, bounds, join(path, str(name)))
+        if got is not None:
+            out[str(name)] = got
+    return out
+
+
+_GPUSCALE_ONLY = ("interval", "window", "slo", "preferWithin", "burstWindow")
+_HPA_ONLY = ("metric", "target")
+
+
+def _kind_fields(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    """A knob of another kind is an error (``metric`` on a gpuscale contender)."""
+    kind = values["kind"]
+    own = {"hpa": _GPUSCALE_ONLY, "gpuscale": _HPA_ONLY}.get(kind or "", _GPUSCALE_ONLY + _HPA_ONLY)
+    bad = [key for key in own if key in obj]
+    for key in bad:
+        r.error(join(path, key), f"does not apply to kind: {kind}")
+    return None if bad else values
+
+
+CONTENDER: Section[ContenderDecl] = Section(
+    (
+        Field("name", Text(), required=True),
+        Field("kind", Choice(("gpuscale", "hpa", "fixed")), required=True),
+        Field(
+            "replicas",
+            Custom(
+                _per_variant,
+                lambda ctx: {"type": "object", "additionalProperties": _BOUNDS.schema(ctx)},
+            ),
+            default={},
+            description="per-variant bounds (default: the deployment's); max 0 leaves it unused",
+        ),
+        Field(
+            "interval",
+            Duration(positive=True),
+            default=15.0,
+            description="gpuscale: time between decisions.",
+        ),
+        Field(
+            "window", Duration(positive=True), default=60.0, description="gpuscale: rate window."
+        ),
+        Field(
+            "slo",
+            Section(
+                (Field("ttft", Duration(positive=True)), Field("tpot", Duration(positive=True))),
+                lambda ttft, tpot: (ttft, tpot),
+                nullable=False,
+            ),
+            description="gpuscale: the bounds the mix is sized for (default: the service's)",
+        ),
+        Field("preferWithin", Number(minimum=0.0), default=0.0),
+        Field(
+            "burstWindow",
+            Duration(),
+            default=0.0,
+            description="gpuscale: size for the largest rate over this window (0: the latest).",
+        ),
+        Field("metric", Choice(("queue", "concurrency", "latency", "rate")), default="concurrency"),
+        Field("target", Positive(), default=2.0),
+    ),
+    ContenderDecl,
+    check=_kind_fields,
+    nullable=False,
+)
+"""A ``variants.contenders[]`` entry (the variants sweep reads its points through this)."""
+
+
+def variants_section(kinds: SharedKinds) -> Section[VariantsDecl]:
+    """The declaration of ``variants:`` (fields whose default is the service's read as None)."""
+    deployment: Section[DeploymentDecl] = Section(
+        (
+            Field("name", Text(), required=True),
+            Field(
+                "profile",
+                Custom(_profile, lambda ctx: {"type": "string", "minLength": 1}),
+                required=True,
+                description="step-time profile",
+            ),
+            Field("price", Positive(), required=True, description="price of one replica per hour"),
+            Field("nodeSelector", kinds.labels),
+            Field("tolerations", kinds.tolerations),
+            Field("gpuMemory", kinds.gpu_memory, attr="gpu_memory"),
+            Field("replicas", _BOUNDS, default=(None, None)),
+            Field("initialReplicas", Integer(0)),
+            Field("maxNumSeqs", Integer(1)),
+            Field("maxNumBatchedTokens", Integer(1)),
+            Field("gpuMemoryUtilization", Fraction(closed_top=True)),
+            Field("kvCacheTokens", Integer(1)),
+        ),
+        DeploymentDecl,
+        nullable=False,
     )
-    kv = r.field(o, p, "kvCacheTokens", lambda v, q: r.integer(v, q, minimum=1), None)
-    engine = service.vllm
-    if profile is not None:
-        engine = replace(
-            engine,
-            profile=profile,
-            max_num_seqs=r.field(
-                o, p, "maxNumSeqs", lambda v, q: r.integer(v, q, minimum=1), engine.max_num_seqs
+    return Section(
+        (
+            Field(
+                "deployments",
+                ListOf(deployment, "a non-empty list", unique=("name", "variant")),
+                required=True,
             ),
-            max_num_batched_tokens=r.field(
-                o,
-                p,
-                "maxNumBatchedTokens",
-                lambda v, q: r.integer(v, q, minimum=1),
-                engine.max_num_batched_tokens,
+            Field(
+                "prefer", ListOf(Text(), "a list of variant names", allow_empty=True), default=()
             ),
-            gpu_memory_utilization=util if util is not None else engine.gpu_memory_utilization,
-            kv_cache_tokens=kv if kv is not None else engine.kv_cache_tokens,
-        )
-    if name is None or price is None or profile is None:
-        return None
-    tolerations = service.tolerations
-    if "tolerations" in o:
-        from simulations.config.scenario import TOLERATIONS  # scenario imports this module
+            Field("contenders", ListOf(CONTENDER, "a list", allow_empty=True), default=()),
+        ),
+        VariantsDecl,
+        description="One model on several Deployments (GPU types), scaled together.",
+        nullable=False,
+    )
 
-        tolerations = TOLERATIONS.read(r, o["tolerations"], f"{p}.tolerations") or ()
+
+# --------------------------------------------------------------------------- resolved
+
+
+def resolve_variants(
+    r: ScenarioReader, decl: VariantsDecl, service: ServiceSpec, path: str = "variants"
+) -> VariantsSpec | None:
+    """``decl`` with the service's values where the document leaves them; problems to ``r``."""
+    if service.engine != "vllm" or service.vllm is None:
+        r.error(path, "needs service.engine: vllm (each variant runs its own profile)")
+        return None
+    deployments = [
+        _deployment(r, d, f"{path}.deployments[{i}]", service)
+        for i, d in enumerate(decl.deployments)
+    ]
+    resolved = tuple(d for d in deployments if d is not None)
+    names = tuple(d.name for d in decl.deployments)
+    for n in decl.prefer:
+        if n not in names:
+            r.error(f"{path}.prefer", f"unknown variant {n!r} (variants: {list(names)})")
+    if len(set(decl.prefer)) != len(decl.prefer):
+        r.error(f"{path}.prefer", f"lists a variant twice: {list(decl.prefer)}")
+    contenders = [
+        resolve_contender(r, c, f"{path}.contenders[{i}]", resolved, service)
+        for i, c in enumerate(decl.contenders)
+    ]
+    if len(resolved) < len(deployments) or None in contenders:
+        return None
+    return VariantsSpec(
+        resolved, decl.prefer, tuple(c for c in contenders if c is not None), decl.routing
+    )
+
+
+def _deployment(
+    r: ScenarioReader, d: DeploymentDecl, p: str, service: ServiceSpec
+) -> VariantSpec | None:
+    assert service.vllm is not None
+    lo = service.min_replicas if d.replicas[0] is None else d.replicas[0]
+    hi = service.max_replicas if d.replicas[1] is None else d.replicas[1]
+    if hi < lo:
+        r.error(f"{p}.replicas.max", f"must be at least min ({lo}), got {hi}")
+        return None
+    engine = service.vllm
+
+    def given(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    engine = replace(
+        engine,
+        profile=d.profile,
+        max_num_seqs=given(d.max_num_seqs, engine.max_num_seqs),
+        max_num_batched_tokens=given(d.max_num_batched_tokens, engine.max_num_batched_tokens),
+        gpu_memory_utilization=given(d.gpu_memory_utilization, engine.gpu_memory_utilization),
+        kv_cache_tokens=given(d.kv_cache_tokens, engine.kv_cache_tokens),
+    )
+    memory = service.gpu_memory_mib
+    if d.gpu_memory is not None:
+        memory = None if d.gpu_memory == "whole" else cast("int", d.gpu_memory)
     spec = replace(
         service,
-        name=f"{service.name}-{name}",
+        name=f"{service.name}-{d.name}",
         gpu_memory_mib=memory,
-        tolerations=tolerations,
-        node_selector=r.field(o, p, "nodeSelector", r.labels, service.node_selector),
+        tolerations=given(d.tolerations, service.tolerations),
+        node_selector=given(d.node_selector, service.node_selector),
         min_replicas=lo,
         max_replicas=hi,
-        initial_replicas=r.field(o, p, "initialReplicas", r.integer, min(lo, hi)),
+        initial_replicas=given(d.initial_replicas, min(lo, hi)),
         vllm=engine,
     )
     try:
         spec.engine_limits()
     except ValueError as exc:
-        r.error(f"{p}.gpuMemory", f"{exc} (profile {profile.name})")
+        r.error(f"{p}.gpuMemory", f"{exc} (profile {d.profile.name})")
         return None
-    return VariantSpec(name, spec, price)
+    return VariantSpec(d.name, spec, d.price, d.routing_weight)
+
+
+def resolve_contender(
+    r: Reader,
+    c: ContenderDecl,
+    p: str,
+    deployments: tuple[VariantSpec, ...],
+    service: ServiceSpec,
+) -> VariantContender | None:
+    """One contender's bounds (the deployment's with its overrides) and SLO (the service's
+    where it gives none)."""
+    bounds = {d.name: (d.service.min_replicas, d.service.max_replicas) for d in deployments}
+    ok = True
+    for n, (lo, hi) in c.replicas.items():
+        q = f"{p}.replicas.{n}"
+        if n not in bounds:
+            r.error(q, f"unknown field (variants: {', '.join(bounds)})")
+            ok = False
+            continue
+        lo = bounds[n][0] if lo is None else lo
+        hi = bounds[n][1] if hi is None else hi
+        if hi < lo:
+            r.error(f"{q}.max", f"must be at least min ({lo}), got {hi}")
+            ok = False
+        bounds[n] = (lo, hi)
+    if sum(hi for _, hi in bounds.values()) < 1:
+        r.error(f"{p}.replicas", "every variant has max 0: nothing could serve")
+        ok = False
+    if c.kind == "fixed" and sum(lo for lo, _ in bounds.values()) < 1:
+        r.error(f"{p}.replicas", "a fixed mix holds each variant at its min: every min is 0")
+        ok = False
+    ttft, tpot = (service.slo.ttft, service.slo.tpot) if c.slo is None else c.slo
+    if ttft is None and tpot is None:
+        r.error(f"{p}.slo", "expected ttft and/or tpot bounds (the service's SLO has neither)")
+        ok = False
+    if not ok or not math.isfinite(c.prefer_within):
+        return None
+    return VariantContender(
+        c.name,
+        c.kind,
+        bounds,
+        interval=c.interval,
+        window=c.window,
+        slo=ServingSlo(ttft, tpot),
+        prefer_within=c.prefer_within,
+        burst_window=c.burst_window,
+        metric=cast("BaselineMetric", c.metric),
+        target=c.target,
+    )
 
 
 def read_variant_contender(
-    r: ScenarioReader,
+    r: Reader,
     item: Any,
     p: str,
-    deployments: list[VariantSpec] | tuple[VariantSpec, ...],
+    deployments: tuple[VariantSpec, ...],
     service: ServiceSpec,
 ) -> VariantContender | None:
-    """One ``variants.contenders`` entry (the variants sweep reads its points through this)."""
-    o = r.mapping(item, p, required=("name", "kind"), optional=_CONTENDER_KEYS)
-    if o is None:
-        return None
-    label = r.get(o, p, "name", r.string)
-    kind = r.get(o, p, "kind", lambda v, q: r.choice(v, q, ("gpuscale", "hpa", "fixed")))
-    names = [d.name for d in deployments]
-    bounds = {d.name: (d.service.min_replicas, d.service.max_replicas) for d in deployments}
-    if "replicas" in o:
-        per = r.mapping(o["replicas"], f"{p}.replicas", optional=tuple(names))
-        for n, v in (per or {}).items():
-            q = f"{p}.replicas.{n}"
-            b = r.mapping(v, q, optional=("min", "max"))
-            if b is None or n not in bounds:  # unknown, or a variant that failed to read
-                continue
-            lo = r.field(b, q, "min", r.integer, bounds[n][0])
-            hi = r.field(b, q, "max", r.integer, bounds[n][1])
-            if hi < lo:
-                r.error(f"{q}.max", f"must be at least min ({lo}), got {hi}")
-            bounds[n] = (lo, hi)
-    if sum(hi for _, hi in bounds.values()) < 1:
-        r.error(f"{p}.replicas", "every variant has max 0: nothing could serve")
-    if kind == "fixed" and sum(lo for lo, _ in bounds.values()) < 1:
-        r.error(f"{p}.replicas", "a fixed mix holds each variant at its min: every min is 0")
-    gpuscale_only = ("interval", "window", "slo", "preferWithin", "burstWindow")
-    own = {"hpa": gpuscale_only, "gpuscale": ("metric", "target")}.get(
-        kind or "", (*gpuscale_only, "metric", "target")
-    )
-    for key in own:
-        if key in o:
-            r.error(f"{p}.{key}", f"does not apply to kind: {kind}")
-    slo = ServingSlo(service.slo.ttft, service.slo.tpot)
-    if "slo" in o:
-        s = r.mapping(o["slo"], f"{p}.slo", optional=("ttft", "tpot"))
-        if s is not None:
-            slo = ServingSlo(
-                r.field(s, f"{p}.slo", "ttft", lambda v, q: r.duration(v, q, positive=True), None),
-                r.field(s, f"{p}.slo", "tpot", lambda v, q: r.duration(v, q, positive=True), None),
-            )
-    if slo.ttft is None and slo.tpot is None:
-        r.error(f"{p}.slo", "expected ttft and/or tpot bounds (the service's SLO has neither)")
-    within = r.field(o, p, "preferWithin", lambda v, q: r.number(v, q, minimum=0.0), 0.0)
-    metric = r.field(
-        o,
-        p,
-        "metric",
-        lambda v, q: r.choice(v, q, ("queue", "concurrency", "latency", "rate")),
-        "concurrency",
-    )
-    if label is None or kind is None or not math.isfinite(within):
-        return None
-    return VariantContender(
-        label,
-        kind,
-        bounds,
-        interval=r.field(o, p, "interval", lambda v, q: r.duration(v, q, positive=True), 15.0),
-        window=r.field(o, p, "window", lambda v, q: r.duration(v, q, positive=True), 60.0),
-        slo=slo,
-        prefer_within=within,
-        burst_window=r.field(o, p, "burstWindow", r.duration, 0.0),
-        metric=cast("BaselineMetric", metric),
-        target=r.field(o, p, "target", r.positive, 2.0),
-    )
-
-
-def variants_schema() -> dict[str, Any]:
-    """The JSON Schema of ``variants:`` (the scenario schema includes it)."""
-    bounds = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "min": {"type": "integer", "minimum": 0},
-            "max": {"type": "integer", "minimum": 0},
-        },
-    }
-    duration: dict[str, Any] = {
-        "anyOf": [
-            {"type": "string", "pattern": POSITIVE_DURATION},
-            {"type": "number", "exclusiveMinimum": 0},
-        ]
-    }
-    deployment = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name", "profile", "price"],
-        "properties": {
-            "name": {"type": "string", "minLength": 1},
-            "profile": {"type": "string", "minLength": 1, "description": "step-time profile"},
-            "price": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "description": "price of one replica per hour",
-            },
-            "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"}},
-            "tolerations": {"type": "array"},
-            "gpuMemory": {"type": ["string", "number"]},
-            "replicas": bounds,
-            "initialReplicas": {"type": "integer", "minimum": 0},
-            "maxNumSeqs": {"type": "integer", "minimum": 1},
-            "maxNumBatchedTokens": {"type": "integer", "minimum": 1},
-            "gpuMemoryUtilization": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-            "kvCacheTokens": {"type": "integer", "minimum": 1},
-        },
-    }
-    contender = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name", "kind"],
-        "properties": {
-            "name": {"type": "string", "minLength": 1},
-            "kind": {"enum": ["gpuscale", "hpa", "fixed"]},
-            "replicas": {"type": "object", "additionalProperties": bounds},
-            "interval": duration,
-            "window": duration,
-            "slo": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {"ttft": duration, "tpot": duration},
-            },
-            "preferWithin": {"type": "number", "minimum": 0},
-            "burstWindow": {
-                "anyOf": [
-                    {"type": "string", "pattern": DURATION},
-                    {"type": "number", "minimum": 0},
-                ]
-            },
-            "metric": {"enum": ["queue", "concurrency", "latency", "rate"]},
-            "target": {"type": "number", "exclusiveMinimum": 0},
-        },
-    }
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["deployments"],
-        "description": "One model on several Deployments (GPU types), scaled together.",
-        "properties": {
-            "deployments": {"type": "array", "minItems": 1, "items": deployment},
-            "prefer": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
-            "contenders": {"type": "array", "items": contender},
-        },
-    }
+    """One contender document read and resolved (a variants sweep's points)."""
+    decl = CONTENDER.read(r, item, p)
+    return None if decl is None else resolve_contender(r, decl, p, deployments, service)
 
 
 # --------------------------------------------------------------------------- sweeps
