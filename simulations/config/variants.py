@@ -280,6 +280,12 @@ def variants_section(kinds: SharedKinds) -> Section[VariantsDecl]:
             Field("maxNumBatchedTokens", Integer(1)),
             Field("gpuMemoryUtilization", Fraction(closed_top=True)),
             Field("kvCacheTokens", Integer(1)),
+            Field(
+                "routingWeight",
+                Positive(),
+                description="capacity-weighted routing: one replica's weight (default: its"
+                " modelled capacity at the service's SLO)",
+            ),
         ),
         DeploymentDecl,
         nullable=False,
@@ -295,6 +301,12 @@ def variants_section(kinds: SharedKinds) -> Section[VariantsDecl]:
                 "prefer", ListOf(Text(), "a list of variant names", allow_empty=True), default=()
             ),
             Field("contenders", ListOf(CONTENDER, "a list", allow_empty=True), default=()),
+            Field(
+                "routing",
+                Choice(("least-outstanding", "capacity-weighted")),
+                default="least-outstanding",
+                description="how the gateway spreads requests over every variant's replicas",
+            ),
         ),
         VariantsDecl,
         description="One model on several Deployments (GPU types), scaled together.",

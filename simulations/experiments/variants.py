@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,12 @@ def variant_sweep_report(spec: VariantSweepSpec, records: list[dict[str, Any]]) 
 
 def _table(report: dict[str, Any]) -> str:
     target = report["target"]
-    lines = [f"cost at {target:.0%} attainment (mean of seeds {report['seeds']}):"]
+    lines = [
+        f"cost at {target:.0%} attainment (mean of seeds {report['seeds']}),"
+        f" routing {report.get('routing', '?')}, load average"
+        f" {report.get('load_average', {}).get('start', math.nan):.2f} at the start,"
+        f" {report.get('load_average', {}).get('end', math.nan):.2f} at the end:"
+    ]
     for f in report["families"]:
         b = f["best"]
         if b is None:
@@ -220,12 +226,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--out", type=Path, default=Path("variants-sweep"))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--routing",
+        choices=("least-outstanding", "capacity-weighted"),
+        help="the gateway's routing (default: the scenario's variants.routing)",
+    )
     args = parser.parse_args(argv)
     try:
         scenario, spec = load_variant_sweep(args.sweep)
     except ScenarioError as exc:
         print("\n".join(exc.messages), file=sys.stderr)
         return 1
+    if args.routing is not None and scenario.variants is not None:
+        variants = replace(scenario.variants, routing=args.routing)
+        scenario = replace(scenario, variants=variants)
+    load = os.getloadavg()
     total = sum(len(p) for _, p in spec.families) * len(spec.seeds)
     done = [0]
 
@@ -236,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = run_variant_sweep(scenario, spec, workers=args.workers, on_done=progress)
     print(file=sys.stderr)
     report = variant_sweep_report(spec, records)
+    assert scenario.variants is not None
+    report["routing"] = scenario.variants.routing
+    report["load_average"] = {"start": load[0], "end": os.getloadavg()[0]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "variants-sweep.json").write_text(json.dumps(report, indent=1, default=str))
     print(_table(report))

@@ -278,7 +278,7 @@ class Routable(Protocol):
     def outstanding(self) -> int: ...
 
 
-RoutingMode = Literal["least-outstanding", "round-robin"]
+RoutingMode = Literal["least-outstanding", "round-robin", "capacity-weighted"]
 
 
 class Router:
@@ -286,18 +286,33 @@ class Router:
 
     ``least-outstanding`` picks the replica with the fewest outstanding requests (running, queued
     or still on their way to the engine's queue, as a gateway counts open connections; lowest id
-    on ties, so runs are deterministic); ``round-robin`` cycles in id order. While no replica is
+    on ties, so runs are deterministic); ``round-robin`` cycles in id order;
+    ``capacity-weighted`` picks the lowest ``(outstanding + 1) / weight`` with ``weight`` the
+    replica's capacity weight (``weight_of(id)``): Envoy's weighted least-request balancer with
+    ``active_request_bias: 1`` (``load_balancing_weight / (active_requests + 1)``, the pick made
+    deterministic), the way a gateway in front of Deployments on different GPU types splits load
+    by capacity rather than by count (one model's variants, :mod:`simulations.serving.variants`).
+    While no replica is
     Ready, requests wait in the gateway's own queue (``held``, as Knative's activator buffers
     them); replicas that come up take from it as their slots free up, and new requests join the
     end of it until it is empty, so a backlog is shared by every replica instead of landing on
     the first one to start.
     """
 
-    __slots__ = ("_rr", "held", "mode", "ready")
+    __slots__ = ("_rr", "_weights", "held", "mode", "ready", "weight_of")
 
-    def __init__(self, mode: RoutingMode = "least-outstanding") -> None:
+    def __init__(
+        self,
+        mode: RoutingMode = "least-outstanding",
+        weight_of: Callable[[int], float] | None = None,
+    ) -> None:
+        if mode == "capacity-weighted" and weight_of is None:
+            raise ValueError("capacity-weighted routing needs each replica's weight (weight_of)")
         self.mode = mode
+        self.weight_of = weight_of
         self.ready: list[Routable] = []
+        self._weights: list[float] = []
+        """``weight_of(r.id)`` of each Ready replica, in the order of ``ready``."""
         self.held: deque[int] = deque()
         self._rr = 0
 
@@ -313,6 +328,9 @@ class Router:
             self._rr = (self._rr + 1) % len(ready)
             ready[self._rr].admit(i)
             return
+        if self.mode == "capacity-weighted":
+            self._weighted(i)
+            return
         best = ready[0]
         best_load = best.running + len(best.queue) + best.pending
         if best_load:
@@ -324,10 +342,24 @@ class Router:
                         break  # an idle replica: nobody after it can have fewer
         best.admit(i)
 
+    def _weighted(self, i: int) -> None:
+        """The lowest outstanding-per-weight (lowest id on ties)."""
+        best, best_score = self.ready[0], math.inf
+        for replica, weight in zip(self.ready, self._weights, strict=True):
+            score = (replica.running + len(replica.queue) + replica.pending + 1) / weight
+            if score < best_score:
+                best, best_score = replica, score
+        best.admit(i)
+
+    def _reweigh(self) -> None:
+        if self.weight_of is not None:
+            self._weights = [self.weight_of(r.id) for r in self.ready]
+
     def add(self, replica: Routable) -> None:
         """A replica became Ready: route to it; it fills its free slots from the backlog."""
         self.ready.append(replica)
         self.ready.sort(key=lambda r: r.id)
+        self._reweigh()
         replica.backlog = self.held
         held = self.held
         while held and replica.outstanding < replica.max_batch:
@@ -337,6 +369,7 @@ class Router:
         replica.backlog = None
         if replica in self.ready:
             self.ready.remove(replica)
+            self._reweigh()
 
     @property
     def outstanding(self) -> int:

@@ -2,10 +2,20 @@
 
 Each variant is a :class:`~simulations.serving.run.Run` of its own (its Deployment's pods, its
 engine profile, the metrics scraped from its pods), and all of them share the clock, the request
-log, the cluster and the gateway's router. The router sends each request to the Ready replica
-with the fewest outstanding requests over every variant, as a gateway in front of one model's
-Deployments does (a Service or an InferencePool selecting them all); a faster replica clears its
-requests sooner and so gets more of them, which is what :mod:`policies.variants` assumes.
+log, the cluster and the gateway's router, which ``variants.routing`` picks:
+
+- ``least-outstanding`` (the default): each request to the Ready replica with the fewest
+  outstanding requests over every variant, as a Service or an InferencePool selecting all the
+  Deployments with a load-only scorer does. A faster replica clears its requests sooner and so
+  gets more of them, but at moderate load every replica holds about as many requests, so a
+  slower GPU type gets about as many as a faster one (and misses TPOT with them).
+- ``capacity-weighted``: the lowest ``(outstanding + 1) / weight``, ``weight`` one replica's
+  capacity (``routingWeight``, or by default the requests/s its profile carries at the service's
+  SLO for the workload's mean token mix, :func:`policies.variants.capacity_at_slo`): Envoy's
+  weighted least-request balancer with ``active_request_bias: 1`` and per-backend weights, as a
+  gateway with weighted backends (Gateway API ``backendRefs[].weight``) or a scorer that
+  normalises queue depth by capacity would route. This is the split :mod:`policies.variants`
+  assumes (each replica at the same fraction of its capacity).
 
 Contenders (:class:`~simulations.config.variants.VariantContender`):
 
@@ -32,11 +42,19 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from policies.metrics.model_capacity import ServingSlo
 from policies.schema import Behavior
 from policies.stepmodel import TokenMix
-from policies.variants import MixDecision, Observed, Variant, VariantPolicy, decide_mix
+from policies.variants import (
+    MixDecision,
+    Observed,
+    Variant,
+    VariantPolicy,
+    capacity_at_slo,
+    decide_mix,
+)
 from simulations.config.scenario import HpaContender, HpaSettings, Scenario, ServiceSpec
-from simulations.config.variants import VariantContender
+from simulations.config.variants import VariantContender, VariantSpec
 from simulations.serving.arrivals import Workload
 from simulations.serving.baselines.hpa import HpaController, Tolerance, external_per_pod_replicas
 from simulations.serving.clock import LATE, Engine
@@ -48,7 +66,7 @@ from simulations.serving.contenders import (
     FixedReplicas,
     HpaBaseline,
 )
-from simulations.serving.replicas import RequestLog
+from simulations.serving.replicas import RequestLog, Router
 from simulations.serving.run import Controller, Run, Timeline
 from simulations.serving.vllm import ServingLog
 
@@ -89,6 +107,9 @@ class VariantWorld:
             run = Run(
                 replace(scenario, service=service), workload, no_times, cluster, rng, duration
             )
+            if not self.runs and spec.routing == "capacity-weighted":
+                self.weights = routing_weights(spec.deployments, workload)
+                run.router = Router("capacity-weighted", self.weight_of)
             if self.runs:
                 first = self.runs[0]
                 run.engine, run.log, run.router = first.engine, first.log, first.router
@@ -96,6 +117,12 @@ class VariantWorld:
             self.runs.append(run)
         self.engine: Engine = self.runs[0].engine
         self.cluster = cluster
+
+    weights: tuple[float, ...] = ()
+    """Per variant, one replica's routing weight (``capacity-weighted`` routing only)."""
+
+    def weight_of(self, replica_id: int) -> float:
+        return self.weights[replica_id // POD_ID_STRIDE]
 
     def start(self, hpa: HpaSettings) -> VariantController | None:
         """Start every Deployment with its controller; the gpuscale controller is returned."""
@@ -176,6 +203,28 @@ class VariantWorld:
                 "pending_pod_seconds": run.pending_seconds,
             }
         return out
+
+
+def routing_weights(deployments: tuple[VariantSpec, ...], workload: Workload) -> tuple[float, ...]:
+    """Each variant's ``routingWeight``, or one replica's modelled capacity at the service's SLO
+    for the workload's mean token mix (a static weight, as an operator would set it from the
+    profiles; the decision re-sizes on the observed mix, the router does not)."""
+    n = len(workload)
+    mix = TokenMix(
+        max(float(workload.prompt.mean()) if n else 1.0, 1.0),
+        max(float(workload.generated.mean()) if n else 1.0, 1.0),
+    )
+    out = []
+    for d in deployments:
+        if d.weight is not None:
+            out.append(d.weight)
+            continue
+        svc = d.service
+        assert svc.vllm is not None
+        slo = ServingSlo(svc.slo.ttft, svc.slo.tpot)
+        rate = capacity_at_slo(svc.vllm.profile, svc.engine_limits(), mix, slo).rate
+        out.append(max(rate, 1e-9))  # a replica that meets nothing still gets the overflow
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulations.serving.clock import Engine
 from simulations.serving.replicas import (
@@ -61,6 +63,47 @@ def test_least_outstanding_and_round_robin() -> None:
     for i in range(6):
         rr.route(i)
     assert (x.arrived, y.arrived) == (3, 3)
+
+
+def test_capacity_weighted_splits_outstanding_requests_by_weight() -> None:
+    engine, log = _world(10, 100.0)
+    weights = {0: 1.0, 1: 4.0}
+    router = Router("capacity-weighted", weights.__getitem__)
+    slow, fast = Replica(0, engine, log, 1, (1.0,)), Replica(1, engine, log, 1, (1.0,))
+    router.add(slow)
+    router.add(fast)
+    for i in range(10):
+        router.route(i)
+    # (n + 1) / w levels out at 2 : 8 (least-outstanding would give 5 : 5)
+    assert (slow.outstanding, fast.outstanding) == (2, 8)
+    router.remove(fast)
+    with pytest.raises(ValueError, match="weight_of"):
+        Router("capacity-weighted")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(0.1, 20.0), min_size=2, max_size=5),
+    st.integers(1, 200),
+)
+def test_capacity_weighted_keeps_every_replica_within_one_request_of_its_share(
+    weights: list[float], n: int
+) -> None:
+    """Nothing completes (long service): the scores ``(n_k + 1) / w_k`` stay within one request
+    of each other, so each replica holds its weight's share of the requests, give or take one."""
+    engine, log = _world(n, 1e9)
+    router = Router("capacity-weighted", lambda k: weights[k])
+    replicas = [Replica(k, engine, log, 1, (1.0,)) for k in range(len(weights))]
+    for r in replicas:
+        router.add(r)
+    for i in range(n):
+        router.route(i)
+    counts = [r.outstanding for r in replicas]
+    assert sum(counts) == n
+    scores = [(c + 1) / w for c, w in zip(counts, weights, strict=True)]
+    for c, w in zip(counts, weights, strict=True):
+        if c:  # the last one it got was the lowest score then: c / w <= every score now
+            assert c / w <= min(scores) + 1e-9
 
 
 def test_gateway_holds_requests_and_shares_the_backlog() -> None:

@@ -233,3 +233,41 @@ def test_a_bad_sweep_knob_names_the_point(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as info:
         load_variant_sweep(bad)
     assert any("families.f[f target=-2].target" in m for m in info.value.messages)
+
+
+def test_routing_is_declared_and_defaults_to_least_outstanding() -> None:
+    s = parse_scenario(DOC, "v.yaml", BASE)
+    assert s.variants is not None and s.variants.routing == "least-outstanding"
+    errors = errors_of(lambda v: v.update(routing="random"))
+    assert any(e.startswith("variants.routing: ") for e in errors), errors
+    errors = errors_of(lambda v: v["deployments"][0].update(routingWeight=0))
+    assert any(e.startswith("variants.deployments[0].routingWeight: ") for e in errors), errors
+
+
+def _requests_per_replica_hour(routing: str) -> dict[str, float]:
+    doc = copy.deepcopy(DOC)
+    doc["variants"]["routing"] = routing
+    doc["variants"]["contenders"] = [
+        {"name": "static", "kind": "fixed", "replicas": {"a100": {"min": 3}, "h100": {"min": 2}}}
+    ]
+    s = scenario_of(doc, minutes=3)
+    workload, _, duration = prepare(s, 1)
+    _, _, c_rng, r_rng = random_streams(1)
+    cluster, _ = build_cluster(s, c_rng)
+    world = VariantWorld(s, _contender(s, "static"), workload, cluster, r_rng, duration)
+    if routing == "capacity-weighted":
+        a100, h100 = world.weights
+        assert h100 > 2 * a100  # the H100's modelled capacity at the SLO, several A100s'
+    world.start(s.hpa)
+    world.run()
+    out = {}
+    for d, run in zip(s.variants.deployments if s.variants else (), world.runs, strict=True):
+        done = sum(rep.completed for rep in run.replicas if isinstance(rep, BatchingReplica))
+        out[d.name] = done / max(run.ready_seconds, 1e-9)
+    return out
+
+
+def test_capacity_weighted_routing_gives_the_faster_variant_more_per_replica() -> None:
+    even = _requests_per_replica_hour("least-outstanding")
+    weighted = _requests_per_replica_hour("capacity-weighted")
+    assert weighted["h100"] / weighted["a100"] > 1.5 * (even["h100"] / even["a100"])
