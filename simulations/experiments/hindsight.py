@@ -157,3 +157,77 @@ def schedule(needs: Sequence[int], lengths: Sequence[float], startup: float, war
             out[k] += keep[k]
     starts, seconds = schedule_cost(out, lengths, startup, warm)
     return Schedule(tuple(out), starts, seconds)
+
+
+# --------------------------------------------------------------------------- priced options
+
+
+@dataclass(frozen=True, slots=True)
+class PricedAllocation:
+    choice: tuple[int, ...]
+    """Per interval, the index of the option taken."""
+    misses: int
+    cost: float
+    feasible: bool
+    """False when even each interval's fewest misses exceed the budget."""
+
+
+def _priced_hull(options: Sequence[tuple[float, int]]) -> list[int]:
+    """Indices of the lower convex hull of the options' ``(cost, misses)`` that are on the
+    cost/misses front, from the fewest misses (dearest) down to the cheapest."""
+    order = sorted(range(len(options)), key=lambda i: (options[i][0], options[i][1]))
+    front: list[int] = []
+    for i in order:  # cheapest first: keep an option only if it misses fewer than all cheaper
+        if not front or options[i][1] < options[front[-1]][1]:
+            front.append(i)
+    hull: list[int] = []
+    for i in front:  # Andrew's monotone chain, lower hull, left to right
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = options[hull[-2]], options[hull[-1]]
+            x, y = options[i]
+            if (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) <= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    hull.reverse()
+    return hull
+
+
+def allocate_priced(
+    options: Sequence[Sequence[tuple[float, int]]], budget: int
+) -> PricedAllocation:
+    """One option per interval, total misses within ``budget``, as cheap as found.
+
+    ``options[k]`` are interval ``k``'s choices as ``(cost, misses)`` (a replica mix of several
+    variants and what it misses). :func:`allocate` generalised to priced choices: every interval
+    starts at its cheapest option of fewest misses, and then moves down its cost/misses hull
+    where a step saves the most cost per extra miss, while the budget allows; the greedy solution
+    of the relaxed problem, within one hull segment of the integer optimum.
+    """
+    choice: list[int] = []
+    segments: list[tuple[float, int, int, int]] = []
+    total = 0
+    for k, opts in enumerate(options):
+        if not opts:
+            raise ValueError(f"interval {k} has no options")
+        hull = _priced_hull(opts)
+        choice.append(hull[0])
+        total += opts[hull[0]][1]
+        for a, b in itertools.pairwise(hull):
+            saved, extra = opts[a][0] - opts[b][0], opts[b][1] - opts[a][1]
+            segments.append((extra / saved, k, b, extra))
+    if total > budget:
+        cost = sum(o[c][0] for o, c in zip(options, choice, strict=True))
+        return PricedAllocation(tuple(choice), total, cost, False)
+    blocked: set[int] = set()
+    for _, k, b, extra in sorted(segments):
+        if k in blocked:
+            continue
+        if total + extra > budget:
+            blocked.add(k)
+            continue
+        total += extra
+        choice[k] = b
+    cost = sum(o[c][0] for o, c in zip(options, choice, strict=True))
+    return PricedAllocation(tuple(choice), total, cost, True)

@@ -8,7 +8,13 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulations.experiments.hindsight import allocate, monotone, schedule, schedule_cost
+from simulations.experiments.hindsight import (
+    allocate,
+    allocate_priced,
+    monotone,
+    schedule,
+    schedule_cost,
+)
 
 
 @st.composite
@@ -111,3 +117,50 @@ def test_short_gaps_are_bridged_long_ones_are_not() -> None:
     assert warm.replicas == (0, 0, 0, 1) and warm.starts == 1
     kept = schedule([0, 1], [30.0] * 2, startup=45.0, warm=1)
     assert kept.replicas == (1, 1) and kept.starts == 0
+
+
+@st.composite
+def priced(draw: st.DrawFn) -> list[list[tuple[float, int]]]:
+    """Per interval, a few ``(cost, misses)`` options of any shape."""
+    return [
+        draw(
+            st.lists(
+                st.tuples(st.integers(0, 20).map(float), st.integers(0, 15)),
+                min_size=1,
+                max_size=5,
+            )
+        )
+        for _ in range(draw(st.integers(1, 4)))
+    ]
+
+
+@given(priced(), st.integers(0, 40))
+def test_priced_allocation_keeps_the_budget_and_is_near_the_brute_force_optimum(
+    options: list[list[tuple[float, int]]], budget: int
+) -> None:
+    got = allocate_priced(options, budget)
+    assert len(got.choice) == len(options)
+    assert got.misses == sum(o[c][1] for o, c in zip(options, got.choice, strict=True))
+    assert got.cost == sum(o[c][0] for o, c in zip(options, got.choice, strict=True))
+    fewest = sum(min(m for _, m in o) for o in options)
+    assert got.feasible == (fewest <= budget)
+    if not got.feasible:
+        return
+    assert got.misses <= budget
+    best = min(
+        sum(o[c][0] for o, c in zip(options, pick, strict=True))
+        for pick in itertools.product(*(range(len(o)) for o in options))
+        if sum(o[c][1] for o, c in zip(options, pick, strict=True)) <= budget
+    )
+    assert got.cost >= best
+    # never dearer than each interval's cheapest option of fewest misses
+    floor = sum(min(c for c, m in o if m == min(mm for _, mm in o)) for o in options)
+    assert got.cost <= floor
+    if budget == 0 or (len(options) == 1 and budget >= max(m for _, m in options[0])):
+        assert got.cost == best  # nothing to trade, or everything affordable: exact
+
+
+def test_priced_allocation_spends_the_budget_where_it_saves_the_most() -> None:
+    # interval 0 saves 10 for 1 miss, interval 1 only 1 for 1 miss: budget 1 goes to interval 0
+    got = allocate_priced([[(20.0, 0), (10.0, 1)], [(5.0, 0), (4.0, 1)]], 1)
+    assert got.choice == (1, 0) and got.cost == 15.0 and got.misses == 1

@@ -19,6 +19,7 @@ from simulations.experiments.variants import (
     run_variants,
     variant_sweep_report,
 )
+from simulations.experiments.variants_bound import bound, candidate_mixes, caps, mix_curves
 from simulations.serving.run import build_cluster
 from simulations.serving.variants import VariantWorld
 from simulations.serving.vllm import BatchingReplica
@@ -271,3 +272,31 @@ def test_capacity_weighted_routing_gives_the_faster_variant_more_per_replica() -
     even = _requests_per_replica_hour("least-outstanding")
     weighted = _requests_per_replica_hour("capacity-weighted")
     assert weighted["h100"] / weighted["a100"] > 1.5 * (even["h100"] / even["a100"])
+
+
+def test_mixes_walk_the_roomiest_variant_and_skip_mixes_that_contain_enough() -> None:
+    enough: list[tuple[int, ...]] = []
+    seen = []
+    for mix in candidate_mixes((3, 1), enough):
+        seen.append(mix)
+        if mix in {(2, 0), (0, 1)}:
+            enough.append(mix)
+    assert seen == [(1, 0), (2, 0), (0, 1)]  # (3, 0) and (1, 1) contain a mix that missed nothing
+
+
+def test_the_variants_hindsight_bound_is_below_holding_every_variant_full() -> None:
+    doc = copy.deepcopy(DOC)
+    doc["variants"]["routing"] = "capacity-weighted"
+    s = scenario_of(doc, minutes=3)
+    assert s.variants is not None
+    cap = caps(s, 1)
+    assert cap[1] == 3  # the background pod on the H100 node: 3 of 4 fit
+    curves = mix_curves(s, 1, 60.0, cap)
+    assert len(curves.options) == 3
+    got = bound(s, curves, 0.99)
+    assert got["feasible"] and got["modelled_attainment"] >= 0.99
+    prices = [d.price for d in s.variants.deployments]
+    full = sum(c * p for c, p in zip(cap, prices, strict=True)) * 3 / 60
+    assert 0 < got["cost"] < full
+    for mix in got["mixes"]:
+        assert all(0 <= n <= c for n, c in zip(mix, cap, strict=True))
