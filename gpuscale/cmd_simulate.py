@@ -202,11 +202,13 @@ def simulate(
         kept += [defaults[b] for b in BASELINES if b in wanted and b not in have]
         contenders = kept
     labels = [c.label for c in contenders]
+    if sc.variants is not None:  # run beside the others (simulations.serving.variants)
+        labels += [c.label for c in sc.variants.contenders]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
         click.echo(f"{sc.file}: policies: duplicate names {', '.join(dupes)}", err=True)
         raise SystemExit(1)
-    if not contenders:
+    if not labels:
         click.echo("nothing to compare: no policies and no baselines", err=True)
         raise SystemExit(1)
     changes: dict[str, Any] = {"contenders": tuple(contenders)}
@@ -226,7 +228,7 @@ def simulate(
     from simulations.experiments.compare import compare
     from simulations.experiments.report import plain_table, write_all
 
-    total = len(seed_list) * len(contenders)
+    total = len(seed_list) * len(labels)
     try:
         if sys.stderr.isatty():
             from rich.console import Console

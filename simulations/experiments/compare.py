@@ -386,7 +386,20 @@ def run_one(scenario: Scenario, index: int, seed: int) -> RunResult:
 
 
 def _task(args: tuple[Scenario, int, int]) -> RunResult:
-    return run_one(*args)
+    """Contender ``index`` of ``scenario.contenders``, then of ``variants.contenders`` (indices
+    past the first list)."""
+    scenario, index, seed = args
+    if index < len(scenario.contenders):
+        return run_one(scenario, index, seed)
+    from simulations.experiments.variants import run_variant_contender  # it imports this module
+
+    return run_variant_contender(scenario, index - len(scenario.contenders), seed)
+
+
+def contender_count(scenario: Scenario) -> int:
+    """The scenario's contenders, its variant contenders included."""
+    variants = scenario.variants
+    return len(scenario.contenders) + (len(variants.contenders) if variants else 0)
 
 
 def compare(
@@ -396,12 +409,12 @@ def compare(
     workers: int | None = None,
     on_done: Callable[[RunResult], None] | None = None,
 ) -> Comparison:
-    """Every contender × seed, in ``workers`` processes.
+    """Every contender × seed (the variant contenders too), in ``workers`` processes.
 
     The default is one process per seed up to the CPU count: one seed's runs take about a second
     each, less than starting a process pool costs.
     """
-    tasks = [(scenario, i, s) for s in seeds for i in range(len(scenario.contenders))]
+    tasks = [(scenario, i, s) for s in seeds for i in range(contender_count(scenario))]
     if workers is None:
         workers = min(len(seeds), os.cpu_count() or 1)
     results: list[RunResult | None] = [None] * len(tasks)

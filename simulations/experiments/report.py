@@ -108,7 +108,9 @@ def aggregate(runs: Sequence[RunResult]) -> dict[str, dict[str, float]]:
 def report_dict(comparison: Comparison) -> dict[str, Any]:
     sc = comparison.scenario
     policies = []
-    contenders = {c.label: c for c in sc.contenders}
+    contenders: dict[str, object] = {c.label: c for c in sc.contenders}
+    if sc.variants is not None:
+        contenders |= {c.label: c for c in sc.variants.contenders}
     for label, runs in by_label(comparison).items():
         c = contenders[label]
         entry: dict[str, Any] = {"name": label, "kind": runs[0].kind}
@@ -116,6 +118,9 @@ def report_dict(comparison: Comparison) -> dict[str, Any]:
         if file:
             entry["file"] = Path(file).name
         entry.update(aggregate(runs))
+        costs = [float(r.summary["cost"]) for r in runs if "cost" in r.summary]
+        if costs:  # variant contenders: price x hours the pods held GPUs
+            entry["mean"]["cost"] = sum(costs) / len(costs)
         entry["per_seed"] = [{"seed": r.seed, **r.summary} for r in runs]
         policies.append(entry)
     doc = {
@@ -183,10 +188,15 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         "burst recovery s",
     ]
     n = len(comparison.seeds)
+    priced = any("cost" in r.summary for r in comparison.results)
+    if priced:  # variant contenders run: their cost, as an extra column
+        header.append("cost")
     rows = []
     for label, group in by_label(comparison).items():
         a = aggregate(group)
         m, s = a["mean"], a["spread"]
+        costs = [float(r.summary["cost"]) for r in group if "cost" in r.summary]
+        extra = [f"{sum(costs) / len(costs):.2f}" if costs else "-"] if priced else []
         rows.append(
             [
                 label,
@@ -208,6 +218,7 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
                 + " / "
                 + _fmt(m["unfinished"], s["unfinished"], n, ".0f"),
                 _recovery(group, _fmt(m["recovery_mean_s"], s["recovery_mean_s"], n, ".0f")),
+                *extra,
             ]
         )
     return header, rows

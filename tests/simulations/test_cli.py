@@ -36,6 +36,7 @@ def test_default_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert header.startswith("policy,seed,time,arrivals_per_s,desired,replicas,ready")
     for png in ("timeline.png", "tradeoff.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert " cost" not in stdout.splitlines()[1]  # no variants, no cost column
 
 
 def test_same_seed_gives_identical_report(
@@ -91,3 +92,22 @@ def test_placement_is_a_sub_verb(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Usage:" in stdout and "placement" in stdout
     code, stdout, _ = run(capsys, "--help")
     assert code == 0 and "[SCENARIO]" in stdout and "simulate placement" in stdout
+
+
+def test_variant_contenders_run_beside_the_others_with_their_cost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = Path(__file__).resolve().parents[2] / "simulations/scenarios/variants.yaml"
+    out = tmp_path / "report"
+    args = ("--duration", "2m", "--out", str(out), "--workers", "1", "--no-plots")
+    code, stdout, stderr = run(capsys, str(scenario), *args)
+    assert code == 0, stderr
+    names = ["gpuscale-variants", "hpa-per-variant", "hpa-h100-only"]
+    for name in names:
+        assert f"\n{name} " in stdout
+    assert stdout.splitlines()[1].rstrip().endswith("cost")
+    report = json.loads((out / "report.json").read_text())
+    assert [p["name"] for p in report["policies"]] == names
+    for p in report["policies"]:
+        assert p["kind"].startswith("variants-") and p["mean"]["cost"] > 0
+        assert set(p["per_seed"][0]["variants"]) == {"a100", "h100"}
