@@ -36,8 +36,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from policies.metrics.model_capacity import ServingSlo
+from policies.metrics.model_capacity import ModelCapacityMetric, ServingSlo, token_mix
 from policies.reachable import effective_bound
+from policies.schema import ScalingPolicy
 from policies.stepmodel import EngineLimits, SteadyState, StepProfile, TokenMix, steady_state
 
 _BISECTIONS = 60
@@ -354,3 +355,54 @@ def _one_fewer(
                 line += f"; each would see TTFT {s.ttft * 1e3:.0f}ms, TPOT {s.tpot * 1e3:.1f}ms"
         out.append(line)
     return out
+
+
+# --------------------------------------------------------------------------- a policy's variants
+
+
+def shared_metric(policy: ScalingPolicy) -> ModelCapacityMetric:
+    """The ``modelCapacity`` metric a variants policy sizes by (the parser checked it exists)."""
+    assert policy.variants is not None
+    wanted = policy.variants.metric
+    for m in policy.metrics:
+        if isinstance(m, ModelCapacityMetric) and wanted in (None, m.name):
+            return m
+    raise ValueError(f"{policy.key}: no modelCapacity metric for the variants")
+
+
+def variant_policy(policy: ScalingPolicy) -> VariantPolicy:
+    """The pure core's view of a parsed policy's ``variants`` (profiles default to the metric's)."""
+    assert policy.variants is not None
+    metric = shared_metric(policy)
+    return VariantPolicy(
+        tuple(
+            Variant(
+                t.name,
+                t.profile if t.profile is not None else metric.profile,
+                t.limits if t.limits is not None else metric.limits,
+                t.replica_price,
+                t.replicas.max,
+                t.replicas.min,
+            )
+            for t in policy.variants.targets
+        ),
+        metric.slo,
+        policy.variants.prefer,
+        policy.variants.prefer_within,
+    )
+
+
+def observe(
+    policy: ScalingPolicy,
+    values: Mapping[str, float | None],
+    placeable: Mapping[str, int] | None = None,
+) -> Observed | None:
+    """The load the shared metric's queries measured (``None``: a query is missing)."""
+    metric = shared_metric(policy)
+    rate = values.get(metric.name)
+    if rate is None or not math.isfinite(rate):
+        return None
+    mix = token_mix(metric, rate, values)
+    if mix is None:
+        return None
+    return Observed(max(rate, 0.0), mix, placeable)

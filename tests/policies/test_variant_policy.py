@@ -1,0 +1,188 @@
+"""The ScalingPolicy's ``variants:``: read from the one declaration, errors that name the field,
+and the pure core's view of it (policies/variants.py)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.parse import (
+    PolicyError,
+    PolicyFileError,
+    load_policy_file,
+    parse_policy_document,
+    policy_to_document,
+)
+from policies.variants import decide_mix, observe, variant_policy
+
+EXAMPLE = Path(__file__).parents[2] / "policies" / "examples" / "llm-serving-variants.yaml"
+
+
+def document() -> dict[str, Any]:
+    (policy,) = load_policy_file(EXAMPLE)
+    return policy_to_document(policy)
+
+
+def errors(doc: dict[str, Any]) -> list[str]:
+    with pytest.raises(PolicyError) as info:
+        parse_policy_document(doc, namespace="ns", name="p")
+    return [f"{e.path}: {e.message}" for e in info.value.errors]
+
+
+def test_example_reads_with_target_and_bounds_from_the_variants() -> None:
+    (p,) = load_policy_file(EXAMPLE)
+    assert p.variants is not None
+    assert [t.name for t in p.variants.targets] == ["h100", "a100"]
+    assert p.target.name == "llama-h100"  # the most preferred variant's
+    assert (p.replicas.min, p.replicas.max) == (1, 24)
+    h100, a100 = p.variants.targets
+    assert h100.profile is not None and h100.profile.name == "llama-3.1-8b-h100-tp1"
+    assert a100.profile is None  # the metric's
+    assert (h100.replica_price, a100.replica_price) == (4.0, 2.0)
+
+
+def test_round_trip() -> None:
+    doc = document()
+    assert "target" not in doc and "replicas" not in doc
+    (p,) = load_policy_file(EXAMPLE)
+    assert parse_policy_document(doc, namespace=p.namespace, name=p.name) == p
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda d: d.update(target={"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}),
+            "target: leave out with variants: each variant names its own",
+        ),
+        (lambda d: d.pop("variants"), "target: required field is missing (or give variants)"),
+        (
+            lambda d: d["variants"].update(prefer=["h100", "l4"]),
+            "variants.prefer[1]: unknown variant 'l4' (known: ['h100', 'a100'])",
+        ),
+        (
+            lambda d: d["variants"].update(prefer=["a100", "a100"]),
+            "variants.prefer[1]: 'a100' is listed twice",
+        ),
+        (
+            lambda d: d["variants"]["targets"][1].update(price=3.0),
+            "variants.targets[1].price: give exactly one of price and pricePerGpuHour with gpus",
+        ),
+        (
+            lambda d: d["variants"]["targets"][1].pop("gpus"),
+            "variants.targets[1].gpus: pricePerGpuHour and gpus go together",
+        ),
+        (
+            lambda d: d["variants"]["targets"][1].update(engine={"maxNumSeqs": 64}),
+            "variants.targets[1].engine: give profile too (without one the metric's engine"
+            " applies)",
+        ),
+        (
+            lambda d: d["variants"]["targets"][1].update(name="h100"),
+            "variants.targets[1].name: duplicate variant name 'h100' (also variants.targets[0])",
+        ),
+        (
+            lambda d: d["variants"]["targets"][1].update(
+                target=d["variants"]["targets"][0]["target"]
+            ),
+            "variants.targets[1].target: Deployment/llama-h100 is also"
+            " variants.targets[0]'s target",
+        ),
+        (
+            lambda d: d["variants"].update(metric="nope"),
+            "variants.metric: expected the name of a modelCapacity metric (['capacity']),"
+            " got 'nope'",
+        ),
+        (
+            lambda d: d["variants"]["targets"][0].update(replicas={"min": 3, "max": 2}),
+            "variants.targets[0].replicas.min: must not exceed replicas.max (2), got 3",
+        ),
+        (
+            lambda d: d["variants"].update(preferWithin=-0.1),
+            "variants.preferWithin: ",
+        ),
+        (
+            lambda d: d.update(deletionCost={"query": "q"}),
+            "deletionCost: not supported with variants yet (it follows one target)",
+        ),
+    ],
+)
+def test_errors_name_the_field(edit: Any, expected: str) -> None:
+    doc = document()
+    edit(doc)
+    found = errors(doc)
+    assert any(e.startswith(expected) for e in found), found
+
+
+def test_variants_need_a_model_capacity_metric() -> None:
+    doc = document()
+    doc["variants"].pop("metric")
+    doc["metrics"] = [{"name": "q", "type": "queueDepth", "query": "x", "targetPerReplica": 4}]
+    assert (
+        "variants.metric: variants need a modelCapacity metric (its request rate, token mix"
+        " and SLO)" in errors(doc)
+    )
+
+
+def test_a_file_error_names_the_file(tmp_path: Path) -> None:
+    doc = document()
+    doc["variants"]["prefer"] = ["l4"]
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(PolicyFileError) as info:
+        load_policy_file(path)
+    assert info.value.messages == [
+        f"{path}: default/mixed: variants.prefer[0]: unknown variant 'l4' (known: ['h100', 'a100'])"
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(0, 5),
+            st.floats(0.1, 10, allow_nan=False),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.floats(0, 2, allow_nan=False),
+    st.permutations(range(3)),
+)
+def test_any_valid_variants_round_trip_and_decide_within_bounds(
+    rows: list[tuple[int, int, float, bool]], within: float, order: list[int]
+) -> None:
+    """Whatever the variants' bounds and prices, the policy reads back as written, and the
+    decision's counts lie within each variant's bounds."""
+    base = document()
+    template = base["variants"]["targets"][1]
+    targets = []
+    for i, (low, extra, price, per_gpu) in enumerate(rows):
+        t = copy.deepcopy(template)
+        t["name"] = f"v{i}"
+        t["target"] = dict(t["target"], name=f"d{i}")
+        t["replicas"] = {"min": low, "max": max(low + extra, 1)}
+        t.pop("pricePerGpuHour")
+        t.pop("gpus")
+        t |= {"pricePerGpuHour": price, "gpus": 2} if per_gpu else {"price": price}
+        targets.append(t)
+    prefer = [f"v{i}" for i in order if i < len(rows)]
+    base["variants"] = {"metric": "capacity", "prefer": prefer, "preferWithin": within}
+    base["variants"]["targets"] = targets
+    p = parse_policy_document(base, namespace="ns", name="p")
+    assert parse_policy_document(policy_to_document(p), namespace="ns", name="p") == p
+    obs = observe(
+        p, {"capacity": 20.0, "capacity:promptTokens": 8000.0, "capacity:generationTokens": 2000.0}
+    )
+    assert obs is not None
+    d = decide_mix(variant_policy(p), obs)
+    for t, row in zip(targets, d.variants, strict=True):
+        assert t["replicas"]["min"] <= row.replicas <= t["replicas"]["max"]
