@@ -439,7 +439,7 @@ def _target_or_variants(r: Reader, obj: Mapping[str, Any], values: dict[str, Any
     if "variants" not in obj:
         for key in ("target", "replicas"):
             if key not in obj:
-                r.error(key, "required field is missing (or give variants)")
+                r.error(key, "required field is missing")
         return "target" in obj and "replicas" in obj
     ok = True
     for key in ("target", "replicas"):
@@ -487,6 +487,17 @@ def _variants_metric(r: Reader, variants: Variants, metrics: Any) -> bool:
     if metrics is None:
         return False
     capacity = [m.name for m in metrics if m.type == "modelCapacity"]
+    others = [
+        i
+        for i, m in enumerate(metrics)
+        if m.name != (variants.metric or m.name) or m.type != "modelCapacity"
+    ]
+    for i in others:
+        r.error(
+            f"metrics[{i}]",
+            "a variants policy is sized by its modelCapacity metric alone; other metrics are"
+            " not used with variants yet, so leave them out",
+        )
     if variants.metric is not None:
         if variants.metric not in capacity:
             r.error(
@@ -495,7 +506,7 @@ def _variants_metric(r: Reader, variants: Variants, metrics: Any) -> bool:
                 f" got {variants.metric!r}",
             )
             return False
-        return True
+        return not others
     if len(capacity) != 1:
         r.error(
             "variants.metric",
@@ -506,7 +517,7 @@ def _variants_metric(r: Reader, variants: Variants, metrics: Any) -> bool:
             else "variants need a modelCapacity metric (its request rate, token mix and SLO)",
         )
         return False
-    return True
+    return not others
 
 
 def _across_sections(

@@ -61,7 +61,7 @@ def test_round_trip() -> None:
             lambda d: d.update(target={"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}),
             "target: leave out with variants: each variant names its own",
         ),
-        (lambda d: d.pop("variants"), "target: required field is missing (or give variants)"),
+        (lambda d: d.pop("variants"), "target: required field is missing"),
         (
             lambda d: d["variants"].update(prefer=["h100", "l4"]),
             "variants.prefer[1]: unknown variant 'l4' (known: ['h100', 'a100'])",
@@ -186,3 +186,12 @@ def test_any_valid_variants_round_trip_and_decide_within_bounds(
     d = decide_mix(variant_policy(p), obs)
     for t, row in zip(targets, d.variants, strict=True):
         assert t["replicas"]["min"] <= row.replicas <= t["replicas"]["max"]
+
+
+def test_other_metrics_are_refused_rather_than_ignored() -> None:
+    doc = document()
+    doc["metrics"].append({"name": "kv", "type": "kvCacheUsage", "query": "x", "target": 0.8})
+    assert errors(doc) == [
+        "metrics[1]: a variants policy is sized by its modelCapacity metric alone; other"
+        " metrics are not used with variants yet, so leave them out"
+    ]
