@@ -471,6 +471,14 @@ def _target_or_variants(r: Reader, obj: Mapping[str, Any], values: dict[str, Any
     if "deletionCost" in obj:
         r.error("deletionCost", "not supported with variants yet (it follows one target)")
         ok = False
+    unavailable = obj.get("onMetricsUnavailable")
+    if unavailable is not None and unavailable != "hold":
+        r.error(
+            "onMetricsUnavailable",
+            "a variants policy holds every variant while its metric is missing; fallbackReplicas"
+            " is not supported with variants yet",
+        )
+        ok = False
     if not ok:
         return False
     first = names.index(variants.prefer[0]) if variants.prefer else 0

@@ -406,3 +406,45 @@ def observe(
     if mix is None:
         return None
     return Observed(max(rate, 0.0), mix, placeable)
+
+
+# --------------------------------------------------------------------------- room on the cluster
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLimit:
+    """A variant's bound learnt from its unschedulable pods."""
+
+    replicas: int
+    """What ran when pods of the variant last found no GPU."""
+    seen: float
+    """When they were last seen (monotonic seconds)."""
+
+
+def capacity_limits(
+    current: Mapping[str, int],
+    unschedulable: Mapping[str, int],
+    held: Mapping[str, HeldLimit],
+    now: float,
+    hold_for: float,
+) -> tuple[dict[str, int], dict[str, HeldLimit]]:
+    """Per variant, the most replicas the cluster is known to hold (``Observed.placeable``),
+    and the limits to carry to the next tick.
+
+    The controller sees no free GPUs directly; it sees the scheduler's verdict. A variant with
+    unschedulable pods holds only the replicas that run (``current - unschedulable``), so the
+    mix spills its share onto the next variant instead of waiting for pods that do not start.
+    That bound is kept ``hold_for`` seconds (the policy's ``coldStart``) after such pods were
+    last seen, lest the mix flap back onto a variant with no room on every tick; then it is
+    lifted, the preferred variant is tried again, and the bound returns if its pods still find
+    no GPU (recovery needs no one's help).
+    """
+    limits: dict[str, HeldLimit] = {}
+    for name, n in current.items():
+        pending = unschedulable.get(name, 0)
+        old = held.get(name)
+        if pending > 0:
+            limits[name] = HeldLimit(max(n - pending, 0), now)
+        elif old is not None and now - old.seen < hold_for:
+            limits[name] = old
+    return {name: h.replicas for name, h in limits.items()}, limits

@@ -108,6 +108,11 @@ def test_round_trip() -> None:
             "variants.preferWithin: ",
         ),
         (
+            lambda d: d.update(onMetricsUnavailable={"fallbackReplicas": 2}),
+            "onMetricsUnavailable: a variants policy holds every variant while its metric is"
+            " missing",
+        ),
+        (
             lambda d: d.update(deletionCost={"query": "q"}),
             "deletionCost: not supported with variants yet (it follows one target)",
         ),
@@ -195,3 +200,32 @@ def test_other_metrics_are_refused_rather_than_ignored() -> None:
         "metrics[1]: a variants policy is sized by its modelCapacity metric alone; other"
         " metrics are not used with variants yet, so leave them out"
     ]
+
+
+def test_unschedulable_pods_bound_a_variant_for_cold_start_then_it_is_tried_again() -> None:
+    from policies.variants import HeldLimit, capacity_limits
+
+    room, held = capacity_limits({"h100": 5, "a100": 1}, {"h100": 3}, {}, 100.0, 120.0)
+    assert room == {"h100": 2} and held == {"h100": HeldLimit(2, 100.0)}
+    # the pending pods are gone (scaled away): the bound stays while coldStart lasts
+    room, held = capacity_limits({"h100": 2, "a100": 4}, {}, held, 219.0, 120.0)
+    assert room == {"h100": 2}
+    room, held = capacity_limits({"h100": 2, "a100": 4}, {}, held, 220.0, 120.0)
+    assert room == {} and held == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 20)),
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 20)),
+    st.floats(0, 1000),
+)
+def test_a_limit_never_exceeds_what_runs(
+    current: dict[str, int], pending: dict[str, int], now: float
+) -> None:
+    from policies.variants import capacity_limits
+
+    room, _ = capacity_limits(current, pending, {}, now, 60.0)
+    for name, bound in room.items():
+        assert pending.get(name, 0) > 0
+        assert bound == max(current[name] - pending[name], 0)
