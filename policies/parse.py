@@ -193,6 +193,7 @@ def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
             "maxWritesPerTick": policy.deletion_cost.max_writes_per_tick,
         }
     if policy.variants is not None:
+        del document["behavior"], document["forecast"]  # not applied to a mix (refused)
         document["variants"] = _variants_document(policy.variants)
     return document
 
@@ -468,9 +469,15 @@ def _target_or_variants(r: Reader, obj: Mapping[str, Any], values: dict[str, Any
             ok = False
         refs.setdefault(ref, i)
     ok = _variants_metric(r, variants, values["metrics"]) and ok
-    if "deletionCost" in obj:
-        r.error("deletionCost", "not supported with variants yet (it follows one target)")
-        ok = False
+    for key, why in (
+        ("deletionCost", "it follows one target"),
+        ("behavior", "each tick's mix is published as decided"),
+        ("forecast", "the mix is sized for the rate observed"),
+        ("burst", "the mix is sized for the rate observed"),
+    ):
+        if key in obj:
+            r.error(key, f"not supported with variants yet ({why})")
+            ok = False
     unavailable = obj.get("onMetricsUnavailable")
     if unavailable is not None and unavailable != "hold":
         r.error(

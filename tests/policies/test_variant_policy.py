@@ -116,6 +116,10 @@ def test_round_trip() -> None:
             lambda d: d.update(deletionCost={"query": "q"}),
             "deletionCost: not supported with variants yet (it follows one target)",
         ),
+        (
+            lambda d: d.update(burst={"window": "5m"}),
+            "burst: not supported with variants yet (the mix is sized for the rate observed)",
+        ),
     ],
 )
 def test_errors_name_the_field(edit: Any, expected: str) -> None:
