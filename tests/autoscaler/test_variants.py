@@ -9,24 +9,30 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler.external_metrics import ExternalMetricsSettings, build_app
 from autoscaler.store import DecisionStore, Published
 from policies.parse import load_policy_file
-from policies.schema import ScalingPolicy, metric_inputs
+from policies.schema import ModelCapacityMetric, ScalingPolicy, metric_inputs
 from policies.variants import decide_mix, observe, variant_policy
 from tests.autoscaler.helpers import (
     Certs,
     FakePrometheus,
     controller_settings,
     deployment,
+    metric_count,
     policy_configmap,
     run_controller,
     wait_until,
 )
 from tests.autoscaler.test_capacity import _create, _placed, _pod
+from tests.support.inference_server import InferenceServer
+from tests.support.kube_aggregator import HPA_USER
 from tests.support.kube_standin import KubeStandIn
+from tests.support.prometheus import PrometheusServer
 
 NS = "inference"
 EXAMPLE = "policies/examples/llm-serving-variants.yaml"
@@ -211,3 +217,62 @@ async def test_each_variants_hpa_reads_only_its_own_count() -> None:
     assert [p.variant for p in store.of_policy(NS, "mixed")] == ["h100"]
     store.remove(NS, "mixed")
     assert len(store) == 1
+
+
+@pytest.mark.slow
+async def test_with_a_real_prometheus_each_hpa_reads_its_variants_count(
+    kube: KubeStandIn, inference_server: InferenceServer, prometheus: PrometheusServer, certs: Certs
+) -> None:
+    """A real Prometheus scraping the stand-in vLLM server; each variant's count read over HTTPS
+    as its HPA reads it. A gauge stands in for the request rate (so the value is exact) and the
+    token mix is fixed means, both through the policy's own fields."""
+    rate = 'sum(vllm:num_requests_running{model_name="llama"})'
+    base = _policy()
+    metric = base.metrics[0]
+    assert isinstance(metric, ModelCapacityMetric)
+    metric = replace(
+        metric,
+        query=rate,
+        prompt_tokens_query=None,
+        generation_tokens_query=None,
+        prompt_tokens=800.0,
+        generated_tokens=200.0,
+    )
+    policy = replace(base, metrics=(metric,))
+    kube.store.create(deployment("llama-h100", NS, 1))
+    kube.store.create(deployment("llama-a100", NS, 1))
+    kube.store.create(policy_configmap(policy))
+    inference_server.set_running(200)
+    await prometheus.wait_for_value(rate, lambda v: v == 200)
+    assert kube.kubeconfig_path is not None
+    settings = controller_settings(prometheus.url, kube.kubeconfig_path, certs)
+    async with run_controller(settings) as rc, aiohttp.ClientSession() as session:
+        port = rc.running.secure_port
+        assert port is not None
+
+        async def count(variant: str) -> int | None:
+            url = (
+                f"https://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/"
+                f"{NS}/gpuscale_desired_replicas"
+            )
+            selector = f"gpuscale.io/policy={policy.name},gpuscale.io/variant={variant}"
+            async with session.get(
+                url,
+                params={"labelSelector": selector},
+                headers={"X-Remote-User": HPA_USER},
+                ssl=certs.client_context(),
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                body = await resp.json()
+                return metric_count(body)
+
+        await wait_until(lambda: _eq_async(count("h100"), 4))
+        assert await count("a100") == 1
+        inference_server.set_running(20)  # the load falls: one H100 carries it
+        await wait_until(lambda: _eq_async(count("h100"), 1))
+        assert await count("a100") == 1  # its min
+
+
+async def _eq_async(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
