@@ -37,10 +37,12 @@ from policies.schema import ScalingPolicy
 from policies.variants import (
     HeldLimit,
     MixDecision,
+    MixHistory,
     capacity_limits,
     decide_mix,
     observe,
     shared_metric,
+    stabilize_mix,
     variant_policy,
 )
 from runtime.kube import KubeError, metadata
@@ -128,13 +130,20 @@ def variants_status(
         why = "; ".join(f"{k}: {v}" for k, v in missing.items())
         return replace(base, state="MetricsUnavailable", reason=f"holding the mix {head} ({why})")
     lines = [w for w in mix.why if "split by capacity" in w or w.startswith("saturated")]
-    reason = f"mix {head}: " + "; ".join(lines)
+    held = [
+        f"{v.name} held at {desired[v.name]} by the scale-down window (the mix says {v.replicas})"
+        for v in mix.variants
+        if desired[v.name] > v.replicas
+    ]
+    reason = f"mix {head}: " + "; ".join(lines + held)
     if room:
-        held = ", ".join(
+        bounded = ", ".join(
             f"{v} at most {n}" + (f" ({pending[v]} unschedulable)" if pending.get(v) else "")
             for v, n in room.items()
         )
-        return replace(base, state="CapacityLimited", reason=f"no room for more: {held}; {reason}")
+        return replace(
+            base, state="CapacityLimited", reason=f"no room for more: {bounded}; {reason}"
+        )
     return replace(base, reason=reason)
 
 
@@ -158,6 +167,8 @@ class PolicyRuntime:
     """The target's unschedulable pods at the last tick (state ``CapacityLimited``)."""
     limits: dict[str, HeldLimit] = field(default_factory=dict)
     """With variants: the bounds learnt from unschedulable pods (``CapacityLimited`` too)."""
+    mixes: MixHistory = ()
+    """With variants: the recent mixes, for the scale-down stabilization window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +437,13 @@ class Controller:
         )
         observed = observe(policy, values, room or None)
         mix = decide_mix(variant_policy(policy), observed) if observed is not None else None
-        desired = self._publish_variants(entry, policy, series, mix, current, missing)
+        counts = None
+        if mix is not None:
+            window = policy.behavior.scale_down.stabilization_window
+            counts, runtime.mixes = stabilize_mix(
+                mix.replicas(), room, runtime.mixes, self.monotonic(), window
+            )
+        desired = self._publish_variants(entry, series, counts, current, missing)
         self.metrics.cycle_duration.observe(self.monotonic() - start)
         runtime.last_desired = sum(desired.values())
         if self.leadership.is_leader:
@@ -436,9 +453,8 @@ class Controller:
     def _publish_variants(
         self,
         entry: PolicyEntry,
-        policy: ScalingPolicy,
         series: _Series,
-        mix: MixDecision | None,
+        counts: Mapping[str, int] | None,
         current: Mapping[str, int],
         missing: Mapping[str, str],
     ) -> dict[str, int]:
@@ -448,10 +464,9 @@ class Controller:
         ns, name = entry.namespace, entry.name
         note = "; ".join(f"{k}: {v}" for k, v in missing.items())
         desired: dict[str, int] = {}
-        counts = mix.replicas() if mix is not None else {}
         for variant, running in current.items():
             old = self.store.get(ns, name, variant)
-            if mix is not None:
+            if counts is not None:
                 n, fresh_at, why = counts[variant], now, ""
             else:
                 n = old.replicas if old is not None else running
@@ -465,7 +480,7 @@ class Controller:
         series.current.set(sum(current.values()))
         series.decision_time.set(now)
         for child in series.winning.values():
-            child.set(1 if mix is not None else 0)  # its only metric (the parser refuses others)
+            child.set(1 if counts is not None else 0)  # its only metric (the parser refuses others)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "decision",

@@ -193,7 +193,9 @@ def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
             "maxWritesPerTick": policy.deletion_cost.max_writes_per_tick,
         }
     if policy.variants is not None:
-        del document["behavior"], document["forecast"]  # not applied to a mix (refused)
+        window = policy.behavior.scale_down.stabilization_window
+        document["behavior"] = {"scaleDown": {"stabilizationWindow": format_duration(window)}}
+        del document["forecast"]  # not applied to a mix (refused)
         document["variants"] = _variants_document(policy.variants)
     return document
 
@@ -471,12 +473,24 @@ def _target_or_variants(r: Reader, obj: Mapping[str, Any], values: dict[str, Any
     ok = _variants_metric(r, variants, values["metrics"]) and ok
     for key, why in (
         ("deletionCost", "it follows one target"),
-        ("behavior", "each tick's mix is published as decided"),
         ("forecast", "the mix is sized for the rate observed"),
         ("burst", "the mix is sized for the rate observed"),
     ):
         if key in obj:
             r.error(key, f"not supported with variants yet ({why})")
+            ok = False
+    behavior = obj.get("behavior")
+    if isinstance(behavior, Mapping):
+        down = behavior.get("scaleDown")
+        rest = {k for k in behavior if k != "scaleDown"}
+        rest |= {f"scaleDown.{k}" for k in (down if isinstance(down, Mapping) else ())}
+        rest.discard("scaleDown.stabilizationWindow")
+        for key in sorted(rest):
+            r.error(
+                f"behavior.{key}",
+                "not supported with variants yet (only scaleDown.stabilizationWindow applies,"
+                " to each variant's count)",
+            )
             ok = False
     unavailable = obj.get("onMetricsUnavailable")
     if unavailable is not None and unavailable != "hold":

@@ -448,3 +448,34 @@ def capacity_limits(
         elif old is not None and now - old.seen < hold_for:
             limits[name] = old
     return {name: h.replicas for name, h in limits.items()}, limits
+
+
+# --------------------------------------------------------------------------- scale-down window
+
+
+MixHistory = tuple[tuple[float, tuple[tuple[str, int], ...]], ...]
+"""``(time, ((variant, replicas), ...))`` of the recent mixes, oldest first."""
+
+
+def stabilize_mix(
+    mix: Mapping[str, int],
+    room: Mapping[str, int],
+    history: MixHistory,
+    now: float,
+    window: float,
+) -> tuple[dict[str, int], MixHistory]:
+    """Each variant's count: the highest it was recommended over the last ``window`` seconds
+    (the HPA's scale-down stabilization, per variant), but never above its room.
+
+    A noisy rate then moves a variant up at once and down only once the window has passed, as
+    a one-target policy's count does; a variant whose pods find no GPU is still cut to what runs
+    (holding pending pods for the window would only keep them waiting).
+    """
+    entry = (now, tuple(mix.items()))
+    kept = (*(h for h in history if now - h[0] < window), entry) if window > 0 else (entry,)
+    out: dict[str, int] = {}
+    for name, n in mix.items():
+        high = max((dict(h[1]).get(name, 0) for h in kept), default=n)
+        out[name] = min(high, room[name]) if name in room else high
+        out[name] = max(out[name], n)
+    return out, kept

@@ -39,15 +39,20 @@ EXAMPLE = "policies/examples/llm-serving-variants.yaml"
 LOAD = (200.0, 160_000.0, 40_000.0)  # req/s, prompt and generated tokens/s: 800 + 200 each
 
 
-def _policy(cold_start: float = 60.0) -> ScalingPolicy:
-    """The example, with its A100 variant at min 1: the API stand-in is a server without
-    HPAScaleToZero, which refuses an HPA with minReplicas 0 (as for a one-target policy)."""
+def _policy(cold_start: float = 60.0, window: float = 0.0) -> ScalingPolicy:
+    """The example, with its A100 variant at min 1 (the API stand-in is a server without
+    HPAScaleToZero, which refuses an HPA with minReplicas 0, as for a one-target policy) and
+    a scale-down window of ``window`` seconds (tests of it: tests/policies)."""
     [example] = load_policy_file(EXAMPLE)
     assert example.variants is not None
     h100, a100 = example.variants.targets
     a100 = replace(a100, replicas=replace(a100.replicas, min=1))
     variants = replace(example.variants, targets=(h100, a100))
-    return replace(example, interval=0.5, cold_start=cold_start, variants=variants)
+    down = replace(example.behavior.scale_down, stabilization_window=window)
+    behavior = replace(example.behavior, scale_down=down)
+    return replace(
+        example, interval=0.5, cold_start=cold_start, variants=variants, behavior=behavior
+    )
 
 
 def _answer(fake: FakePrometheus, policy: ScalingPolicy, load: tuple[float, ...]) -> None:

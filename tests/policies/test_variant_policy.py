@@ -117,6 +117,15 @@ def test_round_trip() -> None:
             "deletionCost: not supported with variants yet (it follows one target)",
         ),
         (
+            lambda d: d.update(behavior={"scaleUp": {"stabilizationWindow": "1m"}}),
+            "behavior.scaleUp: not supported with variants yet (only"
+            " scaleDown.stabilizationWindow applies, to each variant's count)",
+        ),
+        (
+            lambda d: d.update(behavior={"scaleDown": {"select": "Min"}}),
+            "behavior.scaleDown.select: not supported with variants yet",
+        ),
+        (
             lambda d: d.update(burst={"window": "5m"}),
             "burst: not supported with variants yet (the mix is sized for the rate observed)",
         ),
@@ -233,3 +242,37 @@ def test_a_limit_never_exceeds_what_runs(
     for name, bound in room.items():
         assert pending.get(name, 0) > 0
         assert bound == max(current[name] - pending[name], 0)
+
+
+def test_the_scale_down_window_holds_each_variant_but_never_above_its_room() -> None:
+    from policies.variants import stabilize_mix
+
+    counts, history = stabilize_mix({"h100": 4, "a100": 1}, {}, (), 0.0, 300.0)
+    assert counts == {"h100": 4, "a100": 1}
+    counts, history = stabilize_mix({"h100": 2, "a100": 2}, {}, history, 100.0, 300.0)
+    assert counts == {"h100": 4, "a100": 2}  # down waits, up at once
+    counts, history = stabilize_mix({"h100": 2, "a100": 7}, {"h100": 2}, history, 150.0, 300.0)
+    assert counts == {"h100": 2, "a100": 7}  # no room: cut to what runs at once
+    counts, history = stabilize_mix({"h100": 4, "a100": 1}, {}, history, 300.0, 300.0)
+    assert counts == {"h100": 4, "a100": 7}  # the A100s stay for the window
+    counts, _ = stabilize_mix({"h100": 4, "a100": 1}, {}, history, 451.0, 300.0)
+    assert counts == {"h100": 4, "a100": 1}
+    counts, history = stabilize_mix({"h100": 1}, {}, (), 0.0, 0.0)
+    assert history == ((0.0, (("h100", 1),)),)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=12),
+    st.floats(0, 60),
+)
+def test_stabilized_counts_are_the_window_maximum(
+    rows: list[tuple[int, int]], window: float
+) -> None:
+    from policies.variants import MixHistory, stabilize_mix
+
+    history: MixHistory = ()
+    for t, (a, b) in enumerate(rows):
+        counts, history = stabilize_mix({"a": a, "b": b}, {}, history, 10.0 * t, window)
+        recent = [r for s, r in enumerate(rows[: t + 1]) if 10.0 * (t - s) < window or s == t]
+        assert counts == {"a": max(r[0] for r in recent), "b": max(r[1] for r in recent)}
