@@ -63,6 +63,14 @@ def mix_text(p: ScalingPolicy, d: MixDecision) -> str:
     lines += [
         "",
         "Not shown: history. The controller publishes this mix as one count per variant, each"
-        " read by that variant's own HPA (gpuscale-<policy>-<variant>).",
+        " read by that variant's own HPA (gpuscale-<policy>-<variant>), and holds a variant's"
+        f" count at its highest of the last {_window(p)} (behavior.scaleDown.stabilizationWindow)"
+        " unless its pods find no GPU.",
     ]
     return "\n".join(lines)
+
+
+def _window(p: ScalingPolicy) -> str:
+    from policies.durations import format_duration
+
+    return format_duration(p.behavior.scale_down.stabilization_window)
