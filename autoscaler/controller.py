@@ -14,7 +14,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from autoscaler.deletion_costs import DeletionCosts
-from autoscaler.feedback import STATUS_ANNOTATION, ConfigMapRef, Feedback, PolicyStatus
+from autoscaler.feedback import (
+    STATUS_ANNOTATION,
+    ConfigMapRef,
+    Feedback,
+    PolicyStatus,
+    VariantStatus,
+)
 from autoscaler.hpa import HpaReconciler, NotOurs
 from autoscaler.ops import ControllerMetrics
 from autoscaler.pending import UnschedulablePods
@@ -28,6 +34,17 @@ from policies.decide import decide
 from policies.decide_types import Decision, Snapshot, State
 from policies.metrics import metric_inputs, metric_target
 from policies.schema import ScalingPolicy
+from policies.variants import (
+    HeldLimit,
+    MixDecision,
+    MixHistory,
+    capacity_limits,
+    decide_mix,
+    observe,
+    shared_metric,
+    stabilize_mix,
+    variant_policy,
+)
 from runtime.kube import KubeError, metadata
 
 log = logging.getLogger(__name__)
@@ -87,6 +104,49 @@ def status_for(
     return base
 
 
+def variants_status(
+    policy: ScalingPolicy,
+    mix: MixDecision | None,
+    desired: Mapping[str, int],
+    current: Mapping[str, int],
+    pending: Mapping[str, int],
+    room: Mapping[str, int],
+    missing: Mapping[str, str],
+) -> PolicyStatus:
+    """The annotation for a variants policy: the mix, and what bounds it."""
+    rows = tuple(VariantStatus(v, desired[v], current[v], pending.get(v, 0)) for v in desired)
+    head = ", ".join(f"{v} {n}" for v, n in desired.items())
+    base = PolicyStatus(
+        state="Active",
+        reason="",
+        desired_replicas=sum(desired.values()),
+        current_replicas=sum(current.values()),
+        winner=None if mix is None else shared_metric(policy).name,
+        metrics_missing=tuple(missing),
+        unschedulable=sum(pending.values()),
+        variants=rows,
+    )
+    if mix is None:
+        why = "; ".join(f"{k}: {v}" for k, v in missing.items())
+        return replace(base, state="MetricsUnavailable", reason=f"holding the mix {head} ({why})")
+    lines = [w for w in mix.why if "split by capacity" in w or w.startswith("saturated")]
+    held = [
+        f"{v.name} held at {desired[v.name]} by the scale-down window (the mix says {v.replicas})"
+        for v in mix.variants
+        if desired[v.name] > v.replicas
+    ]
+    reason = f"mix {head}: " + "; ".join(lines + held)
+    if room:
+        bounded = ", ".join(
+            f"{v} at most {n}" + (f" ({pending[v]} unschedulable)" if pending.get(v) else "")
+            for v, n in room.items()
+        )
+        return replace(
+            base, state="CapacityLimited", reason=f"no room for more: {bounded}; {reason}"
+        )
+    return replace(base, reason=reason)
+
+
 def _pods(n: int) -> str:
     return f"{n} pod{'s' if n != 1 else ''}"
 
@@ -105,6 +165,10 @@ class PolicyRuntime:
     """The policy's metric children, looked up once (``labels()`` costs ~10 µs a call)."""
     unschedulable: int = 0
     """The target's unschedulable pods at the last tick (state ``CapacityLimited``)."""
+    limits: dict[str, HeldLimit] = field(default_factory=dict)
+    """With variants: the bounds learnt from unschedulable pods (``CapacityLimited`` too)."""
+    mixes: MixHistory = ()
+    """With variants: the recent mixes, for the scale-down stabilization window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +271,10 @@ class Controller:
             gone = tuple(m for m in runtime.metrics if m not in wanted)
             self.metrics.forget_metrics(entry.namespace, entry.name, gone)
             runtime.metrics, runtime.series = wanted, None
+            variants = entry.policy.variants
+            names = frozenset(t.name for t in variants.targets) if variants else frozenset({""})
+            self.store.retain(entry.namespace, entry.name, names)
+            runtime.limits = {k: v for k, v in runtime.limits.items() if k in names}
             for m in entry.policy.metrics:
                 self.metrics.metric_target.labels(entry.namespace, entry.name, m.name, m.type).set(
                     metric_target(m)
@@ -243,7 +311,7 @@ class Controller:
                 counts["Pending"] += 1
             elif self._unavailable(entry.key):
                 counts["MetricsUnavailable"] += 1
-            elif runtime.unschedulable > 0:
+            elif runtime.unschedulable > 0 or runtime.limits:
                 counts["CapacityLimited"] += 1
             else:
                 counts["Active"] += 1
@@ -251,8 +319,7 @@ class Controller:
 
     def _unavailable(self, key: str) -> bool:
         namespace, name = key.split("/", 1)
-        published = self.store.get(namespace, name)
-        return published is not None and bool(published.note)
+        return any(p.note for p in self.store.of_policy(namespace, name))
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -266,6 +333,9 @@ class Controller:
         if entry is None or entry.policy is None:
             return
         policy = entry.policy
+        if policy.variants is not None:
+            await self._tick_variants(entry, policy)
+            return
         start = self.monotonic()
         ref = ConfigMapRef(entry.namespace, entry.name, entry.uid)
         try:
@@ -278,6 +348,28 @@ class Controller:
         series = runtime.series
         if series is None:
             series = runtime.series = _Series.of(self.metrics, entry.namespace, entry.name, policy)
+        values, missing = await self._read_metrics(entry, series)
+        runtime.target_error = False
+        pending = 0
+        if self.pods is not None:
+            t = policy.target
+            selector = self.targets.selector(t.kind, entry.namespace, t.name)
+            pending = self.pods.count(entry.namespace, selector)
+        runtime.unschedulable = pending
+        snapshot = Snapshot(values, current, unschedulable=pending)
+        decision, runtime.state = decide(policy, snapshot, runtime.state, self.monotonic())
+        self._publish(entry, policy, series, decision, missing)
+        self.metrics.cycle_duration.observe(self.monotonic() - start)
+        runtime.last_desired = decision.desired_replicas
+        if self.leadership.is_leader:
+            await self._report(entry, ref, decision, missing)
+            if policy.deletion_cost is not None and self.costs is not None:
+                await self.costs.update(key, entry.namespace, policy.deletion_cost)
+
+    async def _read_metrics(
+        self, entry: PolicyEntry, series: _Series
+    ) -> tuple[dict[str, float | None], dict[str, str]]:
+        """Run the policy's queries; values (``None``: missing) and why each missing one is."""
         inputs = series.inputs
         tenant = entry.namespace
         if len(inputs) == 1:
@@ -303,22 +395,140 @@ class Controller:
                         child = gauge.labels(entry.namespace, entry.name, input_name)
                         series.values[input_name] = child
                     child.set(result)
+        return values, missing
+
+    # --- variants -------------------------------------------------------------------------
+
+    async def _tick_variants(self, entry: PolicyEntry, policy: ScalingPolicy) -> None:
+        """One decision for all variants (:func:`policies.variants.decide_mix`), one record each.
+
+        Room on the cluster: what the scheduler says (:func:`capacity_limits` from each
+        variant's unschedulable pods); a missing metric holds every variant's count.
+        """
+        assert policy.variants is not None
+        key = entry.key
+        start = self.monotonic()
+        ref = ConfigMapRef(entry.namespace, entry.name, entry.uid)
+        current: dict[str, int] = {}
+        try:
+            for t in policy.variants.targets:
+                r = t.target
+                current[t.name] = await self.targets.replicas(
+                    r.api_version, r.kind, policy.namespace, r.name
+                )
+        except TargetError as exc:
+            self.runtime.setdefault(key, PolicyRuntime()).target_error = True
+            await self._target_unavailable(entry, ref, exc)
+            return
+        runtime = self.runtime.setdefault(key, PolicyRuntime())
+        series = runtime.series
+        if series is None:
+            series = runtime.series = _Series.of(self.metrics, entry.namespace, entry.name, policy)
+        values, missing = await self._read_metrics(entry, series)
         runtime.target_error = False
-        pending = 0
+        pending = dict.fromkeys(current, 0)
         if self.pods is not None:
-            t = policy.target
-            selector = self.targets.selector(t.kind, entry.namespace, t.name)
-            pending = self.pods.count(entry.namespace, selector)
-        runtime.unschedulable = pending
-        snapshot = Snapshot(values, current, unschedulable=pending)
-        decision, runtime.state = decide(policy, snapshot, runtime.state, self.monotonic())
-        self._publish(entry, policy, series, decision, missing)
+            for t in policy.variants.targets:
+                selector = self.targets.selector(t.target.kind, entry.namespace, t.target.name)
+                pending[t.name] = self.pods.count(entry.namespace, selector)
+        runtime.unschedulable = sum(pending.values())
+        room, runtime.limits = capacity_limits(
+            current, pending, runtime.limits, self.monotonic(), policy.cold_start
+        )
+        observed = observe(policy, values, room or None)
+        mix = decide_mix(variant_policy(policy), observed) if observed is not None else None
+        counts = None
+        if mix is not None:
+            window = policy.behavior.scale_down.stabilization_window
+            counts, runtime.mixes = stabilize_mix(
+                mix.replicas(), room, runtime.mixes, self.monotonic(), window
+            )
+        desired = self._publish_variants(entry, series, counts, current, missing)
         self.metrics.cycle_duration.observe(self.monotonic() - start)
-        runtime.last_desired = decision.desired_replicas
+        runtime.last_desired = sum(desired.values())
         if self.leadership.is_leader:
-            await self._report(entry, ref, decision, missing)
-            if policy.deletion_cost is not None and self.costs is not None:
-                await self.costs.update(key, entry.namespace, policy.deletion_cost)
+            status = variants_status(policy, mix, desired, current, pending, room, missing)
+            await self._report_variants(entry, ref, status, current, desired)
+
+    def _publish_variants(
+        self,
+        entry: PolicyEntry,
+        series: _Series,
+        counts: Mapping[str, int] | None,
+        current: Mapping[str, int],
+        missing: Mapping[str, str],
+    ) -> dict[str, int]:
+        """One record per variant; without a mix (a metric missing) each holds its count and
+        stops being fresh, so the HPAs hold after ``--stale-after``."""
+        now = self.wall()
+        ns, name = entry.namespace, entry.name
+        note = "; ".join(f"{k}: {v}" for k, v in missing.items())
+        desired: dict[str, int] = {}
+        for variant, running in current.items():
+            old = self.store.get(ns, name, variant)
+            if counts is not None:
+                n, fresh_at, why = counts[variant], now, ""
+            else:
+                n = old.replicas if old is not None else running
+                fresh_at, why = (old.fresh_at if old is not None else now), note
+            desired[variant] = n
+            self.store.put(Published(ns, name, n, now, fresh_at, why, variant=variant))
+        total = sum(desired.values())
+        series.decisions.inc()
+        series.desired.set(total)
+        series.recommended.set(total)
+        series.current.set(sum(current.values()))
+        series.decision_time.set(now)
+        for child in series.winning.values():
+            child.set(1 if counts is not None else 0)  # its only metric (the parser refuses others)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "decision",
+                extra={"policy": entry.key, "desired": desired, "current": dict(current)},
+            )
+        return desired
+
+    async def _report_variants(
+        self,
+        entry: PolicyEntry,
+        ref: ConfigMapRef,
+        status: PolicyStatus,
+        current: Mapping[str, int],
+        desired: Mapping[str, int],
+    ) -> None:
+        try:
+            await self._write_status(entry, ref, status)
+            if dict(current) != dict(desired):
+                moves = ", ".join(f"{v} {current[v]} → {desired[v]}" for v in desired)
+                await self.feedback.event(
+                    ref,
+                    kind="scale",
+                    type_="Normal",
+                    reason="DesiredReplicas",
+                    message=f"desired replicas {moves}: {status.reason}",
+                    dedup=",".join(f"{v}={n}" for v, n in desired.items()),
+                )
+            if status.state == "CapacityLimited":
+                await self.feedback.event(
+                    ref,
+                    kind="capacity",
+                    type_="Warning",
+                    reason="CapacityLimited",
+                    message=status.reason,
+                    dedup="limited",
+                )
+            elif self.feedback.last(ref, "capacity") not in (None, "ok"):
+                await self.feedback.event(
+                    ref,
+                    kind="capacity",
+                    type_="Normal",
+                    reason="CapacityAvailable",
+                    message=f"every variant may grow again: {status.reason}",
+                    dedup="ok",
+                )
+        except KubeError as exc:
+            self.metrics.errors.labels("kube_api").inc()
+            log.warning("status not written", extra={"policy": entry.key, "error": str(exc)})
 
     async def _current_replicas(self, policy: ScalingPolicy) -> int:
         t = policy.target
@@ -522,13 +732,14 @@ class Controller:
         namespace, name = key.split("/", 1)
         try:
             if entry is None:
-                outcome = await self.hpas.delete(namespace, name, None)
+                outcomes = await self.hpas.delete_all(namespace, name, None)
             elif entry.policy is None:
                 return
             else:
-                outcome = await self.hpas.ensure(entry.policy, entry.uid)
-            if outcome.action not in ("unchanged", "absent"):
-                log.info("hpa " + outcome.action, extra={"policy": key})
+                outcomes = await self.hpas.ensure_all(entry.policy, entry.uid)
+            for outcome in outcomes:
+                if outcome.action not in ("unchanged", "absent"):
+                    log.info("hpa " + outcome.action, extra={"policy": key})
         except NotOurs as exc:
             self.metrics.errors.labels("hpa").inc()
             log.warning("hpa not ours", extra={"policy": key, "error": str(exc)})

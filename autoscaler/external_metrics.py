@@ -26,6 +26,8 @@ VERSION = "v1beta1"
 GROUP_VERSION = f"{GROUP}/{VERSION}"
 METRIC = "gpuscale_desired_replicas"
 POLICY_LABEL = "gpuscale.io/policy"
+VARIANT_LABEL = "gpuscale.io/variant"
+"""With a variants policy: which variant's count (each variant's HPA pins it)."""
 BASE = f"/apis/{GROUP_VERSION}"
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,13 @@ def group_document() -> dict[str, Any]:
     }
 
 
+def labels_of(p: Published) -> dict[str, str]:
+    """The labels a record is selected by: its policy, and its variant where it has one."""
+    if p.variant:
+        return {POLICY_LABEL: p.policy, VARIANT_LABEL: p.variant}
+    return {POLICY_LABEL: p.policy}
+
+
 def value_list(items: list[Published]) -> dict[str, Any]:
     return {
         "kind": "ExternalMetricValueList",
@@ -108,7 +117,7 @@ def value_list(items: list[Published]) -> dict[str, Any]:
         "items": [
             {
                 "metricName": METRIC,
-                "metricLabels": {POLICY_LABEL: p.policy},
+                "metricLabels": labels_of(p),
                 "timestamp": rfc3339(p.decided_at),
                 "value": format_quantity(p.replicas),
             }
@@ -158,11 +167,10 @@ def build_app(
             return _json(status_body(400, "BadRequest", str(exc)), 400)
         pinned = selector.equals(POLICY_LABEL)
         if pinned is not None:
-            one = store.get(namespace, pinned)
-            candidates = [one] if one is not None else []
+            candidates = store.of_policy(namespace, pinned)
         else:
             candidates = list(store.in_namespace(namespace))
-        found = [p for p in candidates if selector.matches({POLICY_LABEL: p.policy})]
+        found = [p for p in candidates if selector.matches(labels_of(p))]
         if not found:
             return _not_found(
                 f"the server could not find the metric {METRIC} for namespace {namespace}"
@@ -176,7 +184,9 @@ def build_app(
                 status_body(
                     503,
                     "ServiceUnavailable",
-                    f"{METRIC} for policy {p.namespace}/{p.policy} is stale: no decision based"
+                    f"{METRIC} for policy {p.namespace}/{p.policy}"
+                    + (f" variant {p.variant}" if p.variant else "")
+                    + " is stale: no decision based"
                     f" on data for {now - p.fresh_at:.0f}s (limit {settings.stale_after:g}s)"
                     + (f": {p.note}" if p.note else ""),
                 ),

@@ -27,6 +27,26 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class VariantStatus:
+    """One variant's share of the mix (a policy with ``variants:``)."""
+
+    name: str
+    desired_replicas: int
+    current_replicas: int
+    unschedulable: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": self.name,
+            "desiredReplicas": self.desired_replicas,
+            "currentReplicas": self.current_replicas,
+        }
+        if self.unschedulable:
+            body["unschedulablePods"] = self.unschedulable
+        return body
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyStatus:
     """The annotation's content, minus its ``since`` time (which must not force a write)."""
 
@@ -43,6 +63,8 @@ class PolicyStatus:
     """The target's pods the scheduler has no room for (``CapacityLimited`` while above 0)."""
     slo_unreachable: tuple[str, ...] = ()
     """Metrics whose latency bound no replica count meets (sized near their floor instead)."""
+    variants: tuple[VariantStatus, ...] = ()
+    """The mix, per variant; the counts above are then its sums."""
 
     def signature(self) -> tuple[object, ...]:
         """What must change for a rewrite: everything but ``reason``.
@@ -60,6 +82,7 @@ class PolicyStatus:
             self.running_resource_version,
             self.unschedulable,
             self.slo_unreachable,
+            self.variants,
         )
 
     def to_json(self, since: float) -> str:
@@ -80,6 +103,8 @@ class PolicyStatus:
             body["unschedulablePods"] = self.unschedulable
         if self.slo_unreachable:
             body["sloUnreachable"] = list(self.slo_unreachable)
+        if self.variants:
+            body["variants"] = [v.to_json() for v in self.variants]
         body["since"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
@@ -103,6 +128,15 @@ def status_from_annotation(text: str | None) -> PolicyStatus | None:
             running_resource_version=body.get("runningResourceVersion"),
             unschedulable=int(body.get("unschedulablePods", 0)),
             slo_unreachable=tuple(body.get("sloUnreachable", ())),
+            variants=tuple(
+                VariantStatus(
+                    v["name"],
+                    int(v["desiredReplicas"]),
+                    int(v["currentReplicas"]),
+                    int(v.get("unschedulablePods", 0)),
+                )
+                for v in body.get("variants", ())
+            ),
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoscaler.external_metrics import METRIC, POLICY_LABEL
-from policies.schema import ScalingPolicy
+from autoscaler.external_metrics import METRIC, POLICY_LABEL, VARIANT_LABEL
+from policies.schema import ReplicaBounds, ScalingPolicy, TargetRef
 from runtime.kube import KubeError, call, metadata
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -41,8 +41,9 @@ TOLERANCE_MIN_VERSION = (1, 35)
 log = logging.getLogger(__name__)
 
 
-def hpa_name(policy_name: str) -> str:
-    return f"{NAME_PREFIX}{policy_name}"
+def hpa_name(policy_name: str, variant: str = "") -> str:
+    """``gpuscale-<policy>``, or ``gpuscale-<policy>-<variant>`` for each variant's own HPA."""
+    return f"{NAME_PREFIX}{policy_name}-{variant}" if variant else f"{NAME_PREFIX}{policy_name}"
 
 
 def _permissive_rules(tolerance: bool) -> dict[str, Any]:
@@ -60,14 +61,41 @@ def _permissive_rules(tolerance: bool) -> dict[str, Any]:
 
 
 def build_hpa(policy: ScalingPolicy, configmap_uid: str, *, tolerance: bool) -> dict[str, Any]:
-    """The HPA object we want for ``policy``, owned by the ConfigMap with ``configmap_uid``."""
+    """The HPA object we want for a one-target ``policy``, owned by its ConfigMap."""
+    return _hpa(policy, "", policy.target, policy.replicas, configmap_uid, tolerance)
+
+
+def build_hpas(
+    policy: ScalingPolicy, configmap_uid: str, *, tolerance: bool
+) -> list[dict[str, Any]]:
+    """Every HPA ``policy`` needs: its one, or one per variant, each reading its variant's count
+    (the External metric pinned by both the policy and the variant label)."""
+    if policy.variants is None:
+        return [build_hpa(policy, configmap_uid, tolerance=tolerance)]
+    return [
+        _hpa(policy, t.name, t.target, t.replicas, configmap_uid, tolerance)
+        for t in policy.variants.targets
+    ]
+
+
+def _hpa(
+    policy: ScalingPolicy,
+    variant: str,
+    target: TargetRef,
+    bounds: ReplicaBounds,
+    configmap_uid: str,
+    tolerance: bool,
+) -> dict[str, Any]:
+    labels = {POLICY_LABEL: policy.name}
+    if variant:
+        labels[VARIANT_LABEL] = variant
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": {
-            "name": hpa_name(policy.name),
+            "name": hpa_name(policy.name, variant),
             "namespace": policy.namespace,
-            "labels": {MANAGED_BY: MANAGER, POLICY_LABEL: policy.name},
+            "labels": {MANAGED_BY: MANAGER, **labels},
             "ownerReferences": [
                 {
                     "apiVersion": "v1",
@@ -81,20 +109,17 @@ def build_hpa(policy: ScalingPolicy, configmap_uid: str, *, tolerance: bool) -> 
         },
         "spec": {
             "scaleTargetRef": {
-                "apiVersion": policy.target.api_version,
-                "kind": policy.target.kind,
-                "name": policy.target.name,
+                "apiVersion": target.api_version,
+                "kind": target.kind,
+                "name": target.name,
             },
-            "minReplicas": policy.replicas.min,
-            "maxReplicas": policy.replicas.max,
+            "minReplicas": bounds.min,
+            "maxReplicas": bounds.max,
             "metrics": [
                 {
                     "type": "External",
                     "external": {
-                        "metric": {
-                            "name": METRIC,
-                            "selector": {"matchLabels": {POLICY_LABEL: policy.name}},
-                        },
+                        "metric": {"name": METRIC, "selector": {"matchLabels": labels}},
                         "target": {"type": "AverageValue", "averageValue": "1"},
                     },
                 }
@@ -187,8 +212,39 @@ class HpaReconciler:
         self._attempts = attempts
 
     async def ensure(self, policy: ScalingPolicy, configmap_uid: str) -> Outcome:
-        """Make the HPA match the policy; re-read and retry when an update hits 409 Conflict."""
-        wanted = build_hpa(policy, configmap_uid, tolerance=self.tolerance)
+        """Make a one-target policy's HPA match it (see :meth:`ensure_all`)."""
+        return await self._ensure(
+            policy, build_hpa(policy, configmap_uid, tolerance=self.tolerance)
+        )
+
+    async def ensure_all(self, policy: ScalingPolicy, configmap_uid: str) -> list[Outcome]:
+        """Every HPA the policy needs (one, or one per variant), then delete the ones of ours
+        it no longer needs (a variant removed, or a switch to or from variants)."""
+        wanted = build_hpas(policy, configmap_uid, tolerance=self.tolerance)
+        outcomes = [await self._ensure(policy, body) for body in wanted]
+        names = {body["metadata"]["name"] for body in wanted}
+        outcomes += await self._delete_others(policy.namespace, policy.name, names, configmap_uid)
+        return outcomes
+
+    async def _delete_others(
+        self, namespace: str, policy_name: str, keep: set[str], configmap_uid: str | None
+    ) -> list[Outcome]:
+        """Delete our HPAs of ``policy_name`` (found by its label) not named in ``keep``."""
+        found = await call(
+            self._api.list_namespaced_horizontal_pod_autoscaler,
+            namespace,
+            label_selector=f"{MANAGED_BY}={MANAGER},{POLICY_LABEL}={policy_name}",
+        )
+        outcomes = []
+        for obj in found.get("items") or ():
+            name = str(metadata(obj).get("name", ""))
+            if name in keep or not owned_by(obj, configmap_uid):
+                continue
+            outcomes.append(await self._delete_named(namespace, name, configmap_uid))
+        return outcomes
+
+    async def _ensure(self, policy: ScalingPolicy, wanted: dict[str, Any]) -> Outcome:
+        """Make one HPA match ``wanted``; re-read and retry when an update hits 409 Conflict."""
         name, namespace = wanted["metadata"]["name"], policy.namespace
         for _ in range(self._attempts):
             try:
@@ -245,7 +301,15 @@ class HpaReconciler:
 
     async def delete(self, namespace: str, policy_name: str, configmap_uid: str | None) -> Outcome:
         """Delete our HPA for a policy that went away; never one we do not own."""
-        name = hpa_name(policy_name)
+        return await self._delete_named(namespace, hpa_name(policy_name), configmap_uid)
+
+    async def delete_all(
+        self, namespace: str, policy_name: str, configmap_uid: str | None
+    ) -> list[Outcome]:
+        """Delete every HPA of ours for a policy that went away (its variants' too)."""
+        return await self._delete_others(namespace, policy_name, set(), configmap_uid)
+
+    async def _delete_named(self, namespace: str, name: str, configmap_uid: str | None) -> Outcome:
         try:
             current = await call(
                 self._api.read_namespaced_horizontal_pod_autoscaler, name, namespace

@@ -23,19 +23,38 @@ class Published:
     """Wall-clock time of the latest decision that rested on at least one metric."""
     note: str = ""
     """Why the value is not fresh, when it is not (for the stale error message)."""
+    variant: str = ""
+    """The variant of a policy with ``variants:`` (one record each, each read by its own HPA);
+    ``""`` for a policy with one target."""
 
 
 class DecisionStore:
-    """``(namespace, policy) -> Published``, with a per-namespace index for list requests."""
+    """``(namespace, policy, variant) -> Published``, indexed by namespace then policy (list
+    requests read a namespace, an HPA's selector pins a policy)."""
 
     def __init__(self) -> None:
-        self._by_namespace: dict[str, dict[str, Published]] = {}
+        self._by_namespace: dict[str, dict[str, dict[str, Published]]] = {}
 
     def put(self, value: Published) -> None:
-        self._by_namespace.setdefault(value.namespace, {})[value.policy] = value
+        policies = self._by_namespace.setdefault(value.namespace, {})
+        policies.setdefault(value.policy, {})[value.variant] = value
 
-    def get(self, namespace: str, policy: str) -> Published | None:
-        return self._by_namespace.get(namespace, {}).get(policy)
+    def get(self, namespace: str, policy: str, variant: str = "") -> Published | None:
+        return self._by_namespace.get(namespace, {}).get(policy, {}).get(variant)
+
+    def of_policy(self, namespace: str, policy: str) -> list[Published]:
+        """Every record of one policy: one, or one per variant."""
+        return list(self._by_namespace.get(namespace, {}).get(policy, {}).values())
+
+    def retain(self, namespace: str, policy: str, variants: frozenset[str]) -> None:
+        """Drop the policy's records of variants it no longer has (``""``: its one target)."""
+        records = self._by_namespace.get(namespace, {}).get(policy)
+        if records is None:
+            return
+        for variant in [v for v in records if v not in variants]:
+            del records[variant]
+        if not records:
+            self.remove(namespace, policy)
 
     def remove(self, namespace: str, policy: str) -> None:
         policies = self._by_namespace.get(namespace)
@@ -45,7 +64,8 @@ class DecisionStore:
                 del self._by_namespace[namespace]
 
     def in_namespace(self, namespace: str) -> Iterator[Published]:
-        yield from self._by_namespace.get(namespace, {}).values()
+        for records in self._by_namespace.get(namespace, {}).values():
+            yield from records.values()
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self._by_namespace.values())
+        return sum(len(r) for p in self._by_namespace.values() for r in p.values())

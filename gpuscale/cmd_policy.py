@@ -155,6 +155,10 @@ def scenario_schema() -> None:
 
 
 def _summary(p: ScalingPolicy) -> str:
+    if p.variants is not None:
+        from gpuscale.cmd_policy_variants import summary
+
+        return f"{summary(p)}, every {_seconds(p.interval)}: {', '.join(m.name for m in p.metrics)}"
     metrics = ", ".join(f"{m.name} ({m.type})" for m in p.metrics)
     forecast = f", forecast {p.forecast.method}" if p.forecast.method != "none" else ""
     if p.burst is not None:
@@ -191,7 +195,19 @@ def _parse_metric(text: str) -> tuple[str, float | None]:
     metavar="NAME=VALUE",
     help="A metric's current value (repeatable); VALUE 'missing' marks it unavailable.",
 )
-@click.option("--current", type=click.IntRange(min=0), required=True, help="Replicas running now.")
+@click.option(
+    "--current",
+    type=click.IntRange(min=0),
+    help="Replicas running now (required, except for a policy with variants).",
+)
+@click.option(
+    "--placeable",
+    "placeable",
+    multiple=True,
+    metavar="VARIANT=N",
+    help="With variants: the most replicas VARIANT can have now (running plus what the free"
+    " GPUs hold); default: its max.",
+)
 @click.option("--ready", type=click.IntRange(min=0), help="Replicas Ready now (default: current).")
 @click.option(
     "--unschedulable",
@@ -205,7 +221,8 @@ def _parse_metric(text: str) -> tuple[str, float | None]:
 def explain(
     file: Path,
     metrics: tuple[str, ...],
-    current: int,
+    current: int | None,
+    placeable: tuple[str, ...],
     ready: int | None,
     unschedulable: int,
     name: str | None,
@@ -213,7 +230,9 @@ def explain(
 ) -> None:
     """Show, step by step, the replica count a policy in FILE picks for given metric values.
 
-    Metrics left out count as unavailable. This is a first decision, with no history: the
+    Metrics left out count as unavailable. For a policy with variants: the replica mix and,
+    per variant, why one replica fewer would not do (--placeable bounds a variant by its free
+    GPUs; --current is not used). This is a first decision, with no history: the
     scale-down stabilization window has nothing to remember yet, and rate limits start fresh.
 
     A metric with several queries takes one value per query: a modelCapacity metric
@@ -226,6 +245,9 @@ def explain(
       gpuscale policy explain policies/examples/llm-serving-model.yaml \\
         -m capacity=40 -m capacity:promptTokens=80000 -m capacity:generationTokens=8000 \\
         -m kv-cache=0.5 -m itl=0.03 --current 3
+      gpuscale policy explain policies/examples/llm-serving-variants.yaml \\
+        -m capacity=200 -m capacity:promptTokens=160000 -m capacity:generationTokens=40000 \\
+        --placeable h100=2
     """
     from policies.decide import decide
     from policies.decide_types import Snapshot, State
@@ -254,6 +276,12 @@ def explain(
             f"{file}: {p.key}: unknown metric {', '.join(unknown)} (policy has: {known})", err=True
         )
         raise SystemExit(1)
+    if p.variants is not None:
+        _explain_variants(file, p, {key: values.get(key) for key in inputs}, placeable, as_json)
+        return
+    if current is None:
+        click.echo(f"{file}: {p.key}: --current is required (replicas running now)", err=True)
+        raise SystemExit(1)
     snapshot = Snapshot(
         values={key: values.get(key) for key in inputs},
         current_replicas=current,
@@ -265,6 +293,29 @@ def explain(
         click.echo(json.dumps(_decision_json(p, decision), indent=2))
     else:
         click.echo(_decision_text(p, decision))
+
+
+def _explain_variants(
+    file: Path,
+    p: ScalingPolicy,
+    values: dict[str, float | None],
+    placeable: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    from gpuscale.cmd_policy_variants import explain_variants, mix_json, mix_text
+
+    room: dict[str, int] = {}
+    for text in placeable:
+        name, sep, raw = text.partition("=")
+        if not sep or not raw.strip().isdigit():
+            click.echo(f"{file}: {p.key}: --placeable {text!r}: expected VARIANT=N", err=True)
+            raise SystemExit(1)
+        room[name] = int(raw)
+    d = explain_variants(p, values, room)
+    if isinstance(d, str):
+        click.echo(f"{file}: {p.key}: {d}", err=True)
+        raise SystemExit(1)
+    click.echo(json.dumps(mix_json(p, d), indent=2) if as_json else mix_text(p, d))
 
 
 def _decision_json(p: ScalingPolicy, decision: Decision) -> dict[str, Any]:

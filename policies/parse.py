@@ -15,6 +15,7 @@ from typing import Any, get_args
 import yaml
 
 from policies.declare import (
+    NON_EMPTY,
     Choice,
     Const,
     Custom,
@@ -23,12 +24,16 @@ from policies.declare import (
     Fraction,
     Integer,
     ListOf,
+    Number,
+    Positive,
     Section,
     Tagged,
     Text,
 )
 from policies.durations import format_duration
 from policies.metrics import KINDS, WAKE_TYPES
+from policies.metrics.model_capacity import ENGINE, engine_limits, read_profile
+from policies.profiles import profile_document
 from policies.reading import POLICY, ROOT, Reader, describe, yaml_problem
 from policies.reading import FieldError as FieldError  # re-exported: callers raise PolicyError
 from policies.schema import (
@@ -49,6 +54,8 @@ from policies.schema import (
     ScalingRules,
     Select,
     TargetRef,
+    Variants,
+    VariantTarget,
     default_scale_down,
     default_scale_up,
 )
@@ -160,15 +167,11 @@ def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
         if policy.on_metrics_unavailable.hold
         else {"fallbackReplicas": policy.on_metrics_unavailable.fallback_replicas}
     )
-    document: dict[str, Any] = {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "target": {
-            "apiVersion": policy.target.api_version,
-            "kind": policy.target.kind,
-            "name": policy.target.name,
-        },
-        "replicas": {"min": policy.replicas.min, "max": policy.replicas.max},
+    document: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND}
+    if policy.variants is None:
+        document["target"] = _target_document(policy.target)
+        document["replicas"] = {"min": policy.replicas.min, "max": policy.replicas.max}
+    document |= {
         "interval": format_duration(policy.interval),
         "metrics": metrics,
         "behavior": {
@@ -189,6 +192,45 @@ def policy_to_document(policy: ScalingPolicy) -> dict[str, Any]:
             "query": policy.deletion_cost.query,
             "maxWritesPerTick": policy.deletion_cost.max_writes_per_tick,
         }
+    if policy.variants is not None:
+        window = policy.behavior.scale_down.stabilization_window
+        document["behavior"] = {"scaleDown": {"stabilizationWindow": format_duration(window)}}
+        del document["forecast"]  # not applied to a mix (refused)
+        document["variants"] = _variants_document(policy.variants)
+    return document
+
+
+def _target_document(t: TargetRef) -> dict[str, Any]:
+    return {"apiVersion": t.api_version, "kind": t.kind, "name": t.name}
+
+
+def _variants_document(v: Variants) -> dict[str, Any]:
+    targets = []
+    for t in v.targets:
+        item: dict[str, Any] = {
+            "name": t.name,
+            "target": _target_document(t.target),
+            "replicas": {"min": t.replicas.min, "max": t.replicas.max},
+        }
+        if t.price is not None:
+            item["price"] = t.price
+        else:
+            item |= {"pricePerGpuHour": t.price_per_gpu_hour, "gpus": t.gpus}
+        if t.profile is not None and t.limits is not None:
+            ref = t.profile_ref
+            item["profile"] = ref if ref != "inline" else profile_document(t.profile)
+            item["engine"] = {
+                "maxNumSeqs": t.limits.max_num_seqs,
+                "maxNumBatchedTokens": t.limits.max_num_batched_tokens,
+                "kvCacheTokens": t.limits.kv_tokens,
+            }
+        targets.append(item)
+    document: dict[str, Any] = {"targets": targets}
+    if v.metric is not None:
+        document["metric"] = v.metric
+    if v.prefer:
+        document["prefer"] = list(v.prefer)
+    document["preferWithin"] = v.prefer_within
     return document
 
 
@@ -394,10 +436,127 @@ def _read_unavailable(r: Reader, value: Any, path: str) -> OnMetricsUnavailable 
     return None
 
 
+def _target_or_variants(r: Reader, obj: Mapping[str, Any], values: dict[str, Any]) -> bool:
+    """``target`` and ``replicas``, or ``variants``; with variants, ``target`` becomes the most
+    preferred variant's and ``replicas`` the sum of their bounds."""
+    if "variants" not in obj:
+        for key in ("target", "replicas"):
+            if key not in obj:
+                r.error(key, "required field is missing")
+        return "target" in obj and "replicas" in obj
+    ok = True
+    for key in ("target", "replicas"):
+        if key in obj:
+            r.error(key, "leave out with variants: each variant names its own")
+            ok = False
+    variants: Variants | None = values["variants"]
+    if variants is None:
+        return False
+    names = [t.name for t in variants.targets]
+    for i, name in enumerate(variants.prefer):
+        if name not in names:
+            r.error(f"variants.prefer[{i}]", f"unknown variant {name!r} (known: {names})")
+            ok = False
+        elif name in variants.prefer[:i]:
+            r.error(f"variants.prefer[{i}]", f"{name!r} is listed twice")
+            ok = False
+    refs: dict[tuple[str, str], int] = {}
+    for i, t in enumerate(variants.targets):
+        ref = (t.target.kind, t.target.name)
+        if ref in refs:
+            r.error(
+                f"variants.targets[{i}].target",
+                f"{t.target.kind}/{t.target.name} is also variants.targets[{refs[ref]}]'s target",
+            )
+            ok = False
+        refs.setdefault(ref, i)
+    ok = _variants_metric(r, variants, values["metrics"]) and ok
+    for key, why in (
+        ("deletionCost", "it follows one target"),
+        ("forecast", "the mix is sized for the rate observed"),
+        ("burst", "the mix is sized for the rate observed"),
+    ):
+        if key in obj:
+            r.error(key, f"not supported with variants yet ({why})")
+            ok = False
+    behavior = obj.get("behavior")
+    if isinstance(behavior, Mapping):
+        down = behavior.get("scaleDown")
+        rest = {k for k in behavior if k != "scaleDown"}
+        rest |= {f"scaleDown.{k}" for k in (down if isinstance(down, Mapping) else ())}
+        rest.discard("scaleDown.stabilizationWindow")
+        for key in sorted(rest):
+            r.error(
+                f"behavior.{key}",
+                "not supported with variants yet (only scaleDown.stabilizationWindow applies,"
+                " to each variant's count)",
+            )
+            ok = False
+    unavailable = obj.get("onMetricsUnavailable")
+    if unavailable is not None and unavailable != "hold":
+        r.error(
+            "onMetricsUnavailable",
+            "a variants policy holds every variant while its metric is missing; fallbackReplicas"
+            " is not supported with variants yet",
+        )
+        ok = False
+    if not ok:
+        return False
+    first = names.index(variants.prefer[0]) if variants.prefer else 0
+    values["target"] = variants.targets[first].target
+    values["replicas"] = ReplicaBounds(
+        sum(t.replicas.min for t in variants.targets),
+        sum(t.replicas.max for t in variants.targets),
+    )
+    return True
+
+
+def _variants_metric(r: Reader, variants: Variants, metrics: Any) -> bool:
+    """The modelCapacity metric the variants share: the one named, or the only one."""
+    if metrics is None:
+        return False
+    capacity = [m.name for m in metrics if m.type == "modelCapacity"]
+    others = [
+        i
+        for i, m in enumerate(metrics)
+        if m.name != (variants.metric or m.name) or m.type != "modelCapacity"
+    ]
+    for i in others:
+        r.error(
+            f"metrics[{i}]",
+            "a variants policy is sized by its modelCapacity metric alone; other metrics are"
+            " not used with variants yet, so leave them out",
+        )
+    if variants.metric is not None:
+        if variants.metric not in capacity:
+            r.error(
+                "variants.metric",
+                f"expected the name of a modelCapacity metric ({capacity or 'none'}),"
+                f" got {variants.metric!r}",
+            )
+            return False
+        return not others
+    if len(capacity) != 1:
+        r.error(
+            "variants.metric",
+            "required field is missing: the policy has"
+            f" {len(capacity)} modelCapacity metrics ({capacity}); name the one the variants"
+            " share"
+            if capacity
+            else "variants need a modelCapacity metric (its request rate, token mix and SLO)",
+        )
+        return False
+    return not others
+
+
 def _across_sections(
     r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
 ) -> dict[str, Any] | None:
-    """Scaled to zero only a demand metric wakes the target; the fallback lies within bounds."""
+    """Scaled to zero only a demand metric wakes the target; the fallback lies within bounds;
+    a variants policy names its targets in ``variants`` only, and sizes by a modelCapacity
+    metric."""
+    if not _target_or_variants(r, obj, values):
+        return None
     replicas, metrics = values["replicas"], values["metrics"]
     unavailable = values["on_metrics_unavailable"]
     wakes = metrics is not None and any(m.type in WAKE_TYPES for m in metrics)
@@ -419,6 +578,134 @@ def _across_sections(
     return values
 
 
+_TARGET = Section(
+    (
+        Field("apiVersion", Text(), required=True, description="e.g. apps/v1"),
+        Field("kind", Text(), required=True, description="e.g. Deployment"),
+        Field("name", Text(), required=True, description="In the ConfigMap's namespace."),
+    ),
+    TargetRef,
+)
+
+_REPLICAS = Section(
+    (
+        Field(
+            "min",
+            Integer(0),
+            required=True,
+            description="0 scales to zero (Kubernetes 1.37+, or HPAScaleToZero"
+            " on): needs a queueDepth, arrivalRate or modelCapacity metric.",
+        ),
+        Field("max", Integer(1), required=True),
+    ),
+    ReplicaBounds,
+    check=_replicas_in_order,
+)
+
+
+def _variant_check(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    """A price per replica-hour or per GPU-hour × GPUs; engine limits only with a profile."""
+    ok = True
+    per_gpu = "pricePerGpuHour" in obj or "gpus" in obj
+    if ("price" in obj) == per_gpu:
+        r.error(f"{path}.price", "give exactly one of price and pricePerGpuHour with gpus")
+        ok = False
+    elif per_gpu and ("pricePerGpuHour" not in obj or "gpus" not in obj):
+        missing = "gpus" if "gpus" not in obj else "pricePerGpuHour"
+        r.error(f"{path}.{missing}", "pricePerGpuHour and gpus go together")
+        ok = False
+    profile = values.pop("profile")
+    engine = values.pop("engine")
+    if "engine" in obj and "profile" not in obj:
+        r.error(f"{path}.engine", "give profile too (without one the metric's engine applies)")
+        return None
+    limits = None
+    if profile is not None:
+        given = engine if engine is not None else {f.key: f.default for f in ENGINE.fields}
+        limits = engine_limits(r, given, f"{path}.engine", profile)
+        if limits is None:
+            return None
+    if not ok:
+        return None
+    if profile is None:
+        return values
+    return values | {"profile": profile[0], "profile_ref": profile[1], "limits": limits}
+
+
+_VARIANT = Section(
+    (
+        Field(
+            "name",
+            Text(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", says="a DNS label, e.g. h100"),
+            required=True,
+            description="Names the variant's HPA (gpuscale-<policy>-<name>) and its count.",
+        ),
+        Field("target", _TARGET, required=True, description="The variant's workload."),
+        Field("replicas", _REPLICAS, required=True),
+        Field("price", Positive(), description="Price of one replica per hour (any currency)."),
+        Field("pricePerGpuHour", Positive(), description="With gpus: price per GPU-hour."),
+        Field("gpus", Integer(1), description="GPUs per replica (with pricePerGpuHour)."),
+        Field(
+            "profile",
+            Custom(
+                read_profile,
+                lambda _: {"anyOf": [{"type": "string", "pattern": NON_EMPTY}, {"type": "object"}]},
+            ),
+            description="This GPU type's step-time profile (default: the metric's, with its"
+            " engine).",
+        ),
+        Field("engine", ENGINE, description="vLLM engine limits with profile (default: vLLM's)."),
+    ),
+    VariantTarget,
+    check=_variant_check,
+    extra={
+        "oneOf": [
+            {
+                "required": ["price"],
+                "not": {"anyOf": [{"required": ["pricePerGpuHour"]}, {"required": ["gpus"]}]},
+            },
+            {"required": ["pricePerGpuHour", "gpus"], "not": {"required": ["price"]}},
+        ],
+        "dependentRequired": {"engine": ["profile"]},
+    },
+)
+
+VARIANTS = Section(
+    (
+        Field(
+            "targets",
+            ListOf(_VARIANT, "a list of variants", unique=("name", "variant name")),
+            required=True,
+            description="The Deployments serving the model, one per GPU type.",
+        ),
+        Field(
+            "metric",
+            Text(),
+            description="The modelCapacity metric whose request rate, token mix and SLO the"
+            " variants share (default: the policy's only one).",
+        ),
+        Field(
+            "prefer",
+            ListOf(Text(), "a list of variant names", allow_empty=True),
+            default=(),
+            description="Most preferred first: filled up to its max or its free GPUs before"
+            " the next, within preferWithin of the cheapest mix.",
+        ),
+        Field(
+            "preferWithin",
+            Number(minimum=0.0),
+            default=0.0,
+            description="A more preferred mix may cost this fraction more than the cheapest"
+            " (default 0: the cheapest wins, preference breaks ties).",
+        ),
+    ),
+    Variants,
+    description="Several Deployments serving one model on different GPU types, sized together:"
+    " the cheapest replica mix meeting the modelCapacity metric's SLO.",
+)
+
 METRIC = Tagged("type", lambda: {t: k.section for t, k in KINDS.items()}, "{}Metric")
 """One metric: its ``type`` picks the registry entry whose fields are read."""
 
@@ -426,39 +713,8 @@ POLICY_DOCUMENT: Section[dict[str, Any]] = Section(
     (
         Field("apiVersion", Const(API_VERSION), required=True, attr=""),
         Field("kind", Const(KIND), required=True, attr=""),
-        Field(
-            "target",
-            Section(
-                (
-                    Field("apiVersion", Text(), required=True, description="e.g. apps/v1"),
-                    Field("kind", Text(), required=True, description="e.g. Deployment"),
-                    Field(
-                        "name", Text(), required=True, description="In the ConfigMap's namespace."
-                    ),
-                ),
-                TargetRef,
-            ),
-            required=True,
-            description="The workload to scale.",
-        ),
-        Field(
-            "replicas",
-            Section(
-                (
-                    Field(
-                        "min",
-                        Integer(0),
-                        required=True,
-                        description="0 scales to zero (Kubernetes 1.37+, or HPAScaleToZero"
-                        " on): needs a queueDepth, arrivalRate or modelCapacity metric.",
-                    ),
-                    Field("max", Integer(1), required=True),
-                ),
-                ReplicaBounds,
-                check=_replicas_in_order,
-            ),
-            required=True,
-        ),
+        Field("target", _TARGET, description="The workload to scale (leave out with variants)."),
+        Field("replicas", _REPLICAS, description="Bounds (leave out with variants)."),
         Field(
             "interval",
             Duration(positive=True),
@@ -569,6 +825,12 @@ POLICY_DOCUMENT: Section[dict[str, Any]] = Section(
             " that idle replicas are removed first (default: off; needs RBAC to patch pods).",
         ),
         Field(
+            "variants",
+            VARIANTS,
+            description="Several Deployments on different GPU types serving one model, each"
+            " with its own count and HPA (default: off; then target and replicas are required).",
+        ),
+        Field(
             "onMetricsUnavailable",
             Custom(
                 _read_unavailable,
@@ -580,6 +842,12 @@ POLICY_DOCUMENT: Section[dict[str, Any]] = Section(
     ),
     dict,
     check=_across_sections,
+    extra={
+        "oneOf": [
+            {"required": ["target", "replicas"], "not": {"required": ["variants"]}},
+            {"required": ["variants"], "properties": {"target": False, "replicas": False}},
+        ]
+    },
 )
 """The ``policy.yaml`` document: read into the fields of a :class:`ScalingPolicy` (all but its
 namespace and name, which the ConfigMap gives)."""

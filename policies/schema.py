@@ -24,6 +24,7 @@ from policies.metrics.model_capacity import PROMPT_TOKENS as PROMPT_TOKENS
 from policies.metrics.model_capacity import ModelCapacityMetric as ModelCapacityMetric
 from policies.metrics.model_capacity import ServingSlo as ServingSlo
 from policies.metrics.queue_depth import QueueDepthMetric as QueueDepthMetric
+from policies.stepmodel import EngineLimits, StepProfile
 
 PolicyKey = NewType("PolicyKey", str)
 """``namespace/name`` of the ConfigMap that holds a policy."""
@@ -134,6 +135,46 @@ class DeletionCost:
 
 
 @dataclass(frozen=True, slots=True)
+class VariantTarget:
+    """One Deployment of a variants policy: its GPU type's step profile and price, its bounds.
+
+    ``profile is None``: the variants' ``modelCapacity`` metric's profile and engine limits
+    (the metric sizes the model; a variant on another GPU type names its own profile)."""
+
+    name: str
+    target: TargetRef
+    replicas: ReplicaBounds
+    price: float | None = None
+    """Per replica-hour; or ``price_per_gpu_hour × gpus``."""
+    price_per_gpu_hour: float | None = None
+    gpus: int | None = None
+    profile: StepProfile | None = None
+    profile_ref: str | None = None
+    """The profile as the policy names it (a shipped name, a path, or ``inline``)."""
+    limits: EngineLimits | None = None
+
+    @property
+    def replica_price(self) -> float:
+        """Price of one replica per hour."""
+        if self.price is not None:
+            return self.price
+        assert self.price_per_gpu_hour is not None and self.gpus is not None
+        return self.price_per_gpu_hour * self.gpus
+
+
+@dataclass(frozen=True, slots=True)
+class Variants:
+    """Several Deployments serving one model, sized together (:mod:`policies.variants`)."""
+
+    targets: tuple[VariantTarget, ...]
+    metric: str | None = None
+    """The ``modelCapacity`` metric whose request rate, token mix and SLO the variants share
+    (``None``: the policy's only one)."""
+    prefer: tuple[str, ...] = ()
+    prefer_within: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class ScalingPolicy:
     namespace: str
     name: str
@@ -149,6 +190,10 @@ class ScalingPolicy:
     on_metrics_unavailable: OnMetricsUnavailable = field(default_factory=OnMetricsUnavailable)
     deletion_cost: DeletionCost | None = None
     """``None``: the pods' deletion cost is left alone (patching pods needs opt-in RBAC)."""
+    variants: Variants | None = None
+    """``None``: one target. Otherwise ``target`` is the most preferred variant's and
+    ``replicas`` spans the sum of the variants' bounds (so single-target readers still work);
+    each variant gets its own count and HPA."""
 
     @property
     def key(self) -> PolicyKey:

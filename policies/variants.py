@@ -36,8 +36,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from policies.metrics.model_capacity import ServingSlo
+from policies.metrics.model_capacity import ModelCapacityMetric, ServingSlo, token_mix
 from policies.reachable import effective_bound
+from policies.schema import ScalingPolicy
 from policies.stepmodel import EngineLimits, SteadyState, StepProfile, TokenMix, steady_state
 
 _BISECTIONS = 60
@@ -354,3 +355,127 @@ def _one_fewer(
                 line += f"; each would see TTFT {s.ttft * 1e3:.0f}ms, TPOT {s.tpot * 1e3:.1f}ms"
         out.append(line)
     return out
+
+
+# --------------------------------------------------------------------------- a policy's variants
+
+
+def shared_metric(policy: ScalingPolicy) -> ModelCapacityMetric:
+    """The ``modelCapacity`` metric a variants policy sizes by (the parser checked it exists)."""
+    assert policy.variants is not None
+    wanted = policy.variants.metric
+    for m in policy.metrics:
+        if isinstance(m, ModelCapacityMetric) and wanted in (None, m.name):
+            return m
+    raise ValueError(f"{policy.key}: no modelCapacity metric for the variants")
+
+
+def variant_policy(policy: ScalingPolicy) -> VariantPolicy:
+    """The pure core's view of a parsed policy's ``variants`` (profiles default to the metric's)."""
+    assert policy.variants is not None
+    metric = shared_metric(policy)
+    return VariantPolicy(
+        tuple(
+            Variant(
+                t.name,
+                t.profile if t.profile is not None else metric.profile,
+                t.limits if t.limits is not None else metric.limits,
+                t.replica_price,
+                t.replicas.max,
+                t.replicas.min,
+            )
+            for t in policy.variants.targets
+        ),
+        metric.slo,
+        policy.variants.prefer,
+        policy.variants.prefer_within,
+    )
+
+
+def observe(
+    policy: ScalingPolicy,
+    values: Mapping[str, float | None],
+    placeable: Mapping[str, int] | None = None,
+) -> Observed | None:
+    """The load the shared metric's queries measured (``None``: a query is missing)."""
+    metric = shared_metric(policy)
+    rate = values.get(metric.name)
+    if rate is None or not math.isfinite(rate):
+        return None
+    mix = token_mix(metric, rate, values)
+    if mix is None:
+        return None
+    return Observed(max(rate, 0.0), mix, placeable)
+
+
+# --------------------------------------------------------------------------- room on the cluster
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLimit:
+    """A variant's bound learnt from its unschedulable pods."""
+
+    replicas: int
+    """What ran when pods of the variant last found no GPU."""
+    seen: float
+    """When they were last seen (monotonic seconds)."""
+
+
+def capacity_limits(
+    current: Mapping[str, int],
+    unschedulable: Mapping[str, int],
+    held: Mapping[str, HeldLimit],
+    now: float,
+    hold_for: float,
+) -> tuple[dict[str, int], dict[str, HeldLimit]]:
+    """Per variant, the most replicas the cluster is known to hold (``Observed.placeable``),
+    and the limits to carry to the next tick.
+
+    The controller sees no free GPUs directly; it sees the scheduler's verdict. A variant with
+    unschedulable pods holds only the replicas that run (``current - unschedulable``), so the
+    mix spills its share onto the next variant instead of waiting for pods that do not start.
+    That bound is kept ``hold_for`` seconds (the policy's ``coldStart``) after such pods were
+    last seen, lest the mix flap back onto a variant with no room on every tick; then it is
+    lifted, the preferred variant is tried again, and the bound returns if its pods still find
+    no GPU (recovery needs no one's help).
+    """
+    limits: dict[str, HeldLimit] = {}
+    for name, n in current.items():
+        pending = unschedulable.get(name, 0)
+        old = held.get(name)
+        if pending > 0:
+            limits[name] = HeldLimit(max(n - pending, 0), now)
+        elif old is not None and now - old.seen < hold_for:
+            limits[name] = old
+    return {name: h.replicas for name, h in limits.items()}, limits
+
+
+# --------------------------------------------------------------------------- scale-down window
+
+
+MixHistory = tuple[tuple[float, tuple[tuple[str, int], ...]], ...]
+"""``(time, ((variant, replicas), ...))`` of the recent mixes, oldest first."""
+
+
+def stabilize_mix(
+    mix: Mapping[str, int],
+    room: Mapping[str, int],
+    history: MixHistory,
+    now: float,
+    window: float,
+) -> tuple[dict[str, int], MixHistory]:
+    """Each variant's count: the highest it was recommended over the last ``window`` seconds
+    (the HPA's scale-down stabilization, per variant), but never above its room.
+
+    A noisy rate then moves a variant up at once and down only once the window has passed, as
+    a one-target policy's count does; a variant whose pods find no GPU is still cut to what runs
+    (holding pending pods for the window would only keep them waiting).
+    """
+    entry = (now, tuple(mix.items()))
+    kept = (*(h for h in history if now - h[0] < window), entry) if window > 0 else (entry,)
+    out: dict[str, int] = {}
+    for name, n in mix.items():
+        high = max((dict(h[1]).get(name, 0) for h in kept), default=n)
+        out[name] = min(high, room[name]) if name in room else high
+        out[name] = max(out[name], n)
+    return out, kept

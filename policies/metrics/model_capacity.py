@@ -394,3 +394,8 @@ KIND: MetricKind[ModelCapacityMetric, TokenMix] = MetricKind(
         ),
     ),
 )
+
+# A variants policy (:mod:`policies.parse`) reads each variant's profile and engine the same way.
+read_profile = _read_profile
+ENGINE = _ENGINE
+engine_limits = _engine_limits

@@ -343,3 +343,56 @@ def test_explain_shows_an_unreachable_slo_and_unschedulable_pods(
     out = capsys.readouterr().out
     assert "Now: 3 replicas, 2 of them unschedulable." in out
     assert "Desired replicas: 3" in out
+
+
+VARIANTS = Path(__file__).parents[2] / "policies" / "examples" / "llm-serving-variants.yaml"
+LOAD = ["-m", "capacity=200", "-m", "capacity:promptTokens=160000"]
+LOAD += ["-m", "capacity:generationTokens=40000"]
+
+
+def test_explain_variants_shows_the_mix_and_why_not_one_fewer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["policy", "explain", str(VARIANTS), *LOAD, "--placeable", "h100=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "h100     Deployment/llama-h100: 2 replicas (bounds 1..2)" in out
+    assert "a100     Deployment/llama-a100: 7 replicas (bounds 0..16)" in out
+    assert "  - h100: at most 2 (free GPUs; max 8)" in out
+    assert "  - one h100 fewer: " in out and "  - one a100 fewer: " in out
+    assert "Mix: h100 2, a100 7; 22/h; meets the SLO" in out
+
+
+def test_explain_variants_fills_the_preferred_one_first(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["policy", "explain", str(VARIANTS), *LOAD, "--json"]) == 0
+    mix = json.loads(capsys.readouterr().out)["mix"]
+    assert {v["name"]: v["replicas"] for v in mix["variants"]} == {"h100": 4, "a100": 0}
+    assert mix["saturated"] is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            ["--placeable", "l4=2"],
+            "unknown variant l4 in --placeable (policy has: ['h100', 'a100'])",
+        ),
+        (["--placeable", "h100"], "--placeable 'h100': expected VARIANT=N"),
+        (["-m", "capacity=missing"], "metric capacity (or one of its token queries) is missing"),
+    ],
+)
+def test_explain_variants_bad_input_exits_1(
+    capsys: pytest.CaptureFixture[str], extra: list[str], expected: str
+) -> None:
+    args = ["policy", "explain", str(VARIANTS), *LOAD, *extra]
+    if "capacity=missing" in extra:
+        args = ["policy", "explain", str(VARIANTS), *extra]
+    assert main(args) == 1
+    assert expected in capsys.readouterr().err
+
+
+def test_explain_single_target_still_needs_current(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "explain", str(LLM), "-m", "queue=3"]) == 1
+    assert "--current is required" in capsys.readouterr().err
