@@ -197,7 +197,7 @@ def test_the_variants_sweep_reads_and_reports(tmp_path: Path) -> None:
     names = [name for name, _ in spec.families]
     assert names[:4] == ["gpuscale-variants", "hpa-per-variant", "hpa-h100-only", "hpa-a100-only"]
     points = dict(spec.families)["hpa-h100-only"]
-    assert len(points) == 4
+    assert len(points) == 9  # target x replicas.h100.min: 3 x 3
     assert all(p.contender.bounds["a100"] == (0, 0) for p in points)
     # the report picks the cheapest point that reaches the target
     fam = [("f", points[:2])]
