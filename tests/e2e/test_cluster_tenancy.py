@@ -30,7 +30,6 @@ from tests.e2e.kube import (
     policy_event_reasons,
     policy_status,
     spec_replicas,
-    status_annotation,
 )
 from tests.support.inference_server import InferenceServer
 from tests.support.prometheus import PrometheusServer
@@ -126,6 +125,23 @@ async def _counts(admin_client: Any) -> dict[str, int]:
     return {ns: await _replicas(admin_client, ns) for ns in TEAMS}
 
 
+async def _served(admin_client: Any) -> dict[str, int | None]:
+    """Each team's desired count as the HPA reads it (None while the API has none)."""
+    out: dict[str, int | None] = {}
+    for ns in TEAMS:
+        code, body = await metric_via_api(admin_client, ns, NAME)
+        out[ns] = metric_count(body) if code == 200 else None
+    return out
+
+
+async def _statuses(admin_client: Any) -> dict[str, tuple[Any, Any]]:
+    out: dict[str, tuple[Any, Any]] = {}
+    for ns in TEAMS:
+        status = await policy_status(admin_client, ns, NAME)
+        out[ns] = (status.get("state"), status.get("desiredReplicas"))
+    return out
+
+
 async def test_each_team_scales_by_its_own_series(
     control_plane: ControlPlane,
     controller: Process,
@@ -138,6 +154,15 @@ async def test_each_team_scales_by_its_own_series(
         apply(control_plane, [namespace(ns), deployment(NAME, ns, 1)])
         apply(control_plane, [policy_configmap(NAME, ns, _policy())], manager="sre")
     # Unscoped, each query would read all three teams (46 waiting: 12 replicas each).
+    # team-c's count is its Deployment's first one, so its replicas alone cannot tell that its
+    # policy was decided: wait for every team's served metric too.
+    served = await eventually(
+        "each team's metric served at its own count",
+        lambda: _served(admin_client),
+        lambda c: c == EXPECTED,
+        within=90,
+    )
+    assert served == EXPECTED
     counts = await eventually(
         "each team at its own count",
         lambda: _counts(admin_client),
@@ -148,9 +173,14 @@ async def test_each_team_scales_by_its_own_series(
     for ns, expected in EXPECTED.items():
         code, body = await metric_via_api(admin_client, ns, NAME)
         assert code == 200 and metric_count(body) == expected, (ns, body)
-        cm = await api(admin_client, "CoreV1Api").read_namespaced_config_map(NAME, ns)
-        status = status_annotation(cm)
-        assert status["state"] == "Active" and status["desiredReplicas"] == expected, status
+    # The status is written after the decision is served: wait for it as well.
+    statuses = await eventually(
+        "each team's status Active at its own count",
+        lambda: _statuses(admin_client),
+        lambda c: c == {ns: ("Active", n) for ns, n in EXPECTED.items()},
+        within=60,
+    )
+    assert statuses == {ns: ("Active", n) for ns, n in EXPECTED.items()}
 
 
 async def test_deleting_one_teams_policy_leaves_the_others_alone(
