@@ -9,8 +9,10 @@ per replica-hour and replica bounds. The decision takes three steps:
    the observed token mix. Bounds no replica meets are moved just above the idle replica's
    latency, as :func:`policies.stepmodel.replicas_for_slo` does (:mod:`policies.reachable`).
 2. **Routing assumption: a capacity-weighted split.** The gateway sends each replica a share of
-   the load proportional to its capacity at the SLO, which is what least-outstanding routing
-   approaches: a faster replica clears its requests sooner and so is picked more often. Under
+   the load proportional to its capacity at the SLO: weighted backends, or a weighted
+   least-request balancer (Envoy's, bias 1) with each variant's capacity as its weight. Plain
+   least-outstanding routing does not do this: in the simulator each A100 replica got about as
+   many requests as an H100 one and missed TPOT (``simulations/README.md``, variants). Under
    that split every replica runs at the same fraction ``rate / C`` of its capacity, where ``C`` is
    the mix's total capacity, so a mix meets the SLO exactly when ``C >= rate`` (the latencies of
    one replica rise with its load). Sizing becomes a covering problem over integers.
