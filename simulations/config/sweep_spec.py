@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from policies.declare import Boolean, Custom, Duration, Field, Number, Section
+from policies.declare import Boolean, Custom, Duration, Field, Fraction, Integer, Number, Section
 from policies.parse import (
     PolicyError,
     PolicyFileError,
@@ -42,6 +42,7 @@ from simulations.config.scenario import (
     read_contender,
     read_yaml_file,
 )
+from simulations.config.variants import VariantSweepSpec, read_variant_sweep
 
 DEFAULT_SWEEP = PACKAGE_DIR / "sweeps" / "default.yaml"
 Knobs = tuple[tuple[str, Any], ...]
@@ -472,6 +473,57 @@ SWEEP_DOCUMENT: Section[dict[str, Any]] = Section(
 )
 """A sweep spec: the scenario, seeds, target and bounds declared; each family's knobs are
 checked by the scenario's and the policy's own declarations as its points are built."""
+
+
+def _variant_points(
+    r: Reader, obj: Mapping[str, Any], values: dict[str, Any], path: str
+) -> dict[str, Any] | None:
+    """Each family's points, read against the scenario's variants; seeds count from its seed."""
+    scenario = values["scenario"]
+    if scenario is None or "families" not in obj:
+        return None
+    if scenario.variants is None:
+        r.error("scenario", f"{obj['scenario']}: the scenario has no variants")
+        return None
+    assert isinstance(r, ScenarioReader)
+    families = read_variant_sweep(r, obj, scenario.variants.deployments, scenario.service)
+    seeds = values["seeds"] or 0
+    return values | {
+        "seeds": tuple(range(scenario.seed, scenario.seed + seeds)),
+        "families": families,
+        "scenario_file": scenario.file,
+    }
+
+
+VARIANT_SWEEP_DOCUMENT: Section[dict[str, Any]] = Section(
+    (
+        Field("scenario", Custom(_read_scenario, lambda ctx: {"type": "string"}), required=True),
+        Field("seeds", Integer(1), default=2),
+        Field("target", Fraction(closed_top=True), default=0.99),
+        Field(
+            "families",
+            Custom(lambda r, value, path: value, lambda ctx: {"type": "object"}),
+            required=True,
+        ),
+    ),
+    dict,
+    check=_variant_points,
+)
+"""A sweep of variant contenders (``sweeps/variants.yaml``): the scenario, seeds and target
+declared; each family's ``base`` contender and ``grid`` are read through the variants
+declaration (:func:`simulations.config.variants.read_variant_sweep`) as its points are built."""
+
+
+def parse_variant_sweep(
+    document: Any, file: str, base_dir: Path
+) -> tuple[Scenario, VariantSweepSpec]:
+    """A variants sweep from a parsed YAML document; :class:`SweepSpecError` lists every error."""
+    r = ScenarioReader(base_dir)
+    values = VARIANT_SWEEP_DOCUMENT.read(r, document, ROOT)
+    if r.errors or values is None:
+        raise SweepSpecError(list(dict.fromkeys(r.messages(file))) or [f"{file}: invalid"])
+    scenario = values.pop("scenario")
+    return scenario, VariantSweepSpec(file=file, **values)
 
 
 def parse_sweep(document: Any, file: str, base_dir: Path) -> SweepSpec:

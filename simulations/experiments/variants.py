@@ -26,16 +26,10 @@ from typing import Any
 from simulations.config.scenario import (
     Scenario,
     ScenarioError,
-    ScenarioReader,
-    load_scenario,
     read_yaml_file,
 )
-from simulations.config.variants import (
-    VariantContender,
-    VariantPoint,
-    VariantSweepSpec,
-    read_variant_sweep,
-)
+from simulations.config.sweep_spec import SweepSpecError, parse_variant_sweep
+from simulations.config.variants import VariantContender, VariantPoint, VariantSweepSpec
 from simulations.experiments.compare import (
     RunResult,
     detect_bursts,
@@ -87,24 +81,10 @@ def load_variant_sweep(path: Path | str) -> tuple[Scenario, VariantSweepSpec]:
     ``families`` (per family a ``base`` contender and a ``grid`` of knob paths)."""
     p = Path(path)
     document = read_yaml_file(p, VariantSweepError)
-    r = ScenarioReader(p.resolve().parent)
-    obj = r.mapping(document, "", required=("scenario", "families"), optional=("seeds", "target"))
-    if obj is None or "scenario" not in obj:
-        raise VariantSweepError(r.messages(str(p)))
-    scenario_path = r.path(obj["scenario"], "scenario")
-    seeds = r.field(obj, "", "seeds", lambda v, q: r.integer(v, q, minimum=1), 2)
-    target = r.field(obj, "", "target", lambda v, q: r.fraction(v, q, closed_top=True), 0.99)
-    if scenario_path is None:
-        raise VariantSweepError(r.messages(str(p)))
-    scenario = load_scenario(scenario_path)
-    if scenario.variants is None:
-        r.error("scenario", f"{scenario_path}: the scenario has no variants")
-        raise VariantSweepError(r.messages(str(p)))
-    families = read_variant_sweep(r, obj, scenario.variants.deployments, scenario.service)
-    if r.errors:
-        raise VariantSweepError(r.messages(str(p)))
-    seed_list = tuple(range(scenario.seed, scenario.seed + seeds))
-    return scenario, VariantSweepSpec(str(p), str(scenario_path), seed_list, target, families)
+    try:
+        return parse_variant_sweep(document, str(p), p.resolve().parent)
+    except SweepSpecError as exc:
+        raise VariantSweepError(exc.messages) from None
 
 
 def _task(args: tuple[Scenario, VariantPoint, int]) -> dict[str, Any]:

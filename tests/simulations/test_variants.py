@@ -300,3 +300,18 @@ def test_the_variants_hindsight_bound_is_below_holding_every_variant_full() -> N
     assert 0 < got["cost"] < full
     for mix in got["mixes"]:
         assert all(0 <= n <= c for n, c in zip(mix, cap, strict=True))
+
+
+def test_a_variants_sweep_lists_every_top_level_problem_with_its_field(tmp_path: Path) -> None:
+    plain = REPO / "simulations" / "scenarios" / "default.yaml"
+    bad = tmp_path / "s.yaml"
+    bad.write_text(f"scenario: {SCENARIO}\nseeds: 0\ntarget: 1.5\ncolour: red\n")
+    with pytest.raises(ScenarioError) as info:
+        load_variant_sweep(bad)
+    text = "\n".join(info.value.messages)
+    for field in ("seeds", "target", "families", "colour"):
+        assert f"{bad}: {field}:" in text, text
+    bad.write_text(f"scenario: {plain}\nfamilies: {{f: {{base: {{kind: hpa}}}}}}\n")
+    with pytest.raises(ScenarioError) as info:
+        load_variant_sweep(bad)
+    assert info.value.messages == [f"{bad}: scenario: {plain}: the scenario has no variants"]
