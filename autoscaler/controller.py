@@ -508,24 +508,12 @@ class Controller:
                     message=f"desired replicas {moves}: {status.reason}",
                     dedup=",".join(f"{v}={n}" for v, n in desired.items()),
                 )
-            if status.state == "CapacityLimited":
-                await self.feedback.event(
-                    ref,
-                    kind="capacity",
-                    type_="Warning",
-                    reason="CapacityLimited",
-                    message=status.reason,
-                    dedup="limited",
-                )
-            elif self.feedback.last(ref, "capacity") not in (None, "ok"):
-                await self.feedback.event(
-                    ref,
-                    kind="capacity",
-                    type_="Normal",
-                    reason="CapacityAvailable",
-                    message=f"every variant may grow again: {status.reason}",
-                    dedup="ok",
-                )
+            await self._capacity_event(
+                ref,
+                status.state == "CapacityLimited",
+                status.reason,
+                f"every variant may grow again: {status.reason}",
+            )
         except KubeError as exc:
             self.metrics.errors.labels("kube_api").inc()
             log.warning("status not written", extra={"policy": entry.key, "error": str(exc)})
@@ -611,7 +599,12 @@ class Controller:
                     message=f"metrics are back: {decision.reason}",
                     dedup="ok",
                 )
-            await self._capacity_event(ref, decision, status)
+            await self._capacity_event(
+                ref,
+                decision.unschedulable > 0,
+                status.reason,
+                f"no pod of the target is unschedulable any more: {decision.reason}",
+            )
             if entry.error is not None:
                 await self._invalid_event(entry, ref)
         except KubeError as exc:
@@ -619,16 +612,16 @@ class Controller:
             log.warning("status not written", extra={"policy": entry.key, "error": str(exc)})
 
     async def _capacity_event(
-        self, ref: ConfigMapRef, decision: Decision, status: PolicyStatus
+        self, ref: ConfigMapRef, limited: bool, limited_message: str, recovered_message: str
     ) -> None:
         """One Event when pods become unschedulable and one when none are left, not per tick."""
-        if decision.unschedulable > 0:
+        if limited:
             await self.feedback.event(
                 ref,
                 kind="capacity",
                 type_="Warning",
                 reason="CapacityLimited",
-                message=status.reason,
+                message=limited_message,
                 dedup="limited",
             )
         elif self.feedback.last(ref, "capacity") not in (None, "ok"):
@@ -637,7 +630,7 @@ class Controller:
                 kind="capacity",
                 type_="Normal",
                 reason="CapacityAvailable",
-                message=f"no pod of the target is unschedulable any more: {decision.reason}",
+                message=recovered_message,
                 dedup="ok",
             )
 

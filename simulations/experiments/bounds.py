@@ -73,7 +73,7 @@ class IntervalCurves:
     cap: int
 
 
-def _tail(scenario: Scenario, generated: np.ndarray) -> float:
+def slo_tail(scenario: Scenario, generated: np.ndarray) -> float:
     """How long after its arrival a request can still meet the SLO (the longest of the
     interval's): by then one still in flight has missed it."""
     slo = scenario.service.slo
@@ -86,17 +86,40 @@ def _tail(scenario: Scenario, generated: np.ndarray) -> float:
     return (min(bounds) if bounds else 600.0) + 1.0
 
 
-def interval_curves(scenario: Scenario, seed: int, interval: float, cap: int) -> IntervalCurves:
-    """Each interval's misses on ``n`` warm replicas, its arrivals replayed alone."""
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What replaying a seed's arrivals interval by interval needs: the workload, the cluster
+    as it starts (pickled, so each replay starts from a fresh copy) and the intervals."""
+
+    workload: Workload
+    service_times: np.ndarray
+    duration: float
+    frozen_cluster: bytes
+    edges: np.ndarray
+    """Index of each interval's first arrival (and, last, the count of arrivals)."""
+    lengths: tuple[float, ...]
+
+
+def replay_intervals(scenario: Scenario, seed: int, interval: float) -> Replay:
+    """The seed's workload and starting cluster, its arrivals cut into ``interval`` pieces."""
     workload, service_times, duration = prepare(scenario, seed)
     _, _, c_rng, _ = random_streams(seed)
     cluster, _ = build_cluster(scenario, c_rng)
-    frozen = pickle.dumps(cluster)
     times = workload.times
     n_int = max(1, math.ceil(duration / interval - 1e-9))
     edges = np.searchsorted(times, np.arange(n_int + 1) * interval, side="left")
     edges[-1] = len(times)
     lengths = tuple(min(interval, duration - k * interval) for k in range(n_int))
+    return Replay(workload, service_times, duration, pickle.dumps(cluster), edges, lengths)
+
+
+def interval_curves(scenario: Scenario, seed: int, interval: float, cap: int) -> IntervalCurves:
+    """Each interval's misses on ``n`` warm replicas, its arrivals replayed alone."""
+    replay = replay_intervals(scenario, seed, interval)
+    workload, service_times = replay.workload, replay.service_times
+    frozen, edges, lengths = replay.frozen_cluster, replay.edges, replay.lengths
+    times = workload.times
+    n_int = len(lengths)
     counted: list[int] = []
     curves: list[tuple[int, ...]] = []
     for k in range(n_int):
@@ -108,7 +131,7 @@ def interval_curves(scenario: Scenario, seed: int, interval: float, cap: int) ->
         t0 = k * interval
         sub = Workload(times[a:b] - t0, workload.prompt[a:b], workload.generated[a:b])
         st = service_times[a:b]
-        run_for = interval + _tail(scenario, sub.generated)
+        run_for = interval + slo_tail(scenario, sub.generated)
         curve: list[int] = []
         for n in range(1, cap + 1):
             sc = static_scenario(scenario, n)
@@ -117,7 +140,7 @@ def interval_curves(scenario: Scenario, seed: int, interval: float, cap: int) ->
             )
             run.start(FixedReplicas(n))
             run.run()
-            # every request is judged by the end of the run (see _tail)
+            # every request is judged by the end of the run (see slo_tail)
             curve.append(b - a - int(request_times(run).meets.sum()))
             if curve[-1] == 0:
                 break

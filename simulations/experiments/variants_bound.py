@@ -34,7 +34,7 @@ import numpy as np
 from policies.durations import parse_duration
 from simulations.config.scenario import Scenario, ScenarioError
 from simulations.config.variants import VariantContender
-from simulations.experiments.bounds import startup_seconds
+from simulations.experiments.bounds import replay_intervals, slo_tail, startup_seconds
 from simulations.experiments.compare import prepare, random_streams, request_times
 from simulations.experiments.hindsight import allocate_priced, schedule
 from simulations.experiments.variants import load_variant_sweep
@@ -50,16 +50,6 @@ class MixCurves:
     lengths: tuple[float, ...]
     counted: tuple[int, ...]
     options: tuple[tuple[tuple[tuple[int, ...], int], ...], ...]
-
-
-def _tail(scenario: Scenario, generated: np.ndarray) -> float:
-    """How long after its arrival a request can still meet the SLO (as bounds.py judges it)."""
-    slo = scenario.service.slo
-    longest = float(generated.max()) if len(generated) else 1.0
-    bounds = [] if slo.e2e is None else [slo.e2e]
-    if slo.ttft is not None and slo.tpot is not None:
-        bounds.append(slo.ttft + slo.tpot * max(longest - 1.0, 0.0))
-    return (min(bounds) if bounds else 600.0) + 1.0
 
 
 def caps(scenario: Scenario, seed: int) -> tuple[int, ...]:
@@ -116,15 +106,15 @@ def candidate_mixes(cap: Sequence[int], enough: list[tuple[int, ...]]) -> Iterat
 def mix_curves(scenario: Scenario, seed: int, interval: float, cap: Sequence[int]) -> MixCurves:
     """Each interval's misses on warm fixed mixes, its arrivals replayed alone."""
     assert scenario.variants is not None
-    workload, _, duration = prepare(scenario, seed)
-    _, _, c_rng, _ = random_streams(seed)
-    cluster, _ = build_cluster(scenario, c_rng)
-    frozen = pickle.dumps(cluster)
+    replay = replay_intervals(scenario, seed, interval)
+    workload, frozen, edges, lengths = (
+        replay.workload,
+        replay.frozen_cluster,
+        replay.edges,
+        replay.lengths,
+    )
     times = workload.times
-    n_int = max(1, math.ceil(duration / interval - 1e-9))
-    edges = np.searchsorted(times, np.arange(n_int + 1) * interval, side="left")
-    edges[-1] = len(times)
-    lengths = tuple(min(interval, duration - k * interval) for k in range(n_int))
+    n_int = len(lengths)
     zero = (0,) * len(cap)
     counted: list[int] = []
     options: list[tuple[tuple[tuple[int, ...], int], ...]] = []
@@ -137,7 +127,7 @@ def mix_curves(scenario: Scenario, seed: int, interval: float, cap: Sequence[int
             continue
         t0 = k * interval
         sub = Workload(times[a:b] - t0, workload.prompt[a:b], workload.generated[a:b])
-        run_for = interval + _tail(scenario, sub.generated)
+        run_for = interval + slo_tail(scenario, sub.generated)
         tried: list[tuple[tuple[int, ...], int]] = [(zero, total)]
         enough: list[tuple[int, ...]] = []  # mixes that miss nothing: more of any is no option
         for ns in candidate_mixes(cap, enough):
