@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from simulations.config.scenario import (
     ServiceTimeSpec,
     WorkloadSpec,
 )
+from simulations.experiments.pool import run_in_order
 from simulations.serving import arrivals
 from simulations.serving.contenders import GpuscaleController, KpaBaseline, controller_for
 from simulations.serving.replicas import RequestLog
@@ -417,19 +417,7 @@ def compare(
     tasks = [(scenario, i, s) for s in seeds for i in range(contender_count(scenario))]
     if workers is None:
         workers = min(len(seeds), os.cpu_count() or 1)
-    results: list[RunResult | None] = [None] * len(tasks)
-    if workers <= 1 or len(tasks) <= 1:
-        for k, t in enumerate(tasks):
-            results[k] = r = _task(t)
-            if on_done:
-                on_done(r)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_task, t): k for k, t in enumerate(tasks)}
-            for f in as_completed(futures):
-                results[futures[f]] = r = f.result()
-                if on_done:
-                    on_done(r)
+    results = run_in_order(_task, tasks, workers, on_done)
     workload, _, duration = prepare(scenario, seeds[0])
     bursts = detect_bursts(workload.times, duration, scenario)
     done = tuple(r for r in results if r is not None)

@@ -18,7 +18,6 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from simulations.experiments.compare import (
     random_streams,
     summarise,
 )
+from simulations.experiments.pool import run_in_order
 from simulations.serving.run import build_cluster
 from simulations.serving.variants import VariantWorld
 
@@ -113,20 +113,7 @@ def run_variant_sweep(
         for point in points
         for seed in spec.seeds
     ]
-    out: list[dict[str, Any] | None] = [None] * len(tasks)
-    if workers <= 1:
-        for k, t in enumerate(tasks):
-            out[k] = rec = _task(t)
-            if on_done:
-                on_done(rec)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_task, t): k for k, t in enumerate(tasks)}
-            for f in as_completed(futures):
-                out[futures[f]] = rec = f.result()
-                if on_done:
-                    on_done(rec)
-    return [r for r in out if r is not None]
+    return run_in_order(_task, tasks, workers, on_done)
 
 
 def _mean(values: Sequence[float]) -> float:
