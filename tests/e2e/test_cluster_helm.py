@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.deploy.test_helm import HELM
-from tests.deploy.test_rbac_covers_code import _OPT_IN, ACCOUNTS, _calls, _sources
+from tests.deploy.test_rbac_covers_code import _OPT_IN, ACCOUNTS, account_calls
 from tests.e2e.cluster import ControlPlane
 from tests.e2e.install import NAMESPACE, REPO, ServingCert
 from tests.e2e.test_cluster_install import _path, _review
@@ -110,7 +110,7 @@ def _namespaced(obj: dict[str, Any]) -> bool:
 def test_the_charts_rbac_allows_every_call_in_the_code(
     helm_cluster: ControlPlane, account: str
 ) -> None:
-    calls = _calls(_sources(account))
+    calls = account_calls(account)
     if account == "gpuscale-controller":
         calls -= set(_OPT_IN)  # granted only by their opt-in values (controller.podDeletionCost)
         for call in _OPT_IN:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.test_rbac_covers_code import _OPT_IN, ACCOUNTS, _calls, _sources
+from tests.deploy.test_rbac_covers_code import _OPT_IN, ACCOUNTS, account_calls
 from tests.e2e.cluster import ControlPlane
 from tests.e2e.install import NAMESPACE, Installed
 
@@ -107,7 +107,7 @@ def _review(cp: ControlPlane, account: str, verb: str, group: str, resource: str
 def test_the_real_authorizer_allows_every_call_in_the_code(
     installed: Installed, account: str
 ) -> None:
-    calls = _calls(_sources(account))
+    calls = account_calls(account)
     assert calls, f"no API calls found for {account}"
     if account == "gpuscale-controller":
         calls -= set(_OPT_IN)  # granted only by their opt-in components
