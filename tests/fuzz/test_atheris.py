@@ -44,7 +44,9 @@ def test_seeded_atheris_run(target: str, tmp_path: Path) -> None:
     crashes = sorted(p.name for p in tmp_path.glob("crash-*"))
     assert out.returncode == 0 and not crashes, f"{crashes}\n{out.stderr[-4000:]}"
     done = re.search(r"Done (\d+) runs in (\d+) second", out.stderr)
-    assert done is not None and int(done.group(1)) == RUNS, out.stderr[-2000:]
+    # libFuzzer checks -runs between mutation batches, so it may run a few inputs past it
+    # (3,006 of 3,000 once, with the same seed): what matters is that it ran them all
+    assert done is not None and int(done.group(1)) >= RUNS, out.stderr[-2000:]
     coverage = re.findall(r"cov: (\d+)", out.stderr)
     assert coverage and int(coverage[-1]) > 50, "the target was not instrumented"
     print(f"{target}: {done.group(1)} inputs in {done.group(2)} s, coverage {coverage[-1]}")
