@@ -345,11 +345,7 @@ class Controller:
             await self._target_unavailable(entry, ref, exc)
             return
         runtime = self.runtime.setdefault(key, PolicyRuntime())
-        series = runtime.series
-        if series is None:
-            series = runtime.series = _Series.of(self.metrics, entry.namespace, entry.name, policy)
-        values, missing = await self._read_metrics(entry, series)
-        runtime.target_error = False
+        series, values, missing = await self._read_policy_metrics(entry, policy, runtime)
         pending = 0
         if self.pods is not None:
             t = policy.target
@@ -365,6 +361,18 @@ class Controller:
             await self._report(entry, ref, decision, missing)
             if policy.deletion_cost is not None and self.costs is not None:
                 await self.costs.update(key, entry.namespace, policy.deletion_cost)
+
+    async def _read_policy_metrics(
+        self, entry: PolicyEntry, policy: ScalingPolicy, runtime: PolicyRuntime
+    ) -> tuple[_Series, dict[str, float | None], dict[str, str]]:
+        """The policy's series (resolved once per policy version) and metric values; the
+        target was read, so a past target error is cleared."""
+        series = runtime.series
+        if series is None:
+            series = runtime.series = _Series.of(self.metrics, entry.namespace, entry.name, policy)
+        values, missing = await self._read_metrics(entry, series)
+        runtime.target_error = False
+        return series, values, missing
 
     async def _read_metrics(
         self, entry: PolicyEntry, series: _Series
@@ -421,11 +429,7 @@ class Controller:
             await self._target_unavailable(entry, ref, exc)
             return
         runtime = self.runtime.setdefault(key, PolicyRuntime())
-        series = runtime.series
-        if series is None:
-            series = runtime.series = _Series.of(self.metrics, entry.namespace, entry.name, policy)
-        values, missing = await self._read_metrics(entry, series)
-        runtime.target_error = False
+        series, values, missing = await self._read_policy_metrics(entry, policy, runtime)
         pending = dict.fromkeys(current, 0)
         if self.pods is not None:
             for t in policy.variants.targets:
