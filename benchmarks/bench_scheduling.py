@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -44,7 +45,14 @@ from extender.objects import GpuDevice
 from tests.cluster.build import COMPONENTS, is_built
 from tests.e2e.cluster import ControlPlane, Process, free_port, wait_until
 from tests.e2e.gpu_nodes import GpuNode
-from tests.e2e.install import Installed, extender_process, install, scheduler_process
+from tests.e2e.install import (
+    NAMESPACE,
+    SCHEDULER_SA,
+    Installed,
+    extender_process,
+    install,
+    scheduler_process,
+)
 
 NS = "bench"
 GPUS = 8
@@ -215,12 +223,56 @@ async def delete_pods(api: Api) -> None:
         await asyncio.sleep(0.5)
 
 
+ALONE: Final = "scheduler alone"
+NOOP: Final = "no-op extender"
+OURS: Final = "with extender"
+NOOP_SOURCE: Final = Path(__file__).with_name("noop_extender")
+
+
+def build_noop(into: Path) -> Path:
+    """``benchmarks/noop_extender`` built with this machine's Go (the one ``make cluster`` uses)."""
+    out = into / "noop-extender"
+    subprocess.run(["go", "build", "-o", str(out), "."], cwd=NOOP_SOURCE, check=True)
+    return out
+
+
+def noop_process(inst: Installed, noop: Path, *, port: int) -> Process:
+    """The floor: the same mTLS listener and the same identity for its Binding calls as
+    ``gpuscale extender``, no work of its own (see benchmarks/noop_extender/main.go)."""
+    ops = free_port()
+    token = inst.cp.workdir / "noop-extender.token"
+    token.write_text(inst.cp.service_account_token(NAMESPACE, SCHEDULER_SA))
+    argv = [
+        str(noop),
+        f"--address=127.0.0.1:{port}",
+        f"--ops-address=127.0.0.1:{ops}",
+        f"--tls-cert-file={inst.cert.dir / 'extender.crt'}",
+        f"--tls-private-key-file={inst.cert.dir / 'extender.key'}",
+        f"--client-ca-file={inst.cert.ca}",
+        f"--server={inst.cp.server}",
+        f"--api-ca-file={inst.cp.pki.ca_file}",
+        f"--token-file={token}",
+    ]
+    return Process(
+        "noop-extender",
+        argv,
+        inst.cp.workdir / "noop-extender.log",
+        ports={"verbs": port, "ops": ops, "http": ops},
+    )
+
+
 def start_scheduler(
-    inst: Installed, *, with_extender: bool, port: int, qps: float | None
+    inst: Installed, *, mode: str, port: int, qps: float | None, noop: Path | None = None
 ) -> list[Process]:
     procs = []
-    if with_extender:
-        ext = extender_process(inst, port=port, extra=["--stale-after=24h", "--log-level=warning"])
+    if mode != ALONE:
+        if mode == NOOP:
+            assert noop is not None
+            ext = noop_process(inst, noop, port=port)
+        else:
+            ext = extender_process(
+                inst, port=port, extra=["--stale-after=24h", "--log-level=warning"]
+            )
         ext.start()
         procs.append(ext)
 
@@ -231,9 +283,9 @@ def start_scheduler(
             with urllib.request.urlopen(ready, timeout=2) as r:
                 return bool(r.status == 200)
 
-        wait_until("extender", ready, within=300, log=ext.log)
+        wait_until(ext.name, ready, within=300, log=ext.log)
     sched = scheduler_process(
-        inst, extender_url=f"https://127.0.0.1:{port}", with_extender=with_extender, qps=qps
+        inst, extender_url=f"https://127.0.0.1:{port}", with_extender=mode != ALONE, qps=qps
     )
     sched.start()
     procs.append(sched)
@@ -382,7 +434,7 @@ async def idle_cpu(inst: Installed, seconds: float = 10.0) -> dict[str, float]:
     """CPU per second each process uses with no pod to schedule (node heartbeats, watches,
     leases), with the scheduler and the extender running: what a case pays for its duration
     rather than for its pods."""
-    procs = start_scheduler(inst, with_extender=True, port=free_port(), qps=None)
+    procs = start_scheduler(inst, mode=OURS, port=free_port(), qps=None)
     everyone = [*inst.cp.processes.values(), *procs]
     try:
         await asyncio.sleep(3.0)  # the scheduler's own start-up (informers) is not idle
@@ -421,7 +473,7 @@ async def run_case(
     api: Api,
     nodes: int,
     *,
-    with_extender: bool,
+    mode: str,
     pods: int,
     paced: int,
     rate: float,
@@ -429,8 +481,8 @@ async def run_case(
     background: dict[str, float],
     profile: Path | None = None,
     rep: int = 0,
+    noop: Path | None = None,
 ) -> Result:
-    mode = "with extender" if with_extender else "scheduler alone"
     load = os.getloadavg()[0]
     since = await apiserver_metrics(api)
     print(
@@ -444,7 +496,7 @@ async def run_case(
     )
     watch = BindWatch(api)
     watch.start()
-    procs = start_scheduler(inst, with_extender=with_extender, port=free_port(), qps=qps)
+    procs = start_scheduler(inst, mode=mode, port=free_port(), qps=qps, noop=noop)
     everyone = [*inst.cp.processes.values(), *procs]
     before, started = cpu_seconds(everyone), time.monotonic()
     profiling = (
@@ -511,6 +563,8 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
         kcm_flags=("--node-monitor-grace-period=20m",),
     )
     results: list[Result] = []
+    modes = (ALONE, NOOP, OURS) if args.floor else (ALONE, OURS)
+    noop = build_noop(workdir) if args.floor else None
     try:
         print(f"starting the control plane in {workdir}", flush=True)
         cp.start()
@@ -548,13 +602,13 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                 # machine's state of the moment, and the spread over pairs says how much of a
                 # ratio is noise.
                 for rep in range(args.repeat):
-                    for with_extender in (False, True):
+                    for mode in modes:
                         results.append(
                             await run_case(
                                 inst,
                                 api,
                                 target,
-                                with_extender=with_extender,
+                                mode=mode,
                                 pods=args.pods,
                                 paced=args.paced,
                                 rate=args.rate,
@@ -562,6 +616,7 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                                 background=background,
                                 profile=args.pprof if rep == 0 else None,
                                 rep=rep,
+                                noop=noop,
                             )
                         )
         finally:
@@ -585,23 +640,39 @@ def report(results: list[Result]) -> None:
         print(f"{r.nodes} nodes, rep {r.rep + 1}, {r.mode}: {r.breakdown}")
     print()
     for nodes in sorted({r.nodes for r in results}):
-        pairs = []
-        for rep in sorted({r.rep for r in results if r.nodes == nodes}):
-            case = {r.mode: r for r in results if r.nodes == nodes and r.rep == rep}
-            alone, ext = case["scheduler alone"], case["with extender"]
-            pairs.append((ext.throughput / alone.throughput, ext.p99_ms / alone.p99_ms))
-        ratios = [t for t, _ in pairs]
-        p99s = [p for _, p in pairs]
-        print(
-            f"{nodes} nodes, with the extender / the scheduler alone, per repetition: "
-            + ", ".join(f"{t:.2f}x" for t in ratios)
-        )
-        print(
-            f"  throughput ratio min {min(ratios):.2f}x median {statistics.median(ratios):.2f}x "
-            f"(spread {max(ratios) - min(ratios):.2f}; target >= 0.8x with --scheduler-qps 1000, "
-            f">= 1.0x with deploy/'s limits); p99 latency ratio min {min(p99s):.2f}x median "
-            f"{statistics.median(p99s):.2f}x (target <= 1.5x)"
-        )
+        cases = {(r.rep, r.mode): r for r in results if r.nodes == nodes}
+        reps = sorted({r.rep for r in results if r.nodes == nodes})
+        for mode in (NOOP, OURS):
+            if not any((rep, mode) in cases for rep in reps):
+                continue
+            pairs = [
+                (
+                    cases[rep, mode].throughput / cases[rep, ALONE].throughput,
+                    cases[rep, mode].p99_ms / cases[rep, ALONE].p99_ms,
+                )
+                for rep in reps
+            ]
+            ratios = [t for t, _ in pairs]
+            p99s = [p for _, p in pairs]
+            what = "the extender" if mode == OURS else "the no-op extender (the floor)"
+            print(
+                f"{nodes} nodes, with {what} / the scheduler alone, per repetition: "
+                + ", ".join(f"{t:.2f}x" for t in ratios)
+            )
+            print(
+                f"  throughput ratio min {min(ratios):.2f}x median "
+                f"{statistics.median(ratios):.2f}x max {max(ratios):.2f}x (spread "
+                f"{max(ratios) - min(ratios):.2f}; target >= 0.8x with --scheduler-qps 1000, "
+                f">= 1.0x with deploy/'s limits); p99 latency ratio min {min(p99s):.2f}x median "
+                f"{statistics.median(p99s):.2f}x max {max(p99s):.2f}x (target <= 1.5x)"
+            )
+        if all((rep, NOOP) in cases for rep in reps):
+            ours = [cases[rep, OURS].throughput / cases[rep, NOOP].throughput for rep in reps]
+            print(
+                "  with the extender / with the no-op extender, per repetition: "
+                + ", ".join(f"{t:.2f}x" for t in ours)
+                + f" (median {statistics.median(ours):.2f}x): what gpuscale's own work costs"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -616,6 +687,13 @@ def main(argv: list[str] | None = None) -> int:
         default=3,
         help="pairs of cases (alone, with the extender) per node count; the ratio is reported "
         "per pair, with its min, median and spread",
+    )
+    parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run kube-scheduler with benchmarks/noop_extender (Go, same protocol and "
+        "mTLS, no work of its own) in each repetition: the ratio no extender can beat here",
     )
     parser.add_argument(
         "--scheduler-qps",

@@ -1,0 +1,3 @@
+module gpuscale.io/benchmarks/noop-extender
+
+go 1.26
