@@ -87,6 +87,31 @@ async def test_without_files_a_self_signed_certificate_is_served() -> None:
         assert await _served_serial(port, trust) > 0
 
 
+async def test_a_connection_is_issued_no_session_ticket() -> None:
+    """Our clients keep no TLS session cache, so a ticket would be CPU spent for nothing: the
+    server issues none (OpenSSL sends two after a TLS 1.3 handshake unless told not to)."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    server_side = ServingTLS(None, None)
+    for context in (server_side.listening, server_side.current):
+        leaf.configure_cert(context)
+    trust = ssl.create_default_context()
+    ca.configure_trust(trust)
+    trust.minimum_version = ssl.TLSVersion.TLSv1_3
+    async with _server(server_side) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trust)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = await reader.read()  # tickets, when sent, arrive before the reply
+            session = writer.get_extra_info("ssl_object").session
+        finally:
+            writer.close()
+            with contextlib.suppress(ssl.SSLError, ConnectionError):
+                await writer.wait_closed()
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert session is not None and not session.has_ticket
+
+
 async def test_renewed_certificate_files_are_served_to_new_connections(tmp_path: Path) -> None:
     ca = trustme.CA()
     old, new = ca.issue_cert("127.0.0.1"), ca.issue_cert("127.0.0.1")
