@@ -153,6 +153,10 @@ class Reflector:
             async for line in resp.content:
                 if line.strip() and self._handle(orjson.loads(line)):
                     return True
+                # A read can hold hundreds of events (kwok starting a batch of pods); each
+                # yields, so a request waiting on the same loop (kube-scheduler's filter) is
+                # served after one event's work, not after the whole burst.
+                await asyncio.sleep(0)
             return False
         finally:
             resp.release()
