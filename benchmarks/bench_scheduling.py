@@ -325,6 +325,34 @@ def _means(
     return out
 
 
+def _quantile(text: str, family: str, q: float, **match: str) -> float | None:
+    """The ``q`` quantile (ms) of a histogram's series matching ``match``, interpolated within
+    its bucket as PromQL's ``histogram_quantile`` does; ``None`` without observations."""
+    buckets: dict[float, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != family:
+            continue
+        for sample in fam.samples:
+            if not sample.name.endswith("_bucket"):
+                continue
+            if any(sample.labels.get(k) != v for k, v in match.items()):
+                continue
+            le = float(sample.labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + sample.value
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] == 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        if buckets[le] >= rank:
+            if le == float("inf"):
+                return 1000 * lower
+            return 1000 * (lower + (le - lower) * (rank - below) / (buckets[le] - below))
+        lower, below = le, buckets[le]
+    return None
+
+
 async def apiserver_metrics(api: Api) -> str:
     async with api.session.get("/metrics") as r:
         return await r.text()
@@ -359,6 +387,9 @@ async def breakdown(api: Api, procs: list[Process], since: str) -> str:
             text = await r.text()
         verbs = _means(text, "gpuscale_extender_request_duration_seconds", "verb")
         parts.extend(f"extender {v} {ms:.2f} ms x{n}" for v, (ms, n) in sorted(verbs.items()))
+        p99 = _quantile(text, "gpuscale_extender_request_duration_seconds", 0.99, verb="bind")
+        if p99 is not None:
+            parts.append(f"extender bind p99 {p99:.1f} ms (target <= 20)")
         for fam in text_string_to_metric_families(text):
             if fam.name == "gpuscale_connections_accepted":
                 parts.extend(
