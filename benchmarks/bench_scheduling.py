@@ -325,9 +325,8 @@ def _means(
     return out
 
 
-def _quantile(text: str, family: str, q: float, **match: str) -> float | None:
-    """The ``q`` quantile (ms) of a histogram's series matching ``match``, interpolated within
-    its bucket as PromQL's ``histogram_quantile`` does; ``None`` without observations."""
+def _buckets(text: str, family: str, **match: str) -> dict[float, float]:
+    """Cumulative bucket counts of a histogram's series matching ``match``, summed."""
     buckets: dict[float, float] = {}
     for fam in text_string_to_metric_families(text):
         if fam.name != family:
@@ -339,6 +338,17 @@ def _quantile(text: str, family: str, q: float, **match: str) -> float | None:
                 continue
             le = float(sample.labels["le"])
             buckets[le] = buckets.get(le, 0.0) + sample.value
+    return buckets
+
+
+def _quantile(text: str, family: str, q: float, since: str = "", **match: str) -> float | None:
+    """The ``q`` quantile (ms) of a histogram's series matching ``match``, interpolated within
+    its bucket as PromQL's ``histogram_quantile`` does; with ``since`` (an earlier /metrics text
+    of the same process) of what was observed after it. ``None`` without observations."""
+    buckets = _buckets(text, family, **match)
+    if since:
+        before = _buckets(since, family, **match)
+        buckets = {le: n - before.get(le, 0.0) for le, n in buckets.items()}
     bounds = sorted(buckets)
     if not bounds or buckets[bounds[-1]] == 0:
         return None
@@ -419,7 +429,48 @@ async def breakdown(api: Api, procs: list[Process], since: str) -> str:
         subresource="binding",
     )
     parts.extend(f"apiserver binding {ms:.2f} ms x{n}" for _, (ms, n) in binding.items())
+    p99 = _quantile(
+        text,
+        "apiserver_request_duration_seconds",
+        0.99,
+        since,
+        resource="pods",
+        subresource="binding",
+    )
+    if p99 is not None:
+        parts.append(f"apiserver binding p99 {p99:.1f} ms")
     return "; ".join(parts)
+
+
+async def paced_binds(api: Api, procs: list[Process], ext_since: str, api_since: str) -> str:
+    """Bind p99 over the paced pods only (10 a second: no burst queues at the apiserver), the
+    extender's against the apiserver's own time for the same Binding writes."""
+    parts = []
+    ext = next((p for p in procs if p.name == "gpuscale-extender"), None)
+    if ext is not None:
+        text = await extender_metrics(api, ext)
+        p99 = _quantile(
+            text, "gpuscale_extender_request_duration_seconds", 0.99, ext_since, verb="bind"
+        )
+        if p99 is not None:
+            parts.append(f"extender bind p99 {p99:.1f} ms (target <= 20)")
+    text = await apiserver_metrics(api)
+    p99 = _quantile(
+        text,
+        "apiserver_request_duration_seconds",
+        0.99,
+        api_since,
+        resource="pods",
+        subresource="binding",
+    )
+    if p99 is not None:
+        parts.append(f"apiserver binding p99 {p99:.1f} ms")
+    return "; ".join(parts)
+
+
+async def extender_metrics(api: Api, ext: Process) -> str:
+    async with api.session.get(f"http://127.0.0.1:{ext.ports['http']}/metrics") as r:
+        return await r.text()
 
 
 def cpu_seconds(procs: Sequence[Process]) -> dict[str, float]:
@@ -551,6 +602,9 @@ async def run_case(
         print(f"    throughput {throughput:.1f} pods/s ({where})", flush=True)
         print(f"    CPU ms per pod (net of idle): {cpu}", flush=True)
         print(f"    pacing {paced} pods at {rate}/s", flush=True)
+        ext = next((p for p in procs if p.name == "gpuscale-extender"), None)
+        ext_since = await extender_metrics(api, ext) if ext is not None else ""
+        api_since = await apiserver_metrics(api)
         latencies = []
         for i in range(paced):
             name = f"p-{i:05d}"
@@ -560,6 +614,9 @@ async def run_case(
             await watch.wait_for({name}, within=60)
             latencies.append((watch.bound[name] - created) * 1000)
             await asyncio.sleep(max(0.0, 1 / rate - (time.monotonic() - t0)))
+        paced_where = await paced_binds(api, procs, ext_since, api_since)
+        print(f"    paced pods: {paced_where}", flush=True)
+        where = f"{where}; paced: {paced_where}"
     finally:
         for proc in reversed(procs):
             proc.stop()
