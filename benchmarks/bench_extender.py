@@ -8,6 +8,12 @@ baseline measured in the same run:
 1. nodeCacheCapable: filter + prioritize for one GPU pod over all node names, through HTTP on
    loopback (server in a child process), against a handler that only decodes the body and
    returns every name;
+1c. the same verbs over mutual TLS as kube-scheduler sends them (its Go transport, one cycle's
+   filter then prioritize over the node-name window it sends at this size), served by
+   ``runtime.serving`` as ``gpuscale extender`` serves them, against ``benchmarks/noop_extender``
+   (Go, no work of its own) on the same certificates: per pair latency and server CPU, and the
+   CPU of the handshake a new connection costs (kube-scheduler opens one for about every third
+   pod, its idle pool being two connections); skipped without a Go toolchain;
 2. full mode (node objects in the request): time per request against bare ``json.loads`` and
    ``orjson.loads`` of the same body;
 3. resident memory of the process with the whole cluster cached.
@@ -25,17 +31,22 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import trustme
 from aiohttp import web
 
+from extender import access
 from extender.body import RequestLimits
 from extender.cluster_state import ClusterState
 from extender.decode import node_from_json, pod_from_json
@@ -43,6 +54,8 @@ from extender.fragmentation import learn
 from extender.inventory import InventoryConfig, gpus_annotation
 from extender.objects import SCORING_ANNOTATION, GpuDevice
 from extender.server import Extender, ExtenderSettings, Metrics, make_app
+from runtime.serving import Listener, serve
+from runtime.tls import ServingTLS
 
 STAMP = "2027-01-15T08:00:00Z"
 NOW = 1_800_000_000.0 + 10.0  # 10 s after STAMP
@@ -344,8 +357,11 @@ def read_pages(path: str, decode: Callable[[Any], Any]) -> list[Any]:
     return out
 
 
-def serve_in_child(nodes_path: str, pods_path: str, port_queue: Any, stop_event: Any) -> None:
-    """A fresh interpreter: cache the cluster from paged lists, report memory, serve."""
+def serve_in_child(
+    nodes_path: str, pods_path: str, tls_dir: str, port_queue: Any, stop_event: Any
+) -> None:
+    """A fresh interpreter: cache the cluster from paged lists, report memory, serve (plain HTTP
+    for section 1, and mutual TLS as ``gpuscale extender`` serves its verbs for section 1c)."""
     rss_start = _rss_mib()
     state = ClusterState(InventoryConfig(stale_after=3600))
     state.replace_nodes(read_pages(nodes_path, node_from_json))
@@ -354,6 +370,8 @@ def serve_in_child(nodes_path: str, pods_path: str, port_queue: Any, stop_event:
     learn(state.pods.values())  # as `gpuscale extender` does before it reports ready
     gc.collect()
     gc.freeze()  # as `gpuscale extender` does once the cluster is listed
+    d = Path(tls_dir)
+    ca_pem = (d / "ca.crt").read_text(encoding="utf-8")
 
     async def main() -> None:
         metrics = Metrics(state, lambda: NOW)
@@ -384,8 +402,19 @@ def serve_in_child(nodes_path: str, pods_path: str, port_queue: Any, stop_event:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = next(a for a in runner.addresses if isinstance(a, tuple))[1]
-        port_queue.put((port, rss_start, _rss_mib(), _peak_rss_mib()))
-        await asyncio.get_running_loop().run_in_executor(None, stop_event.wait)
+        tls = ServingTLS(
+            str(d / "server.crt"),
+            str(d / "server.key"),
+            client_ca_pem=ca_pem,
+            require_client_certificate=True,
+        )
+        verbs = make_app(ext, metrics=metrics, clock=lambda: NOW)
+        verbs.middlewares.append(access.middleware(access.AccessPolicy.of([CLIENT_NAME])))
+        listener = Listener(access.VERBS_LISTENER, "127.0.0.1", 0, tls.listening)
+        async with serve(verbs, [listener]) as served:
+            tls_port = served.ports[access.VERBS_LISTENER]
+            port_queue.put((port, tls_port, rss_start, _rss_mib(), _peak_rss_mib()))
+            await asyncio.get_running_loop().run_in_executor(None, stop_event.wait)
         port_queue.put((_rss_mib(), _peak_rss_mib()))
         await runner.cleanup()
 
@@ -463,11 +492,166 @@ def _ms(xs: list[float]) -> str:
     return f"p50 {statistics.median(xs) * 1000:6.2f} ms   p99 {percentile(xs, 0.99) * 1000:6.2f} ms"
 
 
+CLIENT_NAME = "gpuscale-scheduler"
+GO_SOURCES = Path(__file__).parent
+
+
+def write_certificates(into: Path) -> None:
+    """A CA, the server's pair (``localhost``) and kube-scheduler's client pair."""
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert(CLIENT_NAME, common_name=CLIENT_NAME)
+    ca.cert_pem.write_to_path(str(into / "ca.crt"))
+    for name, leaf in (("server", server), ("client", client)):
+        leaf.cert_chain_pems[0].write_to_path(str(into / f"{name}.crt"))
+        leaf.private_key_pem.write_to_path(str(into / f"{name}.key"))
+
+
+def scheduler_window(n_nodes: int) -> int:
+    """How many feasible nodes kube-scheduler looks for before it calls the extender's filter
+    (``numFeasibleNodesToFind`` with the default adaptive ``percentageOfNodesToScore``)."""
+    if n_nodes < 100:
+        return n_nodes
+    percent = max(5, 50 - n_nodes // 125)
+    return max(100, n_nodes * percent // 100)
+
+
+@dataclass(frozen=True)
+class PairRun:
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: float
+
+
+def mtls_rounds(
+    tls_dir: Path, ours: tuple[int, int], names: list[str], pod: dict[str, Any], pairs: int
+) -> list[dict[str, PairRun]] | str:
+    """Section 1c: each repetition runs the Go client against the no-op extender, against ours,
+    and against ours with a new connection every pair (``churn``), back to back. Returns the
+    runs, or why they were skipped."""
+    go = shutil.which("go")
+    if go is None:
+        return "skipped: no Go toolchain on PATH"
+    bins = tls_dir / "bin"
+    for name in ("noop_extender", "scheduler_client"):
+        subprocess.run(
+            [go, "build", "-o", str(bins / name), "."], cwd=GO_SOURCES / name, check=True
+        )
+    (tls_dir / "names.json").write_bytes(orjson.dumps(names[: scheduler_window(len(names))]))
+    (tls_dir / "pod.json").write_bytes(orjson.dumps(pod))
+    (tls_dir / "token").write_text("unused: the benchmark sends no bind")
+    noop_port = _free_port()
+    noop = subprocess.Popen(
+        [
+            str(bins / "noop_extender"),
+            f"--address=127.0.0.1:{noop_port}",
+            f"--ops-address=127.0.0.1:{_free_port()}",
+            f"--tls-cert-file={tls_dir / 'server.crt'}",
+            f"--tls-private-key-file={tls_dir / 'server.key'}",
+            f"--client-ca-file={tls_dir / 'ca.crt'}",
+            "--server=https://127.0.0.1:1",
+            f"--api-ca-file={tls_dir / 'ca.crt'}",
+            f"--token-file={tls_dir / 'token'}",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def run(port: int, pid: int, churn: int = 0) -> PairRun:
+            out = subprocess.run(
+                [
+                    str(bins / "scheduler_client"),
+                    f"--url=https://localhost:{port}",
+                    f"--cert={tls_dir / 'client.crt'}",
+                    f"--key={tls_dir / 'client.key'}",
+                    f"--ca={tls_dir / 'ca.crt'}",
+                    f"--names={tls_dir / 'names.json'}",
+                    f"--pod={tls_dir / 'pod.json'}",
+                    f"--n={pairs}",
+                    f"--pid={pid}",
+                    f"--churn={churn}",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            r = orjson.loads(out.stdout)
+            return PairRun(r["p50_ms"], r["p99_ms"], r["server_cpu_ms_per_pair"])
+
+        _wait_listening(noop_port)
+        reps = []
+        for _ in range(3):
+            reps.append(
+                {
+                    "noop": run(noop_port, noop.pid),
+                    "noop_churn": run(noop_port, noop.pid, churn=1),
+                    "ours": run(*ours),
+                    "ours_churn": run(*ours, churn=1),
+                }
+            )
+        return reps
+    finally:
+        noop.terminate()
+        noop.wait(10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(port: int, within: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def report_mtls(reps: list[dict[str, PairRun]] | str, window: int) -> None:
+    print(
+        f"\n1c. over mutual TLS as kube-scheduler sends it (Go client, {window}-name window), "
+        "ours against the Go no-op extender"
+    )
+    if isinstance(reps, str):
+        print(f"   {reps}")
+        return
+    for k, rep in enumerate(reps, 1):
+        for what, key in (("no-op (Go)", "noop"), ("gpuscale  ", "ours")):
+            r, c = rep[key], rep[f"{key}_churn"]
+            print(
+                f"   rep {k} {what}  pair p50 {r.p50_ms:5.2f} ms  p99 {r.p99_ms:5.2f} ms  "
+                f"server CPU {r.cpu_ms:4.2f} ms a pair; a new connection costs it "
+                f"{c.cpu_ms - r.cpu_ms:4.2f} ms more"
+            )
+
+    def ratios(field: str) -> str:
+        xs = [getattr(rep["ours"], field) / getattr(rep["noop"], field) for rep in reps]
+        return f"{min(xs):.2f} / {statistics.median(xs):.2f} / {max(xs):.2f}"
+
+    print(
+        "   gpuscale / no-op, min / median / max: pair p50 "
+        f"{ratios('p50_ms')}, p99 {ratios('p99_ms')}, server CPU {ratios('cpu_ms')}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=5000)
     ap.add_argument("--pods", type=int, default=100_000)
     ap.add_argument("--requests", type=int, default=100, help="pending pods scheduled per round")
+    ap.add_argument(
+        "--pairs", type=int, default=1000, help="filter+prioritize pairs per run in section 1c"
+    )
     ap.add_argument("--full-mode-repeat", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
@@ -487,17 +671,25 @@ def main(argv: list[str] | None = None) -> int:
         nodes_path, pods_path = os.path.join(tmp, "nodes.jsonl"), os.path.join(tmp, "pods.jsonl")
         write_pages(nodes_path, nodes)
         write_pages(pods_path, pods)
+        tls_dir = Path(tmp)
+        write_certificates(tls_dir)
         ctx = multiprocessing.get_context("spawn")
         port_q, stop = ctx.Queue(), ctx.Event()
         child = ctx.Process(
-            target=serve_in_child, args=(nodes_path, pods_path, port_q, stop), daemon=True
+            target=serve_in_child,
+            args=(nodes_path, pods_path, str(tls_dir), port_q, stop),
+            daemon=True,
         )
         t0 = time.perf_counter()
         child.start()
-        port, child_rss0, child_rss, child_peak = port_q.get(timeout=600)
+        port, tls_port, child_rss0, child_rss, child_peak = port_q.get(timeout=600)
         print(f"  server process listed and cached the cluster in {time.perf_counter() - t0:.1f} s")
         try:
             ext_t, frag_t, base_t = asyncio.run(http_rounds(port, names, pending, 2))
+            assert child.pid is not None
+            mtls = mtls_rounds(
+                tls_dir, (tls_port, child.pid), names, pending[1 % len(pending)], args.pairs
+            )
         finally:
             stop.set()
             child_rss_end, child_peak_end = port_q.get(timeout=60)
@@ -512,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   baseline  decode, return all {_ms(base_t.both)}   (filter {_ms(base_t.filter)})")
     extra = statistics.median(ext_t.both) - statistics.median(base_t.both)
     print(f"   target p99 < 5 ms; the extender's own work (p50 difference): {extra * 1000:.2f} ms")
+    report_mtls(mtls, scheduler_window(len(names)))
 
     # -- 2. full mode ------------------------------------------------------------------------
     state = ClusterState(InventoryConfig(stale_after=3600))

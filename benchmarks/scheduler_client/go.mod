@@ -1,0 +1,3 @@
+module gpuscale.io/benchmarks/scheduler-client
+
+go 1.26
