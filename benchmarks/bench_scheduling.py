@@ -2,9 +2,12 @@
 
 The control plane of ``make e2e`` (etcd, kube-apiserver, kube-controller-manager, kwok) with
 ``deploy/`` installed; kube-scheduler runs with ``deploy/``'s KubeSchedulerConfiguration (profile
-``gpuscale``), once with the extender (filter, prioritize and bind over HTTP, nodeCacheCapable)
-and once with the same configuration minus ``extenders`` — the same run, the same nodes, the same
-pods. kwok GPU nodes carry 8 A100 80 GB GPUs each (time-sliced, 4 shares per GPU) and the
+``gpuscale``) three times per repetition: with the same configuration minus ``extenders``
+(alone); with ``benchmarks/noop_extender``, a Go extender that does no work of its own on the same
+protocol, mutual TLS and identity (the floor: what the extender protocol itself costs here); and
+with gpuscale's extender (filter, prioritize and bind over HTTPS, nodeCacheCapable). The same run,
+the same nodes, the same pods; ``--no-floor`` skips the no-op case (building it needs Go).
+kwok GPU nodes carry 8 A100 80 GB GPUs each (time-sliced, 4 shares per GPU) and the
 ``gpuscale.io/gpus`` annotation in the node agent's format; each pod asks for 1 GPU and 8 GiB.
 
 Two figures per case, over ``--nodes`` (default 1,000 and 5,000 nodes):
@@ -773,8 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat",
         type=int,
         default=3,
-        help="pairs of cases (alone, with the extender) per node count; the ratio is reported "
-        "per pair, with its min, median and spread",
+        help="repetitions of the cases (alone, the no-op extender, ours) per node count; each "
+        "ratio is reported per repetition, with its min, median, max and spread",
     )
     parser.add_argument(
         "--floor",
