@@ -394,10 +394,9 @@ async def breakdown(api: Api, procs: list[Process], since: str) -> str:
         parts.append(f"algorithm {algo[''][0]:.1f} ms")
     if "Bind" in bind:
         parts.append(f"bind plugins {bind['Bind'][0]:.1f} ms")
-    ext = next((p for p in procs if p.name == "gpuscale-extender"), None)
+    ext = next((p for p in procs if p.name in ("gpuscale-extender", "noop-extender")), None)
     if ext is not None:
-        async with api.session.get(f"http://127.0.0.1:{ext.ports['http']}/metrics") as r:
-            text = await r.text()
+        text = await extender_metrics(api, ext)
         verbs = _means(text, "gpuscale_extender_request_duration_seconds", "verb")
         parts.extend(f"extender {v} {ms:.2f} ms x{n}" for v, (ms, n) in sorted(verbs.items()))
         p99 = _quantile(text, "gpuscale_extender_request_duration_seconds", 0.99, verb="bind")

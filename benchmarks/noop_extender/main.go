@@ -14,9 +14,11 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 )
 
 type pod struct {
@@ -104,14 +106,26 @@ func main() {
 		}
 		reply(w, bindingResult{Error: bind(api, *server, bearer, args)})
 	})
+	var accepted atomic.Int64
 	go func() {
 		ready := http.NewServeMux()
 		ready.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
+		// The one figure bench_scheduling reads beside gpuscale's own: connections opened to
+		// the verbs listener (each a TLS handshake), in the same metric name and label.
+		ready.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintf(w, "# TYPE gpuscale_connections_accepted counter\n"+
+				"gpuscale_connections_accepted_total{listener=\"verbs\"} %d\n", accepted.Load())
+		})
 		log.Fatal(http.ListenAndServe(*ops, ready))
 	}()
 	verbs := &http.Server{
 		Addr:    *addr,
 		Handler: mux,
+		ConnState: func(_ net.Conn, state http.ConnState) {
+			if state == http.StateNew {
+				accepted.Add(1)
+			}
+		},
 		TLSConfig: &tls.Config{
 			ClientAuth: tls.RequireAndVerifyClientCert,
 			ClientCAs:  pool(*clientCA),
