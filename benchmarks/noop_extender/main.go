@@ -113,7 +113,7 @@ func main() {
 		// The one figure bench_scheduling reads beside gpuscale's own: connections opened to
 		// the verbs listener (each a TLS handshake), in the same metric name and label.
 		ready.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
-			fmt.Fprintf(w, "# TYPE gpuscale_connections_accepted counter\n"+
+			fmt.Fprintf(w, "# TYPE gpuscale_connections_accepted_total counter\n"+
 				"gpuscale_connections_accepted_total{listener=\"verbs\"} %d\n", accepted.Load())
 		})
 		log.Fatal(http.ListenAndServe(*ops, ready))
