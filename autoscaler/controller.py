@@ -341,11 +341,16 @@ class Controller:
         try:
             current = await self._current_replicas(policy)  # a dict lookup, mostly
         except TargetError as exc:
-            self.runtime.setdefault(key, PolicyRuntime()).target_error = True
-            await self._target_unavailable(entry, ref, exc)
+            if self._still_current(entry):
+                self.runtime.setdefault(key, PolicyRuntime()).target_error = True
+                await self._target_unavailable(entry, ref, exc)
+            return
+        if not self._still_current(entry):
             return
         runtime = self.runtime.setdefault(key, PolicyRuntime())
         series, values, missing = await self._read_policy_metrics(entry, policy, runtime)
+        if not self._still_current(entry):
+            return
         pending = 0
         if self.pods is not None:
             t = policy.target
@@ -361,6 +366,14 @@ class Controller:
             await self._report(entry, ref, decision, missing)
             if policy.deletion_cost is not None and self.costs is not None:
                 await self.costs.update(key, entry.namespace, policy.deletion_cost)
+
+    def _still_current(self, entry: PolicyEntry) -> bool:
+        """Whether ``entry``'s ConfigMap still exists (the same object: same uid) after a tick
+        awaited the API or Prometheus. A tick of a policy deleted meanwhile must publish
+        nothing: the deletion already removed its served value and its HPA, and no later tick
+        would remove a value published after it."""
+        now = self.source.entries.get(entry.key)
+        return now is not None and now.uid == entry.uid
 
     async def _read_policy_metrics(
         self, entry: PolicyEntry, policy: ScalingPolicy, runtime: PolicyRuntime
@@ -387,6 +400,8 @@ class Controller:
             results = list(await asyncio.gather(*queries))
         values: dict[str, float | None] = {}
         missing: dict[str, str] = {}
+        if not self._still_current(entry):  # its series were forgotten: set none again
+            return values, missing
         gauge = self.metrics.metric_value
         for (input_name, _), result in zip(inputs, results, strict=True):
             if isinstance(result, Missing):
@@ -425,11 +440,16 @@ class Controller:
                     r.api_version, r.kind, policy.namespace, r.name
                 )
         except TargetError as exc:
-            self.runtime.setdefault(key, PolicyRuntime()).target_error = True
-            await self._target_unavailable(entry, ref, exc)
+            if self._still_current(entry):
+                self.runtime.setdefault(key, PolicyRuntime()).target_error = True
+                await self._target_unavailable(entry, ref, exc)
+            return
+        if not self._still_current(entry):
             return
         runtime = self.runtime.setdefault(key, PolicyRuntime())
         series, values, missing = await self._read_policy_metrics(entry, policy, runtime)
+        if not self._still_current(entry):
+            return
         pending = dict.fromkeys(current, 0)
         if self.pods is not None:
             for t in policy.variants.targets:

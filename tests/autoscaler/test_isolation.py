@@ -8,6 +8,7 @@ the metamorphic property compares.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -106,15 +107,7 @@ class Harness:
         self.controller.scheduler = _NoTimer()  # type: ignore[assignment]
 
     def put(self, policy: ScalingPolicy) -> None:
-        entry = PolicyEntry(
-            key=policy.key,
-            namespace=policy.namespace,
-            name=policy.name,
-            uid=f"uid-{policy.key}",
-            resource_version="1",
-            configmap={},
-            policy=policy,
-        )
+        entry = _entry(policy)
         self.source.entries[policy.key] = entry
         self.controller.on_policy_change(policy.key, entry)
 
@@ -132,6 +125,18 @@ class Harness:
         published = self.controller.store.get(policy.namespace, policy.name)
         assert published is not None
         return published
+
+
+def _entry(policy: ScalingPolicy) -> PolicyEntry:
+    return PolicyEntry(
+        key=policy.key,
+        namespace=policy.namespace,
+        name=policy.name,
+        uid=f"uid-{policy.key}",
+        resource_version="1",
+        configmap={},
+        policy=policy,
+    )
 
 
 def _policy(namespace: str, *metrics: Metric, **overrides: Any) -> ScalingPolicy:
@@ -309,3 +314,49 @@ async def test_deleting_a_policy_drops_its_state_and_series(deleted_last: bool) 
         if "namespace" in s.labels
     }
     assert gone.namespace not in samples and kept.namespace in samples
+
+
+class _HeldPrometheus(_Prometheus):
+    """Holds every query until ``release`` is set, so a test can act while a tick awaits it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def query(self, promql: str, tenant: str = "") -> QueryResult:
+        self.asked.set()
+        await self.release.wait()
+        return await super().query(promql, tenant)
+
+
+@pytest.mark.parametrize("recreated", [False, True])
+async def test_a_policy_deleted_while_its_tick_reads_metrics_stays_unpublished(
+    recreated: bool,
+) -> None:
+    """The deletion removes the served value and the HPA; a tick already waiting on Prometheus
+    must not publish after it, or the stale value is served with no later tick to remove it. A
+    new ConfigMap of the same name (another uid) is another policy: its own tick decides."""
+    a = _policy("a", QueueDepthMetric("queue", 'q{namespace="a"}', 4.0))
+    h = Harness(prometheus=_HeldPrometheus())
+    held = h.prometheus
+    assert isinstance(held, _HeldPrometheus)
+    h.put(a)
+    h.targets.current[(a.namespace, a.target.name)] = 1
+    held.values['q{namespace="a"}'] = 40.0
+    tick = asyncio.create_task(h.controller.tick(a.key))
+    await held.asked.wait()
+    h.delete(a.key)
+    if recreated:
+        h.source.entries[a.key] = replace(_entry(a), uid="uid-of-the-new-configmap")
+    held.release.set()
+    await tick
+    assert h.controller.store.get(a.namespace, a.name) is None
+    assert a.key not in h.controller.runtime
+    samples = {
+        s.labels["namespace"]
+        for family in h.controller.metrics.registry.collect()
+        for s in family.samples
+        if "namespace" in s.labels
+    }
+    assert a.namespace not in samples
