@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -596,16 +597,12 @@ def mtls_rounds(
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def _wait_listening(port: int, within: float = 30.0) -> None:
-    import socket
-
     deadline = time.monotonic() + within
     while True:
         try:
