@@ -228,6 +228,7 @@ async def delete_pods(api: Api) -> None:
 
 ALONE: Final = "scheduler alone"
 NOOP: Final = "no-op extender"
+NOOP_H1: Final = "no-op, HTTP/1.1"
 OURS: Final = "with extender"
 NOOP_SOURCE: Final = Path(__file__).with_name("noop_extender")
 
@@ -239,9 +240,11 @@ def build_noop(into: Path) -> Path:
     return out
 
 
-def noop_process(inst: Installed, noop: Path, *, port: int) -> Process:
+def noop_process(inst: Installed, noop: Path, *, port: int, http1: bool = False) -> Process:
     """The floor: the same mTLS listener and the same identity for its Binding calls as
-    ``gpuscale extender``, no work of its own (see benchmarks/noop_extender/main.go)."""
+    ``gpuscale extender``, no work of its own (see benchmarks/noop_extender/main.go). Go's
+    server offers HTTP/2, on which kube-scheduler sends every call over one connection;
+    ``http1`` serves HTTP/1.1 only, as ours does."""
     ops = free_port()
     token = inst.cp.workdir / "noop-extender.token"
     token.write_text(inst.cp.service_account_token(NAMESPACE, SCHEDULER_SA))
@@ -255,6 +258,7 @@ def noop_process(inst: Installed, noop: Path, *, port: int) -> Process:
         f"--server={inst.cp.server}",
         f"--api-ca-file={inst.cp.pki.ca_file}",
         f"--token-file={token}",
+        *(["--http1"] if http1 else []),
     ]
     return Process(
         "noop-extender",
@@ -269,9 +273,9 @@ def start_scheduler(
 ) -> list[Process]:
     procs = []
     if mode != ALONE:
-        if mode == NOOP:
+        if mode in (NOOP, NOOP_H1):
             assert noop is not None
-            ext = noop_process(inst, noop, port=port)
+            ext = noop_process(inst, noop, port=port, http1=mode == NOOP_H1)
         else:
             ext = extender_process(
                 inst, port=port, extra=["--stale-after=24h", "--log-level=warning"]
@@ -653,8 +657,13 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
         kcm_flags=("--node-monitor-grace-period=20m",),
     )
     results: list[Result] = []
-    modes = (ALONE, NOOP, OURS) if args.floor else (ALONE, OURS)
-    noop = build_noop(workdir) if args.floor else None
+    modes = (
+        ALONE,
+        *((NOOP,) if args.floor else ()),
+        *((NOOP_H1,) if args.floor_http1 else ()),
+        OURS,
+    )
+    noop = build_noop(workdir) if args.floor or args.floor_http1 else None
     try:
         print(f"starting the control plane in {workdir}", flush=True)
         cp.start()
@@ -732,7 +741,7 @@ def report(results: list[Result]) -> None:
     for nodes in sorted({r.nodes for r in results}):
         cases = {(r.rep, r.mode): r for r in results if r.nodes == nodes}
         reps = sorted({r.rep for r in results if r.nodes == nodes})
-        for mode in (NOOP, OURS):
+        for mode in (NOOP, NOOP_H1, OURS):
             if not any((rep, mode) in cases for rep in reps):
                 continue
             pairs = [
@@ -744,7 +753,11 @@ def report(results: list[Result]) -> None:
             ]
             ratios = [t for t, _ in pairs]
             p99s = [p for _, p in pairs]
-            what = "the extender" if mode == OURS else "the no-op extender (the floor)"
+            what = {
+                OURS: "the extender",
+                NOOP: "the no-op extender (the floor)",
+                NOOP_H1: "the no-op extender on HTTP/1.1",
+            }[mode]
             print(
                 f"{nodes} nodes, with {what} / the scheduler alone, per repetition: "
                 + ", ".join(f"{t:.2f}x" for t in ratios)
@@ -784,6 +797,12 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also run kube-scheduler with benchmarks/noop_extender (Go, same protocol and "
         "mTLS, no work of its own) in each repetition: the ratio no extender can beat here",
+    )
+    parser.add_argument(
+        "--floor-http1",
+        action="store_true",
+        help="also run the no-op extender on HTTP/1.1 only, as ours serves (Go's server offers "
+        "h2, and kube-scheduler then sends every call over one connection)",
     )
     parser.add_argument(
         "--scheduler-qps",

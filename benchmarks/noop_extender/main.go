@@ -67,6 +67,9 @@ func main() {
 	server := flag.String("server", "", "the API server's URL")
 	apiCA := flag.String("api-ca-file", "", "the API server's CA")
 	tokenFile := flag.String("token-file", "", "bearer token for Binding calls")
+	http1 := flag.Bool("http1", false, "serve HTTP/1.1 only, as gpuscale's extender does (Go's "+
+		"server otherwise offers h2, and kube-scheduler's client then sends every call on one "+
+		"connection)")
 	flag.Parse()
 
 	token, err := os.ReadFile(*tokenFile)
@@ -130,6 +133,9 @@ func main() {
 			ClientAuth: tls.RequireAndVerifyClientCert,
 			ClientCAs:  pool(*clientCA),
 		},
+	}
+	if *http1 {
+		verbs.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
 	}
 	log.Fatal(verbs.ListenAndServeTLS(*cert, *key))
 }
