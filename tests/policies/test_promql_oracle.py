@@ -6,6 +6,7 @@ exactly those. And a scoped query must, on real data, see only its own namespace
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies.promql import PromQLError, format_expr, parse
+from policies.promql.syntax import Expr, Subquery
 from policies.tenancy import ScopeError, scope_query
 from tests.policies.promql_strategies import exprs
 from tests.policies.test_tenancy import REWRITES
@@ -140,8 +142,40 @@ def test_token_soup_gets_prometheus_verdict(prometheus: PrometheusServer, query:
     assert_same_verdict(prometheus, query)
 
 
+MAX_EVALUATION_STEPS = 100_000
+"""Prometheus evaluates every query it accepts, and a subquery of years at a millisecond step
+holds it for minutes, whatever the query's ``timeout`` (seen on 2.42): the verdict only needs
+the parse, so generated trees that would ask for more steps than this are not sent."""
+EVALUATION_INTERVAL_MS = 1000
+"""A subquery without a step takes the global evaluation interval (``PrometheusServer``: 1 s)."""
+
+
+def evaluation_steps(expr: object) -> int:
+    """An upper bound of the evaluations ``expr`` asks for: subqueries multiply their inner
+    expression's by their range over their step."""
+    inner = 1
+    if dataclasses.is_dataclass(expr):
+        for f in dataclasses.fields(expr):
+            value = getattr(expr, f.name)
+            children = value if isinstance(value, tuple) else (value,)
+            for child in children:
+                if dataclasses.is_dataclass(child):
+                    inner = max(inner, evaluation_steps(child))
+    if isinstance(expr, Subquery):
+        step = expr.step or EVALUATION_INTERVAL_MS
+        return (expr.range // step + 1) * inner
+    return inner
+
+
+def _cheap(expr: Expr) -> bool:
+    return evaluation_steps(expr) <= MAX_EVALUATION_STEPS
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(exprs("V"), exprs("S"), exprs("M"), exprs("T")).map(format_expr), st.data())
+@given(
+    st.one_of(exprs("V"), exprs("S"), exprs("M"), exprs("T")).filter(_cheap).map(format_expr),
+    st.data(),
+)
 def test_generated_and_mutated_queries_get_prometheus_verdict(
     prometheus: PrometheusServer, query: str, data: st.DataObject
 ) -> None:
