@@ -403,9 +403,7 @@ async def breakdown(api: Api, procs: list[Process], since: str) -> str:
         text = await extender_metrics(api, ext)
         verbs = _means(text, "gpuscale_extender_request_duration_seconds", "verb")
         parts.extend(f"extender {v} {ms:.2f} ms x{n}" for v, (ms, n) in sorted(verbs.items()))
-        p99 = _quantile(text, "gpuscale_extender_request_duration_seconds", 0.99, verb="bind")
-        if p99 is not None:
-            parts.append(f"extender bind p99 {p99:.1f} ms (target <= 20)")
+        parts.extend(_extender_bind_p99(text))
         for fam in text_string_to_metric_families(text):
             if fam.name == "gpuscale_connections_accepted":
                 parts.extend(
@@ -435,6 +433,19 @@ async def breakdown(api: Api, procs: list[Process], since: str) -> str:
         subresource="binding",
     )
     parts.extend(f"apiserver binding {ms:.2f} ms x{n}" for _, (ms, n) in binding.items())
+    parts.extend(_apiserver_binding_p99(text, since))
+    return "; ".join(parts)
+
+
+def _extender_bind_p99(text: str, since: str = "") -> list[str]:
+    """The extender's bind p99 from its /metrics text, as a breakdown part (none without
+    binds)."""
+    p99 = _quantile(text, "gpuscale_extender_request_duration_seconds", 0.99, since, verb="bind")
+    return [] if p99 is None else [f"extender bind p99 {p99:.1f} ms (target <= 20)"]
+
+
+def _apiserver_binding_p99(text: str, since: str) -> list[str]:
+    """The apiserver's own p99 for pods/binding writes since ``since``, as a breakdown part."""
     p99 = _quantile(
         text,
         "apiserver_request_duration_seconds",
@@ -443,9 +454,7 @@ async def breakdown(api: Api, procs: list[Process], since: str) -> str:
         resource="pods",
         subresource="binding",
     )
-    if p99 is not None:
-        parts.append(f"apiserver binding p99 {p99:.1f} ms")
-    return "; ".join(parts)
+    return [] if p99 is None else [f"apiserver binding p99 {p99:.1f} ms"]
 
 
 async def paced_binds(api: Api, procs: list[Process], ext_since: str, api_since: str) -> str:
@@ -454,23 +463,8 @@ async def paced_binds(api: Api, procs: list[Process], ext_since: str, api_since:
     parts = []
     ext = next((p for p in procs if p.name == "gpuscale-extender"), None)
     if ext is not None:
-        text = await extender_metrics(api, ext)
-        p99 = _quantile(
-            text, "gpuscale_extender_request_duration_seconds", 0.99, ext_since, verb="bind"
-        )
-        if p99 is not None:
-            parts.append(f"extender bind p99 {p99:.1f} ms (target <= 20)")
-    text = await apiserver_metrics(api)
-    p99 = _quantile(
-        text,
-        "apiserver_request_duration_seconds",
-        0.99,
-        api_since,
-        resource="pods",
-        subresource="binding",
-    )
-    if p99 is not None:
-        parts.append(f"apiserver binding p99 {p99:.1f} ms")
+        parts.extend(_extender_bind_p99(await extender_metrics(api, ext), ext_since))
+    parts.extend(_apiserver_binding_p99(await apiserver_metrics(api), api_since))
     return "; ".join(parts)
 
 
