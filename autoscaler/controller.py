@@ -341,16 +341,12 @@ class Controller:
         try:
             current = await self._current_replicas(policy)  # a dict lookup, mostly
         except TargetError as exc:
-            if self._still_current(entry):
-                self.runtime.setdefault(key, PolicyRuntime()).target_error = True
-                await self._target_unavailable(entry, ref, exc)
+            await self._target_failed(entry, ref, exc)
             return
-        if not self._still_current(entry):
+        read = await self._read_policy_metrics(entry, policy)
+        if read is None:
             return
-        runtime = self.runtime.setdefault(key, PolicyRuntime())
-        series, values, missing = await self._read_policy_metrics(entry, policy, runtime)
-        if not self._still_current(entry):
-            return
+        runtime, series, values, missing = read
         pending = 0
         if self.pods is not None:
             t = policy.target
@@ -375,22 +371,36 @@ class Controller:
         now = self.source.entries.get(entry.key)
         return now is not None and now.uid == entry.uid
 
+    async def _target_failed(self, entry: PolicyEntry, ref: ConfigMapRef, exc: TargetError) -> None:
+        """Reading the target failed: mark and report it, unless the policy went meanwhile."""
+        if self._still_current(entry):
+            self.runtime.setdefault(entry.key, PolicyRuntime()).target_error = True
+            await self._target_unavailable(entry, ref, exc)
+
     async def _read_policy_metrics(
-        self, entry: PolicyEntry, policy: ScalingPolicy, runtime: PolicyRuntime
-    ) -> tuple[_Series, dict[str, float | None], dict[str, str]]:
-        """The policy's series (resolved once per policy version) and metric values; the
-        target was read, so a past target error is cleared."""
+        self, entry: PolicyEntry, policy: ScalingPolicy
+    ) -> tuple[PolicyRuntime, _Series, dict[str, float | None], dict[str, str]] | None:
+        """The policy's runtime, its series (resolved once per policy version) and metric
+        values; the target was read, so a past target error is cleared. ``None`` when the
+        policy was deleted while its target or its metrics were read: the tick ends there."""
+        if not self._still_current(entry):
+            return None
+        runtime = self.runtime.setdefault(entry.key, PolicyRuntime())
         series = runtime.series
         if series is None:
             series = runtime.series = _Series.of(self.metrics, entry.namespace, entry.name, policy)
-        values, missing = await self._read_metrics(entry, series)
+        read = await self._read_metrics(entry, series)
+        if read is None:
+            return None
         runtime.target_error = False
-        return series, values, missing
+        return runtime, series, *read
 
     async def _read_metrics(
         self, entry: PolicyEntry, series: _Series
-    ) -> tuple[dict[str, float | None], dict[str, str]]:
-        """Run the policy's queries; values (``None``: missing) and why each missing one is."""
+    ) -> tuple[dict[str, float | None], dict[str, str]] | None:
+        """Run the policy's queries; values (``None``: missing) and why each missing one is.
+        ``None`` when the policy was deleted while they ran (its series were forgotten: none is
+        set again)."""
         inputs = series.inputs
         tenant = entry.namespace
         if len(inputs) == 1:
@@ -398,10 +408,10 @@ class Controller:
         else:
             queries = (self.querier.query(q, tenant) for _, q in inputs)
             results = list(await asyncio.gather(*queries))
+        if not self._still_current(entry):
+            return None
         values: dict[str, float | None] = {}
         missing: dict[str, str] = {}
-        if not self._still_current(entry):  # its series were forgotten: set none again
-            return values, missing
         gauge = self.metrics.metric_value
         for (input_name, _), result in zip(inputs, results, strict=True):
             if isinstance(result, Missing):
@@ -429,7 +439,6 @@ class Controller:
         variant's unschedulable pods); a missing metric holds every variant's count.
         """
         assert policy.variants is not None
-        key = entry.key
         start = self.monotonic()
         ref = ConfigMapRef(entry.namespace, entry.name, entry.uid)
         current: dict[str, int] = {}
@@ -440,16 +449,12 @@ class Controller:
                     r.api_version, r.kind, policy.namespace, r.name
                 )
         except TargetError as exc:
-            if self._still_current(entry):
-                self.runtime.setdefault(key, PolicyRuntime()).target_error = True
-                await self._target_unavailable(entry, ref, exc)
+            await self._target_failed(entry, ref, exc)
             return
-        if not self._still_current(entry):
+        read = await self._read_policy_metrics(entry, policy)
+        if read is None:
             return
-        runtime = self.runtime.setdefault(key, PolicyRuntime())
-        series, values, missing = await self._read_policy_metrics(entry, policy, runtime)
-        if not self._still_current(entry):
-            return
+        runtime, series, values, missing = read
         pending = dict.fromkeys(current, 0)
         if self.pods is not None:
             for t in policy.variants.targets:
