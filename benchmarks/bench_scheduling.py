@@ -457,11 +457,11 @@ def _apiserver_binding_p99(text: str, since: str) -> list[str]:
     return [] if p99 is None else [f"apiserver binding p99 {p99:.1f} ms"]
 
 
-async def paced_binds(api: Api, procs: list[Process], ext_since: str, api_since: str) -> str:
+async def paced_binds(api: Api, ext: Process | None, ext_since: str, api_since: str) -> str:
     """Bind p99 over the paced pods only (10 a second: no burst queues at the apiserver), the
-    extender's against the apiserver's own time for the same Binding writes."""
+    extender's (``ext``: gpuscale's, when it runs) against the apiserver's own time for the
+    same Binding writes."""
     parts = []
-    ext = next((p for p in procs if p.name == "gpuscale-extender"), None)
     if ext is not None:
         parts.extend(_extender_bind_p99(await extender_metrics(api, ext), ext_since))
     parts.extend(_apiserver_binding_p99(await apiserver_metrics(api), api_since))
@@ -614,7 +614,7 @@ async def run_case(
             await watch.wait_for({name}, within=60)
             latencies.append((watch.bound[name] - created) * 1000)
             await asyncio.sleep(max(0.0, 1 / rate - (time.monotonic() - t0)))
-        paced_where = await paced_binds(api, procs, ext_since, api_since)
+        paced_where = await paced_binds(api, ext, ext_since, api_since)
         print(f"    paced pods: {paced_where}", flush=True)
         where = f"{where}; paced: {paced_where}"
     finally:
